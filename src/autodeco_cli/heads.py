@@ -1,0 +1,196 @@
+"""The two AutoDeco heads, laid out exactly as the official code so checkpoints interchange.
+
+Parameter names (``temp_head.mlp.{0,2}.*``, ``top_p_head.mlp.{0,2}.*``) and the input layout of
+the top-p head are those of Zacks917/AutoDeco, which is what lets us read its checkpoints and
+lets its tools read ours.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .distribution import distribution_features
+from .errors import UserError
+
+HEADS_CONFIG_FILE = "config.json"
+HEADS_WEIGHTS_FILE = "autodeco_heads.safetensors"
+# Official split-head checkpoints use either name for the heads' weights.
+OFFICIAL_WEIGHT_FILES = ("autodeco_heads.safetensors", "model.safetensors")
+MAX_TEMPERATURE = 2.0
+NUM_DISTRIBUTION_FEATURES = 4
+
+
+@dataclass
+class HeadsConfig:
+    hidden_size: int
+    head_width: int = 256
+    use_enhanced_features: bool = True
+    base_model: str | None = None
+    # Free-form provenance (training command, data, steps) so a shipped checkpoint explains itself.
+    provenance: dict = field(default_factory=dict)
+
+
+def _mlp(in_features: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, 1), nn.Sigmoid())
+
+
+class TempHead(nn.Module):
+    """h -> T̂ in (0, 2)."""
+
+    def __init__(self, hidden_size: int, width: int = 256):
+        super().__init__()
+        self.mlp = _mlp(hidden_size, width)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mlp(hidden) * MAX_TEMPERATURE
+
+
+class TopPHead(nn.Module):
+    """[h, T̂, max prob, entropy, variance, top-5 mass] -> P̂ in (0, 1)."""
+
+    def __init__(self, hidden_size: int, width: int = 256, use_enhanced_features: bool = True):
+        super().__init__()
+        self.use_enhanced_features = use_enhanced_features
+        extra = 1 + (NUM_DISTRIBUTION_FEATURES if use_enhanced_features else 0)
+        self.mlp = _mlp(hidden_size + extra, width)
+
+    def forward(self, hidden: torch.Tensor, temperature: torch.Tensor, logits: torch.Tensor | None) -> torch.Tensor:
+        parts = [hidden, temperature]
+        if self.use_enhanced_features:
+            parts.append(distribution_features(logits, temperature))
+        return self.mlp(torch.cat(parts, dim=-1))
+
+
+class AutoDecoHeads(nn.Module):
+    def __init__(self, config: HeadsConfig):
+        super().__init__()
+        self.config = config
+        self.temp_head = TempHead(config.hidden_size, config.head_width)
+        self.top_p_head = TopPHead(config.hidden_size, config.head_width, config.use_enhanced_features)
+
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (T̂, P̂), each ``[..., 1]``.
+
+        The top-p head sees a detached T̂ (as in the paper): its own loss must not push the
+        temperature head through the head's input, only through the soft top-p distribution.
+        """
+        hidden = hidden.to(self.temp_head.mlp[0].weight.dtype)
+        temperature = self.temp_head(hidden)
+        top_p = self.top_p_head(hidden, temperature.detach(), logits)
+        return temperature, top_p
+
+    @staticmethod
+    def parameter_count_formula(hidden_size: int, width: int = 256, use_enhanced_features: bool = True) -> int:
+        extra = 1 + (NUM_DISTRIBUTION_FEATURES if use_enhanced_features else 0)
+        temp = hidden_size * width + width + width + 1
+        top_p = (hidden_size + extra) * width + width + width + 1
+        return temp + top_p
+
+    # ---- persistence -------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / HEADS_WEIGHTS_FILE), metadata={"format": "pt"})
+        cfg = {
+            # The official loader keys on these two fields; the rest is ours.
+            "model_type": "autodeco",
+            "base_model_name_or_path": self.config.base_model,
+            "hidden_size": self.config.hidden_size,
+            "use_enhanced_features": self.config.use_enhanced_features,
+            "enable_temperature_head": True,
+            "enable_top_p_head": True,
+            "autodeco_cli": asdict(self.config),
+        }
+        (directory / HEADS_CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+        return directory
+
+
+def _load_safetensors_heads(files: list[Path]) -> tuple[dict[str, torch.Tensor], bool]:
+    """Collect head tensors from safetensors files; also report whether `llm.`-prefixed base weights exist."""
+    from safetensors import safe_open
+
+    heads: dict[str, torch.Tensor] = {}
+    has_base = False
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    if key.startswith(("temp_head.", "top_p_head.")):
+                        heads[key] = handle.get_tensor(key).float()
+                    elif key.startswith("llm."):
+                        has_base = True
+        except Exception as exc:  # safetensors raises several types for a corrupt header
+            raise UserError(f"{path}: not a readable safetensors file ({exc})", "re-save the heads with `autodeco train-heads`") from None
+    return heads, has_base
+
+
+def read_heads_config(directory: Path) -> dict:
+    cfg_path = directory / HEADS_CONFIG_FILE
+    if not cfg_path.is_file():
+        return {}
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{cfg_path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+
+
+def load_heads(path: str | Path, expected_hidden_size: int | None = None) -> AutoDecoHeads:
+    """Load heads from our folder, an official split-heads folder or an official merged folder.
+
+    Pickled checkpoints (.bin/.pt) are refused on purpose: loading them executes code.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"heads checkpoint not found: {path}", "pass a folder written by `autodeco train-heads` or an official AutoDeco checkpoint")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise UserError(f"{path}: heads must be safetensors, not {path.suffix or 'an unknown format'}", "convert the checkpoint to .safetensors; pickled weights are never loaded")
+        files, cfg = [path], read_heads_config(path.parent)
+    else:
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+            hint = "pickled weights are never loaded; convert them to safetensors" if pickled else "expected autodeco_heads.safetensors or model.safetensors"
+            raise UserError(f"{path}: no .safetensors heads file found{' (only ' + ', '.join(pickled) + ')' if pickled else ''}", hint)
+        cfg = read_heads_config(path)
+    state, _ = _load_safetensors_heads(files)
+    if "temp_head.mlp.0.weight" not in state or "top_p_head.mlp.0.weight" not in state:
+        raise UserError(f"{path}: no AutoDeco heads inside (expected temp_head.mlp.* and top_p_head.mlp.* tensors)")
+
+    width, hidden_size = state["temp_head.mlp.0.weight"].shape
+    extra = state["top_p_head.mlp.0.weight"].shape[1] - hidden_size
+    ours = cfg.get("autodeco_cli", {})
+    config = HeadsConfig(
+        hidden_size=hidden_size,
+        head_width=width,
+        use_enhanced_features=extra == 1 + NUM_DISTRIBUTION_FEATURES,
+        base_model=ours.get("base_model") or cfg.get("base_model_name_or_path"),
+        provenance=ours.get("provenance", {}),
+    )
+    if expected_hidden_size is not None and hidden_size != expected_hidden_size:
+        raise UserError(
+            f"{path}: heads were trained for hidden size {hidden_size}, but the base model has {expected_hidden_size}",
+            f"use heads trained for this model (they name base model {config.base_model!r})",
+        )
+    heads = AutoDecoHeads(config)
+    heads.load_state_dict(state, strict=True)
+    return heads.eval()
+
+
+def fresh_heads(hidden_size: int, base_model: str | None = None, seed: int = 0) -> AutoDecoHeads:
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        heads = AutoDecoHeads(HeadsConfig(hidden_size=hidden_size, base_model=base_model))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return heads.eval()

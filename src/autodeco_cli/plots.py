@@ -1,0 +1,38 @@
+"""Figures. matplotlib with the Agg backend: works headless, on clusters and in CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_token_trace(trace: Sequence, path: str | Path, title: str = "AutoDeco per-token decoding") -> Path:
+    """The paper's Figure-5 view: predicted T̂ and P̂ for every generated token."""
+    plt = _pyplot()
+    steps = list(range(len(trace)))
+    fig, ax = plt.subplots(figsize=(max(6, min(18, len(trace) * 0.18)), 3.6))
+    ax.plot(steps, [t.temperature for t in trace], color="tab:red", label="temperature T̂", linewidth=1.4)
+    ax.plot(steps, [t.top_p for t in trace], color="tab:blue", label="top-p P̂", linewidth=1.4)
+    ax.set_xlabel("generated token")
+    ax.set_ylim(0, max(1.05, max((t.temperature for t in trace), default=1) * 1.05))
+    if len(trace) <= 60:
+        ax.set_xticks(steps)
+        ax.set_xticklabels([t.token.replace("\n", "\\n") for t in trace], rotation=90, fontsize=7)
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

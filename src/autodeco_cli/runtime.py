@@ -1,0 +1,55 @@
+"""Opening a model + heads once per command: the shared start-up path of every subcommand."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+
+from .decoding import DecodingStrategy
+from .generation import GenerationEngine
+from .heads import AutoDecoHeads, fresh_heads, load_heads
+from .models import DEFAULT_MODEL, LoadedModel, load_base_model
+
+err_console = Console(stderr=True)
+
+
+def packaged_heads_path(model_spec: str) -> Path | None:
+    """Heads we ship inside the package for a model alias, if any."""
+    folder = resources.files("autodeco_cli") / "assets" / "heads" / model_spec
+    path = Path(str(folder))
+    return path if (path / "config.json").is_file() else None
+
+
+def resolve_heads(heads: str | None, lm: LoadedModel, needed: bool) -> AutoDecoHeads | None:
+    """Explicit heads, else the packaged heads for the model, else fresh heads with a loud warning."""
+    if heads:
+        return load_heads(heads, expected_hidden_size=lm.hidden_size)
+    if not needed:
+        return None
+    shipped = packaged_heads_path(lm.name)
+    if shipped is not None:
+        return load_heads(shipped, expected_hidden_size=lm.hidden_size)
+    err_console.print(
+        "[bold red]WARNING:[/] no --heads given and none ship for this model: autodeco is using "
+        "[bold]freshly initialised (untrained) heads[/]. Its T̂/P̂ are meaningless; train heads with "
+        "`autodeco train-heads` and pass --heads."
+    )
+    return fresh_heads(lm.hidden_size, base_model=lm.name)
+
+
+def open_engine(
+    model: str = DEFAULT_MODEL,
+    heads: str | None = None,
+    strategies: list[DecodingStrategy] | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+    force_heads: bool = False,
+) -> GenerationEngine:
+    lm = load_base_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter)
+    needed = force_heads or any(s.uses_heads for s in strategies or [])
+    return GenerationEngine(lm, resolve_heads(heads, lm, needed))
