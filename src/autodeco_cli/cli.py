@@ -14,9 +14,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .decoding import DECODING_CHOICES, DecodingStrategy, make_strategy, mean_shift_from_results
 from .errors import UserError
 from .models import DEFAULT_MODEL
+from .options import (
+    AdapterOpt,
+    DecodingOpt,
+    DeviceOpt,
+    DtypeOpt,
+    HeadsOpt,
+    MeanFromOpt,
+    ModelOpt,
+    TempScaleOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    TopPScaleOpt,
+    TrustOpt,
+    strategy_from_options,
+)
 
 app = typer.Typer(
     name="autodeco",
@@ -32,22 +47,6 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-# ---- options shared by every command --------------------------------------------------------
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="HF folder, hub id, .gguf file, merged AutoDeco folder, or alias (default: smollm2-135m-instruct).")]
-HeadsOpt = Annotated[Optional[str], typer.Option("--heads", help="Heads checkpoint folder (ours or official AutoDeco). Default: heads shipped for the model, if any.")]
-DecodingOpt = Annotated[str, typer.Option("--decoding", "-d", help=f"One of {', '.join(DECODING_CHOICES)}.")]
-TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", "-t", help="static/mean-shift temperature (default 1.0).")]
-TopPOpt = Annotated[Optional[float], typer.Option("--top-p", "-p", help="static/mean-shift top-p (default 1.0).")]
-TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Optional top-k cut (0 = off; off by default, unlike transformers' 50).")]
-TempScaleOpt = Annotated[float, typer.Option("--temperature-scale", help="autodeco: T = T̂ × scale.")]
-TopPScaleOpt = Annotated[float, typer.Option("--top-p-scale", help="autodeco: p = min(1, P̂ × scale).")]
-MeanFromOpt = Annotated[Optional[Path], typer.Option("--mean-from", help="mean-shift: take T and p from an autodeco eval results JSON.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")]
-TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model repo's own Python code to run.")]
-AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="PEFT/LoRA adapter folder applied to the base model.")]
-
-
 @app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
@@ -58,14 +57,6 @@ def root(
 
         console.print(f"autodeco {__version__}")
         raise typer.Exit()
-
-
-def strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from=None) -> DecodingStrategy:
-    if decoding == "mean-shift" and mean_from is not None:
-        if temperature is not None or top_p is not None:
-            raise UserError("give either --mean-from or --temperature/--top-p for mean-shift, not both")
-        return mean_shift_from_results(mean_from)
-    return make_strategy(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale)
 
 
 @app.command()
@@ -197,6 +188,11 @@ def _emit_traces(generations, show: bool, trace_out: Path | None, trace_plot: Pa
 
         plot_token_trace(generations[0].trace, trace_plot)
         err_console.print(f"wrote trace plot to {trace_plot}")
+
+
+from .commands import register_all  # noqa: E402  (after `app` and `generate` exist)
+
+register_all(app)
 
 
 def main() -> None:

@@ -1,0 +1,34 @@
+"""Command-line options shared by every subcommand, defined once so `--help` reads the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .decoding import DECODING_CHOICES, DecodingStrategy, make_strategy, mean_shift_from_results
+from .errors import UserError
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="HF folder, hub id, .gguf file, merged AutoDeco folder, or alias (default: smollm2-135m-instruct).")]
+HeadsOpt = Annotated[Optional[str], typer.Option("--heads", help="Heads checkpoint folder (ours or official AutoDeco). Default: heads shipped for the model, if any.")]
+DecodingOpt = Annotated[str, typer.Option("--decoding", "-d", help=f"One of {', '.join(DECODING_CHOICES)}.")]
+TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", "-t", help="static/mean-shift temperature (default 1.0).")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", "-p", help="static/mean-shift top-p (default 1.0).")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Optional top-k cut (0 = off; off by default, unlike transformers' 50).")]
+TempScaleOpt = Annotated[float, typer.Option("--temperature-scale", help="autodeco: T = T̂ × scale.")]
+TopPScaleOpt = Annotated[float, typer.Option("--top-p-scale", help="autodeco: p = min(1, P̂ × scale).")]
+MeanFromOpt = Annotated[Optional[Path], typer.Option("--mean-from", help="mean-shift: take T and p from an autodeco eval results JSON.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model repo's own Python code to run.")]
+AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="PEFT/LoRA adapter folder applied to the base model.")]
+
+
+
+def strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from=None) -> DecodingStrategy:
+    if decoding == "mean-shift" and mean_from is not None:
+        if temperature is not None or top_p is not None:
+            raise UserError("give either --mean-from or --temperature/--top-p for mean-shift, not both")
+        return mean_shift_from_results(mean_from)
+    return make_strategy(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale)
