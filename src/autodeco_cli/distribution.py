@@ -48,18 +48,40 @@ def soft_top_p(probs: torch.Tensor, top_p: float | torch.Tensor, alpha: float = 
     return masked / masked.sum(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
+def sorted_values_descending(values: torch.Tensor) -> torch.Tensor:
+    """Row-wise descending sort, values only.
+
+    On CPU numpy's vectorised sort is ~15x faster than torch.sort (which always builds indices
+    too); the values are identical. Callers must not need gradients through it.
+    """
+    if values.device.type == "cpu":
+        import numpy as np
+
+        ascending = np.sort(values.detach().numpy(), axis=-1)
+        return torch.from_numpy(np.ascontiguousarray(ascending[..., ::-1]))
+    return torch.sort(values.detach(), dim=-1, descending=True).values
+
+
 def hard_top_p_keep(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
     """Boolean nucleus, as vLLM and transformers cut it at inference.
 
-    Keep a token while the probability mass strictly before it (in descending order) is below p,
-    and always keep the most likely token, so p -> 0 degrades to greedy instead of to nothing.
+    Keep a token while the probability mass strictly before it (in descending order, ties by
+    token id) is below p, and always keep the most likely token, so p -> 0 degrades to greedy
+    instead of to nothing.
+
+    The nucleus is a prefix of the sorted order, so it is fully described by its size and the
+    smallest kept value: one values-only sort per row, no index scatter.
     """
     top_p = _as_column(top_p, probs)
-    sorted_probs, order = sort_descending(probs)
+    sorted_probs = sorted_values_descending(probs).to(probs.device)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    keep_sorted = mass_before < top_p
-    keep_sorted[..., 0] = True
-    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    size = (mass_before < top_p).sum(dim=-1, keepdim=True).clamp_min(1)
+    cutoff = sorted_probs.gather(-1, size - 1)
+    above = probs > cutoff
+    # tokens equal to the cutoff: keep as many as the prefix still holds, lowest ids first
+    tied = probs == cutoff
+    room = size - above.sum(dim=-1, keepdim=True)
+    return above | (tied & (torch.cumsum(tied.int(), dim=-1) <= room))
 
 
 def top_k_keep(logits: torch.Tensor, top_k: int | None) -> torch.Tensor | None:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -141,6 +140,8 @@ def download_file(spec: DataFile, dest: Path) -> Path:
 
 
 def _copy_url(url: str, out: Any) -> None:
+    import urllib.request  # only downloads need it; keeps CLI start-up light
+
     with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
         for block in iter(lambda: response.read(_CHUNK), b""):
             out.write(block)
@@ -178,7 +179,26 @@ def get_field(record: dict[str, Any], dotted: str) -> Any:
     """`record["a"]["b"]` for "a.b"; a missing key is a UserError naming the field."""
     value: Any = record
     for part in dotted.split("."):
+        if isinstance(value, str) and value.startswith("{"):
+            # Some dataset exports store nested objects as JSON text (LiveCodeBench metadata).
+            value = _json_or_none(value)
         if not isinstance(value, dict) or part not in value:
             raise UserError(f"Data record has no field {dotted!r}", f"fields present: {sorted(record)}")
         value = value[part]
+    return value
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def as_list(value: Any) -> list[Any]:
+    """A list field that some exports store as JSON text (LiveCodeBench's test cases)."""
+    if isinstance(value, str):
+        value = _json_or_none(value)
+    if not isinstance(value, list):
+        raise UserError(f"Expected a list field, got {type(value).__name__}")
     return value

@@ -15,7 +15,7 @@ things stand in the way of using them as installed, and both are handled here:
   splitting, which two of the 25 instruction types use:
   `length_constraints:number_sentences` (count_sentences) and
   `change_case:capital_word_frequency` (word_tokenize splits sentences first). Together they
-  appear in 66 of the 541 prompts. `sentence_splitter()` says which one is in use.
+  appear in 64 of the 541 prompts. `sentence_splitter()` says which one is in use.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ be pulled out, so the runner can count unparseable samples.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -20,8 +21,15 @@ Scorer = Callable[[Doc, str], Score]
 
 # math-verify can spend seconds on adversarial LaTeX (huge exponents, deep nesting).
 MATH_VERIFY_TIMEOUT_S = 5
+# The longest gold answer in the math sets is ~80 characters; a boxed "answer" far longer is a
+# degenerate generation, and parsing it can take seconds, so it is judged wrong unparsed.
+MAX_ANSWER_CHARS = 512
 
 _log = logging.getLogger(__name__)
+# math-verify logs every timeout at WARNING, with the whole input. Without a handler of its
+# own, Python's last-resort handler would print those to stderr mid-run; a NullHandler stops
+# that while an application's own logging configuration still receives them.
+logging.getLogger("math_verify").addHandler(logging.NullHandler())
 
 # ---------------------------------------------------------------------------
 # Boxed-answer extraction
@@ -41,16 +49,16 @@ def last_boxed(text: str) -> str | None:
         return None
     rest = text[start:]
     cmd = next(c for c in _BOX_COMMANDS if rest.startswith(c))
-    after = rest[len(cmd):]
-    if after.startswith(" "):
+    after = rest[len(cmd):].lstrip(" ")
+    if after.startswith("{"):
+        return _balanced_group(after)
+    if len(after) < len(rest) - len(cmd):  # "\boxed 5": a space, then a bare token
         return _unbraced_box(after)
-    if not after.startswith("{"):
-        return None
-    return _balanced_group(after)
+    return None
 
 
 def _unbraced_box(after: str) -> str | None:
-    token = re.match(r"\s+([^\s$]+)", after)
+    token = re.match(r"([^\s$]+)", after)
     return token.group(1) if token else None
 
 
@@ -85,15 +93,23 @@ def _parse_boxed(expr: str) -> list:
     return parse("\\boxed{" + expr + "}", parsing_timeout=_timeouts())
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str) -> list:
+    # Every sample of a question is checked against the same gold: parse it once.
+    return _parse_boxed(gold)
+
+
 def math_equal(gold: str, predicted: str) -> bool:
     """Mathematical equivalence by math-verify; gold first, since `verify` is not symmetric.
 
     Any failure inside math-verify (timeout, parser error) counts as not equal.
     """
+    if len(predicted) > MAX_ANSWER_CHARS:
+        return False
     try:
         from math_verify import verify
 
-        gold_parsed = _parse_boxed(gold)
+        gold_parsed = _parse_gold(gold)
         pred_parsed = _parse_boxed(predicted)
         if not gold_parsed or not pred_parsed:
             return False

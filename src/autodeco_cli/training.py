@@ -1,0 +1,507 @@
+"""Training the heads on a frozen base model: single process, or DDP under torchrun/accelerate.
+
+Determinism is by construction rather than by RNG bookkeeping: the epoch order comes from
+(seed, epoch), and the easy-token drop draws from (seed, epoch, example). So the same seed gives
+the same heads whether the run was interrupted and resumed, or split over several processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .generation import request_seed
+from .heads import AutoDecoHeads, HeadsConfig, load_heads
+from .losses import head_losses
+from .models import DEFAULT_MODEL, load_base_model
+from .training_data import IGNORE_INDEX, Example, load_examples
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_FILE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    output_dir: str = "runs/heads"
+    model: str = DEFAULT_MODEL
+    init_heads: str | None = None
+    adapter: str | None = None
+    mode: str = "joint"  # joint | temperature | top_p
+    # Paper defaults (lr 5e-6, 1 epoch, effective batch 32); small-model recipes override them.
+    learning_rate: float = 5e-6
+    epochs: int = 1
+    micro_batch_size: int = 4
+    gradient_accumulation: int = 8
+    schedule: str = "cosine"  # cosine | linear | constant
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    easy_drop_probability: float = 0.6
+    soft_top_p_alpha: float = 30.0
+    head_width: int = 256
+    use_enhanced_features: bool = True
+    max_length: int = 2048
+    overlong: str = "truncate"  # truncate | drop
+    limit: int | None = None
+    cache_hidden: str = "auto"  # auto (on when epochs > 1 and no LoRA) | on | off
+    cache_dir: str | None = None
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    lora_r: int = 0
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_learning_rate: float | None = None
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+    max_steps: int | None = None  # stop early (smoke runs, benchmarks)
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("no training data given", "set data=PATH.jsonl (see `autodeco make-data`)")
+        checks = {
+            "mode": self.mode in ("joint", "temperature", "top_p"),
+            "schedule": self.schedule in ("cosine", "linear", "constant"),
+            "cache_hidden": self.cache_hidden in ("auto", "on", "off"),
+            "overlong": self.overlong in ("truncate", "drop"),
+            "learning_rate": self.learning_rate > 0,
+            "epochs": self.epochs >= 1,
+            "micro_batch_size": self.micro_batch_size >= 1,
+            "gradient_accumulation": self.gradient_accumulation >= 1,
+            "easy_drop_probability": 0.0 <= self.easy_drop_probability < 1.0,
+            "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
+            "lora_r": self.lora_r >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise UserError(f"config field {name}={getattr(self, name)!r} is invalid", "see `autodeco train-heads --help` for allowed values")
+        if self.lora_r and self.cache_hidden == "on":
+            raise UserError("cache_hidden=on cannot be combined with lora_r: the base model changes while training", "set cache_hidden=off")
+
+    @property
+    def use_cache(self) -> bool:
+        if self.cache_hidden == "auto":
+            return self.epochs > 1 and not self.lora_r
+        return self.cache_hidden == "on"
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: torch.device) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+    def all_reduce_sum_(self, tensors: list[torch.Tensor]) -> None:
+        if self.world_size == 1 or not tensors:
+            return
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+# ---- schedule -------------------------------------------------------------------------------
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(max(progress, 0.0), 1.0)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+    return factor
+
+
+# ---- features: hidden states from the base model, or from the cache ---------------------------
+
+
+@dataclass
+class Features:
+    hidden: torch.Tensor  # [N, H], loss positions only
+    targets: torch.Tensor  # [N]
+    counts: list[int]  # loss positions per example, in batch order
+
+
+def _pad_batch(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
+        mask[row, : len(e.input_ids)] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def base_features(model, examples: list[Example], pad_id: int, device, trainable_base: bool) -> Features:
+    """Last hidden states at the positions that predict a label. The frozen base runs under
+    inference_mode (no graph, no saved activations); with LoRA it must keep its graph."""
+    ids, labels, mask = _pad_batch(examples, pad_id, device)
+    decoder = model.get_decoder()
+    context = torch.enable_grad() if trainable_base else torch.inference_mode()
+    with context:
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        shifted = labels[:, 1:]
+        select = shifted != IGNORE_INDEX
+        selected = hidden[:, :-1][select]
+        targets = shifted[select]
+    if not trainable_base:
+        # inference tensors cannot enter autograd; the copy is only [N, H]
+        selected, targets = selected.clone(), targets.clone()
+    return Features(selected.float(), targets, select.sum(dim=1).tolist())
+
+
+class HiddenStateCache:
+    """Last hidden states of every loss position, computed once, reused by every epoch.
+
+    Stored as fp32 safetensors (exact: the heads see the same inputs as without the cache).
+    Logits are not cached: at V=49k they would be ~200 KB per token, while recomputing them
+    from the cached state is one matmul.
+    """
+
+    def __init__(self, hidden: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor):
+        self.hidden, self.targets, self.offsets = hidden, targets, offsets
+
+    @staticmethod
+    def key(config: TrainConfig, data_path: Path, num_examples: int) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with data_path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(json.dumps([config.model, config.adapter, config.max_length, config.overlong, config.limit, num_examples]).encode())
+        return digest.hexdigest()[:16]
+
+    @classmethod
+    def build_or_load(cls, path: Path, model, examples: list[Example], pad_id: int, device, batch_size: int, progress=None) -> "HiddenStateCache":
+        from safetensors.torch import load_file, save_file
+
+        if path.is_file():
+            state = load_file(str(path))
+            return cls(state["hidden"], state["targets"], state["offsets"])
+        hidden_parts, target_parts, counts = [], [], []
+        for start in range(0, len(examples), batch_size):
+            features = base_features(model, examples[start : start + batch_size], pad_id, device, trainable_base=False)
+            hidden_parts.append(features.hidden.cpu())
+            target_parts.append(features.targets.cpu())
+            counts += features.counts
+            if progress is not None:
+                progress(sum(features.counts))
+        offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(torch.tensor(counts), 0)
+        cache = cls(torch.cat(hidden_parts), torch.cat(target_parts), offsets)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"hidden": cache.hidden, "targets": cache.targets, "offsets": cache.offsets}, str(staging))
+        os.replace(staging, path)
+        return cache
+
+    def features(self, examples: list[Example], device) -> Features:
+        spans = [(int(self.offsets[e.index]), int(self.offsets[e.index + 1])) for e in examples]
+        hidden = torch.cat([self.hidden[a:b] for a, b in spans]).to(device)
+        targets = torch.cat([self.targets[a:b] for a, b in spans]).to(device)
+        return Features(hidden, targets, [b - a for a, b in spans])
+
+
+# ---- the trainer ----------------------------------------------------------------------------
+
+
+def easy_drop_uniforms(seed: int, epoch: int, examples: list[Example], counts: list[int]) -> torch.Tensor:
+    draws = []
+    for example, count in zip(examples, counts):
+        generator = torch.Generator().manual_seed(request_seed(seed, "easy-drop", epoch, example.index))
+        draws.append(torch.rand(count, generator=generator))
+    return torch.cat(draws) if draws else torch.zeros(0)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    generator = torch.Generator().manual_seed(request_seed(seed, "order", epoch))
+    return torch.randperm(n, generator=generator).tolist()
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    loss_tokens: int
+    seconds: float
+    final_metrics: dict
+    report: dict
+
+
+class HeadTrainer:
+    def __init__(self, config: TrainConfig, console=None):
+        config.validate()
+        self.config = config
+        self.console = console
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.lm = load_base_model(config.model, device=config.device, dtype=config.dtype, adapter=config.adapter)
+        self.device = self.lm.device
+        self.dist = Distributed.from_environment(self.device)
+        self.output_dir = Path(config.output_dir)
+        self.examples, report = load_examples(config.data, self.lm.tokenizer, max_length=config.max_length, overlong=config.overlong, limit=config.limit)
+        self.data_report = asdict(report)
+        self.heads = self._init_heads().to(self.device)
+        self.lora_model = self._init_lora() if config.lora_r else None
+        self.parameters = self._trainable_parameters()
+        self.optimizer = self._init_optimizer()
+        self.global_batch = config.micro_batch_size * config.gradient_accumulation * self.dist.world_size
+        self.steps_per_epoch = math.ceil(len(self.examples) / self.global_batch)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        warmup = int(round(config.warmup_ratio * self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.schedule, warmup, self.total_steps))
+        self.step = 0
+        self.cache: HiddenStateCache | None = None
+
+    # -- set-up --
+
+    def _init_heads(self) -> AutoDecoHeads:
+        c = self.config
+        if c.init_heads:
+            return load_heads(c.init_heads, expected_hidden_size=self.lm.hidden_size).train()
+        torch.manual_seed(c.seed)
+        config = HeadsConfig(hidden_size=self.lm.hidden_size, head_width=c.head_width, use_enhanced_features=c.use_enhanced_features, base_model=c.model)
+        return AutoDecoHeads(config).train()
+
+    def _init_lora(self):
+        from peft import LoraConfig, get_peft_model
+
+        c = self.config
+        torch.manual_seed(c.seed + 1)
+        lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=list(c.lora_target_modules), task_type="CAUSAL_LM")
+        peft_model = get_peft_model(self.lm.model, lora)
+        self.lm.model = peft_model
+        return peft_model
+
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        heads = self.heads
+        if self.config.mode == "temperature":
+            heads.top_p_head.requires_grad_(False)
+        if self.config.mode == "top_p":
+            heads.temp_head.requires_grad_(False)
+        params = [p for p in heads.parameters() if p.requires_grad]
+        if self.lora_model is not None:
+            params += [p for p in self.lora_model.parameters() if p.requires_grad]
+        return params
+
+    def _init_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        groups = [{"params": [p for p in self.heads.parameters() if p.requires_grad], "lr": c.learning_rate}]
+        if self.lora_model is not None:
+            groups.append({"params": [p for p in self.lora_model.parameters() if p.requires_grad], "lr": c.lora_learning_rate or c.learning_rate})
+        return torch.optim.AdamW(groups, weight_decay=c.weight_decay)
+
+    # -- checkpoints --
+
+    def checkpoint_dirs(self) -> list[Path]:
+        root = self.output_dir / CHECKPOINTS_DIR
+        if not root.is_dir():
+            return []
+        found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / TRAINER_STATE_FILE).is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        root = self.output_dir / CHECKPOINTS_DIR
+        final = root / f"step-{self.step}"
+        staging = root / f".step-{self.step}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        self._save_heads(staging)
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "config": asdict(self.config),
+        }
+        torch.save(state, staging / TRAINER_STATE_FILE)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for old in self.checkpoint_dirs()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def resume(self) -> int:
+        """Load the latest checkpoint; returns the step it was taken at (0 if none)."""
+        checkpoints = self.checkpoint_dirs()
+        if not checkpoints:
+            return 0
+        latest = checkpoints[-1]
+        # weights_only: optimizer/scheduler state is tensors and plain containers; nothing is unpickled as code
+        state = torch.load(latest / TRAINER_STATE_FILE, weights_only=True)
+        self.heads.load_state_dict(load_heads(latest).state_dict())
+        if self.lora_model is not None:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.lora_model, load_file(str(latest / ADAPTER_DIR / "adapter_model.safetensors")))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+        return self.step
+
+    def _save_heads(self, directory: Path) -> None:
+        self.heads.config.provenance = {
+            "trained_with": "autodeco train-heads",
+            "config": {k: v for k, v in asdict(self.config).items() if k not in ("device", "threads")},
+            "data": self.data_report,
+            "steps": self.step,
+        }
+        self.heads.save(directory)
+        if self.lora_model is not None:
+            self.lora_model.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
+
+    # -- the loop --
+
+    def _micro_batches(self, epoch: int, step_in_epoch: int) -> list[list[Example]]:
+        """This rank's micro-batches for one optimizer step, and how many micro-batches the step has globally."""
+        order = epoch_order(self.config.seed, epoch, len(self.examples))
+        chunk = order[step_in_epoch * self.global_batch : (step_in_epoch + 1) * self.global_batch]
+        size = self.config.micro_batch_size
+        global_micro = [chunk[i : i + size] for i in range(0, len(chunk), size)]
+        mine = global_micro[self.dist.rank :: self.dist.world_size]
+        return [[self.examples[i] for i in micro] for micro in mine], len(global_micro)
+
+    def _features(self, examples: list[Example]) -> Features:
+        if self.cache is not None:
+            return self.cache.features(examples, self.device)
+        return base_features(self.lm.model, examples, self.lm.tokenizer.pad_token_id, self.device, trainable_base=self.lora_model is not None)
+
+    def _micro_step(self, examples: list[Example], epoch: int, scale: float) -> dict:
+        c = self.config
+        features = self._features(examples)
+        lm_head = self.lm.model.get_output_embeddings()
+        with torch.no_grad():
+            logits = lm_head(features.hidden.to(lm_head.weight.dtype)).float()
+        hidden = features.hidden
+        temperature, top_p = self.heads(hidden, logits)
+        uniforms = easy_drop_uniforms(c.seed, epoch, examples, features.counts).to(self.device)
+        losses = head_losses(
+            logits, features.targets, temperature, top_p, uniforms,
+            mode=c.mode, easy_drop_probability=c.easy_drop_probability, alpha=c.soft_top_p_alpha,
+        )
+        (losses["loss"] * scale).backward()
+        return {
+            **{k: float(v.detach()) for k, v in losses.items()},
+            "tokens": int(features.targets.numel()),
+            "mean_temperature": float(temperature.detach().mean()),
+            "mean_top_p": float(top_p.detach().mean()),
+        }
+
+    def train(self, resume: bool = False, on_step=None) -> TrainResult:
+        c = self.config
+        if resume:
+            self.resume()
+        elif self.dist.is_main and self.checkpoint_dirs():
+            raise UserError(f"{self.output_dir} already holds checkpoints", "pass --resume to continue that run, or choose another output_dir")
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if c.use_cache:
+            self._prepare_cache()
+        metrics_path = self.output_dir / METRICS_FILE
+        started = time.perf_counter()
+        tokens_total = 0
+        last: dict = {}
+        while self.step < self.total_steps:
+            epoch, step_in_epoch = divmod(self.step, self.steps_per_epoch)
+            micro_batches, global_count = self._micro_batches(epoch, step_in_epoch)
+            self.optimizer.zero_grad(set_to_none=False)
+            sums: dict[str, float] = {}
+            for examples in micro_batches:
+                record = self._micro_step(examples, epoch, scale=1.0 / global_count)
+                for key, value in record.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            grads = [p.grad for p in self.parameters if p.grad is not None]
+            self.dist.all_reduce_sum_(grads)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, c.max_grad_norm) if c.max_grad_norm > 0 else torch.tensor(0.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            step_tokens = int(sums.get("tokens", 0))
+            tokens_total += step_tokens
+            count = max(len(micro_batches), 1)
+            last = {
+                "step": self.step,
+                "epoch": epoch,
+                "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens": step_tokens,
+                "tokens_per_s": tokens_total / max(time.perf_counter() - started, 1e-9),
+                **{k: sums[k] / count for k in sums if k != "tokens"},
+            }
+            if self.dist.is_main and (self.step % c.log_every == 0 or self.step == self.total_steps):
+                with metrics_path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(last) + "\n")
+            if c.save_every and self.step % c.save_every == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+            if on_step is not None:
+                on_step(last, self.total_steps)
+        seconds = time.perf_counter() - started
+        self.save_checkpoint()
+        if self.dist.is_main:
+            self._save_heads(self.output_dir)
+        self.dist.barrier()
+        return TrainResult(self.output_dir, self.step, tokens_total, seconds, last, self.data_report)
+
+    def _prepare_cache(self) -> None:
+        c = self.config
+        cache_dir = Path(c.cache_dir) if c.cache_dir else self.output_dir / "hidden_cache"
+        path = cache_dir / f"hidden-{HiddenStateCache.key(c, Path(c.data), len(self.examples))}.safetensors"
+        if self.dist.is_main:
+            self.cache = HiddenStateCache.build_or_load(path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size)
+        self.dist.barrier()
+        if self.cache is None:
+            self.cache = HiddenStateCache.build_or_load(path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size)
