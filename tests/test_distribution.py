@@ -125,6 +125,21 @@ def test_hard_top_p_per_row_tensor_p_and_batch_shapes():
                 assert keep[a, b].tolist() == ref_hard_keep(probs[a, b].tolist(), float(p[a, b]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_hard_top_p_low_precision_dtypes(dtype):
+    """hard_top_p_keep is a public pure function on ``[..., V]`` tensors; bf16/fp16 probabilities
+    (a bf16 model's softmax) must work like float32 on the same (rounded) values."""
+    gen = torch.Generator().manual_seed(17)
+    probs = random_probs(gen, rows=4, vocab=33, dtype=torch.float32).to(dtype)
+    keep = hard_top_p_keep(probs, 0.7)
+    assert keep.tolist() == hard_top_p_keep(probs.float(), 0.7).tolist()
+
+
+def test_hard_top_p_accepts_tensors_that_require_grad():
+    probs = torch.softmax(torch.randn(3, 12), -1).requires_grad_()
+    assert hard_top_p_keep(probs, 0.5).tolist() == hard_top_p_keep(probs.detach(), 0.5).tolist()
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8, 0.95])
 def test_hard_top_p_matches_transformers_warper(p):
     from transformers import TopPLogitsWarper

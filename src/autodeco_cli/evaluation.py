@@ -647,7 +647,7 @@ def summary_table(results: dict[str, dict]):
     from rich.table import Table
 
     table = Table(title="eval results (accuracy in %)")
-    for column in ("decoding", "task", "questions × samples", "pass@1 ± SE", "± seeds", "best pass@k", "best maj@k", "tokens", "unparseable", "T̂ / P̂"):
+    for column in ("decoding", "task", "questions × samples", "pass@1 ± SE", "± seeds", "pass@k", "maj@k", "tokens", "unparseable", "T̂ / P̂"):
         table.add_column(column, justify="left" if column in ("decoding", "task") else "right")
     for label, result in results.items():
         for task, m in result["results"].items():
@@ -672,7 +672,7 @@ def summary_table(results: dict[str, dict]):
 def comparison_table(comparisons: list[TaskComparison], name_a: str, name_b: str):
     from rich.table import Table
 
-    table = Table(title=f"paired per-question pass@1 (in %), Δ = A − B\nA = {name_a}\nB = {name_b}")
+    table = Table(title="paired per-question pass@1 (in %), Δ = A − B", caption=f"A = {name_a}\nB = {name_b}")
     for column in ("task", "questions", "A", "B", "Δ", "SE", "95% CI (bootstrap)"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for item in comparisons:

@@ -8,6 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from ..errors import UserError
+from ..models import DEFAULT_MODEL
+from ..options import DecodingOpt, DeviceOpt, DtypeOpt, ModelOpt, TemperatureOpt, TopKOpt, TopPOpt
+
 err_console = Console(stderr=True)
 
 
@@ -78,5 +82,61 @@ def _train_with_progress(trainer, resume: bool):
         return trainer.train(resume=resume, on_step=on_step)
 
 
+def make_data(
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma list of tasks with a train split (gsm8k, math500, arith-add, ...).")] = "gsm8k,math500",
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of {prompt, completion} lines for train-heads.")] = Path("data/on_policy.jsonl"),
+    k: Annotated[int, typer.Option("-k", help="Samples per problem.")] = 4,
+    split: Annotated[str, typer.Option("--split", help="Which split to sample problems from.")] = "train",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Problems per task.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    decoding: DecodingOpt = "static",
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Default: the task's own budget.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    chat: Annotated[bool, typer.Option("--chat/--no-chat")] = True,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+):
+    """Build on-policy training data: sample the base model k times per training problem and keep
+    the trajectories the task's scorer accepts (the paper's recipe). Re-run the same command to
+    resume after an interruption.
+
+    Example:
+
+      autodeco make-data --tasks arith-add,arith-mul --limit 400 -k 4 -t 0.8 -o data/arith.jsonl
+    """
+    from ..decoding import make_strategy
+    from ..make_data import make_on_policy_data
+    from ..progress import progress_bar
+    from ..runtime import open_engine
+
+    if k < 1 or batch_size < 1:
+        raise UserError("-k and --batch-size must be at least 1")
+    strategy = make_strategy(decoding, temperature, top_p, top_k)
+    if strategy.uses_heads:
+        raise UserError("make-data samples the base model", "use --decoding static or greedy")
+    engine = open_engine(model, None, [strategy], device=device, dtype=dtype)
+    with progress_bar(err_console) as progress:
+        bar = progress.add_task("sampling problems", total=None, tokens=0)
+        tokens = 0
+
+        def on_chunk(problems, samples, new_tokens):
+            nonlocal tokens
+            tokens += new_tokens
+            progress.update(bar, advance=problems, tokens=tokens)
+
+        report = make_on_policy_data(
+            engine, tasks, output, strategy, k=k, split=split, limit=limit, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, seed=seed, chat=chat, on_chunk=on_chunk,
+        )
+    for name, stats in report.per_task.items():
+        err_console.print(f"{name}: {stats['kept']} kept of {stats['samples']} samples this run ({stats['problems']} problems)")
+    err_console.print(f"wrote {report.kept} new trajectories to {output} ({report.skipped_done} problems were already done)")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("make-data")(make_data)
     app.command("train-heads")(train_heads)
