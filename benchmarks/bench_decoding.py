@@ -51,6 +51,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the disabled-EOS warning would repeat on every call
 
     from autodeco_cli.decoding import make_strategy
     from autodeco_cli.generation import GenerationEngine, build_requests

@@ -325,21 +325,21 @@ class Interrupt(Exception):
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_model_dir, data, tmp_path):
-    common = dict(epochs=2, schedule="cosine", warmup_ratio=0.25, save_every=1, easy_drop_probability=0.6)
+    common = dict(epochs=3, schedule="cosine", warmup_ratio=0.2, save_every=1, easy_drop_probability=0.6)
     full = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "full", **common))
     full.train()
-    assert full.step == 4  # 8 examples, global batch 4, 2 epochs
+    assert full.step == 6  # 8 examples, global batch 4, 3 epochs
 
     out = tmp_path / "interrupted"
     first = HeadTrainer(make_config(tiny_model_dir, data, out, **common))
 
-    def stop_at_three(metrics, total):
-        if metrics["step"] == 3:
+    def stop_at_two(metrics, total):
+        if metrics["step"] == 2:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        first.train(on_step=stop_at_three)
-    assert (out / "checkpoints" / "step-3").is_dir()
+        first.train(on_step=stop_at_two)
+    assert (out / "checkpoints" / "step-2").is_dir()
     assert not (out / "autodeco_heads.safetensors").exists()
 
     with pytest.raises(UserError, match="--resume"):
@@ -347,11 +347,12 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_model_dir, 
 
     resumed = HeadTrainer(make_config(tiny_model_dir, data, out, **common))
     resumed.train(resume=True)
-    assert resumed.step == 4
+    assert resumed.step == 6
     assert_states_close(heads_state(resumed), heads_state(full), atol=1e-6)
     assert_states_close(heads_state(out), heads_state(tmp_path / "full"), atol=1e-6)
-    steps = [m["step"] for m in read_metrics(out)]
-    assert steps == [1, 2, 3, 4]
+    metrics, reference = read_metrics(out), read_metrics(tmp_path / "full")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert [m["lr"] for m in metrics] == pytest.approx([m["lr"] for m in reference], rel=1e-9)
 
 
 def test_resume_from_a_max_steps_run_continues_to_the_full_run(tiny_model_dir, data, tmp_path):
@@ -465,11 +466,11 @@ def test_lora_output_loads_with_open_engine(lora_run, tiny_model_dir):
         torch.testing.assert_close(engine.lm.model(x).logits, trainer.lm.model(x).logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="open_engine/resolve_heads do not pick up output_dir/adapter next to LoRA-trained heads; it must be passed explicitly")
 def test_lora_heads_folder_brings_its_adapter(lora_run, tiny_model_dir):
     from autodeco_cli.runtime import open_engine
 
     trainer, out, _, _ = lora_run
+    # heads=output_dir alone: the adapter saved next to the heads is applied too
     engine = open_engine(str(tiny_model_dir), heads=str(out), force_heads=True)
     x = torch.tensor([[1, 5, 9, 42, 7]])
     trainer.lm.model.eval()
@@ -528,9 +529,9 @@ def assert_one_line_error(code, err, *needles):
 def test_cli_recipe_with_overrides_and_options(cli, tiny_model_dir, data, tmp_path):
     recipe = _recipe(tmp_path, tiny_model_dir, data)
     out = tmp_path / "cli-out"
-    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "cache_hidden=off", "--output-dir", out, "--mode", "temperature")
+    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "--output-dir", out, "--mode", "temperature")
     assert code == 0, err
-    assert "done: 4 steps" in err
+    assert "done: 4 steps" in err and "cache=on" in err  # auto: on for epochs > 1
     cfg = json.loads((out / "config.json").read_text())["autodeco_cli"]["provenance"]["config"]
     assert cfg["epochs"] == 2 and cfg["learning_rate"] == 2e-3 and cfg["mode"] == "temperature"
     assert cfg["micro_batch_size"] == 2 and cfg["head_width"] == 32 and cfg["output_dir"] == str(out)
@@ -538,12 +539,35 @@ def test_cli_recipe_with_overrides_and_options(cli, tiny_model_dir, data, tmp_pa
     assert len(read_metrics(out)) == 4
 
     # again without --resume: refused; with --resume: nothing left to do, same heads
-    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "cache_hidden=off", "--output-dir", out, "--mode", "temperature")
-    assert_one_line_error(code, err, "already holds checkpoints", "--resume")
+    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "--output-dir", out, "--mode", "temperature")
+    # (the refusal comes after the data summary line, from train(); the error itself is one line)
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "already holds checkpoints" in errors[0] and "--resume" in errors[0], err
     before = heads_state(out)
-    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "cache_hidden=off", "--output-dir", out, "--mode", "temperature", "--resume")
+    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "--output-dir", out, "--mode", "temperature", "--resume")
     assert code == 0, err
     assert_states_close(heads_state(out), before, atol=0.0)
+
+
+@pytest.mark.parametrize("where", ["override", "recipe"])
+@pytest.mark.parametrize("value", ["off", "on"])
+def test_cli_cache_hidden_on_off_values_are_accepted(cli, tiny_model_dir, data, tmp_path, where, value):
+    """BUG (recipes.py): `cache_hidden=off` / `cache_hidden: off` -- the documented values of a
+    str field -- are read by yaml.safe_load (YAML 1.1) as the booleans False/True, and `_coerce`
+    then refuses them: "field cache_hidden expects str, got False". Fix: parse override values by
+    the field's type (keep the raw text for str fields) and map YAML booleans back for on/off
+    fields read from a recipe (or load recipes with a YAML 1.2-style resolver)."""
+    out = tmp_path / "cache-out"
+    if where == "override":
+        recipe = _recipe(tmp_path, tiny_model_dir, data)
+        code, _, err = cli("train-heads", "--config", recipe, f"cache_hidden={value}", "--output-dir", out)
+    else:
+        recipe = tmp_path / "cache.yaml"
+        recipe.write_text(_recipe(tmp_path, tiny_model_dir, data).read_text() + f"cache_hidden: {value}\n")
+        code, _, err = cli("train-heads", "--config", recipe, "--output-dir", out)
+    assert code == 0, err
+    assert f"cache={value}" in err
 
 
 @pytest.mark.parametrize(

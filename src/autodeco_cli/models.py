@@ -150,20 +150,24 @@ def _load_merged(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
     cfg = json.loads((folder / "config.json").read_text())
     base_fields = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "auto_map")}
     config = AutoConfig.for_model(cfg["base_model_type"], **base_fields)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     state = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
                 if key.startswith("llm."):
                     state[key[len("llm."):]] = handle.get_tensor(key).to(dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing:
-        raise UserError(f"{folder}: merged checkpoint lacks base weights such as {missing[0]}")
+    try:  # skipping random init matters for 7B+ models; the weights are overwritten anyway
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.load_state_dict(state, strict=False)
     if config.tie_word_embeddings:
         model.tie_weights()
+    missing = [k for k in model.state_dict() if k not in state and not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing:
+        raise UserError(f"{folder}: merged checkpoint lacks base weights such as {missing[0]}")
     return model
 
 

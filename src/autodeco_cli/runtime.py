@@ -9,7 +9,7 @@ from rich.console import Console
 
 from .decoding import DecodingStrategy
 from .generation import GenerationEngine
-from .heads import AutoDecoHeads, fresh_heads, load_heads
+from .heads import AutoDecoHeads, fresh_heads, load_heads, read_heads_config
 from .models import DEFAULT_MODEL, LoadedModel, load_base_model
 
 err_console = Console(stderr=True)
@@ -22,10 +22,21 @@ def packaged_heads_path(model_spec: str) -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
+def heads_adapter(heads: str | None) -> str | None:
+    """A LoRA adapter trained together with the heads (train-heads --lora-r) lives next to them."""
+    if not heads:
+        return None
+    candidate = Path(heads).expanduser() / "adapter"
+    return str(candidate) if (candidate / "adapter_config.json").is_file() else None
+
+
 def resolve_heads(heads: str | None, lm: LoadedModel, needed: bool) -> AutoDecoHeads | None:
     """Explicit heads, else the packaged heads for the model, else fresh heads with a loud warning."""
     if heads:
         return load_heads(heads, expected_hidden_size=lm.hidden_size)
+    merged = Path(lm.name)
+    if merged.is_dir() and (merged / "config.json").is_file() and read_heads_config(merged).get("model_type") == "autodeco":
+        return load_heads(merged, expected_hidden_size=lm.hidden_size)  # a merged folder carries its heads
     if not needed:
         return None
     shipped = packaged_heads_path(lm.name)
@@ -50,6 +61,7 @@ def open_engine(
     adapter: str | None = None,
     force_heads: bool = False,
 ) -> GenerationEngine:
+    adapter = adapter or heads_adapter(heads)
     lm = load_base_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter)
     needed = force_heads or any(s.uses_heads for s in strategies or [])
     return GenerationEngine(lm, resolve_heads(heads, lm, needed))
