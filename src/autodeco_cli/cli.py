@@ -17,6 +17,7 @@ from rich.table import Table
 from .errors import UserError
 from .models import DEFAULT_MODEL
 from .options import (
+    ActiveHeadsOpt,
     AdapterOpt,
     DecodingOpt,
     DeviceOpt,
@@ -72,6 +73,7 @@ def generate(
     temperature_scale: TempScaleOpt = 1.0,
     top_p_scale: TopPScaleOpt = 1.0,
     mean_from: MeanFromOpt = None,
+    active_heads: ActiveHeadsOpt = "both",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generation budget per sample.")] = 256,
     seed: Annotated[int, typer.Option(help="Sampling seed; a sample depends only on (seed, prompt, sample index).")] = 0,
     n: Annotated[int, typer.Option("--n", help="Samples per prompt.")] = 1,
@@ -100,7 +102,7 @@ def generate(
 
     if max_new_tokens < 1 or n < 1 or batch_size < 1:
         raise UserError("--max-new-tokens, --n and --batch-size must be at least 1")
-    strategy = strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from)
+    strategy = strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, active_heads)
     prompts = read_prompts(prompt, file)
     want_trace = trace or trace_out is not None or trace_plot is not None
     if want_trace and not strategy.uses_heads:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import UserError
 
 DECODING_CHOICES = ("greedy", "static", "autodeco", "mean-shift")
+ACTIVE_HEADS_CHOICES = ("both", "temperature", "top_p")
 MAX_STATIC_TEMPERATURE = 5.0
 
 
@@ -29,6 +30,8 @@ class DecodingStrategy:
     top_k: int | None = None
     temperature_scale: float = 1.0
     top_p_scale: float = 1.0
+    # Ablation (paper): let only one head act; the other parameter stays at 1.0.
+    active_heads: str = "both"  # both | temperature | top_p
 
     @property
     def uses_heads(self) -> bool:
@@ -44,7 +47,8 @@ class DecodingStrategy:
             return "greedy"
         if self.name == "autodeco":
             scales = "" if (self.temperature_scale, self.top_p_scale) == (1.0, 1.0) else f"(×T {self.temperature_scale:g}, ×p {self.top_p_scale:g})"
-            return "autodeco" + scales
+            only = {"both": "", "temperature": "[T̂ only]", "top_p": "[P̂ only]"}[self.active_heads]
+            return "autodeco" + only + scales
         k = f", k={self.top_k}" if self.top_k else ""
         return f"{self.name}(T={self.temperature:g}, p={self.top_p:g}{k})"
 
@@ -71,6 +75,7 @@ def make_strategy(
     top_k: int | None = None,
     temperature_scale: float = 1.0,
     top_p_scale: float = 1.0,
+    active_heads: str = "both",
 ) -> DecodingStrategy:
     """Validate user input into a strategy. Every range error is a one-line UserError."""
     if name not in DECODING_CHOICES:
@@ -82,7 +87,11 @@ def make_strategy(
     if name == "autodeco":
         if temperature_scale <= 0 or top_p_scale <= 0:
             raise UserError("--temperature-scale and --top-p-scale must be positive")
-        return DecodingStrategy("autodeco", top_k=top_k or None, temperature_scale=float(temperature_scale), top_p_scale=float(top_p_scale))
+        if active_heads not in ACTIVE_HEADS_CHOICES:
+            raise UserError(f"--active-heads {active_heads!r} is not a choice", f"use one of: {', '.join(ACTIVE_HEADS_CHOICES)}")
+        return DecodingStrategy(
+            "autodeco", top_k=top_k or None, temperature_scale=float(temperature_scale), top_p_scale=float(top_p_scale), active_heads=active_heads
+        )
     if name == "mean-shift" and (temperature is None or top_p is None):
         raise UserError(
             "--decoding mean-shift needs --temperature and --top-p (the mean T̂ and P̂ of an autodeco run)",

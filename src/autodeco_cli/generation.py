@@ -128,8 +128,13 @@ class DecodingProcessor(LogitsProcessor):
                 head_t, head_p = self.heads(hidden, scores[rows])
             scale_t = torch.tensor([self.requests[i].strategy.temperature_scale for i in self.head_rows], device=scores.device)
             scale_p = torch.tensor([self.requests[i].strategy.top_p_scale for i in self.head_rows], device=scores.device)
-            temperature[rows] = head_t.squeeze(-1).float() * scale_t
-            top_p[rows] = (head_p.squeeze(-1).float() * scale_p).clamp(max=1.0)
+            head_t = head_t.squeeze(-1).float() * scale_t
+            head_p = (head_p.squeeze(-1).float() * scale_p).clamp(max=1.0)
+            active = [self.requests[i].strategy.active_heads for i in self.head_rows]
+            use_t = torch.tensor([a != "top_p" for a in active], device=scores.device)
+            use_p = torch.tensor([a != "temperature" for a in active], device=scores.device)
+            temperature[rows] = torch.where(use_t, head_t, torch.ones_like(head_t))
+            top_p[rows] = torch.where(use_p, head_p, torch.ones_like(head_p))
         if self.greedy_rows:
             # p = 0 keeps exactly the argmax token (hard_top_p_keep always keeps the top one).
             top_p[torch.tensor(self.greedy_rows, device=scores.device)] = 0.0

@@ -18,6 +18,7 @@ TopPOpt = Annotated[Optional[float], typer.Option("--top-p", "-p", help="static/
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Optional top-k cut (0 = off; off by default, unlike transformers' 50).")]
 TempScaleOpt = Annotated[float, typer.Option("--temperature-scale", help="autodeco: T = T̂ × scale.")]
 TopPScaleOpt = Annotated[float, typer.Option("--top-p-scale", help="autodeco: p = min(1, P̂ × scale).")]
+ActiveHeadsOpt = Annotated[str, typer.Option("--active-heads", help="autodeco ablation: both (default), temperature (p=1) or top_p (T=1).")]
 MeanFromOpt = Annotated[Optional[Path], typer.Option("--mean-from", help="mean-shift: take T and p from an autodeco eval results JSON.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")]
@@ -26,9 +27,9 @@ AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="PEFT/LoRA 
 
 
 
-def strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from=None) -> DecodingStrategy:
+def strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from=None, active_heads="both") -> DecodingStrategy:
     if decoding == "mean-shift" and mean_from is not None:
         if temperature is not None or top_p is not None:
             raise UserError("give either --mean-from or --temperature/--top-p for mean-shift, not both")
         return mean_shift_from_results(mean_from)
-    return make_strategy(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale)
+    return make_strategy(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, active_heads)
