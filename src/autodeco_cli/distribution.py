@@ -67,7 +67,7 @@ def hard_top_p_keep(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.T
 
     Keep a token while the probability mass strictly before it (in descending order, ties by
     token id) is below p, and always keep the most likely token, so p -> 0 degrades to greedy
-    instead of to nothing.
+    instead of to nothing. p >= 1 keeps every token.
 
     The nucleus is a prefix of the sorted order, so it is fully described by its size and the
     smallest kept value: one values-only sort per row, no index scatter.
@@ -76,6 +76,9 @@ def hard_top_p_keep(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.T
     sorted_probs = sorted_values_descending(probs).to(probs.device)
     mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
     size = (mass_before < top_p).sum(dim=-1, keepdim=True).clamp_min(1)
+    # p >= 1 means "no cut" (as in vLLM); without this, fp32 cumsums that reach 1.0 early
+    # would silently drop the far tail.
+    size = torch.where(top_p >= 1.0, torch.full_like(size, probs.size(-1)), size)
     cutoff = sorted_probs.gather(-1, size - 1)
     above = probs > cutoff
     # tokens equal to the cutoff: keep as many as the prefix still holds, lowest ids first
