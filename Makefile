@@ -29,6 +29,14 @@ test-fast: setup
 demo: setup
 	$(BIN)/autodeco generate "What is 27 + 82? Reply with just the number." --trace
 
+# The paper's comparison at CPU scale (≈90 min on 2 cores); every stage resumes.
+reproduce: setup
+	$(BIN)/autodeco reproduce -c recipes/reproduce-cpu.yaml
+
+# Same pipeline on a sliver of the data (~10 min), for smoke runs.
+reproduce-quick: setup
+	$(BIN)/autodeco reproduce --quick
+
 bench: setup
 	$(BIN)/python benchmarks/bench_decoding.py
 

@@ -145,6 +145,36 @@ def wrong_heads_dir(tmp_path_factory) -> Path:
     return folder
 
 
+def build_merged_folder(base_dir: Path, target: Path, heads, sharded: bool = False) -> Path:
+    """An official-style merged AutoDeco checkpoint built from a saved base model folder: base
+    weights under ``llm.``, the heads' tensors, and an autodeco config with base_model_type."""
+    from safetensors.torch import load_file, save_file
+
+    base = load_file(str(base_dir / "model.safetensors"))
+    state = {"llm." + k: v.contiguous() for k, v in base.items()}
+    state.update({k: v.detach().contiguous() for k, v in heads.state_dict().items()})
+    target.mkdir(parents=True, exist_ok=True)
+    if sharded:
+        keys = sorted(state)
+        save_file({k: state[k] for k in keys[: len(keys) // 2]}, str(target / "model-00001-of-00002.safetensors"))
+        save_file({k: state[k] for k in keys[len(keys) // 2 :]}, str(target / "model-00002-of-00002.safetensors"))
+    else:
+        save_file(state, str(target / "model.safetensors"))
+    cfg = json.loads((base_dir / "config.json").read_text())
+    cfg.update(
+        model_type="autodeco",
+        base_model_type=cfg["model_type"],
+        base_model_name_or_path=str(base_dir),
+        architectures=["AutoDecoModelForCausalLM"],
+        use_enhanced_features=True,
+    )
+    (target / "config.json").write_text(json.dumps(cfg, indent=2))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (base_dir / name).is_file():
+            (target / name).write_bytes((base_dir / name).read_bytes())
+    return target
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path

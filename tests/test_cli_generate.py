@@ -15,7 +15,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY_HIDDEN, write_jsonl
+from conftest import TINY_HIDDEN, build_merged_folder, write_jsonl
 from safetensors.torch import load_file
 
 from autodeco_cli.cli import main
@@ -101,6 +101,27 @@ def test_autodeco_default_without_heads_on_absolute_model_path(cli, tiny_model_d
     code, out, err = cli("generate", "hello", "-m", tiny_model_dir, "--max-new-tokens", 4)
     assert code == 0, err
     assert "untrained" in err
+
+
+def test_merged_folder_uses_its_own_heads(cli, tiny_model_dir, tmp_path):
+    from autodeco_cli.heads import fresh_heads
+
+    heads = fresh_heads(TINY_HIDDEN, seed=12)
+    folder = build_merged_folder(tiny_model_dir, tmp_path / "merged", heads)
+    (tmp_path / "split").mkdir()
+    heads.save(tmp_path / "split")
+    trace_merged, trace_split = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    code, out_merged, err = cli("generate", "hello", "-m", folder, "--max-new-tokens", 6, "--trace-out", trace_merged)
+    assert code == 0, err
+    assert "untrained" not in err
+    code, out_split, err = cli("generate", "hello", "-m", tiny_model_dir, "--heads", tmp_path / "split", "--max-new-tokens", 6, "--trace-out", trace_split)
+    assert code == 0, err
+    assert out_merged == out_split
+    a, b = read_jsonl(trace_merged), read_jsonl(trace_split)
+    assert [(t["token_id"], t["nucleus_size"]) for t in a] == [(t["token_id"], t["nucleus_size"]) for t in b]
+    for x, y in zip(a, b):  # same weights, loaded by two paths: equal up to float rounding
+        assert x["temperature"] == pytest.approx(y["temperature"], rel=1e-5)
+        assert x["top_p"] == pytest.approx(y["top_p"], rel=1e-5)
 
 
 def test_file_jsonl_writes_stdout_jsonl(cli, tiny_model_dir, tiny_lm, tmp_path):
@@ -291,6 +312,29 @@ def test_non_safetensors_model(cli, tiny_model_dir, tmp_path):
     torch.save(load_file(str(tiny_model_dir / "model.safetensors")), folder / "pytorch_model.bin")
     code, out, err = cli("generate", "hi", "-m", folder, "-d", "greedy", "--max-new-tokens", 2)
     assert_user_error(code, err, "safetensors")
+
+
+def test_truncated_model_safetensors(cli, tiny_model_dir, tmp_path):
+    """A model folder whose model.safetensors is truncated (an interrupted download) must be a
+    one-line user error, not a SafetensorError traceback from inside transformers."""
+    folder = tmp_path / "truncated-model"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
+    (folder / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes()[:1000])
+    code, out, err = cli("generate", "hi", "-m", folder, "-d", "greedy", "--max-new-tokens", 2)
+    assert_user_error(code, err, "truncated-model")
+
+
+def test_corrupt_merged_autodeco_folder(cli, tmp_path):
+    """A folder that looks like a merged AutoDeco checkpoint (autodeco config) but whose
+    safetensors file is corrupt: models._has_llm_prefixed_weights opens it unguarded."""
+    folder = tmp_path / "merged-corrupt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "autodeco", "base_model_type": "llama"}))
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    code, out, err = cli("generate", "hi", "-m", folder, "-d", "greedy", "--max-new-tokens", 2)
+    assert_user_error(code, err, "merged-corrupt")
 
 
 def test_corrupt_heads_safetensors(cli, tiny_model_dir, tmp_path):

@@ -29,6 +29,8 @@ def ref_order(probs: list[float]) -> list[int]:
 
 
 def ref_hard_keep(probs: list[float], p: float) -> list[bool]:
+    if p >= 1.0:
+        return [True] * len(probs)  # p = 1 means no cut (as vLLM), even where fp cumsums hit 1 early
     keep = [False] * len(probs)
     mass_before = 0.0
     for rank, i in enumerate(ref_order(probs)):
@@ -49,7 +51,7 @@ def ref_soft(probs: list[float], p: float, alpha: float) -> list[float]:
     return [m / total for m in masked]
 
 
-def ref_decoding(logits: list[float], T: float, p: float, top_k: int | None) -> list[float]:
+def ref_decoding(logits: list[float], T: float, p: float, top_k: int | None, return_kept: bool = False):
     T = max(T, MIN_TEMPERATURE)
     scaled = [x / T for x in logits]
     alive = [True] * len(scaled)
@@ -61,9 +63,11 @@ def ref_decoding(logits: list[float], T: float, p: float, top_k: int | None) -> 
     z = sum(exps)
     probs = [e / z for e in exps]
     keep = ref_hard_keep(probs, p)
+    keep = [k and a for k, a in zip(keep, alive)]
     final = [pr if k else 0.0 for pr, k in zip(probs, keep)]
     z = sum(final)
-    return [f / z for f in final]
+    dist = [f / z for f in final]
+    return (dist, sum(keep)) if return_kept else dist
 
 
 def random_probs(generator: torch.Generator, rows: int, vocab: int, ties: bool = False, dtype=torch.float64) -> torch.Tensor:
@@ -184,11 +188,11 @@ def test_decoding_distribution_matches_reference(T, p, top_k):
     dist = decoding_distribution(logits, T, p, mode="hard", top_k=top_k)
     assert dist.shape == logits.shape
     assert torch.allclose(dist.sum(-1), torch.ones(8), atol=1e-5)
-    for row in range(8):
-        expected = torch.tensor(ref_decoding(logits[row].double().tolist(), T, p, top_k), dtype=torch.float32)
-        assert torch.allclose(dist[row], expected, atol=1e-5), (row, T, p, top_k)
     decoded = decoding_logits(logits, T, p, top_k)
-    assert torch.equal(nucleus_size(decoded), (dist > 0).sum(-1))
+    for row in range(8):
+        ref, kept = ref_decoding(logits[row].double().tolist(), T, p, top_k, return_kept=True)
+        assert torch.allclose(dist[row], torch.tensor(ref, dtype=torch.float32), atol=1e-5), (row, T, p, top_k)
+        assert int(nucleus_size(decoded[row])) == kept, (row, T, p, top_k)
     if p == 1e-6:
         assert nucleus_size(decoded).tolist() == [1] * 8
 

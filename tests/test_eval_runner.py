@@ -231,6 +231,32 @@ def test_resume_refuses_other_settings(engine, tmp_path):
         _run(engine, tmp_path, [STATIC], k=1, seeds=[0], max_new_tokens=3)
     with pytest.raises(UserError, match="chat"):
         _run(engine, tmp_path, [STATIC], k=1, seeds=[0], chat=False)
+    _run(engine, tmp_path, [AUTODECO], k=1, seeds=[0])
+    other = GenerationEngine(engine.lm, fresh_heads(TINY_HIDDEN, seed=1))
+    try:
+        with pytest.raises(UserError, match="heads_sha256"):
+            _run(other, tmp_path, [AUTODECO], k=1, seeds=[0])
+        _run(other, tmp_path, [STATIC], k=1, seeds=[0])  # heads do not matter to static
+    finally:
+        other.close()
+
+
+def test_small_helpers():
+    from autodeco_cli.evaluation import parse_seeds, pass_k_ladder, sample_metric_means
+
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("5,9") == [5, 9]
+    with pytest.raises(UserError):
+        parse_seeds("x")
+    assert pass_k_ladder(1) == [1] and pass_k_ladder(128) == [1, 4, 8, 16, 32, 64, 128] and pass_k_ladder(12) == [1, 4, 8]
+    assert strategy_slug(make_strategy("static", temperature=0.6, top_p=0.95)) == "static-T0.6-p0.95"
+    assert strategy_slug(make_strategy("autodeco", temperature_scale=1.2)) == "autodeco-xT-1.2-xp-1"
+    ifeval = [
+        {"metrics": {"prompt_strict": 1.0, "prompt_loose": 1.0, "inst_strict_correct": 2.0, "inst_strict_total": 2.0, "inst_loose_correct": 2.0, "inst_loose_total": 2.0}},
+        {"metrics": {"prompt_strict": 0.0, "prompt_loose": 1.0, "inst_strict_correct": 1.0, "inst_strict_total": 3.0, "inst_loose_correct": 3.0, "inst_loose_total": 3.0}},
+    ]
+    assert sample_metric_means(ifeval) == {
+        "prompt_level_strict_acc": 0.5, "prompt_level_loose_acc": 1.0, "inst_level_strict_acc": 0.6, "inst_level_loose_acc": 1.0,
+    }  # fmt: skip
 
 
 def test_greedy_is_collapsed_to_one_sample(engine, tmp_path):
@@ -325,6 +351,19 @@ def test_cli_eval_and_compare(tiny_model_dir, tmp_path, fake_registry):
     assert "Δ = A − B" in compared.output and "fake" in compared.output and "fake2" not in compared.output
 
 
+def test_cli_mean_shift_takes_the_task_s_own_means(tiny_model_dir, tmp_path, fake_registry):
+    from typer.testing import CliRunner
+
+    from autodeco_cli.cli import app
+
+    source = tmp_path / "autodeco.json"
+    source.write_text(json.dumps({"results": {"fake": {"mean_temperature": 0.5, "mean_top_p": 0.8}, "fake2": {"mean_temperature": 0.7, "mean_top_p": 0.9}}}))
+    args = ["eval", "-b", "fake2", "--model", str(tiny_model_dir), "-k", "1", "--seeds", "1", "--decoding", "mean-shift", "--mean-from", str(source), "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "mean-shift-T0.7-p0.9" / "results.json").read_text())["decoding"]["temperature"] == 0.7
+
+
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
     from autodeco_cli import cli
 
@@ -356,11 +395,11 @@ def test_real_model_arith_add(tmp_path):
         pytest.skip(f"task registry unavailable: {exc}")
     from autodeco_cli.cli import app
 
-    args = ["eval", "--benchmark", "arith-add", "--limit", "8", "--decoding", "static", "-t", "0.6", "-p", "0.95", "-k", "2", "--seeds", "2", "--output-dir", str(tmp_path)]
+    args = ["eval", "--benchmark", "arith-add", "--limit", "8", "--decoding", "greedy", "--output-dir", str(tmp_path)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "static-T0.6-p0.95" / "results.json").read_text())
+    data = json.loads((tmp_path / "greedy" / "results.json").read_text())
     m = data["results"]["arith-add"]
-    assert m["n_questions"] == 8 and m["samples_per_question"] == 4
-    # SmolLM2-135M adds two-digit numbers right often enough that a total failure means a bug.
-    assert m["pass@1"] > 0.2, m
+    assert m["n_questions"] == 8 and m["samples_per_question"] == 1 and m["unparseable"] == 0
+    # Greedy SmolLM2-135M gets 2 of these 8 sums right on CPU; none would mean a broken pipeline.
+    assert m["pass@1"] >= 0.125, m

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import TINY_HIDDEN, save_tiny_model
-from safetensors.torch import load_file, save_file
+from conftest import TINY_HIDDEN, build_merged_folder, save_tiny_model
 
 from autodeco_cli.decoding import make_strategy
 from autodeco_cli.generation import GenerationEngine, Request, build_requests, request_seed
@@ -243,6 +240,20 @@ def test_autodeco_scales(engine, tiny_lm):
     assert [g.token_ids for g in narrow] == [g.token_ids for g in greedy]
 
 
+@pytest.mark.parametrize("active", ["temperature", "top_p"])
+def test_autodeco_active_heads_ablation(engine, tiny_lm, active):
+    tok = tiny_lm.tokenizer
+    both = engine.generate(build_requests(tok, PROMPTS, make_strategy("autodeco"), seed=5), max_new_tokens=1, trace=True)
+    only = engine.generate(build_requests(tok, PROMPTS, make_strategy("autodeco", active_heads=active), seed=5), max_new_tokens=4, trace=True)
+    for b, o in zip(both, only):
+        if active == "temperature":
+            assert all(t.top_p == 1.0 and t.nucleus_size == tiny_lm.model.config.vocab_size for t in o.trace)
+            assert o.trace[0].temperature == pytest.approx(b.trace[0].temperature, rel=1e-6)
+        else:
+            assert all(t.temperature == 1.0 for t in o.trace)
+            assert o.trace[0].top_p == pytest.approx(b.trace[0].top_p, rel=1e-6)
+
+
 def test_autodeco_without_heads_is_refused(plain_engine, tiny_lm):
     with pytest.raises(ValueError):
         plain_engine.generate(build_requests(tiny_lm.tokenizer, ["hi"], make_strategy("autodeco")), max_new_tokens=2)
@@ -356,27 +367,12 @@ def test_chat_messages_and_raw_prompts(engine, tiny_lm):
 # ---- merged AutoDeco folders ------------------------------------------------------------------
 
 
-def build_merged(base_dir, target, heads):
-    base = load_file(str(base_dir / "model.safetensors"))
-    state = {"llm." + k: v.contiguous() for k, v in base.items()}
-    state.update({k: v.detach().contiguous() for k, v in heads.state_dict().items()})
-    target.mkdir(parents=True)
-    save_file(state, str(target / "model.safetensors"))
-    cfg = json.loads((base_dir / "config.json").read_text())
-    cfg.update(model_type="autodeco", base_model_type=cfg["model_type"], architectures=["AutoDecoModelForCausalLM"], base_model_name_or_path=str(base_dir))
-    (target / "config.json").write_text(json.dumps(cfg))
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (base_dir / name).is_file():
-            (target / name).write_bytes((base_dir / name).read_bytes())
-    return target
-
-
 def test_merged_folder_loads_and_generates_like_base(tiny_model_dir, tiny_lm, tmp_path):
     from autodeco_cli.heads import load_heads
     from autodeco_cli.models import resolve_model_source
 
     heads = fresh_heads(TINY_HIDDEN, seed=4)
-    folder = build_merged(tiny_model_dir, tmp_path / "merged", heads)
+    folder = build_merged_folder(tiny_model_dir, tmp_path / "merged", heads)
     assert resolve_model_source(str(folder))[0] == "merged"
     merged = load_base_model(str(folder), device="cpu")
     x = torch.tensor([build_requests(tiny_lm.tokenizer, [PROMPTS[1]], make_strategy("greedy"))[0].input_ids])

@@ -6,7 +6,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from conftest import build_merged_folder
+from safetensors.torch import save_file
 
 from autodeco_cli.errors import UserError
 from autodeco_cli.heads import (
@@ -134,33 +135,6 @@ def test_official_split_layout_without_enhanced_features(tmp_path):
     assert loaded.config.use_enhanced_features is False and loaded.config.head_width == 16
     T, p = loaded(torch.randn(2, 24), torch.randn(2, 30))
     assert T.shape == p.shape == (2, 1)
-
-
-def build_merged_folder(base_dir, target, heads: AutoDecoHeads, sharded: bool = False):
-    """An official-style merged checkpoint: base weights under `llm.`, heads, autodeco config."""
-    base = load_file(str(base_dir / "model.safetensors"))
-    state = {"llm." + k: v.contiguous() for k, v in base.items()}
-    state.update({k: v.detach().contiguous() for k, v in heads.state_dict().items()})
-    target.mkdir(parents=True, exist_ok=True)
-    if sharded:
-        keys = sorted(state)
-        save_file({k: state[k] for k in keys[: len(keys) // 2]}, str(target / "model-00001-of-00002.safetensors"))
-        save_file({k: state[k] for k in keys[len(keys) // 2 :]}, str(target / "model-00002-of-00002.safetensors"))
-    else:
-        save_file(state, str(target / "model.safetensors"))
-    cfg = json.loads((base_dir / "config.json").read_text())
-    cfg.update(
-        model_type="autodeco",
-        base_model_type=cfg["model_type"],
-        base_model_name_or_path=str(base_dir),
-        architectures=["AutoDecoModelForCausalLM"],
-        use_enhanced_features=True,
-    )
-    (target / "config.json").write_text(json.dumps(cfg, indent=2))
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (base_dir / name).is_file():
-            (target / name).write_bytes((base_dir / name).read_bytes())
-    return target
 
 
 @pytest.mark.parametrize("sharded", [False, True])

@@ -145,7 +145,6 @@ def test_messages_record_labels_assistant_content_and_eos(tmp_path, tok, row):
     # ... and nothing of the system/user turns or of the "<|im_start|>assistant\n" header is
     _, with_tail = _assistant_label_positions(tok, messages, include_after_eos=True)
     assert set(labelled) <= set(with_tail), "labels outside the assistant turns"
-    assert example.labels[-1] != IGNORE_INDEX or example.input_ids[-1] != tok.eos_token_id
 
 
 @pytest.mark.parametrize("row", [2, 6])
@@ -283,12 +282,22 @@ def test_only_heads_get_gradients_and_base_runs_without_graph(tiny_model_dir, da
     modes = []
     hook = model.get_decoder().register_forward_hook(lambda *_: modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled())))
     try:
-        features = trainer._features(trainer.examples[:3])
+        batch = trainer.examples[:3]
+        features = trainer._features(batch)
         assert not features.hidden.requires_grad and features.hidden.grad_fn is None
-        assert features.hidden.shape == (sum(e.num_loss_tokens for e in trainer.examples[:3]), model.config.hidden_size)
+        assert features.hidden.shape == (sum(e.num_loss_tokens for e in batch), model.config.hidden_size)
         trainer.train()
     finally:
         hook.remove()
+    # position t-1's last hidden state is paired with the label at t (the causal shift)
+    assert features.targets.tolist() == [l for e in batch for l in e.labels[1:] if l != IGNORE_INDEX]
+    offset = 0
+    for example in batch:
+        with torch.no_grad():
+            states = model(torch.tensor([example.input_ids]), output_hidden_states=True).hidden_states[-1][0]
+        rows = [t - 1 for t in range(1, len(example.labels)) if example.labels[t] != IGNORE_INDEX]
+        torch.testing.assert_close(features.hidden[offset : offset + len(rows)], states[rows], rtol=1e-4, atol=1e-5)
+        offset += len(rows)
     assert modes and all(inference for inference, _ in modes), "the frozen base must run under inference_mode"
     for name, param in model.named_parameters():
         assert not param.requires_grad and param.grad is None, name
@@ -476,6 +485,31 @@ def test_lora_heads_folder_brings_its_adapter(lora_run, tiny_model_dir):
     trainer.lm.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(engine.lm.model(x).logits, trainer.lm.model(x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_lora_resume_matches_an_uninterrupted_run(tiny_model_dir, data, tmp_path):
+    common = dict(epochs=2, save_every=1, lora_r=2, learning_rate=1e-2)
+    full = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "full", **common))
+    full.train()
+    first = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "run", **common))
+
+    def stop(metrics, total):
+        if metrics["step"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        first.train(on_step=stop)
+    resumed = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "run", **common))
+    resumed.train(resume=True)
+    assert_states_close(heads_state(resumed), heads_state(full), atol=1e-6)
+    lora_full = {k: v.detach() for k, v in full.lm.model.named_parameters() if "lora_" in k}
+    lora_resumed = {k: v.detach() for k, v in resumed.lm.model.named_parameters() if "lora_" in k}
+    assert_states_close(lora_resumed, lora_full, atol=1e-6)
+
+
+def test_cache_on_with_lora_is_refused(tiny_model_dir, data, tmp_path):
+    with pytest.raises(UserError, match="cache_hidden=on cannot be combined with lora_r"):
+        make_config(tiny_model_dir, data, tmp_path / "x", lora_r=2, cache_hidden="on").validate()
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------

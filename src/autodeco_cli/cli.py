@@ -111,13 +111,13 @@ def generate(
     requests = build_requests(engine.tokenizer, prompts, strategy, n=n, seed=seed, chat=chat)
     single = len(requests) == 1 and output is None
     streamer = None
-    if single:
+    if single and not stop:  # a streamed stop string could not be taken back
         from transformers import TextStreamer
 
         streamer = TextStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
     generations = _generate_with_progress(engine, requests, max_new_tokens, batch_size, stop, want_trace, streamer)
     if single:
-        print()
+        print("" if streamer is not None else generations[0].text)
     else:
         _write_generations(generations, prompts, output)
     if want_trace:

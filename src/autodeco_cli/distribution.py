@@ -36,7 +36,10 @@ def soft_top_p_weights_sorted(sorted_probs: torch.Tensor, top_p: torch.Tensor, a
     mask is smooth in p (that is what lets the top-p head learn through it).
     """
     cumulative = torch.cumsum(sorted_probs, dim=-1)
-    return torch.exp(-alpha * torch.relu(cumulative - top_p))
+    overage = torch.relu(cumulative - top_p)
+    # Shifting by the top token's overage changes nothing after renormalisation, but keeps the
+    # top weight at 1 so a steep alpha cannot underflow every weight to zero.
+    return torch.exp(-alpha * (overage - overage[..., :1].detach()))
 
 
 def soft_top_p(probs: torch.Tensor, top_p: float | torch.Tensor, alpha: float = DEFAULT_SOFT_TOP_P_ALPHA) -> torch.Tensor:
@@ -57,8 +60,11 @@ def sorted_values_descending(values: torch.Tensor) -> torch.Tensor:
     if values.device.type == "cpu":
         import numpy as np
 
-        ascending = np.sort(values.detach().numpy(), axis=-1)
-        return torch.from_numpy(np.ascontiguousarray(ascending[..., ::-1]))
+        as_numpy = values.detach()
+        if as_numpy.dtype == torch.bfloat16:  # numpy has no bf16; the upcast is exact
+            as_numpy = as_numpy.float()
+        ascending = np.sort(as_numpy.numpy(), axis=-1)
+        return torch.from_numpy(np.ascontiguousarray(ascending[..., ::-1])).to(values.dtype)
     return torch.sort(values.detach(), dim=-1, descending=True).values
 
 
@@ -145,11 +151,14 @@ def distribution_features(logits: torch.Tensor, temperature: torch.Tensor) -> to
     max prob, entropy, variance (unbiased, as torch.var) and top-5 mass, as ``[..., 4]``.
     """
     probs = torch.softmax(scale_logits(logits.float(), temperature), dim=-1)
-    max_prob = probs.max(dim=-1, keepdim=True).values
+    top5_values = torch.topk(probs, min(5, probs.size(-1)), dim=-1).values
+    max_prob = top5_values[..., :1]
     # +1e-8 inside the log matches the official head, so official checkpoints see the same inputs.
     entropy = -(probs * torch.log(probs + 1e-8)).sum(dim=-1, keepdim=True)
-    variance = probs.var(dim=-1, keepdim=True)
-    top5 = torch.topk(probs, min(5, probs.size(-1)), dim=-1).values.sum(dim=-1, keepdim=True)
+    # probs sum to 1, so the mean is exactly 1/V: one pass instead of torch.var's two
+    vocab = probs.size(-1)
+    variance = ((probs - 1.0 / vocab) ** 2).sum(dim=-1, keepdim=True) / (vocab - 1)
+    top5 = top5_values.sum(dim=-1, keepdim=True)
     return torch.cat([max_prob, entropy, variance, top5], dim=-1)
 
 

@@ -15,13 +15,14 @@ any of them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import subprocess
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -39,7 +40,9 @@ RUN_CONFIG_FILE = "run_config.json"
 # order, so the batches are the ones a single call would form.
 BATCHES_PER_CALL = 32
 # run_config fields that must match to resume into a folder (device may differ).
-IDENTITY_FIELDS = ("model", "heads", "adapter", "dtype", "chat", "decoding")
+IDENTITY_FIELDS = ("model", "heads", "heads_sha256", "adapter", "dtype", "chat", "decoding")
+# Their "extracted" answers are summaries ("3/4" instructions) or programs, not votes.
+NO_VOTE_SCORERS = ("ifeval", "code")
 IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "inst_strict_correct", "inst_strict_total", "inst_loose_correct", "inst_loose_total")
 LIVECODEBENCH_LABEL = (
     "LiveCodeBench release_v5 window (problems dated 2024-08 to 2025-01), PUBLIC tests only: "
@@ -246,9 +249,6 @@ class _RunState:
     progress: Any
     batch_size: int
     chat: bool
-    tokens: int = 0
-    generated: int = 0
-    started: float = field(default_factory=time.perf_counter)
 
 
 def run_eval(
@@ -281,7 +281,7 @@ def run_eval(
     out_dir = Path(out_dir)
     plans = plan_strategies(strategies, k, seeds)
     task_runs = [prepare_task(task, limit, max_new_tokens, data_dir) for task in resolve_tasks(task_names)]
-    info = {"model": getattr(engine.lm, "name", None), "heads": None, **(run_info or {}), "chat": chat}
+    info = {"model": getattr(engine.lm, "name", None), "heads": None, **(run_info or {}), "chat": chat, "heads_sha256": heads_fingerprint(engine)}
     for plan in plans:
         _claim_folder(out_dir / plan.slug, plan, task_runs, info)
     logs = {(plan.slug, run.name): SampleLog(samples_path(out_dir, plan.slug, run.name)) for plan in plans for run in task_runs}
@@ -300,8 +300,29 @@ def run_eval(
     return results
 
 
+def heads_fingerprint(engine: GenerationEngine) -> str | None:
+    """A hash of the heads' weights: retrained heads saved to the same path are other heads."""
+    if engine.heads is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(engine.heads.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def plan_info(plan: StrategyPlan, info: dict) -> dict:
+    """The run info as it concerns one strategy: heads only matter to head strategies."""
+    if plan.strategy.uses_heads:
+        return dict(info)
+    return {**info, "heads": None, "heads_sha256": None}
+
+
 def _claim_folder(folder: Path, plan: StrategyPlan, task_runs: list[TaskRun], info: dict) -> None:
     """Refuse to mix samples made with another model/heads/budget into a folder; record ours."""
+    info = plan_info(plan, info)
     identity = {name: info.get(name) for name in IDENTITY_FIELDS if name != "decoding"}
     identity["decoding"] = plan.strategy.to_dict()
     tasks = {run.name: {"max_new_tokens": run.max_new_tokens, "version": task_version(run.task)} for run in task_runs}
@@ -360,10 +381,7 @@ def _generate_task(state: _RunState, run: TaskRun) -> None:
             by_plan[plan.slug].append(sample_record(run, run.docs[doc_index], seed, sample, generation))
         for slug, records in by_plan.items():
             state.logs[slug, run.name].append(records)
-        batch_tokens = sum(len(g.token_ids) for g in generations)
-        task_tokens += batch_tokens
-        state.tokens += batch_tokens
-        state.generated += len(generations)
+        task_tokens += sum(len(g.token_ids) for g in generations)
         if bar is not None:
             state.progress.update(bar, advance=len(generations), tokens=task_tokens)
 
@@ -440,7 +458,7 @@ def question_samples(plan: StrategyPlan, run: TaskRun, log: SampleLog) -> list[l
     return table
 
 
-def task_metrics(plan: StrategyPlan, table: list[list[dict]]) -> dict[str, Any]:
+def task_metrics(plan: StrategyPlan, table: list[list[dict]], voting: bool = True) -> dict[str, Any]:
     correct = np.array([[r["correct"] for r in rows] for rows in table], dtype=float)
     n_q, n = correct.shape
     pass1, se = stats.mean_pass1(correct.tolist())
@@ -458,7 +476,7 @@ def task_metrics(plan: StrategyPlan, table: list[list[dict]]) -> dict[str, Any]:
     answers = [[_vote_key(r["extracted"]) for r in rows] for rows in table]
     for kk in pass_k_ladder(n)[1:]:
         metrics[f"pass@{kk}"] = stats.mean_pass_at_k(counts, kk)
-    for kk in pass_k_ladder(n):
+    for kk in pass_k_ladder(n) if voting else []:
         metrics[f"maj@{kk}"] = float(np.mean([stats.maj_at_k(a, [r["correct"] for r in rows], kk) for a, rows in zip(answers, table)]))
     records = [r for rows in table for r in rows]
     metrics["mean_tokens"] = float(np.mean([r["num_tokens"] for r in records]))
@@ -532,10 +550,12 @@ def task_config(plan: StrategyPlan, run: TaskRun, settings: dict) -> dict:
 
 
 def build_results(plan: StrategyPlan, task_runs: list[TaskRun], logs: dict, info: dict, settings: dict) -> dict:
+    info = plan_info(plan, info)
     results, configs, versions, n_samples, per_question = {}, {}, {}, {}, {}
     for run in task_runs:
         table = question_samples(plan, run, logs[plan.slug, run.name])
-        results[run.name] = {"alias": run.name, **task_metrics(plan, table)}
+        voting = getattr(run.task, "scorer", None) not in NO_VOTE_SCORERS
+        results[run.name] = {"alias": run.name, **task_metrics(plan, table, voting)}
         if is_livecodebench(run.task):
             results[run.name]["label"] = LIVECODEBENCH_LABEL
         configs[run.name] = task_config(plan, run, settings)
@@ -572,6 +592,7 @@ def write_results(path: Path, results: dict) -> None:
     tmp.replace(path)
 
 
+@functools.lru_cache(maxsize=1)
 def git_hash() -> str | None:
     try:
         out = subprocess.run(
@@ -661,7 +682,7 @@ def summary_table(results: dict[str, dict]):
                 f"{_pct(m['pass@1'])}{stderr}",
                 _pct(m.get("pass@1_seed_std")),
                 f"{_pct(m[f'pass@{top_k}'])} (k={top_k})",
-                f"{_pct(m[f'maj@{top_k}'])} (k={top_k})",
+                f"{_pct(m[f'maj@{top_k}'])} (k={top_k})" if f"maj@{top_k}" in m else "–",
                 f"{m['mean_tokens']:.0f}",
                 str(m["unparseable"]),
                 mean_tp,

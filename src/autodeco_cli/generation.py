@@ -237,7 +237,19 @@ class GenerationEngine:
             eos_token_id=eos_ids,
             pad_token_id=pad,
             bos_token_id=model.generation_config.bos_token_id,
+            # transformers fills unset fields from the model's own generation_config; these must
+            # stay neutral or a shipped penalty would sit on top of our distribution.
+            repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            min_length=0,
+            min_new_tokens=None,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
         )
+        for field_name in ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id"):
+            setattr(config, field_name, None)
         all_greedy = all(r.strategy.is_greedy for r in requests)
         processor = None
         processors = LogitsProcessorList()
@@ -272,6 +284,11 @@ class GenerationEngine:
             cut = min((text.find(s) for s in stop if s in text), default=-1)
             if cut >= 0:
                 text, finish = text[:cut], "stop"
+                # generate() keeps padding a row after its stop string while others run on
+                for length in range(1, len(kept) + 1):
+                    if any(s in tokenizer.decode(kept[:length], skip_special_tokens=True) for s in stop):
+                        kept = kept[:length]
+                        break
         token_trace = None
         if processor is not None and processor.record_trace:
             token_trace = [

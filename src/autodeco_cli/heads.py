@@ -182,6 +182,9 @@ def load_heads(path: str | Path, expected_hidden_size: int | None = None) -> Aut
             f"use heads trained for this model (they name base model {config.base_model!r})",
         )
     heads = AutoDecoHeads(config)
+    missing = sorted(set(heads.state_dict()) - set(state))
+    if missing:
+        raise UserError(f"{path}: heads checkpoint is incomplete (missing {', '.join(missing)})", "re-save it with `autodeco train-heads`")
     heads.load_state_dict(state, strict=True)
     return heads.eval()
 

@@ -136,9 +136,12 @@ def _has_llm_prefixed_weights(folder: Path) -> bool:
     from safetensors import safe_open
 
     for path in folder.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as handle:
-            if any(key.startswith("llm.") for key in handle.keys()):
-                return True
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if any(key.startswith("llm.") for key in handle.keys()):
+                    return True
+        except Exception as exc:  # SafetensorError and OSError for truncated/corrupt files
+            raise UserError(f"{path}: not a readable safetensors file ({exc})", "re-download or re-save the model") from None
     return False
 
 
@@ -227,20 +230,27 @@ def load_base_model(
         tokenizer = AutoTokenizer.from_pretrained(str(location), trust_remote_code=trust_remote_code)
     except UserError:
         raise
-    except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        hint = "safetensors weights are required (pickled .bin weights are never loaded)" if "safetensors" in first.lower() else "check the name, or download the model first (no network here?)"
-        raise UserError(f"could not load model {spec!r}: {first}", hint) from None
-    except ValueError as exc:
-        first = str(exc).splitlines()[0]
-        hint = "pass --trust-remote-code if you trust this model's code" if "trust_remote_code" in first else "check the model folder"
-        raise UserError(f"could not load model {spec!r}: {first}", hint) from None
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, (OSError, ValueError)):
+            raise
+        if type(exc).__name__ == "SafetensorError":
+            raise UserError(f"could not load model {spec!r}: corrupt safetensors weights ({exc})", "re-download or re-save the model") from None
+        _raise_load_error(spec, exc)
     if adapter:
         model = apply_adapter(model, adapter)
     model.to(torch_device).eval()
     model.requires_grad_(False)
     prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, name=spec, device=torch_device)
+
+
+def _raise_load_error(spec: str, exc: Exception) -> None:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, ValueError):
+        hint = "pass --trust-remote-code if you trust this model's code" if "trust_remote_code" in first else "check the model folder"
+    else:
+        hint = "safetensors weights are required (pickled .bin weights are never loaded)" if "safetensors" in first.lower() else "check the name, or download the model first (no network here?)"
+    raise UserError(f"could not load model {spec!r}: {first}", hint) from None
 
 
 def apply_adapter(model, adapter: str):

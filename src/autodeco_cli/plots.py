@@ -36,3 +36,25 @@ def plot_token_trace(trace: Sequence, path: str | Path, title: str = "AutoDeco p
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def plot_decoding_distribution(temperatures: Sequence[float], top_ps: Sequence[float], path: str | Path) -> Path:
+    """Histograms of the per-token T̂ and P̂ the heads predicted."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.hist(temperatures, bins=40, range=(0, 2), color="tab:red", alpha=0.85)
+    left.set_xlabel("predicted temperature T̂")
+    left.set_ylabel("tokens")
+    right.hist(top_ps, bins=40, range=(0, 1), color="tab:blue", alpha=0.85)
+    right.set_xlabel("predicted top-p P̂")
+    for ax, values in ((left, temperatures), (right, top_ps)):
+        if values:
+            mean = sum(values) / len(values)
+            ax.axvline(mean, color="black", linestyle="--", linewidth=1)
+            ax.set_title(f"mean {mean:.3f} over {len(values)} tokens", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

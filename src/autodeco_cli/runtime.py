@@ -17,6 +17,10 @@ err_console = Console(stderr=True)
 
 def packaged_heads_path(model_spec: str) -> Path | None:
     """Heads we ship inside the package for a model alias, if any."""
+    from .models import MODEL_ALIASES
+
+    if model_spec not in MODEL_ALIASES:
+        return None
     folder = resources.files("autodeco_cli") / "assets" / "heads" / model_spec
     path = Path(str(folder))
     return path if (path / "config.json").is_file() else None

@@ -69,14 +69,17 @@ def eval_command(
       autodeco eval -b aime --decoding mean-shift --mean-from eval-results/M/autodeco/results.json\n
       autodeco compare eval-results/M/autodeco eval-results/M/static-T1-p1
     """
-    from ..evaluation import parse_seeds, run_eval, strategy_slug, summary_table
+    from ..evaluation import parse_seeds, resolve_tasks, run_eval, strategy_slug, summary_table
     from ..progress import progress_bar
     from ..runtime import open_engine
 
     if k < 1 or batch_size < 1:
         raise UserError("-k and --batch-size must be at least 1")
-    strategy = strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from)
     seed_list = parse_seeds(seeds)
+    tasks = resolve_tasks(benchmark)  # a typo should fail before the model loads
+    strategy = _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p) or strategy_from_options(
+        decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from
+    )
     out = output_dir or DEFAULT_OUTPUT_ROOT / _folder_name(model)
     if strategy.is_greedy and (k, len(seed_list)) != (1, 1):
         err_console.print(f"note: greedy is deterministic: 1 sample per question and seed {seed_list[0]} (not -k {k} x {len(seed_list)} seeds)")
@@ -85,7 +88,7 @@ def eval_command(
     try:
         with progress_bar(err_console) as progress:
             results = run_eval(
-                engine, benchmark, [strategy], k=k, seeds=seed_list, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                engine, tasks, [strategy], k=k, seeds=seed_list, max_new_tokens=max_new_tokens, batch_size=batch_size,
                 limit=limit, out_dir=out, chat=chat, progress=progress, data_dir=data_dir, run_info=run_info,
             )
     finally:
@@ -93,6 +96,19 @@ def eval_command(
     console.print(summary_table(results))
     _print_labels(results)
     err_console.print(f"wrote {out / strategy_slug(strategy) / 'results.json'}")
+
+
+def _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p):
+    """The mean-shift baseline is per benchmark: with one task, take that task's mean T̂/P̂
+    from --mean-from when it has them (options.strategy_from_options takes the file's first)."""
+    if decoding != "mean-shift" or mean_from is None or len(tasks) != 1 or temperature is not None or top_p is not None:
+        return None
+    from ..decoding import mean_shift_from_results
+
+    try:
+        return mean_shift_from_results(mean_from, tasks[0].name)
+    except UserError:
+        return None
 
 
 def _folder_name(model: str) -> str:
@@ -106,7 +122,8 @@ def _heads_label(heads: str | None, model: str, strategy) -> str | None:
         return str(heads)
     from ..runtime import packaged_heads_path
 
-    shipped = packaged_heads_path(model)
+    # only aliases have packaged heads (an absolute path would escape the assets folder)
+    shipped = None if Path(model).is_absolute() else packaged_heads_path(model)
     return str(shipped) if shipped else "fresh-untrained"
 
 

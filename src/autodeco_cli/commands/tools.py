@@ -80,7 +80,23 @@ def split_command(
     err_console.print(f"base model in {base}, heads in {heads}")
 
 
+def reproduce_command(
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. limit=50 k=2 benchmarks=[arith-add].")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Reproduction recipe YAML (see recipes/reproduce-cpu.yaml).")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="~10-minute smoke version of the same pipeline.")] = False,
+):
+    """The paper's comparison end to end: on-policy data, heads, oracle grid, the comparison table
+    (greedy, default, oracle, autodeco, mean-shift, T̂-only, P̂-only), figures and a markdown
+    report. Every stage resumes: re-run the same command after an interruption."""
+    from ..reproduce import config_from, run_reproduce
+
+    cfg = config_from(str(config) if config else None, overrides or [], quick)
+    report = run_reproduce(cfg, log=err_console.print)
+    err_console.print(f"report written to {report}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("reproduce")(reproduce_command)
     app.command("steer-report")(steer_report)
     app.command("merge")(merge_command)
     app.command("split")(split_command)

@@ -1,0 +1,397 @@
+"""grid-search: value parsing, full/expert stage logic, oracle + ties, early stopping (with a scorer
+whose optimum is known), and on a tiny random Llama: exact resume, heatmap, a cell == a single
+`autodeco eval` run, and the --then-eval comparison table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from autodeco_cli import grid as grid_mod
+from autodeco_cli.benchmarks.types import Doc, Score
+from autodeco_cli.errors import UserError
+from autodeco_cli.generation import GenerationEngine
+from autodeco_cli.grid import Cell, load_grid, parse_cells, parse_values, round_sizes, run_comparison, run_grid, worse_p_value
+from autodeco_cli.heads import fresh_heads
+
+from conftest import TINY_HIDDEN
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class FakeTask:
+    """Prompts of varied length; 'correct' is a coin flip on the generated text."""
+
+    name: str = "fake"
+    max_new_tokens: int = 5
+    description: str = "fake task for grid tests"
+    n_docs: int = 4
+
+    def load_docs(self, split="test", limit=None, data_dir=None):
+        docs = [Doc(f"fake/{i}", "count " * (1 + 2 * i) + "now", str(i % 3), {}) for i in range(self.n_docs)]
+        return docs[:limit] if limit else docs
+
+    def score(self, doc, text):
+        if not text:
+            return Score(False, None, {})
+        extracted = str(len(text) % 3)
+        return Score(extracted == doc.gold, extracted, {})
+
+
+# ---------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------
+
+
+def test_parse_values_ranges_and_lists():
+    temps = parse_values("0.1:1.5:0.1")
+    assert len(temps) == 15 and temps[0] == 0.1 and temps[-1] == 1.5 and 0.3 in temps and 0.7 in temps
+    assert parse_values("0.1:1.0:0.1", "--top-ps") == [round(0.1 * i, 1) for i in range(1, 11)]
+    assert parse_values("1.0, 0.3,0.7,0.3") == [0.3, 0.7, 1.0]
+    assert parse_values("0.2:0.4:0.1,1") == [0.2, 0.3, 0.4, 1.0]
+    assert parse_values("0.5:0.65:0.1") == [0.5, 0.6]  # STOP included only when on the step
+    for bad, option in [("0:1:0.1", "--temperatures"), ("x", "--temperatures"), ("1:0.5:0.1", "--temperatures"), ("0.5:1:0", "--temperatures"), ("0.9,1.2", "--top-ps"), ("0.1:1", "--temperatures"), (",", "--temperatures")]:
+        with pytest.raises(UserError):
+            parse_values(bad, option)
+
+
+def test_parse_cells_and_rounds():
+    assert parse_cells("0.6:0.95, 1.0:1.0,0.6:0.95") == [Cell(0.6, 0.95), Cell(1.0, 1.0)]
+    assert Cell(0.6, 0.95).slug == "static-T0.6-p0.95" and Cell(0.6, 0.95).label == "static(T=0.6, p=0.95)"
+    for bad in ("0.6", "0.6:1.5", "a:b", ""):
+        with pytest.raises(UserError):
+            parse_cells(bad)
+    assert round_sizes(40) == [10, 20, 40] and round_sizes(3) == [1, 2, 3] and round_sizes(1) == [1]
+
+
+# ---------------------------------------------------------------------------
+# Stage logic with a known optimum (run_eval replaced by a synthetic scorer)
+# ---------------------------------------------------------------------------
+
+
+def _uniform(doc: int, sample: int) -> float:
+    # Common random numbers: every cell sees the same u per (question, sample), like real seeds.
+    return ((doc * 37 + sample * 11) % 100 + 0.5) / 100
+
+
+class Scorer:
+    """Stands in for run_eval: a sample is correct when u < quality(T, p); records every call."""
+
+    def __init__(self, quality, samples: int = 4):
+        self.quality = quality
+        self.samples = samples
+        self.calls: list[dict] = []
+
+    def __call__(self, engine, tasks, strategies, *, limit=None, out_dir=None, **kwargs):
+        (task,) = tasks
+        docs = task.load_docs(limit=limit)
+        self.calls.append({"cells": [(s.temperature, s.top_p) for s in strategies], "n": len(docs), "limit": limit})
+        out = {}
+        for strategy in strategies:
+            q = self.quality(strategy.temperature, strategy.top_p)
+            rows = []
+            for index, doc in enumerate(docs):
+                correct = sum(_uniform(index, j) < q for j in range(self.samples))
+                rows.append({"doc_id": doc.doc_id, "n": self.samples, "n_correct": correct, "pass@1": correct / self.samples})
+            per_q = [r["pass@1"] for r in rows]
+            mean = sum(per_q) / len(per_q)
+            se = (sum((x - mean) ** 2 for x in per_q) / (len(per_q) - 1) / len(per_q)) ** 0.5 if len(per_q) > 1 else None
+            out[strategy.label] = {
+                "results": {task.name: {"pass@1": mean, "pass@1_stderr": se, "mean_tokens": 3.0, "n_questions": len(docs)}},
+                "per_question": {task.name: rows},
+            }
+        return out
+
+
+FAKE_ENGINE = SimpleNamespace(lm=SimpleNamespace(name="fake-model"))
+
+
+def _synthetic(monkeypatch, quality, tmp_path, **kwargs):
+    scorer = Scorer(quality)
+    monkeypatch.setattr(grid_mod, "run_eval", scorer)
+    settings = {"k": 4, "seeds": [0], "out_dir": tmp_path, "n_boot": 500, **kwargs}
+    return run_grid(FAKE_ENGINE, FakeTask(n_docs=40), **settings), scorer
+
+
+def _by_slug(grid):
+    return {c["slug"]: c for c in grid["cells"]}
+
+
+def test_full_mode_one_call_oracle_ties_and_heatmap(monkeypatch, tmp_path):
+    quality = {(0.3, 0.9): 0.5, (0.3, 1.0): 0.45, (0.7, 0.9): 0.9, (0.7, 1.0): 0.9, (1.0, 0.9): 0.88, (1.0, 1.0): 0.1}
+    grid, scorer = _synthetic(monkeypatch, lambda t, p: quality[t, p], tmp_path, mode="full", temperatures=[0.3, 0.7, 1.0], top_ps=[0.9, 1.0])
+    # one run_eval call with every cell, on every question
+    assert len(scorer.calls) == 1 and sorted(scorer.calls[0]["cells"]) == sorted(quality) and scorer.calls[0]["n"] == 40
+    assert grid["complete"] and grid["mode"] == "full" and len(grid["cells"]) == 6
+    # (0.7, 0.9) and (0.7, 1.0) score the same: the first in grid order is the oracle, the other is tied
+    assert (grid["oracle"]["temperature"], grid["oracle"]["top_p"]) == (0.7, 0.9)
+    tied = {(t["temperature"], t["top_p"]) for t in grid["ties"]}
+    assert (0.7, 1.0) in tied and (1.0, 1.0) not in tied and (0.3, 1.0) not in tied
+    cells = _by_slug(grid)
+    assert cells["static-T1-p1"]["vs_oracle"]["ci_high"] < 0 and not cells["static-T1-p1"]["tied"]
+    assert cells["static-T0.7-p0.9"]["oracle"] and cells["static-T0.7-p0.9"]["pass@1"] == pytest.approx(max(c["pass@1"] for c in grid["cells"]))
+    assert grid["early_stopping"]["enabled"] is False and grid["early_stopping"]["pruned"] == []
+    assert json.loads((tmp_path / "grid.json").read_text()) == grid
+    png = (tmp_path / "heatmap.png").read_bytes()
+    assert png.startswith(PNG_MAGIC) and len(png) > 5000
+
+
+def test_expert_mode_tunes_t_at_p1_then_p_at_best_t(monkeypatch, tmp_path):
+    # At p = 1 the best T is 1.0, although the global optimum is (0.3, 0.5): the expert
+    # procedure must pick T = 1.0 first and then sweep p at T = 1.0 only.
+    def quality(t, p):
+        if (t, p) == (0.3, 0.5):
+            return 0.99
+        return 0.8 - abs(t - 1.0) * 0.3 - abs(p - 0.8) * 0.5
+
+    temps, ps = [0.3, 0.7, 1.0, 1.3], [0.5, 0.8, 1.0]
+    grid, scorer = _synthetic(monkeypatch, quality, tmp_path, mode="expert", temperatures=temps, top_ps=ps)
+    # stage 2 re-uses (1.0, 1.0) from stage 1 instead of running it again
+    assert [sorted(c["cells"]) for c in scorer.calls] == [[(t, 1.0) for t in temps], [(1.0, 0.5), (1.0, 0.8)]]
+    stage1, stage2 = grid["stages"]
+    assert stage1["name"] == "temperature" and stage1["best_temperature"] == 1.0 and stage1["fixed"] == {"top_p": 1.0}
+    assert stage2["name"] == "top_p" and stage2["fixed"] == {"temperature": 1.0}
+    assert (grid["oracle"]["temperature"], grid["oracle"]["top_p"]) == (1.0, 0.8)
+    assert "static-T0.3-p0.5" not in _by_slug(grid)
+    assert _by_slug(grid)["static-T1-p1"]["stages"] == ["temperature", "top_p"]
+    assert len(grid["cells"]) == len(temps) + len(ps) - 1
+    assert (tmp_path / "heatmap.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_early_stop_prunes_clearly_worse_cells(monkeypatch, tmp_path):
+    quality = {(0.5, 1.0): 0.0, (0.7, 1.0): 0.85, (1.0, 1.0): 0.9, (1.3, 1.0): 0.05}
+    grid, scorer = _synthetic(monkeypatch, lambda t, p: quality[t, p], tmp_path, mode="cells", cells=list(quality), early_stop=True)
+    # rounds over growing question prefixes; pruned cells are not run again
+    assert [c["n"] for c in scorer.calls] == [10, 20, 40]
+    assert sorted(scorer.calls[0]["cells"]) == sorted(quality)
+    assert sorted(scorer.calls[1]["cells"]) == sorted(scorer.calls[2]["cells"]) == [(0.7, 1.0), (1.0, 1.0)]
+    assert scorer.calls[-1]["limit"] is None  # the final round is the plain run
+    early = grid["early_stopping"]
+    assert early["enabled"] and early["alpha"] == 0.01 and early["rounds_questions"] == [10, 20, 40]
+    assert "Wilcoxon" in early["test"] or "normal" in early["test"]
+    assert sorted(early["pruned"]) == ["static-T0.5-p1", "static-T1.3-p1"]
+    first = early["rounds"][0]
+    assert first["questions"] == 10 and first["best"] == "static-T1-p1" and {p["slug"] for p in first["pruned"]} == set(early["pruned"])
+    assert all(p["p_value"] < 0.01 for p in first["pruned"])
+    cells = _by_slug(grid)
+    assert cells["static-T0.5-p1"]["pruned"]["questions"] == 10 and cells["static-T0.5-p1"]["n_questions"] == 10
+    assert cells["static-T0.7-p1"]["pruned"] is None and cells["static-T0.7-p1"]["n_questions"] == 40
+    assert grid["oracle"]["slug"] == "static-T1-p1"
+    assert all(t["slug"] not in early["pruned"] for t in grid["ties"])
+
+
+def test_expert_early_stop_keeps_stage_one_best(monkeypatch, tmp_path):
+    def quality(t, p):
+        return {0.5: 0.2, 1.0: 0.7}[t] if p == 1.0 else {0.3: 0.0, 0.9: 0.95}[p]
+
+    grid, scorer = _synthetic(monkeypatch, quality, tmp_path, mode="expert", temperatures=[0.5, 1.0], top_ps=[0.3, 0.9, 1.0], early_stop=True)
+    # (1.0, 1.0) is complete after stage 1: stage 2 never re-runs it and never prunes it
+    assert all((1.0, 1.0) not in c["cells"] for c in scorer.calls[3:])
+    cells = _by_slug(grid)
+    assert cells["static-T1-p1"]["pruned"] is None and cells["static-T1-p1"]["n_questions"] == 40
+    assert cells["static-T1-p0.3"]["pruned"] is not None and grid["oracle"]["slug"] == "static-T1-p0.9"
+
+
+def test_worse_p_value_with_and_without_scipy(monkeypatch):
+    best = {f"q{i}": 1.0 for i in range(12)}
+    worse = {f"q{i}": 0.0 for i in range(12)}
+    assert worse_p_value(worse, best) < 0.001
+    assert worse_p_value(best, best) == 1.0 and worse_p_value(best, worse) > 0.5
+    assert worse_p_value({k: 0.0 for k in list(best)[:5]}, {k: 1.0 for k in list(best)[:5]}) == 1.0  # too few questions
+    monkeypatch.setitem(__import__("sys").modules, "scipy.stats", None)  # import fails: normal fallback
+    assert "normal" in grid_mod.prune_test_name()
+    mixed = {k: (0.0 if i % 3 else 1.0) for i, k in enumerate(best)}
+    assert worse_p_value(mixed, best) < 0.01 and worse_p_value(worse, best) == 0.0 and worse_p_value(best, best) == 1.0
+
+
+def test_wilcoxon_when_scipy_is_installed():
+    pytest.importorskip("scipy.stats")
+    assert "Wilcoxon" in grid_mod.prune_test_name()
+    best = {f"q{i}": 1.0 for i in range(10)}
+    # all 10 differences negative: the exact one-sided signed-rank p-value is 1 / 2**10
+    assert worse_p_value({k: 0.5 for k in best}, best) == pytest.approx(1 / 1024)
+
+
+def test_grid_argument_errors(monkeypatch, tmp_path):
+    monkeypatch.setattr(grid_mod, "run_eval", Scorer(lambda t, p: 0.5))
+    with pytest.raises(UserError, match="mode"):
+        run_grid(FAKE_ENGINE, FakeTask(), mode="random", out_dir=tmp_path)
+    with pytest.raises(UserError, match="--cells"):
+        run_grid(FAKE_ENGINE, FakeTask(), mode="cells", out_dir=tmp_path)
+    with pytest.raises(UserError, match="unfinished|not found"):
+        load_grid(tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# The real runner on a tiny random Llama
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_lm):
+    engine = GenerationEngine(tiny_lm, fresh_heads(TINY_HIDDEN, seed=0))
+    yield engine
+    engine.close()  # the heads' hook sits on the session-wide model
+
+
+GRID = {"mode": "full", "temperatures": [0.7, 1.0], "top_ps": [0.9, 1.0], "k": 2, "seeds": [0], "batch_size": 3, "n_boot": 300}
+
+
+def _samples(folder: Path, slug: str) -> list[dict]:
+    return [json.loads(line) for line in (folder / slug / "samples_fake.jsonl").read_text().splitlines()]
+
+
+def _keys(records):
+    return [(r["doc_id"], r["seed"], r["sample"]) for r in records]
+
+
+def _comparable(grid: dict) -> dict:
+    return {k: v for k, v in grid.items() if k != "heatmap"}
+
+
+@pytest.fixture(scope="module")
+def reference(engine, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grid-reference")
+    return folder, run_grid(engine, FakeTask(), out_dir=folder, **GRID)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_equals_uninterrupted_sweep(engine, reference, tmp_path, monkeypatch):
+    whole, expected = reference
+    original = engine.generate
+    seen = {"batches": 0}
+
+    def dying(requests, **kwargs):
+        done = kwargs.pop("on_batch_done")
+
+        def on_batch_done(batch):
+            done(batch)
+            seen["batches"] += 1
+            if seen["batches"] >= 4:
+                raise Killed()
+
+        return original(requests, on_batch_done=on_batch_done, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "generate", dying)
+        with pytest.raises(Killed):
+            run_grid(engine, FakeTask(), out_dir=tmp_path, **GRID)
+    assert not (tmp_path / "grid.json").exists()  # written after each stage (or round), not mid-stage
+    partial = sum(len(_samples(tmp_path, c["slug"])) for c in expected["cells"] if (tmp_path / c["slug"] / "samples_fake.jsonl").exists())
+    assert 0 < partial < 4 * 4 * 2
+
+    resumed = run_grid(engine, FakeTask(), out_dir=tmp_path, **GRID)
+    assert _comparable(resumed) == _comparable(expected)
+    for cell in expected["cells"]:
+        again, first = _samples(tmp_path, cell["slug"]), _samples(whole, cell["slug"])
+        assert len(again) == len(set(_keys(again))) == 8  # no duplicate lines
+        assert {k: r["text"] for k, r in zip(_keys(again), again)} == {k: r["text"] for k, r in zip(_keys(first), first)}
+
+    # a finished sweep re-runs without generating anything and decides the same
+    def no_generation(requests, **kwargs):
+        raise AssertionError("everything was already done")
+
+    monkeypatch.setattr(engine, "generate", no_generation)
+    assert _comparable(run_grid(engine, FakeTask(), out_dir=tmp_path, **GRID)) == _comparable(expected)
+    assert _comparable(load_grid(tmp_path)) == _comparable(expected)
+    assert (tmp_path / "heatmap.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_then_eval_comparison_rows(engine, reference, tmp_path, monkeypatch):
+    import shutil
+
+    folder, grid = reference
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    generated = []
+    original = engine.generate
+
+    def spy(requests, **kwargs):
+        generated.extend(r.strategy.label for r in requests)
+        return original(requests, **kwargs)
+
+    monkeypatch.setattr(engine, "generate", spy)
+    comparison = run_comparison(engine, FakeTask(), grid, out_dir=tmp_path, batch_size=4, n_boot=300)
+    names = [row["name"] for row in comparison["rows"]]
+    assert names == ["greedy", "default", "oracle", "autodeco", "mean-shift", "autodeco T̂-only", "autodeco P̂-only"]
+    rows = {row["name"]: row for row in comparison["rows"]}
+    # the grid's cells are read back, not regenerated
+    assert grid["oracle"]["label"] not in generated and "static(T=1, p=1)" not in generated
+    assert rows["oracle"]["pass@1"] == pytest.approx(grid["oracle"]["pass@1"]) and rows["oracle"]["decoding"] == grid["oracle"]["label"]
+    assert rows["default"]["delta_vs_default"] == 0 and rows["default"]["decoding"] == "static(T=1, p=1)"
+    assert rows["mean-shift"]["temperature"] == pytest.approx(rows["autodeco"]["mean_temperature"])
+    assert rows["mean-shift"]["top_p"] == pytest.approx(rows["autodeco"]["mean_top_p"])
+    assert rows["autodeco T̂-only"]["mean_top_p"] == pytest.approx(1.0) and rows["autodeco P̂-only"]["mean_temperature"] == pytest.approx(1.0)
+    for row in comparison["rows"]:
+        assert row["n_questions"] == 4 and row["samples_per_question"] == (1 if row["name"] == "greedy" else 2)
+        assert row["delta_vs_default"] == pytest.approx(row["pass@1"] - rows["default"]["pass@1"])
+        assert row["delta_ci"][0] <= row["delta_vs_default"] + 1e-12 <= row["delta_ci"][1] + 2e-12
+    assert json.loads((tmp_path / "comparison.json").read_text()) == comparison
+    table = (tmp_path / "comparison.md").read_text()
+    assert table.count("\n| ") == 2 + len(names) and "| oracle |" in table and "(reference)" in table
+
+
+# ---------------------------------------------------------------------------
+# CLI: a cell is exactly a single `autodeco eval` run
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def fake_registry(monkeypatch):
+    from autodeco_cli.benchmarks import registry
+
+    tasks = {"fake": FakeTask()}
+    monkeypatch.setattr(registry, "get_task", lambda name: tasks[name])
+    monkeypatch.setattr(registry, "expand", lambda names: [n.strip() for n in str(names).split(",")])
+    return tasks
+
+
+def test_cli_cell_equals_single_eval_run(tiny_model_dir, tiny_heads_dir, tmp_path, fake_registry):
+    from typer.testing import CliRunner
+
+    from autodeco_cli.cli import app
+
+    runner = CliRunner()
+    sweep_dir, eval_dir = tmp_path / "grid", tmp_path / "eval"
+    common = ["--model", str(tiny_model_dir), "-k", "2", "--seeds", "2"]
+    swept = runner.invoke(app, ["grid-search", "-b", "fake", "--cells", "0.7:0.9,1.0:1.0", "--batch-size", "5", "-o", str(sweep_dir), "--then-eval", "--heads", str(tiny_heads_dir), *common])
+    assert swept.exit_code == 0, swept.output
+    assert "oracle" in swept.output and "mean-shift" in swept.output and "grid.json" in swept.output
+    for name in ("grid.json", "heatmap.png", "comparison.json", "comparison.md"):
+        assert (sweep_dir / name).stat().st_size > 0, name
+    single = runner.invoke(app, ["eval", "-b", "fake", "--decoding", "static", "-t", "0.7", "-p", "0.9", "--batch-size", "3", "-o", str(eval_dir), *common])
+    assert single.exit_code == 0, single.output
+    cell, alone = _samples(sweep_dir, "static-T0.7-p0.9"), _samples(eval_dir, "static-T0.7-p0.9")
+    assert len(cell) == len(alone) == 4 * 4
+    assert {k: r["text"] for k, r in zip(_keys(cell), cell)} == {k: r["text"] for k, r in zip(_keys(alone), alone)}
+    grid = json.loads((sweep_dir / "grid.json").read_text())
+    cell_result = json.loads((sweep_dir / "static-T0.7-p0.9" / "results.json").read_text())["results"]["fake"]
+    assert _by_slug(grid)["static-T0.7-p0.9"]["pass@1"] == cell_result["pass@1"]
+    # and eval accepts the grid's cell folder as its own (same run_config): it resumes, generating nothing
+    again = runner.invoke(app, ["eval", "-b", "fake", "--decoding", "static", "-t", "0.7", "-p", "0.9", "-o", str(sweep_dir), *common])
+    assert again.exit_code == 0, again.output
+    assert len(_samples(sweep_dir, "static-T0.7-p0.9")) == 16
+
+
+def test_cli_help_and_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from autodeco_cli.cli import app
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["grid-search", "--help"])
+    assert shown.exit_code == 0 and "Examples" in shown.output and "--early-stop" in shown.output
+    bad = runner.invoke(app, ["grid-search", "-b", "fake", "--mode", "full", "--cells", "0.5:1", "-o", str(tmp_path)])
+    assert bad.exit_code != 0 and isinstance(bad.exception, UserError)
+    # checked before the model is loaded (no such model here)
+    bad = runner.invoke(app, ["grid-search", "-b", "fake", "--mode", "random", "--model", str(tmp_path / "nothing"), "-o", str(tmp_path)])
+    assert isinstance(bad.exception, UserError) and "mode" in str(bad.exception)

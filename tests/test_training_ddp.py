@@ -1,0 +1,155 @@
+"""DDP training under torchrun (2 CPU processes, gloo) equals one process with the same global batch.
+
+Both torchrun launches start at once (they overlap on 2 cores) from a module fixture; the
+single-process references run in-process. If torchrun cannot start at all (no free port, no
+loopback), the tests are skipped with the launcher's reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_jsonl
+
+from autodeco_cli.heads import load_heads
+from autodeco_cli.training import HeadTrainer, TrainConfig
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_single_thread")]
+
+# 10 examples, global batch 4 (2 per micro-batch x 2 ranks): steps of 4, 4 and 2 sequences, so the
+# last step of each epoch gives rank 1 nothing to do.
+ROWS = [{"prompt": f"What is {i} + {i + 3}?", "completion": f"The answer is {2 * i + 3}."} for i in range(10)]
+COMMON = dict(micro_batch_size=2, epochs=2, head_width=32, learning_rate=3e-3, seed=7, easy_drop_probability=0.6)
+LAUNCH_TIMEOUT_S = 120
+HANG_GRACE_S = 20
+STARTUP_FAILURES = ("EADDRINUSE", "Address already in use", "address already in use", "Connection refused", "failed to bind", "Failed to bind", "RendezvousConnectionError", "RendezvousTimeoutError", "DistNetworkError", "Name or service not known")
+
+
+def _torchrun(model_dir: Path, data: Path, out: Path, log: Path, **fields) -> subprocess.Popen:
+    args = [f"{k}={v}" for k, v in {"model": model_dir, "data": data, "output_dir": out, **fields}.items()]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "COLUMNS")}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "autodeco_cli.cli", "train-heads", *args]
+    # output to a file, not a pipe: a killed launcher's workers must not keep us waiting on it
+    with log.open("w") as handle:
+        return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _finish(proc: subprocess.Popen, log: Path, deadline: float) -> tuple[int | None, str]:
+    """(returncode, output); returncode None means it was still running at the deadline and was
+    stopped: the launcher and the workers it started (each by its own pid)."""
+    try:
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        return proc.returncode, log.read_text(errors="replace")
+    except subprocess.TimeoutExpired:
+        workers = _children(proc.pid)
+        proc.terminate()  # torchrun forwards SIGTERM to its workers
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return None, log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def launches(tiny_model_dir, tmp_path_factory):
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no torch.distributed/gloo")
+    root = tmp_path_factory.mktemp("ddp")
+    data = write_jsonl(root / "train.jsonl", ROWS)
+    small = write_jsonl(root / "small.jsonl", ROWS[:2])
+    main_out, small_out = root / "ddp", root / "ddp-small"
+    logs = {"main": root / "main.log", "small": root / "small.log"}
+    procs = {
+        "main": _torchrun(tiny_model_dir, data, main_out, logs["main"], gradient_accumulation=1, **COMMON),
+        # 2 examples < one micro-batch per rank: rank 1 has no data in the very first step
+        "small": _torchrun(tiny_model_dir, small, small_out, logs["small"], gradient_accumulation=1, **{**COMMON, "epochs": 1}),
+    }
+    results = {"main": _finish(procs["main"], logs["main"], time.monotonic() + LAUNCH_TIMEOUT_S)}
+    # the small run does less work than the main one: give it a short grace period after it
+    results["small"] = _finish(procs["small"], logs["small"], time.monotonic() + HANG_GRACE_S)
+    code, output = results["main"]
+    if code not in (0, None) and any(s in output for s in STARTUP_FAILURES):
+        pytest.skip(f"torchrun could not start 2 gloo workers here: {next(s for s in STARTUP_FAILURES if s in output)}")
+    return {"root": root, "data": data, "small": small, "main_out": main_out, "small_out": small_out, "results": results}
+
+
+def _single(model_dir, data, out, **fields) -> HeadTrainer:
+    cfg = TrainConfig(data=str(data), output_dir=str(out), model=str(model_dir), cache_hidden="off", **fields)
+    trainer = HeadTrainer(cfg)
+    trainer.train()
+    return trainer
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_ddp_heads_equal_single_process_with_same_global_batch(launches, tiny_model_dir, tmp_path):
+    code, output = launches["results"]["main"]
+    assert code == 0, f"torchrun failed (code {code}):\n{output[-4000:]}"
+    single = _single(tiny_model_dir, launches["data"], tmp_path / "single", gradient_accumulation=2, **COMMON)
+    assert single.step == 6
+    ddp = load_heads(launches["main_out"]).state_dict()
+    ref = single.heads.state_dict()
+    for key in ref:
+        torch.testing.assert_close(ddp[key], ref[key], rtol=0.0, atol=1e-5, msg=key)
+    # only rank 0 writes: one metrics line per step, one final checkpoint
+    metrics = _metrics(launches["main_out"])
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert [m["lr"] for m in metrics] == pytest.approx([m["lr"] for m in _metrics(tmp_path / "single")])
+    assert (launches["main_out"] / "checkpoints" / "step-6").is_dir()
+    # the DDP run used the hidden-state cache (epochs > 1), the reference did not
+    assert list((launches["main_out"] / "hidden_cache").glob("hidden-*.safetensors"))
+
+
+def test_ddp_reports_the_tokens_of_all_ranks(launches, tiny_model_dir, tmp_path):
+    """BUG (training.py HeadTrainer.train, ~line 473): `tokens` in metrics.jsonl, TrainResult.loss_tokens
+    and the "done: ... tok/s" line count only rank 0's micro-batches, so under torchrun throughput
+    is under-reported ~world_size-fold (the brief's 105-loss-token set, 2 epochs: 210 tokens, DDP
+    reports about half). Fix: all-reduce the step's token count (and the loss sums used for the
+    logged means) across ranks before logging."""
+    code, output = launches["results"]["main"]
+    assert code == 0, output[-4000:]
+    single = _single(tiny_model_dir, launches["data"], tmp_path / "single-tokens", gradient_accumulation=2, **COMMON)
+    expected = [m["tokens"] for m in _metrics(tmp_path / "single-tokens")]
+    assert sum(expected) == 2 * sum(e.num_loss_tokens for e in single.examples)
+    assert [m["tokens"] for m in _metrics(launches["main_out"])] == expected
+
+
+def test_ddp_rank_without_data_in_a_step_does_not_hang(launches, tiny_model_dir, tmp_path):
+    """BUG (training.py HeadTrainer.train, line 467): `grads = [p.grad for p in self.parameters if
+    p.grad is not None]`. A rank that has had no micro-batch yet (dataset smaller than the global
+    batch, or -- the realistic case -- a run resumed into the uneven last step of an epoch, since a
+    fresh process has no .grad tensors) passes an empty list, skips dist.all_reduce, and the other
+    rank waits in all_reduce forever (gloo's default timeout is 30 min). Fix: materialise zero grads
+    for every trainable parameter before the all-reduce, e.g.
+    `for p in self.parameters: p.grad = torch.zeros_like(p) if p.grad is None else p.grad`."""
+    code, output = launches["results"]["small"]
+    assert code is not None, f"torchrun hung ({HANG_GRACE_S}s after the bigger run finished) when rank 1 had no micro-batch (killed):\n{output[:800]}"
+    assert code == 0, output[-4000:]
+    single = _single(tiny_model_dir, launches["small"], tmp_path / "single-small", gradient_accumulation=2, **{**COMMON, "epochs": 1})
+    ddp = load_heads(launches["small_out"]).state_dict()
+    for key, value in single.heads.state_dict().items():
+        torch.testing.assert_close(ddp[key], value, rtol=0.0, atol=1e-5, msg=key)
