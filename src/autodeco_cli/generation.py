@@ -244,9 +244,9 @@ class GenerationEngine:
             no_repeat_ngram_size=0,
             min_length=0,
             min_new_tokens=None,
-            temperature=1.0,
-            top_p=1.0,
-            top_k=0,
+            temperature=None,
+            top_p=None,
+            top_k=None,
         )
         for field_name in ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id"):
             setattr(config, field_name, None)

@@ -259,8 +259,9 @@ def quick_config() -> ReproduceConfig:
         workdir="runs/reproduce-quick",
         report="reports/reproduce-quick.md",
         data_tasks="arith-add",
-        data_limit=48,
+        data_limit=96,
         data_k=2,
+        data_temperature=0.7,  # more accepted trajectories per problem: the quick run has few problems
         train={"learning_rate": 1e-3, "epochs": 2, "micro_batch_size": 8, "gradient_accumulation": 1, "max_length": 256},
         benchmarks=["arith-add"],
         k=2,

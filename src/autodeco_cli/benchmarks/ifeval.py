@@ -35,7 +35,7 @@ from typing import Any, Iterator
 from autodeco_cli.benchmarks.types import Doc, Score
 from autodeco_cli.errors import UserError
 
-INSTALL_HINT = "pip install 'autodeco-cli[ifeval]'"
+INSTALL_HINT = "pip install 'autodeco-cli[ifeval]' && pip install --no-deps lm-eval==0.4.13"
 AFFECTED_BY_FALLBACK = ("length_constraints:number_sentences", "change_case:capital_word_frequency")
 
 # Common English abbreviations that end in a period but rarely end a sentence. Punkt stores
