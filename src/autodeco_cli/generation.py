@@ -18,11 +18,12 @@ Greedy requests skip the processor entirely, so greedy output is the base model'
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .decoding import DecodingStrategy
 from .distribution import decoding_logits, nucleus_size
@@ -91,7 +92,11 @@ class HiddenStateCapture:
 
 
 class DecodingProcessor(LogitsProcessor):
-    """Per-row T/p (heads or static), hard nucleus, per-request sampling, and the token trace."""
+    """Per-row T/p (heads or static), hard nucleus, per-request sampling, and the token trace.
+
+    Rows can leave (`keep_rows`) when their request has finished; each request keeps its own
+    generator and trace, so leaving changes nothing for the others.
+    """
 
     def __init__(
         self,
@@ -100,23 +105,26 @@ class DecodingProcessor(LogitsProcessor):
         capture: HiddenStateCapture | None,
         record_trace: bool,
     ):
-        self.requests = list(requests)
+        self.all_requests = list(requests)
         self.heads = heads
         self.capture = capture
         self.record_trace = record_trace
-        self.generators = []
-        for request in self.requests:
-            generator = torch.Generator()
-            generator.manual_seed(request.seed)
-            self.generators.append(generator)
+        self.all_generators = [torch.Generator().manual_seed(r.seed) for r in self.all_requests]
+        # per request: (token, T, p, nucleus size) for every step it was active
+        self.traces: list[list[tuple[int, float, float, int]]] = [[] for _ in self.all_requests]
+        # transformers' generate() keeps one top-k per call, so mixed top-k batches are split by the caller.
+        self.top_k = self.all_requests[0].strategy.top_k
+        self.keep_rows(list(range(len(self.all_requests))))
+
+    def keep_rows(self, active: list[int]) -> None:
+        """Continue with these original request indices only (in this order)."""
+        self.active = list(active)
+        self.requests = [self.all_requests[i] for i in self.active]
+        self.generators = [self.all_generators[i] for i in self.active]
         self.head_rows = [i for i, r in enumerate(self.requests) if r.strategy.uses_heads]
         self.greedy_rows = [i for i, r in enumerate(self.requests) if r.strategy.is_greedy]
         self.static_temperature = torch.tensor([r.strategy.temperature or 1.0 for r in self.requests])
         self.static_top_p = torch.tensor([r.strategy.top_p or 1.0 for r in self.requests])
-        # transformers' generate() never drops rows, so one top-k per batch is enough; mixed
-        # top-k batches are split by the caller.
-        self.top_k = self.requests[0].strategy.top_k
-        self.steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def row_parameters(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         temperature = self.static_temperature.to(scores.device).clone()
@@ -148,7 +156,9 @@ class DecodingProcessor(LogitsProcessor):
         for row, generator in enumerate(self.generators):
             chosen[row] = torch.multinomial(probs[row], 1, generator=generator)
         if self.record_trace:
-            self.steps.append((chosen, temperature.float().cpu(), top_p.float().cpu(), nucleus_size(decoded).cpu()))
+            sizes = nucleus_size(decoded).tolist()
+            for row, (token, t, p) in enumerate(zip(chosen.tolist(), temperature.tolist(), top_p.tolist())):
+                self.traces[self.active[row]].append((token, t, p, sizes[row]))
         one_hot = torch.full_like(scores, float("-inf"))
         one_hot.scatter_(-1, chosen.to(scores.device).unsqueeze(-1), 0.0)
         return one_hot
@@ -171,6 +181,8 @@ class GenerationEngine:
 
     lm: LoadedModel
     heads: AutoDecoHeads | None = None
+    # decode steps between chances for finished rows to leave the batch
+    segment_tokens: int = 16
     _capture: HiddenStateCapture | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -259,17 +271,57 @@ class GenerationEngine:
         kwargs = {}
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
-        with torch.inference_mode():
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=config,
-                logits_processor=processors,
-                streamer=streamer,
-                **kwargs,
-            )
-        new_tokens = output[:, width:].tolist()
-        return [self._finish(r, row, tokens, processor, eos_ids, stop) for row, (r, tokens) in enumerate(zip(requests, new_tokens))]
+        generated: list[list[int]] = [[] for _ in requests]
+        active = list(range(len(requests)))
+        cache = DynamicCache()
+        remaining = max_new_tokens
+        while remaining > 0 and active:
+            # Generate in segments; between segments, finished rows leave the batch (their KV
+            # cache rows are dropped), so short answers stop costing compute.
+            config.max_new_tokens = min(self.segment_tokens, remaining) if len(active) > 1 else remaining
+            with torch.inference_mode(), warnings.catch_warnings():
+                # transformers 5 renames past_key_values to cache; 4.x only knows the old name
+                warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    past_key_values=cache,
+                    generation_config=config,
+                    logits_processor=processors,
+                    streamer=streamer,
+                    return_dict_in_generate=True,
+                    **kwargs,
+                )
+            sequences = output.sequences
+            new = sequences[:, input_ids.shape[1] :]
+            remaining -= new.shape[1]
+            still = []
+            for position, (index, tokens) in enumerate(zip(active, new.tolist())):
+                generated[index] += tokens
+                if not self._is_finished(generated[index], eos_ids, stop):
+                    still.append(position)
+            if not still or remaining <= 0:
+                break
+            cache = output.past_key_values
+            if len(still) < len(active):
+                keep = torch.tensor(still, device=sequences.device)
+                cache.batch_select_indices(keep)
+                sequences = sequences[keep]
+                attention_mask = attention_mask[keep]
+                active = [active[i] for i in still]
+                if processor is not None:
+                    processor.keep_rows(active)
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], sequences.shape[1] - attention_mask.shape[1]))], dim=1)
+            input_ids = sequences
+        return [self._finish(r, row, tokens, processor, eos_ids, stop) for row, (r, tokens) in enumerate(zip(requests, generated))]
+
+    def _is_finished(self, tokens: list[int], eos_ids: list[int], stop) -> bool:
+        if any(t in eos_ids for t in tokens):
+            return True
+        if stop:
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            return any(s in text for s in stop)
+        return False
 
     def _finish(self, request, row, tokens, processor, eos_ids, stop) -> Generation:
         tokenizer = self.tokenizer
@@ -292,14 +344,8 @@ class GenerationEngine:
         token_trace = None
         if processor is not None and processor.record_trace:
             token_trace = [
-                TokenTrace(
-                    token_id=kept[step],
-                    token=tokenizer.decode([kept[step]]),
-                    temperature=float(processor.steps[step][1][row]),
-                    top_p=float(processor.steps[step][2][row]),
-                    nucleus_size=int(processor.steps[step][3][row]),
-                )
-                for step in range(min(len(kept), len(processor.steps)))
+                TokenTrace(token_id=token, token=tokenizer.decode([token]), temperature=t, top_p=p, nucleus_size=n)
+                for (token, t, p, n), _ in zip(processor.traces[row], kept)
             ]
         return Generation(key=request.key, text=text, token_ids=kept, finish_reason=finish, trace=token_trace, strategy=request.strategy)
 
