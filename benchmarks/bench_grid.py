@@ -161,6 +161,8 @@ def main(argv=None) -> int:
             verdict = "" if target is None else f"   target <= {target:g}: {'ok' if median[a] / median[b] <= target else 'MISSED'}"
             print(f"{PATHS[a]} / {PATHS[b]} = {median[a] / median[b]:.2f}{verdict}")
 
+    if "cli" in median and "loop" in median:
+        print(f"=> start-up + model load per `autodeco eval` call ~ {(median['cli'] - median['loop']) / len(cells):.1f} s (eval CLI loop - run_eval loop, per cell)")
     print()
     ratio("sweep", "cli", 0.5)
     ratio("sweep", "loop")

@@ -18,11 +18,11 @@ Greedy requests skip the processor entirely, so greedy output is the base model'
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
 import torch
+import transformers
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from .decoding import DecodingStrategy
@@ -31,6 +31,8 @@ from .heads import AutoDecoHeads
 from .models import LoadedModel
 
 Messages = list[dict]
+# transformers 5 renamed generate()'s past_key_values to cache; 4.x only knows the old name
+CACHE_KWARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 PromptInput = Union[str, Messages]
 
 
@@ -259,6 +261,7 @@ class GenerationEngine:
             temperature=None,
             top_p=None,
             top_k=None,
+            return_dict_in_generate=True,
         )
         for field_name in ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id"):
             setattr(config, field_name, None)
@@ -279,17 +282,14 @@ class GenerationEngine:
             # Generate in segments; between segments, finished rows leave the batch (their KV
             # cache rows are dropped), so short answers stop costing compute.
             config.max_new_tokens = min(self.segment_tokens, remaining) if len(active) > 1 else remaining
-            with torch.inference_mode(), warnings.catch_warnings():
-                # transformers 5 renames past_key_values to cache; 4.x only knows the old name
-                warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+            with torch.inference_mode():
                 output = model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
-                    past_key_values=cache,
                     generation_config=config,
                     logits_processor=processors,
                     streamer=streamer,
-                    return_dict_in_generate=True,
+                    **{CACHE_KWARG: cache},
                     **kwargs,
                 )
             sequences = output.sequences
