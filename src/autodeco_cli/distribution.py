@@ -29,24 +29,27 @@ def sort_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.sort(probs, dim=-1, descending=True, stable=True)
 
 
-def soft_top_p_weights_sorted(sorted_probs: torch.Tensor, top_p: torch.Tensor, alpha: float) -> torch.Tensor:
+def soft_top_p_weights_sorted(sorted_probs: torch.Tensor, top_p: torch.Tensor, alpha: float, stabilise: bool = False) -> torch.Tensor:
     """The paper's soft nucleus mask, in sorted order: ``exp(-alpha * relu(cumsum - p))``.
 
     The inclusive cumsum means the top token is only damped once it alone exceeds p, so the
-    mask is smooth in p (that is what lets the top-p head learn through it).
+    mask is smooth in p (that is what lets the top-p head learn through it). `stabilise` divides
+    by the top token's weight, which renormalisation cancels, so a steep alpha cannot underflow
+    every weight to zero; the training loss leaves it off to stay equal to the official one
+    (its epsilons are not scale-free).
     """
     cumulative = torch.cumsum(sorted_probs, dim=-1)
     overage = torch.relu(cumulative - top_p)
-    # Shifting by the top token's overage changes nothing after renormalisation, but keeps the
-    # top weight at 1 so a steep alpha cannot underflow every weight to zero.
-    return torch.exp(-alpha * (overage - overage[..., :1].detach()))
+    if stabilise:
+        overage = overage - overage[..., :1].detach()
+    return torch.exp(-alpha * overage)
 
 
 def soft_top_p(probs: torch.Tensor, top_p: float | torch.Tensor, alpha: float = DEFAULT_SOFT_TOP_P_ALPHA) -> torch.Tensor:
     """Differentiable top-p: sort, soft-mask, unsort, renormalise. Gradients flow into `probs` and `top_p`."""
     top_p = _as_column(top_p, probs)
     sorted_probs, order = sort_descending(probs)
-    weights = torch.empty_like(probs).scatter(-1, order, soft_top_p_weights_sorted(sorted_probs, top_p, alpha))
+    weights = torch.empty_like(probs).scatter(-1, order, soft_top_p_weights_sorted(sorted_probs, top_p, alpha, stabilise=True))
     masked = probs * weights
     return masked / masked.sum(dim=-1, keepdim=True).clamp_min(1e-30)
 
