@@ -73,6 +73,8 @@ def _coerce(value, field, where):
     wanted = type(default) if default is not None else None
     if value is None or wanted is None or isinstance(value, wanted):
         return value
+    if wanted is str and isinstance(value, bool):
+        return "on" if value else "off"  # YAML 1.1 reads on/off/yes/no as booleans
     try:
         if wanted is bool and isinstance(value, str):
             return value.lower() in ("1", "true", "yes", "on")

@@ -441,6 +441,17 @@ class HeadTrainer:
             "mean_top_p": float(top_p.detach().mean()),
         }
 
+    def _global_sums(self, sums: dict[str, float], micro_batches: int) -> dict[str, float]:
+        """Metric sums over every rank, so the log reports the whole step, not rank 0's share."""
+        # a fixed key list: a rank without micro-batches has no keys, but must send the same shape
+        keys = ["loss", "tokens", "mean_temperature", "mean_top_p"]
+        keys += {"joint": ["temperature_loss", "top_p_loss"], "temperature": ["temperature_loss"], "top_p": ["top_p_loss"]}[self.config.mode]
+        values = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(micro_batches)], dtype=torch.float64)
+        self.dist.all_reduce_sum_([values])
+        totals = dict(zip(keys, values[:-1].tolist()))
+        totals["micro_batches"] = values[-1].item()
+        return totals
+
     def train(self, resume: bool = False, on_step=None) -> TrainResult:
         c = self.config
         if resume:
@@ -464,15 +475,18 @@ class HeadTrainer:
                 record = self._micro_step(examples, epoch, scale=1.0 / global_count)
                 for key, value in record.items():
                     sums[key] = sums.get(key, 0.0) + value
-            grads = [p.grad for p in self.parameters if p.grad is not None]
-            self.dist.all_reduce_sum_(grads)
+            for p in self.parameters:
+                if p.grad is None:  # a rank with no micro-batch this step still joins the all-reduce
+                    p.grad = torch.zeros_like(p)
+            self.dist.all_reduce_sum_([p.grad for p in self.parameters])
+            sums = self._global_sums(sums, len(micro_batches))
             grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, c.max_grad_norm) if c.max_grad_norm > 0 else torch.tensor(0.0)
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
             step_tokens = int(sums.get("tokens", 0))
             tokens_total += step_tokens
-            count = max(len(micro_batches), 1)
+            count = max(sums.pop("micro_batches", 1), 1)
             last = {
                 "step": self.step,
                 "epoch": epoch,

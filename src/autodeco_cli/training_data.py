@@ -82,7 +82,11 @@ def encode_messages(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
             # the assistant header ("<|im_start|>assistant\n") is prompt, not completion
             header = len(_tokens(tokenizer, _render(tokenizer, messages[: end - 1], add_generation_prompt=True))) - len(input_ids)
             header = max(0, min(header, len(added)))
-            labels += [IGNORE_INDEX] * header + added[header:]
+            turn = added[header:]
+            # the template's text after the turn's EOS (e.g. "\n") never occurs in generation
+            eos = tokenizer.eos_token_id
+            end = turn.index(eos) + 1 if eos in turn else len(turn)
+            labels += [IGNORE_INDEX] * header + turn[:end] + [IGNORE_INDEX] * (len(turn) - end)
         else:
             labels += [IGNORE_INDEX] * len(added)
         input_ids += added
