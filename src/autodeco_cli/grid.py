@@ -108,8 +108,8 @@ def _number(text: str, option: str) -> Decimal:
 
 def _check(value: float, option: str) -> float:
     high = MAX_STATIC_TEMPERATURE if option == "--temperatures" else 1.0
-    if not 0.0 < value <= high:
-        raise UserError(f"{option}: {value:g} is out of range", f"values must lie in (0, {high:g}]")
+    if not 0.0 < round(value, DIGITS) <= high:
+        raise UserError(f"{option}: {value:g} is out of range", f"values must lie in (0, {high:g}], {DIGITS} decimals at most")
     return round(value, DIGITS)
 
 
