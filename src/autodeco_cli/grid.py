@@ -516,7 +516,7 @@ def load_grid(path: str | Path) -> dict:
 
 def plot_grid(grid: dict, path: str | Path) -> Path:
     """Heatmap T x p annotated with pass@1 (%); expert mode: the two stages as 1-D curves."""
-    from .plots import _pyplot
+    from .plots import _pyplot, save_figure
 
     plt = _pyplot()
     cells = grid["cells"]
@@ -572,12 +572,7 @@ def plot_grid(grid: dict, path: str | Path) -> Path:
         ax.set_xlabel("top-p")
         ax.set_ylabel("temperature T")
         ax.set_title(title + "\n* oracle   ≈ tied with it   × pruned", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _pct(value: float | None) -> str:

@@ -15,6 +15,17 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    plt = _pyplot()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def plot_token_trace(trace: Sequence, path: str | Path, title: str = "AutoDeco per-token decoding") -> Path:
     """The paper's Figure-5 view: predicted T̂ and P̂ for every generated token."""
     plt = _pyplot()
@@ -30,12 +41,7 @@ def plot_token_trace(trace: Sequence, path: str | Path, title: str = "AutoDeco p
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_decoding_distribution(temperatures: Sequence[float], top_ps: Sequence[float], path: str | Path) -> Path:
@@ -52,9 +58,4 @@ def plot_decoding_distribution(temperatures: Sequence[float], top_ps: Sequence[f
             mean = sum(values) / len(values)
             ax.axvline(mean, color="black", linestyle="--", linewidth=1)
             ax.set_title(f"mean {mean:.3f} over {len(values)} tokens", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
