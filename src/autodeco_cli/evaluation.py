@@ -608,17 +608,22 @@ def git_hash() -> str | None:
 # ---------------------------------------------------------------------------
 
 
-def load_results(path: str | Path) -> tuple[Path, dict]:
-    """A results.json, or a strategy folder that holds one."""
+def read_json_output(path: str | Path, file_name: str, what: str, missing_hint: str) -> tuple[Path, dict]:
+    """A JSON file a command wrote, given as the file or as the folder that holds `file_name`."""
     path = Path(path)
     if path.is_dir():
-        path = path / RESULTS_FILE
+        path = path / file_name
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return path, json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"results file not found: {path}", "pass a results.json or the strategy folder eval wrote") from None
+        raise UserError(f"{what} not found: {path}", missing_hint) from None
     except json.JSONDecodeError:
         raise UserError(f"{path} is not valid JSON") from None
+
+
+def load_results(path: str | Path) -> tuple[Path, dict]:
+    """A results.json, or a strategy folder that holds one."""
+    path, data = read_json_output(path, RESULTS_FILE, "results file", "pass a results.json or the strategy folder eval wrote")
     if not isinstance(data, dict) or "per_question" not in data:
         raise UserError(f"{path} has no per-question scores", "compare reads results.json files written by `autodeco eval`")
     return path, data

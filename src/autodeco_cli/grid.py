@@ -52,7 +52,7 @@ import numpy as np
 from . import stats
 from .decoding import MAX_STATIC_TEMPERATURE, DecodingStrategy, make_strategy
 from .errors import UserError
-from .evaluation import compare_results, prepare_task, resolve_tasks, run_eval, strategy_slug
+from .evaluation import compare_results, prepare_task, read_json_output, resolve_tasks, run_eval, strategy_slug
 
 GRID_FILE = "grid.json"
 HEATMAP_FILE = "heatmap.png"
@@ -495,15 +495,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def load_grid(path: str | Path) -> dict:
     """grid.json, or the output folder that holds it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / GRID_FILE
-    try:
-        grid = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"grid file not found: {path}", "run `autodeco grid-search` first") from None
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not valid JSON") from None
+    path, grid = read_json_output(path, GRID_FILE, "grid file", "run `autodeco grid-search` first")
     if not grid.get("complete") or "oracle" not in grid:
         raise UserError(f"{path} is from an unfinished grid search", "re-run the same grid-search command to finish it")
     return grid

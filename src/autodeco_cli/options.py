@@ -19,6 +19,8 @@ TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Optional top-k 
 TempScaleOpt = Annotated[float, typer.Option("--temperature-scale", help="autodeco: T = T̂ × scale.")]
 TopPScaleOpt = Annotated[float, typer.Option("--top-p-scale", help="autodeco: p = min(1, P̂ × scale).")]
 ActiveHeadsOpt = Annotated[str, typer.Option("--active-heads", help="autodeco ablation: both (default), temperature (p=1) or top_p (T=1).")]
+ChatOpt = Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the model's chat template (default) or complete the raw prompt.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Benchmark data folder (default $AUTODECO_DATA_DIR, else ../shared/data).")]
 MeanFromOpt = Annotated[Optional[Path], typer.Option("--mean-from", help="mean-shift: take T and p from an autodeco eval results JSON.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")]

@@ -12,6 +12,8 @@ from rich.console import Console
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
 from ..options import (
+    ChatOpt,
+    DataDirOpt,
     AdapterOpt,
     DecodingOpt,
     DeviceOpt,
@@ -51,8 +53,8 @@ def eval_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 8,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions of each task (a seeded subset for tasks that define one).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder (default eval-results/<model>); one subfolder per decoding strategy.")] = None,
-    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the model's chat template (default) or complete the raw prompt.")] = True,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Benchmark data folder (default $AUTODECO_DATA_DIR, else ../shared/data).")] = None,
+    chat: ChatOpt = True,
+    data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     trust_remote_code: TrustOpt = False,

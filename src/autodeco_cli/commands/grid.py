@@ -10,7 +10,7 @@ import typer
 
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
-from ..options import AdapterOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt, TrustOpt
+from ..options import ChatOpt, DataDirOpt, AdapterOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt, TrustOpt
 from .evaluate import DEFAULT_OUTPUT_ROOT, _folder_name, _heads_label, console, err_console
 
 
@@ -30,8 +30,8 @@ def grid_search_command(
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder (default eval-results/<model>/grid-<benchmark>): one subfolder per cell, as `autodeco eval` writes, plus grid.json and heatmap.png.")] = None,
     early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="Score cells on 25%, 50%, then 100% of the questions and drop cells a paired one-sided test (Wilcoxon, p<0.01) finds clearly worse than the current best. Off by default.")] = False,
     then_eval: Annotated[bool, typer.Option("--then-eval", help="Then build the benchmark's comparison table: greedy, default (T=1,p=1), oracle, autodeco (--heads), mean-shift and the T̂-only/P̂-only ablations.")] = False,
-    chat: Annotated[bool, typer.Option("--chat/--no-chat", help="Apply the model's chat template (default) or complete the raw prompt.")] = True,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Benchmark data folder (default $AUTODECO_DATA_DIR, else ../shared/data).")] = None,
+    chat: ChatOpt = True,
+    data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     trust_remote_code: TrustOpt = False,

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
-from ..options import DecodingOpt, DeviceOpt, DtypeOpt, ModelOpt, TemperatureOpt, TopKOpt, TopPOpt
+from ..options import ChatOpt, DecodingOpt, DeviceOpt, DtypeOpt, ModelOpt, TemperatureOpt, TopKOpt, TopPOpt
 
 err_console = Console(stderr=True)
 
@@ -96,7 +96,7 @@ def make_data(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Default: the task's own budget.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    chat: Annotated[bool, typer.Option("--chat/--no-chat")] = True,
+    chat: ChatOpt = True,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ):
