@@ -9,9 +9,11 @@ machine load hits both alike. The figure of merit is
     ratio = (generated tokens/s, runner) / (generated tokens/s, plain loop)        target >= 1.5
 
 "Generated tokens" counts each row up to and including its EOS, the same way for both. The
-table also shows row utilisation: generated tokens / (rows x decode steps of their batch). A
-batch decodes until its longest row ends, so 1 - utilisation is the work spent on rows that
-had already finished: the most that letting finished rows leave the batch could save.
+table also shows tokens per computed row: generated tokens / (rows x decode forward passes).
+The plain loop decodes every batch until its longest row ends, so it stays below 100% (the
+rest is work on finished rows). The runner's rows are unique token histories: finished requests
+leave, waiting ones join (continuous batching) and samples that agree share a row, so it can
+exceed 100%.
 
 The plain loop is what one writes without the runner: questions in file order, each repeated
 for its samples, cut into batches of the same size, left-padded, and sampled by HF generate
@@ -90,24 +92,20 @@ def runner(engine, task, strategy, samples: int, batch_size: int, limit: int, ma
     from autodeco_cli.evaluation import run_eval
 
     row_steps = 0
-    generate = engine.generate
+    forward = engine._forward
 
-    def counting_generate(requests, **kwargs):
-        done = kwargs.pop("on_batch_done")
+    def counting_forward(input_ids, *args):
+        nonlocal row_steps
+        if input_ids.shape[1] == 1:  # decode steps only, as for the plain loop
+            row_steps += input_ids.shape[0]
+        return forward(input_ids, *args)
 
-        def on_batch_done(batch):
-            nonlocal row_steps
-            row_steps += len(batch) * max(len(g.token_ids) for g in batch)
-            done(batch)
-
-        return generate(requests, on_batch_done=on_batch_done, **kwargs)
-
-    engine.generate = counting_generate
+    engine._forward = counting_forward
     try:
         with tempfile.TemporaryDirectory() as out:
             results = run_eval(engine, [task], [strategy], k=samples, seeds=[0], batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens, out_dir=Path(out))
     finally:
-        del engine.generate
+        del engine._forward
     m = next(iter(results.values()))["results"][task.name]
     n = m["n_questions"] * m["samples_per_question"]
     return round(m["mean_tokens"] * n), round(m["pass@1"] * n), row_steps
@@ -139,7 +137,7 @@ def main(argv=None) -> int:
 
     rates: dict[str, list[float]] = {name: [] for name in paths}
     print(f"\n{args.task}: {len(docs)} questions x {args.samples} samples, batch {args.batch_size}, max_new_tokens {budget}, T={args.temperature:g} p={args.top_p:g}")
-    header = f"{'repeat':>6}  {'path':<22} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'accuracy':>9} {'row use':>8}"
+    header = f"{'repeat':>6}  {'path':<22} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'accuracy':>9} {'tok/row':>8}"
     print(header)
     print("-" * len(header))
     for repeat in range(args.repeats):

@@ -388,3 +388,158 @@ def test_merged_folder_loads_and_generates_like_base(tiny_model_dir, tiny_lm, tm
     a = GenerationEngine(merged, merged_heads).generate(auto, max_new_tokens=MAX_NEW)
     b = GenerationEngine(tiny_lm, heads).generate(auto, max_new_tokens=MAX_NEW)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+# ---- shared prefill and shared rows ------------------------------------------------------------
+
+
+class _RowCounter:
+    """Wraps the engine's forward to record how many rows each forward pass computed."""
+
+    def __init__(self, engine, monkeypatch):
+        self.rows: list[int] = []
+        forward = engine._forward
+
+        def counting(input_ids, *args):
+            self.rows.append(input_ids.shape[0])
+            return forward(input_ids, *args)
+
+        monkeypatch.setattr(engine, "_forward", counting)
+
+
+def test_identical_histories_share_one_row(engine, tiny_lm, monkeypatch):
+    """k greedy samples of one prompt are one token history: one prefill row, one row per step."""
+    counter = _RowCounter(engine, monkeypatch)
+    reqs = build_requests(tiny_lm.tokenizer, [PROMPTS[1]], make_strategy("greedy"), n=6)
+    gens = engine.generate(reqs, max_new_tokens=MAX_NEW, batch_size=6)
+    assert len({tuple(g.token_ids) for g in gens}) == 1
+    assert set(counter.rows) == {1}
+    assert len(counter.rows) == len(gens[0].token_ids) - (gens[0].finish_reason == "stop")
+
+
+def test_prefill_once_per_unique_prompt(engine, tiny_lm, monkeypatch):
+    counter = _RowCounter(engine, monkeypatch)
+    reqs = build_requests(tiny_lm.tokenizer, PROMPTS[:2], make_strategy("static", temperature=1.0, top_p=1.0), n=4)
+    engine.generate(reqs, max_new_tokens=3, batch_size=len(reqs))
+    assert counter.rows[0] == 2  # prefill: two prompts, not eight rows
+    assert max(counter.rows) <= len(reqs)
+
+
+def test_cells_sharing_random_numbers_match_single_runs(engine, tiny_lm, monkeypatch):
+    """Grid-style batches: several strategies x samples of one prompt with shared seeds. Rows are
+    shared while tokens agree, yet every request equals its own run alone."""
+    tok = tiny_lm.tokenizer
+    strategies = [
+        make_strategy("greedy"),
+        make_strategy("static", temperature=0.1, top_p=0.5),
+        make_strategy("static", temperature=0.2, top_p=0.5),
+        make_strategy("static", temperature=1.0, top_p=0.9),
+        make_strategy("static", temperature=1.0, top_p=1.0, top_k=3),
+        make_strategy("autodeco"),
+    ]
+    reqs = []
+    for s_index, strategy in enumerate(strategies):
+        for r in build_requests(tok, [PROMPTS[3]], strategy, n=2, seed=11):
+            reqs.append(Request(key=(s_index, r.key), input_ids=r.input_ids, strategy=strategy, seed=r.seed))
+    counter = _RowCounter(engine, monkeypatch)
+    together = engine.generate(reqs, max_new_tokens=MAX_NEW, batch_size=len(reqs), trace=True)
+    shared_rows = list(counter.rows)
+    alone = [engine.generate([r], max_new_tokens=MAX_NEW, trace=True)[0] for r in reqs]
+    for t, a in zip(together, alone):
+        assert t.token_ids == a.token_ids, t.key
+        assert [s.nucleus_size for s in t.trace] == [s.nucleus_size for s in a.trace]
+        # the heads see a different batch: equal up to float rounding
+        assert [v for s in t.trace for v in (s.temperature, s.top_p)] == pytest.approx([v for s in a.trace for v in (s.temperature, s.top_p)], rel=1e-5)
+    # low-temperature cells sit on the greedy row: fewer rows than requests at the first steps
+    assert shared_rows[0] == 1 and shared_rows[1] < len(reqs)
+
+
+def test_streamer_needs_one_request(engine, tiny_lm):
+    reqs = build_requests(tiny_lm.tokenizer, PROMPTS[:2], make_strategy("greedy"))
+    with pytest.raises(ValueError, match="single request"):
+        engine.generate(reqs, max_new_tokens=2, streamer=object())
+
+
+def test_inverse_cdf_draw_follows_the_distribution(engine, tiny_lm):
+    """The sampler's draws have the distribution's frequencies (chi-square-style check on the
+    first token of many seeds against the decoding distribution computed directly)."""
+    from autodeco_cli.distribution import decoding_distribution
+
+    tok = tiny_lm.tokenizer
+    prompt = build_requests(tok, [PROMPTS[0]], make_strategy("greedy"))[0].input_ids
+    strategy = make_strategy("static", temperature=1.0, top_p=0.8)
+    reqs = [Request(key=i, input_ids=prompt, strategy=strategy, seed=request_seed(5, i)) for i in range(600)]
+    first = [g.token_ids[0] for g in engine.generate(reqs, max_new_tokens=1, batch_size=200)]
+    with torch.inference_mode():
+        logits = tiny_lm.model(torch.tensor([prompt])).logits[0, -1]
+    probs = decoding_distribution(logits, 1.0, 0.8)
+    support = set(torch.nonzero(probs).flatten().tolist())
+    assert set(first) <= support
+    for token in sorted(support, key=lambda t: -float(probs[t]))[:3]:
+        expected = float(probs[token]) * len(first)
+        observed = first.count(token)
+        assert abs(observed - expected) < 4 * (expected * (1 - float(probs[token]))) ** 0.5 + 1, token
+
+
+# ---- continuous batching -------------------------------------------------------------------
+
+
+def test_requests_join_a_running_batch_and_match_alone(engine, tiny_lm, monkeypatch):
+    """With more requests than rows, waiting prompts are prefilled and join rows mid-flight
+    (left-padded to the running width). Joining must not change anyone's tokens."""
+    tok = tiny_lm.tokenizer
+    prompts = PROMPTS + [p + " and more words here" for p in PROMPTS] + ["x", "a b c d e f g h i j k"]
+    eos = tok.eos_token_id
+    greedy = build_requests(tok, prompts, make_strategy("greedy"))
+    sampled = build_requests(tok, prompts, make_strategy("static", temperature=1.3, top_p=0.95), seed=9)
+    counter = _RowCounter(engine, monkeypatch)
+    together = engine.generate(greedy + sampled, max_new_tokens=MAX_NEW, batch_size=3)
+    widths = list(counter.rows)
+    monkeypatch.undo()
+    for g, req in zip(together[: len(greedy)], greedy):
+        assert g.token_ids == strip_after_eos(manual_argmax(tiny_lm, req.input_ids, MAX_NEW), eos)
+    for g, req in zip(together[len(greedy) :], sampled):
+        assert g.token_ids == engine.generate([req], max_new_tokens=MAX_NEW)[0].token_ids
+    assert max(widths) <= 3
+
+
+def test_joins_happen_while_rows_are_running(engine, tiny_lm, monkeypatch):
+    """Rows ending at different steps (a common stop string) make room that waiting requests
+    take mid-flight; their results still equal their runs alone."""
+    from autodeco_cli import generation
+
+    tok = tiny_lm.tokenizer
+    distinct = PROMPTS + [p + " again" for p in PROMPTS]  # equal prompts would wait to join together
+    reqs = build_requests(tok, distinct, make_strategy("static", temperature=1.5, top_p=1.0), seed=4)
+    rows_at_prefill = []
+    prefill = generation._DecodeState._prefill
+
+    def recording(self, new_rows):
+        rows_at_prefill.append(len(self.rows))
+        return prefill(self, new_rows)
+
+    monkeypatch.setattr(generation._DecodeState, "_prefill", recording)
+    finished_sizes = []
+    together = engine.generate(reqs, max_new_tokens=20, batch_size=2, stop=["e"], on_batch_done=lambda b: finished_sizes.append(len(b)))
+    assert any(rows > 0 for rows in rows_at_prefill), "no request joined a running batch"
+    assert sum(finished_sizes) == len(reqs)
+    for g, req in zip(together, reqs):
+        assert g.token_ids == engine.generate([req], max_new_tokens=20, stop=["e"])[0].token_ids
+
+
+def test_later_requests_of_a_prompt_copy_its_cache_instead_of_prefilling(engine, tiny_lm, monkeypatch):
+    from autodeco_cli import generation
+
+    tok = tiny_lm.tokenizer
+    reqs = build_requests(tok, [PROMPTS[3]], make_strategy("static", temperature=1.5, top_p=1.0), n=10, seed=6)
+    copies, prefills = [], []
+    copy, prefill = generation._DecodeState._copy_prompt_row, generation._DecodeState._prefill
+    monkeypatch.setattr(generation._DecodeState, "_copy_prompt_row", lambda self, m: copies.append(len(m)) or copy(self, m))
+    monkeypatch.setattr(generation._DecodeState, "_prefill", lambda self, rows: prefills.append(len(rows)) or prefill(self, rows))
+    together = engine.generate(reqs, max_new_tokens=20, batch_size=2, stop=["e"])
+    assert copies, "no request reused its prompt's cache"
+    assert len(prefills) < len(reqs) // 2  # the prompt was not recomputed per request
+    monkeypatch.undo()
+    for g, req in zip(together, reqs):
+        alone = engine.generate([req], max_new_tokens=20, stop=["e"])[0]
+        assert g.token_ids == alone.token_ids and g.finish_reason == alone.finish_reason

@@ -17,6 +17,7 @@ from rich.table import Table
 from .errors import UserError
 from .models import DEFAULT_MODEL
 from .options import (
+    BatchSizeOpt,
     ChatOpt,
     ActiveHeadsOpt,
     AdapterOpt,
@@ -78,7 +79,7 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generation budget per sample.")] = 256,
     seed: Annotated[int, typer.Option(help="Sampling seed; a sample depends only on (seed, prompt, sample index).")] = 0,
     n: Annotated[int, typer.Option("--n", help="Samples per prompt.")] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 8,
+    batch_size: BatchSizeOpt = 8,
     chat: ChatOpt = True,
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results as JSONL (default for many prompts: stdout JSONL).")] = None,

@@ -123,6 +123,8 @@ def decoding_logits(
     keep_k = top_k_keep(scaled, top_k)
     if keep_k is not None:
         scaled = scaled.masked_fill(~keep_k, float("-inf"))
+    if bool((_as_column(top_p, scaled) >= 1.0).all()):
+        return scaled  # no cut anywhere: skip the vocabulary sort
     keep_p = hard_top_p_keep(torch.softmax(scaled, dim=-1), top_p)
     return scaled.masked_fill(~keep_p, float("-inf"))
 

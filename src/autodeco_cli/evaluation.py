@@ -31,7 +31,7 @@ import numpy as np
 from . import stats
 from .decoding import DecodingStrategy
 from .errors import UserError
-from .generation import Generation, GenerationEngine, Request, encode_prompt, request_seed
+from .generation import Generation, GenerationEngine, Request, batch_order_key, encode_prompt, request_seed
 
 RESULTS_FILE = "results.json"
 RUN_CONFIG_FILE = "run_config.json"
@@ -402,7 +402,7 @@ def _trace_groups(requests: list[Request]) -> list[tuple[bool, list[Request]]]:
 
 def _engine_slices(requests: list[Request], batch_size: int) -> list[list[Request]]:
     # Same key as GenerationEngine.generate (stable sort), so slicing never changes a batch.
-    ordered = sorted(requests, key=lambda r: (str(r.strategy.top_k), -len(r.input_ids)))
+    ordered = sorted(requests, key=batch_order_key)
     step = batch_size * BATCHES_PER_CALL
     return [ordered[start : start + step] for start in range(0, len(ordered), step)]
 

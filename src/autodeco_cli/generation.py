@@ -1,29 +1,38 @@
-"""Generation with learned per-token decoding, inside the ordinary transformers `generate()` loop.
+"""Generation with learned per-token decoding: one decode loop shared by every command.
 
-How AutoDeco fits into `generate()` without a custom model class:
+The loop is ours (not transformers' `generate()`), because three things matter for eval and
+grid-search throughput that `generate()` cannot do:
 
-1. A forward pre-hook on the output embedding (lm_head) keeps its input: the last hidden state
-   the heads read. It costs a reference, no copy.
-2. `DecodingProcessor`, a `LogitsProcessor`, turns (logits, T, p) into the decoding distribution
-   with the shared math in `distribution.py`, taking T/p per row from the heads or from a static
-   strategy, and records the per-token trace.
-3. It then draws the token itself, from a per-request `torch.Generator`, and hands `generate()`
-   a one-hot row, which `generate()` (run in greedy mode) takes as is. Drawing per request makes a
-   sample depend only on (seed, prompt, sample index), not on what else shares its batch: eval
-   resumes and grid-search cells then reproduce single runs exactly.
+1. **Shared prefill.** Requests with the same prompt (k samples, grid cells) are prefilled
+   once; their KV-cache row is copied when, and only when, their tokens diverge.
+2. **Shared rows.** A batch row is a unique token history, not a request. Requests whose
+   tokens agree so far (greedy-like cells, confident steps where the nucleus is one token)
+   ride on one row, so identical forward passes are computed once.
+3. **Finished requests leave at once**, and rows with no request left leave the batch.
 
-Greedy requests skip the processor entirely, so greedy output is the base model's own.
+Sampling is inverse-CDF with one uniform number per step from the request's own
+`torch.Generator`, seeded by (seed, prompt, sample index). A sample therefore depends only on
+its own identity, never on what shares its batch or row, so eval resumes and grid-search cells
+reproduce single runs. Strategies share those numbers on purpose (common random numbers): two
+cells with nearby (T, p) then draw the same tokens until their distributions really differ,
+which sharpens paired comparisons and keeps rows shared for longer.
+
+Per step and row: logits and the last hidden state (kept by a hook on the output embedding, so
+no custom model class is needed) go through the heads for autodeco requests, then through the
+shared math in `distribution.py` to the distribution each request samples from. Greedy
+requests take the argmax of the raw logits, so greedy output is the base model's own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
 import torch
-import transformers
-from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .decoding import DecodingStrategy
 from .distribution import decoding_logits, nucleus_size
@@ -31,8 +40,6 @@ from .heads import AutoDecoHeads
 from .models import LoadedModel
 
 Messages = list[dict]
-# transformers 5 renamed generate()'s past_key_values to cache; 4.x only knows the old name
-CACHE_KWARG = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
 PromptInput = Union[str, Messages]
 
 
@@ -93,79 +100,6 @@ class HiddenStateCapture:
         self._handle.remove()
 
 
-class DecodingProcessor(LogitsProcessor):
-    """Per-row T/p (heads or static), hard nucleus, per-request sampling, and the token trace.
-
-    Rows can leave (`keep_rows`) when their request has finished; each request keeps its own
-    generator and trace, so leaving changes nothing for the others.
-    """
-
-    def __init__(
-        self,
-        requests: Sequence[Request],
-        heads: AutoDecoHeads | None,
-        capture: HiddenStateCapture | None,
-        record_trace: bool,
-    ):
-        self.all_requests = list(requests)
-        self.heads = heads
-        self.capture = capture
-        self.record_trace = record_trace
-        self.all_generators = [torch.Generator().manual_seed(r.seed) for r in self.all_requests]
-        # per request: (token, T, p, nucleus size) for every step it was active
-        self.traces: list[list[tuple[int, float, float, int]]] = [[] for _ in self.all_requests]
-        # transformers' generate() keeps one top-k per call, so mixed top-k batches are split by the caller.
-        self.top_k = self.all_requests[0].strategy.top_k
-        self.keep_rows(list(range(len(self.all_requests))))
-
-    def keep_rows(self, active: list[int]) -> None:
-        """Continue with these original request indices only (in this order)."""
-        self.active = list(active)
-        self.requests = [self.all_requests[i] for i in self.active]
-        self.generators = [self.all_generators[i] for i in self.active]
-        self.head_rows = [i for i, r in enumerate(self.requests) if r.strategy.uses_heads]
-        self.greedy_rows = [i for i, r in enumerate(self.requests) if r.strategy.is_greedy]
-        self.static_temperature = torch.tensor([r.strategy.temperature or 1.0 for r in self.requests])
-        self.static_top_p = torch.tensor([r.strategy.top_p or 1.0 for r in self.requests])
-
-    def row_parameters(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        temperature = self.static_temperature.to(scores.device).clone()
-        top_p = self.static_top_p.to(scores.device).clone()
-        if self.head_rows:
-            rows = torch.tensor(self.head_rows, device=scores.device)
-            hidden = self.capture.last[rows, -1, :]
-            with torch.inference_mode():
-                head_t, head_p = self.heads(hidden, scores[rows])
-            scale_t = torch.tensor([self.requests[i].strategy.temperature_scale for i in self.head_rows], device=scores.device)
-            scale_p = torch.tensor([self.requests[i].strategy.top_p_scale for i in self.head_rows], device=scores.device)
-            head_t = head_t.squeeze(-1).float() * scale_t
-            head_p = (head_p.squeeze(-1).float() * scale_p).clamp(max=1.0)
-            active = [self.requests[i].strategy.active_heads for i in self.head_rows]
-            use_t = torch.tensor([a != "top_p" for a in active], device=scores.device)
-            use_p = torch.tensor([a != "temperature" for a in active], device=scores.device)
-            temperature[rows] = torch.where(use_t, head_t, torch.ones_like(head_t))
-            top_p[rows] = torch.where(use_p, head_p, torch.ones_like(head_p))
-        if self.greedy_rows:
-            # p = 0 keeps exactly the argmax token (hard_top_p_keep always keeps the top one).
-            top_p[torch.tensor(self.greedy_rows, device=scores.device)] = 0.0
-        return temperature, top_p
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        temperature, top_p = self.row_parameters(scores)
-        decoded = decoding_logits(scores, temperature.unsqueeze(-1), top_p.unsqueeze(-1), self.top_k)
-        probs = torch.softmax(decoded, dim=-1).float().cpu()
-        chosen = torch.empty(len(self.requests), dtype=torch.long)
-        for row, generator in enumerate(self.generators):
-            chosen[row] = torch.multinomial(probs[row], 1, generator=generator)
-        if self.record_trace:
-            sizes = nucleus_size(decoded).tolist()
-            for row, (token, t, p) in enumerate(zip(chosen.tolist(), temperature.tolist(), top_p.tolist())):
-                self.traces[self.active[row]].append((token, t, p, sizes[row]))
-        one_hot = torch.full_like(scores, float("-inf"))
-        one_hot.scatter_(-1, chosen.to(scores.device).unsqueeze(-1), 0.0)
-        return one_hot
-
-
 def encode_prompt(tokenizer, prompt: PromptInput, chat: bool) -> list[int]:
     """Chat prompts go through the model's template; raw prompts are tokenised as given."""
     if chat:
@@ -177,20 +111,114 @@ def encode_prompt(tokenizer, prompt: PromptInput, chat: bool) -> list[int]:
     return tokenizer(prompt)["input_ids"]
 
 
+def batch_order_key(request: Request) -> tuple:
+    """Longest prompts first; equal prompts together, and within a prompt the requests that
+    share random numbers (same seed) together, so they can share rows in one batch."""
+    return (-len(request.input_ids), request.input_ids, request.seed)
+
+
+@dataclass
+class _Step:
+    """What one request does at one step: its token and the (T, p, nucleus) it came from."""
+
+    token: int
+    temperature: float
+    top_p: float
+    nucleus: int
+
+
+class _Sampler:
+    """Turns a step's rows (logits, hidden) into one token per active request.
+
+    A request's (T, p, top-k) comes from its strategy, or from the heads on its row. Requests
+    with equal (row, T, p, top-k) share one distribution; each then draws with its own uniform
+    number (inverse CDF over token ids), so the draw is independent of batch-mates.
+    """
+
+    def __init__(self, requests: Sequence[Request], heads: AutoDecoHeads | None, record_nucleus: bool):
+        self.requests = requests
+        self.heads = heads
+        self.record_nucleus = record_nucleus
+        self.generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+
+    def head_values(self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor) -> dict[int, tuple[float, float]]:
+        if not rows:
+            return {}
+        index = torch.tensor(rows, device=logits.device)
+        with torch.inference_mode():
+            temperature, top_p = self.heads(hidden[index], logits[index])
+        return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
+
+    def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple[float, float, int | None]:
+        strategy = request.strategy
+        if strategy.uses_heads:
+            head_t, head_p = head
+            temperature = head_t * strategy.temperature_scale if strategy.active_heads != "top_p" else 1.0
+            top_p = min(1.0, head_p * strategy.top_p_scale) if strategy.active_heads != "temperature" else 1.0
+            return temperature, top_p, strategy.top_k
+        return strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k
+
+    def step(self, row_members: list[list[int]], logits: torch.Tensor, hidden: torch.Tensor | None) -> dict[int, _Step]:
+        head_rows = [row for row, members in enumerate(row_members) if any(self.requests[m].strategy.uses_heads for m in members)]
+        heads = self.head_values(head_rows, logits, hidden)
+        chosen: dict[int, _Step] = {}
+        # (row, T, p, top-k) -> the requests that sample from that distribution
+        distributions: dict[tuple, list[int]] = {}
+        greedy_rows: dict[int, list[int]] = {}
+        for row, members in enumerate(row_members):
+            for member in members:
+                if self.requests[member].strategy.is_greedy:
+                    greedy_rows.setdefault(row, []).append(member)
+                else:
+                    key = (row, *self.parameters(self.requests[member], heads.get(row)))
+                    distributions.setdefault(key, []).append(member)
+        if greedy_rows:
+            argmax = logits[list(greedy_rows)].argmax(dim=-1).tolist()
+            for token, members in zip(argmax, greedy_rows.values()):
+                for member in members:
+                    chosen[member] = _Step(token, 1.0, 0.0, 1)
+        by_top_k: dict[int | None, list[tuple]] = {}
+        for key in distributions:
+            by_top_k.setdefault(key[3], []).append(key)
+        for top_k, keys in by_top_k.items():
+            rows = torch.tensor([k[0] for k in keys], device=logits.device)
+            temperature = torch.tensor([k[1] for k in keys], device=logits.device).unsqueeze(-1)
+            top_p = torch.tensor([k[2] for k in keys], device=logits.device).unsqueeze(-1)
+            decoded = decoding_logits(logits[rows], temperature, top_p, top_k)
+            cumulative = torch.cumsum(torch.softmax(decoded, dim=-1).double().cpu(), dim=-1)
+            sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
+            for d, key in enumerate(keys):
+                members = distributions[key]
+                uniforms = torch.cat([torch.rand(1, generator=self.generators[m], dtype=torch.float64) for m in members])
+                tokens = torch.searchsorted(cumulative[d], uniforms * cumulative[d, -1], right=True).tolist()
+                for member, token in zip(members, tokens):
+                    if token >= cumulative.shape[-1]:  # u * total rounded up to total: the last token with mass
+                        token = int(torch.nonzero(torch.diff(cumulative[d], prepend=cumulative[d, :1].new_zeros(1))).max())
+                    chosen[member] = _Step(token, key[1], key[2], sizes[d])
+        return chosen
+
+
 @dataclass
 class GenerationEngine:
     """Holds the model, tokenizer and heads once; generates for any list of requests."""
 
     lm: LoadedModel
     heads: AutoDecoHeads | None = None
-    # decode steps between chances for finished rows to leave the batch
-    segment_tokens: int = 16
     _capture: HiddenStateCapture | None = field(default=None, init=False, repr=False)
+    _logits_to_keep: bool = field(default=False, init=False, repr=False)
+    _cache_kwarg: str = field(default="past_key_values", init=False, repr=False)
 
     def __post_init__(self):
         if self.heads is not None:
             self.heads.to(self.lm.device).eval()
             self._capture = HiddenStateCapture(self.lm.model)
+        model = self.lm.model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # computing logits for the last position only skips a [rows, prompt, vocab] prefill tensor
+        parameters = inspect.signature(base.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in parameters
+        # transformers 5.x renames past_key_values to cache (the old name warns, then goes)
+        self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
 
     @property
     def tokenizer(self):
@@ -214,144 +242,277 @@ class GenerationEngine:
         streamer=None,
         on_batch_done: Callable[[list[Generation]], None] | None = None,
     ) -> list[Generation]:
-        """Generate every request, longest prompts first, `batch_size` rows at a time.
+        """Generate every request with continuous batching, longest prompts first.
 
-        `on_batch_done` lets callers persist results as soon as each batch ends (resumable runs).
+        `batch_size` is the number of rows decoded per forward pass. Requests whose tokens
+        agree share a row, so more requests than rows can be in flight (up to the sharing
+        actually observed, at most `MAX_REQUESTS_PER_ROW` times `batch_size`). As requests
+        finish, waiting ones are prefilled and join the running batch.
+
+        `on_batch_done` receives the generations that finished at a step, as soon as they
+        finish (resumable runs persist them there). A `streamer` (transformers' TextStreamer
+        protocol) needs a single request.
         """
         if any(r.strategy.uses_heads for r in requests) and self.heads is None:
             raise ValueError("autodeco requests need heads: build GenerationEngine(lm, heads)")
-        order = sorted(range(len(requests)), key=lambda i: (str(requests[i].strategy.top_k), -len(requests[i].input_ids)))
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if streamer is not None and len(requests) != 1:
+            raise ValueError("a streamer shows one generation: pass a single request")
+        waiting = sorted(range(len(requests)), key=lambda i: batch_order_key(requests[i]))
+        state = _DecodeState(self, requests, max_new_tokens, stop, trace, streamer)
         results: dict[int, Generation] = {}
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            # one top-k per batch (see DecodingProcessor): split where it changes
-            groups: dict[object, list[int]] = {}
-            for i in chunk:
-                groups.setdefault(requests[i].strategy.top_k, []).append(i)
-            for indices in groups.values():
-                batch = self._generate_batch([requests[i] for i in indices], max_new_tokens, stop, trace, streamer)
-                for i, generation in zip(indices, batch):
-                    results[i] = generation
-                if on_batch_done is not None:
-                    on_batch_done(batch)
+        with torch.inference_mode():
+            while waiting or state.rows:
+                waiting = state.admit(waiting, batch_size)
+                finished = state.step()
+                for i in finished:
+                    results[i] = state.generation(i)
+                if finished and on_batch_done is not None:
+                    on_batch_done([results[i] for i in finished])
+        if streamer is not None:
+            streamer.end()
         return [results[i] for i in range(len(requests))]
 
-    def _generate_batch(self, requests, max_new_tokens, stop, trace, streamer) -> list[Generation]:
-        tokenizer, model = self.tokenizer, self.lm.model
-        width = max(len(r.input_ids) for r in requests)
-        pad = tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r.input_ids)) + r.input_ids for r in requests], device=self.lm.device)
-        attention_mask = torch.tensor([[0] * (width - len(r.input_ids)) + [1] * len(r.input_ids) for r in requests], device=self.lm.device)
-        eos_ids = self.eos_token_ids()
-        # An explicit config: the model's own generation_config may turn on sampling, top-k=50
-        # or penalties that would sit on top of our distribution.
-        config = GenerationConfig(
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos_ids,
-            pad_token_id=pad,
-            bos_token_id=model.generation_config.bos_token_id,
-            # transformers fills unset fields from the model's own generation_config; these must
-            # stay neutral or a shipped penalty would sit on top of our distribution.
-            repetition_penalty=1.0,
-            encoder_repetition_penalty=1.0,
-            no_repeat_ngram_size=0,
-            min_length=0,
-            min_new_tokens=None,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            return_dict_in_generate=True,
-        )
-        for field_name in ("suppress_tokens", "begin_suppress_tokens", "bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id"):
-            setattr(config, field_name, None)
-        all_greedy = all(r.strategy.is_greedy for r in requests)
-        processor = None
-        processors = LogitsProcessorList()
-        if not (all_greedy and not trace):
-            processor = DecodingProcessor(requests, self.heads, self._capture, record_trace=trace)
-            processors.append(processor)
-        kwargs = {}
-        if stop:
-            kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
-        generated: list[list[int]] = [[] for _ in requests]
-        active = list(range(len(requests)))
-        cache = DynamicCache()
-        remaining = max_new_tokens
-        while remaining > 0 and active:
-            # Generate in segments; between segments, finished rows leave the batch (their KV
-            # cache rows are dropped), so short answers stop costing compute.
-            config.max_new_tokens = min(self.segment_tokens, remaining) if len(active) > 1 else remaining
-            with torch.inference_mode():
-                output = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=config,
-                    logits_processor=processors,
-                    streamer=streamer,
-                    **{CACHE_KWARG: cache},
-                    **kwargs,
-                )
-            sequences = output.sequences
-            new = sequences[:, input_ids.shape[1] :]
-            remaining -= new.shape[1]
-            still = []
-            for position, (index, tokens) in enumerate(zip(active, new.tolist())):
-                generated[index] += tokens
-                if not self._is_finished(generated[index], eos_ids, stop):
-                    still.append(position)
-            if not still or remaining <= 0:
-                break
-            cache = output.past_key_values
-            if len(still) < len(active):
-                keep = torch.tensor(still, device=sequences.device)
-                cache.batch_select_indices(keep)
-                sequences = sequences[keep]
-                attention_mask = attention_mask[keep]
-                active = [active[i] for i in still]
-                if processor is not None:
-                    processor.keep_rows(active)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.shape[0], sequences.shape[1] - attention_mask.shape[1]))], dim=1)
-            input_ids = sequences
-        return [self._finish(r, row, tokens, processor, eos_ids, stop) for row, (r, tokens) in enumerate(zip(requests, generated))]
+    def _forward(self, input_ids, attention_mask, position_ids, cache) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and last hidden state at each row's final position."""
+        kwargs = {self._cache_kwarg: cache}
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        with torch.inference_mode():
+            output = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs)
+        hidden = self._capture.last[:, -1, :] if self._capture is not None else None
+        return output.logits[:, -1, :].float(), hidden
 
-    def _is_finished(self, tokens: list[int], eos_ids: list[int], stop) -> bool:
-        if any(t in eos_ids for t in tokens):
-            return True
-        if stop:
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-            return any(s in text for s in stop)
-        return False
-
-    def _finish(self, request, row, tokens, processor, eos_ids, stop) -> Generation:
-        tokenizer = self.tokenizer
-        length, finish = len(tokens), "length"
-        for position, token in enumerate(tokens):
-            if token in eos_ids:
-                length, finish = position + 1, "stop"
-                break
-        kept = tokens[:length]
-        text = tokenizer.decode([t for t in kept if t not in eos_ids], skip_special_tokens=True)
-        if stop:
-            cut = min((text.find(s) for s in stop if s in text), default=-1)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-                # generate() keeps padding a row after its stop string while others run on
-                for length in range(1, len(kept) + 1):
-                    if any(s in tokenizer.decode(kept[:length], skip_special_tokens=True) for s in stop):
-                        kept = kept[:length]
-                        break
-        token_trace = None
-        if processor is not None and processor.record_trace:
-            token_trace = [
-                TokenTrace(token_id=token, token=tokenizer.decode([token]), temperature=t, top_p=p, nucleus_size=n)
-                for (token, t, p, n), _ in zip(processor.traces[row], kept)
-            ]
-        return Generation(key=request.key, text=text, token_ids=kept, finish_reason=finish, trace=token_trace, strategy=request.strategy)
+    def new_cache(self):
+        try:
+            return DynamicCache(config=self.lm.model.config)  # per-layer kinds (sliding windows)
+        except TypeError:  # transformers 4.x
+            return DynamicCache()
 
     def close(self) -> None:
         if self._capture is not None:
             self._capture.close()
+
+
+# Shared rows let more requests than rows be in flight; this caps how many, so a burst of
+# divergence (rows splitting) can at most multiply the batch's memory by this factor.
+MAX_REQUESTS_PER_ROW = 4.0
+
+
+class _DecodeState:
+    """The running batch: unique token histories (rows), their KV cache and next-step logits.
+
+    Rows are right-aligned: every row's newest token sits in the last cache column, and shorter
+    histories are left-padded (masked). Each row carries explicit position ids, so a row that
+    joins later, with its own padding, attends and is positioned exactly as if it ran alone.
+    """
+
+    def __init__(self, engine: GenerationEngine, requests, max_new_tokens, stop, trace, streamer):
+        self.engine = engine
+        self.requests = requests
+        self.max_new_tokens = max_new_tokens
+        self.stop = [s for s in (stop or []) if s]
+        # a new stop string ends within the last few tokens: decode only that tail each step
+        self.stop_window = max((len(s) for s in self.stop), default=0) + 4
+        self.trace = trace
+        self.streamer = streamer
+        self.eos_ids = set(engine.eos_token_ids())
+        self.sampler = _Sampler(requests, engine.heads, record_nucleus=trace)
+        self.generated: dict[int, list[int]] = {}
+        self.steps: dict[int, list[_Step]] = {}
+        self.finish: dict[int, str] = {}
+        self.rows: list[list[int]] = []  # request indices riding on each row
+        self.row_prompts: list[tuple[int, ...]] = []  # the prompt each row started from
+        # a prompt's last-position (logits, hidden), kept while more of its requests wait to join
+        self.prompt_tails: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.cache = None
+        self.attention_mask = self.positions = self.logits = self.hidden = None
+        self.request_steps = self.row_steps = 0
+        layers = getattr(engine.new_cache(), "layers", None)
+        # joining a running batch pads plain per-layer caches; other cache kinds (sliding
+        # windows, offloading) only start whole batches
+        self.can_join = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(members) for members in self.rows)
+
+    def admit(self, waiting: list[int], batch_size: int) -> list[int]:
+        """Start as many waiting requests as the batch has room for; returns the rest.
+
+        Room is `batch_size` rows and `batch_size` x (observed requests per row) requests. A
+        prompt's requests may start in several goes: later ones copy the prompt's KV cache from
+        a running row of the same prompt instead of prefilling it again.
+        """
+        if self.rows and not self.can_join:
+            return waiting
+        sharing = min(MAX_REQUESTS_PER_ROW, self.request_steps / self.row_steps) if self.row_steps else 1.0
+        request_room = int(batch_size * max(1.0, sharing)) - self.in_flight
+        new_rows: list[list[int]] = []
+        taken = 0
+        while taken < len(waiting) and request_room > 0 and len(self.rows) + len(new_rows) < batch_size:
+            prompt = self.requests[waiting[taken]].input_ids
+            end = taken + 1
+            while end < len(waiting) and end - taken < request_room and self.requests[waiting[end]].input_ids == prompt:
+                end += 1
+            new_rows.append(waiting[taken:end])
+            request_room -= end - taken
+            taken = end
+        rest = waiting[taken:]
+        if new_rows:
+            live = set(self.row_prompts)
+            copied = [members for members in new_rows if self._prompt_key(members[0]) in live and self._prompt_key(members[0]) in self.prompt_tails]
+            fresh = [members for members in new_rows if not (self._prompt_key(members[0]) in live and self._prompt_key(members[0]) in self.prompt_tails)]
+            if fresh:
+                self._prefill(fresh)
+            for members in copied:
+                self._copy_prompt_row(members)
+            # keep a prompt's last logits only while more of its requests wait
+            still_waiting = {self._prompt_key(i) for i in rest[:1]}
+            self.prompt_tails = {k: v for k, v in self.prompt_tails.items() if k in still_waiting}
+        return rest
+
+    def _prompt_key(self, request_index: int) -> tuple[int, ...]:
+        return tuple(self.requests[request_index].input_ids)
+
+    def _prefill(self, new_rows: list[list[int]]) -> None:
+        engine = self.engine
+        device = engine.lm.device
+        prompts = [self.requests[members[0]].input_ids for members in new_rows]
+        width = max(len(p) for p in prompts)
+        pad = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        cache = engine.new_cache()
+        logits, hidden = engine._forward(input_ids, mask, positions, cache)
+        for row, members in enumerate(new_rows):
+            for i in members:
+                self.generated[i], self.steps[i] = [], []
+            self.prompt_tails[tuple(prompts[row])] = (logits[row : row + 1], None if hidden is None else hidden[row : row + 1])
+        if self.streamer is not None:
+            self.streamer.put(torch.tensor([list(prompts[0])]))
+        self._join(new_rows, [tuple(p) for p in prompts], cache.layers if hasattr(cache, "layers") else None, mask, positions[:, -1:], logits, hidden, cache)
+
+    def _copy_prompt_row(self, members: list[int]) -> None:
+        """A new row for `members` whose prompt is already in the cache (a running row of the same
+        prompt): its prompt columns are copied, not recomputed; its first logits were kept."""
+        prompt = self._prompt_key(members[0])
+        source = self.row_prompts.index(prompt)
+        start, length = int(self.attention_mask[source].argmax()), len(prompt)
+        for i in members:
+            self.generated[i], self.steps[i] = [], []
+        keys = [layer.keys[source : source + 1, :, start : start + length] for layer in self.cache.layers]
+        values = [layer.values[source : source + 1, :, start : start + length] for layer in self.cache.layers]
+        mask = self.attention_mask.new_ones((1, length))
+        positions = torch.tensor([[length - 1]], device=self.attention_mask.device)
+        logits, hidden = self.prompt_tails[prompt]
+        self._join([members], [prompt], list(zip(keys, values)), mask, positions, logits, hidden)
+
+    def _join(self, new_rows, prompts, layers, mask, last_positions, logits, hidden, cache=None) -> None:
+        """Append rows to the running batch: left-pad whichever side is shorter, then stack."""
+        if not self.rows:
+            if cache is None:  # copies only happen into a running batch
+                raise RuntimeError("internal: a copied row needs a running batch")
+            self.cache, self.attention_mask, self.positions = cache, mask, last_positions
+            self.logits, self.hidden, self.rows, self.row_prompts = logits, hidden, list(new_rows), list(prompts)
+            return
+        joined = max(self.attention_mask.shape[1], mask.shape[1])
+        for old_layer, new_layer in zip(self.cache.layers, layers):
+            new_keys, new_values = (new_layer.keys, new_layer.values) if cache is not None else new_layer
+            old_layer.keys = torch.cat([_left_pad(old_layer.keys, joined), _left_pad(new_keys, joined)])
+            old_layer.values = torch.cat([_left_pad(old_layer.values, joined), _left_pad(new_values, joined)])
+        self.attention_mask = torch.cat([_left_pad(self.attention_mask, joined), _left_pad(mask, joined)])
+        self.positions = torch.cat([self.positions, last_positions])
+        self.logits = torch.cat([self.logits, logits])
+        self.hidden = torch.cat([self.hidden, hidden]) if hidden is not None else None
+        self.rows = self.rows + list(new_rows)
+        self.row_prompts = self.row_prompts + list(prompts)
+
+    def step(self) -> list[int]:
+        """Choose every request's next token, move the batch one token on; returns the finished."""
+        chosen = self.sampler.step(self.rows, self.logits, self.hidden)
+        next_rows: dict[tuple[int, int], list[int]] = {}
+        finished = []
+        for row, members in enumerate(self.rows):
+            for member in members:
+                step = chosen[member]
+                tokens = self.generated[member]
+                tokens.append(step.token)
+                self.steps[member].append(step)
+                if self.streamer is not None:
+                    self.streamer.put(torch.tensor([step.token]))
+                if step.token in self.eos_ids or (self.stop and self._hit_stop(tokens)):
+                    self.finish[member] = "stop"
+                    finished.append(member)
+                elif len(tokens) >= self.max_new_tokens:
+                    self.finish[member] = "length"
+                    finished.append(member)
+                else:
+                    next_rows.setdefault((row, step.token), []).append(member)
+        if not next_rows:
+            self.rows, self.row_prompts = [], []
+            self.cache = None
+            return finished
+        parents = [row for row, _ in next_rows]
+        if parents != list(range(len(self.rows))):
+            # drop rows with nothing left, copy rows whose requests diverged
+            keep = torch.tensor(parents, device=self.attention_mask.device)
+            self.cache.batch_select_indices(keep)
+            self.attention_mask, self.positions = self.attention_mask[keep], self.positions[keep]
+            self._trim_padding()
+        self.rows = list(next_rows.values())
+        self.row_prompts = [self.row_prompts[row] for row in parents]
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones((len(self.rows), 1))], dim=1)
+        self.positions = self.positions + 1
+        tokens = torch.tensor([[token] for _, token in next_rows], device=self.attention_mask.device)
+        self.logits, self.hidden = self.engine._forward(tokens, self.attention_mask, self.positions, self.cache)
+        self.request_steps += self.in_flight
+        self.row_steps += len(self.rows)
+        return finished
+
+    def _trim_padding(self) -> None:
+        """Drop leading cache columns that every row masks (left behind by rows that left)."""
+        if not self.can_join:
+            return
+        first = int(self.attention_mask.argmax(dim=1).min())
+        if first > 0:
+            self.attention_mask = self.attention_mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+    def _hit_stop(self, tokens: list[int]) -> bool:
+        tail = self.engine.tokenizer.decode(tokens[-self.stop_window :], skip_special_tokens=True)
+        return any(s in tail for s in self.stop)
+
+    def generation(self, index: int) -> Generation:
+        request, tokens = self.requests[index], self.generated[index]
+        tokenizer = self.engine.tokenizer
+        text = tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
+        if self.stop:
+            cut = min((text.find(s) for s in self.stop if s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+        token_trace = None
+        if self.trace:
+            token_trace = [
+                TokenTrace(token_id=s.token, token=tokenizer.decode([s.token]), temperature=s.temperature, top_p=s.top_p, nucleus_size=s.nucleus)
+                for s in self.steps[index]
+            ]
+        return Generation(key=request.key, text=text, token_ids=list(tokens), finish_reason=self.finish[index], trace=token_trace, strategy=request.strategy)
+
+
+def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the sequence axis on the left up to `width` (axis -1 of masks, -2 of KV)."""
+    axis = -1 if tensor.dim() == 2 else -2
+    missing = width - tensor.shape[axis]
+    if missing <= 0:
+        return tensor
+    pad = (missing, 0) if axis == -1 else (0, 0, missing, 0)
+    return torch.nn.functional.pad(tensor, pad)
 
 
 def build_requests(

@@ -12,10 +12,10 @@ Modes
   cells   an explicit list of (T, p) pairs.
 
 Cost. The model is loaded once per sweep and each stage's cells go to *one* run_eval call, so
-their requests share batches (cells ordered by (T, p), so neighbours in a batch behave alike).
-What is NOT shared: the prompt prefill. The HF `generate()` loop behind `GenerationEngine`
-prefills every row on its own, so C cells re-encode each prompt C times; sharing it needs the
-engine to prefill unique prompts once and expand their KV cache to the rows (not available).
+their requests share batches. The engine orders requests by prompt and then by sample seed, so
+one prompt's cells sit together: the prompt is prefilled once for all of them, and because
+every cell draws with the same random numbers per sample, cells whose distributions agree (low
+temperatures, confident steps) ride on one batch row until their tokens differ.
 
 Resume. run_eval resumes sample by sample; the stage logic (best T, pruning, oracle) is a
 deterministic function of the samples (seeded bootstrap, exact Wilcoxon), so re-running the same

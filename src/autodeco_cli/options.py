@@ -25,6 +25,13 @@ MeanFromOpt = Annotated[Optional[Path], typer.Option("--mean-from", help="mean-s
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:N or auto.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="auto (fp32 on CPU, bf16 on CUDA), float32, bfloat16, float16.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model repo's own Python code to run.")]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        help="Rows decoded per forward pass. Finished samples leave and waiting ones join at once; samples whose tokens agree (k samples, grid cells) share a row, so more samples than rows can run.",
+    ),
+]
 AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="PEFT/LoRA adapter folder applied to the base model.")]
 
 

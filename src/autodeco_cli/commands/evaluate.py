@@ -12,6 +12,7 @@ from rich.console import Console
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
 from ..options import (
+    BatchSizeOpt,
     ChatOpt,
     DataDirOpt,
     AdapterOpt,
@@ -50,7 +51,7 @@ def eval_command(
     k: Annotated[int, typer.Option("-k", help="Samples per question per seed (greedy always uses 1).")] = 16,
     seeds: Annotated[str, typer.Option("--seeds", help="Number of seeds (8 = seeds 0..7) or a comma list (0,3,5). Greedy uses the first only.")] = "8",
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget per sample (default: each task's own).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 8,
+    batch_size: BatchSizeOpt = 8,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions of each task (a seeded subset for tasks that define one).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder (default eval-results/<model>); one subfolder per decoding strategy.")] = None,
     chat: ChatOpt = True,

@@ -10,7 +10,7 @@ import typer
 
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
-from ..options import ChatOpt, DataDirOpt, AdapterOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt, TrustOpt
+from ..options import BatchSizeOpt, ChatOpt, DataDirOpt, AdapterOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt, TrustOpt
 from .evaluate import DEFAULT_OUTPUT_ROOT, _folder_name, _heads_label, console, err_console
 
 
@@ -26,7 +26,7 @@ def grid_search_command(
     seeds: Annotated[str, typer.Option("--seeds", help="Number of seeds (2 = seeds 0,1) or a comma list (0,3,5).")] = "1",
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions (a seeded subset for tasks that define one).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget per sample (default: the task's own).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass; rows of different cells share batches.")] = 8,
+    batch_size: BatchSizeOpt = 8,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder (default eval-results/<model>/grid-<benchmark>): one subfolder per cell, as `autodeco eval` writes, plus grid.json and heatmap.png.")] = None,
     early_stop: Annotated[bool, typer.Option("--early-stop/--no-early-stop", help="Score cells on 25%, 50%, then 100% of the questions and drop cells a paired one-sided test (Wilcoxon, p<0.01) finds clearly worse than the current best. Off by default.")] = False,
     then_eval: Annotated[bool, typer.Option("--then-eval", help="Then build the benchmark's comparison table: greedy, default (T=1,p=1), oracle, autodeco (--heads), mean-shift and the T̂-only/P̂-only ablations.")] = False,
