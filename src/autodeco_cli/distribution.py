@@ -159,10 +159,11 @@ def distribution_features(logits: torch.Tensor, temperature: torch.Tensor) -> to
     top5_values = torch.topk(probs, min(5, probs.size(-1)), dim=-1).values
     max_prob = top5_values[..., :1]
     # +1e-8 inside the log matches the official head, so official checkpoints see the same inputs.
-    entropy = -(probs * torch.log(probs + 1e-8)).sum(dim=-1, keepdim=True)
-    # probs sum to 1, so the mean is exactly 1/V: one pass instead of torch.var's two
+    # (Fused dot products: this runs at every decoding step, on [rows, V].)
+    entropy = -torch.linalg.vecdot(probs, torch.log(probs + 1e-8)).unsqueeze(-1)
+    # probs sum to 1, so the mean is 1/V and sum((p - 1/V)^2) = sum(p^2) - 1/V: one pass
     vocab = probs.size(-1)
-    variance = ((probs - 1.0 / vocab) ** 2).sum(dim=-1, keepdim=True) / (vocab - 1)
+    variance = (torch.linalg.vecdot(probs, probs) - 1.0 / vocab).clamp_min(0).unsqueeze(-1) / (vocab - 1)
     top5 = top5_values.sum(dim=-1, keepdim=True)
     return torch.cat([max_prob, entropy, variance, top5], dim=-1)
 

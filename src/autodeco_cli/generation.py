@@ -144,9 +144,11 @@ class _Sampler:
     def head_values(self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor) -> dict[int, tuple[float, float]]:
         if not rows:
             return {}
-        index = torch.tensor(rows, device=logits.device)
+        if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
+            index = torch.tensor(rows, device=logits.device)
+            hidden, logits = hidden[index], logits[index]
         with torch.inference_mode():
-            temperature, top_p = self.heads(hidden[index], logits[index])
+            temperature, top_p = self.heads(hidden, logits)
         return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
 
     def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple[float, float, int | None]:
