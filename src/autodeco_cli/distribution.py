@@ -66,8 +66,11 @@ def sorted_values_descending(values: torch.Tensor) -> torch.Tensor:
         as_numpy = values.detach()
         if as_numpy.dtype == torch.bfloat16:  # numpy has no bf16; the upcast is exact
             as_numpy = as_numpy.float()
-        ascending = np.sort(as_numpy.numpy(), axis=-1)
-        return torch.from_numpy(np.ascontiguousarray(ascending[..., ::-1])).to(values.dtype)
+        # sort the negation ascending, in place, then negate back: no reversed-stride copy
+        descending = np.negative(as_numpy.numpy())
+        descending.sort(axis=-1)
+        np.negative(descending, out=descending)
+        return torch.from_numpy(descending).to(values.dtype)
     return torch.sort(values.detach(), dim=-1, descending=True).values
 
 

@@ -176,7 +176,7 @@ def train_steering(config: TrainConfig, resume: bool = False, console=None, marg
         total.backward()
         torch.nn.utils.clip_grad_norm_(trainer.parameters, config.max_grad_norm)
         trainer.optimizer.step()
-        entry = {"step": step + 1, "loss": float(losses["loss"]), "rank_temperature": float(rank_t), "rank_top_p": float(rank_p)}
+        entry = {"step": step + 1, "loss": float(losses["loss"].detach()), "rank_temperature": float(rank_t.detach()), "rank_top_p": float(rank_p.detach())}
         log.append(entry)
         if console is not None and (step + 1) % max(1, steps // 10) == 0:
             console.print(f"steer step {step + 1}/{steps}: head loss {entry['loss']:.4f}, ranking T {entry['rank_temperature']:.4f}, p {entry['rank_top_p']:.4f}")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..models import DEFAULT_MODEL
-from ..options import DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt
+from ..options import BatchSizeOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt
 
 console = Console()
 err_console = Console(stderr=True)
@@ -25,7 +25,7 @@ def steer_report(
     heads: HeadsOpt = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    batch_size: BatchSizeOpt = 16,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report as JSON.")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
