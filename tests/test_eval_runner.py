@@ -403,3 +403,19 @@ def test_real_model_arith_add(tmp_path):
     assert m["n_questions"] == 8 and m["samples_per_question"] == 1 and m["unparseable"] == 0
     # Greedy SmolLM2-135M gets 2 of these 8 sums right on CPU; none would mean a broken pipeline.
     assert m["pass@1"] >= 0.125, m
+
+
+def test_tokens_per_second_column_freezes_when_a_task_finishes():
+    from rich.progress import Progress
+
+    from autodeco_cli.progress import TokensPerSecond
+
+    clock = [0.0]
+    progress = Progress(get_time=lambda: clock[0])
+    task_id = progress.add_task("t", total=2, tokens=0)
+    clock[0] = 10.0
+    progress.update(task_id, advance=2, tokens=500)
+    task = progress.tasks[0]
+    assert str(TokensPerSecond().render(task)) == "50 tok/s"
+    clock[0] = 100.0  # later tasks run; this one is done
+    assert str(TokensPerSecond().render(task)) == "50 tok/s"

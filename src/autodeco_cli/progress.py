@@ -11,7 +11,8 @@ class TokensPerSecond(ProgressColumn):
 
     def render(self, task) -> Text:
         tokens = task.fields.get("tokens", 0)
-        elapsed = task.elapsed or 0
+        # a finished task's `elapsed` keeps growing until the whole bar stops; its rate must not
+        elapsed = (task.finished_time if task.finished else task.elapsed) or 0
         rate = tokens / elapsed if elapsed > 0 else 0.0
         return Text(f"{rate:,.0f} tok/s", style="cyan")
 
