@@ -395,3 +395,12 @@ def test_cli_help_and_errors(tmp_path):
     # checked before the model is loaded (no such model here)
     bad = runner.invoke(app, ["grid-search", "-b", "fake", "--mode", "random", "--model", str(tmp_path / "nothing"), "-o", str(tmp_path)])
     assert isinstance(bad.exception, UserError) and "mode" in str(bad.exception)
+
+
+def test_quick_reproduce_writes_its_own_report_and_figures():
+    """`make reproduce-quick` must not overwrite the full run's report or figures."""
+    from autodeco_cli.reproduce import config_from
+
+    full, quick = config_from(None, [], quick=False), config_from(None, [], quick=True)
+    assert (quick.report, quick.figures_dir, quick.workdir) != (full.report, full.figures_dir, full.workdir)
+    assert quick.figures_dir != full.figures_dir and quick.report != full.report

@@ -36,8 +36,8 @@ from .generation import Generation, GenerationEngine, Request, batch_order_key, 
 RESULTS_FILE = "results.json"
 RUN_CONFIG_FILE = "run_config.json"
 # engine.generate keeps every Generation of a call in memory (traces included), so long runs
-# are fed to it in slices of this many batches; slices are cut from the engine's own sort
-# order, so the batches are the ones a single call would form.
+# are fed to it in slices of this many batches' worth of requests, cut from the engine's own
+# sort order: a prompt's requests stay together (one prefill) except at a slice edge.
 BATCHES_PER_CALL = 32
 # run_config fields that must match to resume into a folder (device may differ).
 IDENTITY_FIELDS = ("model", "heads", "heads_sha256", "adapter", "dtype", "chat", "decoding")
@@ -401,7 +401,7 @@ def _trace_groups(requests: list[Request]) -> list[tuple[bool, list[Request]]]:
 
 
 def _engine_slices(requests: list[Request], batch_size: int) -> list[list[Request]]:
-    # Same key as GenerationEngine.generate (stable sort), so slicing never changes a batch.
+    # the engine's own order, so each slice is a run of whole prompts (see BATCHES_PER_CALL)
     ordered = sorted(requests, key=batch_order_key)
     step = batch_size * BATCHES_PER_CALL
     return [ordered[start : start + step] for start in range(0, len(ordered), step)]

@@ -8,12 +8,15 @@ grid-search throughput that `generate()` cannot do:
 2. **Shared rows.** A batch row is a unique token history, not a request. Requests whose
    tokens agree so far (greedy-like cells, confident steps where the nucleus is one token)
    ride on one row, so identical forward passes are computed once.
-3. **Finished requests leave at once**, and rows with no request left leave the batch.
+3. **Continuous batching.** Finished requests leave at once (and rows with no request left),
+   waiting requests join the running batch, and a prompt's later requests copy its KV cache
+   from a running row instead of prefilling it again.
 
 Sampling is inverse-CDF with one uniform number per step from the request's own
 `torch.Generator`, seeded by (seed, prompt, sample index). A sample therefore depends only on
 its own identity, never on what shares its batch or row, so eval resumes and grid-search cells
-reproduce single runs. Strategies share those numbers on purpose (common random numbers): two
+reproduce single runs (up to float rounding: another batch shape can move logits by ~1e-5,
+which flips a draw only when its uniform number lands that close to a token boundary). Strategies share those numbers on purpose (common random numbers): two
 cells with nearby (T, p) then draw the same tokens until their distributions really differ,
 which sharpens paired comparisons and keeps rows shared for longer.
 
@@ -139,7 +142,16 @@ class _Sampler:
         self.requests = requests
         self.heads = heads
         self.record_nucleus = record_nucleus
-        self.generators = [torch.Generator().manual_seed(r.seed) for r in requests]
+        self._generators: dict[int, torch.Generator] = {}  # per running request, made on first draw
+
+    def generator(self, member: int) -> torch.Generator:
+        generator = self._generators.get(member)
+        if generator is None:
+            generator = self._generators[member] = torch.Generator().manual_seed(self.requests[member].seed)
+        return generator
+
+    def release(self, member: int) -> None:
+        self._generators.pop(member, None)
 
     def head_values(self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor) -> dict[int, tuple[float, float]]:
         if not rows:
@@ -191,7 +203,7 @@ class _Sampler:
             sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
             for d, key in enumerate(keys):
                 members = distributions[key]
-                uniforms = torch.cat([torch.rand(1, generator=self.generators[m], dtype=torch.float64) for m in members])
+                uniforms = torch.cat([torch.rand(1, generator=self.generator(m), dtype=torch.float64) for m in members])
                 tokens = torch.searchsorted(cumulative[d], uniforms * cumulative[d, -1], right=True).tolist()
                 for member, token in zip(members, tokens):
                     if token >= cumulative.shape[-1]:  # u * total rounded up to total: the last token with mass
@@ -365,9 +377,10 @@ class _DecodeState:
             taken = end
         rest = waiting[taken:]
         if new_rows:
-            live = set(self.row_prompts)
-            copied = [members for members in new_rows if self._prompt_key(members[0]) in live and self._prompt_key(members[0]) in self.prompt_tails]
-            fresh = [members for members in new_rows if not (self._prompt_key(members[0]) in live and self._prompt_key(members[0]) in self.prompt_tails)]
+            # prompts with a running row and kept last logits can be copied, not prefilled
+            reusable = set(self.row_prompts) & set(self.prompt_tails)
+            copied = [members for members in new_rows if self._prompt_key(members[0]) in reusable]
+            fresh = [members for members in new_rows if self._prompt_key(members[0]) not in reusable]
             if fresh:
                 self._prefill(fresh)
             for members in copied:
@@ -449,12 +462,13 @@ class _DecodeState:
                     self.streamer.put(torch.tensor([step.token]))
                 if step.token in self.eos_ids or (self.stop and self._hit_stop(tokens)):
                     self.finish[member] = "stop"
-                    finished.append(member)
                 elif len(tokens) >= self.max_new_tokens:
                     self.finish[member] = "length"
-                    finished.append(member)
                 else:
                     next_rows.setdefault((row, step.token), []).append(member)
+                    continue
+                finished.append(member)
+                self.sampler.release(member)
         if not next_rows:
             self.rows, self.row_prompts = [], []
             self.cache = None
