@@ -404,13 +404,18 @@ class _DecodeState:
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = engine.new_cache()
         logits, hidden = engine._forward(input_ids, mask, positions, cache)
-        for row, members in enumerate(new_rows):
-            for i in members:
-                self.generated[i], self.steps[i] = [], []
-            self.prompt_tails[tuple(prompts[row])] = (logits[row : row + 1], None if hidden is None else hidden[row : row + 1])
+        for row, prompt in enumerate(prompts):
+            self.prompt_tails[tuple(prompt)] = (logits[row : row + 1], None if hidden is None else hidden[row : row + 1])
         if self.streamer is not None:
             self.streamer.put(torch.tensor([list(prompts[0])]))
-        self._join(new_rows, [tuple(p) for p in prompts], cache.layers if hasattr(cache, "layers") else None, mask, positions[:, -1:], logits, hidden, cache)
+        prompt_keys = [tuple(p) for p in prompts]
+        if not self.rows:  # the first rows: their cache becomes the batch's
+            self._start(new_rows)
+            self.cache, self.attention_mask, self.positions = cache, mask, positions[:, -1:]
+            self.logits, self.hidden, self.rows, self.row_prompts = logits, hidden, list(new_rows), prompt_keys
+            return
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._join(new_rows, prompt_keys, kv, mask, positions[:, -1:], logits, hidden)
 
     def _copy_prompt_row(self, members: list[int]) -> None:
         """A new row for `members` whose prompt is already in the cache (a running row of the same
@@ -418,28 +423,26 @@ class _DecodeState:
         prompt = self._prompt_key(members[0])
         source = self.row_prompts.index(prompt)
         start, length = int(self.attention_mask[source].argmax()), len(prompt)
-        for i in members:
-            self.generated[i], self.steps[i] = [], []
-        keys = [layer.keys[source : source + 1, :, start : start + length] for layer in self.cache.layers]
-        values = [layer.values[source : source + 1, :, start : start + length] for layer in self.cache.layers]
+        columns = slice(start, start + length)
+        kv = [(layer.keys[source : source + 1, :, columns], layer.values[source : source + 1, :, columns]) for layer in self.cache.layers]
         mask = self.attention_mask.new_ones((1, length))
         positions = torch.tensor([[length - 1]], device=self.attention_mask.device)
         logits, hidden = self.prompt_tails[prompt]
-        self._join([members], [prompt], list(zip(keys, values)), mask, positions, logits, hidden)
+        self._join([members], [prompt], kv, mask, positions, logits, hidden)
 
-    def _join(self, new_rows, prompts, layers, mask, last_positions, logits, hidden, cache=None) -> None:
-        """Append rows to the running batch: left-pad whichever side is shorter, then stack."""
-        if not self.rows:
-            if cache is None:  # copies only happen into a running batch
-                raise RuntimeError("internal: a copied row needs a running batch")
-            self.cache, self.attention_mask, self.positions = cache, mask, last_positions
-            self.logits, self.hidden, self.rows, self.row_prompts = logits, hidden, list(new_rows), list(prompts)
-            return
+    def _start(self, new_rows: list[list[int]]) -> None:
+        for members in new_rows:
+            for i in members:
+                self.generated[i], self.steps[i] = [], []
+
+    def _join(self, new_rows, prompts, kv, mask, last_positions, logits, hidden) -> None:
+        """Append rows (per layer (keys, values)) to the running batch: left-pad whichever side
+        is shorter, then stack."""
+        self._start(new_rows)
         joined = max(self.attention_mask.shape[1], mask.shape[1])
-        for old_layer, new_layer in zip(self.cache.layers, layers):
-            new_keys, new_values = (new_layer.keys, new_layer.values) if cache is not None else new_layer
-            old_layer.keys = torch.cat([_left_pad(old_layer.keys, joined), _left_pad(new_keys, joined)])
-            old_layer.values = torch.cat([_left_pad(old_layer.values, joined), _left_pad(new_values, joined)])
+        for layer, (new_keys, new_values) in zip(self.cache.layers, kv):
+            layer.keys = torch.cat([_left_pad(layer.keys, joined), _left_pad(new_keys, joined)])
+            layer.values = torch.cat([_left_pad(layer.values, joined), _left_pad(new_values, joined)])
         self.attention_mask = torch.cat([_left_pad(self.attention_mask, joined), _left_pad(mask, joined)])
         self.positions = torch.cat([self.positions, last_positions])
         self.logits = torch.cat([self.logits, logits])
