@@ -30,7 +30,7 @@ test-fast: setup
 demo: setup
 	$(BIN)/autodeco generate "What is 27 + 82? Reply with just the number." --trace
 
-# The paper's comparison at CPU scale (≈90 min on 2 cores); every stage resumes.
+# The paper's comparison at CPU scale (≈12 min on 2 cores as measured in reports/reproduce.md); every stage resumes.
 reproduce: setup
 	$(BIN)/autodeco reproduce -c recipes/reproduce-cpu.yaml
 
