@@ -159,8 +159,7 @@ class _Sampler:
         if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
             index = torch.tensor(rows, device=logits.device)
             hidden, logits = hidden[index], logits[index]
-        with torch.inference_mode():
-            temperature, top_p = self.heads(hidden, logits)
+        temperature, top_p = self.heads(hidden, logits)  # under generate()'s inference_mode
         return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
 
     def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple[float, float, int | None]:
@@ -221,6 +220,9 @@ class GenerationEngine:
     _capture: HiddenStateCapture | None = field(default=None, init=False, repr=False)
     _logits_to_keep: bool = field(default=False, init=False, repr=False)
     _cache_kwarg: str = field(default="past_key_values", init=False, repr=False)
+    # joining a running batch pads plain per-layer caches; other cache kinds (sliding windows,
+    # offloading) only start whole batches
+    can_join: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self):
         if self.heads is not None:
@@ -233,6 +235,8 @@ class GenerationEngine:
         self._logits_to_keep = "logits_to_keep" in parameters
         # transformers 5.x renames past_key_values to cache (the old name warns, then goes)
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+        layers = getattr(self.new_cache(), "layers", None)
+        self.can_join = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     @property
     def tokenizer(self):
@@ -295,8 +299,7 @@ class GenerationEngine:
         kwargs = {self._cache_kwarg: cache}
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        with torch.inference_mode():
-            output = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs)
+        output = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs)
         hidden = self._capture.last[:, -1, :] if self._capture is not None else None
         return output.logits[:, -1, :].float(), hidden
 
@@ -345,10 +348,6 @@ class _DecodeState:
         self.cache = None
         self.attention_mask = self.positions = self.logits = self.hidden = None
         self.request_steps = self.row_steps = 0
-        layers = getattr(engine.new_cache(), "layers", None)
-        # joining a running batch pads plain per-layer caches; other cache kinds (sliding
-        # windows, offloading) only start whole batches
-        self.can_join = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     @property
     def in_flight(self) -> int:
@@ -361,7 +360,7 @@ class _DecodeState:
         prompt's requests may start in several goes: later ones copy the prompt's KV cache from
         a running row of the same prompt instead of prefilling it again.
         """
-        if self.rows and not self.can_join:
+        if self.rows and not self.engine.can_join:
             return waiting
         sharing = min(MAX_REQUESTS_PER_ROW, self.request_steps / self.row_steps) if self.row_steps else 1.0
         request_room = int(batch_size * max(1.0, sharing)) - self.in_flight
@@ -379,8 +378,9 @@ class _DecodeState:
         if new_rows:
             # prompts with a running row and kept last logits can be copied, not prefilled
             reusable = set(self.row_prompts) & set(self.prompt_tails)
-            copied = [members for members in new_rows if self._prompt_key(members[0]) in reusable]
-            fresh = [members for members in new_rows if self._prompt_key(members[0]) not in reusable]
+            is_copy = [self._prompt_key(members[0]) in reusable for members in new_rows]
+            copied = [members for members, copy in zip(new_rows, is_copy) if copy]
+            fresh = [members for members, copy in zip(new_rows, is_copy) if not copy]
             if fresh:
                 self._prefill(fresh)
             for members in copied:
@@ -495,7 +495,7 @@ class _DecodeState:
 
     def _trim_padding(self) -> None:
         """Drop leading cache columns that every row masks (left behind by rows that left)."""
-        if not self.can_join:
+        if not self.engine.can_join:
             return
         first = int(self.attention_mask.argmax(dim=1).min())
         if first > 0:
