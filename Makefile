@@ -30,11 +30,11 @@ test-fast: setup
 demo: setup
 	$(BIN)/autodeco generate "What is 27 + 82? Reply with just the number." --trace
 
-# The paper's comparison at CPU scale (≈12 min on 2 cores as measured in reports/reproduce.md); every stage resumes.
+# The paper's comparison at CPU scale (≈35 min on 2 cores as measured in reports/reproduce.md); every stage resumes.
 reproduce: setup
 	$(BIN)/autodeco reproduce -c recipes/reproduce-cpu.yaml
 
-# Same pipeline on a sliver of the data (~10 min), for smoke runs.
+# Same pipeline on a sliver of the data (under 2 min measured, well within the ~10-minute smoke budget).
 reproduce-quick: setup
 	$(BIN)/autodeco reproduce --quick
 

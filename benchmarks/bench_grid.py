@@ -1,7 +1,10 @@
 """grid-search cost: one sweep over all cells vs running the cells one at a time.
 
-Same grid (default T in {0.3, 0.7, 1.0} x p in {0.9, 1.0}), task, limit, k, seeds, batch size and
-max_new_tokens for every path; each repeat of each path starts from an empty output folder.
+Same grid, task, limit, k, seeds, batch size and max_new_tokens for every path; each repeat of
+each path starts from an empty output folder. The default grid, T in {0.1, 0.5, 1.0, 1.5} x p in
+{0.1, 0.5, 0.9, 1.0}, is `grid-search`'s own default range (T 0.1-1.5, p 0.1-1.0) at a coarser
+step. `--temperatures 0.3,0.7,1.0 --top-ps 0.9,1.0` is the hard case: few cells, all of them
+high-entropy, so cells share little (fewer start-ups saved, rows split at once).
 
   sweep (in-process)     `grid.run_grid` on an already loaded engine: ONE run_eval call with all
                          cells sharing batches, plus grid.json, the paired tie tests and heatmap.png.
@@ -20,8 +23,8 @@ produced the same samples (a cell == a single eval run), allowing up to 2% of sa
 part-way through float rounding that differs with batch shape.
 
 Usage:
-    python benchmarks/bench_grid.py [--task arith-add] [--limit 24] [-k 2] [--batch-size 8]
-        [--temperatures 0.3,0.7,1.0] [--top-ps 0.9,1.0] [--threads 1] [--repeats 2]
+    python benchmarks/bench_grid.py [--task arith-add] [--limit 16] [-k 2] [--batch-size 8]
+        [--temperatures 0.1,0.5,1.0,1.5] [--top-ps 0.1,0.5,0.9,1.0] [--threads 1] [--repeats 2]
         [--paths sweep,loop,cli,grid-cli]
 """
 
@@ -45,12 +48,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--task", default="arith-add")
-    parser.add_argument("--limit", type=int, default=24)
+    parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("-k", type=int, default=2, help="samples per question (one seed)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
-    parser.add_argument("--temperatures", default="0.3,0.7,1.0")
-    parser.add_argument("--top-ps", default="0.9,1.0")
+    parser.add_argument("--temperatures", default="0.1,0.5,1.0,1.5")
+    parser.add_argument("--top-ps", default="0.1,0.5,0.9,1.0")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in-process and in subprocesses (default 1)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")

@@ -335,6 +335,11 @@ def test_then_eval_comparison_rows(engine, reference, tmp_path, monkeypatch):
         assert row["n_questions"] == 4 and row["samples_per_question"] == (1 if row["name"] == "greedy" else 2)
         assert row["delta_vs_default"] == pytest.approx(row["pass@1"] - rows["default"]["pass@1"])
         assert row["delta_ci"][0] <= row["delta_vs_default"] + 1e-12 <= row["delta_ci"][1] + 2e-12
+    # autodeco's own paired tests against greedy, oracle and mean-shift, for the report's verdicts
+    assert set(comparison["autodeco_vs"]) == {"greedy", "oracle", "mean-shift"}
+    for other, paired in comparison["autodeco_vs"].items():
+        assert paired["delta"] == pytest.approx(rows["autodeco"]["pass@1"] - rows[other]["pass@1"])
+        assert paired["ci"][0] <= paired["delta"] + 1e-12 <= paired["ci"][1] + 2e-12
     assert json.loads((tmp_path / "comparison.json").read_text()) == comparison
     table = (tmp_path / "comparison.md").read_text()
     assert table.count("\n| ") == 2 + len(names) and "| oracle |" in table and "(reference)" in table
@@ -404,3 +409,21 @@ def test_quick_reproduce_writes_its_own_report_and_figures():
     full, quick = config_from(None, [], quick=False), config_from(None, [], quick=True)
     assert (quick.report, quick.figures_dir, quick.workdir) != (full.report, full.figures_dir, full.workdir)
     assert quick.figures_dir != full.figures_dir and quick.report != full.report
+
+
+def test_reproduce_verdict_calls_a_difference_only_when_its_ci_excludes_zero():
+    from autodeco_cli.reproduce import _verdict
+
+    comparison = {
+        "rows": [{"name": "autodeco", "pass@1": 0.3, "delta_vs_default": 0.25, "delta_se": 0.03, "delta_ci": [0.19, 0.31]}],
+        "autodeco_vs": {
+            "greedy": {"delta": -0.1, "se": 0.03, "ci": [-0.16, -0.04]},
+            "oracle": {"delta": -0.02, "se": 0.03, "ci": [-0.08, 0.04]},
+            "mean-shift": {"delta": 0.01, "se": 0.02, "ci": [-0.03, 0.05]},
+        },
+    }
+    text = _verdict("arith-add", comparison)
+    assert "vs default better, Δ +0.250" in text
+    assert "vs greedy worse, Δ -0.100" in text
+    assert "vs the test-set-tuned oracle tied within noise" in text
+    assert "vs mean-shift tied within noise, Δ +0.010" in text

@@ -739,6 +739,15 @@ def run_comparison(
         "paired": f"Δ = row − default per question (pass@1), SE over questions, bootstrap 95% CI ({n_boot} resamples, seed 0)",
         "rows": rows,
     }
+    # the questions the report asks of autodeco, each as a paired test of its own
+    strategies = dict(rows_spec)
+    if "autodeco" in strategies:
+        comparison["autodeco_vs"] = {}
+        for other in ("greedy", "oracle", "mean-shift"):
+            if other in strategies:
+                (item,) = compare_results(results[strategies["autodeco"].label], results[strategies[other].label], [name], n_boot=n_boot, seed=0)
+                c = item.comparison
+                comparison["autodeco_vs"][other] = {"delta": c.mean_diff, "se": c.se if math.isfinite(c.se) else None, "ci": [c.ci_low, c.ci_high]}
     _write_json(out_dir / COMPARISON_FILE, comparison)
     (out_dir / COMPARISON_MD).write_text(comparison_markdown(comparison), encoding="utf-8")
     return comparison

@@ -9,7 +9,21 @@
   losses on the plain prompt (so the main task is not forgotten).
 
 The response is held fixed across the three prompts during training (teacher forcing): only
-the command differs, so the ranking loss measures exactly the command's effect.
+the command differs, so the ranking loss measures exactly the command's effect. The responses
+are the records' completions *and* what the model itself answers to the command prompts.
+
+Three choices make the low-diversity direction learnable. Measured on the default model, the
+first version (an absolute margin of 0.1 against the current no-command prediction, completions
+only) reached 100% T̂ consistency upwards but 68% downwards:
+- The baseline is the *starting* heads' no-command prediction (a frozen copy), and an anchor
+  loss keeps the no-command prediction there. Against the current prediction, pushing "low"
+  down dragged the shared weights, and with them the baseline, down too (T̂ 0.37 -> 0.18).
+- The margin is in logit units (of T̂/2 and of P̂), so it means "a clear relative change" at
+  any operating point: an absolute 0.1 is a small step at T̂=1 but most of the room at T̂=0.18,
+  and P̂ near 1 has no absolute room upwards at all.
+- The model's own answers to command prompts join the responses (`command_responses`): the
+  remaining failures were questions where the low-diversity command changed the answer itself
+  (a 135M model replies "I'm ready to assist..."), text the heads had never been steered on.
 """
 
 from __future__ import annotations
@@ -26,7 +40,7 @@ from .benchmarks.registry import get_task
 from .decoding import make_strategy
 from .generation import GenerationEngine, build_requests, request_seed
 from .losses import head_losses
-from .training import HeadTrainer, TrainConfig, base_features, easy_drop_uniforms
+from .training import Features, HeadTrainer, TrainConfig, base_features, easy_drop_uniforms
 from .training_data import Example, encode_prompt_completion
 
 LOW_DIVERSITY_COMMANDS = (
@@ -118,68 +132,179 @@ def summarise_conditions(per_condition: dict[str, dict[str, tuple[float, float]]
 # ---- training -------------------------------------------------------------------------------
 
 
-def ranking_loss(base: torch.Tensor, low: torch.Tensor, high: torch.Tensor, margin: float) -> torch.Tensor:
-    """Hinge: high-diversity predictions at least `margin` above the (detached) baseline, low ones below."""
-    base = base.detach()
-    return (torch.relu(margin - (high - base)) + torch.relu(margin - (base - low))).mean()
+def steering_logit(value: torch.Tensor, upper: float) -> torch.Tensor:
+    """logit(value / upper): the heads' own pre-sigmoid scale (T̂ = 2σ(z), P̂ = σ(z))."""
+    return torch.logit(value / upper, eps=1e-6)
 
 
-def _steer_examples(trainer: HeadTrainer, records: list[dict], rng: random.Random) -> list[tuple[Example, Example, Example]]:
+def ranking_loss(reference: torch.Tensor, low: torch.Tensor, high: torch.Tensor, margin: float) -> torch.Tensor:
+    """Hinge, per token: high-diversity predictions at least `margin` above the reference,
+    low-diversity ones at least `margin` below it (all on the logit scale)."""
+    reference = reference.detach()
+    return (torch.relu(margin - (high - reference)) + torch.relu(margin - (reference - low))).mean()
+
+
+def anchor_loss(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Keeps the no-command prediction where the starting heads put it (logit scale)."""
+    return torch.mean((current - reference.detach()) ** 2)
+
+
+def command_responses(trainer: HeadTrainer, heads, records: list[dict], rng: random.Random, max_new_tokens: int, batch_size: int = 16) -> list[list[str]]:
+    """Per record, what the model itself answers (autodeco decoding with the starting heads) to
+    its prompt with one low- and one high-diversity command appended.
+
+    Why: a command can change the *content* of the answer, not only the heads' values. A small
+    model often answers "Please answer as certain as possible." with chat ("I'm ready to
+    assist..."), a text the plain-prompt training data never shows; the heads then predict that
+    content's own (higher) T̂ and the low direction fails on it. Training the ranking on these
+    responses too teaches the command's effect on the text that the command really produces.
+    """
+    engine = GenerationEngine(trainer.lm, heads)
+    strategy = make_strategy("autodeco")
+    commands = [(rng.choice(LOW_DIVERSITY_COMMANDS), rng.choice(HIGH_DIVERSITY_COMMANDS)) for _ in records]
+    answers: dict[tuple[int, int], str] = {}
+    try:
+        for chat in (True, False):  # chat-form records go through the chat template, raw strings do not
+            chosen = [i for i, r in enumerate(records) if isinstance(r["prompt"], str) != chat]
+            if not chosen:
+                continue
+            prompts = [with_command(records[i]["prompt"], commands[i][kind]) for i in chosen for kind in (0, 1)]
+            prompt_ids = [(i, kind) for i in chosen for kind in (0, 1)]
+            requests = build_requests(engine.tokenizer, prompts, strategy, n=1, seed=trainer.config.seed, chat=chat, prompt_ids=prompt_ids)
+            for generation in engine.generate(requests, max_new_tokens=max_new_tokens, batch_size=batch_size):
+                answers[generation.key[0]] = generation.text
+    finally:
+        engine.close()  # its hook on the output embedding must not outlive generation
+    return [[answers[i, 0], answers[i, 1]] for i in range(len(records))]
+
+
+def _steer_examples(trainer: HeadTrainer, records: list[dict], extra_responses: list[list[str]]) -> list[dict[tuple[int, str], list[Example]]]:
+    """Per record and response (0: the record's completion, then its command responses), the
+    plain prompt and every command wording, all followed by that same response."""
     tokenizer = trainer.lm.tokenizer
-    triples = []
-    for index, record in enumerate(records):
-        variants = []
-        for command in (None, rng.choice(LOW_DIVERSITY_COMMANDS), rng.choice(HIGH_DIVERSITY_COMMANDS)):
-            ids, labels = encode_prompt_completion(tokenizer, with_command(record["prompt"], command), record["completion"])
-            variants.append(Example(index, ids, labels))
-        triples.append(tuple(variants))
-    return triples
+    variants = []
+    for index, (record, extra) in enumerate(zip(records, extra_responses)):
+        def encode(command, response):
+            ids, labels = encode_prompt_completion(tokenizer, with_command(record["prompt"], command), response)
+            return Example(index, ids, labels)
+
+        by_response = {}
+        for r, response in enumerate([record["completion"], *extra]):
+            by_response[r, "none"] = [encode(None, response)]
+            by_response[r, "low"] = [encode(c, response) for c in LOW_DIVERSITY_COMMANDS]
+            by_response[r, "high"] = [encode(c, response) for c in HIGH_DIVERSITY_COMMANDS]
+        variants.append(by_response)
+    return variants
 
 
-def train_steering(config: TrainConfig, resume: bool = False, console=None, margin: float = 0.1, ranking_weight: float = 1.0) -> Path:
-    """A few steps of command-augmented training on top of `config.init_heads`."""
+# Steering revisits a few hundred prompt variants for many steps; their frozen-base states are
+# cached in memory up to this size (a 7B model's long traces would not fit, and are recomputed).
+STEER_CACHE_BYTES = 2 << 30
+
+
+class _SteerFeatures:
+    """Frozen-base last hidden states per (record, response, condition, wording), computed once
+    when they fit in STEER_CACHE_BYTES (cache_hidden=auto), always (on) or never (off)."""
+
+    def __init__(self, trainer: HeadTrainer, variants: list[dict[tuple[int, str], list[Example]]], cache_hidden: str):
+        self.trainer = trainer
+        loss_tokens = sum(e.num_loss_tokens for v in variants for es in v.values() for e in es)
+        size = loss_tokens * trainer.lm.hidden_size * 4
+        self.enabled = cache_hidden == "on" or (cache_hidden == "auto" and size <= STEER_CACHE_BYTES and not trainer.config.lora_r)
+        self.stored: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, examples: list[Example], keys: list[tuple]) -> Features:
+        trainer = self.trainer
+        if not self.enabled:
+            return base_features(trainer.lm.model, examples, trainer.lm.tokenizer.pad_token_id, trainer.device, trainable_base=False)
+        missing = [i for i, key in enumerate(keys) if key not in self.stored]
+        if missing:
+            computed = base_features(trainer.lm.model, [examples[i] for i in missing], trainer.lm.tokenizer.pad_token_id, trainer.device, trainable_base=False)
+            for i, hidden, targets in zip(missing, computed.hidden.split(computed.counts), computed.targets.split(computed.counts)):
+                self.stored[keys[i]] = (hidden, targets)
+        parts = [self.stored[key] for key in keys]
+        return Features(torch.cat([h for h, _ in parts]), torch.cat([t for _, t in parts]), [len(t) for _, t in parts])
+
+
+def train_steering(config: TrainConfig, resume: bool = False, console=None) -> Path:
+    """A few steps of command-augmented training on top of `config.init_heads`.
+
+    Loss = head losses on the plain prompt + steer_ranking_weight x ranking (T̂ and P̂) +
+    steer_anchor_weight x anchor (T̂ and P̂), see the module docstring.
+    """
+    import copy
+
     from .errors import UserError
+    from .heads import MAX_TEMPERATURE
 
     if not config.init_heads:
         raise UserError("--steer trains on top of existing heads", "set init_heads=DIR (heads from a normal train-heads run)")
     if resume:
         raise UserError("--steer runs are short and do not checkpoint; re-run without --resume")
     trainer = HeadTrainer(config)
+    reference_heads = copy.deepcopy(trainer.heads).eval().requires_grad_(False)
     records = [json.loads(line) for line in Path(config.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     records = [r for r in records if "prompt" in r and "completion" in r]
     if config.limit:
         records = records[: config.limit]
+    if not records:
+        raise UserError(f"{config.data}: no {{prompt, completion}} records to steer on", "use on-policy data from `autodeco make-data`")
     rng = random.Random(config.seed)
-    triples = _steer_examples(trainer, records, rng)
-    steps = config.max_steps or max(1, len(triples) // config.micro_batch_size)
-    device, pad = trainer.device, trainer.lm.tokenizer.pad_token_id
+    response_budget = max(len(trainer.lm.tokenizer(r["completion"])["input_ids"]) for r in records) + 16
+    if console is not None:
+        console.print(f"steer: answering {2 * len(records)} command prompts with the starting heads (up to {response_budget} tokens each)")
+    extra = command_responses(trainer, reference_heads, records, rng, max_new_tokens=response_budget, batch_size=config.micro_batch_size)
+    variants = _steer_examples(trainer, records, extra)
+    responses_per_record = 1 + len(extra[0])
+    features_of = _SteerFeatures(trainer, variants, config.cache_hidden)
+    steps = config.max_steps or max(1, len(variants) // config.micro_batch_size)
+    device = trainer.device
     lm_head = trainer.lm.model.get_output_embeddings()
+    margin = config.steer_margin
     started = time.perf_counter()
     log = []
     for step in range(steps):
-        batch = [triples[(step * config.micro_batch_size + i) % len(triples)] for i in range(config.micro_batch_size)]
-        outputs = {}
-        for position, condition in enumerate(CONDITIONS):
-            examples = [t[position] for t in batch]
-            features = base_features(trainer.lm.model, examples, pad, device, trainable_base=False)
+        records_in_batch = [(step * config.micro_batch_size + i) % len(variants) for i in range(config.micro_batch_size)]
+
+        def predict(picks: list[tuple]):
+            """picks: (record, response, condition, wording) -> features, logits, T̂, P̂, examples."""
+            examples = [variants[r][response, condition][w] for r, response, condition, w in picks]
+            features = features_of(examples, picks)
             with torch.no_grad():
                 logits = lm_head(features.hidden).float()
             temperature, top_p = trainer.heads(features.hidden, logits)
-            outputs[condition] = (features, logits, temperature, top_p, examples)
-        features, logits, temperature, top_p, examples = outputs["none"]
+            return features, logits, temperature, top_p, examples
+
+        # the head losses learn from the records' own (scorer-accepted) completions, plain prompt
+        features, logits, temperature, top_p, examples = predict([(r, 0, "none", 0) for r in records_in_batch])
         uniforms = easy_drop_uniforms(config.seed, request_seed(step), examples, features.counts).to(device)
         losses = head_losses(logits, features.targets, temperature, top_p, uniforms, mode=config.mode, easy_drop_probability=config.easy_drop_probability, alpha=config.soft_top_p_alpha)
-        rank_t = ranking_loss(outputs["none"][2], outputs["low"][2], outputs["high"][2], margin)
-        rank_p = ranking_loss(outputs["none"][3], outputs["low"][3], outputs["high"][3], margin)
-        total = losses["loss"] + ranking_weight * (rank_t + rank_p)
+        # the ranking compares the three prompts on one response, drawn from all of them
+        responses = [rng.randrange(responses_per_record) for _ in records_in_batch]
+        outputs = {}
+        for condition in CONDITIONS:
+            picks = [(r, response, condition, rng.randrange(len(variants[r][response, condition]))) for r, response in zip(records_in_batch, responses)]
+            outputs[condition] = predict(picks)
+        features, logits = outputs["none"][0], outputs["none"][1]
+        with torch.no_grad():
+            reference_t, reference_p = reference_heads(features.hidden, logits)
+        z = {c: (steering_logit(outputs[c][2], MAX_TEMPERATURE), steering_logit(outputs[c][3], 1.0)) for c in CONDITIONS}
+        z_reference = (steering_logit(reference_t, MAX_TEMPERATURE), steering_logit(reference_p, 1.0))
+        rank_t = ranking_loss(z_reference[0], z["low"][0], z["high"][0], margin)
+        rank_p = ranking_loss(z_reference[1], z["low"][1], z["high"][1], margin)
+        anchor = anchor_loss(z["none"][0], z_reference[0]) + anchor_loss(z["none"][1], z_reference[1])
+        total = losses["loss"] + config.steer_ranking_weight * (rank_t + rank_p) + config.steer_anchor_weight * anchor
         trainer.optimizer.zero_grad()
         total.backward()
         torch.nn.utils.clip_grad_norm_(trainer.parameters, config.max_grad_norm)
         trainer.optimizer.step()
-        entry = {"step": step + 1, "loss": float(losses["loss"].detach()), "rank_temperature": float(rank_t.detach()), "rank_top_p": float(rank_p.detach())}
+        entry = {"step": step + 1, "loss": float(losses["loss"].detach()), "rank_temperature": float(rank_t.detach()), "rank_top_p": float(rank_p.detach()), "anchor": float(anchor.detach())}
         log.append(entry)
         if console is not None and (step + 1) % max(1, steps // 10) == 0:
-            console.print(f"steer step {step + 1}/{steps}: head loss {entry['loss']:.4f}, ranking T {entry['rank_temperature']:.4f}, p {entry['rank_top_p']:.4f}")
+            console.print(
+                f"steer step {step + 1}/{steps}: head loss {entry['loss']:.4f}, ranking T {entry['rank_temperature']:.4f}, "
+                f"p {entry['rank_top_p']:.4f}, anchor {entry['anchor']:.4f}"
+            )
     output = Path(config.output_dir)
     trainer.step = steps
     trainer._save_heads(output)

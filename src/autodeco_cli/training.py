@@ -69,6 +69,10 @@ class TrainConfig:
     dtype: str | None = None
     threads: int | None = None
     max_steps: int | None = None  # stop early (smoke runs, benchmarks)
+    # train-heads --steer: ranking margin (logit units of T/2 and p), and loss weights
+    steer_margin: float = 1.0
+    steer_ranking_weight: float = 1.0
+    steer_anchor_weight: float = 1.0
 
     def validate(self) -> None:
         if not self.data:
@@ -85,6 +89,9 @@ class TrainConfig:
             "easy_drop_probability": 0.0 <= self.easy_drop_probability < 1.0,
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
             "lora_r": self.lora_r >= 0,
+            "steer_margin": self.steer_margin > 0,
+            "steer_ranking_weight": self.steer_ranking_weight >= 0,
+            "steer_anchor_weight": self.steer_anchor_weight >= 0,
         }
         for name, ok in checks.items():
             if not ok:

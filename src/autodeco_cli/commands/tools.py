@@ -83,7 +83,7 @@ def split_command(
 def reproduce_command(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. limit=50 k=2 benchmarks=[arith-add].")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Reproduction recipe YAML (see recipes/reproduce-cpu.yaml).")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="~10-minute smoke version of the same pipeline.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke version of the same pipeline on a sliver of the data (about 2 minutes on 2 cores).")] = False,
 ):
     """The paper's comparison end to end: on-policy data, heads, oracle grid, the comparison table
     (greedy, default, oracle, autodeco, mean-shift, T̂-only, P̂-only), figures and a markdown

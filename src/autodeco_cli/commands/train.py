@@ -25,7 +25,7 @@ def train_heads(
     lora_r: Annotated[Optional[int], typer.Option("--lora-r", help="Also train a LoRA adapter of this rank (end-to-end variant). Off by default.")] = None,
     mode: Annotated[Optional[str], typer.Option("--mode", help="joint (default), temperature or top_p.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output-dir.")] = False,
-    steer: Annotated[bool, typer.Option("--steer", help="Instruction-steered training on top of trained heads (see steer-report).")] = False,
+    steer: Annotated[bool, typer.Option("--steer", help="Instruction-steered training on top of trained heads (init_heads=DIR): commands in the prompt learn to move T̂/P̂ (see steer-report).")] = False,
 ):
     """Train the temperature and top-p heads on a frozen base model.
 
@@ -33,7 +33,9 @@ def train_heads(
     Examples:\n
       autodeco train-heads -c recipes/smollm2-135m-cpu.yaml\n
       autodeco train-heads -c recipes/smollm2-135m-cpu.yaml learning_rate=5e-4 epochs=3 --resume\n
-      torchrun --nproc-per-node 2 -m autodeco_cli.cli train-heads -c recipes/smollm2-135m-cpu.yaml
+      torchrun --nproc-per-node 2 -m autodeco_cli.cli train-heads -c recipes/smollm2-135m-cpu.yaml\n
+      autodeco train-heads --steer -c recipes/smollm2-135m-cpu.yaml init_heads=runs/heads output_dir=runs/steered max_steps=150\n
+    (--steer fields: steer_margin=1.0 in logit units, steer_ranking_weight=1.0, steer_anchor_weight=1.0.)
     """
     from ..recipes import build_config
     from ..training import HeadTrainer, TrainConfig
