@@ -159,7 +159,7 @@ class _Sampler:
         if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
             index = torch.tensor(rows, device=logits.device)
             hidden, logits = hidden[index], logits[index]
-        temperature, top_p = self.heads(hidden, logits)  # under generate()'s inference_mode
+        temperature, top_p = self.heads(hidden, logits)  # under the decode loop's inference_mode
         return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
 
     def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple[float, float, int | None]:

@@ -707,8 +707,7 @@ def run_comparison(
     for row_name, strategy in rows_spec:
         res = results[strategy.label]
         m = res["results"][name]
-        (item,) = compare_results(res, reference, [name], n_boot=n_boot, seed=0)
-        c = item.comparison
+        paired = _paired(res, reference, name, n_boot)
         row = {
             "name": row_name,
             "decoding": strategy.label,
@@ -717,9 +716,9 @@ def run_comparison(
             "pass@1_stderr": m.get("pass@1_stderr"),
             "n_questions": m["n_questions"],
             "samples_per_question": m["samples_per_question"],
-            "delta_vs_default": c.mean_diff,
-            "delta_se": c.se if math.isfinite(c.se) else None,
-            "delta_ci": [c.ci_low, c.ci_high],
+            "delta_vs_default": paired["delta"],
+            "delta_se": paired["se"],
+            "delta_ci": paired["ci"],
         }
         if strategy.temperature is not None:
             row.update({"temperature": strategy.temperature, "top_p": strategy.top_p})
@@ -745,12 +744,17 @@ def run_comparison(
         comparison["autodeco_vs"] = {}
         for other in ("greedy", "oracle", "mean-shift"):
             if other in strategies:
-                (item,) = compare_results(results[strategies["autodeco"].label], results[strategies[other].label], [name], n_boot=n_boot, seed=0)
-                c = item.comparison
-                comparison["autodeco_vs"][other] = {"delta": c.mean_diff, "se": c.se if math.isfinite(c.se) else None, "ci": [c.ci_low, c.ci_high]}
+                comparison["autodeco_vs"][other] = _paired(results[strategies["autodeco"].label], results[strategies[other].label], name, n_boot)
     _write_json(out_dir / COMPARISON_FILE, comparison)
     (out_dir / COMPARISON_MD).write_text(comparison_markdown(comparison), encoding="utf-8")
     return comparison
+
+
+def _paired(a: dict, b: dict, task: str, n_boot: int) -> dict:
+    """Paired per-question pass@1 of run a − run b on one task: Δ, SE (None when undefined), bootstrap 95% CI."""
+    (item,) = compare_results(a, b, [task], n_boot=n_boot, seed=0)
+    c = item.comparison
+    return {"delta": c.mean_diff, "se": c.se if math.isfinite(c.se) else None, "ci": [c.ci_low, c.ci_high]}
 
 
 def _row_params(row: dict) -> str:

@@ -263,18 +263,18 @@ def train_steering(config: TrainConfig, resume: bool = False, console=None) -> P
     margin = config.steer_margin
     started = time.perf_counter()
     log = []
+
+    def predict(picks: list[tuple]):
+        """picks: (record, response, condition, wording) -> features, logits, T̂, P̂, examples."""
+        examples = [variants[r][response, condition][w] for r, response, condition, w in picks]
+        features = features_of(examples, picks)
+        with torch.no_grad():
+            logits = lm_head(features.hidden).float()
+        temperature, top_p = trainer.heads(features.hidden, logits)
+        return features, logits, temperature, top_p, examples
+
     for step in range(steps):
         records_in_batch = [(step * config.micro_batch_size + i) % len(variants) for i in range(config.micro_batch_size)]
-
-        def predict(picks: list[tuple]):
-            """picks: (record, response, condition, wording) -> features, logits, T̂, P̂, examples."""
-            examples = [variants[r][response, condition][w] for r, response, condition, w in picks]
-            features = features_of(examples, picks)
-            with torch.no_grad():
-                logits = lm_head(features.hidden).float()
-            temperature, top_p = trainer.heads(features.hidden, logits)
-            return features, logits, temperature, top_p, examples
-
         # the head losses learn from the records' own (scorer-accepted) completions, plain prompt
         features, logits, temperature, top_p, examples = predict([(r, 0, "none", 0) for r in records_in_batch])
         uniforms = easy_drop_uniforms(config.seed, request_seed(step), examples, features.counts).to(device)
