@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export AUTODECO_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test test-all test-fast demo reproduce reproduce-quick bench clean
+.PHONY: setup test test-all test-fast demo reproduce reproduce-quick where-it-wins ablation bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ reproduce: setup
 # Same pipeline on a sliver of the data (under 2 min measured, well within the ~10-minute smoke budget).
 reproduce-quick: setup
 	$(BIN)/autodeco reproduce --quick
+
+# Where per-token decoding wins (reports/where-it-wins.md); the recipe states its measured time.
+where-it-wins: setup
+	$(BIN)/autodeco where-it-wins -c recipes/where-it-wins-cpu.yaml
+
+# Why MLE heads settle at T̂≈0.4: data/loss ablations scored on validation questions (reports/ablation.md).
+ablation: setup
+	$(BIN)/autodeco ablation -c recipes/ablation-cpu.yaml
 
 bench: setup
 	$(BIN)/python benchmarks/bench_decoding.py

@@ -24,6 +24,7 @@ from autodeco_cli.errors import UserError
 
 PAPER_TASKS = ["aime24", "aime25", "brumo25", "hmmt25", "beyondaime", "gpqa-diamond", "mmlu-pro", "mmlu-pro-100", "livecodebench", "ifeval"]
 SMALL_TASKS = ["gsm8k", "math500", "arc-easy", "arc-challenge", "arith-add", "arith-sub", "arith-mul"]
+RAND_TASKS = ["rand-item", "rand-letter", "rand-times"]
 MATH_SUFFIX = "\nMake sure you output the final answer within \\boxed{}."
 
 
@@ -41,7 +42,8 @@ def data_dir() -> Path:
 
 
 def test_all_tasks_are_registered() -> None:
-    assert sorted(PAPER_TASKS + SMALL_TASKS) == list_tasks()
+    assert sorted(PAPER_TASKS + SMALL_TASKS + RAND_TASKS) == list_tasks()
+    assert list_groups()["rand"] == ["rand-letter", "rand-times"]  # rand-item: no per-token edge when probed
     for name in list_tasks():
         task = get_task(name)
         assert task.max_new_tokens > 0
@@ -300,12 +302,19 @@ def test_arithmetic_splits_are_disjoint_and_reproducible(op: str) -> None:
     assert len(test) == 200
     assert [d.prompt for d in load_docs(name)] == [d.prompt for d in test]
     train = load_docs(name, "train")
-    n_test = len(problem_space(op)) - len(train)
+    validation = load_docs(name, "validation")
+    assert len(validation) == get_task(name).options["arithmetic"]["validation_size"]
+    n_test = len(problem_space(op)) - len(train) - len(validation)
     test_keys = {(d.meta["a"], d.meta["b"]) for d in load_docs(name, limit=n_test)}
-    assert len(test_keys) == n_test  # no repeats inside the test pool
-    assert not test_keys & {(d.meta["a"], d.meta["b"]) for d in train}
+    validation_keys = {(d.meta["a"], d.meta["b"]) for d in validation}
+    train_keys = {(d.meta["a"], d.meta["b"]) for d in train}
+    assert len(test_keys) == n_test and len(validation_keys) == len(validation)  # no repeats inside a pool
+    assert not test_keys & train_keys and not validation_keys & train_keys and not test_keys & validation_keys
+    assert len(test_keys) + len(validation_keys) + len(train_keys) == len(problem_space(op))
     with pytest.raises(UserError):
         load_docs(name, limit=n_test + 1)
+    with pytest.raises(UserError, match="validation problems"):
+        load_docs(name, "validation", limit=len(validation) + 1)
 
 
 def test_arithmetic_items() -> None:
@@ -321,7 +330,7 @@ def test_arithmetic_train_stream_can_exceed_the_pool() -> None:
     longer = load_docs("arith-mul", "train", limit=pool + 10)
     assert len(longer) == pool + 10
     with pytest.raises(UserError, match="test problems"):
-        load_docs("arith-mul", limit=pool + 10)
+        load_docs("arith-mul", limit=len(problem_space("mul")))
 
 
 # ---------------------------------------------------------------------------

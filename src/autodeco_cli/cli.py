@@ -24,9 +24,13 @@ from .options import (
     DecodingOpt,
     DeviceOpt,
     DtypeOpt,
+    EdtBaseOpt,
+    EdtThetaOpt,
     HeadsOpt,
     MeanFromOpt,
+    MinPOpt,
     ModelOpt,
+    NSigmaOpt,
     TempScaleOpt,
     TemperatureOpt,
     TopKOpt,
@@ -41,7 +45,7 @@ app = typer.Typer(
     help=(
         "End-to-end decoding: learned per-token temperature and top-p (AutoDeco, arXiv 2510.26697).\n\n"
         "Typical flow: `train-heads` on a frozen model, then `generate`, `eval` and `grid-search` "
-        "with --decoding greedy|static|autodeco|mean-shift."
+        "with --decoding greedy|static|autodeco|mean-shift, or the training-free adaptive min-p|top-n-sigma|edt."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -76,6 +80,10 @@ def generate(
     top_p_scale: TopPScaleOpt = 1.0,
     mean_from: MeanFromOpt = None,
     active_heads: ActiveHeadsOpt = "both",
+    min_p: MinPOpt = None,
+    n_sigma: NSigmaOpt = None,
+    edt_theta: EdtThetaOpt = None,
+    edt_base: EdtBaseOpt = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generation budget per sample.")] = 256,
     seed: Annotated[int, typer.Option(help="Sampling seed; a sample depends only on (seed, prompt, sample index).")] = 0,
     n: Annotated[int, typer.Option("--n", help="Samples per prompt.")] = 1,
@@ -83,7 +91,7 @@ def generate(
     chat: ChatOpt = True,
     stop: Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write results as JSONL (default for many prompts: stdout JSONL).")] = None,
-    trace: Annotated[bool, typer.Option("--trace", help="Print a compact per-token T̂/P̂ view.")] = False,
+    trace: Annotated[bool, typer.Option("--trace", help="Print a compact per-token T̂/P̂ view (with --decoding edt: the entropy-based T of each token).")] = False,
     trace_out: Annotated[Optional[Path], typer.Option("--trace-out", help="Per-token JSONL: token_id, token, temperature, top_p, nucleus_size (+ sample).")] = None,
     trace_plot: Annotated[Optional[Path], typer.Option("--trace-plot", help="PNG of T̂ and P̂ per token (paper Fig. 5 style), first sample.")] = None,
     device: DeviceOpt = None,
@@ -96,6 +104,7 @@ def generate(
     Examples:\n
       autodeco generate "What is 27 + 82?"\n
       autodeco generate --decoding static -t 0.6 -p 0.95 "Tell me a joke"\n
+      autodeco generate --decoding edt --trace "What is 2+3?"        # per-token entropy-based T\n
       autodeco generate -f prompts.jsonl --n 4 -o out.jsonl --trace-out trace.jsonl
     """
     from .generation import build_requests
@@ -104,10 +113,11 @@ def generate(
 
     if max_new_tokens < 1 or n < 1 or batch_size < 1:
         raise UserError("--max-new-tokens, --n and --batch-size must be at least 1")
-    strategy = strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, active_heads)
+    adaptive = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
+    strategy = strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, active_heads, **adaptive)
     prompts = read_prompts(prompt, file)
     want_trace = trace or trace_out is not None or trace_plot is not None
-    if want_trace and not strategy.uses_heads:
+    if want_trace and not strategy.uses_heads and strategy.name != "edt":
         err_console.print("[yellow]note:[/] the trace shows the strategy's fixed T/p; use --decoding autodeco to see learned values")
     engine = open_engine(model, heads, [strategy], device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter)
     requests = build_requests(engine.tokenizer, prompts, strategy, n=n, seed=seed, chat=chat)

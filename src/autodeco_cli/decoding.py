@@ -7,19 +7,45 @@
 - mean-shift: a static (T, p) equal to the mean of the heads' predictions on a benchmark: the
               "Just a Better Mean?" baseline. Same sampler as static; a separate name keeps
               reports honest about where the numbers came from.
+
+The training-free adaptive decoders (each as its paper defines it; the math is in
+`distribution.py`, applied in the order `decoding_logits_and_temperature` documents):
+
+- min-p:       temperature T first, then keep tokens with probability >= min_p x the top
+               token's probability (Nguyen et al. 2024; transformers' MinPLogitsWarper and vLLM
+               cut after temperature too). Defaults T = 1, min_p = 0.1.
+- top-n-sigma: keep tokens whose *raw* logit is >= max logit - n·σ (σ: the std of the row's
+               logits), then temperature T (Tang et al. 2024). The kept set does not depend on T
+               (max and σ of logits/T both scale by 1/T). Defaults n = 1, T = 1.
+- edt:         per token T = T0 · N^(θ/H), H the entropy of the untempered next-token
+               distribution (Zhang et al. 2024), clamped to MIN_TEMPERATURE (H -> 0 gives the
+               floor). `temperature` holds T0. Defaults T0 = 1, N = 0.8, θ = 1.
+
+All three take an optional -p/--top-k on top (off unless given), cut after temperature.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .distribution import DEFAULT_EDT_BASE
 from .errors import UserError
 
-DECODING_CHOICES = ("greedy", "static", "autodeco", "mean-shift")
+DECODING_CHOICES = ("greedy", "static", "autodeco", "mean-shift", "min-p", "top-n-sigma", "edt")
+ADAPTIVE_CHOICES = ("min-p", "top-n-sigma", "edt")
 ACTIVE_HEADS_CHOICES = ("both", "temperature", "top_p")
 MAX_STATIC_TEMPERATURE = 5.0
+DEFAULT_MIN_P = 0.1
+DEFAULT_N_SIGMA = 1.0
+DEFAULT_EDT_THETA = 1.0
+# fields the adaptive decoders added: left out of to_dict() when unset, so the run_config.json of
+# older results folders (which lack them) still matches and those folders resume
+_ADAPTIVE_FIELDS = ("min_p", "n_sigma", "edt_base", "edt_theta")
+# the flag that sets each field, and the strategy that reads it
+_ADAPTIVE_FLAGS = {"min_p": ("--min-p", "min-p"), "n_sigma": ("--n-sigma", "top-n-sigma"), "edt_base": ("--edt-base", "edt"), "edt_theta": ("--edt-theta", "edt")}
 
 
 @dataclass(frozen=True)
@@ -32,6 +58,10 @@ class DecodingStrategy:
     top_p_scale: float = 1.0
     # Ablation (paper): let only one head act; the other parameter stays at 1.0.
     active_heads: str = "both"  # both | temperature | top_p
+    min_p: float | None = None
+    n_sigma: float | None = None
+    edt_base: float | None = None  # N
+    edt_theta: float | None = None  # θ
 
     @property
     def uses_heads(self) -> bool:
@@ -42,6 +72,18 @@ class DecodingStrategy:
         return self.name == "greedy"
 
     @property
+    def adaptive(self) -> tuple | None:
+        """The adaptive decoder's own parameters (None for the others): part of the sampler's
+        distribution key, so requests share a distribution only when these agree too."""
+        if self.name == "min-p":
+            return ("min-p", self.min_p)
+        if self.name == "top-n-sigma":
+            return ("top-n-sigma", self.n_sigma)
+        if self.name == "edt":
+            return ("edt", self.edt_base, self.edt_theta)
+        return None
+
+    @property
     def label(self) -> str:
         if self.name == "greedy":
             return "greedy"
@@ -50,10 +92,24 @@ class DecodingStrategy:
             only = {"both": "", "temperature": "[T̂ only]", "top_p": "[P̂ only]"}[self.active_heads]
             return "autodeco" + only + scales
         k = f", k={self.top_k}" if self.top_k else ""
+        if self.name in ADAPTIVE_CHOICES:
+            # ASCII names: the label is also the eval folder's slug (evaluation.strategy_slug)
+            if self.name == "min-p":
+                own = f"min_p={self.min_p:g}"
+            elif self.name == "top-n-sigma":
+                own = f"n={self.n_sigma:g}"
+            else:
+                own = f"N={self.edt_base:g}, theta={self.edt_theta:g}"
+            p = f", p={self.top_p:g}" if self.top_p < 1.0 else ""
+            return f"{self.name}(T={self.temperature:g}, {own}{p}{k})"
         return f"{self.name}(T={self.temperature:g}, p={self.top_p:g}{k})"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for name in _ADAPTIVE_FIELDS:
+            if data[name] is None:
+                del data[name]
+        return data
 
 
 def _check_temperature(value: float, field: str) -> float:
@@ -68,6 +124,39 @@ def _check_top_p(value: float, field: str) -> float:
     return float(value)
 
 
+def _check_range(value: float, flag: str, low: float, high: float, closed_low: bool, fix: str) -> float:
+    inside = (low <= value if closed_low else low < value) and value <= high
+    if not (math.isfinite(value) and inside):
+        interval = f"{'[' if closed_low else '('}{low:g}, {high:g}]" if math.isfinite(high) else f"{'>=' if closed_low else '>'} {low:g}"
+        raise UserError(f"{flag} {value:g} is out of range", f"use a value {'in ' if math.isfinite(high) else ''}{interval}; {fix}")
+    return float(value)
+
+
+def _adaptive_strategy(name: str, temperature: float | None, top_p: float | None, top_k: int | None, given: dict) -> DecodingStrategy:
+    """min-p, top-n-sigma and edt: their own parameter(s) plus T (T0 for edt), optional p and top-k."""
+    fields: dict = {}
+    if name == "min-p":
+        value = DEFAULT_MIN_P if given["min_p"] is None else given["min_p"]
+        fields["min_p"] = _check_range(value, "--min-p", 0.0, 1.0, True, "0 keeps every token, 1 only the most likely (the paper uses 0.05-0.1)")
+    elif name == "top-n-sigma":
+        value = DEFAULT_N_SIGMA if given["n_sigma"] is None else given["n_sigma"]
+        fields["n_sigma"] = _check_range(value, "--n-sigma", 0.0, math.inf, True, "0 keeps only the top logit, larger n keeps more (the paper uses 1.0)")
+    else:
+        base = DEFAULT_EDT_BASE if given["edt_base"] is None else given["edt_base"]
+        theta = DEFAULT_EDT_THETA if given["edt_theta"] is None else given["edt_theta"]
+        if not (math.isfinite(base) and 0.0 < base < 1.0):
+            raise UserError(f"--edt-base {base:g} is out of range", "use a base N in (0, 1) (the paper's 0.8); N = 1 would be a fixed temperature (--decoding static)")
+        fields["edt_base"] = float(base)
+        fields["edt_theta"] = _check_range(theta, "--edt-theta", 0.0, math.inf, False, "larger θ lowers T on confident tokens (the paper's 1.0); for a fixed T use --decoding static")
+    return DecodingStrategy(
+        name,
+        temperature=_check_temperature(1.0 if temperature is None else temperature, "--temperature"),
+        top_p=_check_top_p(1.0 if top_p is None else top_p, "--top-p"),
+        top_k=top_k or None,
+        **fields,
+    )
+
+
 def make_strategy(
     name: str,
     temperature: float | None = None,
@@ -76,12 +165,24 @@ def make_strategy(
     temperature_scale: float = 1.0,
     top_p_scale: float = 1.0,
     active_heads: str = "both",
+    *,
+    min_p: float | None = None,
+    n_sigma: float | None = None,
+    edt_base: float | None = None,
+    edt_theta: float | None = None,
 ) -> DecodingStrategy:
     """Validate user input into a strategy. Every range error is a one-line UserError."""
     if name not in DECODING_CHOICES:
         raise UserError(f"--decoding {name!r} is not a strategy", f"choose one of: {', '.join(DECODING_CHOICES)}")
     if top_k is not None and top_k < 0:
         raise UserError(f"--top-k {top_k} is negative", "use 0 (off) or a positive number of tokens")
+    given = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
+    for field_name, value in given.items():
+        flag, owner = _ADAPTIVE_FLAGS[field_name]
+        if value is not None and name != owner:
+            raise UserError(f"{flag} is a setting of --decoding {owner}, not {name}", f"drop {flag}, or use --decoding {owner}")
+    if name in ADAPTIVE_CHOICES:
+        return _adaptive_strategy(name, temperature, top_p, top_k, given)
     if name == "greedy":
         return DecodingStrategy("greedy")
     if name == "autodeco":

@@ -12,6 +12,7 @@ import torch
 DEFAULT_SOFT_TOP_P_ALPHA = 30.0
 # Temperatures below this turn logits/T into inf/NaN in fp32; the official trainer clamps at 0.01 too.
 MIN_TEMPERATURE = 1e-2
+DEFAULT_EDT_BASE = 0.8  # the EDT paper's N
 
 
 def _as_column(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -111,25 +112,114 @@ def scale_logits(logits: torch.Tensor, temperature: float | torch.Tensor) -> tor
     return logits / temperature
 
 
+def min_p_keep(probs: torch.Tensor, min_p: float | torch.Tensor) -> torch.Tensor:
+    """Min-p (Nguyen et al. 2024): keep tokens with probability >= min_p x the top probability.
+
+    `probs` are the already temperature-scaled probabilities (transformers' MinPLogitsWarper and
+    vLLM cut after temperature). min_p = 0 keeps every token; the top token is always kept.
+    """
+    min_p = _as_column(min_p, probs)
+    return probs >= min_p * probs.amax(dim=-1, keepdim=True)
+
+
+def top_n_sigma_keep(logits: torch.Tensor, n_sigma: float | torch.Tensor) -> torch.Tensor:
+    """Top-nσ (Tang et al. 2024): keep tokens whose logit is >= max logit - n·σ.
+
+    σ is the standard deviation of the row's logits over the vocabulary (Bessel-corrected, as
+    torch.std and the reference implementations; over a real vocabulary the correction is
+    ~1e-5). Max and σ both scale by 1/T, so the kept set is the same whether computed on the raw
+    logits or on logits/T with the same n: it does not depend on temperature. Masked (-inf)
+    logits are left out of σ.
+    """
+    n_sigma = _as_column(n_sigma, logits)
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        sigma = logits.std(dim=-1, keepdim=True)
+    else:
+        count = finite.sum(dim=-1, keepdim=True)
+        values = logits.masked_fill(~finite, 0.0)
+        mean = values.sum(dim=-1, keepdim=True) / count
+        squares = ((values - mean) * finite).square().sum(dim=-1, keepdim=True)
+        sigma = (squares / (count - 1).clamp_min(1)).sqrt()
+    return logits >= logits.amax(dim=-1, keepdim=True) - n_sigma * sigma
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits), as ``[..., 1]``; -inf logits contribute 0."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return -torch.special.xlogy(probs, probs).sum(dim=-1, keepdim=True)
+
+
+# EDT divides by the entropy: a one-hot row (H = 0) must give the floor temperature, not NaN.
+MIN_EDT_ENTROPY = 1e-12
+
+
+def edt_temperature(logits: torch.Tensor, t0: float | torch.Tensor, base: float | torch.Tensor, theta: float | torch.Tensor) -> torch.Tensor:
+    """EDT (Zhang et al. 2024): T = T0 · N^(θ/H), H the entropy of the untempered softmax(logits).
+
+    With N in (0, 1), T rises towards T0 as the model gets less sure and falls towards 0 on
+    confident steps. H -> 0 gives N^inf = 0, clamped to MIN_TEMPERATURE. Returns ``[..., 1]``.
+    """
+    t0, base, theta = (_as_column(v, logits.float()) for v in (t0, base, theta))
+    exponent = theta / token_entropy(logits).clamp_min(MIN_EDT_ENTROPY)
+    return (t0 * torch.pow(base, exponent)).clamp_min(MIN_TEMPERATURE)
+
+
+def decoding_logits_and_temperature(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    top_p: float | torch.Tensor,
+    top_k: int | None = None,
+    *,
+    min_p: float | torch.Tensor | None = None,
+    n_sigma: float | torch.Tensor | None = None,
+    edt_base: float | torch.Tensor | None = None,
+    edt_theta: float | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inference distribution's logits and the temperature each row actually used (``[..., 1]``).
+
+    Order: top-nσ on the raw logits (temperature-invariant); temperature (with EDT, `temperature`
+    is T0 and T comes from the raw logits' entropy); top-k; hard top-p; min-p. This is
+    transformers' warper order (temperature, top-k, top-p, min-p) and vLLM's. Min-p is relative
+    to the top token, which every earlier cut keeps, so it cuts the same tokens before or after
+    top-p's renormalisation. Removed tokens get -inf.
+    """
+    logits = logits.float()
+    if edt_theta is not None:
+        temperature = edt_temperature(logits, temperature, DEFAULT_EDT_BASE if edt_base is None else edt_base, edt_theta)
+    if n_sigma is not None:
+        logits = logits.masked_fill(~top_n_sigma_keep(logits, n_sigma), float("-inf"))
+    temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)
+    scaled = logits / temperature
+    keep_k = top_k_keep(scaled, top_k)
+    if keep_k is not None:
+        scaled = scaled.masked_fill(~keep_k, float("-inf"))
+    cut_p = not bool((_as_column(top_p, scaled) >= 1.0).all())
+    if not cut_p and min_p is None:
+        return scaled, temperature  # no cut anywhere: skip the softmax and the vocabulary sort
+    probs = torch.softmax(scaled, dim=-1)
+    keep = hard_top_p_keep(probs, top_p) if cut_p else None
+    if min_p is not None:
+        keep_min = min_p_keep(probs, min_p)
+        keep = keep_min if keep is None else keep & keep_min
+    return scaled.masked_fill(~keep, float("-inf")), temperature
+
+
 def decoding_logits(
     logits: torch.Tensor,
     temperature: float | torch.Tensor,
     top_p: float | torch.Tensor,
     top_k: int | None = None,
+    **adaptive: float | torch.Tensor | None,
 ) -> torch.Tensor:
     """Logits of the inference distribution: temperature, then optional top-k, then hard top-p.
 
     Removed tokens get -inf, so ``softmax`` of the result is the distribution we sample from.
-    The order (temperature before top-p) matches transformers' warper order and vLLM.
+    The order (temperature before top-p) matches transformers' warper order and vLLM. The
+    training-free adaptive decoders (`min_p`, `n_sigma`, `edt_base`/`edt_theta`) slot in as
+    `decoding_logits_and_temperature` describes.
     """
-    scaled = scale_logits(logits.float(), temperature)
-    keep_k = top_k_keep(scaled, top_k)
-    if keep_k is not None:
-        scaled = scaled.masked_fill(~keep_k, float("-inf"))
-    if bool((_as_column(top_p, scaled) >= 1.0).all()):
-        return scaled  # no cut anywhere: skip the vocabulary sort
-    keep_p = hard_top_p_keep(torch.softmax(scaled, dim=-1), top_p)
-    return scaled.masked_fill(~keep_p, float("-inf"))
+    return decoding_logits_and_temperature(logits, temperature, top_p, top_k, **adaptive)[0]
 
 
 def decoding_distribution(
@@ -139,17 +229,18 @@ def decoding_distribution(
     mode: str = "hard",
     top_k: int | None = None,
     alpha: float = DEFAULT_SOFT_TOP_P_ALPHA,
+    **adaptive: float | torch.Tensor | None,
 ) -> torch.Tensor:
     """(logits, T, p, mode) -> the final probability distribution.
 
     mode="hard" is what generation samples from; mode="soft" is the differentiable version the
-    heads are trained through (top-k is not differentiable and is refused there).
+    heads are trained through (top-k and the adaptive cuts are not differentiable and are refused there).
     """
     if mode == "hard":
-        return torch.softmax(decoding_logits(logits, temperature, top_p, top_k), dim=-1)
+        return torch.softmax(decoding_logits(logits, temperature, top_p, top_k, **adaptive), dim=-1)
     if mode == "soft":
-        if top_k:
-            raise ValueError("top_k has no soft (differentiable) form; use mode='hard'")
+        if top_k or any(v is not None for v in adaptive.values()):
+            raise ValueError("top_k, min_p, n_sigma and EDT have no soft (differentiable) form; use mode='hard'")
         return soft_top_p(torch.softmax(scale_logits(logits, temperature), dim=-1), top_p, alpha)
     raise ValueError(f"unknown mode {mode!r}: expected 'hard' or 'soft'")
 

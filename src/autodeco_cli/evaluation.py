@@ -29,9 +29,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import stats
+from .benchmarks.registry import task_chat, task_stop
 from .decoding import DecodingStrategy
 from .errors import UserError
 from .generation import Generation, GenerationEngine, Request, batch_order_key, encode_prompt, request_seed
+from .question_scores import metric_of, per_question_rows, row_score, score_metrics
 
 RESULTS_FILE = "results.json"
 RUN_CONFIG_FILE = "run_config.json"
@@ -183,6 +185,7 @@ class TaskRun:
     task: Any  # benchmarks.registry.Task or anything with name/max_new_tokens/load_docs/score
     docs: list
     max_new_tokens: int
+    split: str = "test"
 
     @property
     def name(self) -> str:
@@ -212,14 +215,14 @@ def _unique_tasks(tasks: list[Any]) -> list[Any]:
     return out
 
 
-def prepare_task(task: Any, limit: int | None, max_new_tokens: int | None, data_dir) -> TaskRun:
-    docs = task.load_docs(split="test", limit=limit, data_dir=data_dir)
+def prepare_task(task: Any, limit: int | None, max_new_tokens: int | None, data_dir, split: str = "test") -> TaskRun:
+    docs = task.load_docs(split=split, limit=limit, data_dir=data_dir)
     if not docs:
-        raise UserError(f"task {task.name} has no test documents")
+        raise UserError(f"task {task.name} has no {split} documents")
     # Fail before hours of generation, not after the first batch, when a scorer's optional
     # dependencies (IFEval's lm-eval, the code sandbox) are missing.
     task.score(docs[0], "")
-    return TaskRun(task, docs, max_new_tokens or task.max_new_tokens)
+    return TaskRun(task, docs, max_new_tokens or task.max_new_tokens, split)
 
 
 def task_version(task: Any) -> str:
@@ -266,6 +269,7 @@ def run_eval(
     progress: Any = None,
     data_dir: str | Path | None = None,
     run_info: dict | None = None,
+    split: str = "test",
 ) -> dict[str, dict]:
     """Evaluate every strategy on every task; returns {strategy label: results dict}.
 
@@ -273,6 +277,7 @@ def run_eval(
     shares batches. Greedy strategies are collapsed to one sample per question (first seed).
     `progress` is an optional started rich Progress (see `progress.progress_bar`); `run_info`
     (model, heads, adapter, dtype, device) is recorded and guards resuming into `out_dir`.
+    `split` is "test" for reported numbers; "validation" is where settings are chosen.
     """
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
@@ -280,7 +285,7 @@ def run_eval(
         raise UserError("--max-new-tokens must be at least 1")
     out_dir = Path(out_dir)
     plans = plan_strategies(strategies, k, seeds)
-    task_runs = [prepare_task(task, limit, max_new_tokens, data_dir) for task in resolve_tasks(task_names)]
+    task_runs = [prepare_task(task, limit, max_new_tokens, data_dir, split) for task in resolve_tasks(task_names)]
     info = {"model": getattr(engine.lm, "name", None), "heads": None, **(run_info or {}), "chat": chat, "heads_sha256": heads_fingerprint(engine)}
     for plan in plans:
         _claim_folder(out_dir / plan.slug, plan, task_runs, info)
@@ -292,7 +297,7 @@ def run_eval(
     finally:
         for log in logs.values():
             log.close()
-    settings = {"k": k, "seeds": list(seeds), "limit": limit, "batch_size": batch_size, "chat": chat}
+    settings = {"k": k, "seeds": list(seeds), "limit": limit, "batch_size": batch_size, "chat": chat, "split": split}
     results = {}
     for plan in plans:
         results[plan.strategy.label] = build_results(plan, task_runs, logs, info, settings)
@@ -325,7 +330,8 @@ def _claim_folder(folder: Path, plan: StrategyPlan, task_runs: list[TaskRun], in
     info = plan_info(plan, info)
     identity = {name: info.get(name) for name in IDENTITY_FIELDS if name != "decoding"}
     identity["decoding"] = plan.strategy.to_dict()
-    tasks = {run.name: {"max_new_tokens": run.max_new_tokens, "version": task_version(run.task)} for run in task_runs}
+    # split: one results.json holds one split per task, so a folder never mixes them
+    tasks = {run.name: {"max_new_tokens": run.max_new_tokens, "version": task_version(run.task), "split": run.split} for run in task_runs}
     path = folder / RUN_CONFIG_FILE
     if path.is_file():
         previous = json.loads(path.read_text(encoding="utf-8"))
@@ -343,7 +349,8 @@ def _claim_folder(folder: Path, plan: StrategyPlan, task_runs: list[TaskRun], in
 
 def _pending_requests(state: _RunState, run: TaskRun) -> tuple[list[Request], int]:
     """Requests not yet in any sample log, and how many are already done."""
-    prompts = [encode_prompt(state.engine.tokenizer, doc.prompt, state.chat) for doc in run.docs]
+    chat = task_chat(run.task, state.chat)
+    prompts = [encode_prompt(state.engine.tokenizer, doc.prompt, chat) for doc in run.docs]
     pending, done = [], 0
     for plan_index, plan in enumerate(state.plans):
         log = state.logs[plan.slug, run.name]
@@ -388,7 +395,7 @@ def _generate_task(state: _RunState, run: TaskRun) -> None:
     for traced, group in _trace_groups(pending):
         for chunk in _engine_slices(group, state.batch_size):
             state.engine.generate(
-                chunk, max_new_tokens=run.max_new_tokens, batch_size=state.batch_size, trace=traced, on_batch_done=record_batch
+                chunk, max_new_tokens=run.max_new_tokens, batch_size=state.batch_size, stop=task_stop(run.task), trace=traced, on_batch_done=record_batch
             )
 
 
@@ -522,25 +529,17 @@ def mean_decoding_parameters(records: list[dict]) -> dict[str, float]:
     }
 
 
-def per_question_rows(run: TaskRun, table: list[list[dict]]) -> list[dict]:
-    rows = []
-    for doc, samples in zip(run.docs, table):
-        n_correct = sum(bool(r["correct"]) for r in samples)
-        rows.append({"doc_id": doc.doc_id, "n": len(samples), "n_correct": n_correct, "pass@1": n_correct / len(samples)})
-    return rows
-
-
 def task_config(plan: StrategyPlan, run: TaskRun, settings: dict) -> dict:
     config = {
         "task": run.name,
         "description": getattr(run.task, "description", ""),
         "scorer": getattr(run.task, "scorer", None),
-        "split": "test",
+        "split": run.split,
         "max_new_tokens": run.max_new_tokens,
         "k": plan.k,
         "seeds": list(plan.seeds),
         "limit": settings["limit"],
-        "chat": settings["chat"],
+        "chat": task_chat(run.task, settings["chat"]),
     }
     if plan.collapsed:
         config["note"] = f"greedy is deterministic: collapsed from k={settings['k']} x {len(settings['seeds'])} seeds to 1 sample per question"
@@ -555,13 +554,13 @@ def build_results(plan: StrategyPlan, task_runs: list[TaskRun], logs: dict, info
     for run in task_runs:
         table = question_samples(plan, run, logs[plan.slug, run.name])
         voting = getattr(run.task, "scorer", None) not in NO_VOTE_SCORERS
-        results[run.name] = {"alias": run.name, **task_metrics(plan, table, voting)}
+        per_question[run.name] = per_question_rows(run, table)
+        results[run.name] = {"alias": run.name, **task_metrics(plan, table, voting), **score_metrics(run.task, per_question[run.name])}
         if is_livecodebench(run.task):
             results[run.name]["label"] = LIVECODEBENCH_LABEL
         configs[run.name] = task_config(plan, run, settings)
         versions[run.name] = task_version(run.task)
         n_samples[run.name] = {"effective": len(run.docs), "limit": settings["limit"]}
-        per_question[run.name] = per_question_rows(run, table)
     return {
         "results": results,
         "configs": configs,
@@ -635,10 +634,12 @@ class TaskComparison:
     comparison: stats.PairedComparison
     only_a: int
     only_b: int
+    metric: str = "pass@1"
 
 
 def compare_results(a: dict, b: dict, tasks: Sequence[str] | None = None, n_boot: int = 10_000, seed: int = 0) -> list[TaskComparison]:
-    """Paired per-question pass@1 differences (A − B) on the questions both runs scored."""
+    """Paired per-question differences (A − B) of each task's question metric (`score`;
+    pass@1 for ordinary tasks and old files) on the questions both runs scored."""
     shared = [t for t in a["per_question"] if t in b["per_question"]]
     if tasks:
         missing = [t for t in tasks if t not in shared]
@@ -649,13 +650,16 @@ def compare_results(a: dict, b: dict, tasks: Sequence[str] | None = None, n_boot
         raise UserError("the two results share no task")
     out = []
     for task in shared:
-        scores_a = {row["doc_id"]: row["pass@1"] for row in a["per_question"][task]}
-        scores_b = {row["doc_id"]: row["pass@1"] for row in b["per_question"][task]}
+        metric = metric_of(a, task)
+        if metric != metric_of(b, task):
+            raise UserError(f"{task}: the runs score questions by different metrics ({metric} vs {metric_of(b, task)})")
+        scores_a = {row["doc_id"]: row_score(row) for row in a["per_question"][task]}
+        scores_b = {row["doc_id"]: row_score(row) for row in b["per_question"][task]}
         common = scores_a.keys() & scores_b.keys()
         if not common:
             raise UserError(f"{task}: the two results share no question")
         comparison = stats.paired_comparison({d: scores_a[d] for d in common}, {d: scores_b[d] for d in common}, n_boot=n_boot, seed=seed)
-        out.append(TaskComparison(task, comparison, len(scores_a) - len(common), len(scores_b) - len(common)))
+        out.append(TaskComparison(task, comparison, len(scores_a) - len(common), len(scores_b) - len(common), metric))
     return out
 
 
@@ -673,7 +677,7 @@ def summary_table(results: dict[str, dict]):
     from rich.table import Table
 
     table = Table(title="eval results (accuracy in %)")
-    for column in ("decoding", "task", "questions × samples", "pass@1 ± SE", "± seeds", "pass@k", "maj@k", "tokens", "unparseable", "T̂ / P̂"):
+    for column in ("decoding", "task", "questions × samples", "pass@1 ± SE", "task metric ± SE", "± seeds", "pass@k", "maj@k", "tokens", "unparseable", "T̂ / P̂"):
         table.add_column(column, justify="left" if column in ("decoding", "task") else "right")
     for label, result in results.items():
         for task, m in result["results"].items():
@@ -685,6 +689,7 @@ def summary_table(results: dict[str, dict]):
                 task,
                 f"{m['n_questions']} × {m['samples_per_question']}",
                 f"{_pct(m['pass@1'])}{stderr}",
+                _declared_score(m),
                 _pct(m.get("pass@1_seed_std")),
                 f"{_pct(m[f'pass@{top_k}'])} (k={top_k})",
                 f"{_pct(m[f'maj@{top_k}'])} (k={top_k})" if f"maj@{top_k}" in m else "–",
@@ -695,16 +700,26 @@ def summary_table(results: dict[str, dict]):
     return table
 
 
+def _declared_score(m: dict) -> str:
+    """The task's own question metric, where it declares one other than pass@1."""
+    if m.get("metric", "pass@1") == "pass@1":
+        return "(pass@1)"
+    stderr = f" ± {_pct(m['score_stderr'])}" if m.get("score_stderr") is not None else ""
+    return f"{m['metric']} {_pct(m['score'])}{stderr}"
+
+
 def comparison_table(comparisons: list[TaskComparison], name_a: str, name_b: str):
     from rich.table import Table
 
-    table = Table(title="paired per-question pass@1 (in %), Δ = A − B", caption=f"A = {name_a}\nB = {name_b}")
-    for column in ("task", "questions", "A", "B", "Δ", "SE", "95% CI (bootstrap)"):
+    metrics = sorted({item.metric for item in comparisons}) or ["pass@1"]
+    table = Table(title=f"paired per-question {' / '.join(metrics)} (in %), Δ = A − B", caption=f"A = {name_a}\nB = {name_b}")
+    for column in ("task", "metric", "questions", "A", "B", "Δ", "SE", "95% CI (bootstrap)"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for item in comparisons:
         c = item.comparison
         table.add_row(
             item.task,
+            item.metric,
             str(c.n) + (f" (+{item.only_a} A-only, +{item.only_b} B-only)" if item.only_a or item.only_b else ""),
             _pct(c.mean_a),
             _pct(c.mean_b),

@@ -38,7 +38,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .decoding import DecodingStrategy
-from .distribution import decoding_logits, nucleus_size
+from .distribution import decoding_logits_and_temperature, nucleus_size
 from .heads import AutoDecoHeads
 from .models import LoadedModel
 
@@ -133,9 +133,11 @@ class _Step:
 class _Sampler:
     """Turns a step's rows (logits, hidden) into one token per active request.
 
-    A request's (T, p, top-k) comes from its strategy, or from the heads on its row. Requests
-    with equal (row, T, p, top-k) share one distribution; each then draws with its own uniform
-    number (inverse CDF over token ids), so the draw is independent of batch-mates.
+    A request's (T, p, top-k) comes from its strategy, or from the heads on its row, plus the
+    adaptive decoder's own parameters (min-p, n·σ, EDT's N and θ). Requests with an equal
+    (row, spec) share one distribution; each then draws with its own uniform number (inverse
+    CDF over token ids), so the draw is independent of batch-mates. EDT's temperature is
+    computed per row from that row's logits, and the trace records it.
     """
 
     def __init__(self, requests: Sequence[Request], heads: AutoDecoHeads | None, record_nucleus: bool):
@@ -162,20 +164,21 @@ class _Sampler:
         temperature, top_p = self.heads(hidden, logits)  # under the decode loop's inference_mode
         return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
 
-    def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple[float, float, int | None]:
+    def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple:
+        """The request's distribution spec: (T, p, top-k, adaptive); for EDT, T is T0."""
         strategy = request.strategy
         if strategy.uses_heads:
             head_t, head_p = head
             temperature = head_t * strategy.temperature_scale if strategy.active_heads != "top_p" else 1.0
             top_p = min(1.0, head_p * strategy.top_p_scale) if strategy.active_heads != "temperature" else 1.0
-            return temperature, top_p, strategy.top_k
-        return strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k
+            return temperature, top_p, strategy.top_k, None
+        return strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k, strategy.adaptive
 
     def step(self, row_members: list[list[int]], logits: torch.Tensor, hidden: torch.Tensor | None) -> dict[int, _Step]:
         head_rows = [row for row, members in enumerate(row_members) if any(self.requests[m].strategy.uses_heads for m in members)]
         heads = self.head_values(head_rows, logits, hidden)
         chosen: dict[int, _Step] = {}
-        # (row, T, p, top-k) -> the requests that sample from that distribution
+        # (row, T, p, top-k, adaptive) -> the requests that sample from that distribution
         distributions: dict[tuple, list[int]] = {}
         greedy_rows: dict[int, list[int]] = {}
         for row, members in enumerate(row_members):
@@ -190,25 +193,37 @@ class _Sampler:
             for token, members in zip(argmax, greedy_rows.values()):
                 for member in members:
                     chosen[member] = _Step(token, 1.0, 0.0, 1)
-        by_top_k: dict[int | None, list[tuple]] = {}
+        # one batched decoding call per (top-k, adaptive decoder): per-row parameters are tensors
+        groups: dict[tuple, list[tuple]] = {}
         for key in distributions:
-            by_top_k.setdefault(key[3], []).append(key)
-        for top_k, keys in by_top_k.items():
-            rows = torch.tensor([k[0] for k in keys], device=logits.device)
-            temperature = torch.tensor([k[1] for k in keys], device=logits.device).unsqueeze(-1)
-            top_p = torch.tensor([k[2] for k in keys], device=logits.device).unsqueeze(-1)
-            decoded = decoding_logits(logits[rows], temperature, top_p, top_k)
-            cumulative = torch.cumsum(torch.softmax(decoded, dim=-1).double().cpu(), dim=-1)
-            sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
-            for d, key in enumerate(keys):
-                members = distributions[key]
-                uniforms = torch.cat([torch.rand(1, generator=self.generator(m), dtype=torch.float64) for m in members])
-                tokens = torch.searchsorted(cumulative[d], uniforms * cumulative[d, -1], right=True).tolist()
-                for member, token in zip(members, tokens):
-                    if token >= cumulative.shape[-1]:  # u * total rounded up to total: the last token with mass
-                        token = int(torch.nonzero(torch.diff(cumulative[d], prepend=cumulative[d, :1].new_zeros(1))).max())
-                    chosen[member] = _Step(token, key[1], key[2], sizes[d])
+            groups.setdefault((key[3], key[4][0] if key[4] else None), []).append(key)
+        for (top_k, kind), keys in groups.items():
+            self._sample(keys, distributions, logits, top_k, kind, chosen)
         return chosen
+
+    def _sample(self, keys: list[tuple], distributions: dict[tuple, list[int]], logits: torch.Tensor, top_k: int | None, kind: str | None, chosen: dict[int, _Step]) -> None:
+        """Draw every member of these distributions (same top-k and kind) by inverse CDF."""
+        device = logits.device
+        rows = torch.tensor([k[0] for k in keys], device=device)
+        temperature = torch.tensor([k[1] for k in keys], device=device).unsqueeze(-1)
+        top_p = torch.tensor([k[2] for k in keys], device=device).unsqueeze(-1)
+        adaptive = {}
+        if kind is not None:
+            names = {"min-p": ("min_p",), "top-n-sigma": ("n_sigma",), "edt": ("edt_base", "edt_theta")}[kind]
+            adaptive = {name: torch.tensor([k[4][1 + i] for k in keys], device=device).unsqueeze(-1) for i, name in enumerate(names)}
+        decoded, used = decoding_logits_and_temperature(logits[rows], temperature, top_p, top_k, **adaptive)
+        # EDT's T is per row; the others keep the strategy's exact float in the trace
+        used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k[1] for k in keys]
+        cumulative = torch.cumsum(torch.softmax(decoded, dim=-1).double().cpu(), dim=-1)
+        sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
+        for d, key in enumerate(keys):
+            members = distributions[key]
+            uniforms = torch.cat([torch.rand(1, generator=self.generator(m), dtype=torch.float64) for m in members])
+            tokens = torch.searchsorted(cumulative[d], uniforms * cumulative[d, -1], right=True).tolist()
+            for member, token in zip(members, tokens):
+                if token >= cumulative.shape[-1]:  # u * total rounded up to total: the last token with mass
+                    token = int(torch.nonzero(torch.diff(cumulative[d], prepend=cumulative[d, :1].new_zeros(1))).max())
+                chosen[member] = _Step(token, used_temperatures[d], key[2], sizes[d])
 
 
 @dataclass

@@ -11,6 +11,9 @@ Modes
   expert  the paper's two stages: tune T at p = 1.0, then tune p at the best T.
   cells   an explicit list of (T, p) pairs.
 
+Families (`grid_families.py`): the same sweep over min-p (T x min_p), top-n-sigma (T x n) or
+edt (T0 x θ) cells, in full or cells mode; grid.json then names the family and its axes.
+
 Cost. The model is loaded once per sweep and each stage's cells go to *one* run_eval call, so
 their requests share batches. The engine orders requests by prompt and then by sample seed, so
 one prompt's cells sit together: the prompt is prefilled once for all of them, and because
@@ -52,15 +55,18 @@ import numpy as np
 from . import stats
 from .decoding import MAX_STATIC_TEMPERATURE, DecodingStrategy, make_strategy
 from .errors import UserError
+from .grid_families import AXIS_LIMITS, Family, FamilyCell, cell_from_record, get_family, grid_family, strategy_params
 from .evaluation import compare_results, prepare_task, read_json_output, resolve_tasks, run_eval, strategy_slug
+from .benchmarks.aggregation import metric_name
+from .question_scores import row_score
 
 GRID_FILE = "grid.json"
 HEATMAP_FILE = "heatmap.png"
 COMPARISON_FILE = "comparison.json"
 COMPARISON_MD = "comparison.md"
 MODES = ("full", "expert", "cells")
-DEFAULT_TEMPERATURES = "0.1:1.5:0.1"
-DEFAULT_TOP_PS = "0.1:1.0:0.1"
+DEFAULT_TEMPERATURES = get_family("static").default_temperatures  # "0.1:1.5:0.1"
+DEFAULT_TOP_PS = get_family("static").default_values  # "0.1:1.0:0.1"
 EARLY_STOP_ROUNDS = (0.25, 0.5, 1.0)
 PRUNE_ALPHA = 0.01
 MIN_PRUNE_PAIRS = 6  # questions where cell and best differ, needed before a cell can be pruned
@@ -89,6 +95,10 @@ class Cell:
     def slug(self) -> str:
         return strategy_slug(self.strategy)
 
+    @property
+    def axes(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p}
+
     def to_dict(self) -> dict:
         return {"temperature": self.temperature, "top_p": self.top_p, "label": self.label, "slug": self.slug}
 
@@ -107,7 +117,7 @@ def _number(text: str, option: str) -> Decimal:
 
 
 def _check(value: float, option: str) -> float:
-    high = MAX_STATIC_TEMPERATURE if option == "--temperatures" else 1.0
+    high = MAX_STATIC_TEMPERATURE if option == "--temperatures" else AXIS_LIMITS.get(option, 1.0)
     if not 0.0 < round(value, DIGITS) <= high:
         raise UserError(f"{option}: {value:g} is out of range", f"values must lie in (0, {high:g}], {DIGITS} decimals at most")
     return round(value, DIGITS)
@@ -138,23 +148,28 @@ def parse_values(text: str, option: str = "--temperatures") -> list[float]:
     return sorted({_check(v, option) for v in values})
 
 
-def parse_cells(text: str) -> list[Cell]:
-    """'0.6:0.95,1.0:1.0' -> [Cell(0.6, 0.95), Cell(1.0, 1.0)] (order kept, repeats dropped)."""
+def parse_cells(text: str, family: Family | None = None) -> list[Cell]:
+    """'0.6:0.95,1.0:1.0' -> [Cell(0.6, 0.95), Cell(1.0, 1.0)] (order kept, repeats dropped).
+
+    For another `family` the second number is that family's parameter (min-p: T:MIN_P)."""
+    family = family or get_family("static")
+    shape, example = ("T:P", "0.6:0.95,1.0:1.0") if family.is_static else (f"T:{family.axis.upper()}", f"1.0:{family.default_values.split(',')[1]}")
     cells: list[Cell] = []
     for part in (p for p in str(text).split(",") if p.strip()):
         pieces = part.split(":")
         if len(pieces) != 2:
-            raise UserError(f"--cells: {part.strip()!r} is not T:P", "e.g. --cells 0.6:0.95,1.0:1.0")
-        cell = Cell(_check(float(_number(pieces[0], "--temperatures")), "--temperatures"), _check(float(_number(pieces[1], "--top-ps")), "--top-ps"))
+            raise UserError(f"--cells: {part.strip()!r} is not {shape}", f"e.g. --cells {example}")
+        cell = family.cell(_check(float(_number(pieces[0], "--temperatures")), "--temperatures"), _check(float(_number(pieces[1], family.option)), family.option))
         if cell not in cells:
             cells.append(cell)
     if not cells:
-        raise UserError(f"--cells {text!r} gives no cells", "e.g. --cells 0.6:0.95,1.0:1.0")
+        raise UserError(f"--cells {text!r} gives no cells", f"e.g. --cells {example}")
     return cells
 
 
-def full_cells(temperatures: Sequence[float], top_ps: Sequence[float]) -> list[Cell]:
-    return [Cell(t, p) for t in temperatures for p in top_ps]
+def full_cells(temperatures: Sequence[float], top_ps: Sequence[float], family: Family | None = None) -> list[Cell]:
+    make = Cell if family is None else family.cell
+    return [make(t, p) for t in temperatures for p in top_ps]
 
 
 def round_sizes(n_questions: int, fractions: Sequence[float] = EARLY_STOP_ROUNDS) -> list[int]:
@@ -172,7 +187,7 @@ def round_sizes(n_questions: int, fractions: Sequence[float] = EARLY_STOP_ROUNDS
 class CellScore:
     pass1: float
     stderr: float | None
-    per_question: dict[str, float]  # doc_id -> pass@1 of that question
+    per_question: dict[str, float]  # doc_id -> the task's question metric (pass@1 for most tasks)
     mean_tokens: float
 
     @property
@@ -181,8 +196,11 @@ class CellScore:
 
     @classmethod
     def from_results(cls, results: dict, task: str) -> "CellScore":
+        # `pass1` holds the task's declared question metric ("score"); old files have only pass@1
         metrics = results["results"][task]
-        per_question = {str(row["doc_id"]): float(row["pass@1"]) for row in results["per_question"][task]}
+        per_question = {str(row["doc_id"]): row_score(row) for row in results["per_question"][task]}
+        if "score" in metrics:
+            return cls(float(metrics["score"]), metrics.get("score_stderr"), per_question, float(metrics.get("mean_tokens", 0.0)))
         return cls(float(metrics["pass@1"]), metrics.get("pass@1_stderr"), per_question, float(metrics.get("mean_tokens", 0.0)))
 
     def restricted(self, doc_ids: Sequence[str]) -> "CellScore":
@@ -340,7 +358,7 @@ def _run_stage(sweep: _Sweep, name: str, cells: list[Cell], state: dict) -> Cell
                 "cells": len(survivors) + len(done),
                 "best": best.slug,
                 "best_pass@1": round_scores[best].pass1,
-                "pruned": [{"slug": c.slug, "temperature": c.temperature, "top_p": c.top_p, "pass@1": round_scores[c].pass1, "p_value": p} for c, p in pruned],
+                "pruned": [{"slug": c.slug, **c.axes, "pass@1": round_scores[c].pass1, "p_value": p} for c, p in pruned],
             }
         )
         for cell, p_value in pruned:
@@ -359,8 +377,10 @@ def run_grid(
     task: str | Any,
     *,
     mode: str = "full",
+    family: str | Family = "static",
     temperatures: Sequence[float] | None = None,
     top_ps: Sequence[float] | None = None,
+    values: Sequence[float] | None = None,
     cells: Sequence[Cell | tuple[float, float]] | None = None,
     k: int = 4,
     seeds: Sequence[int] = (0,),
@@ -372,6 +392,7 @@ def run_grid(
     progress: Any = None,
     data_dir: str | Path | None = None,
     run_info: dict | None = None,
+    split: str = "test",
     early_stop: bool = False,
     early_stop_rounds: Sequence[float] = EARLY_STOP_ROUNDS,
     prune_alpha: float = PRUNE_ALPHA,
@@ -382,7 +403,9 @@ def run_grid(
     """Run a grid of static cells on one task; writes OUT/grid.json (+ heatmap.png) and returns it.
 
     `task` is a registry name or a task object (anything `run_eval` accepts). See the module
-    docstring for the modes, the oracle/tie rule, resume and early stopping.
+    docstring for the modes, the oracle/tie rule, resume and early stopping. Another `family`
+    (grid_families: min-p, top-n-sigma, edt) sweeps T x its own parameter (`values`, the role
+    `top_ps` plays for static), in full or cells mode.
     """
     if mode not in MODES:
         raise UserError(f"--mode {mode!r} is not a mode", f"use one of: {', '.join(MODES)}")
@@ -392,20 +415,18 @@ def run_grid(
     if len(tasks) != 1:
         raise UserError(f"--benchmark {task!r} names {len(tasks)} tasks", "grid-search tunes one benchmark at a time: run it once per task")
     task_obj = tasks[0]
-    temperatures = [_check(float(t), "--temperatures") for t in (temperatures if temperatures is not None else parse_values(DEFAULT_TEMPERATURES))]
-    top_ps = [_check(float(p), "--top-ps") for p in (top_ps if top_ps is not None else parse_values(DEFAULT_TOP_PS, "--top-ps"))]
-    if mode == "cells":
-        if not cells:
-            raise UserError("--mode cells needs --cells", "e.g. --cells 0.6:0.95,1.0:1.0")
-        cell_list = [c if isinstance(c, Cell) else Cell(_check(float(c[0]), "--temperatures"), _check(float(c[1]), "--top-ps")) for c in cells]
-        cell_list = list(dict.fromkeys(cell_list))
+    family = get_family(family) if isinstance(family, str) else family
+    temperatures, top_ps, cell_list = _axes_and_cells(family, mode, temperatures, top_ps if values is None else values, cells)
     out_dir = Path(out_dir)
-    run = prepare_task(task_obj, limit, max_new_tokens, data_dir)
+    run = prepare_task(task_obj, limit, max_new_tokens, data_dir, split)
     seeds = [int(s) for s in seeds]
     log = log or (lambda message: None)
     grid: dict[str, Any] = {
         "benchmark": task_obj.name,
         "mode": mode,
+        "split": split,
+        # cells' "pass@1" fields hold this question metric (the task's own; pass@1 for most)
+        "metric": metric_name(task_obj),
         "model": (run_info or {}).get("model") or getattr(engine.lm, "name", None),
         "k": k,
         "seeds": seeds,
@@ -416,8 +437,10 @@ def run_grid(
         "batch_size": batch_size,
         "chat": chat,
     }
+    if not family.is_static:  # static grids stay as they were (no family record means static)
+        grid["family"] = family.describe()
     if mode != "cells":
-        grid.update({"temperatures": temperatures, "top_ps": top_ps})
+        grid.update({"temperatures": temperatures, family.axis_values_key: top_ps})
     state: dict[str, Any] = {"cells": {}, "order": {}, "scores": {}, "rounds": [], "stages": []}
     rounds = round_sizes(len(run.docs), early_stop_rounds)
     early = {
@@ -439,11 +462,11 @@ def run_grid(
         )
         _write_json(out_dir / GRID_FILE, grid)
 
-    settings = {"k": k, "seeds": seeds, "batch_size": batch_size, "chat": chat, "progress": progress, "data_dir": data_dir, "run_info": run_info}
+    settings = {"k": k, "seeds": seeds, "batch_size": batch_size, "chat": chat, "progress": progress, "data_dir": data_dir, "run_info": run_info, "split": split}
     sweep = _Sweep(engine, task_obj, run.docs, run.max_new_tokens, settings, limit, early_stop, rounds, prune_alpha, out_dir, log, snapshot)
 
     if mode == "full":
-        stage_cells = full_cells(temperatures, top_ps)
+        stage_cells = full_cells(temperatures, top_ps, family)
         best = _run_stage(sweep, "full", stage_cells, state)
         state["stages"].append({"name": "full", "cells": [c.slug for c in stage_cells], "best": best.slug})
     elif mode == "cells":
@@ -462,6 +485,22 @@ def run_grid(
         grid["heatmap"] = str(plot_grid(grid, out_dir / HEATMAP_FILE))
         _write_json(out_dir / GRID_FILE, grid)
     return grid
+
+
+def _axes_and_cells(family: Family, mode: str, temperatures, values, cells) -> tuple[list[float], list[float], list | None]:
+    """The checked T and second-axis values (the family's defaults when None) and, in cells
+    mode, the cell list."""
+    if mode == "expert" and not family.is_static:
+        raise UserError(f"--mode expert is the static (T, p) recipe, not for --family {family.name}", "use --mode full (the default) or --mode cells")
+    temperatures = [_check(float(t), "--temperatures") for t in (temperatures if temperatures is not None else parse_values(family.default_temperatures))]
+    values = [_check(float(v), family.option) for v in (values if values is not None else parse_values(family.default_values, family.option))]
+    cell_list = None
+    if mode == "cells":
+        if not cells:
+            raise UserError("--mode cells needs --cells", "e.g. --cells 0.6:0.95,1.0:1.0" if family.is_static else f"e.g. --family {family.name} --cells 1.0:{values[0]:g}")
+        cell_list = [c if isinstance(c, (Cell, FamilyCell)) else family.cell(_check(float(c[0]), "--temperatures"), _check(float(c[1]), family.option)) for c in cells]
+        cell_list = list(dict.fromkeys(cell_list))
+    return temperatures, values, cell_list
 
 
 def _select_oracle(grid: dict, state: dict, n_boot: int) -> None:
@@ -483,7 +522,7 @@ def _select_oracle(grid: dict, state: dict, n_boot: int) -> None:
             ties.append({**cell.to_dict(), "pass@1": scores[cell].pass1, "delta": c.mean_diff, "se": se, "ci_low": c.ci_low, "ci_high": c.ci_high})
     grid["oracle"] = {**oracle.to_dict(), "pass@1": scores[oracle].pass1, "pass@1_stderr": scores[oracle].stderr, "n_questions": n}
     grid["ties"] = ties
-    grid["tie_rule"] = f"paired per-question pass@1 (cell - oracle) over all {n} questions; tied when its bootstrap 95% CI ({n_boot} resamples, seed 0) includes 0"
+    grid["tie_rule"] = f"paired per-question {grid.get('metric', 'pass@1')} (cell - oracle) over all {n} questions; tied when its bootstrap 95% CI ({n_boot} resamples, seed 0) includes 0"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -513,7 +552,8 @@ def plot_grid(grid: dict, path: str | Path) -> Path:
     plt = _pyplot()
     cells = grid["cells"]
     oracle = grid.get("oracle", {}).get("slug")
-    title = f"{grid['benchmark']}: pass@1 (%), {grid['n_questions']} questions × {grid['samples_per_question']} samples"
+    metric = grid.get("metric", "pass@1")
+    title = f"{grid['benchmark']}: {metric} (%), {grid['n_questions']} questions × {grid['samples_per_question']} samples"
     if grid["mode"] == "expert":
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
         stages = {s["name"]: s for s in grid["stages"]}
@@ -533,23 +573,24 @@ def plot_grid(grid: dict, path: str | Path) -> Path:
             ax.set_title(f"stage {1 if stage == 'temperature' else 2}: tune {'T' if stage == 'temperature' else 'p'} ({fixed})", fontsize=9)
             ax.set_xlabel("temperature T" if x_key == "temperature" else "top-p")
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("pass@1 (%)")
+        axes[0].set_ylabel(f"{metric} (%)")
         fig.suptitle(title, fontsize=10)
     else:
+        family = grid_family(grid)  # the second axis: top-p, or min-p / n / θ
         ts = sorted({c["temperature"] for c in cells})
-        ps = sorted({c["top_p"] for c in cells})
+        ps = sorted({c[family.axis] for c in cells})
         values = np.full((len(ts), len(ps)), np.nan)
         for c in cells:
             if not c["pruned"] and c["pass@1"] is not None:
-                values[ts.index(c["temperature"]), ps.index(c["top_p"])] = 100 * c["pass@1"]
+                values[ts.index(c["temperature"]), ps.index(c[family.axis])] = 100 * c["pass@1"]
         fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(ps) + 2.5), max(3.5, 0.42 * len(ts) + 1.8)))
         cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")
         image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto", origin="lower")
-        fig.colorbar(image, ax=ax, label="pass@1 (%)")
+        fig.colorbar(image, ax=ax, label=f"{metric} (%)")
         finite = values[np.isfinite(values)]
         middle = float(finite.mean()) if finite.size else 0.0
         for c in cells:
-            i, j = ts.index(c["temperature"]), ps.index(c["top_p"])
+            i, j = ts.index(c["temperature"]), ps.index(c[family.axis])
             if c["pruned"]:
                 ax.text(j, i, "×", ha="center", va="center", color="grey", fontsize=8)
                 continue
@@ -561,8 +602,8 @@ def plot_grid(grid: dict, path: str | Path) -> Path:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
         ax.set_xticks(range(len(ps)), [f"{p:g}" for p in ps], fontsize=7)
         ax.set_yticks(range(len(ts)), [f"{t:g}" for t in ts], fontsize=7)
-        ax.set_xlabel("top-p")
-        ax.set_ylabel("temperature T")
+        ax.set_xlabel(family.axis_label)
+        ax.set_ylabel(family.temperature_label)
         ax.set_title(title + "\n* oracle   ≈ tied with it   × pruned", fontsize=9)
     return save_figure(fig, path)
 
@@ -578,12 +619,13 @@ def grid_table(grid: dict):
     cells = grid["cells"]
     oracle = grid.get("oracle", {}).get("slug")
     caption = "* oracle\n≈ tied with it (paired 95% CI of the difference includes 0)\n× pruned early"
+    family = grid_family(grid)
     if grid["mode"] == "full":
         ts = sorted({c["temperature"] for c in cells})
-        ps = sorted({c["top_p"] for c in cells})
-        by_pos = {(c["temperature"], c["top_p"]): c for c in cells}
-        table = Table(title=f"{grid['benchmark']}: pass@1 (%)", caption=caption)
-        table.add_column("T \\ top-p", justify="right", style="bold")
+        ps = sorted({c[family.axis] for c in cells})
+        by_pos = {(c["temperature"], c[family.axis]): c for c in cells}
+        table = Table(title=f"{grid['benchmark']}: {grid.get('metric', 'pass@1')} (%)", caption=caption)
+        table.add_column(f"{family.temperature_label.split()[-1]} \\ {family.axis_label}", justify="right", style="bold")
         for p in ps:
             table.add_column(f"{p:g}", justify="right")
         for t in ts:
@@ -600,8 +642,10 @@ def grid_table(grid: dict):
                     row.append(f"{_pct(c['pass@1'])}≈" if c.get("tied") else _pct(c["pass@1"]))
             table.add_row(*row)
         return table
-    table = Table(title=f"grid-search {grid['benchmark']} ({grid['mode']}): pass@1 in %", caption=caption)
-    for column in ("stage", "T", "p", "questions", "pass@1 ± SE", "Δ vs oracle", "95% CI", "note"):
+    metric = grid.get("metric", "pass@1")
+    table = Table(title=f"grid-search {grid['benchmark']} ({grid['mode']}): {metric} in %", caption=caption)
+    axis_columns = ("T", "p") if family.is_static else (family.temperature_label.split()[-1], family.axis_label)
+    for column in ("stage", *axis_columns, "questions", f"{metric} ± SE", "Δ vs oracle", "95% CI", "note"):
         table.add_column(column, justify="left" if column in ("stage", "note") else "right")
     for c in cells:
         vs = c.get("vs_oracle")
@@ -617,7 +661,7 @@ def grid_table(grid: dict):
         table.add_row(
             ",".join(c["stages"]),
             f"{c['temperature']:g}",
-            f"{c['top_p']:g}",
+            f"{c[family.axis]:g}",
             str(c["n_questions"]),
             f"{_pct(c['pass@1'])}{stderr}",
             f"{100 * vs['delta']:+.1f}" if vs else "–",
@@ -630,7 +674,7 @@ def grid_table(grid: dict):
 def grid_summary_lines(grid: dict) -> list[str]:
     o = grid["oracle"]
     stderr = f" ± {_pct(o['pass@1_stderr'])}" if o.get("pass@1_stderr") is not None else ""
-    lines = [f"oracle: {o['label']}  pass@1 {_pct(o['pass@1'])}{stderr} % on {o['n_questions']} questions"]
+    lines = [f"oracle: {o['label']}  {grid.get('metric', 'pass@1')} {_pct(o['pass@1'])}{stderr} % on {o['n_questions']} questions"]
     ties = grid.get("ties", [])
     lines.append(f"tied with the oracle ({len(ties)}): " + (", ".join(t["label"] for t in ties) if ties else "none"))
     early = grid.get("early_stopping", {})
@@ -685,7 +729,7 @@ def run_comparison(
         "k": grid["k"], "seeds": grid["seeds"], "limit": grid["limit"], "max_new_tokens": grid["max_new_tokens"], "batch_size": batch_size,
         "out_dir": out_dir, "chat": grid["chat"], "progress": progress, "data_dir": data_dir, "run_info": run_info,
     }  # fmt: skip
-    oracle = Cell(grid["oracle"]["temperature"], grid["oracle"]["top_p"])
+    oracle = cell_from_record(grid, grid["oracle"])  # the grid family's best cell
     rows_spec = [
         ("greedy", make_strategy("greedy")),
         ("default", DEFAULT_CELL.strategy),
@@ -714,6 +758,8 @@ def run_comparison(
             "slug": strategy_slug(strategy),
             "pass@1": m["pass@1"],
             "pass@1_stderr": m.get("pass@1_stderr"),
+            "score": m.get("score", m["pass@1"]),
+            "score_stderr": m.get("score_stderr", m.get("pass@1_stderr")),
             "n_questions": m["n_questions"],
             "samples_per_question": m["samples_per_question"],
             "delta_vs_default": paired["delta"],
@@ -721,7 +767,7 @@ def run_comparison(
             "delta_ci": paired["ci"],
         }
         if strategy.temperature is not None:
-            row.update({"temperature": strategy.temperature, "top_p": strategy.top_p})
+            row.update({"temperature": strategy.temperature, "top_p": strategy.top_p, **strategy_params(strategy)})
         if "mean_temperature" in m:
             row.update({"mean_temperature": m["mean_temperature"], "mean_top_p": m["mean_top_p"]})
         rows.append(row)
@@ -735,7 +781,8 @@ def run_comparison(
         "n_questions": grid["n_questions"],
         "grid_mode": grid["mode"],
         "reference": "default",
-        "paired": f"Δ = row − default per question (pass@1), SE over questions, bootstrap 95% CI ({n_boot} resamples, seed 0)",
+        "metric": metric_name(task_obj),
+        "paired": f"Δ = row − default per question ({metric_name(task_obj)}), SE over questions, bootstrap 95% CI ({n_boot} resamples, seed 0)",
         "rows": rows,
     }
     # the questions the report asks of autodeco, each as a paired test of its own
@@ -751,7 +798,7 @@ def run_comparison(
 
 
 def _paired(a: dict, b: dict, task: str, n_boot: int) -> dict:
-    """Paired per-question pass@1 of run a − run b on one task: Δ, SE (None when undefined), bootstrap 95% CI."""
+    """Paired per-question score (the task's metric) of run a − run b on one task: Δ, SE (None when undefined), bootstrap 95% CI."""
     (item,) = compare_results(a, b, [task], n_boot=n_boot, seed=0)
     c = item.comparison
     return {"delta": c.mean_diff, "se": c.se if math.isfinite(c.se) else None, "ci": [c.ci_low, c.ci_high]}
@@ -761,7 +808,8 @@ def _row_params(row: dict) -> str:
     if "mean_temperature" in row:
         return f"T̂ {row['mean_temperature']:.3f}, P̂ {row['mean_top_p']:.3f}"
     if "temperature" in row:
-        return f"T {row['temperature']:.3g}, p {row['top_p']:.3g}"
+        extra = "".join(f", {name} {row[name]:.3g}" for name in ("min_p", "n_sigma", "edt_base", "edt_theta") if name in row)
+        return f"T {row['temperature']:.3g}, p {row['top_p']:.3g}{extra}"
     return ""
 
 
@@ -772,31 +820,36 @@ def _delta(row: dict) -> tuple[str, str]:
     return f"{100 * row['delta_vs_default']:+.1f}{se}", f"[{100 * row['delta_ci'][0]:+.1f}, {100 * row['delta_ci'][1]:+.1f}]"
 
 
+def _row_score(row: dict) -> str:
+    value, stderr = row.get("score", row["pass@1"]), row.get("score_stderr", row["pass@1_stderr"])
+    return _pct(value) + (f" ± {_pct(stderr)}" if stderr is not None else "")
+
+
 def comparison_markdown(comparison: dict) -> str:
+    metric = comparison.get("metric", "pass@1")
     lines = [
         f"# {comparison['benchmark']}: decoding comparison",
         "",
         f"Model {comparison.get('model')}; {comparison['n_questions']} questions; k={comparison['k']} × seeds {comparison['seeds']} "
-        f"(greedy: 1 sample); pass@1 in %. Δ: paired per-question difference against default (T=1, p=1).",
+        f"(greedy: 1 sample); {metric} in %. Δ: paired per-question difference against default (T=1, p=1).",
         "",
-        "| method | decoding | T / p | pass@1 ± SE | Δ vs default ± SE | 95% CI |",
+        f"| method | decoding | T / p | {metric} ± SE | Δ vs default ± SE | 95% CI |",
         "| --- | --- | --- | ---: | ---: | ---: |",
     ]
     for row in comparison["rows"]:
-        stderr = f" ± {_pct(row['pass@1_stderr'])}" if row["pass@1_stderr"] is not None else ""
         delta, ci = _delta(row)
-        lines.append(f"| {row['name']} | {row['decoding']} | {_row_params(row)} | {_pct(row['pass@1'])}{stderr} | {delta} | {ci} |")
+        lines.append(f"| {row['name']} | {row['decoding']} | {_row_params(row)} | {_row_score(row)} | {delta} | {ci} |")
     return "\n".join(lines) + "\n"
 
 
 def comparison_rich_table(comparison: dict):
     from rich.table import Table
 
-    table = Table(title=f"{comparison['benchmark']}: pass@1 (%) and paired Δ vs default (T=1, p=1)")
-    for column in ("method", "decoding", "T / p", "pass@1 ± SE", "Δ vs default ± SE", "95% CI"):
+    metric = comparison.get("metric", "pass@1")
+    table = Table(title=f"{comparison['benchmark']}: {metric} (%) and paired Δ vs default (T=1, p=1)")
+    for column in ("method", "decoding", "T / p", f"{metric} ± SE", "Δ vs default ± SE", "95% CI"):
         table.add_column(column, justify="left" if column in ("method", "decoding", "T / p") else "right")
     for row in comparison["rows"]:
-        stderr = f" ± {_pct(row['pass@1_stderr'])}" if row["pass@1_stderr"] is not None else ""
         delta, ci = _delta(row)
-        table.add_row(row["name"], row["decoding"], _row_params(row), f"{_pct(row['pass@1'])}{stderr}", delta, ci)
+        table.add_row(row["name"], row["decoding"], _row_params(row), _row_score(row), delta, ci)
     return table

@@ -90,15 +90,18 @@ def head_losses(
     easy_drop_probability: float = 0.6,
     alpha: float = DEFAULT_SOFT_TOP_P_ALPHA,
     chunk_size: int = 16,
+    dft_weighting: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Mean temperature and top-p losses (and their sum as `loss`) for one micro-batch.
 
     mode: "joint" (both heads), "temperature" (temperature loss only) or "top_p" (top-p loss
     only). Means are over the positions each loss uses, as in the official trainer.
+    `dft_weighting=False` drops the frozen model's target probability as a per-token weight
+    (an ablation: the weight down-weights exactly the tokens the base finds surprising).
     """
     if mode not in ("joint", "temperature", "top_p"):
         raise ValueError(f"unknown loss mode {mode!r}")
-    weights = target_confidence(logits, targets)
+    weights = target_confidence(logits, targets) if dft_weighting else torch.ones_like(targets, dtype=torch.float32)
     keep = easy_token_keep_mask(logits, targets, uniforms, easy_drop_probability)
     zero = temperature.sum() * 0.0  # keeps the graph connected when a loss has no positions
     losses: dict[str, torch.Tensor] = {}
@@ -117,3 +120,44 @@ def head_losses(
         losses["top_p_loss"] = total / max(targets.numel(), 1)
     losses["loss"] = sum(losses.values())
     return losses
+
+
+def policy_log_probs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    *,
+    mode: str = "joint",
+    alpha: float = DEFAULT_SOFT_TOP_P_ALPHA,
+    chunk_size: int = 16,
+) -> torch.Tensor:
+    """log π(y) of each sampled token under the heads' policy, differentiable in T̂ and P̂: ``[N]``.
+
+    The policy is the distribution the head losses train: softmax(logits / T̂) through the soft
+    nucleus at P̂ (the hard nucleus that generation samples from has no gradient in P̂). In
+    "temperature" mode P̂ is not acting (p = 1, as `--active-heads temperature` samples), so the
+    policy is the tempered softmax alone; in "top_p" mode T̂ is not acting (T = 1).
+    """
+    ones = torch.ones_like(targets, dtype=torch.float32)
+    parts = []
+    for start in range(0, targets.numel(), chunk_size):
+        sl = slice(start, start + chunk_size)
+        if mode == "temperature":
+            parts.append(-temperature_loss_terms(logits[sl], targets[sl], temperature[sl], ones[sl]))
+        else:
+            t = torch.ones_like(temperature[sl]) if mode == "top_p" else temperature[sl]
+            parts.append(-top_p_loss_terms(logits[sl], targets[sl], t, top_p[sl], ones[sl], alpha))
+    return torch.cat(parts) if parts else logits.new_zeros(0)
+
+
+def policy_gradient_loss(log_probs: torch.Tensor, advantages: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """REINFORCE with a group baseline: −Σ_i A_i Σ_t log π(y_it) / Σ_i |y_i|.
+
+    `log_probs` are flat over the samples' tokens (sample i owns the next `counts[i]`), and
+    `advantages` hold one value per sample. Dividing by the total token count, not by each
+    sample's length, keeps a long wrong answer from weighing less per token than a short one
+    (the length bias Dr. GRPO points out in GRPO's per-sequence mean).
+    """
+    per_token = torch.repeat_interleave(advantages.to(log_probs.dtype), torch.tensor(counts, device=log_probs.device))
+    return -(per_token * log_probs).sum() / max(sum(counts), 1)

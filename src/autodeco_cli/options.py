@@ -13,8 +13,21 @@ from .errors import UserError
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="HF folder, hub id, .gguf file, merged AutoDeco folder, or alias (default: smollm2-135m-instruct).")]
 HeadsOpt = Annotated[Optional[str], typer.Option("--heads", help="Heads checkpoint folder (ours or official AutoDeco). Default: heads shipped for the model, if any.")]
 DecodingOpt = Annotated[str, typer.Option("--decoding", "-d", help=f"One of {', '.join(DECODING_CHOICES)}.")]
-TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", "-t", help="static/mean-shift temperature (default 1.0).")]
-TopPOpt = Annotated[Optional[float], typer.Option("--top-p", "-p", help="static/mean-shift top-p (default 1.0).")]
+TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", "-t", help="Temperature T of static, mean-shift, min-p and top-n-sigma; edt's maximum temperature T₀ (default 1.0).")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", "-p", help="static/mean-shift top-p (default 1.0); min-p, top-n-sigma and edt: an optional extra nucleus cut (off by default).")]
+MinPOpt = Annotated[
+    Optional[float],
+    typer.Option("--min-p", help="min-p: after temperature, keep tokens at least MIN_P × as likely as the top token, so the cut widens when the model is unsure (Nguyen et al. 2024; default 0.1; 0 keeps all)."),
+]
+NSigmaOpt = Annotated[
+    Optional[float],
+    typer.Option("--n-sigma", help="top-n-sigma: keep tokens whose raw logit is within n standard deviations (of the row's logits) of the top logit, then apply temperature; the kept set does not depend on T (Tang et al. 2024; default 1.0)."),
+]
+EdtThetaOpt = Annotated[
+    Optional[float],
+    typer.Option("--edt-theta", help="edt: per token T = T₀ · N^(θ/H), H the entropy of the model's next-token distribution; larger θ cools confident tokens more (Zhang et al. 2024; default 1.0)."),
+]
+EdtBaseOpt = Annotated[Optional[float], typer.Option("--edt-base", help="edt: the base N in (0, 1) of T = T₀ · N^(θ/H) (paper default 0.8).")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Optional top-k cut (0 = off; off by default, unlike transformers' 50).")]
 TempScaleOpt = Annotated[float, typer.Option("--temperature-scale", help="autodeco: T = T̂ × scale.")]
 TopPScaleOpt = Annotated[float, typer.Option("--top-p-scale", help="autodeco: p = min(1, P̂ × scale).")]
@@ -32,13 +45,20 @@ BatchSizeOpt = Annotated[
         help="Rows decoded per forward pass. Finished samples leave and waiting ones join at once; samples whose tokens agree (k samples, grid cells) share a row, so more samples than rows can run.",
     ),
 ]
+SplitOpt = Annotated[
+    str,
+    typer.Option("--split", help="test (report numbers here) or validation (choose settings, heads and checkpoints here: held out from the train split). Tasks without a validation split refuse it."),
+]
 AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="PEFT/LoRA adapter folder applied to the base model.")]
 
 
 
-def strategy_from_options(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from=None, active_heads="both") -> DecodingStrategy:
+def strategy_from_options(
+    decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from=None, active_heads="both", *, min_p=None, n_sigma=None, edt_base=None, edt_theta=None
+) -> DecodingStrategy:
     if decoding == "mean-shift" and mean_from is not None:
         if temperature is not None or top_p is not None:
             raise UserError("give either --mean-from or --temperature/--top-p for mean-shift, not both")
         return mean_shift_from_results(mean_from)
-    return make_strategy(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, active_heads)
+    adaptive = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
+    return make_strategy(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, active_heads, **adaptive)

@@ -49,6 +49,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 42
     easy_drop_probability: float = 0.6
+    dft_weighting: bool = True  # weight token losses by the frozen model's target probability (paper)
     soft_top_p_alpha: float = 30.0
     head_width: int = 256
     use_enhanced_features: bool = True
@@ -438,7 +439,7 @@ class HeadTrainer:
         uniforms = easy_drop_uniforms(c.seed, epoch, examples, features.counts).to(self.device)
         losses = head_losses(
             logits, features.targets, temperature, top_p, uniforms,
-            mode=c.mode, easy_drop_probability=c.easy_drop_probability, alpha=c.soft_top_p_alpha,
+            mode=c.mode, easy_drop_probability=c.easy_drop_probability, alpha=c.soft_top_p_alpha, dft_weighting=c.dft_weighting,
         )
         (losses["loss"] * scale).backward()
         return {

@@ -2,8 +2,9 @@
 
 The whole problem space of an operation is small (at most 8,100 pairs), so it is split once:
 a seeded shuffle of the full space, whose first `test_fraction` is the test pool and the rest
-the train pool. No test problem can then appear in train data, however many items of either
-split are asked for.
+the training pool. The first `validation_size` problems of the training pool are held out as
+the validation split (where settings and checkpoints are chosen), the rest is the train split.
+No test or validation problem can then appear in train data, however many items are asked for.
 """
 
 from __future__ import annotations
@@ -53,32 +54,36 @@ def problem_space(op: str) -> list[Problem]:
     raise UserError(f"Unknown arithmetic operation {op!r}", f"use one of {', '.join(OPERATIONS)}")
 
 
-def split_pools(op: str, split_seed: int, test_fraction: float) -> tuple[list[Problem], list[Problem]]:
-    """(test pool, train pool): a seeded partition of the problem space."""
+def split_pools(op: str, split_seed: int, test_fraction: float, validation_size: int = 0) -> tuple[list[Problem], list[Problem], list[Problem]]:
+    """(test pool, validation pool, train pool): a seeded partition of the problem space."""
     if not 0.0 < test_fraction < 1.0:
         raise UserError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     space = problem_space(op)
     random.Random(split_seed).shuffle(space)
     n_test = int(round(len(space) * test_fraction))
-    return space[:n_test], space[n_test:]
+    if not 0 <= validation_size < len(space) - n_test:
+        raise UserError(f"validation_size {validation_size} leaves no train problems for arith-{op}")
+    rest = space[n_test:]
+    return space[:n_test], rest[:validation_size], rest[validation_size:]
 
 
-def eval_problems(op: str, n: int, split_seed: int, test_fraction: float) -> list[Problem]:
-    """The first `n` test problems; asking for more than the pool holds is an error, since
-    repeats would silently weight some items twice."""
-    pool, _ = split_pools(op, split_seed, test_fraction)
+def eval_problems(op: str, n: int, split_seed: int, test_fraction: float, validation_size: int = 0, split: str = "test") -> list[Problem]:
+    """The first `n` problems of the test (or validation) pool; asking for more than the pool
+    holds is an error, since repeats would silently weight some items twice."""
+    test, validation, _ = split_pools(op, split_seed, test_fraction, validation_size)
+    pool = validation if split == "validation" else test
     if n > len(pool):
-        raise UserError(f"arith-{op} has only {len(pool)} test problems, {n} were asked for")
+        raise UserError(f"arith-{op} has only {len(pool)} {split} problems, {n} were asked for")
     return pool[:n]
 
 
-def train_stream(op: str, split_seed: int, test_fraction: float, train_seed: int) -> Iterator[Problem]:
+def train_stream(op: str, split_seed: int, test_fraction: float, train_seed: int, validation_size: int = 0) -> Iterator[Problem]:
     """An endless stream of train problems: the train pool reshuffled every epoch.
 
     On-policy data making may want more items than the pool holds; repeats across epochs
     are fine there, unlike in a test set.
     """
-    _, pool = split_pools(op, split_seed, test_fraction)
+    pool = split_pools(op, split_seed, test_fraction, validation_size)[2]
     rng = random.Random(train_seed)
     while True:
         epoch = list(pool)
@@ -86,11 +91,11 @@ def train_stream(op: str, split_seed: int, test_fraction: float, train_seed: int
         yield from epoch
 
 
-def train_problems(op: str, n: int | None, split_seed: int, test_fraction: float, train_seed: int) -> list[Problem]:
+def train_problems(op: str, n: int | None, split_seed: int, test_fraction: float, train_seed: int, validation_size: int = 0) -> list[Problem]:
     """`n` train problems, or one epoch of the pool when `n` is None."""
     if n is None:
-        n = len(split_pools(op, split_seed, test_fraction)[1])
-    return list(islice(train_stream(op, split_seed, test_fraction, train_seed), n))
+        n = len(split_pools(op, split_seed, test_fraction, validation_size)[2])
+    return list(islice(train_stream(op, split_seed, test_fraction, train_seed, validation_size), n))
 
 
 _INT = re.compile(r"(?:(?<![\w)])-)?\d+(?:,\d{3})*(?!\d)")

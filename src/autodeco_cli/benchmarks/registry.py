@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from autodeco_cli.benchmarks import arithmetic
+from autodeco_cli.benchmarks import aggregation, arithmetic, random_choice
 from autodeco_cli.benchmarks.data import DataFile, as_list, get_field, locate, read_records, resolve_data_dir, verify_file
 from autodeco_cli.benchmarks.scoring import SCORERS, get_scorer, gsm8k_gold, option_letters
 from autodeco_cli.benchmarks.types import Doc, Score
@@ -26,7 +26,7 @@ from autodeco_cli.errors import UserError
 EVALS_DIR_ENV = "AUTODECO_EVALS_DIR"
 _REQUIRED_KEYS = ("name", "description", "builder", "scorer", "max_new_tokens", "prompt", "splits")
 # Builder-specific settings; anything else in a definition is most likely a typo.
-_OPTION_KEYS = ("groups", "shuffle_seed", "subsample_seed", "arithmetic", "prompt_without_starter")
+_OPTION_KEYS = ("groups", "shuffle_seed", "subsample_seed", "arithmetic", "prompt_without_starter", "random_choice", "question_metric", "chat", "stop")
 
 
 def evals_dir() -> Path:
@@ -75,6 +75,9 @@ class Task:
             raise UserError(f"limit must be a positive number, got {limit}")
         if self.builder == "arithmetic":
             return _arithmetic_docs(self, split, limit)
+        if self.builder == "random_choice":
+            cfg = self.options["random_choice"]
+            return random_choice.docs(self.name, self.prompt, split, limit or int(cfg["sizes"][split]), cfg)
         records, fields = _split_records(self.splits[split], data_dir, download)
         docs = BUILDERS[self.builder](self, split, records, fields)
         return _apply_limit(docs, limit, self.options.get("subsample_seed"))
@@ -90,6 +93,18 @@ class Task:
                 files.append(DataFile.from_spec(spec))
             files.extend(DataFile.from_spec(spec[key]) for key in ("exclude", "fallback") if key in spec)
         return list({f.path: f for f in files}.values())
+
+
+def task_chat(task: Any, run_chat: bool) -> bool:
+    """Whether a task's prompts go through the chat template: its own `chat` key (few-shot
+    completion tasks set `chat: false`), else the run's --chat/--no-chat."""
+    value = (getattr(task, "options", None) or {}).get("chat")
+    return run_chat if value is None else bool(value)
+
+
+def task_stop(task: Any) -> list[str] | None:
+    """Stop strings a task declares (raw completions would otherwise run on into new shots)."""
+    return (getattr(task, "options", None) or {}).get("stop") or None
 
 
 def _apply_limit(docs: list[Doc], limit: int | None, subsample_seed: int | None) -> list[Doc]:
@@ -280,10 +295,13 @@ def _optional_field(record: dict[str, Any], dotted: str) -> Any:
 def _arithmetic_docs(task: Task, split: str, limit: int | None) -> list[Doc]:
     cfg = task.options["arithmetic"]
     op, split_seed, fraction = cfg["op"], int(cfg["split_seed"]), float(cfg["test_fraction"])
+    validation_size = int(cfg.get("validation_size", 0))
     if split == "test":
         problems = arithmetic.eval_problems(op, limit or int(cfg["test_size"]), split_seed, fraction)
+    elif split == "validation":
+        problems = arithmetic.eval_problems(op, limit or validation_size, split_seed, fraction, validation_size, split="validation")
     else:
-        problems = arithmetic.train_problems(op, limit, split_seed, fraction, int(cfg["train_seed"]))
+        problems = arithmetic.train_problems(op, limit, split_seed, fraction, int(cfg["train_seed"]), validation_size)
     symbol = arithmetic.SYMBOLS[op]
     return [
         Doc(
@@ -304,7 +322,7 @@ BUILDERS: dict[str, Builder] = {
     "ifeval": _ifeval_docs,
     "livecodebench": _code_docs,
 }
-_ALL_BUILDERS = (*BUILDERS, "arithmetic")
+_ALL_BUILDERS = (*BUILDERS, "arithmetic", "random_choice")
 
 # ---------------------------------------------------------------------------
 # Loading the YAML definitions
@@ -324,6 +342,8 @@ def _task_from_yaml(path: Path) -> Task:
     unknown = sorted(set(raw) - set(_REQUIRED_KEYS) - set(_OPTION_KEYS))
     if unknown:
         raise UserError(f"Unknown keys {', '.join(unknown)} in {path}", f"valid: {', '.join(_REQUIRED_KEYS + _OPTION_KEYS)}")
+    if raw.get("question_metric", aggregation.PASS1) not in aggregation.METRIC_NAMES:
+        raise UserError(f"Unknown question_metric {raw['question_metric']!r} in {path}", f"valid: {', '.join(aggregation.METRIC_NAMES)}")
     known = set(_REQUIRED_KEYS) | {"groups"}
     return Task(
         name=str(raw["name"]),

@@ -14,6 +14,7 @@ import threading
 from typing import Callable
 
 from autodeco_cli.benchmarks.arithmetic import extract_integer
+from autodeco_cli.benchmarks.random_choice import score_random_choice
 from autodeco_cli.benchmarks.types import Doc, Score
 from autodeco_cli.errors import UserError
 
@@ -312,6 +313,7 @@ SCORERS: dict[str, Scorer] = {
     "arith": score_arith,
     "ifeval": score_ifeval,
     "code": score_code,
+    "random_choice": score_random_choice,
 }
 
 

@@ -19,9 +19,14 @@ from ..options import (
     DecodingOpt,
     DeviceOpt,
     DtypeOpt,
+    EdtBaseOpt,
+    EdtThetaOpt,
     HeadsOpt,
     MeanFromOpt,
+    MinPOpt,
     ModelOpt,
+    NSigmaOpt,
+    SplitOpt,
     TempScaleOpt,
     TemperatureOpt,
     TopKOpt,
@@ -48,6 +53,10 @@ def eval_command(
     temperature_scale: TempScaleOpt = 1.0,
     top_p_scale: TopPScaleOpt = 1.0,
     mean_from: MeanFromOpt = None,
+    min_p: MinPOpt = None,
+    n_sigma: NSigmaOpt = None,
+    edt_theta: EdtThetaOpt = None,
+    edt_base: EdtBaseOpt = None,
     k: Annotated[int, typer.Option("-k", help="Samples per question per seed (greedy always uses 1).")] = 16,
     seeds: Annotated[str, typer.Option("--seeds", help="Number of seeds (8 = seeds 0..7) or a comma list (0,3,5). Greedy uses the first only.")] = "8",
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget per sample (default: each task's own).")] = None,
@@ -55,6 +64,7 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions of each task (a seeded subset for tasks that define one).")] = None,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder (default eval-results/<model>); one subfolder per decoding strategy.")] = None,
     chat: ChatOpt = True,
+    split: SplitOpt = "test",
     data_dir: DataDirOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -69,6 +79,7 @@ def eval_command(
       autodeco eval -b arith-add --limit 50 -k 4 --seeds 2 --decoding autodeco --heads heads/\n
       autodeco eval -b gsm8k,math500 --decoding static -t 0.6 -p 0.95\n
       autodeco eval -b aime --decoding greedy          # one sample per question\n
+      autodeco eval -b arith-add --decoding min-p -t 1.0 --min-p 0.1    # also top-n-sigma (--n-sigma), edt (--edt-theta)\n
       autodeco eval -b aime --decoding mean-shift --mean-from eval-results/M/autodeco/results.json\n
       autodeco compare eval-results/M/autodeco eval-results/M/static-T1-p1
     """
@@ -81,7 +92,7 @@ def eval_command(
     seed_list = parse_seeds(seeds)
     tasks = resolve_tasks(benchmark)  # a typo should fail before the model loads
     strategy = _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p) or strategy_from_options(
-        decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from
+        decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, min_p=min_p, n_sigma=n_sigma, edt_base=edt_base, edt_theta=edt_theta
     )
     out = output_dir or DEFAULT_OUTPUT_ROOT / _folder_name(model)
     if strategy.is_greedy and (k, len(seed_list)) != (1, 1):
@@ -92,7 +103,7 @@ def eval_command(
         with progress_bar(err_console) as progress:
             results = run_eval(
                 engine, tasks, [strategy], k=k, seeds=seed_list, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                limit=limit, out_dir=out, chat=chat, progress=progress, data_dir=data_dir, run_info=run_info,
+                limit=limit, out_dir=out, chat=chat, progress=progress, data_dir=data_dir, run_info=run_info, split=split,
             )
     finally:
         engine.close()

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
-from ..options import ChatOpt, DecodingOpt, DeviceOpt, DtypeOpt, ModelOpt, TemperatureOpt, TopKOpt, TopPOpt
+from ..options import ChatOpt, DecodingOpt, DeviceOpt, DtypeOpt, EdtBaseOpt, EdtThetaOpt, MinPOpt, ModelOpt, NSigmaOpt, TemperatureOpt, TopKOpt, TopPOpt
 
 err_console = Console(stderr=True)
 
@@ -26,6 +26,7 @@ def train_heads(
     mode: Annotated[Optional[str], typer.Option("--mode", help="joint (default), temperature or top_p.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint in --output-dir.")] = False,
     steer: Annotated[bool, typer.Option("--steer", help="Instruction-steered training on top of trained heads (init_heads=DIR): commands in the prompt learn to move T̂/P̂ (see steer-report).")] = False,
+    objective: Annotated[str, typer.Option("--objective", help="mle: the paper's next-token loss on --data (default). reward: policy gradient on the tasks' own scorers (fields: tasks=, steps=, group_size=, prompts_per_step=, init_heads=, validation_limit=; see recipes/reward-cpu.yaml).")] = "mle",
 ):
     """Train the temperature and top-p heads on a frozen base model.
 
@@ -36,9 +37,24 @@ def train_heads(
       torchrun --nproc-per-node 2 -m autodeco_cli.cli train-heads -c recipes/smollm2-135m-cpu.yaml\n
       autodeco train-heads --steer -c recipes/smollm2-135m-cpu.yaml init_heads=runs/heads output_dir=runs/steered max_steps=150\n
     (--steer fields: steer_margin=1.0 in logit units, steer_ranking_weight=1.0, steer_anchor_weight=1.0.)
+
+    --objective reward trains the heads as a sampling policy: each step samples group_size answers to prompts_per_step train questions with the current heads, scores them with the task's own scorer (its question-level metric for distributional tasks), and takes a REINFORCE step with leave-one-out group baselines. The base stays frozen. With validation_limit=N the output folder keeps the heads of the best validation score.
+
+      autodeco train-heads --objective reward -c recipes/reward-cpu.yaml tasks=arith-add init_heads=runs/heads steps=40
     """
     from ..recipes import build_config
     from ..training import HeadTrainer, TrainConfig
+
+    if objective not in ("mle", "reward"):
+        raise UserError(f"--objective {objective!r} is not an objective", "use mle (the paper's loss) or reward (policy gradient on the task's scorer)")
+    if objective == "reward":
+        if steer or data or adapter or lora_r:
+            raise UserError("--objective reward takes no --steer, --data, --adapter or --lora-r", "it samples its own answers to the tasks' train questions")
+        from ..reward import RewardConfig
+
+        reward_cfg = build_config(RewardConfig, config, overrides or [], output_dir=output_dir, model=model, mode=mode)
+        _train_reward(reward_cfg, resume)
+        return
 
     cfg = build_config(TrainConfig, config, overrides or [], data=data, output_dir=output_dir, model=model, adapter=adapter, lora_r=lora_r, mode=mode)
     if steer:
@@ -84,6 +100,31 @@ def _train_with_progress(trainer, resume: bool):
         return trainer.train(resume=resume, on_step=on_step)
 
 
+def _train_reward(cfg, resume: bool) -> None:
+    from rich.progress import TextColumn
+
+    from ..progress import progress_bar
+    from ..reward import RewardTrainer
+
+    trainer = RewardTrainer(cfg).setup()
+    err_console.print(
+        f"reward training: {len(trainer.train_questions)} train questions, {cfg.steps} steps of {cfg.prompts_per_step} questions x {cfg.group_size} samples"
+        + (f"; validation on {len(trainer.validation_questions)} questions every {cfg.validate_every} steps" if trainer.validation_questions else "")
+    )
+    with progress_bar(err_console, TextColumn("{task.fields[status]}")) as progress:
+        bar = progress.add_task("reward training", total=cfg.steps, completed=0, tokens=0, status="")
+
+        def on_step(record, total):
+            status = f"reward {record['reward']:.3f} T̂ {record.get('mean_temperature') or 0:.3f}"
+            if "validation" in record:
+                status += f" val {record['validation']:.3f}"
+            progress.update(bar, completed=record["step"], status=status)
+
+        out = trainer.train(resume=resume, on_step=on_step)
+    best = f", best validation score {trainer.best:.4f}" if trainer.best is not None else ""
+    err_console.print(f"done: {trainer.step} steps{best}; heads in {out} (last step's in {out / 'last'})")
+
+
 def make_data(
     tasks: Annotated[str, typer.Option("--tasks", help="Comma list of tasks with a train split (gsm8k, math500, arith-add, ...).")] = "gsm8k,math500",
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL of {prompt, completion} lines for train-heads.")] = Path("data/on_policy.jsonl"),
@@ -95,16 +136,27 @@ def make_data(
     temperature: TemperatureOpt = None,
     top_p: TopPOpt = None,
     top_k: TopKOpt = None,
+    min_p: MinPOpt = None,
+    n_sigma: NSigmaOpt = None,
+    edt_theta: EdtThetaOpt = None,
+    edt_base: EdtBaseOpt = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Default: the task's own budget.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     chat: ChatOpt = True,
+    balance: Annotated[bool, typer.Option("--balance/--no-balance", help="For tasks with a target distribution (rand-*): keep one accepted sample per distinct pick per question, then cap each list position at the median position count across the task. Cannot add picks the model never makes.")] = True,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ):
     """Build on-policy training data: sample the base model k times per training problem and keep
     the trajectories the task's scorer accepts (the paper's recipe). Re-run the same command to
     resume after an interruption.
+
+    Tasks that declare a target distribution (the rand-* family: a uniform random pick from a
+    stated list) are re-balanced, since the model's own picks are skewed to its favourite value:
+    per question one accepted sample per distinct pick, then across the task each list position
+    capped at the median position count. Values the model never picks stay absent: sample at a
+    diversity-giving setting (e.g. -t 1.0 -k 8) so that there are picks to balance.
 
     Example:
 
@@ -117,9 +169,9 @@ def make_data(
 
     if k < 1 or batch_size < 1:
         raise UserError("-k and --batch-size must be at least 1")
-    strategy = make_strategy(decoding, temperature, top_p, top_k)
+    strategy = make_strategy(decoding, temperature, top_p, top_k, min_p=min_p, n_sigma=n_sigma, edt_base=edt_base, edt_theta=edt_theta)
     if strategy.uses_heads:
-        raise UserError("make-data samples the base model", "use --decoding static or greedy")
+        raise UserError("make-data samples the base model", "use --decoding static, greedy, min-p, top-n-sigma or edt")
     engine = open_engine(model, None, [strategy], device=device, dtype=dtype)
     with progress_bar(err_console) as progress:
         bar = progress.add_task("sampling problems", total=None, tokens=0)
@@ -132,10 +184,11 @@ def make_data(
 
         report = make_on_policy_data(
             engine, tasks, output, strategy, k=k, split=split, limit=limit, max_new_tokens=max_new_tokens,
-            batch_size=batch_size, seed=seed, chat=chat, on_chunk=on_chunk,
+            batch_size=batch_size, seed=seed, chat=chat, balance=balance, on_chunk=on_chunk,
         )
     for name, stats in report.per_task.items():
-        err_console.print(f"{name}: {stats['kept']} kept of {stats['samples']} samples this run ({stats['problems']} problems)")
+        balanced = f", {stats['dropped_by_balance']} then dropped by position balancing" if "dropped_by_balance" in stats else ""
+        err_console.print(f"{name}: {stats['kept']} kept of {stats['samples']} samples this run ({stats['problems']} problems){balanced}")
     err_console.print(f"wrote {report.kept} new trajectories to {output} ({report.skipped_done} problems were already done)")
 
 

@@ -1,0 +1,313 @@
+"""`make where-it-wins`: where learned per-token decoding beats every static setting, measured.
+
+Stages (each resumes on re-run; everything lands in the run's folder):
+1. data     : on-policy arithmetic trajectories (at the data setting chosen on validation) and
+              random-choice trajectories re-balanced to their target distribution
+2. mle      : joint heads on both, the paper's loss
+3. reward   : the same heads trained on further with `--objective reward`, best step on validation
+4. per benchmark, on its test questions: greedy, default, the static oracle (a grid searched on
+   the test questions themselves), min-p / top-nσ / EDT (each family's cell chosen on validation
+   questions), autodeco-MLE, autodeco-reward, mean-shift of each, and the T̂-only / P̂-only
+   ablations; all paired per question against the oracle
+5. figures and reports/where-it-wins.md
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass
+class WhereItWinsConfig:
+    model: str = "smollm2-135m-instruct"
+    workdir: str = "runs/where-it-wins"
+    report: str = "reports/where-it-wins.md"
+    figures_dir: str = "figures-where-it-wins"
+    threads: int | None = 2
+    batch_size: int = 32
+    # data: per group of tasks, the make-data settings (chosen on validation, see the report)
+    data: list = field(default_factory=lambda: [
+        {"tasks": "rand", "temperature": 1.0, "top_p": 0.8, "k": 8, "limit": 200},
+        {"tasks": "arith-add,arith-mul", "temperature": 0.1, "top_p": 1.0, "k": 4, "limit": 200},
+    ])  # fmt: skip
+    mle: dict = field(default_factory=lambda: {"learning_rate": 1e-3, "epochs": 3, "micro_batch_size": 16, "gradient_accumulation": 2, "max_length": 256})
+    reward: dict = field(default_factory=lambda: {"tasks": "arith-add,arith-mul,rand", "steps": 30, "prompts_per_step": 8, "group_size": 8, "learning_rate": 3e-4, "validation_limit": 40, "validate_every": 10})
+    # evaluation: one entry per benchmark (k samples per question, test questions)
+    benchmarks: list = field(default_factory=lambda: [
+        {"name": "rand-times", "k": 8, "limit": 100},
+        {"name": "rand-letter", "k": 8, "limit": 100},
+        {"name": "arith-add", "k": 4, "limit": 200},
+        {"name": "arith-mul", "k": 4, "limit": 200},
+    ])  # fmt: skip
+    temperatures: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 1.0, 1.5])
+    top_ps: list = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    # training-free adaptive decoders: family -> its grid, searched on validation questions
+    adaptive: dict = field(default_factory=lambda: {
+        "min-p": {"temperatures": [1.0, 1.5], "values": [0.1, 0.3]},
+        "top-n-sigma": {"temperatures": [1.0, 1.5], "values": [0.5, 1.0]},
+        "edt": {"temperatures": [0.7, 1.0], "values": [0.1, 1.0]},
+    })  # fmt: skip
+    selection_limit: int = 40  # validation questions on which each adaptive family's cell is chosen
+    heatmaps: list = field(default_factory=lambda: ["rand-times", "rand-letter"])
+    trace_prompts: list = field(default_factory=list)  # default: the first test question of each benchmark
+    ship_to: str | None = None  # copy the chosen heads here (the package's default heads)
+
+
+class _Clock:
+    """Per-stage seconds, cumulative over invocations (a resumed stage costs ~0)."""
+
+    def __init__(self, path: Path, log):
+        self.path, self.log = path, log
+        self.timings: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+
+    def stage(self, name: str):
+        clock = self
+
+        class _Stage:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                clock.log(f"[bold]== {name}[/]")
+
+            def __exit__(self, *exc):
+                clock.timings[name] = clock.timings.get(name, 0.0) + time.perf_counter() - self.start
+                clock.path.write_text(json.dumps(clock.timings, indent=2) + "\n")
+
+        return _Stage()
+
+
+def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
+    import torch
+
+    from .models import load_base_model
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    work = Path(config.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    clock = _Clock(work / "timings.json", log)
+    started = time.perf_counter()
+    lm = load_base_model(config.model)
+    with clock.stage("make-data"):
+        data_path, data_report = _make_data(lm, config, work)
+    with clock.stage("train MLE heads"):
+        mle_dir = _train_mle(config, data_path, work / "heads-mle")
+    with clock.stage("train reward heads"):
+        reward_dir, reward_log = _train_reward(lm, config, mle_dir, work / "heads-reward")
+    heads = {"autodeco-MLE": mle_dir, "autodeco-reward": reward_dir}
+    chosen = _choose_heads(reward_log, heads)
+    tables = {}
+    for spec in config.benchmarks:
+        with clock.stage(f"evaluate {spec['name']}"):
+            tables[spec["name"]] = _evaluate_benchmark(lm, config, spec, heads, work / "eval" / spec["name"], log)
+    report_path = Path(config.report)
+    with clock.stage("figures"):
+        figures = _figures(lm, config, heads[chosen], tables, report_path.parent / config.figures_dir)
+    clock.timings["total (this invocation)"] = time.perf_counter() - started
+    if config.ship_to:
+        from .reproduce import copy_heads
+
+        copy_heads(Path(heads[chosen]), Path(config.ship_to))
+    from .study_report import write_report
+
+    write_report(report_path, config, data_report, reward_log, chosen, tables, figures, clock.timings)
+    return report_path
+
+
+# ---- stages ---------------------------------------------------------------------------------
+
+
+def _make_data(lm, config: WhereItWinsConfig, work: Path) -> tuple[Path, list[dict]]:
+    from .decoding import make_strategy
+    from .generation import GenerationEngine
+    from .make_data import make_on_policy_data
+
+    combined = work / "train.jsonl"
+    reports, parts = [], []
+    engine = GenerationEngine(lm)
+    try:
+        for index, spec in enumerate(config.data):
+            path = work / f"data-{index}.jsonl"
+            strategy = make_strategy(spec.get("decoding", "static"), spec.get("temperature"), spec.get("top_p"))
+            # (its report counts this invocation only; the kept counts are read back from the file)
+            make_on_policy_data(engine, spec["tasks"], path, strategy, k=int(spec["k"]), limit=spec.get("limit"), batch_size=config.batch_size, seed=0)
+            reports.append({**spec, "kept_per_task": _kept_per_task(path)})
+            parts.append(path.read_text(encoding="utf-8"))
+    finally:
+        engine.close()
+    combined.write_text("".join(parts), encoding="utf-8")
+    if _count_lines(combined) < 8:
+        raise UserError(f"{combined}: fewer than 8 training trajectories were kept", "raise the data limits or k")
+    return combined, reports
+
+
+def _kept_per_task(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            task = json.loads(line).get("task", "?")
+            counts[task] = counts.get(task, 0) + 1
+    return counts
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def _train_mle(config: WhereItWinsConfig, data_path: Path, out: Path) -> Path:
+    from .recipes import build_config
+    from .training import HeadTrainer, TrainConfig
+
+    if (out / "autodeco_heads.safetensors").is_file():
+        return out
+    overrides = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in config.mle.items()]
+    train_config = build_config(TrainConfig, None, overrides, data=str(data_path), output_dir=str(out), model=config.model, save_every=10, threads=config.threads)
+    trainer = HeadTrainer(train_config)
+    trainer.train(resume=bool(trainer.checkpoint_dirs()))
+    return out
+
+
+def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple[Path, list[dict]]:
+    from .recipes import build_config
+    from .reward import LAST_DIR, METRICS_FILE, RewardConfig, RewardTrainer
+
+    if not (out / LAST_DIR / "autodeco_heads.safetensors").is_file():
+        overrides = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in config.reward.items()]
+        reward_config = build_config(RewardConfig, None, overrides, init_heads=str(init), output_dir=str(out), model=config.model, batch_size=config.batch_size)
+        trainer = RewardTrainer(reward_config).setup(lm=lm)
+        trainer.train(resume=(out / "checkpoint").is_dir())
+    lines = (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()
+    return out, [json.loads(line) for line in lines if line.strip()]
+
+
+def _choose_heads(reward_log: list[dict], heads: dict[str, Path]) -> str:
+    """MLE (the reward run's step-0 validation) or reward (its best later step): higher validation score wins."""
+    scores = [(r["step"], r["validation"]) for r in reward_log if "validation" in r]
+    if not scores:
+        return "autodeco-MLE"
+    initial = next((v for step, v in scores if step == 0), None)
+    best_later = max((v for step, v in scores if step > 0), default=None)
+    if best_later is not None and (initial is None or best_later > initial):
+        return "autodeco-reward"
+    return "autodeco-MLE"
+
+
+# ---- one benchmark ----------------------------------------------------------------------------
+
+
+def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[str, Path], out: Path, log) -> dict:
+    from .decoding import make_strategy
+    from .evaluation import run_eval
+    from .generation import GenerationEngine
+    from .grid import run_grid
+    from .heads import load_heads
+    from .study_table import autodeco_tests, comparison_rows
+
+    name, k, limit = spec["name"], int(spec["k"]), spec.get("limit")
+    common = {"k": k, "seeds": [0], "limit": limit, "batch_size": config.batch_size}
+    runs: dict[str, Any] = {}
+    settings: dict[str, str] = {}
+    plain = GenerationEngine(lm)
+    try:
+        grid = run_grid(plain, name, mode="full", temperatures=config.temperatures, top_ps=config.top_ps, out_dir=out / "base", log=log, **common)
+        run_eval(plain, name, [make_strategy("greedy")], out_dir=out / "base", **common)
+        oracle = make_strategy("static", grid["oracle"]["temperature"], grid["oracle"]["top_p"])
+        default = make_strategy("static", 1.0, 1.0)
+        runs["greedy"] = _load(out / "base", make_strategy("greedy"))
+        runs["default"] = _load(out / "base", default)
+        runs["oracle"] = _load(out / "base", oracle)
+        settings["oracle"] = f"T {oracle.temperature:g}, p {oracle.top_p:g} (best of {len(grid['cells'])} cells, on test)"
+        for family in config.adaptive:
+            strategy, chosen_on = _select_adaptive(plain, name, family, out / f"select-{family}", config, common, log)
+            run_eval(plain, name, [strategy], out_dir=out / "base", **common)
+            runs[family] = _load(out / "base", strategy)
+            settings[family] = f"{strategy.label} ({chosen_on})"
+    finally:
+        plain.close()
+    for label, folder in heads.items():
+        engine = GenerationEngine(lm, load_heads(folder, expected_hidden_size=lm.hidden_size))
+        try:
+            strategies = [make_strategy("autodeco")]
+            if label == "autodeco-MLE":
+                strategies += [make_strategy("autodeco", active_heads="temperature"), make_strategy("autodeco", active_heads="top_p")]
+            results = run_eval(engine, name, strategies, out_dir=out / label, run_info={"heads": str(folder)}, **common)
+        finally:
+            engine.close()
+        auto = results[strategies[0].label]
+        runs[label] = auto
+        if label == "autodeco-MLE":
+            runs["autodeco-MLE T̂-only"] = results[strategies[1].label]
+            runs["autodeco-MLE P̂-only"] = results[strategies[2].label]
+        m = auto["results"][name]
+        shift = make_strategy("mean-shift", temperature=m["mean_temperature"], top_p=m["mean_top_p"])
+        plain = GenerationEngine(lm)
+        try:
+            # beside its heads' runs: two heads can have the same mean (and so the same folder name)
+            run_eval(plain, name, [shift], out_dir=out / label, **common)
+        finally:
+            plain.close()
+        runs[f"mean-shift of {label}"] = _load(out / label, shift)
+        settings[f"mean-shift of {label}"] = f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"
+    rows = comparison_rows(runs, name)
+    tests = autodeco_tests(runs, name, [n for n in heads if n in runs])
+    for label, against in tests.items():  # its own ablations and the other heads' mean-shift answer other questions
+        tests[label] = {o: t for o, t in against.items() if "-only" not in o and not (o.startswith("mean-shift") and not o.endswith(label))}
+    table = {"benchmark": name, "k": k, "limit": limit, "rows": rows, "tests": tests, "settings": settings, "grid": str(out / "base" / "grid.json")}
+    (out / "where_it_wins.json").write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return table
+
+
+def _load(folder: Path, strategy) -> dict:
+    from .evaluation import load_results, strategy_slug
+
+    return load_results(folder / strategy_slug(strategy))[1]
+
+
+def _select_adaptive(engine, name: str, family: str, out: Path, config: WhereItWinsConfig, common: dict, log):
+    """The family's best grid cell on `selection_limit` validation questions (never on test)."""
+    from .grid import run_grid
+    from .grid_families import cell_from_record
+
+    spec = config.adaptive[family]
+    grid = run_grid(
+        engine, name, mode="full", family=family, temperatures=spec["temperatures"], values=spec["values"], k=common["k"],
+        seeds=[0], limit=config.selection_limit, batch_size=config.batch_size, out_dir=out, split="validation", log=log, plot=False,
+    )  # fmt: skip
+    strategy = cell_from_record(grid, grid["oracle"]).strategy
+    return strategy, f"best of {len(spec['temperatures']) * len(spec['values'])} cells on {config.selection_limit} validation questions"
+
+
+# ---- figures --------------------------------------------------------------------------------
+
+
+def _figures(lm, config: WhereItWinsConfig, heads_dir: Path, tables: dict, folder: Path) -> dict[str, Path]:
+    from .benchmarks.registry import get_task
+    from .decoding import make_strategy
+    from .generation import GenerationEngine, Request, encode_prompt, request_seed
+    from .grid import load_grid, plot_grid
+    from .heads import load_heads
+    from .plots import plot_token_trace
+    from .benchmarks.registry import task_chat, task_stop
+
+    files: dict[str, Path] = {}
+    engine = GenerationEngine(lm, load_heads(heads_dir, expected_hidden_size=lm.hidden_size))
+    try:
+        for spec in config.benchmarks:
+            task = get_task(spec["name"])
+            doc = task.load_docs(split="test", limit=1)[0]
+            ids = encode_prompt(lm.tokenizer, doc.prompt, task_chat(task, True))
+            request = Request(key=0, input_ids=ids, strategy=make_strategy("autodeco"), seed=request_seed(0, "trace", doc.doc_id))
+            (generation,) = engine.generate([request], max_new_tokens=task.max_new_tokens, stop=task_stop(task), trace=True)
+            title = f"{spec['name']}: T̂ and P̂ per token ({doc.prompt.splitlines()[-1][:60] if isinstance(doc.prompt, str) else doc.doc_id})"
+            files[f"trace {spec['name']}"] = plot_token_trace(generation.trace, folder / f"trace_{spec['name']}.png", title=title)
+    finally:
+        engine.close()
+    for name in config.heatmaps:
+        if name in tables:
+            files[f"static grid {name}"] = plot_grid(load_grid(tables[name]["grid"]), folder / f"grid_{name}.png")
+    return files
