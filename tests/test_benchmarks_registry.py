@@ -24,7 +24,7 @@ from autodeco_cli.errors import UserError
 
 PAPER_TASKS = ["aime24", "aime25", "brumo25", "hmmt25", "beyondaime", "gpqa-diamond", "mmlu-pro", "mmlu-pro-100", "livecodebench", "ifeval"]
 SMALL_TASKS = ["gsm8k", "math500", "arc-easy", "arc-challenge", "arith-add", "arith-sub", "arith-mul"]
-RAND_TASKS = ["rand-item", "rand-letter", "rand-times"]
+RAND_TASKS = ["rand-item", "rand-letter", "rand-letter-reworded", "rand-times", "rand-times-reworded"]
 MATH_SUFFIX = "\nMake sure you output the final answer within \\boxed{}."
 
 
@@ -44,6 +44,7 @@ def data_dir() -> Path:
 def test_all_tasks_are_registered() -> None:
     assert sorted(PAPER_TASKS + SMALL_TASKS + RAND_TASKS) == list_tasks()
     assert list_groups()["rand"] == ["rand-letter", "rand-times"]  # rand-item: no per-token edge when probed
+    assert list_groups()["rand-reworded"] == ["rand-letter-reworded", "rand-times-reworded"]  # held-out wordings, never trained on
     for name in list_tasks():
         task = get_task(name)
         assert task.max_new_tokens > 0

@@ -285,3 +285,14 @@ def test_comparison_table_shows_the_task_metric():
            "score": 0.25, "score_stderr": 0.02, "delta_vs_default": 0.0, "delta_se": None, "delta_ci": [0.0, 0.0]}  # fmt: skip
     text = comparison_markdown({"benchmark": "rand-item", "model": "m", "n_questions": 3, "k": 8, "seeds": [0], "metric": "exact×(1−TV)", "rows": [row]})
     assert "exact×(1−TV) ± SE" in text and "| 25.0 ± 2.0 |" in text and "90.0" not in text
+
+
+def test_a_reworded_task_asks_the_same_sets_in_other_words():
+    from autodeco_cli.benchmarks.registry import load_docs
+
+    for name in ("rand-times", "rand-letter"):
+        original, reworded = load_docs(name, "test", limit=20), load_docs(f"{name}-reworded", "test", limit=20)
+        assert [d.gold for d in original] == [d.gold for d in reworded]  # same questions, same splits
+        for a, b in zip(original, reworded):
+            assert a.prompt.rstrip().splitlines()[-1] != b.prompt.rstrip().splitlines()[-1]
+            assert "Pick a random" not in b.prompt  # the few-shot examples are reworded too

@@ -82,13 +82,13 @@ def _data(lm, config: AblationConfig, name: str, work: Path) -> Path:
 
 
 def _train(config: AblationConfig, row: dict, data: Path, out: Path) -> Path:
-    from .recipes import build_config
+    from .recipes import as_overrides, build_config
     from .training import HeadTrainer, TrainConfig
 
     if (out / "autodeco_heads.safetensors").is_file():
         return out
     values = {**config.train, **row.get("overrides", {})}
-    overrides = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in values.items()]
+    overrides = as_overrides(values)
     trainer = HeadTrainer(build_config(TrainConfig, None, overrides, data=str(data), output_dir=str(out), model=config.model, threads=config.threads, save_every=10))
     trainer.train(resume=bool(trainer.checkpoint_dirs()))
     return out

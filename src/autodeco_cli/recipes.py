@@ -46,6 +46,13 @@ def parse_overrides(items: list[str]) -> dict:
     return values
 
 
+def as_overrides(values: dict) -> list[str]:
+    """A dict of fields as key=value overrides (nested values as JSON, which YAML reads back)."""
+    import json
+
+    return [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in values.items()]
+
+
 def build_config(cls: type[T], recipe: str | Path | None, overrides: list[str], **explicit) -> T:
     """Recipe fields, then key=value overrides, then explicit CLI options (highest precedence)."""
     values: dict = {}

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .stage_clock import StageClock
 
 
 @dataclass
@@ -51,18 +52,6 @@ class ReproduceConfig:
     threads: int | None = 2
 
 
-def _stage(log, name: str, timings: dict):
-    class _Timer:
-        def __enter__(self):
-            self.start = time.perf_counter()
-            log(f"[bold]== {name}[/]")
-
-        def __exit__(self, *exc):
-            timings[name] = timings.get(name, 0.0) + time.perf_counter() - self.start
-
-    return _Timer()
-
-
 def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     import torch
 
@@ -72,25 +61,21 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     from .heads import load_heads
     from .make_data import make_on_policy_data
     from .models import load_base_model
-    from .recipes import build_config
+    from .recipes import as_overrides, build_config
     from .training import HeadTrainer, TrainConfig
 
     if config.threads:
         torch.set_num_threads(config.threads)
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    timing_path = work / "timings.json"
-    timings: dict[str, float] = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+    clock = StageClock(work / "timings.json", log)
     started = time.perf_counter()
-
-    def save_timings():
-        timing_path.write_text(json.dumps(timings, indent=2) + "\n")
 
     lm = load_base_model(config.model)
     data_path = work / "on_policy.jsonl"
     heads_dir = work / "heads"
 
-    with _stage(log, "make-data", timings):
+    with clock.stage("make-data"):
         engine = GenerationEngine(lm)
         strategy = make_strategy("static", config.data_temperature, config.data_top_p)
         data_report = make_on_policy_data(
@@ -98,19 +83,17 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
             max_new_tokens=config.data_max_new_tokens, batch_size=config.batch_size, seed=0,
         )
         engine.close()
-    save_timings()
     kept = sum(1 for line in data_path.read_text(encoding="utf-8").splitlines() if line.strip())
     log(f"on-policy data: {kept} trajectories in {data_path}")
     if kept < 8:
         raise UserError(f"{data_path}: only {kept} trajectories were kept", "raise data_limit or data_k")
 
-    with _stage(log, "train-heads", timings):
+    with clock.stage("train-heads"):
         if not (heads_dir / "autodeco_heads.safetensors").is_file():
-            overrides = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in config.train.items()]
+            overrides = as_overrides(config.train)
             train_config = build_config(TrainConfig, None, overrides, data=str(data_path), output_dir=str(heads_dir), model=config.model, save_every=5)
             trainer = HeadTrainer(train_config)
             trainer.train(resume=bool(trainer.checkpoint_dirs()))
-    save_timings()
     heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size)
     engine = GenerationEngine(lm, heads)
     run_info = {"model": config.model, "heads": str(heads_dir)}
@@ -118,27 +101,24 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     comparisons, grids = {}, {}
     for benchmark in config.benchmarks:
         out = work / "eval" / benchmark
-        with _stage(log, f"grid {benchmark}", timings):
+        with clock.stage(f"grid {benchmark}"):
             grids[benchmark] = run_grid(
                 engine, benchmark, mode=config.grid_mode, temperatures=config.temperatures, top_ps=config.top_ps,
                 k=config.k, seeds=config.seeds, limit=config.limit, max_new_tokens=config.max_new_tokens,
                 batch_size=config.batch_size, out_dir=out, run_info=run_info, log=log,
             )
-        save_timings()
-        with _stage(log, f"comparison {benchmark}", timings):
+        with clock.stage(f"comparison {benchmark}"):
             comparisons[benchmark] = run_comparison(engine, benchmark, grids[benchmark], out_dir=out, batch_size=config.batch_size, run_info=run_info)
-        save_timings()
 
     report_path = Path(config.report)
     figures = report_path.parent / config.figures_dir
     figures.mkdir(parents=True, exist_ok=True)
-    with _stage(log, "figures", timings):
+    with clock.stage("figures"):
         figure_files = _figures(engine, config, grids, figures, plot_grid)
-    save_timings()
-    timings["total (this invocation)"] = time.perf_counter() - started
+    clock.timings["total (this invocation)"] = time.perf_counter() - started
     training = _training_summary(heads_dir)
-    report_path.write_text(_report(config, data_report, kept, training, comparisons, grids, figure_files, timings, work), encoding="utf-8")
-    save_timings()
+    report_path.write_text(_report(config, data_report, kept, training, comparisons, grids, figure_files, clock, work), encoding="utf-8")
+    clock.save()
     return report_path
 
 
@@ -178,7 +158,7 @@ def _fmt(value, digits=3, signed=False):
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _report(config, data_report, kept, training, comparisons, grids, figure_files, timings, work) -> str:
+def _report(config, data_report, kept, training, comparisons, grids, figure_files, clock, work) -> str:
     lines = [
         "# AutoDeco reproduction at CPU scale",
         "",
@@ -228,9 +208,7 @@ def _report(config, data_report, kept, training, comparisons, grids, figure_file
     lines += ["## Figures", ""]
     for name, path in figure_files.items():
         lines += [f"**{name}**", "", f"![{name}]({config.figures_dir}/{Path(path).name})", ""]
-    lines += ["## Run time", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
-    lines += ["", "Stages already finished by an earlier invocation cost ~0 s here; the per-stage times are cumulative over invocations.", ""]
+    lines += ["## Run time", ""] + clock.markdown()
     return "\n".join(lines)
 
 

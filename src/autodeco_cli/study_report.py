@@ -8,7 +8,7 @@ from pathlib import Path
 from .study_table import rows_markdown, verdict, verdict_lines
 
 
-def write_report(path: Path, config, data_report: list[dict], reward_log: list[dict], chosen: str, tables: dict, figures: dict, timings: dict) -> Path:
+def write_report(path: Path, config, data_report: list[dict], reward_log: list[dict], chosen: str, tables: dict, figures: dict, clock, transfer: dict | None = None) -> Path:
     lines = [
         "# Where learned per-token decoding wins",
         "",
@@ -29,12 +29,24 @@ def write_report(path: Path, config, data_report: list[dict], reward_log: list[d
         lines += [f"## {name} (test: {table['limit'] or 'all'} questions × k={table['k']})", ""]
         lines += rows_markdown(table["rows"], table["settings"]) + [""]
         lines += verdict_lines(table["tests"], name) + [""]
+    if transfer:
+        lines += [
+            "## Held-out wordings",
+            "",
+            f"The chosen heads ({chosen}) on wordings of the same requests that no training or selection saw (the few-shot "
+            "examples are reworded too). The static reference is the cell that was best on the original wording's test "
+            "questions, carried over unchanged.",
+            "",
+        ]
+        for name, table in transfer.items():
+            reference = next(r["name"] for r in table["rows"] if r["name"].startswith("oracle of"))
+            lines += [f"### {name} (test: {table['limit']} questions × k={table['k']})", ""]
+            lines += rows_markdown(table["rows"], table["settings"], reference=reference, baseline="greedy") + [""]
+            lines += verdict_lines(table["tests"], name) + [""]
     lines += ["## Figures", ""]
     for name, file in figures.items():
         lines += [f"**{name}**", "", f"![{name}]({config.figures_dir}/{Path(file).name})", ""]
-    lines += ["## Run time (2 CPU cores)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]
-    lines += ["", "Per-stage times are cumulative over invocations: a stage finished by an earlier invocation costs ~0 s in a later one.", ""]
+    lines += ["## Run time (2 CPU cores)", ""] + clock.markdown()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -93,11 +93,11 @@ def _params(row: dict, settings: dict[str, str]) -> str:
     return settings.get(row["name"], row.get("decoding") or "")
 
 
-def rows_markdown(rows: list[dict], settings: dict[str, str] | None = None, reference: str = "oracle") -> list[str]:
-    """The table as markdown lines: score ± SE, paired Δ vs the reference and vs default."""
+def rows_markdown(rows: list[dict], settings: dict[str, str] | None = None, reference: str = "oracle", baseline: str = "default") -> list[str]:
+    """The table as markdown lines: score ± SE, paired Δ vs the reference and vs the baseline."""
     metric = rows[0]["metric"] if rows else "score"
     lines = [
-        f"| decoding | {metric} ± SE | Δ vs {reference} ± SE (95% CI) | Δ vs default ± SE (95% CI) | mean tokens | setting |",
+        f"| decoding | {metric} ± SE | Δ vs {reference} ± SE (95% CI) | Δ vs {baseline} ± SE (95% CI) | mean tokens | setting |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .stage_clock import StageClock
 
 
 @dataclass
@@ -38,7 +39,8 @@ class WhereItWinsConfig:
     ])  # fmt: skip
     mle: dict = field(default_factory=lambda: {"learning_rate": 1e-3, "epochs": 3, "micro_batch_size": 16, "gradient_accumulation": 2, "max_length": 256})
     reward: dict = field(default_factory=lambda: {"tasks": "arith-add,arith-mul,rand", "steps": 30, "prompts_per_step": 8, "group_size": 8, "learning_rate": 3e-4, "validation_limit": 40, "validate_every": 10})
-    # evaluation: one entry per benchmark (k samples per question, test questions)
+    # evaluation: one entry per benchmark (k samples per question, test questions); an entry may
+    # set its own static grid (temperatures, top_ps) and adaptive grids, else these defaults apply
     benchmarks: list = field(default_factory=lambda: [
         {"name": "rand-times", "k": 8, "limit": 100},
         {"name": "rand-letter", "k": 8, "limit": 100},
@@ -55,30 +57,11 @@ class WhereItWinsConfig:
     })  # fmt: skip
     selection_limit: int = 40  # validation questions on which each adaptive family's cell is chosen
     heatmaps: list = field(default_factory=lambda: ["rand-times", "rand-letter"])
-    trace_prompts: list = field(default_factory=list)  # default: the first test question of each benchmark
+    # held-out wordings: task -> the benchmark whose wording the heads were trained on. Rows: greedy,
+    # that benchmark's oracle cell carried over, the chosen heads and their mean-shift.
+    transfer: dict = field(default_factory=lambda: {"rand-times-reworded": "rand-times", "rand-letter-reworded": "rand-letter"})
+    transfer_limit: int = 100
     ship_to: str | None = None  # copy the chosen heads here (the package's default heads)
-
-
-class _Clock:
-    """Per-stage seconds, cumulative over invocations (a resumed stage costs ~0)."""
-
-    def __init__(self, path: Path, log):
-        self.path, self.log = path, log
-        self.timings: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def stage(self, name: str):
-        clock = self
-
-        class _Stage:
-            def __enter__(self):
-                self.start = time.perf_counter()
-                clock.log(f"[bold]== {name}[/]")
-
-            def __exit__(self, *exc):
-                clock.timings[name] = clock.timings.get(name, 0.0) + time.perf_counter() - self.start
-                clock.path.write_text(json.dumps(clock.timings, indent=2) + "\n")
-
-        return _Stage()
 
 
 def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
@@ -90,7 +73,7 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
         torch.set_num_threads(config.threads)
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    clock = _Clock(work / "timings.json", log)
+    clock = StageClock(work / "timings.json", log)
     started = time.perf_counter()
     lm = load_base_model(config.model)
     with clock.stage("make-data"):
@@ -105,17 +88,23 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
     for spec in config.benchmarks:
         with clock.stage(f"evaluate {spec['name']}"):
             tables[spec["name"]] = _evaluate_benchmark(lm, config, spec, heads, work / "eval" / spec["name"], log)
+    transfer = {}
+    for name, original in config.transfer.items():
+        if original in tables:
+            with clock.stage(f"transfer {name}"):
+                transfer[name] = _evaluate_transfer(lm, config, name, tables[original], chosen, heads[chosen], work / "eval" / name)
     report_path = Path(config.report)
     with clock.stage("figures"):
         figures = _figures(lm, config, heads[chosen], tables, report_path.parent / config.figures_dir)
     clock.timings["total (this invocation)"] = time.perf_counter() - started
+    clock.save()
     if config.ship_to:
         from .reproduce import copy_heads
 
         copy_heads(Path(heads[chosen]), Path(config.ship_to))
     from .study_report import write_report
 
-    write_report(report_path, config, data_report, reward_log, chosen, tables, figures, clock.timings)
+    write_report(report_path, config, data_report, reward_log, chosen, tables, figures, clock, transfer)
     return report_path
 
 
@@ -160,12 +149,12 @@ def _count_lines(path: Path) -> int:
 
 
 def _train_mle(config: WhereItWinsConfig, data_path: Path, out: Path) -> Path:
-    from .recipes import build_config
+    from .recipes import as_overrides, build_config
     from .training import HeadTrainer, TrainConfig
 
     if (out / "autodeco_heads.safetensors").is_file():
         return out
-    overrides = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in config.mle.items()]
+    overrides = as_overrides(config.mle)
     train_config = build_config(TrainConfig, None, overrides, data=str(data_path), output_dir=str(out), model=config.model, save_every=10, threads=config.threads)
     trainer = HeadTrainer(train_config)
     trainer.train(resume=bool(trainer.checkpoint_dirs()))
@@ -173,11 +162,11 @@ def _train_mle(config: WhereItWinsConfig, data_path: Path, out: Path) -> Path:
 
 
 def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple[Path, list[dict]]:
-    from .recipes import build_config
+    from .recipes import as_overrides, build_config
     from .reward import LAST_DIR, METRICS_FILE, RewardConfig, RewardTrainer
 
     if not (out / LAST_DIR / "autodeco_heads.safetensors").is_file():
-        overrides = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in config.reward.items()]
+        overrides = as_overrides(config.reward)
         reward_config = build_config(RewardConfig, None, overrides, init_heads=str(init), output_dir=str(out), model=config.model, batch_size=config.batch_size)
         trainer = RewardTrainer(reward_config).setup(lm=lm)
         trainer.train(resume=(out / "checkpoint").is_dir())
@@ -214,7 +203,8 @@ def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[s
     settings: dict[str, str] = {}
     plain = GenerationEngine(lm)
     try:
-        grid = run_grid(plain, name, mode="full", temperatures=config.temperatures, top_ps=config.top_ps, out_dir=out / "base", log=log, **common)
+        temperatures, top_ps = spec.get("temperatures", config.temperatures), spec.get("top_ps", config.top_ps)
+        grid = run_grid(plain, name, mode="full", temperatures=temperatures, top_ps=top_ps, out_dir=out / "base", log=log, **common)
         run_eval(plain, name, [make_strategy("greedy")], out_dir=out / "base", **common)
         oracle = make_strategy("static", grid["oracle"]["temperature"], grid["oracle"]["top_p"])
         default = make_strategy("static", 1.0, 1.0)
@@ -222,8 +212,8 @@ def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[s
         runs["default"] = _load(out / "base", default)
         runs["oracle"] = _load(out / "base", oracle)
         settings["oracle"] = f"T {oracle.temperature:g}, p {oracle.top_p:g} (best of {len(grid['cells'])} cells, on test)"
-        for family in config.adaptive:
-            strategy, chosen_on = _select_adaptive(plain, name, family, out / f"select-{family}", config, common, log)
+        for family, family_grid in spec.get("adaptive", config.adaptive).items():
+            strategy, chosen_on = _select_adaptive(plain, name, family, family_grid, out / f"select-{family}", config, common, log)
             run_eval(plain, name, [strategy], out_dir=out / "base", **common)
             runs[family] = _load(out / "base", strategy)
             settings[family] = f"{strategy.label} ({chosen_on})"
@@ -262,18 +252,55 @@ def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[s
     return table
 
 
+def _evaluate_transfer(lm, config: WhereItWinsConfig, name: str, original: dict, chosen: str, heads_dir: Path, out: Path) -> dict:
+    """Do the chosen heads carry over to a wording they never saw? Against the static cell that
+    was best on the original wording's test questions (carried over: no search on this task)."""
+    from .decoding import make_strategy
+    from .evaluation import run_eval
+    from .generation import GenerationEngine
+    from .heads import load_heads
+    from .study_table import autodeco_tests, comparison_rows
+
+    common = {"k": original["k"], "seeds": [0], "limit": config.transfer_limit, "batch_size": config.batch_size}
+    cell = json.loads(Path(original["grid"]).read_text(encoding="utf-8"))["oracle"]
+    static = make_strategy("static", cell["temperature"], cell["top_p"])
+    plain = GenerationEngine(lm)
+    try:
+        run_eval(plain, name, [make_strategy("greedy"), static], out_dir=out / "base", **common)
+    finally:
+        plain.close()
+    engine = GenerationEngine(lm, load_heads(heads_dir, expected_hidden_size=lm.hidden_size))
+    try:
+        auto = run_eval(engine, name, [make_strategy("autodeco")], out_dir=out / chosen, run_info={"heads": str(heads_dir)}, **common)
+    finally:
+        engine.close()
+    auto = next(iter(auto.values()))
+    m = auto["results"][name]
+    shift = make_strategy("mean-shift", temperature=m["mean_temperature"], top_p=m["mean_top_p"])
+    plain = GenerationEngine(lm)
+    try:
+        run_eval(plain, name, [shift], out_dir=out / chosen, **common)
+    finally:
+        plain.close()
+    carried = f"oracle of {original['benchmark']}"
+    runs = {"greedy": _load(out / "base", make_strategy("greedy")), carried: _load(out / "base", static), chosen: auto, f"mean-shift of {chosen}": _load(out / chosen, shift)}
+    return {
+        "benchmark": name, "k": original["k"], "limit": config.transfer_limit, "rows": comparison_rows(runs, name, reference=carried, baseline="greedy"),
+        "tests": autodeco_tests(runs, name, [chosen]), "settings": {carried: f"T {static.temperature:g}, p {static.top_p:g}", f"mean-shift of {chosen}": f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"},
+    }  # fmt: skip
+
+
 def _load(folder: Path, strategy) -> dict:
     from .evaluation import load_results, strategy_slug
 
     return load_results(folder / strategy_slug(strategy))[1]
 
 
-def _select_adaptive(engine, name: str, family: str, out: Path, config: WhereItWinsConfig, common: dict, log):
+def _select_adaptive(engine, name: str, family: str, spec: dict, out: Path, config: WhereItWinsConfig, common: dict, log):
     """The family's best grid cell on `selection_limit` validation questions (never on test)."""
     from .grid import run_grid
     from .grid_families import cell_from_record
 
-    spec = config.adaptive[family]
     grid = run_grid(
         engine, name, mode="full", family=family, temperatures=spec["temperatures"], values=spec["values"], k=common["k"],
         seeds=[0], limit=config.selection_limit, batch_size=config.batch_size, out_dir=out, split="validation", log=log, plot=False,

@@ -56,7 +56,11 @@ class Question:
         """What decides the split: the option set (any order) with its constant."""
         return f"{self.template}:{','.join(sorted(self.choices))}:{self.constant}"
 
-    def instruction(self) -> str:
+    def instruction(self, wording: str | None = None) -> str:
+        """The question line; `wording` (a task's `instruction`, with {choices} and {constant})
+        rewords it, so heads trained on one wording can be tested on another."""
+        if wording:
+            return wording.format(choices=", ".join(self.choices), constant=self.constant)
         if self.template == "times":
             return f"Pick a random number from: {', '.join(self.choices)}. Then multiply it by {self.constant}."
         if self.template == "item":
@@ -115,7 +119,8 @@ def shots(question: Question, index_seed: str, cfg: dict[str, Any]) -> str:
     """Two solved train-pool examples with uniformly drawn picks, so no value is favoured."""
     rng = random.Random(index_seed)
     examples = questions(question.template, "train", 64, cfg)
-    return "\n".join(f"{e.instruction()}\n{e.answer(rng.choice(e.choices))}\n" for e in rng.sample(examples, N_EXAMPLES))
+    wording = cfg.get("instruction")
+    return "\n".join(f"{e.instruction(wording)}\n{e.answer(rng.choice(e.choices))}\n" for e in rng.sample(examples, N_EXAMPLES))
 
 
 def docs(task_name: str, prompt: str, split: str, n: int, cfg: dict[str, Any]) -> list[Doc]:
@@ -125,7 +130,7 @@ def docs(task_name: str, prompt: str, split: str, n: int, cfg: dict[str, Any]) -
     for i, q in enumerate(questions(template, split, n, cfg)):
         doc_id = f"{task_name}/{split}/{i}-{q.key.split(':', 1)[1]}"
         meta = {"template": template, "choices": list(q.choices), "constant": q.constant}
-        text = prompt.format(shots=shots(q, doc_id, cfg), question=q.instruction())
+        text = prompt.format(shots=shots(q, doc_id, cfg), question=q.instruction(cfg.get("instruction")))
         out.append(Doc(doc_id, text, {"choices": list(q.choices), "constant": q.constant}, meta))
     return out
 

@@ -1,0 +1,34 @@
+"""Per-stage wall time of a resumable pipeline (reproduce, where-it-wins), kept across invocations."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class StageClock:
+    """Seconds per stage, cumulative over invocations (a stage an earlier invocation finished
+    costs ~0 in a later one), written to `path` as each stage ends."""
+
+    def __init__(self, path: Path, log=print):
+        self.path, self.log = Path(path), log
+        self.timings: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    @contextmanager
+    def stage(self, name: str):
+        self.log(f"[bold]== {name}[/]")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+            self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.timings, indent=2) + "\n")
+
+    def markdown(self) -> list[str]:
+        lines = ["| stage | seconds |", "|---|---|"] + [f"| {name} | {seconds:.0f} |" for name, seconds in self.timings.items()]
+        return lines + ["", "Stages already finished by an earlier invocation cost ~0 s here; the per-stage times are cumulative over invocations.", ""]
