@@ -157,3 +157,20 @@ def test_config_refuses_a_group_of_one():
         RewardConfig(tasks="arith-add", group_size=1).validate()
     with pytest.raises(UserError, match="no tasks"):
         RewardConfig().validate()
+
+
+@dataclass(frozen=True)
+class SmallTask(CountTask):
+    name: str = "small"
+
+    def load_docs(self, split="train", limit=None, data_dir=None):
+        return [Doc(f"small/{split}/{i}", "small " * (1 + i), None, {}) for i in range(3)]
+
+
+def test_tasks_take_turns_whatever_their_size(tiny_lm, tmp_path):
+    config = RewardConfig(tasks="count,small", output_dir=str(tmp_path / "h"), steps=1, prompts_per_step=4, group_size=2)
+    trainer = RewardTrainer(config).setup(lm=tiny_lm, tasks=[CountTask(), SmallTask()])
+    drawn = [trainer._train_question(slot) for slot in range(12)]
+    assert [q.task.name for q in drawn] == ["count", "small"] * 6
+    small = [q.doc.doc_id for q in drawn if q.task.name == "small"]
+    assert sorted(small[:3]) == sorted(small[3:]) == [f"small/train/{i}" for i in range(3)]  # each epoch covers the task once

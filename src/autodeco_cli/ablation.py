@@ -95,8 +95,9 @@ def _train(config: AblationConfig, row: dict, data: Path, out: Path) -> Path:
 
 
 def _steps(heads: Path) -> int | None:
-    config = json.loads((heads / "config.json").read_text())
-    return (config.get("provenance") or {}).get("steps")
+    from .heads import load_heads
+
+    return (load_heads(heads).config.provenance or {}).get("steps")
 
 
 def _eval(engine, config: AblationConfig, strategies, out: Path, heads: Path | None = None) -> dict:

@@ -174,6 +174,10 @@ class RewardTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(c.schedule, warmup, c.steps))
         self.tasks = list(tasks) if tasks is not None else resolve_tasks(c.tasks)
         self.train_questions = self._questions("train", c.limit)
+        grouped: dict[str, list[_Question]] = {}
+        for question in self.train_questions:
+            grouped.setdefault(question.task.name, []).append(question)
+        self._by_task = list(grouped.values())
         self.validation_questions = self._questions("validation", c.validation_limit) if c.validation_limit else []
         from .decoding import make_strategy
 
@@ -271,11 +275,18 @@ class RewardTrainer:
         self.optimizer.step()
         return {"pg_loss": loss_sum, "grad_norm": float(grad_norm), "tokens": total_tokens, "mean_temperature_forced": temperature_sum / max(total_tokens, 1)}
 
+    def _train_question(self, slot: int) -> _Question:
+        """The slot-th question drawn: tasks take turns (a 3,850-question task must not drown a
+        400-question one), each walking its own questions in a reshuffled order per epoch."""
+        by_task = self._by_task
+        pool = by_task[slot % len(by_task)]
+        index = slot // len(by_task)
+        epoch, position = divmod(index, len(pool))
+        return pool[epoch_order(self.config.seed + slot % len(by_task), epoch, len(pool))[position]]
+
     def train_step(self) -> dict:
         c = self.config
-        order = epoch_order(c.seed, self.step * c.prompts_per_step // len(self.train_questions), len(self.train_questions))
-        first = (self.step * c.prompts_per_step) % len(self.train_questions)
-        questions = [self.train_questions[order[(first + i) % len(order)]] for i in range(c.prompts_per_step)]
+        questions = [self._train_question(self.step * c.prompts_per_step + i) for i in range(c.prompts_per_step)]
         groups = self._sample(questions, c.group_size, f"reward-step-{self.step}")
         advantages, rewards = [], []
         for question, group in zip(questions, groups):
