@@ -191,10 +191,8 @@ def _choose_heads(reward_log: list[dict], heads: dict[str, Path]) -> str:
 
 def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[str, Path], out: Path, log) -> dict:
     from .decoding import make_strategy
-    from .evaluation import run_eval
     from .generation import GenerationEngine
     from .grid import run_grid
-    from .heads import load_heads
     from .study_table import autodeco_tests, comparison_rows
 
     name, k, limit = spec["name"], int(spec["k"]), spec.get("limit")
@@ -205,49 +203,30 @@ def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[s
     try:
         temperatures, top_ps = spec.get("temperatures", config.temperatures), spec.get("top_ps", config.top_ps)
         grid = run_grid(plain, name, mode="full", temperatures=temperatures, top_ps=top_ps, out_dir=out / "base", log=log, **common)
-        run_eval(plain, name, [make_strategy("greedy")], out_dir=out / "base", **common)
         oracle = make_strategy("static", grid["oracle"]["temperature"], grid["oracle"]["top_p"])
-        default = make_strategy("static", 1.0, 1.0)
-        runs["greedy"] = _load(out / "base", make_strategy("greedy"))
-        runs["default"] = _load(out / "base", default)
-        runs["oracle"] = _load(out / "base", oracle)
         settings["oracle"] = f"T {oracle.temperature:g}, p {oracle.top_p:g} (best of {len(grid['cells'])} cells, on test)"
+        fixed = {"greedy": make_strategy("greedy"), "default": make_strategy("static", 1.0, 1.0), "oracle": oracle}
         for family, family_grid in spec.get("adaptive", config.adaptive).items():
-            strategy, chosen_on = _select_adaptive(plain, name, family, family_grid, out / f"select-{family}", config, common, log)
-            run_eval(plain, name, [strategy], out_dir=out / "base", **common)
-            runs[family] = _load(out / "base", strategy)
-            settings[family] = f"{strategy.label} ({chosen_on})"
+            fixed[family], settings[family] = _select_adaptive(plain, name, family, family_grid, out / f"select-{family}", config, common, log)
     finally:
         plain.close()
+    results = _run(lm, name, list(fixed.values()), out / "base", common)  # the grid's cells are read back, not regenerated
+    runs.update({row: results[strategy.label] for row, strategy in fixed.items()})
     for label, folder in heads.items():
-        engine = GenerationEngine(lm, load_heads(folder, expected_hidden_size=lm.hidden_size))
-        try:
-            strategies = [make_strategy("autodeco")]
-            if label == "autodeco-MLE":
-                strategies += [make_strategy("autodeco", active_heads="temperature"), make_strategy("autodeco", active_heads="top_p")]
-            results = run_eval(engine, name, strategies, out_dir=out / label, run_info={"heads": str(folder)}, **common)
-        finally:
-            engine.close()
-        auto = results[strategies[0].label]
-        runs[label] = auto
+        strategies = [make_strategy("autodeco")]
         if label == "autodeco-MLE":
-            runs["autodeco-MLE T̂-only"] = results[strategies[1].label]
-            runs["autodeco-MLE P̂-only"] = results[strategies[2].label]
-        m = auto["results"][name]
-        shift = make_strategy("mean-shift", temperature=m["mean_temperature"], top_p=m["mean_top_p"])
-        plain = GenerationEngine(lm)
-        try:
-            # beside its heads' runs: two heads can have the same mean (and so the same folder name)
-            run_eval(plain, name, [shift], out_dir=out / label, **common)
-        finally:
-            plain.close()
-        runs[f"mean-shift of {label}"] = _load(out / label, shift)
+            strategies += [make_strategy("autodeco", active_heads="temperature"), make_strategy("autodeco", active_heads="top_p")]
+        results = _run(lm, name, strategies, out / label, common, heads_dir=folder)
+        runs[label] = results[strategies[0].label]
+        if label == "autodeco-MLE":
+            runs["autodeco-MLE T̂-only"], runs["autodeco-MLE P̂-only"] = results[strategies[1].label], results[strategies[2].label]
+        # beside its heads' runs: two heads can have the same mean (and so the same folder name)
+        shift, runs[f"mean-shift of {label}"] = _mean_shift(lm, name, runs[label], out / label, common)
         settings[f"mean-shift of {label}"] = f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"
-    rows = comparison_rows(runs, name)
     tests = autodeco_tests(runs, name, [n for n in heads if n in runs])
     for label, against in tests.items():  # its own ablations and the other heads' mean-shift answer other questions
         tests[label] = {o: t for o, t in against.items() if "-only" not in o and not (o.startswith("mean-shift") and not o.endswith(label))}
-    table = {"benchmark": name, "k": k, "limit": limit, "rows": rows, "tests": tests, "settings": settings, "grid": str(out / "base" / "grid.json")}
+    table = {"benchmark": name, "k": k, "limit": limit, "rows": comparison_rows(runs, name), "tests": tests, "settings": settings, "grid": str(out / "base" / "grid.json")}
     (out / "where_it_wins.json").write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return table
 
@@ -256,44 +235,43 @@ def _evaluate_transfer(lm, config: WhereItWinsConfig, name: str, original: dict,
     """Do the chosen heads carry over to a wording they never saw? Against the static cell that
     was best on the original wording's test questions (carried over: no search on this task)."""
     from .decoding import make_strategy
-    from .evaluation import run_eval
-    from .generation import GenerationEngine
-    from .heads import load_heads
     from .study_table import autodeco_tests, comparison_rows
 
     common = {"k": original["k"], "seeds": [0], "limit": config.transfer_limit, "batch_size": config.batch_size}
     cell = json.loads(Path(original["grid"]).read_text(encoding="utf-8"))["oracle"]
-    static = make_strategy("static", cell["temperature"], cell["top_p"])
-    plain = GenerationEngine(lm)
-    try:
-        run_eval(plain, name, [make_strategy("greedy"), static], out_dir=out / "base", **common)
-    finally:
-        plain.close()
-    engine = GenerationEngine(lm, load_heads(heads_dir, expected_hidden_size=lm.hidden_size))
-    try:
-        auto = run_eval(engine, name, [make_strategy("autodeco")], out_dir=out / chosen, run_info={"heads": str(heads_dir)}, **common)
-    finally:
-        engine.close()
-    auto = next(iter(auto.values()))
-    m = auto["results"][name]
-    shift = make_strategy("mean-shift", temperature=m["mean_temperature"], top_p=m["mean_top_p"])
-    plain = GenerationEngine(lm)
-    try:
-        run_eval(plain, name, [shift], out_dir=out / chosen, **common)
-    finally:
-        plain.close()
+    greedy, static = make_strategy("greedy"), make_strategy("static", cell["temperature"], cell["top_p"])
+    base = _run(lm, name, [greedy, static], out / "base", common)
+    auto = next(iter(_run(lm, name, [make_strategy("autodeco")], out / chosen, common, heads_dir=heads_dir).values()))
+    shift, shift_results = _mean_shift(lm, name, auto, out / chosen, common)
     carried = f"oracle of {original['benchmark']}"
-    runs = {"greedy": _load(out / "base", make_strategy("greedy")), carried: _load(out / "base", static), chosen: auto, f"mean-shift of {chosen}": _load(out / chosen, shift)}
+    runs = {"greedy": base[greedy.label], carried: base[static.label], chosen: auto, f"mean-shift of {chosen}": shift_results}
     return {
         "benchmark": name, "k": original["k"], "limit": config.transfer_limit, "rows": comparison_rows(runs, name, reference=carried, baseline="greedy"),
         "tests": autodeco_tests(runs, name, [chosen]), "settings": {carried: f"T {static.temperature:g}, p {static.top_p:g}", f"mean-shift of {chosen}": f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"},
     }  # fmt: skip
 
 
-def _load(folder: Path, strategy) -> dict:
-    from .evaluation import load_results, strategy_slug
+def _run(lm, name: str, strategies: list, out_dir: Path, common: dict, heads_dir: Path | None = None) -> dict:
+    """run_eval on an engine opened for these strategies (with the heads when given), then closed."""
+    from .evaluation import run_eval
+    from .generation import GenerationEngine
+    from .heads import load_heads
 
-    return load_results(folder / strategy_slug(strategy))[1]
+    heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size) if heads_dir else None
+    engine = GenerationEngine(lm, heads)
+    try:
+        return run_eval(engine, name, strategies, out_dir=out_dir, run_info={"heads": str(heads_dir)} if heads_dir else None, **common)
+    finally:
+        engine.close()
+
+
+def _mean_shift(lm, name: str, autodeco_results: dict, out_dir: Path, common: dict):
+    """The "Just a Better Mean?" baseline of an autodeco run: (its strategy, its results)."""
+    from .decoding import make_strategy
+
+    m = autodeco_results["results"][name]
+    shift = make_strategy("mean-shift", temperature=m["mean_temperature"], top_p=m["mean_top_p"])
+    return shift, _run(lm, name, [shift], out_dir, common)[shift.label]
 
 
 def _select_adaptive(engine, name: str, family: str, spec: dict, out: Path, config: WhereItWinsConfig, common: dict, log):
