@@ -308,7 +308,7 @@ def _figures(lm, config: WhereItWinsConfig, heads_dir: Path, tables: dict, folde
             ids = encode_prompt(lm.tokenizer, doc.prompt, task_chat(task, True))
             request = Request(key=0, input_ids=ids, strategy=make_strategy("autodeco"), seed=request_seed(0, "trace", doc.doc_id))
             (generation,) = engine.generate([request], max_new_tokens=task.max_new_tokens, stop=task_stop(task), trace=True)
-            title = f"{spec['name']}: T̂ and P̂ per token ({doc.prompt.splitlines()[-1][:60] if isinstance(doc.prompt, str) else doc.doc_id})"
+            title = f"{spec['name']}, first test question: T̂ and P̂ per generated token"
             files[f"trace {spec['name']}"] = plot_token_trace(generation.trace, folder / f"trace_{spec['name']}.png", title=title)
     finally:
         engine.close()
