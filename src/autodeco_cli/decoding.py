@@ -41,9 +41,11 @@ MAX_STATIC_TEMPERATURE = 5.0
 DEFAULT_MIN_P = 0.1
 DEFAULT_N_SIGMA = 1.0
 DEFAULT_EDT_THETA = 1.0
+# each adaptive decoder's own strategy fields, in the order the sampler passes them on
+ADAPTIVE_PARAMETERS = {"min-p": ("min_p",), "top-n-sigma": ("n_sigma",), "edt": ("edt_base", "edt_theta")}
 # fields the adaptive decoders added: left out of to_dict() when unset, so the run_config.json of
 # older results folders (which lack them) still matches and those folders resume
-_ADAPTIVE_FIELDS = ("min_p", "n_sigma", "edt_base", "edt_theta")
+_ADAPTIVE_FIELDS = tuple(f for fields_ in ADAPTIVE_PARAMETERS.values() for f in fields_)
 # the flag that sets each field, and the strategy that reads it
 _ADAPTIVE_FLAGS = {"min_p": ("--min-p", "min-p"), "n_sigma": ("--n-sigma", "top-n-sigma"), "edt_base": ("--edt-base", "edt"), "edt_theta": ("--edt-theta", "edt")}
 
@@ -75,13 +77,8 @@ class DecodingStrategy:
     def adaptive(self) -> tuple | None:
         """The adaptive decoder's own parameters (None for the others): part of the sampler's
         distribution key, so requests share a distribution only when these agree too."""
-        if self.name == "min-p":
-            return ("min-p", self.min_p)
-        if self.name == "top-n-sigma":
-            return ("top-n-sigma", self.n_sigma)
-        if self.name == "edt":
-            return ("edt", self.edt_base, self.edt_theta)
-        return None
+        fields_ = ADAPTIVE_PARAMETERS.get(self.name)
+        return None if fields_ is None else (self.name, *(getattr(self, f) for f in fields_))
 
     @property
     def label(self) -> str:

@@ -37,7 +37,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .decoding import DecodingStrategy
+from .decoding import ADAPTIVE_PARAMETERS, DecodingStrategy
 from .distribution import decoding_logits_and_temperature, nucleus_size
 from .heads import AutoDecoHeads
 from .models import LoadedModel
@@ -209,7 +209,7 @@ class _Sampler:
         top_p = torch.tensor([k[2] for k in keys], device=device).unsqueeze(-1)
         adaptive = {}
         if kind is not None:
-            names = {"min-p": ("min_p",), "top-n-sigma": ("n_sigma",), "edt": ("edt_base", "edt_theta")}[kind]
+            names = ADAPTIVE_PARAMETERS[kind]
             adaptive = {name: torch.tensor([k[4][1 + i] for k in keys], device=device).unsqueeze(-1) for i, name in enumerate(names)}
         decoded, used = decoding_logits_and_temperature(logits[rows], temperature, top_p, top_k, **adaptive)
         # EDT's T is per row; the others keep the strategy's exact float in the trace

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .decoding import DecodingStrategy, make_strategy
+from .decoding import ADAPTIVE_PARAMETERS, DecodingStrategy, make_strategy
 from .distribution import DEFAULT_EDT_BASE
 from .errors import UserError
 
@@ -130,5 +130,5 @@ def cell_from_record(grid: dict, record: dict):
 
 def strategy_params(strategy: DecodingStrategy) -> dict:
     """The adaptive decoder's own settings, for comparison rows (empty for the others)."""
-    names = {"min-p": ("min_p",), "top-n-sigma": ("n_sigma",), "edt": ("edt_base", "edt_theta")}.get(strategy.name, ())
+    names = ADAPTIVE_PARAMETERS.get(strategy.name, ())
     return {name: getattr(strategy, name) for name in names}
