@@ -123,10 +123,8 @@ def group_advantages(scores: Sequence[Any], question_metric: Callable[[Sequence[
 
 def task_question_metric(task: Any, doc: Any) -> Callable[[Sequence[Any]], float]:
     """The task's declared question-level metric over Score objects (pass@1 when it declares none)."""
-    try:
-        from .benchmarks.aggregation import question_score
-    except ImportError:  # pragma: no cover - only before the aggregation module exists
-        return lambda scores: sum(bool(s.correct) for s in scores) / len(scores)
+    from .benchmarks.aggregation import question_score
+
     return lambda scores: question_score(task, doc, scores)
 
 
@@ -147,7 +145,8 @@ class RewardTrainer:
         config.validate()
         self.config = config
         self.output_dir = Path(config.output_dir)
-        # reward_fn(task, doc, generations) -> advantages; the default is the task's scorer
+        # reward_fn(task, doc, generations) -> (per-sample advantages, question score); the default
+        # is the task's own scorer and question metric
         self.reward_fn = reward_fn or self._task_advantages
         self.step = 0
         self.best: float | None = None
