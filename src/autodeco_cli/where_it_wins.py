@@ -207,7 +207,8 @@ def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[s
         settings["oracle"] = f"T {oracle.temperature:g}, p {oracle.top_p:g} (best of {len(grid['cells'])} cells, on test)"
         fixed = {"greedy": make_strategy("greedy"), "default": make_strategy("static", 1.0, 1.0), "oracle": oracle}
         for family, family_grid in spec.get("adaptive", config.adaptive).items():
-            fixed[family], settings[family] = _select_adaptive(plain, name, family, family_grid, out / f"select-{family}", config, common, log)
+            fixed[family], chosen_on = _select_adaptive(plain, name, family, family_grid, out / f"select-{family}", config, common, log)
+            settings[family] = f"{fixed[family].label} ({chosen_on})"
     finally:
         plain.close()
     results = _run(lm, name, list(fixed.values()), out / "base", common)  # the grid's cells are read back, not regenerated
