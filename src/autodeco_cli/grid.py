@@ -56,9 +56,10 @@ from . import stats
 from .decoding import MAX_STATIC_TEMPERATURE, DecodingStrategy, make_strategy
 from .errors import UserError
 from .grid_families import AXIS_LIMITS, Family, FamilyCell, cell_from_record, get_family, grid_family, strategy_params
-from .evaluation import compare_results, prepare_task, read_json_output, resolve_tasks, run_eval, strategy_slug
+from .evaluation import prepare_task, read_json_output, resolve_tasks, run_eval, strategy_slug
 from .benchmarks.aggregation import metric_name
 from .question_scores import row_score
+from .study_table import paired as paired_delta
 
 GRID_FILE = "grid.json"
 HEATMAP_FILE = "heatmap.png"
@@ -751,7 +752,7 @@ def run_comparison(
     for row_name, strategy in rows_spec:
         res = results[strategy.label]
         m = res["results"][name]
-        paired = _paired(res, reference, name, n_boot)
+        paired = paired_delta(res, reference, name, n_boot)
         row = {
             "name": row_name,
             "decoding": strategy.label,
@@ -791,17 +792,10 @@ def run_comparison(
         comparison["autodeco_vs"] = {}
         for other in ("greedy", "oracle", "mean-shift"):
             if other in strategies:
-                comparison["autodeco_vs"][other] = _paired(results[strategies["autodeco"].label], results[strategies[other].label], name, n_boot)
+                comparison["autodeco_vs"][other] = paired_delta(results[strategies["autodeco"].label], results[strategies[other].label], name, n_boot)
     _write_json(out_dir / COMPARISON_FILE, comparison)
     (out_dir / COMPARISON_MD).write_text(comparison_markdown(comparison), encoding="utf-8")
     return comparison
-
-
-def _paired(a: dict, b: dict, task: str, n_boot: int) -> dict:
-    """Paired per-question score (the task's metric) of run a − run b on one task: Δ, SE (None when undefined), bootstrap 95% CI."""
-    (item,) = compare_results(a, b, [task], n_boot=n_boot, seed=0)
-    c = item.comparison
-    return {"delta": c.mean_diff, "se": c.se if math.isfinite(c.se) else None, "ci": [c.ci_low, c.ci_high]}
 
 
 def _row_params(row: dict) -> str:

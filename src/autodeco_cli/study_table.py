@@ -13,13 +13,15 @@ import math
 from typing import Any
 
 from .evaluation import compare_results
+from .question_scores import metric_of
 
 
 def paired(a: dict, b: dict, task: str, n_boot: int = 10_000) -> dict:
-    """Paired per-question score of run a − run b on one task: Δ, SE (None when undefined), bootstrap 95% CI."""
+    """Paired per-question score (the task's metric) of run a − run b on one task: Δ, SE (None
+    when undefined), bootstrap 95% CI. Shared with grid-search's comparison table."""
     (item,) = compare_results(a, b, [task], n_boot=n_boot, seed=0)
     c = item.comparison
-    return {"delta": c.mean_diff, "se": c.se if math.isfinite(c.se) else None, "ci": [c.ci_low, c.ci_high], "n": c.n}
+    return {"delta": c.mean_diff, "se": c.se if math.isfinite(c.se) else None, "ci": [c.ci_low, c.ci_high]}
 
 
 def question_metric(results: dict, task: str) -> tuple[float, float | None, str]:
@@ -27,8 +29,8 @@ def question_metric(results: dict, task: str) -> tuple[float, float | None, str]
     metric where there is one, else pass@1 (old results files have only pass@1)."""
     m = results["results"][task]
     if "score" in m:
-        return m["score"], m.get("score_stderr"), m.get("metric", "score")
-    return m["pass@1"], m.get("pass@1_stderr"), "pass@1"
+        return m["score"], m.get("score_stderr"), metric_of(results, task)
+    return m["pass@1"], m.get("pass@1_stderr"), metric_of(results, task)
 
 
 def comparison_rows(runs: dict[str, dict], task: str, reference: str = "oracle", baseline: str = "default", n_boot: int = 10_000) -> list[dict]:
