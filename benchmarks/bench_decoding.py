@@ -39,15 +39,21 @@ PROMPTS = [
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model spec (default: the alias smollm2-135m-instruct)")
-    parser.add_argument("--heads", default=None, help="heads checkpoint (default: fresh heads; speed does not depend on training)")
+    parser.add_argument(
+        "--model", default="smollm2-135m-instruct", help="model spec (default: the alias smollm2-135m-instruct)"
+    )
+    parser.add_argument(
+        "--heads", default=None, help="heads checkpoint (default: fresh heads; speed does not depend on training)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per cell, interleaved (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated (default 1,8)")
     parser.add_argument("--temperature", type=float, default=0.6, help="static T (default 0.6)")
     parser.add_argument("--top-p", type=float, default=0.95, help="static p (default 0.95)")
-    parser.add_argument("--allow-eos", action="store_true", help="let rows stop at EOS (default: decode the full budget)")
+    parser.add_argument(
+        "--allow-eos", action="store_true", help="let rows stop at EOS (default: decode the full budget)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -59,16 +65,23 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()  # the disabled-EOS warning would repeat on every call
 
-    from autodeco_cli.decoding import make_strategy
     from autodeco_cli import generation
+    from autodeco_cli.decoding import make_strategy
     from autodeco_cli.generation import GenerationEngine, build_requests
     from autodeco_cli.heads import fresh_heads, load_heads
     from autodeco_cli.models import load_base_model
 
     start = time.perf_counter()
     lm = load_base_model(args.model, device="cpu")
-    print(f"model {args.model}: loaded in {time.perf_counter() - start:.1f} s; threads={torch.get_num_threads()}", file=sys.stderr)
-    heads = load_heads(args.heads, expected_hidden_size=lm.hidden_size) if args.heads else fresh_heads(lm.hidden_size, base_model=args.model)
+    print(
+        f"model {args.model}: loaded in {time.perf_counter() - start:.1f} s; threads={torch.get_num_threads()}",
+        file=sys.stderr,
+    )
+    heads = (
+        load_heads(args.heads, expected_hidden_size=lm.hidden_size)
+        if args.heads
+        else fresh_heads(lm.hidden_size, base_model=args.model)
+    )
     if not args.allow_eos:
         # The engine stops rows at model.generation_config.eos_token_id; an id no token has
         # keeps every row going for exactly max_new_tokens. Same for both strategies.
@@ -81,7 +94,9 @@ def main(argv=None) -> int:
     }
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     requests = {
-        (name, bs): build_requests(lm.tokenizer, (PROMPTS * ((bs + len(PROMPTS) - 1) // len(PROMPTS)))[:bs], strategy, seed=args.seed)
+        (name, bs): build_requests(
+            lm.tokenizer, (PROMPTS * ((bs + len(PROMPTS) - 1) // len(PROMPTS)))[:bs], strategy, seed=args.seed
+        )
         for name, strategy in strategies.items()
         for bs in batch_sizes
     }
@@ -148,7 +163,9 @@ def main(argv=None) -> int:
         verdict = "ok" if ratio <= 1.03 else "ABOVE TARGET"
         print(f"batch {bs}: time per token autodeco / static = {ratio:.3f}  (target <= 1.03: {verdict})")
     for bs, shares in head_share.items():
-        print(f"batch {bs}: heads' own time within autodeco runs = +{100 * statistics.median(shares):.1f}% of the rest of the run (in-run, drift-free)")
+        print(
+            f"batch {bs}: heads' own time within autodeco runs = +{100 * statistics.median(shares):.1f}% of the rest of the run (in-run, drift-free)"
+        )
     engine.close()
     return 0
 

@@ -55,7 +55,9 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def plain_generate_loop(lm, task, docs, samples: int, batch_size: int, max_new_tokens: int, temperature: float, top_p: float):
+def plain_generate_loop(
+    lm, task, docs, samples: int, batch_size: int, max_new_tokens: int, temperature: float, top_p: float
+):
     """The baseline: HF sampling over doc-major rows, fixed batches, no sorting.
 
     Returns (generated tokens, correct samples, rows x decode steps computed)."""
@@ -103,7 +105,17 @@ def runner(engine, task, strategy, samples: int, batch_size: int, limit: int, ma
     engine._forward = counting_forward
     try:
         with tempfile.TemporaryDirectory() as out:
-            results = run_eval(engine, [task], [strategy], k=samples, seeds=[0], batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens, out_dir=Path(out))
+            results = run_eval(
+                engine,
+                [task],
+                [strategy],
+                k=samples,
+                seeds=[0],
+                batch_size=batch_size,
+                limit=limit,
+                max_new_tokens=max_new_tokens,
+                out_dir=Path(out),
+            )
     finally:
         del engine._forward
     m = next(iter(results.values()))["results"][task.name]
@@ -125,18 +137,27 @@ def main(argv=None) -> int:
     task = get_task(args.task)
     docs = task.load_docs(limit=args.limit)
     budget = args.max_new_tokens or task.max_new_tokens
-    print(f"model {args.model} loaded in {time.perf_counter() - start:.1f} s; threads={torch.get_num_threads()}", file=sys.stderr)
+    print(
+        f"model {args.model} loaded in {time.perf_counter() - start:.1f} s; threads={torch.get_num_threads()}",
+        file=sys.stderr,
+    )
 
     paths = {
-        "autodeco eval runner": lambda: runner(engine, task, strategy, args.samples, args.batch_size, args.limit, budget),
-        "plain generate loop": lambda: plain_generate_loop(engine.lm, task, docs, args.samples, args.batch_size, budget, args.temperature, args.top_p),
+        "autodeco eval runner": lambda: runner(
+            engine, task, strategy, args.samples, args.batch_size, args.limit, budget
+        ),
+        "plain generate loop": lambda: plain_generate_loop(
+            engine.lm, task, docs, args.samples, args.batch_size, budget, args.temperature, args.top_p
+        ),
     }
     # warm-up on a couple of questions: one-time kernel and allocator costs
     runner(engine, task, strategy, 1, args.batch_size, 2, 4)
     plain_generate_loop(engine.lm, task, docs[:2], 1, args.batch_size, 4, args.temperature, args.top_p)
 
     rates: dict[str, list[float]] = {name: [] for name in paths}
-    print(f"\n{args.task}: {len(docs)} questions x {args.samples} samples, batch {args.batch_size}, max_new_tokens {budget}, T={args.temperature:g} p={args.top_p:g}")
+    print(
+        f"\n{args.task}: {len(docs)} questions x {args.samples} samples, batch {args.batch_size}, max_new_tokens {budget}, T={args.temperature:g} p={args.top_p:g}"
+    )
     header = f"{'repeat':>6}  {'path':<22} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'accuracy':>9} {'tok/row':>8}"
     print(header)
     print("-" * len(header))
@@ -148,7 +169,9 @@ def main(argv=None) -> int:
             seconds = time.perf_counter() - t0
             rates[name].append(tokens / seconds)
             accuracy = correct / (len(docs) * args.samples)
-            print(f"{repeat:>6}  {name:<22} {tokens:>7} {seconds:>8.1f} {tokens / seconds:>9.1f} {accuracy:>9.3f} {tokens / row_steps:>8.0%}")
+            print(
+                f"{repeat:>6}  {name:<22} {tokens:>7} {seconds:>8.1f} {tokens / seconds:>9.1f} {accuracy:>9.3f} {tokens / row_steps:>8.0%}"
+            )
     ratio = statistics.median(rates["autodeco eval runner"]) / statistics.median(rates["plain generate loop"])
     verdict = "ok" if ratio >= 1.5 else "BELOW TARGET"
     print(f"\nthroughput runner / plain loop = {ratio:.2f}x  (median tokens/s; target >= 1.5x: {verdict})")

@@ -54,7 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's own")
     parser.add_argument("--temperatures", default="0.1,0.5,1.0,1.5")
     parser.add_argument("--top-ps", default="0.1,0.5,0.9,1.0")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, in-process and in subprocesses (default 1)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, in-process and in subprocesses (default 1)"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
     return parser.parse_args(argv)
@@ -67,7 +69,23 @@ def _cli() -> list[str]:
 
 def _common(args) -> list[str]:
     extra = ["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else []
-    return ["--model", args.model, "-b", args.task, "--limit", str(args.limit), "-k", str(args.k), "--seeds", "1", "--batch-size", str(args.batch_size), "--device", "cpu", *extra]
+    return [
+        "--model",
+        args.model,
+        "-b",
+        args.task,
+        "--limit",
+        str(args.limit),
+        "-k",
+        str(args.k),
+        "--seeds",
+        "1",
+        "--batch-size",
+        str(args.batch_size),
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _subprocess(command: list[str], env: dict) -> None:
@@ -105,8 +123,17 @@ def main(argv=None) -> int:
     task = get_task(args.task)
     start = time.perf_counter()
     engine = open_engine(args.model, None, [cells[0].strategy], device="cpu")
-    print(f"model {args.model} loaded in {time.perf_counter() - start:.1f} s; threads={torch.get_num_threads()}", file=sys.stderr)
-    settings = {"k": args.k, "seeds": [0], "limit": args.limit, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens}
+    print(
+        f"model {args.model} loaded in {time.perf_counter() - start:.1f} s; threads={torch.get_num_threads()}",
+        file=sys.stderr,
+    )
+    settings = {
+        "k": args.k,
+        "seeds": [0],
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+    }
     scratch = Path(tempfile.mkdtemp(prefix="bench-grid-"))
     last: dict[str, Path] = {}
 
@@ -127,19 +154,81 @@ def main(argv=None) -> int:
     def cli():
         out = fresh("cli")
         for cell in cells:
-            _subprocess([*_cli(), "eval", *_common(args), "--decoding", "static", "-t", f"{cell.temperature:g}", "-p", f"{cell.top_p:g}", "-o", str(out)], env)
+            _subprocess(
+                [
+                    *_cli(),
+                    "eval",
+                    *_common(args),
+                    "--decoding",
+                    "static",
+                    "-t",
+                    f"{cell.temperature:g}",
+                    "-p",
+                    f"{cell.top_p:g}",
+                    "-o",
+                    str(out),
+                ],
+                env,
+            )
 
     def grid_cli():
-        _subprocess([*_cli(), "grid-search", *_common(args), "--temperatures", args.temperatures, "--top-ps", args.top_ps, "-o", str(fresh("grid-cli"))], env)
+        _subprocess(
+            [
+                *_cli(),
+                "grid-search",
+                *_common(args),
+                "--temperatures",
+                args.temperatures,
+                "--top-ps",
+                args.top_ps,
+                "-o",
+                str(fresh("grid-cli")),
+            ],
+            env,
+        )
 
     runs = {"sweep": sweep, "loop": loop, "cli": cli, "grid-cli": grid_cli}
     # warm-up: one-time kernel/allocator costs (and the GGUF conversion cache for the subprocesses)
-    run_eval(engine, [task], [cells[0].strategy], k=1, seeds=[0], limit=2, max_new_tokens=4, batch_size=args.batch_size, out_dir=scratch / "warmup")
+    run_eval(
+        engine,
+        [task],
+        [cells[0].strategy],
+        k=1,
+        seeds=[0],
+        limit=2,
+        max_new_tokens=4,
+        batch_size=args.batch_size,
+        out_dir=scratch / "warmup",
+    )
     if "cli" in wanted or "grid-cli" in wanted:
-        _subprocess([*_cli(), "eval", "--model", args.model, "-b", args.task, "--limit", "1", "-k", "1", "--seeds", "1", "--max-new-tokens", "2", "--decoding", "static", "-o", str(scratch / "warmup-cli")], env)
+        _subprocess(
+            [
+                *_cli(),
+                "eval",
+                "--model",
+                args.model,
+                "-b",
+                args.task,
+                "--limit",
+                "1",
+                "-k",
+                "1",
+                "--seeds",
+                "1",
+                "--max-new-tokens",
+                "2",
+                "--decoding",
+                "static",
+                "-o",
+                str(scratch / "warmup-cli"),
+            ],
+            env,
+        )
 
     n_samples = args.limit * args.k * len(cells)
-    print(f"\n{args.task}: {len(cells)} cells (T {temps} x p {ps}), {args.limit} questions x {args.k} samples = {n_samples} samples, batch {args.batch_size}, threads {args.threads}")
+    print(
+        f"\n{args.task}: {len(cells)} cells (T {temps} x p {ps}), {args.limit} questions x {args.k} samples = {n_samples} samples, batch {args.batch_size}, threads {args.threads}"
+    )
     header = f"{'repeat':>6}  {'path':<20} {'seconds':>8}"
     print(header)
     print("-" * len(header))
@@ -163,18 +252,26 @@ def main(argv=None) -> int:
         texts = _texts(last[name], cells, task.name)
         differ = [key for key in reference if texts.get(key) != reference[key]]
         same = same and len(texts) == len(reference) and len(differ) <= max(1, len(reference) // 50)
-        print(f"samples of {PATHS[name]!r} equal to {PATHS[wanted[0]]!r}: {len(reference) - len(differ)}/{len(reference)}")
+        print(
+            f"samples of {PATHS[name]!r} equal to {PATHS[wanted[0]]!r}: {len(reference) - len(differ)}/{len(reference)}"
+        )
     median = {name: statistics.median(values) for name, values in seconds.items()}
     for name, value in median.items():
         print(f"median {PATHS[name]:<20} {value:8.1f} s   ({', '.join(f'{v:.1f}' for v in seconds[name])})")
 
     def ratio(a: str, b: str, target: float | None = None) -> None:
         if a in median and b in median:
-            verdict = "" if target is None else f"   target <= {target:g}: {'ok' if median[a] / median[b] <= target else 'MISSED'}"
+            verdict = (
+                ""
+                if target is None
+                else f"   target <= {target:g}: {'ok' if median[a] / median[b] <= target else 'MISSED'}"
+            )
             print(f"{PATHS[a]} / {PATHS[b]} = {median[a] / median[b]:.2f}{verdict}")
 
     if "cli" in median and "loop" in median:
-        print(f"=> start-up + model load per `autodeco eval` call ~ {(median['cli'] - median['loop']) / len(cells):.1f} s (eval CLI loop - run_eval loop, per cell)")
+        print(
+            f"=> start-up + model load per `autodeco eval` call ~ {(median['cli'] - median['loop']) / len(cells):.1f} s (eval CLI loop - run_eval loop, per cell)"
+        )
     print()
     ratio("sweep", "cli", 0.5)
     ratio("sweep", "loop")

@@ -48,14 +48,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="model spec (default: the alias smollm2-135m-instruct)")
+    parser.add_argument(
+        "--model", default="smollm2-135m-instruct", help="model spec (default: the alias smollm2-135m-instruct)"
+    )
     parser.add_argument("--samples", type=int, default=64, help="GSM8K train samples (default 64)")
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved timed repeats per cell (default 1)")
     parser.add_argument("--micro-batch-size", type=int, default=4)
-    parser.add_argument("--gradient-accumulation", type=int, default=8, help="default 8: effective batch 32, the paper's")
+    parser.add_argument(
+        "--gradient-accumulation", type=int, default=8, help="default 8: effective batch 32, the paper's"
+    )
     parser.add_argument("--cache-epochs", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: official-off, official-on, ours, cache")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: official-off, official-on, ours, cache"
+    )
     parser.add_argument("--quick", action="store_true", help="8 samples, micro-batch 4 x accumulation 2")
     parser.add_argument("--data-dir", default=None, help="default: $AUTODECO_DATA_DIR or ../shared/data")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -176,7 +182,9 @@ def official_epoch(model, heads, examples, pad_id, micro, accumulation, seed) ->
                 unscaled = model.lm_head(hidden)
             temp = heads.temp_head(hidden)
             top_p = official_top_p_head(heads.top_p_head, hidden, temp.detach(), unscaled)
-            loss = official_temperature_loss(unscaled, temp, labels) + official_top_p_loss(unscaled, temp, top_p, labels)
+            loss = official_temperature_loss(unscaled, temp, labels) + official_top_p_loss(
+                unscaled, temp, top_p, labels
+            )
             (loss / len(micro_batches)).backward()
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
         optimizer.step()
@@ -208,7 +216,15 @@ def time_official(lm, examples, args, flush: bool) -> Clock:
     torch.set_flush_denormal(flush)
     try:
         with Clock() as clock:
-            official_epoch(lm.model, heads, examples, lm.tokenizer.pad_token_id, args.micro_batch_size, args.gradient_accumulation, args.seed)
+            official_epoch(
+                lm.model,
+                heads,
+                examples,
+                lm.tokenizer.pad_token_id,
+                args.micro_batch_size,
+                args.gradient_accumulation,
+                args.seed,
+            )
         return clock
     finally:
         torch.set_flush_denormal(True)  # back to what load_base_model set
@@ -218,10 +234,16 @@ def make_trainer(args, data: Path, out: Path, threads: int, **fields):
     from autodeco_cli.training import HeadTrainer, TrainConfig
 
     cfg = TrainConfig(
-        data=str(data), output_dir=str(out), model=args.model, micro_batch_size=args.micro_batch_size,
-        gradient_accumulation=args.gradient_accumulation, seed=args.seed, threads=threads, **fields,
+        data=str(data),
+        output_dir=str(out),
+        model=args.model,
+        micro_batch_size=args.micro_batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        seed=args.seed,
+        threads=threads,
+        **fields,
     )
-    return HeadTrainer(cfg)
+    return HeadTrainer(cfg).setup()
 
 
 def time_ours(args, data: Path, work: Path, threads: int, tag: str, **fields) -> tuple[Clock, object]:
@@ -235,7 +257,14 @@ def time_ours(args, data: Path, work: Path, threads: int, tag: str, **fields) ->
 
 def summary(clocks: list[Clock]) -> dict:
     wall, cpu = [c.wall for c in clocks], [c.cpu for c in clocks]
-    return {"wall_min": min(wall), "wall_median": statistics.median(wall), "cpu_min": min(cpu), "cpu_median": statistics.median(cpu), "wall": wall, "cpu": cpu}
+    return {
+        "wall_min": min(wall),
+        "wall_median": statistics.median(wall),
+        "cpu_min": min(cpu),
+        "cpu_median": statistics.median(cpu),
+        "wall": wall,
+        "cpu": cpu,
+    }
 
 
 def main(argv=None) -> int:
@@ -285,24 +314,59 @@ def main(argv=None) -> int:
                     new = {name: clock}
                 else:
                     cache_dir = str(work / f"cache-{run_id}")
-                    on, _ = time_ours(args, data, work, threads, f"cache-on-{run_id}", epochs=args.cache_epochs, cache_hidden="on", cache_dir=cache_dir)
+                    on, _ = time_ours(
+                        args,
+                        data,
+                        work,
+                        threads,
+                        f"cache-on-{run_id}",
+                        epochs=args.cache_epochs,
+                        cache_hidden="on",
+                        cache_dir=cache_dir,
+                    )
                     # same data and settings: this run finds the cache `on` built and only reads it
-                    warm, _ = time_ours(args, data, work, threads, f"cache-warm-{run_id}", epochs=args.cache_epochs, cache_hidden="on", cache_dir=cache_dir)
-                    off, _ = time_ours(args, data, work, threads, f"cache-off-{run_id}", epochs=args.cache_epochs, cache_hidden="off")
+                    warm, _ = time_ours(
+                        args,
+                        data,
+                        work,
+                        threads,
+                        f"cache-warm-{run_id}",
+                        epochs=args.cache_epochs,
+                        cache_hidden="on",
+                        cache_dir=cache_dir,
+                    )
+                    off, _ = time_ours(
+                        args, data, work, threads, f"cache-off-{run_id}", epochs=args.cache_epochs, cache_hidden="off"
+                    )
                     new = {"cache-on": on, "cache-warm": warm, "cache-off": off}
                 torch.set_num_threads(threads)
                 for key, clock in new.items():
                     clocks.setdefault(key, []).append(clock)
-                    print(f"  [threads {threads}, repeat {repeat + 1}] {key}: {clock.wall:.1f} s wall, {clock.cpu:.1f} s CPU (load {os.getloadavg()[0]:.1f})", flush=True)
+                    print(
+                        f"  [threads {threads}, repeat {repeat + 1}] {key}: {clock.wall:.1f} s wall, {clock.cpu:.1f} s CPU (load {os.getloadavg()[0]:.1f})",
+                        flush=True,
+                    )
         cell = {name: summary(values) for name, values in clocks.items()}
         print(f"\nthreads={threads}   (tok/s from the min over repeats; 'CPU' = process CPU seconds)")
-        print(f"  {'path':<36} {'wall s':>8} {'CPU s':>8} {'total tok/s':>12} {'loss tok/s':>11} {'total tok/CPU-s':>16}")
-        rows = [("official-off", "official-style, flush-denormal off"), ("official-on", "official-style, flush-denormal on"), ("ours", "ours (HeadTrainer, no cache)")]
+        print(
+            f"  {'path':<36} {'wall s':>8} {'CPU s':>8} {'total tok/s':>12} {'loss tok/s':>11} {'total tok/CPU-s':>16}"
+        )
+        rows = [
+            ("official-off", "official-style, flush-denormal off"),
+            ("official-on", "official-style, flush-denormal on"),
+            ("ours", "ours (HeadTrainer, no cache)"),
+        ]
         for key, label in rows:
             if key in cell:
                 c = cell[key]
-                c.update(total_tokens_per_s=total_tokens / c["wall_min"], loss_tokens_per_s=loss_tokens / c["wall_min"], total_tokens_per_cpu_s=total_tokens / c["cpu_min"])
-                print(f"  {label:<36} {c['wall_min']:8.1f} {c['cpu_min']:8.1f} {c['total_tokens_per_s']:12.1f} {c['loss_tokens_per_s']:11.1f} {c['total_tokens_per_cpu_s']:16.1f}")
+                c.update(
+                    total_tokens_per_s=total_tokens / c["wall_min"],
+                    loss_tokens_per_s=loss_tokens / c["wall_min"],
+                    total_tokens_per_cpu_s=total_tokens / c["cpu_min"],
+                )
+                print(
+                    f"  {label:<36} {c['wall_min']:8.1f} {c['cpu_min']:8.1f} {c['total_tokens_per_s']:12.1f} {c['loss_tokens_per_s']:11.1f} {c['total_tokens_per_cpu_s']:16.1f}"
+                )
         if "ours" in cell:
             for key in ("official-off", "official-on"):
                 if key in cell:
@@ -324,7 +388,9 @@ def main(argv=None) -> int:
             )
         print(flush=True)
         results["threads"][threads] = cell
-    print("note: the brief's baseline (official trainer ~50 tok/s at 1 thread, 99 at 2, 64 samples, 14.5k tokens) counts TOTAL tokens.")
+    print(
+        "note: the brief's baseline (official trainer ~50 tok/s at 1 thread, 99 at 2, 64 samples, 14.5k tokens) counts TOTAL tokens."
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

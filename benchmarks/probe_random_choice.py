@@ -56,7 +56,9 @@ def static_cell(engine, task, docs, k, temperature, top_p, max_new):
     strategy = make_strategy("static", temperature=temperature, top_p=top_p)
     tok = engine.tokenizer
     requests = [
-        Request((d, s), encode_prompt(tok, doc.prompt, False), strategy, request_seed(0, doc.doc_id, s)) for d, doc in enumerate(docs) for s in range(k)
+        Request((d, s), encode_prompt(tok, doc.prompt, False), strategy, request_seed(0, doc.doc_id, s))
+        for d, doc in enumerate(docs)
+        for s in range(k)
     ]
     gens = engine.generate(requests, max_new_tokens=max_new, batch_size=32, stop=["\n"])
     texts = {g.key: g.text for g in gens}
@@ -70,7 +72,12 @@ def question_scores(task, docs, table) -> list[float]:
 def summarise(task, docs, table) -> str:
     q = question_scores(task, docs, table)
     exact = np.mean([[s.correct for s in row] for row in table])
-    tv = np.mean([aggregation.total_variation([s.extracted for s in row], aggregation.target_support(task, doc)) for doc, row in zip(docs, table)])
+    tv = np.mean(
+        [
+            aggregation.total_variation([s.extracted for s in row], aggregation.target_support(task, doc))
+            for doc, row in zip(docs, table)
+        ]
+    )
     se = np.std(q, ddof=1) / np.sqrt(len(q))
     return f"{100 * np.mean(q):5.1f} ± {100 * se:4.1f} (exact {100 * exact:5.1f}, TV {tv:.2f})"
 
@@ -85,7 +92,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30)
     parser.add_argument("-k", type=int, default=8)
     parser.add_argument("--cells", default="0.1:1,0.5:1,1.0:1,1.5:1", help="static T:p cells")
-    parser.add_argument("--choice", default="1.0:1,1.0:0.8", help="per-token T:p cells at the choice token (greedy after)")
+    parser.add_argument(
+        "--choice", default="1.0:1,1.0:0.8", help="per-token T:p cells at the choice token (greedy after)"
+    )
     parser.add_argument("--out", default=None, help="append per-question scores (JSON lines) here")
     args = parser.parse_args()
     engine = GenerationEngine(load_base_model())
@@ -106,10 +115,16 @@ def main() -> None:
         best = max(static, key=lambda name: np.mean(static[name]))
         for name, scores in per_token.items():
             c = stats.paired_comparison(scores, static[best], n_boot=10_000, seed=0)
-            print(f"  {name} − best static ({best}): {100 * c.mean_diff:+.1f} ± {100 * c.se:.1f}, 95% CI [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]", flush=True)
+            print(
+                f"  {name} − best static ({best}): {100 * c.mean_diff:+.1f} ± {100 * c.se:.1f}, 95% CI [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]",
+                flush=True,
+            )
         if args.out:
             with open(args.out, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"task": name_, "n": len(docs), "k": args.k, "static": static, "per_token": per_token}) + "\n")
+                handle.write(
+                    json.dumps({"task": name_, "n": len(docs), "k": args.k, "static": static, "per_token": per_token})
+                    + "\n"
+                )
         print(f"({time.time() - start:.0f} s)", flush=True)
 
 

@@ -2,11 +2,18 @@
 
 Everything is built from code (no network, no downloads) in a session-scoped temp folder, so the
 unit tests run in seconds. Nothing here is autouse: other test files opt in by naming a fixture.
+
+Also shared: `FakeTask` and the `fake_registry` fixture (a benchmark without data files), the `cli`
+fixture (the console entry point in-process), and `Killed`/`kill_after` (a run that dies after its
+N-th batch, for resume tests).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -80,7 +87,7 @@ def build_tiny_model(tokenizer, seed: int = 0):
     # A larger init than the default 0.02 gives peaked, input-dependent next-token distributions,
     # so greedy paths are not flat ties and different prompts lead to different continuations.
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.dim() == 2:
                 param.normal_(0.0, 0.3)
     return model.eval()
@@ -178,3 +185,96 @@ def build_merged_folder(base_dir: Path, target: Path, heads, sharded: bool = Fal
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+# ---- a benchmark without data files, and the registry that serves it ---------------------------
+
+
+@dataclass(frozen=True)
+class FakeTask:
+    """Prompts of varied length (so batches pad); 'correct' is a coin flip on the generated text."""
+
+    name: str = "fake"
+    max_new_tokens: int = 5
+    description: str = "fake task for tests"
+    n_docs: int = 4
+
+    def load_docs(self, split="test", limit=None, data_dir=None):
+        from autodeco_cli.benchmarks.types import Doc
+
+        docs = [Doc(f"fake/{i}", "count " * (1 + 2 * i) + "now", str(i % 3), {}) for i in range(self.n_docs)]
+        return docs[:limit] if limit else docs
+
+    def score(self, doc, text):
+        from autodeco_cli.benchmarks.types import Score
+
+        if not text:
+            return Score(False, None, {"chars": 0.0})
+        extracted = str(len(text) % 3)
+        return Score(extracted == doc.gold, extracted, {"chars": float(len(text))})
+
+
+@pytest.fixture()
+def fake_registry(monkeypatch):
+    """The task registry serving `fake` (4 docs) and `fake2` (3 docs) instead of evals/."""
+    from autodeco_cli.benchmarks import registry
+
+    tasks = {"fake": FakeTask(), "fake2": FakeTask(name="fake2", n_docs=3)}
+    monkeypatch.setattr(registry, "get_task", lambda name: tasks[name])
+    monkeypatch.setattr(registry, "expand", lambda names: [n.strip() for n in str(names).split(",")])
+    return tasks
+
+
+# ---- the CLI in-process ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, tmp_path):
+    """Run `autodeco ARGS...` through the console entry point main(), in-process; returns
+    (exit code, stdout, stderr). `stdin=` replaces standard input for that call."""
+    from autodeco_cli.cli import main
+
+    monkeypatch.setenv("AUTODECO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "300")  # wide enough that no one-line error wraps
+
+    def run(*args, stdin: str | None = None):
+        monkeypatch.setattr(sys, "argv", ["autodeco", *map(str, args)])
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+# ---- a run killed mid-way ----------------------------------------------------------------------
+
+
+class Killed(Exception):
+    """Stands for the process being killed (see kill_after)."""
+
+
+def kill_after(engine, monkeypatch, batches: int) -> None:
+    """Make engine.generate raise Killed right after its N-th batch (counted over all calls) has
+    been handed to the caller's on_batch_done, i.e. after the caller wrote it."""
+    original = engine.generate
+    seen = {"batches": 0}
+
+    def generate(requests, **kwargs):
+        done = kwargs.pop("on_batch_done")
+
+        def on_batch_done(batch):
+            done(batch)
+            seen["batches"] += 1
+            if seen["batches"] >= batches:
+                raise Killed()
+
+        return original(requests, on_batch_done=on_batch_done, **kwargs)
+
+    monkeypatch.setattr(engine, "generate", generate)

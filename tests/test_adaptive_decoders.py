@@ -11,7 +11,6 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY_HIDDEN
 
 from autodeco_cli.decoding import make_strategy
 from autodeco_cli.distribution import (
@@ -27,10 +26,16 @@ from autodeco_cli.errors import UserError
 from autodeco_cli.evaluation import run_eval, strategy_slug
 from autodeco_cli.generation import GenerationEngine, Request, build_requests
 from autodeco_cli.heads import fresh_heads
+from conftest import TINY_HIDDEN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-PROMPTS = ["hello", "What is 27 + 82? Tell me a joke about a cat.", "The quick brown fox", "Once upon a time there was a small model"]
+PROMPTS = [
+    "hello",
+    "What is 27 + 82? Tell me a joke about a cat.",
+    "The quick brown fox",
+    "Once upon a time there was a small model",
+]
 MAX_NEW = 12
 
 
@@ -58,7 +63,9 @@ def test_min_p_is_applied_after_temperature():
     assert torch.isfinite(decoding_logits(logits, 0.5, 1.0, min_p=0.3)).sum() == 1
 
 
-@pytest.mark.parametrize("T, p, top_k, min_p", [(1.0, 1.0, None, 0.1), (0.7, 1.0, None, 0.05), (1.5, 0.9, None, 0.2), (1.0, 0.8, 20, 0.02)])
+@pytest.mark.parametrize(
+    "T, p, top_k, min_p", [(1.0, 1.0, None, 0.1), (0.7, 1.0, None, 0.05), (1.5, 0.9, None, 0.2), (1.0, 0.8, 20, 0.02)]
+)
 def test_min_p_chain_matches_transformers(T, p, top_k, min_p):
     from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -111,7 +118,9 @@ def test_edt_temperature_hand_cases():
     assert edt_temperature(uniform, 1.0, 0.8, 1.0).item() == pytest.approx(0.8 ** (1 / math.log(4)), rel=1e-6)
     skewed = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))  # H = 1.5 ln 2
     assert token_entropy(skewed).item() == pytest.approx(1.5 * math.log(2), rel=1e-6)
-    assert edt_temperature(skewed, 0.7, 0.8, 0.5).item() == pytest.approx(0.7 * 0.8 ** (0.5 / (1.5 * math.log(2))), rel=1e-6)
+    assert edt_temperature(skewed, 0.7, 0.8, 0.5).item() == pytest.approx(
+        0.7 * 0.8 ** (0.5 / (1.5 * math.log(2))), rel=1e-6
+    )
     # per-row parameters
     both = torch.cat([torch.zeros(1, 3), skewed])
     t = edt_temperature(both, torch.tensor([1.0, 0.7]), torch.tensor([0.5, 0.8]), torch.tensor([2.0, 0.5]))
@@ -128,7 +137,9 @@ def test_edt_temperature_rises_with_entropy_and_is_safe_at_zero_entropy():
     assert (temperatures < 1.2).all()
     # one-hot rows: H = 0 (exactly, with -inf) or ~1e-40; both give the floor, never NaN
     one_hot = torch.tensor([[0.0, float("-inf"), float("-inf")], [200.0, 0.0, 0.0]])
-    assert edt_temperature(one_hot, 1.0, 0.8, 1.0).squeeze(-1).tolist() == pytest.approx([MIN_TEMPERATURE, MIN_TEMPERATURE])
+    assert edt_temperature(one_hot, 1.0, 0.8, 1.0).squeeze(-1).tolist() == pytest.approx(
+        [MIN_TEMPERATURE, MIN_TEMPERATURE]
+    )
 
 
 def test_edt_decoding_uses_its_dynamic_temperature():
@@ -147,11 +158,17 @@ def test_edt_decoding_uses_its_dynamic_temperature():
 def test_strategy_labels_slugs_and_defaults():
     cases = {
         make_strategy("min-p"): ("min-p(T=1, min_p=0.1)", "min-p-T1-min-p0.1"),
-        make_strategy("min-p", 0.7, 0.9, 20, min_p=0.05): ("min-p(T=0.7, min_p=0.05, p=0.9, k=20)", "min-p-T0.7-min-p0.05-p0.9-k20"),
+        make_strategy("min-p", 0.7, 0.9, 20, min_p=0.05): (
+            "min-p(T=0.7, min_p=0.05, p=0.9, k=20)",
+            "min-p-T0.7-min-p0.05-p0.9-k20",
+        ),
         make_strategy("top-n-sigma"): ("top-n-sigma(T=1, n=1)", "top-n-sigma-T1-n1"),
         make_strategy("top-n-sigma", 1.5, n_sigma=0.5): ("top-n-sigma(T=1.5, n=0.5)", "top-n-sigma-T1.5-n0.5"),
         make_strategy("edt"): ("edt(T=1, N=0.8, theta=1)", "edt-T1-N0.8-theta1"),
-        make_strategy("edt", 0.5, edt_base=0.9, edt_theta=0.1): ("edt(T=0.5, N=0.9, theta=0.1)", "edt-T0.5-N0.9-theta0.1"),
+        make_strategy("edt", 0.5, edt_base=0.9, edt_theta=0.1): (
+            "edt(T=0.5, N=0.9, theta=0.1)",
+            "edt-T0.5-N0.9-theta0.1",
+        ),
     }
     for strategy, (label, slug) in cases.items():
         assert (strategy.label, strategy_slug(strategy)) == (label, slug)
@@ -164,7 +181,10 @@ def test_strategy_labels_slugs_and_defaults():
     assert make_strategy("static", 0.6, 0.95).to_dict() == {
         "name": "static", "temperature": 0.6, "top_p": 0.95, "top_k": None, "temperature_scale": 1.0, "top_p_scale": 1.0, "active_heads": "both"
     }  # fmt: skip
-    assert make_strategy("min-p", min_p=0.2).to_dict()["min_p"] == 0.2 and "n_sigma" not in make_strategy("min-p").to_dict()
+    assert (
+        make_strategy("min-p", min_p=0.2).to_dict()["min_p"] == 0.2
+        and "n_sigma" not in make_strategy("min-p").to_dict()
+    )
 
 
 @pytest.mark.parametrize(
@@ -194,7 +214,10 @@ def test_strategy_validation_is_one_line(name, kwargs, needle):
 def test_cli_rejects_bad_values_before_loading_a_model(monkeypatch, capsys, tmp_path):
     from autodeco_cli.cli import main
 
-    for args, needle in [(["--decoding", "min-p", "--min-p", "2"], "--min-p 2"), (["--decoding", "static", "--edt-theta", "1"], "--edt-theta")]:
+    for args, needle in [
+        (["--decoding", "min-p", "--min-p", "2"], "--min-p 2"),
+        (["--decoding", "static", "--edt-theta", "1"], "--edt-theta"),
+    ]:
         monkeypatch.setattr(sys, "argv", ["autodeco", "generate", "hi", "--model", str(tmp_path / "no-model"), *args])
         monkeypatch.setattr(sys, "stdin", io.StringIO(""))
         with pytest.raises(SystemExit) as exited:
@@ -232,15 +255,21 @@ def test_seeded_and_independent_of_batch_mates(engine, tiny_lm, strategy):
     one_by_one = engine.generate(reqs, max_new_tokens=MAX_NEW, batch_size=1)
     again = engine.generate(list(reversed(reqs)), max_new_tokens=MAX_NEW, batch_size=3)[::-1]
     assert [g.token_ids for g in together] == [g.token_ids for g in one_by_one] == [g.token_ids for g in again]
-    other_seed = engine.generate(build_requests(tiny_lm.tokenizer, PROMPTS, strategy, n=2, seed=8), max_new_tokens=MAX_NEW)
+    other_seed = engine.generate(
+        build_requests(tiny_lm.tokenizer, PROMPTS, strategy, n=2, seed=8), max_new_tokens=MAX_NEW
+    )
     assert [g.token_ids for g in other_seed] != [g.token_ids for g in together]
 
 
 def test_extreme_settings_reduce_to_greedy(engine, tiny_lm):
     # min_p = 1 and n = 0 keep only the top token: whatever T, the sample is the argmax path
-    greedy = engine.generate(build_requests(tiny_lm.tokenizer, PROMPTS, make_strategy("greedy")), max_new_tokens=MAX_NEW)
+    greedy = engine.generate(
+        build_requests(tiny_lm.tokenizer, PROMPTS, make_strategy("greedy")), max_new_tokens=MAX_NEW
+    )
     for strategy in (make_strategy("min-p", 3.0, min_p=1.0), make_strategy("top-n-sigma", 3.0, n_sigma=0.0)):
-        got = engine.generate(build_requests(tiny_lm.tokenizer, PROMPTS, strategy, seed=1), max_new_tokens=MAX_NEW, trace=True)
+        got = engine.generate(
+            build_requests(tiny_lm.tokenizer, PROMPTS, strategy, seed=1), max_new_tokens=MAX_NEW, trace=True
+        )
         assert [g.token_ids for g in got] == [g.token_ids for g in greedy], strategy.label
         assert all(t.nucleus_size == 1 for g in got for t in g.trace)
 
@@ -282,7 +311,9 @@ def test_mixed_with_static_and_greedy_in_one_batch(engine, tiny_lm):
     tok = tiny_lm.tokenizer
     base = build_requests(tok, PROMPTS, make_strategy("static", 0.9, 0.95), seed=4)
     strategies = [make_strategy("greedy"), *ADAPTIVE]
-    reqs = base + [Request(key=(s.name, r.key), input_ids=r.input_ids, strategy=s, seed=r.seed) for s in strategies for r in base]
+    reqs = base + [
+        Request(key=(s.name, r.key), input_ids=r.input_ids, strategy=s, seed=r.seed) for s in strategies for r in base
+    ]
     mixed = engine.generate(reqs, max_new_tokens=MAX_NEW, batch_size=6)
     alone = [engine.generate([r], max_new_tokens=MAX_NEW)[0] for r in reqs]
     assert [g.token_ids for g in mixed] == [g.token_ids for g in alone]
@@ -292,12 +323,23 @@ def test_mixed_with_static_and_greedy_in_one_batch(engine, tiny_lm):
 
 
 def test_min_p_grid_on_the_tiny_model(engine, tmp_path):
-    from test_grid import FakeTask, _keys, _samples
-
     from autodeco_cli.grid import grid_table, load_grid, run_comparison, run_grid
     from autodeco_cli.grid_families import cell_from_record
+    from conftest import FakeTask
+    from test_grid import _keys, _samples
 
-    grid = run_grid(engine, FakeTask(), family="min-p", temperatures=[0.7, 1.5], values=[0.1, 0.3], k=2, seeds=[0], batch_size=3, out_dir=tmp_path, n_boot=300)
+    grid = run_grid(
+        engine,
+        FakeTask(),
+        family="min-p",
+        temperatures=[0.7, 1.5],
+        values=[0.1, 0.3],
+        k=2,
+        seeds=[0],
+        batch_size=3,
+        out_dir=tmp_path,
+        n_boot=300,
+    )
     assert grid["family"] == {"name": "min-p", "axes": {"temperature": "temperature T", "min_p": "min-p"}, "fixed": {}}
     assert grid["temperatures"] == [0.7, 1.5] and grid["min_ps"] == [0.1, 0.3] and "top_ps" not in grid
     slugs = {c["slug"] for c in grid["cells"]}
@@ -309,7 +351,9 @@ def test_min_p_grid_on_the_tiny_model(engine, tmp_path):
     assert header[0] == "T \\ min-p" and header[1:] == ["0.1", "0.3"]
     # a cell is exactly `autodeco eval --decoding min-p -t 0.7 --min-p 0.3` with the same settings
     single = tmp_path / "single"
-    run_eval(engine, [FakeTask()], [make_strategy("min-p", 0.7, min_p=0.3)], k=2, seeds=[0], batch_size=1, out_dir=single)
+    run_eval(
+        engine, [FakeTask()], [make_strategy("min-p", 0.7, min_p=0.3)], k=2, seeds=[0], batch_size=1, out_dir=single
+    )
     cell, alone = _samples(tmp_path, "min-p-T0.7-min-p0.3"), _samples(single, "min-p-T0.7-min-p0.3")
     assert len(cell) == len(alone) == 8
     assert {k: r["text"] for k, r in zip(_keys(cell), cell)} == {k: r["text"] for k, r in zip(_keys(alone), alone)}
@@ -320,18 +364,6 @@ def test_min_p_grid_on_the_tiny_model(engine, tmp_path):
     assert "min_p" in (tmp_path / "comparison.md").read_text()
 
 
-@pytest.fixture()
-def fake_registry(monkeypatch):
-    from test_grid import FakeTask
-
-    from autodeco_cli.benchmarks import registry
-
-    tasks = {"fake": FakeTask()}
-    monkeypatch.setattr(registry, "get_task", lambda name: tasks[name])
-    monkeypatch.setattr(registry, "expand", lambda names: [n.strip() for n in str(names).split(",")])
-    return tasks
-
-
 def test_cli_edt_cells_and_family_errors(tiny_model_dir, tmp_path, fake_registry):
     from typer.testing import CliRunner
 
@@ -339,7 +371,26 @@ def test_cli_edt_cells_and_family_errors(tiny_model_dir, tmp_path, fake_registry
 
     runner = CliRunner()
     out = tmp_path / "edt"
-    done = runner.invoke(app, ["grid-search", "-b", "fake", "--family", "edt", "--cells", "1.0:0.5,0.7:2", "--edt-base", "0.9", "--model", str(tiny_model_dir), "-k", "2", "-o", str(out)])
+    done = runner.invoke(
+        app,
+        [
+            "grid-search",
+            "-b",
+            "fake",
+            "--family",
+            "edt",
+            "--cells",
+            "1.0:0.5,0.7:2",
+            "--edt-base",
+            "0.9",
+            "--model",
+            str(tiny_model_dir),
+            "-k",
+            "2",
+            "-o",
+            str(out),
+        ],
+    )
     assert done.exit_code == 0, done.output
     grid = json.loads((out / "grid.json").read_text())
     assert grid["family"]["fixed"] == {"edt_base": 0.9} and grid["family"]["axes"]["edt_theta"] == "θ"

@@ -22,7 +22,18 @@ from autodeco_cli.benchmarks.registry import expand, get_task, list_groups, list
 from autodeco_cli.benchmarks.types import Doc, Score
 from autodeco_cli.errors import UserError
 
-PAPER_TASKS = ["aime24", "aime25", "brumo25", "hmmt25", "beyondaime", "gpqa-diamond", "mmlu-pro", "mmlu-pro-100", "livecodebench", "ifeval"]
+PAPER_TASKS = [
+    "aime24",
+    "aime25",
+    "brumo25",
+    "hmmt25",
+    "beyondaime",
+    "gpqa-diamond",
+    "mmlu-pro",
+    "mmlu-pro-100",
+    "livecodebench",
+    "ifeval",
+]
 SMALL_TASKS = ["gsm8k", "math500", "arc-easy", "arc-challenge", "arith-add", "arith-sub", "arith-mul"]
 RAND_TASKS = ["rand-item", "rand-letter", "rand-letter-reworded", "rand-times", "rand-times-reworded"]
 MATH_SUFFIX = "\nMake sure you output the final answer within \\boxed{}."
@@ -44,7 +55,10 @@ def data_dir() -> Path:
 def test_all_tasks_are_registered() -> None:
     assert sorted(PAPER_TASKS + SMALL_TASKS + RAND_TASKS) == list_tasks()
     assert list_groups()["rand"] == ["rand-letter", "rand-times"]  # rand-item: no per-token edge when probed
-    assert list_groups()["rand-reworded"] == ["rand-letter-reworded", "rand-times-reworded"]  # held-out wordings, never trained on
+    assert list_groups()["rand-reworded"] == [
+        "rand-letter-reworded",
+        "rand-times-reworded",
+    ]  # held-out wordings, never trained on
     for name in list_tasks():
         task = get_task(name)
         assert task.max_new_tokens > 0
@@ -210,7 +224,7 @@ def test_mc_prompt_and_gold(data_dir: Path) -> None:
     assert doc.gold == "J" and doc.meta["n_options"] == 10
     assert "\nA. Not enough information, Not enough information\n" in doc.prompt
     assert "\nJ. False, True\n" in doc.prompt
-    assert 'The answer is (X)' in doc.prompt
+    assert "The answer is (X)" in doc.prompt
 
 
 def test_arc_numeric_keys_become_letters(data_dir: Path) -> None:

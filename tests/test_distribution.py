@@ -10,10 +10,12 @@ import torch
 
 from autodeco_cli.distribution import (
     MIN_TEMPERATURE,
+    NUCLEUS_CANDIDATES,
     decoding_distribution,
     decoding_logits,
     distribution_features,
     hard_top_p_keep,
+    nucleus_cut,
     nucleus_size,
     scale_logits,
     soft_top_p,
@@ -70,7 +72,9 @@ def ref_decoding(logits: list[float], T: float, p: float, top_k: int | None, ret
     return (dist, sum(keep)) if return_kept else dist
 
 
-def random_probs(generator: torch.Generator, rows: int, vocab: int, ties: bool = False, dtype=torch.float64) -> torch.Tensor:
+def random_probs(
+    generator: torch.Generator, rows: int, vocab: int, ties: bool = False, dtype=torch.float64
+) -> torch.Tensor:
     logits = torch.randn(rows, vocab, generator=generator, dtype=dtype) * 2.0
     if ties:
         # quantise so several tokens share exactly the same logit (and probability)
@@ -161,6 +165,92 @@ def test_hard_top_p_matches_transformers_warper(p):
     assert torch.equal(ours[clean], theirs[clean])
 
 
+# ---- partial-sort nucleus == full-sort nucleus, exactly -------------------------------------
+
+
+def full_sort_keep(probs: torch.Tensor, top_p) -> torch.Tensor:
+    """The nucleus as it was cut before the partial sort: every row sorted in full."""
+    top_p = top_p.to(probs.dtype)  # a [..., 1] column
+    sorted_probs = torch.sort(probs, dim=-1, descending=True).values
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    size = (mass_before < top_p).sum(dim=-1, keepdim=True).clamp_min(1)
+    size = torch.where(top_p >= 1.0, torch.full_like(size, probs.size(-1)), size)
+    cutoff = sorted_probs.gather(-1, size - 1)
+    above = probs > cutoff
+    tied = probs == cutoff
+    room = size - above.sum(dim=-1, keepdim=True)
+    return above | (tied & (torch.cumsum(tied.int(), dim=-1) <= room))
+
+
+def _nucleus_cases():
+    """(name, probs, top_p column) rows that stress the candidate shortcut and its fallback."""
+    gen = torch.Generator().manual_seed(2024)
+    vocab = 3000
+    cases = []
+    for scale in (0.3, 1.0, 3.0, 8.0, 20.0):  # flat (nucleus of thousands) .. peaked (one token)
+        logits = torch.randn(24, vocab, generator=gen) * scale
+        p = torch.rand(24, 1, generator=gen)
+        cases.append((f"randn*{scale}", torch.softmax(logits, -1), p))
+    # bf16-rounded logits: many exact ties, often right at the cutoff
+    logits = (torch.randn(24, vocab, generator=gen) * 4).bfloat16().float()
+    cases.append(("bf16 logits", torch.softmax(logits / 0.6, -1), torch.full((24, 1), 0.95)))
+    # integer logits: huge tie classes
+    logits = torch.randint(0, 4, (24, vocab), generator=gen).float() * 2
+    cases.append(("integer logits", torch.softmax(logits, -1), torch.rand(24, 1, generator=gen)))
+    # nuclei of exactly candidates-1, candidates, candidates+1 tokens: equal top tokens, tiny tail
+    k = NUCLEUS_CANDIDATES
+    rows = []
+    for size in (k - 1, k, k + 1, 2 * k):
+        row = torch.full((vocab,), 1e-9)
+        row[torch.randperm(vocab, generator=gen)[:size]] = 1.0
+        rows.append(row / row.sum())
+    cases.append(("nucleus at the candidate edge", torch.stack(rows), torch.full((len(rows), 1), 0.999)))
+    # p exactly at a cumulative-mass boundary of the head
+    probs = torch.softmax(torch.randn(8, vocab, generator=gen) * 6, -1)
+    head = torch.sort(probs, -1, descending=True).values
+    boundary = torch.cumsum(head, -1)[:, [0, 3, 10, k - 1, k, k + 5, 10, 2]].diagonal().unsqueeze(-1)
+    cases.append(("p on a boundary", probs, boundary))
+    # p = 0, p = 1 and p > 1 mixed in one batch; -inf-masked logits (top-k before top-p)
+    logits = torch.randn(6, vocab, generator=gen) * 2
+    logits[:3, 100:] = float("-inf")
+    cases.append(
+        ("mixed p, masked logits", torch.softmax(logits, -1), torch.tensor([[0.0], [1.0], [1.5], [0.5], [1.0], [1e-7]]))
+    )
+    return cases
+
+
+@pytest.mark.parametrize("candidates", [1, 4, NUCLEUS_CANDIDATES])
+def test_partial_sort_nucleus_equals_full_sort(candidates):
+    for name, probs, p in _nucleus_cases():
+        size, cutoff = nucleus_cut(probs, p, candidates=candidates)
+        full_size, full_cutoff = nucleus_cut(probs, p, candidates=probs.size(-1))
+        assert torch.equal(size, full_size) and torch.equal(cutoff, full_cutoff), name
+        expected = full_sort_keep(probs, p)
+        assert torch.equal(hard_top_p_keep(probs, p), expected), name
+        assert torch.equal(expected.sum(-1, keepdim=True), torch.where(p >= 1.0, probs.size(-1), size)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_partial_sort_nucleus_low_and_high_precision(dtype):
+    gen = torch.Generator().manual_seed(5)
+    for scale in (0.5, 4.0, 15.0):
+        probs = torch.softmax(torch.randn(2, 3, 700, generator=gen) * scale, -1).to(dtype)  # [..., V] batch shape too
+        p = torch.rand(2, 3, generator=gen)
+        assert torch.equal(hard_top_p_keep(probs, p), full_sort_keep(probs, p.unsqueeze(-1).to(dtype))), (dtype, scale)
+
+
+def test_decoding_logits_unchanged_by_the_partial_sort():
+    """The sampled distribution is bit-for-bit what the full-vocabulary sort gave."""
+    gen = torch.Generator().manual_seed(11)
+    logits = torch.randn(16, 5000, generator=gen) * 5
+    logits[3] = logits[3].bfloat16().float()  # ties
+    T = torch.rand(16, 1, generator=gen) + 0.3
+    p = torch.rand(16, 1, generator=gen)
+    scaled = logits / T
+    expected = scaled.masked_fill(~full_sort_keep(torch.softmax(scaled, -1), p), float("-inf"))
+    assert torch.equal(decoding_logits(logits, T, p), expected)
+
+
 # ---- top-k, temperature, decoding_logits / decoding_distribution ---------------------------
 
 
@@ -207,7 +297,9 @@ def test_decoding_distribution_per_row_parameters():
     assert torch.allclose(dist.sum(-1), torch.ones(4, 3), atol=1e-5)
     for a in range(4):
         for b in range(3):
-            expected = torch.tensor(ref_decoding(logits[a, b].double().tolist(), float(T[a, b]), float(p[a, b]), None), dtype=torch.float32)
+            expected = torch.tensor(
+                ref_decoding(logits[a, b].double().tolist(), float(T[a, b]), float(p[a, b]), None), dtype=torch.float32
+            )
             assert torch.allclose(dist[a, b], expected, atol=1e-5)
 
 
@@ -297,7 +389,8 @@ def test_soft_top_p_converges_to_hard_cut_as_alpha_grows():
             p = float(cumulative[row, k]) - 1e-7  # just below the boundary after rank k
             hard = decoding_distribution(torch.log(probs[row : row + 1]), 1.0, p, mode="hard").double()
             errors = [
-                (soft_top_p(probs[row : row + 1], p, alpha=alpha) - hard).abs().max().item() for alpha in (10.0, 100.0, 1000.0, 10000.0)
+                (soft_top_p(probs[row : row + 1], p, alpha=alpha) - hard).abs().max().item()
+                for alpha in (10.0, 100.0, 1000.0, 10000.0)
             ]
             assert errors[-1] < 1e-2, (row, k, errors)
             assert errors[0] > errors[-1]

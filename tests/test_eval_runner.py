@@ -5,44 +5,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from autodeco_cli.benchmarks.types import Doc, Score
 from autodeco_cli.decoding import make_strategy
 from autodeco_cli.errors import UserError
 from autodeco_cli.evaluation import SampleLog, compare_results, run_eval, strategy_slug
 from autodeco_cli.generation import GenerationEngine
 from autodeco_cli.heads import fresh_heads
-
-from conftest import TINY_HIDDEN
+from conftest import TINY_HIDDEN, FakeTask, Killed, kill_after
 
 STATIC = make_strategy("static", temperature=0.8, top_p=0.9)
 STATIC_HOT = make_strategy("static", temperature=1.5, top_p=1.0)
 AUTODECO = make_strategy("autodeco")
 GREEDY = make_strategy("greedy")
-
-
-@dataclass(frozen=True)
-class FakeTask:
-    """Prompts of varied length (so batches pad); 'correct' is a coin flip on the text."""
-
-    name: str = "fake"
-    max_new_tokens: int = 5
-    description: str = "fake task for tests"
-    n_docs: int = 4
-
-    def load_docs(self, split="test", limit=None, data_dir=None):
-        docs = [Doc(f"fake/{i}", "count " * (1 + 2 * i) + "now", str(i % 3), {}) for i in range(self.n_docs)]
-        return docs[:limit] if limit else docs
-
-    def score(self, doc, text):
-        if not text:
-            return Score(False, None, {"chars": 0.0})
-        extracted = str(len(text) % 3)
-        return Score(extracted == doc.gold, extracted, {"chars": float(len(text))})
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +32,8 @@ def engine(tiny_lm):
     engine.close()  # the heads' hook sits on the session-wide model
 
 
-def _run(engine, out, strategies, task=FakeTask(), **kwargs):
+def _run(engine, out, strategies, task=None, **kwargs):
+    task = task or FakeTask()
     settings = {"k": 2, "seeds": [0, 1], "batch_size": 3, "out_dir": out, **kwargs}
     return run_eval(engine, [task], strategies, **settings)
 
@@ -114,11 +94,32 @@ def test_results_layout_and_metrics(reference):
     assert set(results) == {s.label for s in ALL}
     static = json.loads((folder / strategy_slug(STATIC) / "results.json").read_text())
     assert static == json.loads(json.dumps(results[STATIC.label]))
-    for section in ("results", "configs", "versions", "n-samples", "date", "git_hash", "decoding", "model", "per_question"):
+    for section in (
+        "results",
+        "configs",
+        "versions",
+        "n-samples",
+        "date",
+        "git_hash",
+        "decoding",
+        "model",
+        "per_question",
+    ):
         assert section in static
     m = static["results"]["fake"]
     assert m["samples_per_question"] == 4 and m["n_questions"] == 4
-    for key in ("pass@1", "pass@1_stderr", "pass@1_seed_std", "pass@4", "maj@1", "maj@4", "mean_tokens", "unparseable", "truncated", "chars"):
+    for key in (
+        "pass@1",
+        "pass@1_stderr",
+        "pass@1_seed_std",
+        "pass@4",
+        "maj@1",
+        "maj@4",
+        "mean_tokens",
+        "unparseable",
+        "truncated",
+        "chars",
+    ):
         assert key in m, key
     assert "pass@8" not in m and "mean_temperature" not in m
     records = _samples(folder, STATIC)
@@ -130,7 +131,18 @@ def test_results_layout_and_metrics(reference):
     assert m["pass@1_seed_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / 2)
     assert m["mean_tokens"] == pytest.approx(sum(r["num_tokens"] for r in records) / len(records))
     assert m["chars"] == pytest.approx(sum(r["metrics"]["chars"] for r in records) / len(records))
-    for key in ("task", "doc_id", "seed", "sample", "text", "extracted", "correct", "metrics", "num_tokens", "finish_reason"):
+    for key in (
+        "task",
+        "doc_id",
+        "seed",
+        "sample",
+        "text",
+        "extracted",
+        "correct",
+        "metrics",
+        "num_tokens",
+        "finish_reason",
+    ):
         assert key in records[0], key
     per_question = static["per_question"]["fake"]
     assert [row["doc_id"] for row in per_question] == [f"fake/{i}" for i in range(4)]
@@ -141,7 +153,9 @@ def test_results_layout_and_metrics(reference):
     auto_records = _samples(folder, AUTODECO)
     assert all(0 < r["mean_temperature"] and 0 < r["mean_top_p"] <= 1 for r in auto_records)
     weight = sum(r["num_tokens"] for r in auto_records)
-    assert auto["mean_temperature"] == pytest.approx(sum(r["mean_temperature"] * r["num_tokens"] for r in auto_records) / weight)
+    assert auto["mean_temperature"] == pytest.approx(
+        sum(r["mean_temperature"] * r["num_tokens"] for r in auto_records) / weight
+    )
     assert "mean_temperature" not in records[0]
 
 
@@ -153,34 +167,11 @@ def test_mean_shift_reads_autodeco_results(engine, tmp_path):
     assert strategy.temperature == pytest.approx(results[AUTODECO.label]["results"]["fake"]["mean_temperature"])
 
 
-class Killed(Exception):
-    pass
-
-
-def _kill_after(engine, monkeypatch, batches: int):
-    """Make engine.generate die right after its N-th batch has been written."""
-    original = engine.generate
-    seen = {"batches": 0}
-
-    def generate(requests, **kwargs):
-        done = kwargs.pop("on_batch_done")
-
-        def on_batch_done(batch):
-            done(batch)
-            seen["batches"] += 1
-            if seen["batches"] >= batches:
-                raise Killed()
-
-        return original(requests, on_batch_done=on_batch_done, **kwargs)
-
-    monkeypatch.setattr(engine, "generate", generate)
-
-
 def test_resume_after_kill_equals_uninterrupted_run(engine, reference, tmp_path, monkeypatch):
     whole, expected = reference
     with monkeypatch.context() as patch:
         # autodeco's 16 traced rows go first (6 batches of 3), then the 20 others
-        _kill_after(engine, patch, batches=8)
+        kill_after(engine, patch, batches=8)
         with pytest.raises(Killed):
             _run(engine, tmp_path, ALL)
     assert 0 < len(_samples(tmp_path, STATIC)) < 16
@@ -247,16 +238,67 @@ def test_small_helpers():
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("5,9") == [5, 9]
     with pytest.raises(UserError):
         parse_seeds("x")
-    assert pass_k_ladder(1) == [1] and pass_k_ladder(128) == [1, 4, 8, 16, 32, 64, 128] and pass_k_ladder(12) == [1, 4, 8]
+    assert (
+        pass_k_ladder(1) == [1] and pass_k_ladder(128) == [1, 4, 8, 16, 32, 64, 128] and pass_k_ladder(12) == [1, 4, 8]
+    )
     assert strategy_slug(make_strategy("static", temperature=0.6, top_p=0.95)) == "static-T0.6-p0.95"
     assert strategy_slug(make_strategy("autodeco", temperature_scale=1.2)) == "autodeco-xT-1.2-xp-1"
     ifeval = [
-        {"metrics": {"prompt_strict": 1.0, "prompt_loose": 1.0, "inst_strict_correct": 2.0, "inst_strict_total": 2.0, "inst_loose_correct": 2.0, "inst_loose_total": 2.0}},
-        {"metrics": {"prompt_strict": 0.0, "prompt_loose": 1.0, "inst_strict_correct": 1.0, "inst_strict_total": 3.0, "inst_loose_correct": 3.0, "inst_loose_total": 3.0}},
+        {
+            "metrics": {
+                "prompt_strict": 1.0,
+                "prompt_loose": 1.0,
+                "inst_strict_correct": 2.0,
+                "inst_strict_total": 2.0,
+                "inst_loose_correct": 2.0,
+                "inst_loose_total": 2.0,
+            }
+        },
+        {
+            "metrics": {
+                "prompt_strict": 0.0,
+                "prompt_loose": 1.0,
+                "inst_strict_correct": 1.0,
+                "inst_strict_total": 3.0,
+                "inst_loose_correct": 3.0,
+                "inst_loose_total": 3.0,
+            }
+        },
     ]
-    assert sample_metric_means(ifeval) == {
+    declared = SimpleNamespace(options={"aggregation": "ifeval"})  # the task declares IFEval's aggregation
+    assert sample_metric_means(ifeval, declared) == {
         "prompt_level_strict_acc": 0.5, "prompt_level_loose_acc": 1.0, "inst_level_strict_acc": 0.6, "inst_level_loose_acc": 1.0,
     }  # fmt: skip
+    # a task that declares none gets a plain mean per key; extra keys are averaged beside the declared ones
+    assert sample_metric_means(ifeval)["inst_strict_total"] == 2.5
+    extra = [{"metrics": {**r["metrics"], "chars": 2.0 * i}} for i, r in enumerate(ifeval)]
+    assert sample_metric_means(extra, declared)["chars"] == 1.0 and "prompt_strict" not in sample_metric_means(
+        extra, declared
+    )
+
+
+@dataclass(frozen=True)
+class DeclaringTask(FakeTask):
+    """A task that declares, as a YAML definition would, no voting and a caveat label."""
+
+    options: dict = field(default_factory=lambda: {"voting": False, "label": "public tests only"})
+
+
+def test_task_declares_voting_and_label(engine, tmp_path):
+    result = _run(engine, tmp_path, [STATIC], task=DeclaringTask(), k=2, seeds=[0])[STATIC.label]
+    metrics = result["results"]["fake"]
+    assert "pass@1" in metrics and not any(key.startswith("maj@") for key in metrics)
+    assert metrics["label"] == result["configs"]["fake"]["label"] == "public tests only"
+
+
+def test_doc_ids_restrict_the_questions_and_share_the_samples(engine, reference, tmp_path):
+    whole, _ = reference
+    subset = _run(engine, tmp_path, [STATIC], doc_ids=["fake/3", "fake/1"])[STATIC.label]
+    assert [row["doc_id"] for row in subset["per_question"]["fake"]] == ["fake/1", "fake/3"]  # the task's order
+    first = {k: r for k, r in _by_key(_samples(whole, STATIC)).items() if k[0] in ("fake/1", "fake/3")}
+    assert_same(first, _by_key(_samples(tmp_path, STATIC)))
+    with pytest.raises(UserError, match="no test documents"):
+        _run(engine, tmp_path, [STATIC], doc_ids=["nope"])
 
 
 def test_greedy_is_collapsed_to_one_sample(engine, tmp_path):
@@ -277,7 +319,14 @@ def test_greedy_matches_plain_argmax(engine, tmp_path, tiny_lm):
     doc = FakeTask().load_docs()[2]
     ids = torch.tensor([encode_prompt(tiny_lm.tokenizer, doc.prompt, chat=True)])
     with torch.inference_mode():
-        out = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=5, eos_token_id=tiny_lm.tokenizer.eos_token_id, pad_token_id=tiny_lm.tokenizer.pad_token_id)
+        out = tiny_lm.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=5,
+            eos_token_id=tiny_lm.tokenizer.eos_token_id,
+            pad_token_id=tiny_lm.tokenizer.pad_token_id,
+        )
     tokens = out[0, ids.shape[1] :].tolist()
     eos = tiny_lm.tokenizer.eos_token_id
     tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
@@ -318,23 +367,27 @@ def test_compare_pairs_questions(reference):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def fake_registry(monkeypatch):
-    from autodeco_cli.benchmarks import registry
-
-    tasks = {"fake": FakeTask(), "fake2": FakeTask(name="fake2", n_docs=3)}
-    monkeypatch.setattr(registry, "get_task", lambda name: tasks[name])
-    monkeypatch.setattr(registry, "expand", lambda names: [n.strip() for n in str(names).split(",")])
-    return tasks
-
-
 def test_cli_eval_and_compare(tiny_model_dir, tmp_path, fake_registry):
     from typer.testing import CliRunner
 
     from autodeco_cli.cli import app
 
     runner = CliRunner()
-    common = ["eval", "-b", "fake,fake2", "--model", str(tiny_model_dir), "-k", "2", "--seeds", "2", "--batch-size", "4", "--output-dir", str(tmp_path)]
+    common = [
+        "eval",
+        "-b",
+        "fake,fake2",
+        "--model",
+        str(tiny_model_dir),
+        "-k",
+        "2",
+        "--seeds",
+        "2",
+        "--batch-size",
+        "4",
+        "--output-dir",
+        str(tmp_path),
+    ]
     first = runner.invoke(app, [*common, "--decoding", "static", "-t", "0.7", "-p", "0.9"])
     assert first.exit_code == 0, first.output
     assert "fake2" in first.output and "wrote" in first.output
@@ -346,7 +399,9 @@ def test_cli_eval_and_compare(tiny_model_dir, tmp_path, fake_registry):
     assert set(data["results"]) == {"fake", "fake2"} and data["model"] == str(tiny_model_dir)
     assert json.loads(greedy_results.read_text())["results"]["fake"]["samples_per_question"] == 1
 
-    compared = runner.invoke(app, ["compare", str(static_results), str(greedy_results.parent), "-b", "fake", "--bootstrap", "200"])
+    compared = runner.invoke(
+        app, ["compare", str(static_results), str(greedy_results.parent), "-b", "fake", "--bootstrap", "200"]
+    )
     assert compared.exit_code == 0, compared.output
     assert "Δ = A − B" in compared.output and "fake" in compared.output and "fake2" not in compared.output
 
@@ -357,11 +412,39 @@ def test_cli_mean_shift_takes_the_task_s_own_means(tiny_model_dir, tmp_path, fak
     from autodeco_cli.cli import app
 
     source = tmp_path / "autodeco.json"
-    source.write_text(json.dumps({"results": {"fake": {"mean_temperature": 0.5, "mean_top_p": 0.8}, "fake2": {"mean_temperature": 0.7, "mean_top_p": 0.9}}}))
-    args = ["eval", "-b", "fake2", "--model", str(tiny_model_dir), "-k", "1", "--seeds", "1", "--decoding", "mean-shift", "--mean-from", str(source), "-o", str(tmp_path / "out")]
+    source.write_text(
+        json.dumps(
+            {
+                "results": {
+                    "fake": {"mean_temperature": 0.5, "mean_top_p": 0.8},
+                    "fake2": {"mean_temperature": 0.7, "mean_top_p": 0.9},
+                }
+            }
+        )
+    )
+    args = [
+        "eval",
+        "-b",
+        "fake2",
+        "--model",
+        str(tiny_model_dir),
+        "-k",
+        "1",
+        "--seeds",
+        "1",
+        "--decoding",
+        "mean-shift",
+        "--mean-from",
+        str(source),
+        "-o",
+        str(tmp_path / "out"),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "out" / "mean-shift-T0.7-p0.9" / "results.json").read_text())["decoding"]["temperature"] == 0.7
+    assert (
+        json.loads((tmp_path / "out" / "mean-shift-T0.7-p0.9" / "results.json").read_text())["decoding"]["temperature"]
+        == 0.7
+    )
 
 
 def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):

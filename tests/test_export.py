@@ -18,7 +18,10 @@ PROMPTS = ["What is 2 + 3?", "Tell me a joke."]
 def _generate(lm, heads):
     engine = GenerationEngine(lm, heads)
     requests = build_requests(lm.tokenizer, PROMPTS, make_strategy("autodeco"), n=2, seed=4)
-    out = [(g.token_ids, [round(t.temperature, 5) for t in g.trace]) for g in engine.generate(requests, max_new_tokens=6, batch_size=4, trace=True)]
+    out = [
+        (g.token_ids, [round(t.temperature, 5) for t in g.trace])
+        for g in engine.generate(requests, max_new_tokens=6, batch_size=4, trace=True)
+    ]
     engine.close()
     return out
 

@@ -5,44 +5,22 @@ whose optimum is known), and on a tiny random Llama: exact resume, heatmap, a ce
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from autodeco_cli import grid as grid_mod
-from autodeco_cli.benchmarks.types import Doc, Score
+from autodeco_cli.comparison import run_comparison
 from autodeco_cli.errors import UserError
 from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.grid import Cell, load_grid, parse_cells, parse_values, round_sizes, run_comparison, run_grid, worse_p_value
+from autodeco_cli.grid import Cell, load_grid, parse_cells, parse_values, round_sizes, run_grid, worse_p_value
 from autodeco_cli.heads import fresh_heads
-
-from conftest import TINY_HIDDEN
+from conftest import TINY_HIDDEN, FakeTask, Killed, kill_after
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class FakeTask:
-    """Prompts of varied length; 'correct' is a coin flip on the generated text."""
-
-    name: str = "fake"
-    max_new_tokens: int = 5
-    description: str = "fake task for grid tests"
-    n_docs: int = 4
-
-    def load_docs(self, split="test", limit=None, data_dir=None):
-        docs = [Doc(f"fake/{i}", "count " * (1 + 2 * i) + "now", str(i % 3), {}) for i in range(self.n_docs)]
-        return docs[:limit] if limit else docs
-
-    def score(self, doc, text):
-        if not text:
-            return Score(False, None, {})
-        extracted = str(len(text) % 3)
-        return Score(extracted == doc.gold, extracted, {})
 
 
 # ---------------------------------------------------------------------------
@@ -57,7 +35,15 @@ def test_parse_values_ranges_and_lists():
     assert parse_values("1.0, 0.3,0.7,0.3") == [0.3, 0.7, 1.0]
     assert parse_values("0.2:0.4:0.1,1") == [0.2, 0.3, 0.4, 1.0]
     assert parse_values("0.5:0.65:0.1") == [0.5, 0.6]  # STOP included only when on the step
-    for bad, option in [("0:1:0.1", "--temperatures"), ("x", "--temperatures"), ("1:0.5:0.1", "--temperatures"), ("0.5:1:0", "--temperatures"), ("0.9,1.2", "--top-ps"), ("0.1:1", "--temperatures"), (",", "--temperatures")]:
+    for bad, option in [
+        ("0:1:0.1", "--temperatures"),
+        ("x", "--temperatures"),
+        ("1:0.5:0.1", "--temperatures"),
+        ("0.5:1:0", "--temperatures"),
+        ("0.9,1.2", "--top-ps"),
+        ("0.1:1", "--temperatures"),
+        (",", "--temperatures"),
+    ]:
         with pytest.raises(UserError):
             parse_values(bad, option)
 
@@ -89,22 +75,37 @@ class Scorer:
         self.samples = samples
         self.calls: list[dict] = []
 
-    def __call__(self, engine, tasks, strategies, *, limit=None, out_dir=None, **kwargs):
+    def __call__(self, engine, tasks, strategies, *, limit=None, out_dir=None, doc_ids=None, **kwargs):
         (task,) = tasks
         docs = task.load_docs(limit=limit)
-        self.calls.append({"cells": [(s.temperature, s.top_p) for s in strategies], "n": len(docs), "limit": limit})
+        if doc_ids is not None:  # an early-stopping round: a prefix of the questions
+            docs = [doc for doc in docs if doc.doc_id in set(doc_ids)]
+        self.calls.append(
+            {
+                "cells": [(s.temperature, s.top_p) for s in strategies],
+                "n": len(docs),
+                "limit": limit,
+                "doc_ids": doc_ids,
+            }
+        )
         out = {}
         for strategy in strategies:
             q = self.quality(strategy.temperature, strategy.top_p)
             rows = []
             for index, doc in enumerate(docs):
                 correct = sum(_uniform(index, j) < q for j in range(self.samples))
-                rows.append({"doc_id": doc.doc_id, "n": self.samples, "n_correct": correct, "pass@1": correct / self.samples})
+                rows.append(
+                    {"doc_id": doc.doc_id, "n": self.samples, "n_correct": correct, "pass@1": correct / self.samples}
+                )
             per_q = [r["pass@1"] for r in rows]
             mean = sum(per_q) / len(per_q)
-            se = (sum((x - mean) ** 2 for x in per_q) / (len(per_q) - 1) / len(per_q)) ** 0.5 if len(per_q) > 1 else None
+            se = (
+                (sum((x - mean) ** 2 for x in per_q) / (len(per_q) - 1) / len(per_q)) ** 0.5 if len(per_q) > 1 else None
+            )
             out[strategy.label] = {
-                "results": {task.name: {"pass@1": mean, "pass@1_stderr": se, "mean_tokens": 3.0, "n_questions": len(docs)}},
+                "results": {
+                    task.name: {"pass@1": mean, "pass@1_stderr": se, "mean_tokens": 3.0, "n_questions": len(docs)}
+                },
                 "per_question": {task.name: rows},
             }
         return out
@@ -126,7 +127,9 @@ def _by_slug(grid):
 
 def test_full_mode_one_call_oracle_ties_and_heatmap(monkeypatch, tmp_path):
     quality = {(0.3, 0.9): 0.5, (0.3, 1.0): 0.45, (0.7, 0.9): 0.9, (0.7, 1.0): 0.9, (1.0, 0.9): 0.88, (1.0, 1.0): 0.1}
-    grid, scorer = _synthetic(monkeypatch, lambda t, p: quality[t, p], tmp_path, mode="full", temperatures=[0.3, 0.7, 1.0], top_ps=[0.9, 1.0])
+    grid, scorer = _synthetic(
+        monkeypatch, lambda t, p: quality[t, p], tmp_path, mode="full", temperatures=[0.3, 0.7, 1.0], top_ps=[0.9, 1.0]
+    )
     # one run_eval call with every cell, on every question
     assert len(scorer.calls) == 1 and sorted(scorer.calls[0]["cells"]) == sorted(quality) and scorer.calls[0]["n"] == 40
     assert grid["complete"] and grid["mode"] == "full" and len(grid["cells"]) == 6
@@ -136,7 +139,9 @@ def test_full_mode_one_call_oracle_ties_and_heatmap(monkeypatch, tmp_path):
     assert (0.7, 1.0) in tied and (1.0, 1.0) not in tied and (0.3, 1.0) not in tied
     cells = _by_slug(grid)
     assert cells["static-T1-p1"]["vs_oracle"]["ci_high"] < 0 and not cells["static-T1-p1"]["tied"]
-    assert cells["static-T0.7-p0.9"]["oracle"] and cells["static-T0.7-p0.9"]["pass@1"] == pytest.approx(max(c["pass@1"] for c in grid["cells"]))
+    assert cells["static-T0.7-p0.9"]["oracle"] and cells["static-T0.7-p0.9"]["pass@1"] == pytest.approx(
+        max(c["pass@1"] for c in grid["cells"])
+    )
     assert grid["early_stopping"]["enabled"] is False and grid["early_stopping"]["pruned"] == []
     assert json.loads((tmp_path / "grid.json").read_text()) == grid
     png = (tmp_path / "heatmap.png").read_bytes()
@@ -167,18 +172,25 @@ def test_expert_mode_tunes_t_at_p1_then_p_at_best_t(monkeypatch, tmp_path):
 
 def test_early_stop_prunes_clearly_worse_cells(monkeypatch, tmp_path):
     quality = {(0.5, 1.0): 0.0, (0.7, 1.0): 0.85, (1.0, 1.0): 0.9, (1.3, 1.0): 0.05}
-    grid, scorer = _synthetic(monkeypatch, lambda t, p: quality[t, p], tmp_path, mode="cells", cells=list(quality), early_stop=True)
+    grid, scorer = _synthetic(
+        monkeypatch, lambda t, p: quality[t, p], tmp_path, mode="cells", cells=list(quality), early_stop=True
+    )
     # rounds over growing question prefixes; pruned cells are not run again
     assert [c["n"] for c in scorer.calls] == [10, 20, 40]
     assert sorted(scorer.calls[0]["cells"]) == sorted(quality)
     assert sorted(scorer.calls[1]["cells"]) == sorted(scorer.calls[2]["cells"]) == [(0.7, 1.0), (1.0, 1.0)]
-    assert scorer.calls[-1]["limit"] is None  # the final round is the plain run
+    assert scorer.calls[-1]["limit"] is None and scorer.calls[-1]["doc_ids"] is None  # the final round is the plain run
+    assert scorer.calls[0]["doc_ids"] == [f"fake/{i}" for i in range(10)]  # a round asks for the first questions
     early = grid["early_stopping"]
     assert early["enabled"] and early["alpha"] == 0.01 and early["rounds_questions"] == [10, 20, 40]
-    assert "Wilcoxon" in early["test"] or "normal" in early["test"]
+    assert early["test"] == grid_mod.prune_test_name()
     assert sorted(early["pruned"]) == ["static-T0.5-p1", "static-T1.3-p1"]
     first = early["rounds"][0]
-    assert first["questions"] == 10 and first["best"] == "static-T1-p1" and {p["slug"] for p in first["pruned"]} == set(early["pruned"])
+    assert (
+        first["questions"] == 10
+        and first["best"] == "static-T1-p1"
+        and {p["slug"] for p in first["pruned"]} == set(early["pruned"])
+    )
     assert all(p["p_value"] < 0.01 for p in first["pruned"])
     cells = _by_slug(grid)
     assert cells["static-T0.5-p1"]["pruned"]["questions"] == 10 and cells["static-T0.5-p1"]["n_questions"] == 10
@@ -191,7 +203,9 @@ def test_expert_early_stop_keeps_stage_one_best(monkeypatch, tmp_path):
     def quality(t, p):
         return {0.5: 0.2, 1.0: 0.7}[t] if p == 1.0 else {0.3: 0.0, 0.9: 0.95}[p]
 
-    grid, scorer = _synthetic(monkeypatch, quality, tmp_path, mode="expert", temperatures=[0.5, 1.0], top_ps=[0.3, 0.9, 1.0], early_stop=True)
+    grid, scorer = _synthetic(
+        monkeypatch, quality, tmp_path, mode="expert", temperatures=[0.5, 1.0], top_ps=[0.3, 0.9, 1.0], early_stop=True
+    )
     # (1.0, 1.0) is complete after stage 1: stage 2 never re-runs it and never prunes it
     assert all((1.0, 1.0) not in c["cells"] for c in scorer.calls[3:])
     cells = _by_slug(grid)
@@ -241,7 +255,15 @@ def engine(tiny_lm):
     engine.close()  # the heads' hook sits on the session-wide model
 
 
-GRID = {"mode": "full", "temperatures": [0.7, 1.0], "top_ps": [0.9, 1.0], "k": 2, "seeds": [0], "batch_size": 3, "n_boot": 300}
+GRID = {
+    "mode": "full",
+    "temperatures": [0.7, 1.0],
+    "top_ps": [0.9, 1.0],
+    "k": 2,
+    "seeds": [0],
+    "batch_size": 3,
+    "n_boot": 300,
+}
 
 
 def _samples(folder: Path, slug: str) -> list[dict]:
@@ -262,32 +284,18 @@ def reference(engine, tmp_path_factory):
     return folder, run_grid(engine, FakeTask(), out_dir=folder, **GRID)
 
 
-class Killed(Exception):
-    pass
-
-
 def test_resume_after_kill_equals_uninterrupted_sweep(engine, reference, tmp_path, monkeypatch):
     whole, expected = reference
-    original = engine.generate
-    seen = {"batches": 0}
-
-    def dying(requests, **kwargs):
-        done = kwargs.pop("on_batch_done")
-
-        def on_batch_done(batch):
-            done(batch)
-            seen["batches"] += 1
-            if seen["batches"] >= 4:
-                raise Killed()
-
-        return original(requests, on_batch_done=on_batch_done, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(engine, "generate", dying)
+        kill_after(engine, patch, batches=4)
         with pytest.raises(Killed):
             run_grid(engine, FakeTask(), out_dir=tmp_path, **GRID)
     assert not (tmp_path / "grid.json").exists()  # written after each stage (or round), not mid-stage
-    partial = sum(len(_samples(tmp_path, c["slug"])) for c in expected["cells"] if (tmp_path / c["slug"] / "samples_fake.jsonl").exists())
+    partial = sum(
+        len(_samples(tmp_path, c["slug"]))
+        for c in expected["cells"]
+        if (tmp_path / c["slug"] / "samples_fake.jsonl").exists()
+    )
     assert 0 < partial < 4 * 4 * 2
 
     resumed = run_grid(engine, FakeTask(), out_dir=tmp_path, **GRID)
@@ -295,7 +303,9 @@ def test_resume_after_kill_equals_uninterrupted_sweep(engine, reference, tmp_pat
     for cell in expected["cells"]:
         again, first = _samples(tmp_path, cell["slug"]), _samples(whole, cell["slug"])
         assert len(again) == len(set(_keys(again))) == 8  # no duplicate lines
-        assert {k: r["text"] for k, r in zip(_keys(again), again)} == {k: r["text"] for k, r in zip(_keys(first), first)}
+        assert {k: r["text"] for k, r in zip(_keys(again), again)} == {
+            k: r["text"] for k, r in zip(_keys(first), first)
+        }
 
     # a finished sweep re-runs without generating anything and decides the same
     def no_generation(requests, **kwargs):
@@ -326,11 +336,16 @@ def test_then_eval_comparison_rows(engine, reference, tmp_path, monkeypatch):
     rows = {row["name"]: row for row in comparison["rows"]}
     # the grid's cells are read back, not regenerated
     assert grid["oracle"]["label"] not in generated and "static(T=1, p=1)" not in generated
-    assert rows["oracle"]["pass@1"] == pytest.approx(grid["oracle"]["pass@1"]) and rows["oracle"]["decoding"] == grid["oracle"]["label"]
+    assert (
+        rows["oracle"]["pass@1"] == pytest.approx(grid["oracle"]["pass@1"])
+        and rows["oracle"]["decoding"] == grid["oracle"]["label"]
+    )
     assert rows["default"]["delta_vs_default"] == 0 and rows["default"]["decoding"] == "static(T=1, p=1)"
     assert rows["mean-shift"]["temperature"] == pytest.approx(rows["autodeco"]["mean_temperature"])
     assert rows["mean-shift"]["top_p"] == pytest.approx(rows["autodeco"]["mean_top_p"])
-    assert rows["autodeco T̂-only"]["mean_top_p"] == pytest.approx(1.0) and rows["autodeco P̂-only"]["mean_temperature"] == pytest.approx(1.0)
+    assert rows["autodeco T̂-only"]["mean_top_p"] == pytest.approx(1.0) and rows["autodeco P̂-only"][
+        "mean_temperature"
+    ] == pytest.approx(1.0)
     for row in comparison["rows"]:
         assert row["n_questions"] == 4 and row["samples_per_question"] == (1 if row["name"] == "greedy" else 2)
         assert row["delta_vs_default"] == pytest.approx(row["pass@1"] - rows["default"]["pass@1"])
@@ -350,16 +365,6 @@ def test_then_eval_comparison_rows(engine, reference, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def fake_registry(monkeypatch):
-    from autodeco_cli.benchmarks import registry
-
-    tasks = {"fake": FakeTask()}
-    monkeypatch.setattr(registry, "get_task", lambda name: tasks[name])
-    monkeypatch.setattr(registry, "expand", lambda names: [n.strip() for n in str(names).split(",")])
-    return tasks
-
-
 def test_cli_cell_equals_single_eval_run(tiny_model_dir, tiny_heads_dir, tmp_path, fake_registry):
     from typer.testing import CliRunner
 
@@ -368,12 +373,47 @@ def test_cli_cell_equals_single_eval_run(tiny_model_dir, tiny_heads_dir, tmp_pat
     runner = CliRunner()
     sweep_dir, eval_dir = tmp_path / "grid", tmp_path / "eval"
     common = ["--model", str(tiny_model_dir), "-k", "2", "--seeds", "2"]
-    swept = runner.invoke(app, ["grid-search", "-b", "fake", "--cells", "0.7:0.9,1.0:1.0", "--batch-size", "5", "-o", str(sweep_dir), "--then-eval", "--heads", str(tiny_heads_dir), *common])
+    swept = runner.invoke(
+        app,
+        [
+            "grid-search",
+            "-b",
+            "fake",
+            "--cells",
+            "0.7:0.9,1.0:1.0",
+            "--batch-size",
+            "5",
+            "-o",
+            str(sweep_dir),
+            "--then-eval",
+            "--heads",
+            str(tiny_heads_dir),
+            *common,
+        ],
+    )
     assert swept.exit_code == 0, swept.output
     assert "oracle" in swept.output and "mean-shift" in swept.output and "grid.json" in swept.output
     for name in ("grid.json", "heatmap.png", "comparison.json", "comparison.md"):
         assert (sweep_dir / name).stat().st_size > 0, name
-    single = runner.invoke(app, ["eval", "-b", "fake", "--decoding", "static", "-t", "0.7", "-p", "0.9", "--batch-size", "3", "-o", str(eval_dir), *common])
+    single = runner.invoke(
+        app,
+        [
+            "eval",
+            "-b",
+            "fake",
+            "--decoding",
+            "static",
+            "-t",
+            "0.7",
+            "-p",
+            "0.9",
+            "--batch-size",
+            "3",
+            "-o",
+            str(eval_dir),
+            *common,
+        ],
+    )
     assert single.exit_code == 0, single.output
     cell, alone = _samples(sweep_dir, "static-T0.7-p0.9"), _samples(eval_dir, "static-T0.7-p0.9")
     assert len(cell) == len(alone) == 4 * 4
@@ -382,7 +422,9 @@ def test_cli_cell_equals_single_eval_run(tiny_model_dir, tiny_heads_dir, tmp_pat
     cell_result = json.loads((sweep_dir / "static-T0.7-p0.9" / "results.json").read_text())["results"]["fake"]
     assert _by_slug(grid)["static-T0.7-p0.9"]["pass@1"] == cell_result["pass@1"]
     # and eval accepts the grid's cell folder as its own (same run_config): it resumes, generating nothing
-    again = runner.invoke(app, ["eval", "-b", "fake", "--decoding", "static", "-t", "0.7", "-p", "0.9", "-o", str(sweep_dir), *common])
+    again = runner.invoke(
+        app, ["eval", "-b", "fake", "--decoding", "static", "-t", "0.7", "-p", "0.9", "-o", str(sweep_dir), *common]
+    )
     assert again.exit_code == 0, again.output
     assert len(_samples(sweep_dir, "static-T0.7-p0.9")) == 16
 
@@ -398,8 +440,11 @@ def test_cli_help_and_errors(tmp_path):
     bad = runner.invoke(app, ["grid-search", "-b", "fake", "--mode", "full", "--cells", "0.5:1", "-o", str(tmp_path)])
     assert bad.exit_code != 0 and isinstance(bad.exception, UserError)
     # checked before the model is loaded (no such model here)
-    bad = runner.invoke(app, ["grid-search", "-b", "fake", "--mode", "random", "--model", str(tmp_path / "nothing"), "-o", str(tmp_path)])
-    assert isinstance(bad.exception, UserError) and "mode" in str(bad.exception)
+    bad = runner.invoke(
+        app,
+        ["grid-search", "-b", "fake", "--mode", "random", "--model", str(tmp_path / "nothing"), "-o", str(tmp_path)],
+    )
+    assert isinstance(bad.exception, UserError) and "is not a mode" in str(bad.exception)
 
 
 def test_quick_reproduce_writes_its_own_report_and_figures():
@@ -407,15 +452,16 @@ def test_quick_reproduce_writes_its_own_report_and_figures():
     from autodeco_cli.reproduce import config_from
 
     full, quick = config_from(None, [], quick=False), config_from(None, [], quick=True)
-    assert (quick.report, quick.figures_dir, quick.workdir) != (full.report, full.figures_dir, full.workdir)
-    assert quick.figures_dir != full.figures_dir and quick.report != full.report
+    assert quick.report != full.report and quick.figures_dir != full.figures_dir and quick.workdir != full.workdir
 
 
 def test_reproduce_verdict_calls_a_difference_only_when_its_ci_excludes_zero():
     from autodeco_cli.reproduce import _verdict
 
     comparison = {
-        "rows": [{"name": "autodeco", "pass@1": 0.3, "delta_vs_default": 0.25, "delta_se": 0.03, "delta_ci": [0.19, 0.31]}],
+        "rows": [
+            {"name": "autodeco", "pass@1": 0.3, "delta_vs_default": 0.25, "delta_se": 0.03, "delta_ci": [0.19, 0.31]}
+        ],
         "autodeco_vs": {
             "greedy": {"delta": -0.1, "se": 0.03, "ci": [-0.16, -0.04]},
             "oracle": {"delta": -0.02, "se": 0.03, "ci": [-0.08, 0.04]},
@@ -427,3 +473,34 @@ def test_reproduce_verdict_calls_a_difference_only_when_its_ci_excludes_zero():
     assert "vs greedy worse, Δ -0.100" in text
     assert "vs the test-set-tuned oracle tied within noise" in text
     assert "vs mean-shift tied within noise, Δ +0.010" in text
+
+
+def test_one_row_formatter_for_terminal_markdown_and_report():
+    from rich.console import Console
+
+    from autodeco_cli.comparison import comparison_markdown, comparison_rich_table, comparison_table_lines, row_cells
+
+    # a row as comparison.json files written before rows recorded `score` and `mean_tokens`
+    old = {
+        "name": "oracle", "decoding": "static(T=0.7, p=0.9)", "pass@1": 0.5, "pass@1_stderr": 0.1, "temperature": 0.7,
+        "top_p": 0.9, "delta_vs_default": 0.1, "delta_se": 0.05, "delta_ci": [-0.1, 0.2],
+    }  # fmt: skip
+    cells = ("oracle", "static(T=0.7, p=0.9)", "T 0.7, p 0.9", "50.0 ± 10.0", "+10.0 ± 5.0", "[-10.0, +20.0]", "–")
+    assert row_cells(old) == cells
+    greedy = {**old, "name": "greedy", "decoding": "greedy", "mean_tokens": 4.25, "score": 0.25, "score_stderr": None}
+    del greedy["temperature"], greedy["top_p"]
+    assert row_cells(greedy)[2:4] == ("argmax", "25.0") and row_cells(greedy)[-1] == "4.2"
+    comparison = {
+        "benchmark": "fake",
+        "n_questions": 4,
+        "k": 2,
+        "seeds": [0],
+        "metric": "pass@1",
+        "rows": [old, greedy],
+    }
+    lines = comparison_table_lines(comparison)
+    assert lines[2] == "| " + " | ".join(cells) + " |" and lines[2] in comparison_markdown(comparison)
+    console = Console(width=200, record=True)
+    console.print(comparison_rich_table(comparison))
+    shown = console.export_text()
+    assert "[-10.0, +20.0]" in shown and "argmax" in shown

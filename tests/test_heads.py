@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from conftest import build_merged_folder
 from safetensors.torch import save_file
 
 from autodeco_cli.errors import UserError
@@ -17,6 +16,7 @@ from autodeco_cli.heads import (
     fresh_heads,
     load_heads,
 )
+from conftest import build_merged_folder
 
 HEAD_KEYS = {
     "temp_head.mlp.0.weight",
@@ -119,7 +119,13 @@ def test_official_split_layouts(tmp_path, filename):
     state = heads_state(48, seed=4)
     save_file(state, str(tmp_path / filename))
     (tmp_path / "config.json").write_text(
-        json.dumps({"model_type": "autodeco", "base_model_name_or_path": "Qwen/Qwen2.5-7B-Instruct", "use_enhanced_features": True})
+        json.dumps(
+            {
+                "model_type": "autodeco",
+                "base_model_name_or_path": "Qwen/Qwen2.5-7B-Instruct",
+                "use_enhanced_features": True,
+            }
+        )
     )
     loaded = load_heads(tmp_path, expected_hidden_size=48)
     assert loaded.config.hidden_size == 48 and loaded.config.use_enhanced_features
@@ -171,7 +177,9 @@ def test_pickled_file_path_is_user_error(tmp_path):
 
 
 def test_corrupt_safetensors_is_user_error(tmp_path):
-    (tmp_path / "autodeco_heads.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\x00" * 64)
+    (tmp_path / "autodeco_heads.safetensors").write_bytes(
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\x00" * 64
+    )
     with pytest.raises(UserError) as info:
         load_heads(tmp_path)
     assert "safetensors" in info.value.one_line()

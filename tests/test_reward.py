@@ -55,7 +55,9 @@ def test_policy_log_probs_match_the_soft_distribution():
     assert inside.sum() >= 4 and torch.allclose(joint[inside], expected[inside], atol=1e-4)
     assert bool((joint[~inside] >= math.log(1e-9) - 1e-3).all())
     tempered = policy_log_probs(logits, targets, temperature, top_p, mode="temperature")
-    assert torch.allclose(tempered, torch.log_softmax(logits / temperature, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1), atol=1e-5)
+    assert torch.allclose(
+        tempered, torch.log_softmax(logits / temperature, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1), atol=1e-5
+    )
 
 
 def test_policy_gradient_lowers_temperature_when_the_argmax_is_rewarded():
@@ -168,9 +170,13 @@ class SmallTask(CountTask):
 
 
 def test_tasks_take_turns_whatever_their_size(tiny_lm, tmp_path):
-    config = RewardConfig(tasks="count,small", output_dir=str(tmp_path / "h"), steps=1, prompts_per_step=4, group_size=2)
+    config = RewardConfig(
+        tasks="count,small", output_dir=str(tmp_path / "h"), steps=1, prompts_per_step=4, group_size=2
+    )
     trainer = RewardTrainer(config).setup(lm=tiny_lm, tasks=[CountTask(), SmallTask()])
     drawn = [trainer._train_question(slot) for slot in range(12)]
     assert [q.task.name for q in drawn] == ["count", "small"] * 6
     small = [q.doc.doc_id for q in drawn if q.task.name == "small"]
-    assert sorted(small[:3]) == sorted(small[3:]) == [f"small/train/{i}" for i in range(3)]  # each epoch covers the task once
+    assert (
+        sorted(small[:3]) == sorted(small[3:]) == [f"small/train/{i}" for i in range(3)]
+    )  # each epoch covers the task once

@@ -9,7 +9,13 @@ from autodeco_cli.study_table import autodeco_tests, comparison_rows, rows_markd
 
 def _results(label: str, scores: list[float], mean_t: float | None = None) -> dict:
     per_question = [{"doc_id": f"q{i}", "n": 4, "n_correct": int(s * 4), "pass@1": s} for i, s in enumerate(scores)]
-    metrics = {"pass@1": sum(scores) / len(scores), "pass@1_stderr": 0.01, "n_questions": len(scores), "samples_per_question": 4, "mean_tokens": 10.0}
+    metrics = {
+        "pass@1": sum(scores) / len(scores),
+        "pass@1_stderr": 0.01,
+        "n_questions": len(scores),
+        "samples_per_question": 4,
+        "mean_tokens": 10.0,
+    }
     if mean_t is not None:
         metrics.update(mean_temperature=mean_t, mean_top_p=0.9)
     return {"results": {"t": metrics}, "per_question": {"t": per_question}, "decoding": {"label": label}}

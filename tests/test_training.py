@@ -6,18 +6,14 @@ Every run is a few optimizer steps on a handful of short sequences, so the file 
 
 from __future__ import annotations
 
-import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import build_tiny_tokenizer, write_jsonl
 from safetensors.torch import load_file
 
-from autodeco_cli.cli import main
 from autodeco_cli.errors import UserError
 from autodeco_cli.heads import load_heads
 from autodeco_cli.training import (
@@ -27,6 +23,7 @@ from autodeco_cli.training import (
     epoch_order,
 )
 from autodeco_cli.training_data import IGNORE_INDEX, Example, load_examples
+from conftest import build_tiny_tokenizer, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -35,9 +32,19 @@ ROWS = [
     {"prompt": [{"role": "user", "content": "Tell me a joke."}], "completion": "A cat and a mouse walk into a bar."},
     {"messages": [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "one two three"}]},
     {"prompt": "def add(a, b):\n", "completion": "    return a + b\n"},
-    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 27 + 82?"}], "completion": "109"},
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 27 + 82?"}],
+        "completion": "109",
+    },
     {"prompt": "The quick brown fox", "completion": " jumps over the lazy dog."},
-    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye now."}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Bye now."},
+        ]
+    },
     {"prompt": "Temperature and top-p are", "completion": " decoding parameters of a language model."},
 ]
 
@@ -149,11 +156,10 @@ def test_messages_record_labels_assistant_content_and_eos(tmp_path, tok, row):
 
 @pytest.mark.parametrize("row", [2, 6])
 def test_messages_record_does_not_label_template_text_after_eos(tmp_path, tok, row):
-    """BUG (training_data.encode_messages): the "\\n" the template writes *after* an assistant
-    turn's <|im_end|> is labelled, so the heads are trained at the EOS position to predict a
-    newline, a position that never occurs in generation (generation stops at EOS). The
-    {prompt: [...], completion} form of the same conversation ends its labels at EOS. Labels
-    should stop at the turn's EOS (or at the assistant content's end + EOS)."""
+    """Labels of a {messages} record stop at each assistant turn's EOS: the "\\n" the template
+    writes after <|im_end|> is a position generation never reaches (it stops at EOS), as in the
+    {prompt: [...], completion} form of the same conversation. (Regression: that newline was
+    labelled.)"""
     path = write_jsonl(tmp_path / "d.jsonl", [ROWS[row]])
     (example,), _ = load_examples(path, tok)
     _, wanted = _assistant_label_positions(tok, ROWS[row]["messages"], include_after_eos=False)
@@ -176,12 +182,14 @@ def test_first_token_is_not_stripped_without_bos(tmp_path):
     tokenizer = build_tiny_tokenizer()
     tokenizer.bos_token = None
     assert tokenizer.bos_token_id is None
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Once upon", "completion": " a time"}, {"prompt": "", "completion": "hello"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"prompt": "Once upon", "completion": " a time"}, {"prompt": "", "completion": "hello"}]
+    )
     (first, second), _ = load_examples(path, tokenizer)
     assert first.input_ids[: len(ids(tokenizer, "Once upon"))] == ids(tokenizer, "Once upon")
     assert first.input_ids[0] == ids(tokenizer, "Once upon")[0]
     completion = ids(tokenizer, " a time")
-    first_label = next(i for i, l in enumerate(first.labels) if l != IGNORE_INDEX)
+    first_label = next(i for i, label in enumerate(first.labels) if label != IGNORE_INDEX)
     assert first.labels[first_label : first_label + len(completion)] == completion
     # empty prompt: the whole completion (first token included) is kept
     assert second.input_ids == ids(tokenizer, "hello") + [tokenizer.eos_token_id]
@@ -191,7 +199,10 @@ def test_bos_added_once_for_tokenizers_that_add_it(tmp_path):
     tokenizer = build_tiny_tokenizer()
     tokenizer.add_bos_token = True
     bos = tokenizer.bos_token_id
-    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "completion": "yo"}, {"prompt": tokenizer.bos_token + "Hi", "completion": "yo"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"prompt": "Hi", "completion": "yo"}, {"prompt": tokenizer.bos_token + "Hi", "completion": "yo"}],
+    )
     (a, b), _ = load_examples(path, tokenizer)
     assert a.input_ids[0] == bos and a.input_ids[1] != bos
     assert a.input_ids == b.input_ids
@@ -201,7 +212,10 @@ def test_truncate_and_drop_counts(tmp_path, tok):
     rows = [
         {"prompt": "Hi", "completion": "ok"},  # short
         {"prompt": "Hi", "completion": "a much longer completion than the budget allows"},  # overlong completion
-        {"prompt": "a prompt that alone is longer than the whole budget of tokens", "completion": "x"},  # prompt fills it
+        {
+            "prompt": "a prompt that alone is longer than the whole budget of tokens",
+            "completion": "x",
+        },  # prompt fills it
     ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     lengths = [len(ids(tok, r["prompt"])) + len(ids(tok, r["completion"])) + 1 for r in rows]
@@ -271,7 +285,7 @@ def test_easy_drop_draws_depend_only_on_seed_epoch_and_example():
 
 
 def test_only_heads_get_gradients_and_base_runs_without_graph(tiny_model_dir, data, tmp_path):
-    trainer = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "out", epochs=2))
+    trainer = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "out", epochs=2)).setup()
     model = trainer.lm.model
     before_base = {k: v.detach().clone() for k, v in model.state_dict().items()}
     before_heads = heads_state(trainer)
@@ -280,7 +294,9 @@ def test_only_heads_get_gradients_and_base_runs_without_graph(tiny_model_dir, da
     assert optimised and {id(p) for p in optimised} == head_ids
 
     modes = []
-    hook = model.get_decoder().register_forward_hook(lambda *_: modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled())))
+    hook = model.get_decoder().register_forward_hook(
+        lambda *_: modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+    )
     try:
         batch = trainer.examples[:3]
         features = trainer._features(batch)
@@ -290,7 +306,7 @@ def test_only_heads_get_gradients_and_base_runs_without_graph(tiny_model_dir, da
     finally:
         hook.remove()
     # position t-1's last hidden state is paired with the label at t (the causal shift)
-    assert features.targets.tolist() == [l for e in batch for l in e.labels[1:] if l != IGNORE_INDEX]
+    assert features.targets.tolist() == [label for e in batch for label in e.labels[1:] if label != IGNORE_INDEX]
     offset = 0
     for example in batch:
         with torch.no_grad():
@@ -315,11 +331,19 @@ def test_only_heads_get_gradients_and_base_runs_without_graph(tiny_model_dir, da
 def test_training_reduces_the_loss_on_a_tiny_overfit_set(tiny_model_dir, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", ROWS[:4])
     cfg = make_config(
-        tiny_model_dir, path, tmp_path / "out",
-        micro_batch_size=4, gradient_accumulation=1, epochs=40, learning_rate=3e-3,
-        schedule="constant", warmup_ratio=0.0, easy_drop_probability=0.0, cache_hidden="on",
+        tiny_model_dir,
+        path,
+        tmp_path / "out",
+        micro_batch_size=4,
+        gradient_accumulation=1,
+        epochs=40,
+        learning_rate=3e-3,
+        schedule="constant",
+        warmup_ratio=0.0,
+        easy_drop_probability=0.0,
+        cache_hidden="on",
     )
-    result = HeadTrainer(cfg).train()
+    result = HeadTrainer(cfg).setup().train()
     metrics = read_metrics(tmp_path / "out")
     assert result.steps == 40 == len(metrics)
     first, last = metrics[0], metrics[-1]
@@ -335,12 +359,12 @@ class Interrupt(Exception):
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_model_dir, data, tmp_path):
     common = dict(epochs=3, schedule="cosine", warmup_ratio=0.2, save_every=1, easy_drop_probability=0.6)
-    full = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "full", **common))
+    full = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "full", **common)).setup()
     full.train()
     assert full.step == 6  # 8 examples, global batch 4, 3 epochs
 
     out = tmp_path / "interrupted"
-    first = HeadTrainer(make_config(tiny_model_dir, data, out, **common))
+    first = HeadTrainer(make_config(tiny_model_dir, data, out, **common)).setup()
 
     def stop_at_two(metrics, total):
         if metrics["step"] == 2:
@@ -352,9 +376,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_model_dir, 
     assert not (out / "autodeco_heads.safetensors").exists()
 
     with pytest.raises(UserError, match="--resume"):
-        HeadTrainer(make_config(tiny_model_dir, data, out, **common)).train()
+        HeadTrainer(make_config(tiny_model_dir, data, out, **common)).setup().train()
 
-    resumed = HeadTrainer(make_config(tiny_model_dir, data, out, **common))
+    resumed = HeadTrainer(make_config(tiny_model_dir, data, out, **common)).setup()
     resumed.train(resume=True)
     assert resumed.step == 6
     assert_states_close(heads_state(resumed), heads_state(full), atol=1e-6)
@@ -368,11 +392,11 @@ def test_resume_from_a_max_steps_run_continues_to_the_full_run(tiny_model_dir, d
     """max_steps=2 + save_every=1, then the full run with --resume (constant LR: max_steps also
     shortens the LR schedule, exactly like HF's max_steps, so only a flat schedule is comparable)."""
     common = dict(epochs=2, schedule="constant", warmup_ratio=0.0, save_every=1)
-    full = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "full", **common))
+    full = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "full", **common)).setup()
     full.train()
     out = tmp_path / "short"
-    HeadTrainer(make_config(tiny_model_dir, data, out, max_steps=2, **common)).train()
-    resumed = HeadTrainer(make_config(tiny_model_dir, data, out, **common))
+    HeadTrainer(make_config(tiny_model_dir, data, out, max_steps=2, **common)).setup().train()
+    resumed = HeadTrainer(make_config(tiny_model_dir, data, out, **common)).setup()
     resumed.train(resume=True)
     assert resumed.step == full.step == 4
     assert_states_close(heads_state(resumed), heads_state(full), atol=1e-6)
@@ -382,9 +406,11 @@ def test_hidden_state_cache_gives_the_same_heads(tiny_model_dir, data, tmp_path)
     calls = {}
     states = {}
     for cache in ("on", "off"):
-        trainer = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / cache, epochs=3, cache_hidden=cache))
+        trainer = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / cache, epochs=3, cache_hidden=cache)).setup()
         calls[cache] = 0
-        hook = trainer.lm.model.get_decoder().register_forward_hook(lambda *_ , c=cache: calls.__setitem__(c, calls[c] + 1))
+        hook = trainer.lm.model.get_decoder().register_forward_hook(
+            lambda *_, c=cache: calls.__setitem__(c, calls[c] + 1)
+        )
         try:
             trainer.train()
         finally:
@@ -397,8 +423,19 @@ def test_hidden_state_cache_gives_the_same_heads(tiny_model_dir, data, tmp_path)
     assert calls["on"] == 4 and calls["off"] == 12, calls
 
     # a second run with the cache present reuses it without touching the base model
-    trainer = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "again", epochs=3, cache_hidden="on", cache_dir=str(tmp_path / "on" / "hidden_cache")))
-    hook = trainer.lm.model.get_decoder().register_forward_hook(lambda *_: calls.__setitem__("again", calls.get("again", 0) + 1))
+    trainer = HeadTrainer(
+        make_config(
+            tiny_model_dir,
+            data,
+            tmp_path / "again",
+            epochs=3,
+            cache_hidden="on",
+            cache_dir=str(tmp_path / "on" / "hidden_cache"),
+        )
+    ).setup()
+    hook = trainer.lm.model.get_decoder().register_forward_hook(
+        lambda *_: calls.__setitem__("again", calls.get("again", 0) + 1)
+    )
     try:
         trainer.train()
     finally:
@@ -407,9 +444,11 @@ def test_hidden_state_cache_gives_the_same_heads(tiny_model_dir, data, tmp_path)
     assert_states_close(heads_state(trainer), states["on"], atol=0.0)
 
 
-@pytest.mark.parametrize("mode, frozen, trained", [("temperature", "top_p_head.", "temp_head."), ("top_p", "temp_head.", "top_p_head.")])
+@pytest.mark.parametrize(
+    "mode, frozen, trained", [("temperature", "top_p_head.", "temp_head."), ("top_p", "temp_head.", "top_p_head.")]
+)
 def test_single_head_modes_leave_the_other_head_unchanged(tiny_model_dir, data, tmp_path, mode, frozen, trained):
-    trainer = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / mode, mode=mode, epochs=2))
+    trainer = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / mode, mode=mode, epochs=2)).setup()
     before = heads_state(trainer)
     trainer.train()
     after = heads_state(tmp_path / mode)
@@ -426,7 +465,7 @@ def test_single_head_modes_leave_the_other_head_unchanged(tiny_model_dir, data, 
 @pytest.fixture
 def lora_run(tiny_model_dir, data, tmp_path):
     out = tmp_path / "lora"
-    trainer = HeadTrainer(make_config(tiny_model_dir, data, out, lora_r=2, epochs=2, learning_rate=1e-2))
+    trainer = HeadTrainer(make_config(tiny_model_dir, data, out, lora_r=2, epochs=2, learning_rate=1e-2)).setup()
     base_before = {k: v.detach().clone() for k, v in trainer.lm.model.state_dict().items() if "lora_" not in k}
     heads_before = heads_state(trainer)
     trainer.train()
@@ -489,9 +528,9 @@ def test_lora_heads_folder_brings_its_adapter(lora_run, tiny_model_dir):
 
 def test_lora_resume_matches_an_uninterrupted_run(tiny_model_dir, data, tmp_path):
     common = dict(epochs=2, save_every=1, lora_r=2, learning_rate=1e-2)
-    full = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "full", **common))
+    full = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "full", **common)).setup()
     full.train()
-    first = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "run", **common))
+    first = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "run", **common)).setup()
 
     def stop(metrics, total):
         if metrics["step"] == 2:
@@ -499,7 +538,7 @@ def test_lora_resume_matches_an_uninterrupted_run(tiny_model_dir, data, tmp_path
 
     with pytest.raises(Interrupt):
         first.train(on_step=stop)
-    resumed = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "run", **common))
+    resumed = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "run", **common)).setup()
     resumed.train(resume=True)
     assert_states_close(heads_state(resumed), heads_state(full), atol=1e-6)
     lora_full = {k: v.detach() for k, v in full.lm.model.named_parameters() if "lora_" in k}
@@ -513,25 +552,6 @@ def test_cache_on_with_lora_is_refused(tiny_model_dir, data, tmp_path):
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["autodeco", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-        capsys.readouterr()
-        code = 0
-        try:
-            main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def _recipe(tmp_path, tiny_model_dir, data, **extra) -> Path:
@@ -563,7 +583,17 @@ def assert_one_line_error(code, err, *needles):
 def test_cli_recipe_with_overrides_and_options(cli, tiny_model_dir, data, tmp_path):
     recipe = _recipe(tmp_path, tiny_model_dir, data)
     out = tmp_path / "cli-out"
-    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "--output-dir", out, "--mode", "temperature")
+    code, _, err = cli(
+        "train-heads",
+        "--config",
+        recipe,
+        "epochs=2",
+        "learning_rate=2e-3",
+        "--output-dir",
+        out,
+        "--mode",
+        "temperature",
+    )
     assert code == 0, err
     assert "done: 4 steps" in err and "cache=on" in err  # auto: on for epochs > 1
     cfg = json.loads((out / "config.json").read_text())["autodeco_cli"]["provenance"]["config"]
@@ -573,13 +603,34 @@ def test_cli_recipe_with_overrides_and_options(cli, tiny_model_dir, data, tmp_pa
     assert len(read_metrics(out)) == 4
 
     # again without --resume: refused; with --resume: nothing left to do, same heads
-    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "--output-dir", out, "--mode", "temperature")
+    code, _, err = cli(
+        "train-heads",
+        "--config",
+        recipe,
+        "epochs=2",
+        "learning_rate=2e-3",
+        "--output-dir",
+        out,
+        "--mode",
+        "temperature",
+    )
     # (the refusal comes after the data summary line, from train(); the error itself is one line)
     assert code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "already holds checkpoints" in errors[0] and "--resume" in errors[0], err
     before = heads_state(out)
-    code, _, err = cli("train-heads", "--config", recipe, "epochs=2", "learning_rate=2e-3", "--output-dir", out, "--mode", "temperature", "--resume")
+    code, _, err = cli(
+        "train-heads",
+        "--config",
+        recipe,
+        "epochs=2",
+        "learning_rate=2e-3",
+        "--output-dir",
+        out,
+        "--mode",
+        "temperature",
+        "--resume",
+    )
     assert code == 0, err
     assert_states_close(heads_state(out), before, atol=0.0)
 
@@ -587,11 +638,9 @@ def test_cli_recipe_with_overrides_and_options(cli, tiny_model_dir, data, tmp_pa
 @pytest.mark.parametrize("where", ["override", "recipe"])
 @pytest.mark.parametrize("value", ["off", "on"])
 def test_cli_cache_hidden_on_off_values_are_accepted(cli, tiny_model_dir, data, tmp_path, where, value):
-    """BUG (recipes.py): `cache_hidden=off` / `cache_hidden: off` -- the documented values of a
-    str field -- are read by yaml.safe_load (YAML 1.1) as the booleans False/True, and `_coerce`
-    then refuses them: "field cache_hidden expects str, got False". Fix: parse override values by
-    the field's type (keep the raw text for str fields) and map YAML booleans back for on/off
-    fields read from a recipe (or load recipes with a YAML 1.2-style resolver)."""
+    """`cache_hidden=off|on` (override) and `cache_hidden: off|on` (recipe), the documented values
+    of a str field, reach the trainer as those strings, although YAML 1.1 reads off/on as
+    booleans. (Regression: "field cache_hidden expects str, got False".)"""
     out = tmp_path / "cache-out"
     if where == "override":
         recipe = _recipe(tmp_path, tiny_model_dir, data)

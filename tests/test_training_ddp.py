@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
 
 from autodeco_cli.heads import load_heads
 from autodeco_cli.training import HeadTrainer, TrainConfig
+from conftest import write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_single_thread")]
 
@@ -30,14 +30,40 @@ ROWS = [{"prompt": f"What is {i} + {i + 3}?", "completion": f"The answer is {2 *
 COMMON = dict(micro_batch_size=2, epochs=2, head_width=32, learning_rate=3e-3, seed=7, easy_drop_probability=0.6)
 LAUNCH_TIMEOUT_S = 120
 HANG_GRACE_S = 20
-STARTUP_FAILURES = ("EADDRINUSE", "Address already in use", "address already in use", "Connection refused", "failed to bind", "Failed to bind", "RendezvousConnectionError", "RendezvousTimeoutError", "DistNetworkError", "Name or service not known")
+STARTUP_FAILURES = (
+    "EADDRINUSE",
+    "Address already in use",
+    "address already in use",
+    "Connection refused",
+    "failed to bind",
+    "Failed to bind",
+    "RendezvousConnectionError",
+    "RendezvousTimeoutError",
+    "DistNetworkError",
+    "Name or service not known",
+)
 
 
 def _torchrun(model_dir: Path, data: Path, out: Path, log: Path, **fields) -> subprocess.Popen:
     args = [f"{k}={v}" for k, v in {"model": model_dir, "data": data, "output_dir": out, **fields}.items()]
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "COLUMNS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "COLUMNS")
+    }
     env["OMP_NUM_THREADS"] = "1"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "autodeco_cli.cli", "train-heads", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "-m",
+        "autodeco_cli.cli",
+        "train-heads",
+        *args,
+    ]
     # output to a file, not a pipe: a killed launcher's workers must not keep us waiting on it
     with log.open("w") as handle:
         return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, text=True)
@@ -84,7 +110,9 @@ def launches(tiny_model_dir, tmp_path_factory):
     procs = {
         "main": _torchrun(tiny_model_dir, data, main_out, logs["main"], gradient_accumulation=1, **COMMON),
         # 2 examples < one micro-batch per rank: rank 1 has no data in the very first step
-        "small": _torchrun(tiny_model_dir, small, small_out, logs["small"], gradient_accumulation=1, **{**COMMON, "epochs": 1}),
+        "small": _torchrun(
+            tiny_model_dir, small, small_out, logs["small"], gradient_accumulation=1, **{**COMMON, "epochs": 1}
+        ),
     }
     results = {"main": _finish(procs["main"], logs["main"], time.monotonic() + LAUNCH_TIMEOUT_S)}
     # the small run does less work than the main one: give it a short grace period after it
@@ -92,12 +120,19 @@ def launches(tiny_model_dir, tmp_path_factory):
     code, output = results["main"]
     if code not in (0, None) and any(s in output for s in STARTUP_FAILURES):
         pytest.skip(f"torchrun could not start 2 gloo workers here: {next(s for s in STARTUP_FAILURES if s in output)}")
-    return {"root": root, "data": data, "small": small, "main_out": main_out, "small_out": small_out, "results": results}
+    return {
+        "root": root,
+        "data": data,
+        "small": small,
+        "main_out": main_out,
+        "small_out": small_out,
+        "results": results,
+    }
 
 
 def _single(model_dir, data, out, **fields) -> HeadTrainer:
     cfg = TrainConfig(data=str(data), output_dir=str(out), model=str(model_dir), cache_hidden="off", **fields)
-    trainer = HeadTrainer(cfg)
+    trainer = HeadTrainer(cfg).setup()
     trainer.train()
     return trainer
 
@@ -125,11 +160,9 @@ def test_ddp_heads_equal_single_process_with_same_global_batch(launches, tiny_mo
 
 
 def test_ddp_reports_the_tokens_of_all_ranks(launches, tiny_model_dir, tmp_path):
-    """BUG (training.py HeadTrainer.train, ~line 473): `tokens` in metrics.jsonl, TrainResult.loss_tokens
-    and the "done: ... tok/s" line count only rank 0's micro-batches, so under torchrun throughput
-    is under-reported ~world_size-fold (the brief's 105-loss-token set, 2 epochs: 210 tokens, DDP
-    reports about half). Fix: all-reduce the step's token count (and the loss sums used for the
-    logged means) across ranks before logging."""
+    """`tokens` in metrics.jsonl under torchrun counts the micro-batches of every rank, so each
+    step reports what a single-process run of the same data reports. (Regression: only rank 0's
+    were counted, under-reporting throughput ~world_size-fold.)"""
     code, output = launches["results"]["main"]
     assert code == 0, output[-4000:]
     single = _single(tiny_model_dir, launches["data"], tmp_path / "single-tokens", gradient_accumulation=2, **COMMON)
@@ -139,17 +172,18 @@ def test_ddp_reports_the_tokens_of_all_ranks(launches, tiny_model_dir, tmp_path)
 
 
 def test_ddp_rank_without_data_in_a_step_does_not_hang(launches, tiny_model_dir, tmp_path):
-    """BUG (training.py HeadTrainer.train, line 467): `grads = [p.grad for p in self.parameters if
-    p.grad is not None]`. A rank that has had no micro-batch yet (dataset smaller than the global
-    batch, or -- the realistic case -- a run resumed into the uneven last step of an epoch, since a
-    fresh process has no .grad tensors) passes an empty list, skips dist.all_reduce, and the other
-    rank waits in all_reduce forever (gloo's default timeout is 30 min). Fix: materialise zero grads
-    for every trainable parameter before the all-reduce, e.g.
-    `for p in self.parameters: p.grad = torch.zeros_like(p) if p.grad is None else p.grad`."""
+    """A rank with no micro-batch in a step (a dataset smaller than the global batch; in practice a
+    run resumed into the uneven last step of an epoch) still joins the gradient all-reduce, so
+    the run finishes, with the heads a single process trains on the same data. (Regression: such
+    a rank had no .grad tensors, skipped dist.all_reduce, and the other rank waited forever.)"""
     code, output = launches["results"]["small"]
-    assert code is not None, f"torchrun hung ({HANG_GRACE_S}s after the bigger run finished) when rank 1 had no micro-batch (killed):\n{output[:800]}"
+    assert code is not None, (
+        f"torchrun hung ({HANG_GRACE_S}s after the bigger run finished) when rank 1 had no micro-batch (killed):\n{output[:800]}"
+    )
     assert code == 0, output[-4000:]
-    single = _single(tiny_model_dir, launches["small"], tmp_path / "single-small", gradient_accumulation=2, **{**COMMON, "epochs": 1})
+    single = _single(
+        tiny_model_dir, launches["small"], tmp_path / "single-small", gradient_accumulation=2, **{**COMMON, "epochs": 1}
+    )
     ddp = load_heads(launches["small_out"]).state_dict()
     for key, value in single.heads.state_dict().items():
         torch.testing.assert_close(ddp[key], value, rtol=0.0, atol=1e-5, msg=key)

@@ -9,7 +9,6 @@ from this table, never from test questions. Every stage resumes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,9 @@ class AblationConfig:
     train: dict = field(default_factory=dict)  # TrainConfig fields shared by every row
     # rows: {name, data, description, overrides: {TrainConfig field: value}}
     rows: list = field(default_factory=list)
-    references: list = field(default_factory=lambda: [{"decoding": "greedy"}, {"decoding": "static", "temperature": 0.1, "top_p": 1.0}])
+    references: list = field(
+        default_factory=lambda: [{"decoding": "greedy"}, {"decoding": "static", "temperature": 0.1, "top_p": 1.0}]
+    )
     validation_limit: int = 100
     k: int = 4
 
@@ -75,7 +76,16 @@ def _data(lm, config: AblationConfig, name: str, work: Path) -> Path:
     engine = GenerationEngine(lm)
     try:
         strategy = make_strategy(spec.get("decoding", "static"), spec.get("temperature"), spec.get("top_p"))
-        make_on_policy_data(engine, config.tasks, path, strategy, k=int(spec.get("k", 4)), limit=spec.get("limit", config.data_limit), batch_size=config.batch_size, seed=0)
+        make_on_policy_data(
+            engine,
+            config.tasks,
+            path,
+            strategy,
+            k=int(spec.get("k", 4)),
+            limit=spec.get("limit", config.data_limit),
+            batch_size=config.batch_size,
+            seed=0,
+        )
     finally:
         engine.close()
     return path
@@ -89,7 +99,18 @@ def _train(config: AblationConfig, row: dict, data: Path, out: Path) -> Path:
         return out
     values = {**config.train, **row.get("overrides", {})}
     overrides = as_overrides(values)
-    trainer = HeadTrainer(build_config(TrainConfig, None, overrides, data=str(data), output_dir=str(out), model=config.model, threads=config.threads, save_every=10))
+    trainer = HeadTrainer(
+        build_config(
+            TrainConfig,
+            None,
+            overrides,
+            data=str(data),
+            output_dir=str(out),
+            model=config.model,
+            threads=config.threads,
+            save_every=10,
+        )
+    ).setup()
     trainer.train(resume=bool(trainer.checkpoint_dirs()))
     return out
 
@@ -104,7 +125,13 @@ def _eval(engine, config: AblationConfig, strategies, out: Path, heads: Path | N
     from .evaluation import run_eval
 
     # the same run info `autodeco eval` records, so CLI runs and this pipeline resume into each other
-    run_info = {"model": config.model, "heads": str(heads) if heads else None, "adapter": None, "dtype": "auto", "device": str(engine.lm.device)}
+    run_info = {
+        "model": config.model,
+        "heads": str(heads) if heads else None,
+        "adapter": None,
+        "dtype": str(engine.lm.model.dtype).removeprefix("torch."),
+        "device": str(engine.lm.device),
+    }
     return run_eval(
         engine, config.tasks, strategies, k=config.k, seeds=[0], limit=config.validation_limit, batch_size=config.batch_size,
         out_dir=out, split="validation", run_info=run_info,

@@ -36,7 +36,10 @@ def write_ablation_report(path: Path, config, data_files: dict, references: dict
     for task in tasks:
         best = _best_reference(references, task)
         lines += [f"## {task}", "", f"References on the same questions; the best is **{best}**.", ""]
-        lines += ["| row | data | change | steps | mean T̂ / P̂ | pass@1 ± SE | Δ vs best reference ± SE (95% CI) |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| row | data | change | steps | mean T̂ / P̂ | pass@1 ± SE | Δ vs best reference ± SE (95% CI) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for label, results in references.items():
             score, se, _ = question_metric(results, task)
             delta = "(best)" if label == best else _delta(paired(results, references[best], task))
@@ -46,7 +49,9 @@ def write_ablation_report(path: Path, config, data_files: dict, references: dict
             score, se, _ = question_metric(results, task)
             change = row.get("description") or json.dumps(row.get("overrides", {}))
             tp = f"{m.get('mean_temperature', 0):.3f} / {m.get('mean_top_p', 0):.3f}"
-            lines.append(f"| {row['name']} | {row['data']} | {change} | {steps} | {tp} | {fmt(score)} ± {fmt(se)} | {_delta(paired(results, references[best], task))} |")
+            lines.append(
+                f"| {row['name']} | {row['data']} | {change} | {steps} | {tp} | {fmt(score)} ± {fmt(se)} | {_delta(paired(results, references[best], task))} |"
+            )
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

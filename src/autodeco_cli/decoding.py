@@ -47,7 +47,12 @@ ADAPTIVE_PARAMETERS = {"min-p": ("min_p",), "top-n-sigma": ("n_sigma",), "edt": 
 # older results folders (which lack them) still matches and those folders resume
 _ADAPTIVE_FIELDS = tuple(f for fields_ in ADAPTIVE_PARAMETERS.values() for f in fields_)
 # the flag that sets each field, and the strategy that reads it
-_ADAPTIVE_FLAGS = {"min_p": ("--min-p", "min-p"), "n_sigma": ("--n-sigma", "top-n-sigma"), "edt_base": ("--edt-base", "edt"), "edt_theta": ("--edt-theta", "edt")}
+_ADAPTIVE_FLAGS = {
+    "min_p": ("--min-p", "min-p"),
+    "n_sigma": ("--n-sigma", "top-n-sigma"),
+    "edt_base": ("--edt-base", "edt"),
+    "edt_theta": ("--edt-theta", "edt"),
+}
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,11 @@ class DecodingStrategy:
         if self.name == "greedy":
             return "greedy"
         if self.name == "autodeco":
-            scales = "" if (self.temperature_scale, self.top_p_scale) == (1.0, 1.0) else f"(×T {self.temperature_scale:g}, ×p {self.top_p_scale:g})"
+            scales = (
+                ""
+                if (self.temperature_scale, self.top_p_scale) == (1.0, 1.0)
+                else f"(×T {self.temperature_scale:g}, ×p {self.top_p_scale:g})"
+            )
             only = {"both": "", "temperature": "[T̂ only]", "top_p": "[P̂ only]"}[self.active_heads]
             return "autodeco" + only + scales
         k = f", k={self.top_k}" if self.top_k else ""
@@ -111,7 +120,10 @@ class DecodingStrategy:
 
 def _check_temperature(value: float, field: str) -> float:
     if not (0.0 < value <= MAX_STATIC_TEMPERATURE):
-        raise UserError(f"{field} {value:g} is out of range", f"use a temperature in (0, {MAX_STATIC_TEMPERATURE:g}]; for argmax decoding use --decoding greedy")
+        raise UserError(
+            f"{field} {value:g} is out of range",
+            f"use a temperature in (0, {MAX_STATIC_TEMPERATURE:g}]; for argmax decoding use --decoding greedy",
+        )
     return float(value)
 
 
@@ -124,27 +136,54 @@ def _check_top_p(value: float, field: str) -> float:
 def _check_range(value: float, flag: str, low: float, high: float, closed_low: bool, fix: str) -> float:
     inside = (low <= value if closed_low else low < value) and value <= high
     if not (math.isfinite(value) and inside):
-        interval = f"{'[' if closed_low else '('}{low:g}, {high:g}]" if math.isfinite(high) else f"{'>=' if closed_low else '>'} {low:g}"
-        raise UserError(f"{flag} {value:g} is out of range", f"use a value {'in ' if math.isfinite(high) else ''}{interval}; {fix}")
+        interval = (
+            f"{'[' if closed_low else '('}{low:g}, {high:g}]"
+            if math.isfinite(high)
+            else f"{'>=' if closed_low else '>'} {low:g}"
+        )
+        raise UserError(
+            f"{flag} {value:g} is out of range", f"use a value {'in ' if math.isfinite(high) else ''}{interval}; {fix}"
+        )
     return float(value)
 
 
-def _adaptive_strategy(name: str, temperature: float | None, top_p: float | None, top_k: int | None, given: dict) -> DecodingStrategy:
+def _adaptive_strategy(
+    name: str, temperature: float | None, top_p: float | None, top_k: int | None, given: dict
+) -> DecodingStrategy:
     """min-p, top-n-sigma and edt: their own parameter(s) plus T (T0 for edt), optional p and top-k."""
     fields: dict = {}
     if name == "min-p":
         value = DEFAULT_MIN_P if given["min_p"] is None else given["min_p"]
-        fields["min_p"] = _check_range(value, "--min-p", 0.0, 1.0, True, "0 keeps every token, 1 only the most likely (the paper uses 0.05-0.1)")
+        fields["min_p"] = _check_range(
+            value, "--min-p", 0.0, 1.0, True, "0 keeps every token, 1 only the most likely (the paper uses 0.05-0.1)"
+        )
     elif name == "top-n-sigma":
         value = DEFAULT_N_SIGMA if given["n_sigma"] is None else given["n_sigma"]
-        fields["n_sigma"] = _check_range(value, "--n-sigma", 0.0, math.inf, True, "0 keeps only the top logit, larger n keeps more (the paper uses 1.0)")
+        fields["n_sigma"] = _check_range(
+            value,
+            "--n-sigma",
+            0.0,
+            math.inf,
+            True,
+            "0 keeps only the top logit, larger n keeps more (the paper uses 1.0)",
+        )
     else:
         base = DEFAULT_EDT_BASE if given["edt_base"] is None else given["edt_base"]
         theta = DEFAULT_EDT_THETA if given["edt_theta"] is None else given["edt_theta"]
         if not (math.isfinite(base) and 0.0 < base < 1.0):
-            raise UserError(f"--edt-base {base:g} is out of range", "use a base N in (0, 1) (the paper's 0.8); N = 1 would be a fixed temperature (--decoding static)")
+            raise UserError(
+                f"--edt-base {base:g} is out of range",
+                "use a base N in (0, 1) (the paper's 0.8); N = 1 would be a fixed temperature (--decoding static)",
+            )
         fields["edt_base"] = float(base)
-        fields["edt_theta"] = _check_range(theta, "--edt-theta", 0.0, math.inf, False, "larger θ lowers T on confident tokens (the paper's 1.0); for a fixed T use --decoding static")
+        fields["edt_theta"] = _check_range(
+            theta,
+            "--edt-theta",
+            0.0,
+            math.inf,
+            False,
+            "larger θ lowers T on confident tokens (the paper's 1.0); for a fixed T use --decoding static",
+        )
     return DecodingStrategy(
         name,
         temperature=_check_temperature(1.0 if temperature is None else temperature, "--temperature"),
@@ -177,7 +216,9 @@ def make_strategy(
     for field_name, value in given.items():
         flag, owner = _ADAPTIVE_FLAGS[field_name]
         if value is not None and name != owner:
-            raise UserError(f"{flag} is a setting of --decoding {owner}, not {name}", f"drop {flag}, or use --decoding {owner}")
+            raise UserError(
+                f"{flag} is a setting of --decoding {owner}, not {name}", f"drop {flag}, or use --decoding {owner}"
+            )
     if name in ADAPTIVE_CHOICES:
         return _adaptive_strategy(name, temperature, top_p, top_k, given)
     if name == "greedy":
@@ -186,9 +227,15 @@ def make_strategy(
         if temperature_scale <= 0 or top_p_scale <= 0:
             raise UserError("--temperature-scale and --top-p-scale must be positive")
         if active_heads not in ACTIVE_HEADS_CHOICES:
-            raise UserError(f"--active-heads {active_heads!r} is not a choice", f"use one of: {', '.join(ACTIVE_HEADS_CHOICES)}")
+            raise UserError(
+                f"--active-heads {active_heads!r} is not a choice", f"use one of: {', '.join(ACTIVE_HEADS_CHOICES)}"
+            )
         return DecodingStrategy(
-            "autodeco", top_k=top_k or None, temperature_scale=float(temperature_scale), top_p_scale=float(top_p_scale), active_heads=active_heads
+            "autodeco",
+            top_k=top_k or None,
+            temperature_scale=float(temperature_scale),
+            top_p_scale=float(top_p_scale),
+            active_heads=active_heads,
         )
     if name == "mean-shift" and (temperature is None or top_p is None):
         raise UserError(
@@ -207,17 +254,25 @@ def make_strategy(
 
 def mean_shift_from_results(path: str | Path, benchmark: str | None = None) -> DecodingStrategy:
     """Build the mean-shift baseline from an autodeco eval results file (its mean T̂/P̂)."""
+    from .io_checks import read_text_file
+
     path = Path(path)
     try:
-        results = json.loads(path.read_text())["results"]
-    except FileNotFoundError:
-        raise UserError(f"results file not found: {path}") from None
+        results = json.loads(read_text_file(path, "results file"))["results"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UserError(f"{path}: not an autodeco eval results file (no 'results' object)") from None
     candidates = {k: v for k, v in results.items() if isinstance(v, dict) and "mean_temperature" in v}
+    if benchmark and candidates and benchmark not in candidates:
+        raise UserError(
+            f"{path}: no mean T̂/P̂ for {benchmark} (it has {', '.join(candidates)}); another benchmark's means are not {benchmark}'s mean-shift baseline",
+            f"pass the results.json of an autodeco eval on {benchmark}, or give -t/-p yourself",
+        )
     if benchmark:
         candidates = {k: v for k, v in candidates.items() if k == benchmark}
     if not candidates:
-        raise UserError(f"{path}: no mean T̂/P̂ found{' for ' + benchmark if benchmark else ''}", "use the results of an eval run with --decoding autodeco")
+        raise UserError(
+            f"{path}: no mean T̂/P̂ found{' for ' + benchmark if benchmark else ''}",
+            "use the results of an eval run with --decoding autodeco",
+        )
     row = next(iter(candidates.values()))
     return make_strategy("mean-shift", temperature=row["mean_temperature"], top_p=row["mean_top_p"])

@@ -83,21 +83,71 @@ def hard_top_p_keep(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.T
     instead of to nothing. p >= 1 keeps every token.
 
     The nucleus is a prefix of the sorted order, so it is fully described by its size and the
-    smallest kept value: one values-only sort per row, no index scatter.
+    smallest kept value (`nucleus_cut`, which sorts only the top candidates), no index scatter.
     """
     top_p = _as_column(top_p, probs)
-    sorted_probs = sorted_values_descending(probs).to(probs.device)
-    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    size = (mass_before < top_p).sum(dim=-1, keepdim=True).clamp_min(1)
+    size, cutoff = nucleus_cut(probs, top_p)
+    keep = probs >= cutoff
+    excess = keep.sum(dim=-1, keepdim=True) > size
+    if not bool(excess.any()):
+        return keep  # no row has more tokens tied at its cutoff than the prefix holds
+    # Rows with more tokens tied at the cutoff than the prefix still holds (frequent with bf16
+    # logits): keep the lowest ids among the tied, drop the rest. Only those rows are touched.
+    vocab = probs.size(-1)
+    flat_keep = keep.reshape(-1, vocab)
+    rows = excess.reshape(-1).nonzero().squeeze(-1)
+    row_probs = probs.detach().reshape(-1, vocab)[rows]
+    row_cutoff = cutoff.reshape(-1, 1)[rows]
+    tied = row_probs == row_cutoff
+    room = size.reshape(-1)[rows] - (row_probs > row_cutoff).sum(dim=-1)
+    tied_row, tied_id = tied.nonzero(as_tuple=True)  # row-major: ids ascending within a row
+    counts = tied.sum(dim=-1)
+    rank = torch.arange(tied_row.numel(), device=probs.device) - (torch.cumsum(counts, dim=0) - counts)[tied_row]
+    drop = rank >= room[tied_row]
+    flat_keep[rows[tied_row[drop]], tied_id[drop]] = False
+    return flat_keep.reshape(probs.shape)
+
+
+# The nucleus cut first sorts only each row's top this-many probabilities (torch.topk: ~10x
+# cheaper than a values sort of a 49k vocabulary); rows whose nucleus may reach past them fall
+# back to the full sort. Either way the result is the full sort's, exactly.
+NUCLEUS_CANDIDATES = 64
+
+
+def nucleus_cut(probs: torch.Tensor, top_p: torch.Tensor, candidates: int = NUCLEUS_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's nucleus size and smallest kept probability (both ``[..., 1]``); `top_p` ``[..., 1]``.
+
+    With the row sorted descending, the size is the number of positions whose mass before them
+    (``cumsum - value``) is below p, at least 1; p >= 1 keeps all (cutoff -inf). The mass before
+    is non-decreasing along the sorted row (the cumsum never falls, the values never rise, and
+    float rounding is monotone), and the CPU cumsum is a sequential scan, so the cumsum of a
+    prefix is the prefix of the cumsum. So once the last of the top `candidates` values already
+    has mass >= p before it, no later position counts and the sorted head alone gives the exact
+    size and cutoff; only rows that fail that check are sorted in full. (Other devices' scans
+    are blocked, so there every row is sorted in full, as before.)
+    """
+    vocab = probs.size(-1)
+    shape = probs.shape[:-1] + (1,)
+    flat = probs.detach().reshape(-1, vocab)
+    p = top_p.to(probs.dtype).expand(shape).reshape(-1, 1)
+    k = min(candidates, vocab) if probs.device.type == "cpu" else vocab
+    head = torch.topk(flat, k, dim=-1).values if k < vocab else sorted_values_descending(flat).to(flat.device)
+    mass_before = torch.cumsum(head, dim=-1) - head
+    size = (mass_before < p).sum(dim=-1, keepdim=True).clamp_min(1)
+    cutoff = head.gather(-1, size - 1)
+    if k < vocab:
+        longer = ((mass_before[:, -1:] < p) & (p < 1.0)).squeeze(-1).nonzero().squeeze(-1)
+        if longer.numel():
+            full = sorted_values_descending(flat[longer]).to(flat.device)
+            full_mass_before = torch.cumsum(full, dim=-1) - full
+            full_size = (full_mass_before < p[longer]).sum(dim=-1, keepdim=True).clamp_min(1)
+            size[longer], cutoff[longer] = full_size, full.gather(-1, full_size - 1)
     # p >= 1 means "no cut" (as in vLLM); without this, fp32 cumsums that reach 1.0 early
     # would silently drop the far tail.
-    size = torch.where(top_p >= 1.0, torch.full_like(size, probs.size(-1)), size)
-    cutoff = sorted_probs.gather(-1, size - 1)
-    above = probs > cutoff
-    # tokens equal to the cutoff: keep as many as the prefix still holds, lowest ids first
-    tied = probs == cutoff
-    room = size - above.sum(dim=-1, keepdim=True)
-    return above | (tied & (torch.cumsum(tied.int(), dim=-1) <= room))
+    no_cut = p >= 1.0
+    size = torch.where(no_cut, torch.full_like(size, vocab), size)
+    cutoff = torch.where(no_cut, torch.full_like(cutoff, float("-inf")), cutoff)
+    return size.reshape(shape), cutoff.reshape(shape)
 
 
 def top_k_keep(logits: torch.Tensor, top_k: int | None) -> torch.Tensor | None:
@@ -202,7 +252,7 @@ def decoding_logits_and_temperature(
     if min_p is not None:
         keep_min = min_p_keep(probs, min_p)
         keep = keep_min if keep is None else keep & keep_min
-    return scaled.masked_fill(~keep, float("-inf")), temperature
+    return torch.where(keep, scaled, float("-inf")), temperature  # one pass (masked_fill clones first)
 
 
 def decoding_logits(

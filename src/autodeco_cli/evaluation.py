@@ -11,45 +11,71 @@ doc id, sample index; see `generation.py`), never on its batch-mates or on which
 share a call. Regenerating just the missing samples therefore reproduces an uninterrupted run,
 and strategies can share batches (a grid's cells fill each other's rows) without changing
 any of them.
+
+This module plans, generates and writes results. The files are `run_store`'s, the numbers
+`eval_metrics`'s, reading back and tables `eval_report`'s; what differs per task (aggregation,
+voting, labels) the task declares (`benchmarks.registry`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 import subprocess
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
-
-from . import stats
-from .benchmarks.registry import task_chat, task_stop
+from .benchmarks.registry import judge_fields, task_chat, task_label, task_stop, task_version
 from .decoding import DecodingStrategy
 from .errors import UserError
-from .generation import Generation, GenerationEngine, Request, batch_order_key, encode_prompt, request_seed
-from .question_scores import metric_of, per_question_rows, row_score, score_metrics
 
-RESULTS_FILE = "results.json"
-RUN_CONFIG_FILE = "run_config.json"
+# Names that lived here before the split; other modules and tests import them from here.
+from .eval_metrics import pass_k_ladder, sample_metric_means, task_metrics  # noqa: F401
+from .eval_report import (  # noqa: F401
+    TaskComparison,
+    compare_results,
+    comparison_table,
+    load_results,
+    summary_table,
+)
+from .generation import Generation, GenerationEngine, Request, batch_order_key, encode_prompt, request_seed
+from .heads import heads_digest
+from .prompt_format import PLAIN
+from .question_scores import per_question_rows, score_metrics
+from .run_store import (  # noqa: F401 (SampleLog, sample_key, read_json_output re-exported)
+    RESULTS_FILE,
+    RUN_CONFIG_FILE,
+    SampleLog,
+    claim_settings,
+    read_json_output,
+    sample_key,
+    samples_path,
+    write_json,
+)
+
 # engine.generate keeps every Generation of a call in memory (traces included), so long runs
 # are fed to it in slices of this many batches' worth of requests, cut from the engine's own
 # sort order: a prompt's requests stay together (one prefill) except at a slice edge.
 BATCHES_PER_CALL = 32
 # run_config fields that must match to resume into a folder (device may differ).
-IDENTITY_FIELDS = ("model", "heads", "heads_sha256", "adapter", "dtype", "chat", "decoding")
-# Their "extracted" answers are summaries ("3/4" instructions) or programs, not votes.
-NO_VOTE_SCORERS = ("ifeval", "code")
-IFEVAL_KEYS = ("prompt_strict", "prompt_loose", "inst_strict_correct", "inst_strict_total", "inst_loose_correct", "inst_loose_total")
-LIVECODEBENCH_LABEL = (
-    "LiveCodeBench release_v5 window (problems dated 2024-08 to 2025-01), PUBLIC tests only: "
-    "not the official private-test score and not comparable with the paper's v6 column"
+IDENTITY_FIELDS = (
+    "model",
+    "heads",
+    "heads_sha256",
+    "adapter",
+    "dtype",
+    "chat",
+    "decoding",
+    "engine",
+    "system_prompt",
+    "chat_template_kwargs",
 )
+# what a run folder written before a field existed meant by it
+IDENTITY_DEFAULTS = {"engine": "hf"}
 
 
 # ---------------------------------------------------------------------------
@@ -82,19 +108,32 @@ def strategy_slug(strategy: DecodingStrategy) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
-def plan_strategies(strategies: Sequence[DecodingStrategy], k: int, seeds: Sequence[int]) -> list[StrategyPlan]:
+def check_run_settings(k: int, seeds: Sequence[int], batch_size: int, max_new_tokens: int | None = None) -> None:
+    """The sampling settings every eval-like run needs; commands call it before loading a model."""
     if k < 1:
         raise UserError(f"-k {k}: need at least one sample per seed")
-    seeds = tuple(int(s) for s in seeds)
+    seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError("need at least one seed, without repeats")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+
+
+def plan_strategies(strategies: Sequence[DecodingStrategy], k: int, seeds: Sequence[int]) -> list[StrategyPlan]:
+    check_run_settings(k, seeds, batch_size=1)
+    seeds = tuple(int(s) for s in seeds)
     if not strategies:
         raise UserError("no decoding strategy given")
     plans, seen = [], {}
     for strategy in strategies:
         slug = strategy_slug(strategy)
         if slug in seen:
-            raise UserError(f"strategies {seen[slug].label!r} and {strategy.label!r} share the output folder {slug!r}", "drop the duplicate")
+            raise UserError(
+                f"strategies {seen[slug].label!r} and {strategy.label!r} share the output folder {slug!r}",
+                "drop the duplicate",
+            )
         seen[slug] = strategy
         if strategy.is_greedy:
             # Greedy is deterministic: more samples or seeds would only repeat the same text.
@@ -112,67 +151,12 @@ def parse_seeds(value: str) -> list[int]:
             return [int(part) for part in text.split(",") if part.strip()]
         count = int(text)
     except ValueError:
-        raise UserError(f"--seeds {value!r} is neither a count nor a comma list of seeds", "e.g. --seeds 8 or --seeds 0,1,2") from None
+        raise UserError(
+            f"--seeds {value!r} is neither a count nor a comma list of seeds", "e.g. --seeds 8 or --seeds 0,1,2"
+        ) from None
     if count < 1:
         raise UserError(f"--seeds {count}: need at least one seed")
     return list(range(count))
-
-
-# ---------------------------------------------------------------------------
-# Sample logs: the JSONL files that make a run resumable
-# ---------------------------------------------------------------------------
-
-
-def sample_key(record: dict) -> tuple[str, int, int]:
-    return (str(record["doc_id"]), int(record["seed"]), int(record["sample"]))
-
-
-class SampleLog:
-    """One strategy's samples for one task: read once at start, appended batch by batch."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[tuple[str, int, int], dict] = {}
-        self._handle = None
-        self._load()
-
-    def _load(self) -> None:
-        if not self.path.is_file():
-            return
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            # A kill mid-write leaves a partial last line. Cutting it off (rather than skipping
-            # it) matters: the next append would otherwise glue a record onto it.
-            with self.path.open("r+b") as handle:
-                handle.truncate(end)
-        for number, line in enumerate(data[:end].split(b"\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                key = sample_key(record)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise UserError(f"{self.path}:{number} is not a sample record", "delete that line (it is regenerated on the next run)") from None
-            self.records.setdefault(key, record)
-
-    def append(self, records: Iterable[dict]) -> None:
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("a", encoding="utf-8")
-        for record in records:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            self.records[sample_key(record)] = record
-        self._handle.flush()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-
-
-def samples_path(out_dir: Path, slug: str, task_name: str) -> Path:
-    return out_dir / slug / f"samples_{task_name}.jsonl"
 
 
 # ---------------------------------------------------------------------------
@@ -215,28 +199,28 @@ def _unique_tasks(tasks: list[Any]) -> list[Any]:
     return out
 
 
-def prepare_task(task: Any, limit: int | None, max_new_tokens: int | None, data_dir, split: str = "test") -> TaskRun:
+def prepare_task(
+    task: Any,
+    limit: int | None,
+    max_new_tokens: int | None,
+    data_dir,
+    split: str = "test",
+    doc_ids: Sequence[str] | None = None,
+) -> TaskRun:
+    """The task's docs (the first `limit`, then only `doc_ids` if given, in the task's order)."""
     docs = task.load_docs(split=split, limit=limit, data_dir=data_dir)
+    if doc_ids is not None:
+        wanted = {str(d) for d in doc_ids}
+        docs = [doc for doc in docs if str(doc.doc_id) in wanted]
     if not docs:
-        raise UserError(f"task {task.name} has no {split} documents")
+        raise UserError(
+            f"task {task.name} has no {split} documents"
+            + (" among the questions asked for" if doc_ids is not None else "")
+        )
     # Fail before hours of generation, not after the first batch, when a scorer's optional
     # dependencies (IFEval's lm-eval, the code sandbox) are missing.
     task.score(docs[0], "")
     return TaskRun(task, docs, max_new_tokens or task.max_new_tokens, split)
-
-
-def task_version(task: Any) -> str:
-    """The task definition's content hash: samples from an edited prompt are not comparable."""
-    source = getattr(task, "source_file", None)
-    if source is not None and Path(source).is_file():
-        import hashlib
-
-        return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12]
-    return str(getattr(task, "version", "1"))
-
-
-def is_livecodebench(task: Any) -> bool:
-    return task.name.startswith("livecodebench") or getattr(task, "builder", None) == "livecodebench"
 
 
 # ---------------------------------------------------------------------------
@@ -270,6 +254,7 @@ def run_eval(
     data_dir: str | Path | None = None,
     run_info: dict | None = None,
     split: str = "test",
+    doc_ids: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """Evaluate every strategy on every task; returns {strategy label: results dict}.
 
@@ -278,18 +263,30 @@ def run_eval(
     `progress` is an optional started rich Progress (see `progress.progress_bar`); `run_info`
     (model, heads, adapter, dtype, device) is recorded and guards resuming into `out_dir`.
     `split` is "test" for reported numbers; "validation" is where settings are chosen.
+    `doc_ids` restricts every task to those questions (grid-search's early-stopping rounds):
+    same task name, so the same sample files and request seeds as the full run.
     """
-    if batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
+    check_run_settings(k, seeds, batch_size, max_new_tokens)
     out_dir = Path(out_dir)
     plans = plan_strategies(strategies, k, seeds)
-    task_runs = [prepare_task(task, limit, max_new_tokens, data_dir, split) for task in resolve_tasks(task_names)]
-    info = {"model": getattr(engine.lm, "name", None), "heads": None, **(run_info or {}), "chat": chat, "heads_sha256": heads_fingerprint(engine)}
+    task_runs = [
+        prepare_task(task, limit, max_new_tokens, data_dir, split, doc_ids) for task in resolve_tasks(task_names)
+    ]
+    info = {
+        "model": getattr(engine.lm, "name", None),
+        "heads": None,
+        **engine_info(engine),
+        **(run_info or {}),
+        "chat": chat,
+        "heads_sha256": heads_fingerprint(engine),
+    }
     for plan in plans:
         _claim_folder(out_dir / plan.slug, plan, task_runs, info)
-    logs = {(plan.slug, run.name): SampleLog(samples_path(out_dir, plan.slug, run.name)) for plan in plans for run in task_runs}
+    logs = {
+        (plan.slug, run.name): SampleLog(samples_path(out_dir, plan.slug, run.name))
+        for plan in plans
+        for run in task_runs
+    }
     state = _RunState(engine, plans, logs, progress, batch_size, chat)
     try:
         for run in task_runs:
@@ -305,17 +302,14 @@ def run_eval(
     return results
 
 
+def engine_info(engine) -> dict:
+    """Which engine generated, and the prompt format it rendered chat prompts with."""
+    return {"engine": getattr(engine, "name", "hf"), **getattr(engine, "prompt_format", PLAIN).record()}
+
+
 def heads_fingerprint(engine: GenerationEngine) -> str | None:
     """A hash of the heads' weights: retrained heads saved to the same path are other heads."""
-    if engine.heads is None:
-        return None
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(engine.heads.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return None if engine.heads is None else heads_digest(engine.heads)
 
 
 def plan_info(plan: StrategyPlan, info: dict) -> dict:
@@ -331,26 +325,41 @@ def _claim_folder(folder: Path, plan: StrategyPlan, task_runs: list[TaskRun], in
     identity = {name: info.get(name) for name in IDENTITY_FIELDS if name != "decoding"}
     identity["decoding"] = plan.strategy.to_dict()
     # split: one results.json holds one split per task, so a folder never mixes them
-    tasks = {run.name: {"max_new_tokens": run.max_new_tokens, "version": task_version(run.task), "split": run.split} for run in task_runs}
+    tasks = {
+        run.name: {"max_new_tokens": run.max_new_tokens, "version": task_version(run.task), "split": run.split}
+        for run in task_runs
+    }
+
+    def changes(previous: dict) -> list[str]:
+        # folders made before the dtype was recorded resolved say "auto", which then meant fp32
+        # on CPU and bf16 on CUDA (now auto is bf16 on CPUs with native bf16)
+        if previous.get("dtype") == "auto" and identity.get("dtype") == (
+            "bfloat16" if str(info.get("device", "")).startswith("cuda") else "float32"
+        ):
+            previous = {**previous, "dtype": identity["dtype"]}
+        # a task the folder has not seen yet, or a field it did not record, is no change
+        changed = [
+            name for name in IDENTITY_FIELDS if previous.get(name, IDENTITY_DEFAULTS.get(name)) != identity.get(name)
+        ]
+        before = previous.get("tasks", {})
+        return changed + [
+            f"{name}: {field_}"
+            for name, spec in tasks.items()
+            for field_, value in spec.items()
+            if before.get(name, {}).get(field_, value) != value
+        ]
+
     path = folder / RUN_CONFIG_FILE
-    if path.is_file():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = [name for name in IDENTITY_FIELDS if previous.get(name) != identity.get(name)]
-        changed += [f"{name}: {field_}" for name, spec in tasks.items() for field_, value in spec.items() if previous.get("tasks", {}).get(name, {}).get(field_, value) != value]
-        if changed:
-            raise UserError(
-                f"{folder} holds samples made with other settings ({', '.join(changed)})",
-                "use another --output-dir, or delete that folder to start over",
-            )
-        tasks = {**previous.get("tasks", {}), **tasks}
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**identity, "tasks": tasks}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    hint = "use another --output-dir, or delete that folder to start over"
+    previous = claim_settings(path, changes, holder=folder, hint=hint)
+    write_json(path, {**identity, "tasks": {**previous.get("tasks", {}), **tasks}})
 
 
 def _pending_requests(state: _RunState, run: TaskRun) -> tuple[list[Request], int]:
     """Requests not yet in any sample log, and how many are already done."""
     chat = task_chat(run.task, state.chat)
-    prompts = [encode_prompt(state.engine.tokenizer, doc.prompt, chat) for doc in run.docs]
+    fmt = getattr(state.engine, "prompt_format", PLAIN)
+    prompts = [encode_prompt(state.engine.tokenizer, doc.prompt, chat, fmt) for doc in run.docs]
     pending, done = [], 0
     for plan_index, plan in enumerate(state.plans):
         log = state.logs[plan.slug, run.name]
@@ -395,7 +404,12 @@ def _generate_task(state: _RunState, run: TaskRun) -> None:
     for traced, group in _trace_groups(pending):
         for chunk in _engine_slices(group, state.batch_size):
             state.engine.generate(
-                chunk, max_new_tokens=run.max_new_tokens, batch_size=state.batch_size, stop=task_stop(run.task), trace=traced, on_batch_done=record_batch
+                chunk,
+                max_new_tokens=run.max_new_tokens,
+                batch_size=state.batch_size,
+                stop=task_stop(run.task),
+                trace=traced,
+                on_batch_done=record_batch,
             )
 
 
@@ -440,20 +454,6 @@ def sample_record(run: TaskRun, doc: Any, seed: int, sample: int, generation: Ge
 # ---------------------------------------------------------------------------
 
 
-def pass_k_ladder(n: int) -> list[int]:
-    """1, 4, 8, 16, ... up to n: the k values reported for pass@k and maj@k."""
-    ladder, k = [1], 4
-    while k <= n:
-        ladder.append(k)
-        k *= 2
-    return ladder
-
-
-def _finite(value: float | None) -> float | None:
-    # JSON has no NaN: a statistic that is undefined (one question, one seed) is null.
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def question_samples(plan: StrategyPlan, run: TaskRun, log: SampleLog) -> list[list[dict]]:
     """Each doc's records in seed-major sample order; only the samples this run asked for."""
     table = []
@@ -463,70 +463,6 @@ def question_samples(plan: StrategyPlan, run: TaskRun, log: SampleLog) -> list[l
             raise RuntimeError(f"{log.path}: samples missing for {doc.doc_id} after generation")
         table.append(rows)
     return table
-
-
-def task_metrics(plan: StrategyPlan, table: list[list[dict]], voting: bool = True) -> dict[str, Any]:
-    correct = np.array([[r["correct"] for r in rows] for rows in table], dtype=float)
-    n_q, n = correct.shape
-    pass1, se = stats.mean_pass1(correct.tolist())
-    per_seed = correct.reshape(n_q, len(plan.seeds), plan.k).mean(axis=(0, 2))
-    _, seed_std = stats.seed_spread(per_seed)
-    metrics: dict[str, Any] = {
-        "pass@1": pass1,
-        "pass@1_stderr": _finite(se),
-        "pass@1_seed_std": _finite(seed_std) if len(plan.seeds) > 1 else None,
-        "pass@1_per_seed": [float(x) for x in per_seed],
-        "n_questions": n_q,
-        "samples_per_question": n,
-    }
-    counts = [(n, int(c)) for c in correct.sum(axis=1)]
-    answers = [[_vote_key(r["extracted"]) for r in rows] for rows in table]
-    for kk in pass_k_ladder(n)[1:]:
-        metrics[f"pass@{kk}"] = stats.mean_pass_at_k(counts, kk)
-    for kk in pass_k_ladder(n) if voting else []:
-        metrics[f"maj@{kk}"] = float(np.mean([stats.maj_at_k(a, [r["correct"] for r in rows], kk) for a, rows in zip(answers, table)]))
-    records = [r for rows in table for r in rows]
-    metrics["mean_tokens"] = float(np.mean([r["num_tokens"] for r in records]))
-    metrics["unparseable"] = sum(r["extracted"] is None for r in records)
-    metrics["truncated"] = sum(r["finish_reason"] == "length" for r in records)
-    metrics.update(sample_metric_means(records))
-    metrics.update(mean_decoding_parameters(records))
-    return metrics
-
-
-def _vote_key(extracted: Any) -> Any:
-    return None if extracted is None else " ".join(str(extracted).split())
-
-
-def sample_metric_means(records: list[dict]) -> dict[str, float]:
-    """Scorers' secondary metrics: IFEval's four accuracies, else a plain mean per key."""
-    keys = sorted({key for r in records for key in r.get("metrics", {})})
-    if not keys:
-        return {}
-    out = {}
-    if all(key in keys for key in IFEVAL_KEYS):
-        total = lambda key: sum(r["metrics"].get(key, 0.0) for r in records)  # noqa: E731
-        out["prompt_level_strict_acc"] = total("prompt_strict") / len(records)
-        out["prompt_level_loose_acc"] = total("prompt_loose") / len(records)
-        out["inst_level_strict_acc"] = total("inst_strict_correct") / max(total("inst_strict_total"), 1.0)
-        out["inst_level_loose_acc"] = total("inst_loose_correct") / max(total("inst_loose_total"), 1.0)
-        keys = [key for key in keys if key not in IFEVAL_KEYS]
-    for key in keys:
-        values = [float(r["metrics"][key]) for r in records if key in r.get("metrics", {})]
-        out[key] = float(np.mean(values))
-    return out
-
-
-def mean_decoding_parameters(records: list[dict]) -> dict[str, float]:
-    """Token-weighted mean T̂/P̂ of an autodeco run: the keys the mean-shift baseline reads."""
-    traced = [r for r in records if r.get("mean_temperature") is not None and r["num_tokens"] > 0]
-    if not traced:
-        return {}
-    weights = np.array([r["num_tokens"] for r in traced], dtype=float)
-    return {
-        "mean_temperature": float(np.average([r["mean_temperature"] for r in traced], weights=weights)),
-        "mean_top_p": float(np.average([r["mean_top_p"] for r in traced], weights=weights)),
-    }
 
 
 def task_config(plan: StrategyPlan, run: TaskRun, settings: dict) -> dict:
@@ -542,9 +478,12 @@ def task_config(plan: StrategyPlan, run: TaskRun, settings: dict) -> dict:
         "chat": task_chat(run.task, settings["chat"]),
     }
     if plan.collapsed:
-        config["note"] = f"greedy is deterministic: collapsed from k={settings['k']} x {len(settings['seeds'])} seeds to 1 sample per question"
-    if is_livecodebench(run.task):
-        config["label"] = LIVECODEBENCH_LABEL
+        config["note"] = (
+            f"greedy is deterministic: collapsed from k={settings['k']} x {len(settings['seeds'])} seeds "
+            "to 1 sample per question"
+        )
+    if task_label(run.task):
+        config["label"] = task_label(run.task)
     return config
 
 
@@ -553,11 +492,12 @@ def build_results(plan: StrategyPlan, task_runs: list[TaskRun], logs: dict, info
     results, configs, versions, n_samples, per_question = {}, {}, {}, {}, {}
     for run in task_runs:
         table = question_samples(plan, run, logs[plan.slug, run.name])
-        voting = getattr(run.task, "scorer", None) not in NO_VOTE_SCORERS
         per_question[run.name] = per_question_rows(run, table)
-        results[run.name] = {"alias": run.name, **task_metrics(plan, table, voting), **score_metrics(run.task, per_question[run.name])}
-        if is_livecodebench(run.task):
-            results[run.name]["label"] = LIVECODEBENCH_LABEL
+        metrics = task_metrics(table, plan.k, len(plan.seeds), run.task)
+        results[run.name] = {"alias": run.name, **metrics, **score_metrics(run.task, per_question[run.name])}
+        if task_label(run.task):
+            results[run.name]["label"] = task_label(run.task)
+        results[run.name].update(judge_fields(run.task))
         configs[run.name] = task_config(plan, run, settings)
         versions[run.name] = task_version(run.task)
         n_samples[run.name] = {"effective": len(run.docs), "limit": settings["limit"]}
@@ -585,146 +525,20 @@ def write_results(path: Path, results: dict) -> None:
             previous = {}
         for section in ("results", "configs", "versions", "n-samples", "per_question"):
             results[section] = {**previous.get(section, {}), **results[section]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json(path, results)
 
 
 @functools.lru_cache(maxsize=1)
 def git_hash() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-# ---------------------------------------------------------------------------
-# Reading results back (compare)
-# ---------------------------------------------------------------------------
-
-
-def read_json_output(path: str | Path, file_name: str, what: str, missing_hint: str) -> tuple[Path, dict]:
-    """A JSON file a command wrote, given as the file or as the folder that holds `file_name`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / file_name
-    try:
-        return path, json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}", missing_hint) from None
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not valid JSON") from None
-
-
-def load_results(path: str | Path) -> tuple[Path, dict]:
-    """A results.json, or a strategy folder that holds one."""
-    path, data = read_json_output(path, RESULTS_FILE, "results file", "pass a results.json or the strategy folder eval wrote")
-    if not isinstance(data, dict) or "per_question" not in data:
-        raise UserError(f"{path} has no per-question scores", "compare reads results.json files written by `autodeco eval`")
-    return path, data
-
-
-@dataclass(frozen=True)
-class TaskComparison:
-    task: str
-    comparison: stats.PairedComparison
-    only_a: int
-    only_b: int
-    metric: str = "pass@1"
-
-
-def compare_results(a: dict, b: dict, tasks: Sequence[str] | None = None, n_boot: int = 10_000, seed: int = 0) -> list[TaskComparison]:
-    """Paired per-question differences (A − B) of each task's question metric (`score`;
-    pass@1 for ordinary tasks and old files) on the questions both runs scored."""
-    shared = [t for t in a["per_question"] if t in b["per_question"]]
-    if tasks:
-        missing = [t for t in tasks if t not in shared]
-        if missing:
-            raise UserError(f"not in both results: {', '.join(missing)}", f"shared tasks: {', '.join(shared) or 'none'}")
-        shared = [t for t in shared if t in tasks]
-    if not shared:
-        raise UserError("the two results share no task")
-    out = []
-    for task in shared:
-        metric = metric_of(a, task)
-        if metric != metric_of(b, task):
-            raise UserError(f"{task}: the runs score questions by different metrics ({metric} vs {metric_of(b, task)})")
-        scores_a = {row["doc_id"]: row_score(row) for row in a["per_question"][task]}
-        scores_b = {row["doc_id"]: row_score(row) for row in b["per_question"][task]}
-        common = scores_a.keys() & scores_b.keys()
-        if not common:
-            raise UserError(f"{task}: the two results share no question")
-        comparison = stats.paired_comparison({d: scores_a[d] for d in common}, {d: scores_b[d] for d in common}, n_boot=n_boot, seed=seed)
-        out.append(TaskComparison(task, comparison, len(scores_a) - len(common), len(scores_b) - len(common), metric))
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
-def summary_table(results: dict[str, dict]):
-    """One row per (strategy, task): the numbers a paper table would quote."""
-    from rich.table import Table
-
-    table = Table(title="eval results (accuracy in %)")
-    for column in ("decoding", "task", "questions × samples", "pass@1 ± SE", "task metric ± SE", "± seeds", "pass@k", "maj@k", "tokens", "unparseable", "T̂ / P̂"):
-        table.add_column(column, justify="left" if column in ("decoding", "task") else "right")
-    for label, result in results.items():
-        for task, m in result["results"].items():
-            top_k = pass_k_ladder(m["samples_per_question"])[-1]
-            mean_tp = f"{m['mean_temperature']:.3f} / {m['mean_top_p']:.3f}" if "mean_temperature" in m else "–"
-            stderr = f" ± {_pct(m['pass@1_stderr'])}" if m.get("pass@1_stderr") is not None else ""
-            table.add_row(
-                label,
-                task,
-                f"{m['n_questions']} × {m['samples_per_question']}",
-                f"{_pct(m['pass@1'])}{stderr}",
-                _declared_score(m),
-                _pct(m.get("pass@1_seed_std")),
-                f"{_pct(m[f'pass@{top_k}'])} (k={top_k})",
-                f"{_pct(m[f'maj@{top_k}'])} (k={top_k})" if f"maj@{top_k}" in m else "–",
-                f"{m['mean_tokens']:.0f}",
-                str(m["unparseable"]),
-                mean_tp,
-            )
-    return table
-
-
-def _declared_score(m: dict) -> str:
-    """The task's own question metric, where it declares one other than pass@1."""
-    if m.get("metric", "pass@1") == "pass@1":
-        return "(pass@1)"
-    stderr = f" ± {_pct(m['score_stderr'])}" if m.get("score_stderr") is not None else ""
-    return f"{m['metric']} {_pct(m['score'])}{stderr}"
-
-
-def comparison_table(comparisons: list[TaskComparison], name_a: str, name_b: str):
-    from rich.table import Table
-
-    metrics = sorted({item.metric for item in comparisons}) or ["pass@1"]
-    table = Table(title=f"paired per-question {' / '.join(metrics)} (in %), Δ = A − B", caption=f"A = {name_a}\nB = {name_b}")
-    for column in ("task", "metric", "questions", "A", "B", "Δ", "SE", "95% CI (bootstrap)"):
-        table.add_column(column, justify="left" if column == "task" else "right")
-    for item in comparisons:
-        c = item.comparison
-        table.add_row(
-            item.task,
-            item.metric,
-            str(c.n) + (f" (+{item.only_a} A-only, +{item.only_b} B-only)" if item.only_a or item.only_b else ""),
-            _pct(c.mean_a),
-            _pct(c.mean_b),
-            f"{100 * c.mean_diff:+.1f}",
-            _pct(_finite(c.se)),
-            f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]",
-        )
-    return table

@@ -8,17 +8,22 @@ folders move between this tool and the official vLLM integration.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
-
-import torch
 
 from .errors import UserError
 from .heads import load_heads
 from .models import LoadedModel, load_base_model
 
 MERGED_WEIGHTS = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 def merge(model: str, heads: str, output: str | Path, dtype: str | None = None) -> Path:

@@ -37,10 +37,12 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .cpu_inference import ZERO_TAIL
 from .decoding import ADAPTIVE_PARAMETERS, DecodingStrategy
 from .distribution import decoding_logits_and_temperature, nucleus_size
 from .heads import AutoDecoHeads
 from .models import LoadedModel
+from .prompt_format import PLAIN, PromptFormat
 
 Messages = list[dict]
 PromptInput = Union[str, Messages]
@@ -89,6 +91,12 @@ def request_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def _contiguous_input(_module, args):
+    if args and torch.is_tensor(args[0]) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
+
+
 class HiddenStateCapture:
     """Keeps the input of the model's output embedding: the (final-norm) last hidden state."""
 
@@ -103,11 +111,11 @@ class HiddenStateCapture:
         self._handle.remove()
 
 
-def encode_prompt(tokenizer, prompt: PromptInput, chat: bool) -> list[int]:
-    """Chat prompts go through the model's template; raw prompts are tokenised as given."""
+def encode_prompt(tokenizer, prompt: PromptInput, chat: bool, fmt: PromptFormat = PLAIN) -> list[int]:
+    """Chat prompts go through the model's template (with `fmt`'s system prompt and template
+    switches); raw prompts are tokenised as given."""
     if chat:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(fmt.messages(prompt), add_generation_prompt=True, tokenize=False, **fmt.template_kwargs)
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     if not isinstance(prompt, str):
         raise TypeError("raw completion (chat=False) needs a string prompt")
@@ -214,16 +222,21 @@ class _Sampler:
         decoded, used = decoding_logits_and_temperature(logits[rows], temperature, top_p, top_k, **adaptive)
         # EDT's T is per row; the others keep the strategy's exact float in the trace
         used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k[1] for k in keys]
-        cumulative = torch.cumsum(torch.softmax(decoded, dim=-1).double().cpu(), dim=-1)
+        probs = torch.softmax(decoded, dim=-1).cpu()
         sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
         for d, key in enumerate(keys):
             members = distributions[key]
             uniforms = torch.cat([torch.rand(1, generator=self.generator(m), dtype=torch.float64) for m in members])
-            tokens = torch.searchsorted(cumulative[d], uniforms * cumulative[d, -1], right=True).tolist()
-            for member, token in zip(members, tokens):
-                if token >= cumulative.shape[-1]:  # u * total rounded up to total: the last token with mass
-                    token = int(torch.nonzero(torch.diff(cumulative[d], prepend=cumulative[d, :1].new_zeros(1))).max())
-                chosen[member] = _Step(token, used_temperatures[d], key[2], sizes[d])
+            # The inverse CDF over token ids, summed over the tokens with mass only: adding a zero
+            # leaves a double cumsum unchanged, so these are the full-vocabulary cumsum's values
+            # at those ids and every draw is the same, for a sum over the nucleus instead of 49k.
+            ids = probs[d].nonzero().squeeze(-1)
+            cumulative = torch.cumsum(probs[d, ids].double(), dim=0)
+            picks = torch.searchsorted(cumulative, uniforms * cumulative[-1], right=True).tolist()
+            for member, pick in zip(members, picks):
+                if pick >= len(ids):  # u * total rounded up to total: the last token with mass
+                    pick = int(torch.nonzero(torch.diff(cumulative, prepend=cumulative.new_zeros(1))).max())
+                chosen[member] = _Step(int(ids[pick]), used_temperatures[d], key[2], sizes[d])
 
 
 @dataclass
@@ -232,9 +245,12 @@ class GenerationEngine:
 
     lm: LoadedModel
     heads: AutoDecoHeads | None = None
+    prompt_format: PromptFormat = PLAIN  # how every command run on this engine renders chat prompts
+    name: str = field(default="hf", init=False)
     _capture: HiddenStateCapture | None = field(default=None, init=False, repr=False)
     _logits_to_keep: bool = field(default=False, init=False, repr=False)
     _cache_kwarg: str = field(default="past_key_values", init=False, repr=False)
+    _contiguous_head_input: object = field(default=None, init=False, repr=False)
     # joining a running batch pads plain per-layer caches; other cache kinds (sliding windows,
     # offloading) only start whole batches
     can_join: bool = field(default=False, init=False, repr=False)
@@ -244,6 +260,9 @@ class GenerationEngine:
             self.heads.to(self.lm.device).eval()
             self._capture = HiddenStateCapture(self.lm.model)
         model = self.lm.model
+        # logits_to_keep hands the LM head a strided [rows, 1, H] slice, which torch multiplies as
+        # a batched matmul against a per-row copy of the weight (0.7 s per prefill in bf16 on CPU)
+        self._contiguous_head_input = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         # computing logits for the last position only skips a [rows, prompt, vocab] prefill tensor
         parameters = inspect.signature(base.forward).parameters
@@ -251,7 +270,7 @@ class GenerationEngine:
         # transformers 5.x renames past_key_values to cache (the old name warns, then goes)
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         layers = getattr(self.new_cache(), "layers", None)
-        self.can_join = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+        self.can_join = bool(layers) and all(type(layer) is _GrowingLayer for layer in layers)
 
     @property
     def tokenizer(self):
@@ -320,13 +339,18 @@ class GenerationEngine:
 
     def new_cache(self):
         try:
-            return DynamicCache(config=self.lm.model.config)  # per-layer kinds (sliding windows)
+            cache = DynamicCache(config=self.lm.model.config)  # per-layer kinds (sliding windows)
         except TypeError:  # transformers 4.x
             return DynamicCache()
+        for layer in getattr(cache, "layers", []):
+            if type(layer) is DynamicLayer:
+                layer.__class__ = _GrowingLayer
+        return cache
 
     def close(self) -> None:
         if self._capture is not None:
             self._capture.close()
+        self._contiguous_head_input.remove()
 
 
 # Shared rows let more requests than rows be in flight; this caps how many, so a burst of
@@ -525,11 +549,7 @@ class _DecodeState:
     def generation(self, index: int) -> Generation:
         request, tokens = self.requests[index], self.generated[index]
         tokenizer = self.engine.tokenizer
-        text = tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
-        if self.stop:
-            cut = min((text.find(s) for s in self.stop if s in text), default=-1)
-            if cut >= 0:
-                text = text[:cut]
+        text = finished_text(tokenizer, tokens, self.eos_ids, self.stop)
         token_trace = None
         if self.trace:
             token_trace = [
@@ -537,6 +557,90 @@ class _DecodeState:
                 for s in self.steps[index]
             ]
         return Generation(key=request.key, text=text, token_ids=list(tokens), finish_reason=self.finish[index], trace=token_trace, strategy=request.strategy)
+
+
+def finished_text(tokenizer, tokens: Sequence[int], eos_ids, stop: Sequence[str] | None) -> str:
+    """A generation's text, the same for every engine: EOS dropped, cut before the first stop string."""
+    text = tokenizer.decode([t for t in tokens if t not in eos_ids], skip_special_tokens=True)
+    if stop:
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+    return text
+
+
+class _GrowingLayer(DynamicLayer):
+    """A plain per-layer KV cache whose keys/values are views of zeroed buffers with spare columns.
+
+    DynamicLayer concatenates the whole cache with the new token at every step, copying all of
+    it (at 32 rows x 100 tokens that was a third of a bf16 decode step on CPU). Here a step
+    writes its column into the buffer's spare room and only a full buffer is copied, into one
+    with a quarter more room. Anything else that sets `keys`/`values` (joining rows, trimming
+    padding) is just a tensor: it is appended to in place when it still views this layer's
+    buffer with room after it, and copied into a new buffer otherwise. Values are unchanged.
+
+    Columns after a view are zeros (nothing writes past the end; `crop` starts a new buffer),
+    and the views say how many (`ZERO_TAIL`): the CPU decode attention then multiplies the
+    whole buffer, contiguous, instead of having torch copy the strided view first.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self._key_buffer = _append_columns(self.keys, key_states, getattr(self, "_key_buffer", None))
+        self.values, self._value_buffer = _append_columns(self.values, value_states, getattr(self, "_value_buffer", None))
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep rows `indices`: gathered with their buffer's spare columns, so the next step appends in place."""
+        if self.get_seq_length() > 0:
+            self.keys, self._key_buffer = _select_rows(self.keys, indices, getattr(self, "_key_buffer", None))
+            self.values, self._value_buffer = _select_rows(self.values, indices, getattr(self, "_value_buffer", None))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        super().crop(tokens_to_remove)
+        self._key_buffer = self._value_buffer = None  # the cut columns are not zeros: never append over them
+
+
+def _column_in(view: torch.Tensor, buffer: torch.Tensor | None) -> int | None:
+    """The buffer column where `view` starts, if `view` is `buffer[:, :, a:b]`; else None."""
+    if buffer is None or view.dim() != 4 or view.stride() != buffer.stride() or view.shape[:2] != buffer.shape[:2] or view.shape[3] != buffer.shape[3]:
+        return None
+    if view.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr():
+        return None
+    offset = view.storage_offset() - buffer.storage_offset()
+    column, rest = divmod(offset, buffer.stride(2))
+    if rest or column < 0 or column + view.shape[2] > buffer.shape[2]:
+        return None
+    return column
+
+
+def _columns(buffer: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    view = buffer[:, :, start:end]
+    setattr(view, ZERO_TAIL, buffer.shape[2] - end)
+    return view
+
+
+def _append_columns(cache: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if cache.dim() != 4 or cache.numel() == 0:
+        cache = new[:, :, :0]
+    length, added = cache.shape[2], new.shape[2]
+    start = _column_in(cache, buffer)
+    if start is None or start + length + added > buffer.shape[2]:
+        total = length + added
+        buffer = cache.new_zeros((*cache.shape[:2], total + max(16, total // 4), cache.shape[3]))
+        buffer[:, :, :length] = cache
+        start = 0
+    buffer[:, :, start + length : start + length + added] = new
+    return _columns(buffer, start, start + length + added), buffer
+
+
+def _select_rows(cache: torch.Tensor, indices: torch.Tensor, buffer: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    start = _column_in(cache, buffer)
+    if start is None:
+        return cache[indices, ...], None
+    selected = buffer[indices, :, start:]  # with the spare columns: the next step appends in place
+    return _columns(selected, 0, cache.shape[2]), selected
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
@@ -558,12 +662,13 @@ def build_requests(
     seed: int = 0,
     chat: bool = True,
     prompt_ids: Sequence[object] | None = None,
+    fmt: PromptFormat = PLAIN,
 ) -> list[Request]:
     """Requests for `n` samples of each prompt; keys are (prompt_id, sample_index)."""
     prompt_ids = list(prompt_ids) if prompt_ids is not None else list(range(len(prompts)))
     requests = []
     for prompt_id, prompt in zip(prompt_ids, prompts):
-        ids = encode_prompt(tokenizer, prompt, chat)
+        ids = encode_prompt(tokenizer, prompt, chat, fmt)
         for sample in range(n):
             requests.append(Request(key=(prompt_id, sample), input_ids=ids, strategy=strategy, seed=request_seed(seed, prompt_id, sample)))
     return requests

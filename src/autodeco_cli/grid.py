@@ -1,4 +1,4 @@
-"""Grid search over static (T, p): the paper's oracle static baseline, and the final comparison.
+"""Grid search over static (T, p): the paper's oracle static baseline.
 
 Every cell is `static(T, p)` scored by `evaluation.run_eval` with the run's k, seeds and limit,
 into the same folder layout as `autodeco eval` (OUT/<slug>/samples_<task>.jsonl, results.json).
@@ -38,139 +38,55 @@ installed (the idea of Optuna's WilcoxonPruner), else a paired normal test on th
 differences (mean / `stats.standard_error`); with fewer than 6 questions on which the two cells
 differ, nothing is pruned. Pruned cells and when they were pruned are recorded
 in grid.json; they are never oracle or tied candidates.
+
+This module runs the sweep and decides (scores, pruning, oracle, grid.json). The cells and their
+parsing are `grid_cells`'; showing a grid is `grid_report`'s; the final comparison table
+(`--then-eval`) is `comparison`'s. Their public names stay importable from here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from . import stats
-from .decoding import MAX_STATIC_TEMPERATURE, DecodingStrategy, make_strategy
-from .errors import UserError
-from .grid_families import AXIS_LIMITS, Family, FamilyCell, cell_from_record, get_family, grid_family, strategy_params
-from .evaluation import prepare_task, read_json_output, resolve_tasks, run_eval, strategy_slug
 from .benchmarks.aggregation import metric_name
+from .comparison import (  # noqa: F401 (the comparison lived here: still importable from grid)
+    COMPARISON_FILE,
+    COMPARISON_MD,
+    comparison_markdown,
+    comparison_rich_table,
+    run_comparison,
+)
+from .errors import UserError
+from .evaluation import engine_info, prepare_task, resolve_tasks, run_eval
+from .grid_cells import (  # noqa: F401 (Cell, DEFAULT_CELL, DIGITS and the parsers are importable from grid)
+    DEFAULT_CELL,
+    DIGITS,
+    Cell,
+    axes_and_cells,
+    full_cells,
+    parse_cells,
+    parse_values,
+)
+from .grid_families import Family, get_family
+from .grid_report import grid_summary_lines, grid_table, plot_grid  # noqa: F401 (plot_grid used; the rest re-exported)
 from .question_scores import row_score
-from .study_table import paired as paired_delta
+from .run_store import read_json_output, write_json
 
 GRID_FILE = "grid.json"
 HEATMAP_FILE = "heatmap.png"
-COMPARISON_FILE = "comparison.json"
-COMPARISON_MD = "comparison.md"
 MODES = ("full", "expert", "cells")
 DEFAULT_TEMPERATURES = get_family("static").default_temperatures  # "0.1:1.5:0.1"
 DEFAULT_TOP_PS = get_family("static").default_values  # "0.1:1.0:0.1"
 EARLY_STOP_ROUNDS = (0.25, 0.5, 1.0)
 PRUNE_ALPHA = 0.01
 MIN_PRUNE_PAIRS = 6  # questions where cell and best differ, needed before a cell can be pruned
-DIGITS = 4  # grid values are rounded to this many decimals (labels and folders stay stable)
-
-
-# ---------------------------------------------------------------------------
-# Cells and parsing
-# ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, order=True)
-class Cell:
-    temperature: float
-    top_p: float
-
-    @property
-    def strategy(self) -> DecodingStrategy:
-        return make_strategy("static", temperature=self.temperature, top_p=self.top_p)
-
-    @property
-    def label(self) -> str:
-        return self.strategy.label
-
-    @property
-    def slug(self) -> str:
-        return strategy_slug(self.strategy)
-
-    @property
-    def axes(self) -> dict:
-        return {"temperature": self.temperature, "top_p": self.top_p}
-
-    def to_dict(self) -> dict:
-        return {"temperature": self.temperature, "top_p": self.top_p, "label": self.label, "slug": self.slug}
-
-
-DEFAULT_CELL = Cell(1.0, 1.0)
-
-
-def _number(text: str, option: str) -> Decimal:
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise UserError(f"{option}: {text.strip()!r} is not a number", "e.g. 0.1:1.5:0.1 or 0.3,0.7,1.0") from None
-    if not value.is_finite():
-        raise UserError(f"{option}: {text.strip()!r} is not a finite number")
-    return value
-
-
-def _check(value: float, option: str) -> float:
-    high = MAX_STATIC_TEMPERATURE if option == "--temperatures" else AXIS_LIMITS.get(option, 1.0)
-    if not 0.0 < round(value, DIGITS) <= high:
-        raise UserError(f"{option}: {value:g} is out of range", f"values must lie in (0, {high:g}], {DIGITS} decimals at most")
-    return round(value, DIGITS)
-
-
-def parse_values(text: str, option: str = "--temperatures") -> list[float]:
-    """'0.1:1.5:0.1' (START:STOP:STEP, STOP included) or '0.3,0.7,1.0' -> sorted unique floats.
-
-    Decimal steps, so 0.1:0.3:0.1 is exactly [0.1, 0.2, 0.3] (floats would give 0.30000000000000004).
-    """
-    values: list[float] = []
-    for part in (p for p in str(text).split(",") if p.strip()):
-        pieces = part.split(":")
-        if len(pieces) == 1:
-            values.append(float(_number(pieces[0], option)))
-            continue
-        if len(pieces) != 3:
-            raise UserError(f"{option}: {part.strip()!r} is not START:STOP:STEP", "e.g. 0.1:1.5:0.1 or a comma list 0.3,0.7,1.0")
-        start, stop, step = (_number(piece, option) for piece in pieces)
-        if step <= 0 or stop < start:
-            raise UserError(f"{option}: {part.strip()!r} needs STEP > 0 and STOP >= START")
-        count = int((stop - start) / step) + 1
-        if count > 1000:
-            raise UserError(f"{option}: {part.strip()!r} gives {count} values", "use a coarser STEP")
-        values.extend(float(start + i * step) for i in range(count))
-    if not values:
-        raise UserError(f"{option} {text!r} gives no values")
-    return sorted({_check(v, option) for v in values})
-
-
-def parse_cells(text: str, family: Family | None = None) -> list[Cell]:
-    """'0.6:0.95,1.0:1.0' -> [Cell(0.6, 0.95), Cell(1.0, 1.0)] (order kept, repeats dropped).
-
-    For another `family` the second number is that family's parameter (min-p: T:MIN_P)."""
-    family = family or get_family("static")
-    shape, example = ("T:P", "0.6:0.95,1.0:1.0") if family.is_static else (f"T:{family.axis.upper()}", f"1.0:{family.default_values.split(',')[1]}")
-    cells: list[Cell] = []
-    for part in (p for p in str(text).split(",") if p.strip()):
-        pieces = part.split(":")
-        if len(pieces) != 2:
-            raise UserError(f"--cells: {part.strip()!r} is not {shape}", f"e.g. --cells {example}")
-        cell = family.cell(_check(float(_number(pieces[0], "--temperatures")), "--temperatures"), _check(float(_number(pieces[1], family.option)), family.option))
-        if cell not in cells:
-            cells.append(cell)
-    if not cells:
-        raise UserError(f"--cells {text!r} gives no cells", f"e.g. --cells {example}")
-    return cells
-
-
-def full_cells(temperatures: Sequence[float], top_ps: Sequence[float], family: Family | None = None) -> list[Cell]:
-    make = Cell if family is None else family.cell
-    return [make(t, p) for t in temperatures for p in top_ps]
 
 
 def round_sizes(n_questions: int, fractions: Sequence[float] = EARLY_STOP_ROUNDS) -> list[int]:
@@ -201,8 +117,15 @@ class CellScore:
         metrics = results["results"][task]
         per_question = {str(row["doc_id"]): row_score(row) for row in results["per_question"][task]}
         if "score" in metrics:
-            return cls(float(metrics["score"]), metrics.get("score_stderr"), per_question, float(metrics.get("mean_tokens", 0.0)))
-        return cls(float(metrics["pass@1"]), metrics.get("pass@1_stderr"), per_question, float(metrics.get("mean_tokens", 0.0)))
+            return cls(
+                float(metrics["score"]),
+                metrics.get("score_stderr"),
+                per_question,
+                float(metrics.get("mean_tokens", 0.0)),
+            )
+        return cls(
+            float(metrics["pass@1"]), metrics.get("pass@1_stderr"), per_question, float(metrics.get("mean_tokens", 0.0))
+        )
 
     def restricted(self, doc_ids: Sequence[str]) -> "CellScore":
         """The same cell's scores on a subset of its questions (an early-stopping prefix)."""
@@ -260,24 +183,53 @@ def worse_p_value(cell: dict[str, float], best: dict[str, float]) -> float:
 # ---------------------------------------------------------------------------
 
 
-class QuestionPrefix:
-    """The task restricted to the first n questions of the grid's list (an early-stopping round).
+@dataclass
+class SweepState:
+    """What the sweep knows so far; grid.json's cells, stages and rounds are snapshots of it."""
 
-    Same name, so the same sample files and request seeds: a later round (or the full run)
-    reuses these samples. Everything but `load_docs` is the wrapped task's.
-    """
+    records: dict[Cell, dict] = field(default_factory=dict)  # each cell's grid.json record
+    order: dict[Cell, int] = field(default_factory=dict)  # grid order: ties go to the earlier cell
+    scores: dict[Cell, CellScore] = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)  # early-stopping rounds and what they pruned
+    stages: list[dict] = field(default_factory=list)
 
-    def __init__(self, task: Any, docs: list):
-        self._task = task
-        self._docs = list(docs)
+    def enter(self, cell: Cell, stage: str) -> dict:
+        """The cell's record, created (in grid order) on its first stage."""
+        if cell not in self.records:
+            self.order[cell] = len(self.order)
+            self.records[cell] = {
+                **cell.to_dict(),
+                "stages": [],
+                "pass@1": None,
+                "pass@1_stderr": None,
+                "n_questions": 0,
+                "pruned": None,
+            }
+        if stage not in self.records[cell]["stages"]:
+            self.records[cell]["stages"].append(stage)
+        return self.records[cell]
 
-    def load_docs(self, split: str = "test", limit: int | None = None, data_dir=None, **_: Any) -> list:
-        return list(self._docs)
+    def set_score(self, cell: Cell, score: CellScore) -> None:
+        self.scores[cell] = score
+        self.records[cell].update(
+            {
+                "pass@1": score.pass1,
+                "pass@1_stderr": score.stderr,
+                "n_questions": score.n_questions,
+                "mean_tokens": score.mean_tokens,
+            }
+        )
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_task":
-            raise AttributeError(name)
-        return getattr(self._task, name)
+    def ordered(self) -> list[Cell]:
+        return sorted(self.records, key=self.order.get)
+
+    def is_complete(self, cell: Cell, n_questions: int) -> bool:
+        """Scored on every question and never pruned: an oracle candidate."""
+        return (
+            cell in self.scores
+            and self.scores[cell].n_questions == n_questions
+            and self.records[cell]["pruned"] is None
+        )
 
 
 @dataclass
@@ -293,84 +245,120 @@ class _Sweep:
     alpha: float
     out_dir: Path
     log: Callable[[str], None]
-    snapshot: Callable[[], None]
+    grid: dict  # the grid.json being built
+    early: dict  # its early_stopping settings
+    state: SweepState = field(default_factory=SweepState)
 
     def score(self, cells: Sequence[Cell], n_questions: int) -> dict[Cell, CellScore]:
         """One run_eval call for all the cells, on the first n questions."""
-        if n_questions >= len(self.docs):
-            task, limit = self.task, self.limit  # exactly what `autodeco eval --limit` runs
-        else:
-            task, limit = QuestionPrefix(self.task, self.docs[:n_questions]), n_questions
+        # a prefix round is the same task on fewer questions: same sample files and seeds, so
+        # later rounds and the full run reuse its samples; the full round is exactly `autodeco eval --limit`
+        prefix = None if n_questions >= len(self.docs) else [str(doc.doc_id) for doc in self.docs[:n_questions]]
         ordered = sorted(set(cells))  # by (T, p): rows that finish alike share batches
-        results = run_eval(self.engine, [task], [c.strategy for c in ordered], limit=limit, max_new_tokens=self.max_new_tokens, out_dir=self.out_dir, **self.settings)
+        strategies = [c.strategy for c in ordered]
+        results = run_eval(
+            self.engine,
+            [self.task],
+            strategies,
+            limit=self.limit,
+            max_new_tokens=self.max_new_tokens,
+            out_dir=self.out_dir,
+            doc_ids=prefix,
+            **self.settings,
+        )
         return {cell: CellScore.from_results(results[cell.label], self.task.name) for cell in ordered}
 
+    def snapshot(self, complete: bool = False) -> None:
+        """Write grid.json as it stands (after each stage and round; a killed sweep resumes anyway)."""
+        state = self.state
+        pruned = [info["slug"] for info in state.records.values() if info["pruned"]]
+        self.grid.update(
+            {
+                "stages": state.stages,
+                "cells": [state.records[c] for c in state.ordered()],
+                "early_stopping": {**self.early, "rounds": state.rounds, "pruned": pruned},
+                "complete": complete,
+            }
+        )
+        write_json(self.out_dir / GRID_FILE, self.grid)
 
-def _cell_record(cells_info: dict[Cell, dict], cell: Cell, stage: str, order: dict[Cell, int]) -> dict:
-    if cell not in cells_info:
-        order[cell] = len(order)
-        cells_info[cell] = {**cell.to_dict(), "stages": [], "pass@1": None, "pass@1_stderr": None, "n_questions": 0, "pruned": None}
-    if stage not in cells_info[cell]["stages"]:
-        cells_info[cell]["stages"].append(stage)
-    return cells_info[cell]
 
-
-def _run_stage(sweep: _Sweep, name: str, cells: list[Cell], state: dict) -> Cell:
+def _run_stage(sweep: _Sweep, name: str, cells: list[Cell]) -> Cell:
     """Score a stage's cells (with pruning rounds if early stopping); returns the stage's best.
 
     Cells already scored on every question by an earlier stage (expert mode's (T*, 1.0)) are not
     re-run: in early-stopping rounds they take part through their scores on the round's prefix,
     and they are never pruned.
     """
-    cells_info, order, scores = state["cells"], state["order"], state["scores"]
-    total = len(sweep.docs)
+    state, total = sweep.state, len(sweep.docs)
     for cell in cells:
-        _cell_record(cells_info, cell, name, order)
-    done = [c for c in cells if c in scores and scores[c].n_questions == total and cells_info[c]["pruned"] is None]
+        state.enter(cell, name)
+    done = [c for c in cells if state.is_complete(c, total)]
     survivors = [c for c in cells if c not in done]
     sizes = sweep.rounds if sweep.early_stop and survivors else [total]
     sizes = [n for n in sizes if n < total] + [total]
     for number, n_questions in enumerate(sizes, 1):
         round_scores: dict[Cell, CellScore] = {}
         if survivors:
-            sweep.log(f"stage {name}: {len(survivors)} cells on {n_questions} questions" + (f" (round {number}/{len(sizes)})" if len(sizes) > 1 else ""))
+            rounds = f" (round {number}/{len(sizes)})" if len(sizes) > 1 else ""
+            sweep.log(f"stage {name}: {len(survivors)} cells on {n_questions} questions{rounds}")
             round_scores = sweep.score(survivors, n_questions)
         for cell, score in round_scores.items():
-            scores[cell] = score
-            info = cells_info[cell]
-            info.update({"pass@1": score.pass1, "pass@1_stderr": score.stderr, "n_questions": score.n_questions, "mean_tokens": score.mean_tokens})
+            state.set_score(cell, score)
         prefix = [str(doc.doc_id) for doc in sweep.docs[:n_questions]]
-        round_scores.update({c: scores[c].restricted(prefix) for c in done})
-        best = best_cell(survivors + done, round_scores, order)
+        round_scores.update({c: state.scores[c].restricted(prefix) for c in done})
+        best = best_cell(survivors + done, round_scores, state.order)
         if n_questions == total:
             break
-        pruned = []
-        for cell in survivors:
-            if cell == best:
-                continue
-            p_value = worse_p_value(round_scores[cell].per_question, round_scores[best].per_question)
-            if p_value < sweep.alpha:
-                pruned.append((cell, p_value))
-        state["rounds"].append(
-            {
-                "stage": name,
-                "round": number,
-                "questions": n_questions,
-                "cells": len(survivors) + len(done),
-                "best": best.slug,
-                "best_pass@1": round_scores[best].pass1,
-                "pruned": [{"slug": c.slug, **c.axes, "pass@1": round_scores[c].pass1, "p_value": p} for c, p in pruned],
-            }
-        )
-        for cell, p_value in pruned:
-            cells_info[cell]["pruned"] = {"stage": name, "round": number, "questions": n_questions, "p_value": p_value, "against": best.slug}
-        gone = {c for c, _ in pruned}
-        survivors = [c for c in survivors if c not in gone]
-        if pruned:
-            sweep.log(f"  pruned {len(pruned)} cells clearly worse than {best.label}: {', '.join(c.label for c, _ in pruned)}")
+        pruned = _prune(sweep, name, number, n_questions, survivors, round_scores, best, len(survivors) + len(done))
+        survivors = [c for c in survivors if c not in pruned]
         sweep.snapshot()
     sweep.snapshot()
     return best
+
+
+def _prune(
+    sweep: _Sweep,
+    stage: str,
+    number: int,
+    n_questions: int,
+    survivors: list[Cell],
+    scores: dict[Cell, CellScore],
+    best: Cell,
+    n_cells: int,
+) -> set[Cell]:
+    """After a round but the last: the survivors clearly worse than the round's best, recorded."""
+    pruned = []
+    for cell in survivors:
+        if cell == best:
+            continue
+        p_value = worse_p_value(scores[cell].per_question, scores[best].per_question)
+        if p_value < sweep.alpha:
+            pruned.append((cell, p_value))
+    sweep.state.rounds.append(
+        {
+            "stage": stage,
+            "round": number,
+            "questions": n_questions,
+            "cells": n_cells,
+            "best": best.slug,
+            "best_pass@1": scores[best].pass1,
+            "pruned": [{"slug": c.slug, **c.axes, "pass@1": scores[c].pass1, "p_value": p} for c, p in pruned],
+        }
+    )
+    for cell, p_value in pruned:
+        where = {"stage": stage, "round": number, "questions": n_questions, "p_value": p_value, "against": best.slug}
+        sweep.state.records[cell]["pruned"] = where
+    if pruned:
+        sweep.log(
+            f"  pruned {len(pruned)} cells clearly worse than {best.label}: {', '.join(c.label for c, _ in pruned)}"
+        )
+    return {c for c, _ in pruned}
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise UserError(f"--mode {mode!r} is not a mode", f"use one of: {', '.join(MODES)}")
 
 
 def run_grid(
@@ -408,26 +396,48 @@ def run_grid(
     (grid_families: min-p, top-n-sigma, edt) sweeps T x its own parameter (`values`, the role
     `top_ps` plays for static), in full or cells mode.
     """
-    if mode not in MODES:
-        raise UserError(f"--mode {mode!r} is not a mode", f"use one of: {', '.join(MODES)}")
+    check_mode(mode)
     if not 0.0 < prune_alpha < 1.0:
         raise UserError("the pruning alpha must lie in (0, 1)")
-    tasks = resolve_tasks(task if isinstance(task, str) else [task])
-    if len(tasks) != 1:
-        raise UserError(f"--benchmark {task!r} names {len(tasks)} tasks", "grid-search tunes one benchmark at a time: run it once per task")
-    task_obj = tasks[0]
+    task_obj = _one_task(task)
     family = get_family(family) if isinstance(family, str) else family
-    temperatures, top_ps, cell_list = _axes_and_cells(family, mode, temperatures, top_ps if values is None else values, cells)
-    out_dir = Path(out_dir)
+    temperatures, values, cell_list = axes_and_cells(
+        family, mode, temperatures, top_ps if values is None else values, cells
+    )
     run = prepare_task(task_obj, limit, max_new_tokens, data_dir, split)
-    seeds = [int(s) for s in seeds]
-    log = log or (lambda message: None)
-    grid: dict[str, Any] = {
-        "benchmark": task_obj.name,
+    settings = {  # run_eval's keyword arguments shared by every call of the sweep
+        "k": k, "seeds": [int(s) for s in seeds], "batch_size": batch_size, "chat": chat, "progress": progress,
+        "data_dir": data_dir, "run_info": run_info, "split": split,
+    }  # fmt: skip
+    grid = _grid_record(engine, task_obj, run, settings, mode, limit)
+    if not family.is_static:  # static grids stay as they were (no family record means static)
+        grid["family"] = family.describe()
+    if mode != "cells":
+        grid.update({"temperatures": temperatures, family.axis_values_key: values})
+    rounds = round_sizes(len(run.docs), early_stop_rounds)
+    early = _early_stopping(early_stop, rounds if early_stop else [len(run.docs)], prune_alpha)
+    sweep = _Sweep(
+        engine, task_obj, run.docs, run.max_new_tokens, settings, limit, early_stop, rounds, prune_alpha, Path(out_dir),
+        log or (lambda _: None), grid, early,
+    )  # fmt: skip
+    _run_stages(sweep, mode, family, temperatures, values, cell_list)
+    _select_oracle(grid, sweep.state, n_boot)
+    sweep.snapshot(complete=True)
+    if plot:
+        grid["heatmap"] = str(plot_grid(grid, sweep.out_dir / HEATMAP_FILE))
+        write_json(sweep.out_dir / GRID_FILE, grid)
+    return grid
+
+
+def _grid_record(engine: Any, task: Any, run: Any, settings: dict, mode: str, limit: int | None) -> dict:
+    """grid.json's header: the benchmark, the sample budget and what generated the samples."""
+    k, seeds, run_info = settings["k"], settings["seeds"], settings["run_info"]
+    return {
+        "benchmark": task.name,
         "mode": mode,
-        "split": split,
+        "split": settings["split"],
         # cells' "pass@1" fields hold this question metric (the task's own; pass@1 for most)
-        "metric": metric_name(task_obj),
+        "metric": metric_name(task),
         "model": (run_info or {}).get("model") or getattr(engine.lm, "name", None),
         "k": k,
         "seeds": seeds,
@@ -435,102 +445,115 @@ def run_grid(
         "n_questions": len(run.docs),
         "samples_per_question": k * len(seeds),
         "max_new_tokens": run.max_new_tokens,
-        "batch_size": batch_size,
-        "chat": chat,
-    }
-    if not family.is_static:  # static grids stay as they were (no family record means static)
-        grid["family"] = family.describe()
-    if mode != "cells":
-        grid.update({"temperatures": temperatures, family.axis_values_key: top_ps})
-    state: dict[str, Any] = {"cells": {}, "order": {}, "scores": {}, "rounds": [], "stages": []}
-    rounds = round_sizes(len(run.docs), early_stop_rounds)
-    early = {
-        "enabled": early_stop,
-        "rounds_questions": rounds if early_stop else [len(run.docs)],
-        "test": prune_test_name() if early_stop else None,
-        "alpha": prune_alpha if early_stop else None,
-        "rule": "after each round but the last, prune a cell whose one-sided paired test against the round's best cell has p < alpha" if early_stop else None,
+        "batch_size": settings["batch_size"],
+        "chat": settings["chat"],
+        **engine_info(engine),
     }
 
-    def snapshot(complete: bool = False) -> None:
-        grid.update(
-            {
-                "stages": state["stages"],
-                "cells": [state["cells"][c] for c in sorted(state["cells"], key=state["order"].get)],
-                "early_stopping": {**early, "rounds": state["rounds"], "pruned": [info["slug"] for info in state["cells"].values() if info["pruned"]]},
-                "complete": complete,
-            }
+
+def _one_task(task: str | Any) -> Any:
+    tasks = resolve_tasks(task if isinstance(task, str) else [task])
+    if len(tasks) != 1:
+        raise UserError(
+            f"--benchmark {task!r} names {len(tasks)} tasks",
+            "grid-search tunes one benchmark at a time: run it once per task",
         )
-        _write_json(out_dir / GRID_FILE, grid)
-
-    settings = {"k": k, "seeds": seeds, "batch_size": batch_size, "chat": chat, "progress": progress, "data_dir": data_dir, "run_info": run_info, "split": split}
-    sweep = _Sweep(engine, task_obj, run.docs, run.max_new_tokens, settings, limit, early_stop, rounds, prune_alpha, out_dir, log, snapshot)
-
-    if mode == "full":
-        stage_cells = full_cells(temperatures, top_ps, family)
-        best = _run_stage(sweep, "full", stage_cells, state)
-        state["stages"].append({"name": "full", "cells": [c.slug for c in stage_cells], "best": best.slug})
-    elif mode == "cells":
-        best = _run_stage(sweep, "cells", cell_list, state)
-        state["stages"].append({"name": "cells", "cells": [c.slug for c in cell_list], "best": best.slug})
-    else:
-        first = [Cell(t, 1.0) for t in temperatures]
-        best_t = _run_stage(sweep, "temperature", first, state)
-        state["stages"].append({"name": "temperature", "fixed": {"top_p": 1.0}, "cells": [c.slug for c in first], "best": best_t.slug, "best_temperature": best_t.temperature})
-        second = [Cell(best_t.temperature, p) for p in top_ps]
-        best = _run_stage(sweep, "top_p", second, state)
-        state["stages"].append({"name": "top_p", "fixed": {"temperature": best_t.temperature}, "cells": [c.slug for c in second], "best": best.slug})
-    _select_oracle(grid, state, n_boot)
-    snapshot(complete=True)
-    if plot:
-        grid["heatmap"] = str(plot_grid(grid, out_dir / HEATMAP_FILE))
-        _write_json(out_dir / GRID_FILE, grid)
-    return grid
+    return tasks[0]
 
 
-def _axes_and_cells(family: Family, mode: str, temperatures, values, cells) -> tuple[list[float], list[float], list | None]:
-    """The checked T and second-axis values (the family's defaults when None) and, in cells
-    mode, the cell list."""
-    if mode == "expert" and not family.is_static:
-        raise UserError(f"--mode expert is the static (T, p) recipe, not for --family {family.name}", "use --mode full (the default) or --mode cells")
-    temperatures = [_check(float(t), "--temperatures") for t in (temperatures if temperatures is not None else parse_values(family.default_temperatures))]
-    values = [_check(float(v), family.option) for v in (values if values is not None else parse_values(family.default_values, family.option))]
-    cell_list = None
-    if mode == "cells":
-        if not cells:
-            raise UserError("--mode cells needs --cells", "e.g. --cells 0.6:0.95,1.0:1.0" if family.is_static else f"e.g. --family {family.name} --cells 1.0:{values[0]:g}")
-        cell_list = [c if isinstance(c, (Cell, FamilyCell)) else family.cell(_check(float(c[0]), "--temperatures"), _check(float(c[1]), family.option)) for c in cells]
-        cell_list = list(dict.fromkeys(cell_list))
-    return temperatures, values, cell_list
+def _early_stopping(enabled: bool, rounds: list[int], alpha: float) -> dict:
+    """grid.json's record of the early-stopping settings (its rounds and pruned cells come later)."""
+    return {
+        "enabled": enabled,
+        "rounds_questions": rounds,
+        "test": prune_test_name() if enabled else None,
+        "alpha": alpha if enabled else None,
+        "rule": "after each round but the last, prune a cell whose one-sided paired test against the round's best cell "
+        "has p < alpha"
+        if enabled
+        else None,
+    }
 
 
-def _select_oracle(grid: dict, state: dict, n_boot: int) -> None:
+def _run_stages(
+    sweep: _Sweep, mode: str, family: Family, temperatures: list[float], values: list[float], cell_list: list | None
+) -> None:
+    """The mode's stages in order, each recorded in grid.json's `stages`."""
+    stages = sweep.state.stages
+    if mode in ("full", "cells"):
+        stage_cells = full_cells(temperatures, values, family) if mode == "full" else cell_list
+        best = _run_stage(sweep, mode, stage_cells)
+        stages.append({"name": mode, "cells": [c.slug for c in stage_cells], "best": best.slug})
+        return
+    first = [Cell(t, 1.0) for t in temperatures]
+    best_t = _run_stage(sweep, "temperature", first)
+    stages.append(
+        {
+            "name": "temperature",
+            "fixed": {"top_p": 1.0},
+            "cells": [c.slug for c in first],
+            "best": best_t.slug,
+            "best_temperature": best_t.temperature,
+        }
+    )
+    second = [Cell(best_t.temperature, p) for p in values]
+    best = _run_stage(sweep, "top_p", second)
+    stages.append(
+        {
+            "name": "top_p",
+            "fixed": {"temperature": best_t.temperature},
+            "cells": [c.slug for c in second],
+            "best": best.slug,
+        }
+    )
+
+
+def _select_oracle(grid: dict, state: SweepState, n_boot: int) -> None:
+    """The oracle among complete cells, and each one's paired comparison with it (ties)."""
     n = grid["n_questions"]
-    complete = [c for c in sorted(state["cells"], key=state["order"].get) if state["cells"][c]["pruned"] is None and state["scores"][c].n_questions == n]
-    scores = state["scores"]
-    oracle = best_cell(complete, scores, state["order"])
+    complete = [c for c in state.ordered() if state.is_complete(c, n)]
+    scores = state.scores
+    oracle = best_cell(complete, scores, state.order)
     ties = []
     for cell in complete:
-        info = state["cells"][cell]
+        info = state.records[cell]
         if cell == oracle:
-            info.update({"oracle": True, "tied": True, "vs_oracle": {"delta": 0.0, "se": 0.0, "ci_low": 0.0, "ci_high": 0.0}})
+            info.update(
+                {"oracle": True, "tied": True, "vs_oracle": {"delta": 0.0, "se": 0.0, "ci_low": 0.0, "ci_high": 0.0}}
+            )
             continue
         c = stats.paired_comparison(scores[cell].per_question, scores[oracle].per_question, n_boot=n_boot, seed=0)
         tied = c.ci_low <= 0.0 <= c.ci_high
         se = c.se if math.isfinite(c.se) else None
-        info.update({"oracle": False, "tied": tied, "vs_oracle": {"delta": c.mean_diff, "se": se, "ci_low": c.ci_low, "ci_high": c.ci_high}})
+        info.update(
+            {
+                "oracle": False,
+                "tied": tied,
+                "vs_oracle": {"delta": c.mean_diff, "se": se, "ci_low": c.ci_low, "ci_high": c.ci_high},
+            }
+        )
         if tied:
-            ties.append({**cell.to_dict(), "pass@1": scores[cell].pass1, "delta": c.mean_diff, "se": se, "ci_low": c.ci_low, "ci_high": c.ci_high})
-    grid["oracle"] = {**oracle.to_dict(), "pass@1": scores[oracle].pass1, "pass@1_stderr": scores[oracle].stderr, "n_questions": n}
+            ties.append(
+                {
+                    **cell.to_dict(),
+                    "pass@1": scores[cell].pass1,
+                    "delta": c.mean_diff,
+                    "se": se,
+                    "ci_low": c.ci_low,
+                    "ci_high": c.ci_high,
+                }
+            )
+    grid["oracle"] = {
+        **oracle.to_dict(),
+        "pass@1": scores[oracle].pass1,
+        "pass@1_stderr": scores[oracle].stderr,
+        "n_questions": n,
+    }
     grid["ties"] = ties
-    grid["tie_rule"] = f"paired per-question {grid.get('metric', 'pass@1')} (cell - oracle) over all {n} questions; tied when its bootstrap 95% CI ({n_boot} resamples, seed 0) includes 0"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    grid["tie_rule"] = (
+        f"paired per-question {grid.get('metric', 'pass@1')} (cell - oracle) over all {n} questions; "
+        f"tied when its bootstrap 95% CI ({n_boot} resamples, seed 0) includes 0"
+    )
 
 
 def load_grid(path: str | Path) -> dict:
@@ -539,311 +562,3 @@ def load_grid(path: str | Path) -> dict:
     if not grid.get("complete") or "oracle" not in grid:
         raise UserError(f"{path} is from an unfinished grid search", "re-run the same grid-search command to finish it")
     return grid
-
-
-# ---------------------------------------------------------------------------
-# Figure and terminal table
-# ---------------------------------------------------------------------------
-
-
-def plot_grid(grid: dict, path: str | Path) -> Path:
-    """Heatmap T x p annotated with pass@1 (%); expert mode: the two stages as 1-D curves."""
-    from .plots import _pyplot, save_figure
-
-    plt = _pyplot()
-    cells = grid["cells"]
-    oracle = grid.get("oracle", {}).get("slug")
-    metric = grid.get("metric", "pass@1")
-    title = f"{grid['benchmark']}: {metric} (%), {grid['n_questions']} questions × {grid['samples_per_question']} samples"
-    if grid["mode"] == "expert":
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-        stages = {s["name"]: s for s in grid["stages"]}
-        for ax, (stage, x_key, fixed) in zip(axes, (("temperature", "temperature", "p = 1.0"), ("top_p", "top_p", None))):
-            rows = sorted((c for c in cells if stage in c["stages"]), key=lambda c: c[x_key])
-            full = [c for c in rows if not c["pruned"]]
-            pruned = [c for c in rows if c["pruned"]]
-            ax.errorbar([c[x_key] for c in full], [100 * c["pass@1"] for c in full], yerr=[100 * (c["pass@1_stderr"] or 0) for c in full], marker="o", capsize=3, color="tab:blue")
-            if pruned:
-                ax.scatter([c[x_key] for c in pruned], [100 * c["pass@1"] for c in pruned], marker="x", color="grey", label="pruned (partial questions)")
-                ax.legend(fontsize=7)
-            best = stages.get(stage, {}).get("best")
-            for c in rows:
-                if c["slug"] in (best, oracle):
-                    ax.scatter([c[x_key]], [100 * c["pass@1"]], s=160, facecolors="none", edgecolors="tab:red", linewidths=1.6)
-            fixed = fixed or f"T = {stages.get('top_p', {}).get('fixed', {}).get('temperature', '?')}"
-            ax.set_title(f"stage {1 if stage == 'temperature' else 2}: tune {'T' if stage == 'temperature' else 'p'} ({fixed})", fontsize=9)
-            ax.set_xlabel("temperature T" if x_key == "temperature" else "top-p")
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel(f"{metric} (%)")
-        fig.suptitle(title, fontsize=10)
-    else:
-        family = grid_family(grid)  # the second axis: top-p, or min-p / n / θ
-        ts = sorted({c["temperature"] for c in cells})
-        ps = sorted({c[family.axis] for c in cells})
-        values = np.full((len(ts), len(ps)), np.nan)
-        for c in cells:
-            if not c["pruned"] and c["pass@1"] is not None:
-                values[ts.index(c["temperature"]), ps.index(c[family.axis])] = 100 * c["pass@1"]
-        fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(ps) + 2.5), max(3.5, 0.42 * len(ts) + 1.8)))
-        cmap = plt.get_cmap("viridis").with_extremes(bad="#eeeeee")
-        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto", origin="lower")
-        fig.colorbar(image, ax=ax, label=f"{metric} (%)")
-        finite = values[np.isfinite(values)]
-        middle = float(finite.mean()) if finite.size else 0.0
-        for c in cells:
-            i, j = ts.index(c["temperature"]), ps.index(c[family.axis])
-            if c["pruned"]:
-                ax.text(j, i, "×", ha="center", va="center", color="grey", fontsize=8)
-                continue
-            if c["pass@1"] is None:
-                continue
-            mark = "*" if c["slug"] == oracle else ("≈" if c.get("tied") else "")
-            ax.text(j, i, f"{100 * c['pass@1']:.{1 if len(ps) <= 8 else 0}f}{mark}", ha="center", va="center", fontsize=7, color="black" if values[i, j] > middle else "white")
-            if c["slug"] == oracle:
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-        ax.set_xticks(range(len(ps)), [f"{p:g}" for p in ps], fontsize=7)
-        ax.set_yticks(range(len(ts)), [f"{t:g}" for t in ts], fontsize=7)
-        ax.set_xlabel(family.axis_label)
-        ax.set_ylabel(family.temperature_label)
-        ax.set_title(title + "\n* oracle   ≈ tied with it   × pruned", fontsize=9)
-    return save_figure(fig, path)
-
-
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
-def grid_table(grid: dict):
-    """Full mode: a T x p matrix of pass@1; other modes: one row per cell with Δ vs the oracle."""
-    from rich.table import Table
-
-    cells = grid["cells"]
-    oracle = grid.get("oracle", {}).get("slug")
-    caption = "* oracle\n≈ tied with it (paired 95% CI of the difference includes 0)\n× pruned early"
-    family = grid_family(grid)
-    if grid["mode"] == "full":
-        ts = sorted({c["temperature"] for c in cells})
-        ps = sorted({c[family.axis] for c in cells})
-        by_pos = {(c["temperature"], c[family.axis]): c for c in cells}
-        table = Table(title=f"{grid['benchmark']}: {grid.get('metric', 'pass@1')} (%)", caption=caption)
-        table.add_column(f"{family.temperature_label.split()[-1]} \\ {family.axis_label}", justify="right", style="bold")
-        for p in ps:
-            table.add_column(f"{p:g}", justify="right")
-        for t in ts:
-            row = [f"{t:g}"]
-            for p in ps:
-                c = by_pos.get((t, p))
-                if c is None or c["pass@1"] is None:
-                    row.append("")
-                elif c["pruned"]:
-                    row.append("[dim]×[/]")
-                elif c["slug"] == oracle:
-                    row.append(f"[bold green]{_pct(c['pass@1'])}*[/]")
-                else:
-                    row.append(f"{_pct(c['pass@1'])}≈" if c.get("tied") else _pct(c["pass@1"]))
-            table.add_row(*row)
-        return table
-    metric = grid.get("metric", "pass@1")
-    table = Table(title=f"grid-search {grid['benchmark']} ({grid['mode']}): {metric} in %", caption=caption)
-    axis_columns = ("T", "p") if family.is_static else (family.temperature_label.split()[-1], family.axis_label)
-    for column in ("stage", *axis_columns, "questions", f"{metric} ± SE", "Δ vs oracle", "95% CI", "note"):
-        table.add_column(column, justify="left" if column in ("stage", "note") else "right")
-    for c in cells:
-        vs = c.get("vs_oracle")
-        note = ""
-        if c["pruned"]:
-            pr = c["pruned"]
-            note = f"pruned after {pr['questions']} questions (p={pr['p_value']:.2g})"
-        elif c["slug"] == oracle:
-            note = "[bold green]oracle *[/]"
-        elif c.get("tied"):
-            note = "tied ≈"
-        stderr = f" ± {_pct(c['pass@1_stderr'])}" if c["pass@1_stderr"] is not None else ""
-        table.add_row(
-            ",".join(c["stages"]),
-            f"{c['temperature']:g}",
-            f"{c[family.axis]:g}",
-            str(c["n_questions"]),
-            f"{_pct(c['pass@1'])}{stderr}",
-            f"{100 * vs['delta']:+.1f}" if vs else "–",
-            f"[{100 * vs['ci_low']:+.1f}, {100 * vs['ci_high']:+.1f}]" if vs else "–",
-            note,
-        )
-    return table
-
-
-def grid_summary_lines(grid: dict) -> list[str]:
-    o = grid["oracle"]
-    stderr = f" ± {_pct(o['pass@1_stderr'])}" if o.get("pass@1_stderr") is not None else ""
-    lines = [f"oracle: {o['label']}  {grid.get('metric', 'pass@1')} {_pct(o['pass@1'])}{stderr} % on {o['n_questions']} questions"]
-    ties = grid.get("ties", [])
-    lines.append(f"tied with the oracle ({len(ties)}): " + (", ".join(t["label"] for t in ties) if ties else "none"))
-    early = grid.get("early_stopping", {})
-    if early.get("enabled"):
-        lines.append(f"early stopping: {early['test']}, alpha {early['alpha']:g}, rounds {early['rounds_questions']} questions; pruned {len(early['pruned'])} cells")
-    return lines
-
-
-# ---------------------------------------------------------------------------
-# --then-eval: the final comparison table for the benchmark
-# ---------------------------------------------------------------------------
-
-
-def _unique(strategies: list[DecodingStrategy]) -> list[DecodingStrategy]:
-    seen, out = set(), []
-    for strategy in strategies:
-        slug = strategy_slug(strategy)
-        if slug not in seen:
-            seen.add(slug)
-            out.append(strategy)
-    return out
-
-
-def run_comparison(
-    engine: Any,
-    task: str | Any,
-    grid: dict,
-    *,
-    out_dir: str | Path,
-    batch_size: int = 8,
-    progress: Any = None,
-    data_dir: str | Path | None = None,
-    run_info: dict | None = None,
-    n_boot: int = 10_000,
-) -> dict:
-    """The benchmark's final table: greedy, default (T=1, p=1), the grid's oracle, autodeco,
-    mean-shift (static at the autodeco run's mean T̂/P̂) and the T̂-only / P̂-only ablations.
-
-    Every row is pass@1 ± SE with its paired difference against default (± SE, bootstrap 95% CI)
-    over the same questions. k, seeds, limit, budget and chat come from `grid` (a run_grid result
-    or a loaded grid.json), so the rows match the grid's cells. The oracle and default cells are
-    read back from the grid's sample logs in `out_dir` (no generation; default is generated
-    only if the grid did not score it on every question). `engine` needs heads (open it with
-    an autodeco strategy). Writes OUT/comparison.json and OUT/comparison.md; returns the dict.
-    """
-    tasks = resolve_tasks(task if isinstance(task, str) else [task])
-    if len(tasks) != 1 or tasks[0].name != grid["benchmark"]:
-        raise UserError(f"the comparison task must be the grid's benchmark ({grid['benchmark']})")
-    task_obj = tasks[0]
-    out_dir = Path(out_dir)
-    common = {
-        "k": grid["k"], "seeds": grid["seeds"], "limit": grid["limit"], "max_new_tokens": grid["max_new_tokens"], "batch_size": batch_size,
-        "out_dir": out_dir, "chat": grid["chat"], "progress": progress, "data_dir": data_dir, "run_info": run_info,
-    }  # fmt: skip
-    oracle = cell_from_record(grid, grid["oracle"])  # the grid family's best cell
-    rows_spec = [
-        ("greedy", make_strategy("greedy")),
-        ("default", DEFAULT_CELL.strategy),
-        ("oracle", oracle.strategy),
-        ("autodeco", make_strategy("autodeco")),
-        ("autodeco T̂-only", make_strategy("autodeco", active_heads="temperature")),
-        ("autodeco P̂-only", make_strategy("autodeco", active_heads="top_p")),
-    ]
-    results = run_eval(engine, [task_obj], _unique([s for _, s in rows_spec]), **common)
-    name = task_obj.name
-    auto = results[rows_spec[3][1].label]["results"][name]
-    if "mean_temperature" not in auto:
-        raise UserError("the autodeco run recorded no mean T̂/P̂", "check that its samples generated tokens")
-    shift = make_strategy("mean-shift", temperature=auto["mean_temperature"], top_p=auto["mean_top_p"])
-    results.update(run_eval(engine, [task_obj], [shift], **common))
-    rows_spec.insert(4, ("mean-shift", shift))
-    reference = results[DEFAULT_CELL.label]
-    rows = []
-    for row_name, strategy in rows_spec:
-        res = results[strategy.label]
-        m = res["results"][name]
-        paired = paired_delta(res, reference, name, n_boot)
-        row = {
-            "name": row_name,
-            "decoding": strategy.label,
-            "slug": strategy_slug(strategy),
-            "pass@1": m["pass@1"],
-            "pass@1_stderr": m.get("pass@1_stderr"),
-            "score": m.get("score", m["pass@1"]),
-            "score_stderr": m.get("score_stderr", m.get("pass@1_stderr")),
-            "n_questions": m["n_questions"],
-            "samples_per_question": m["samples_per_question"],
-            "delta_vs_default": paired["delta"],
-            "delta_se": paired["se"],
-            "delta_ci": paired["ci"],
-        }
-        if strategy.temperature is not None:
-            row.update({"temperature": strategy.temperature, "top_p": strategy.top_p, **strategy_params(strategy)})
-        if "mean_temperature" in m:
-            row.update({"mean_temperature": m["mean_temperature"], "mean_top_p": m["mean_top_p"]})
-        rows.append(row)
-    comparison = {
-        "benchmark": name,
-        "model": grid.get("model"),
-        "heads": (run_info or {}).get("heads"),
-        "k": grid["k"],
-        "seeds": grid["seeds"],
-        "limit": grid["limit"],
-        "n_questions": grid["n_questions"],
-        "grid_mode": grid["mode"],
-        "reference": "default",
-        "metric": metric_name(task_obj),
-        "paired": f"Δ = row − default per question ({metric_name(task_obj)}), SE over questions, bootstrap 95% CI ({n_boot} resamples, seed 0)",
-        "rows": rows,
-    }
-    # the questions the report asks of autodeco, each as a paired test of its own
-    strategies = dict(rows_spec)
-    if "autodeco" in strategies:
-        comparison["autodeco_vs"] = {}
-        for other in ("greedy", "oracle", "mean-shift"):
-            if other in strategies:
-                comparison["autodeco_vs"][other] = paired_delta(results[strategies["autodeco"].label], results[strategies[other].label], name, n_boot)
-    _write_json(out_dir / COMPARISON_FILE, comparison)
-    (out_dir / COMPARISON_MD).write_text(comparison_markdown(comparison), encoding="utf-8")
-    return comparison
-
-
-def _row_params(row: dict) -> str:
-    if "mean_temperature" in row:
-        return f"T̂ {row['mean_temperature']:.3f}, P̂ {row['mean_top_p']:.3f}"
-    if "temperature" in row:
-        extra = "".join(f", {name} {row[name]:.3g}" for name in ("min_p", "n_sigma", "edt_base", "edt_theta") if name in row)
-        return f"T {row['temperature']:.3g}, p {row['top_p']:.3g}{extra}"
-    return ""
-
-
-def _delta(row: dict) -> tuple[str, str]:
-    if row["name"] == "default":
-        return "(reference)", ""
-    se = f" ± {100 * row['delta_se']:.1f}" if row["delta_se"] is not None else ""
-    return f"{100 * row['delta_vs_default']:+.1f}{se}", f"[{100 * row['delta_ci'][0]:+.1f}, {100 * row['delta_ci'][1]:+.1f}]"
-
-
-def _row_score(row: dict) -> str:
-    value, stderr = row.get("score", row["pass@1"]), row.get("score_stderr", row["pass@1_stderr"])
-    return _pct(value) + (f" ± {_pct(stderr)}" if stderr is not None else "")
-
-
-def comparison_markdown(comparison: dict) -> str:
-    metric = comparison.get("metric", "pass@1")
-    lines = [
-        f"# {comparison['benchmark']}: decoding comparison",
-        "",
-        f"Model {comparison.get('model')}; {comparison['n_questions']} questions; k={comparison['k']} × seeds {comparison['seeds']} "
-        f"(greedy: 1 sample); {metric} in %. Δ: paired per-question difference against default (T=1, p=1).",
-        "",
-        f"| method | decoding | T / p | {metric} ± SE | Δ vs default ± SE | 95% CI |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
-    ]
-    for row in comparison["rows"]:
-        delta, ci = _delta(row)
-        lines.append(f"| {row['name']} | {row['decoding']} | {_row_params(row)} | {_row_score(row)} | {delta} | {ci} |")
-    return "\n".join(lines) + "\n"
-
-
-def comparison_rich_table(comparison: dict):
-    from rich.table import Table
-
-    metric = comparison.get("metric", "pass@1")
-    table = Table(title=f"{comparison['benchmark']}: {metric} (%) and paired Δ vs default (T=1, p=1)")
-    for column in ("method", "decoding", "T / p", f"{metric} ± SE", "Δ vs default ± SE", "95% CI"):
-        table.add_column(column, justify="left" if column in ("method", "decoding", "T / p") else "right")
-    for row in comparison["rows"]:
-        delta, ci = _delta(row)
-        table.add_row(row["name"], row["decoding"], _row_params(row), _row_score(row), delta, ci)
-    return table

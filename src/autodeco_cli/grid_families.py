@@ -49,14 +49,32 @@ class Family:
 
     def describe(self) -> dict:
         """grid.json's record of the family: its axes (and the fixed settings)."""
-        return {"name": self.name, "axes": {"temperature": self.temperature_label, self.axis: self.axis_label}, "fixed": dict(self.fixed)}
+        return {
+            "name": self.name,
+            "axes": {"temperature": self.temperature_label, self.axis: self.axis_label},
+            "fixed": dict(self.fixed),
+        }
 
 
 FAMILIES = {
     "static": Family("static", "top_p", "top_ps", "--top-ps", "top-p", "temperature T", "0.1:1.5:0.1", "0.1:1.0:0.1"),
-    "min-p": Family("min-p", "min_p", "min_ps", "--min-ps", "min-p", "temperature T", "0.7,1.0,1.5", "0.05,0.1,0.2,0.3"),
-    "top-n-sigma": Family("top-n-sigma", "n_sigma", "n_sigmas", "--n-sigmas", "n (σ)", "temperature T", "0.7,1.0,1.5", "0.5,1.0,1.5"),
-    "edt": Family("edt", "edt_theta", "edt_thetas", "--edt-thetas", "θ", "max temperature T₀", "0.5,0.7,1.0", "0.1,0.5,1.0", {"edt_base": DEFAULT_EDT_BASE}),
+    "min-p": Family(
+        "min-p", "min_p", "min_ps", "--min-ps", "min-p", "temperature T", "0.7,1.0,1.5", "0.05,0.1,0.2,0.3"
+    ),
+    "top-n-sigma": Family(
+        "top-n-sigma", "n_sigma", "n_sigmas", "--n-sigmas", "n (σ)", "temperature T", "0.7,1.0,1.5", "0.5,1.0,1.5"
+    ),
+    "edt": Family(
+        "edt",
+        "edt_theta",
+        "edt_thetas",
+        "--edt-thetas",
+        "θ",
+        "max temperature T₀",
+        "0.5,0.7,1.0",
+        "0.1,0.5,1.0",
+        {"edt_base": DEFAULT_EDT_BASE},
+    ),
 }
 
 
@@ -66,7 +84,9 @@ def get_family(name: str, edt_base: float | None = None) -> Family:
     family = FAMILIES[name]
     if edt_base is not None:
         if name != "edt":
-            raise UserError(f"--edt-base is a setting of --family edt, not {name}", "drop --edt-base, or use --family edt")
+            raise UserError(
+                f"--edt-base is a setting of --family edt, not {name}", "drop --edt-base, or use --family edt"
+            )
         make_strategy("edt", edt_base=edt_base)  # the range check, with its one-line message
         family = Family(**{**family.__dict__, "fixed": {"edt_base": float(edt_base)}})
     return family
@@ -78,7 +98,10 @@ def axis_text(family: Family, given: dict[str, str | None]) -> str | None:
     for option, text in given.items():
         if text is not None and option != family.option:
             owner = next(f.name for f in FAMILIES.values() if f.option == option)
-            raise UserError(f"{option} is the axis of --family {owner}, not {family.name}", f"use {family.option} with --family {family.name}")
+            raise UserError(
+                f"{option} is the axis of --family {owner}, not {family.name}",
+                f"use {family.option} with --family {family.name}",
+            )
     return given.get(family.option)
 
 
@@ -93,7 +116,9 @@ class FamilyCell:
 
     @property
     def strategy(self) -> DecodingStrategy:
-        return make_strategy(self.family, temperature=self.temperature, **{FAMILIES[self.family].axis: self.value}, **dict(self.fixed))
+        return make_strategy(
+            self.family, temperature=self.temperature, **{FAMILIES[self.family].axis: self.value}, **dict(self.fixed)
+        )
 
     @property
     def label(self) -> str:

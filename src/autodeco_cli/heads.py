@@ -129,7 +129,9 @@ def _load_safetensors_heads(files: list[Path]) -> tuple[dict[str, torch.Tensor],
                     elif key.startswith("llm."):
                         has_base = True
         except Exception as exc:  # safetensors raises several types for a corrupt header
-            raise UserError(f"{path}: not a readable safetensors file ({exc})", "re-save the heads with `autodeco train-heads`") from None
+            raise UserError(
+                f"{path}: not a readable safetensors file ({exc})", "re-save the heads with `autodeco train-heads`"
+            ) from None
     return heads, has_base
 
 
@@ -137,10 +139,37 @@ def read_heads_config(directory: Path) -> dict:
     cfg_path = directory / HEADS_CONFIG_FILE
     if not cfg_path.is_file():
         return {}
+    from .io_checks import read_text_file
+
     try:
-        return json.loads(cfg_path.read_text())
+        return json.loads(read_text_file(cfg_path, "heads config"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{cfg_path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """NaN/inf weights decode garbage (and write NaN into results): refuse them on load."""
+    for name, tensor in sorted(state.items()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise UserError(
+                f"{path}: tensor {name} holds {bad} NaN/inf value{'s' if bad != 1 else ''} of {tensor.numel()}; these heads are broken (a diverged training run?)",
+                "retrain them (e.g. with a lower learning_rate) or use an earlier checkpoint from checkpoints/",
+            )
+
+
+def _check_config_hidden_size(cfg: dict, hidden_size: int, path: Path) -> None:
+    """A config.json whose hidden_size disagrees with the weights describes other heads."""
+    cfg_path = (path.parent if path.is_file() else path) / HEADS_CONFIG_FILE
+    for where, value in (
+        ("hidden_size", cfg.get("hidden_size")),
+        ("autodeco_cli.hidden_size", cfg.get("autodeco_cli", {}).get("hidden_size")),
+    ):
+        if value is not None and value != hidden_size:
+            raise UserError(
+                f"{cfg_path}: field {where} is {value!r}, but the weights are for hidden size {hidden_size}",
+                f"set {where} to {hidden_size} if the weights are right, or re-save the heads with `autodeco train-heads`",
+            )
 
 
 def load_heads(path: str | Path, expected_hidden_size: int | None = None) -> AutoDecoHeads:
@@ -150,25 +179,40 @@ def load_heads(path: str | Path, expected_hidden_size: int | None = None) -> Aut
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise UserError(f"heads checkpoint not found: {path}", "pass a folder written by `autodeco train-heads` or an official AutoDeco checkpoint")
+        raise UserError(
+            f"heads checkpoint not found: {path}",
+            "pass a folder written by `autodeco train-heads` or an official AutoDeco checkpoint",
+        )
     if path.is_file():
         if path.suffix != ".safetensors":
-            raise UserError(f"{path}: heads must be safetensors, not {path.suffix or 'an unknown format'}", "convert the checkpoint to .safetensors; pickled weights are never loaded")
+            raise UserError(
+                f"{path}: heads must be safetensors, not {path.suffix or 'an unknown format'}",
+                "convert the checkpoint to .safetensors; pickled weights are never loaded",
+            )
         files, cfg = [path], read_heads_config(path.parent)
     else:
         files = sorted(path.glob("*.safetensors"))
         if not files:
             pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-            hint = "pickled weights are never loaded; convert them to safetensors" if pickled else "expected autodeco_heads.safetensors or model.safetensors"
-            raise UserError(f"{path}: no .safetensors heads file found{' (only ' + ', '.join(pickled) + ')' if pickled else ''}", hint)
+            hint = (
+                "pickled weights are never loaded; convert them to safetensors"
+                if pickled
+                else "expected autodeco_heads.safetensors or model.safetensors"
+            )
+            raise UserError(
+                f"{path}: no .safetensors heads file found{' (only ' + ', '.join(pickled) + ')' if pickled else ''}",
+                hint,
+            )
         cfg = read_heads_config(path)
     state, _ = _load_safetensors_heads(files)
     if "temp_head.mlp.0.weight" not in state or "top_p_head.mlp.0.weight" not in state:
         raise UserError(f"{path}: no AutoDeco heads inside (expected temp_head.mlp.* and top_p_head.mlp.* tensors)")
 
+    _check_finite(state, path)
     width, hidden_size = state["temp_head.mlp.0.weight"].shape
     extra = state["top_p_head.mlp.0.weight"].shape[1] - hidden_size
     ours = cfg.get("autodeco_cli", {})
+    _check_config_hidden_size(cfg, hidden_size, path)
     config = HeadsConfig(
         hidden_size=hidden_size,
         head_width=width,
@@ -184,7 +228,10 @@ def load_heads(path: str | Path, expected_hidden_size: int | None = None) -> Aut
     heads = AutoDecoHeads(config)
     missing = sorted(set(heads.state_dict()) - set(state))
     if missing:
-        raise UserError(f"{path}: heads checkpoint is incomplete (missing {', '.join(missing)})", "re-save it with `autodeco train-heads`")
+        raise UserError(
+            f"{path}: heads checkpoint is incomplete (missing {', '.join(missing)})",
+            "re-save it with `autodeco train-heads`",
+        )
     heads.load_state_dict(state, strict=True)
     return heads.eval()
 
@@ -197,3 +244,14 @@ def fresh_heads(hidden_size: int, base_model: str | None = None, seed: int = 0) 
     finally:
         torch.random.set_rng_state(generator_state)
     return heads.eval()
+
+
+def heads_digest(heads: AutoDecoHeads) -> str:
+    """A hash of the heads' weights: retrained heads saved to the same path are other heads."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(heads.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -32,7 +32,9 @@ def target_confidence(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
         return torch.softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def easy_token_keep_mask(logits: torch.Tensor, targets: torch.Tensor, uniforms: torch.Tensor, drop_probability: float) -> torch.Tensor:
+def easy_token_keep_mask(
+    logits: torch.Tensor, targets: torch.Tensor, uniforms: torch.Tensor, drop_probability: float
+) -> torch.Tensor:
     """Positions kept for the temperature loss: drop `drop_probability` of those the model already gets right.
 
     `uniforms` are U(0,1) draws, one per position, supplied by the caller so that the drop
@@ -42,7 +44,9 @@ def easy_token_keep_mask(logits: torch.Tensor, targets: torch.Tensor, uniforms: 
     return ~(easy & (uniforms < drop_probability))
 
 
-def temperature_loss_terms(logits: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def temperature_loss_terms(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Per-token weighted CE(logits / T̂, y), T̂ clamped at 0.01."""
     scaled = logits.float() / temperature.float().clamp_min(MIN_TEMPERATURE)
     return F.cross_entropy(scaled, targets, reduction="none") * weights
@@ -116,7 +120,9 @@ def head_losses(
         total = zero
         for start in range(0, targets.numel(), chunk_size):
             sl = slice(start, start + chunk_size)
-            total = total + top_p_loss_terms(logits[sl], targets[sl], temperature[sl], top_p[sl], weights[sl], alpha).sum()
+            total = (
+                total + top_p_loss_terms(logits[sl], targets[sl], temperature[sl], top_p[sl], weights[sl], alpha).sum()
+            )
         losses["top_p_loss"] = total / max(targets.numel(), 1)
     losses["loss"] = sum(losses.values())
     return losses

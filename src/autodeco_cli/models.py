@@ -57,9 +57,21 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """The frozen base model's dtype; heads, logits and the decoding math stay fp32 regardless.
+
+    "auto": bf16 on CUDA, and on CPUs with native bf16 instructions (AVX512_BF16, AMX, Arm BF16),
+    where it decodes ~2x faster (reports/engine-speed.md); fp32 on other CPUs, which only emulate
+    bf16. No --dtype at all keeps fp32 on CPU: bf16 changes a few tokens in a hundred (greedy),
+    and fp32 is what tests and reproduced numbers are pinned to.
+    """
     if dtype in (None, "auto"):
-        # fp32 on CPU: bf16 matmuls are slow there and would change the model's outputs.
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16
+        if dtype == "auto" and device.type == "cpu":
+            from .cpu_inference import cpu_has_native_bf16
+
+            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.float32
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r} is not supported", f"use one of: auto, {', '.join(sorted(DTYPES))}")
     return DTYPES[dtype]
@@ -217,6 +229,9 @@ def load_base_model(
     torch_dtype = pick_dtype(dtype, torch_device)
     if torch_device.type == "cpu":
         enable_flush_denormal()
+        from .cpu_inference import keep_freed_memory
+
+        keep_freed_memory()
     kind, location = resolve_model_source(spec)
     if kind == "gguf":
         location, kind = convert_gguf(Path(location)), "folder"
@@ -240,6 +255,11 @@ def load_base_model(
         model = apply_adapter(model, adapter)
     model.to(torch_device).eval()
     model.requires_grad_(False)
+    if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
+        from .cpu_inference import pack_linear_weights, use_decode_attention
+
+        use_decode_attention(model)  # torch's CPU SDPA is 4-20x slower in bf16 at decode steps
+        pack_linear_weights(model)  # oneDNN layout once, not at every call
     prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, name=spec, device=torch_device)
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .io_checks import read_text_file
 
 
 def _prompt_from_record(record, where: str):
@@ -31,9 +32,7 @@ def read_prompts(prompt: str | None, file: Path | None) -> list:
             raise UserError("no prompt given", "pass a prompt, --file PROMPTS.jsonl, or pipe text on stdin")
         text, name = sys.stdin.read(), "<stdin>"
     else:
-        if not file.is_file():
-            raise UserError(f"prompt file not found: {file}")
-        text, name = file.read_text(encoding="utf-8"), str(file)
+        text, name = read_text_file(file, "prompt file"), str(file)
     if file is not None and file.suffix == ".jsonl":
         prompts = []
         for number, line in enumerate(text.splitlines(), start=1):

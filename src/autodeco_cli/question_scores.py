@@ -29,14 +29,26 @@ def per_question_rows(run: Any, table: list[list[dict]]) -> list[dict]:
     for doc, samples in zip(run.docs, table):
         n_correct = sum(bool(r["correct"]) for r in samples)
         score = question_score(run.task, doc, record_scores(samples))
-        rows.append({"doc_id": doc.doc_id, "n": len(samples), "n_correct": n_correct, "pass@1": n_correct / len(samples), "score": score})
+        rows.append(
+            {
+                "doc_id": doc.doc_id,
+                "n": len(samples),
+                "n_correct": n_correct,
+                "pass@1": n_correct / len(samples),
+                "score": score,
+            }
+        )
     return rows
 
 
 def score_metrics(task: Any, rows: list[dict]) -> dict[str, Any]:
     values = np.array([row["score"] for row in rows], dtype=float)
     se = stats.standard_error(values)
-    return {"score": float(values.mean()), "score_stderr": float(se) if math.isfinite(se) else None, "metric": metric_name(task)}
+    return {
+        "score": float(values.mean()),
+        "score_stderr": float(se) if math.isfinite(se) else None,
+        "metric": metric_name(task),
+    }
 
 
 def row_score(row: dict) -> float:

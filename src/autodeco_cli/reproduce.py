@@ -34,7 +34,15 @@ class ReproduceConfig:
     data_top_p: float = 1.0
     data_max_new_tokens: int = 32
     # heads (key=value fields of TrainConfig)
-    train: dict = field(default_factory=lambda: {"learning_rate": 1e-3, "epochs": 3, "micro_batch_size": 16, "gradient_accumulation": 2, "max_length": 256})
+    train: dict = field(
+        default_factory=lambda: {
+            "learning_rate": 1e-3,
+            "epochs": 3,
+            "micro_batch_size": 16,
+            "gradient_accumulation": 2,
+            "max_length": 256,
+        }
+    )
     # evaluation
     benchmarks: list = field(default_factory=lambda: ["arith-add", "arith-mul"])
     k: int = 4
@@ -55,9 +63,11 @@ class ReproduceConfig:
 def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     import torch
 
+    from .comparison import run_comparison
     from .decoding import make_strategy
-    from .generation import GenerationEngine, build_requests
-    from .grid import plot_grid, run_comparison, run_grid
+    from .generation import GenerationEngine
+    from .grid import run_grid
+    from .grid_report import plot_grid
     from .heads import load_heads
     from .make_data import make_on_policy_data
     from .models import load_base_model
@@ -79,8 +89,15 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
         engine = GenerationEngine(lm)
         strategy = make_strategy("static", config.data_temperature, config.data_top_p)
         data_report = make_on_policy_data(
-            engine, config.data_tasks, data_path, strategy, k=config.data_k, limit=config.data_limit,
-            max_new_tokens=config.data_max_new_tokens, batch_size=config.batch_size, seed=0,
+            engine,
+            config.data_tasks,
+            data_path,
+            strategy,
+            k=config.data_k,
+            limit=config.data_limit,
+            max_new_tokens=config.data_max_new_tokens,
+            batch_size=config.batch_size,
+            seed=0,
         )
         engine.close()
     kept = sum(1 for line in data_path.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -91,8 +108,16 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     with clock.stage("train-heads"):
         if not (heads_dir / "autodeco_heads.safetensors").is_file():
             overrides = as_overrides(config.train)
-            train_config = build_config(TrainConfig, None, overrides, data=str(data_path), output_dir=str(heads_dir), model=config.model, save_every=5)
-            trainer = HeadTrainer(train_config)
+            train_config = build_config(
+                TrainConfig,
+                None,
+                overrides,
+                data=str(data_path),
+                output_dir=str(heads_dir),
+                model=config.model,
+                save_every=5,
+            )
+            trainer = HeadTrainer(train_config).setup()
             trainer.train(resume=bool(trainer.checkpoint_dirs()))
     heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size)
     engine = GenerationEngine(lm, heads)
@@ -103,12 +128,24 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
         out = work / "eval" / benchmark
         with clock.stage(f"grid {benchmark}"):
             grids[benchmark] = run_grid(
-                engine, benchmark, mode=config.grid_mode, temperatures=config.temperatures, top_ps=config.top_ps,
-                k=config.k, seeds=config.seeds, limit=config.limit, max_new_tokens=config.max_new_tokens,
-                batch_size=config.batch_size, out_dir=out, run_info=run_info, log=log,
+                engine,
+                benchmark,
+                mode=config.grid_mode,
+                temperatures=config.temperatures,
+                top_ps=config.top_ps,
+                k=config.k,
+                seeds=config.seeds,
+                limit=config.limit,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.batch_size,
+                out_dir=out,
+                run_info=run_info,
+                log=log,
             )
         with clock.stage(f"comparison {benchmark}"):
-            comparisons[benchmark] = run_comparison(engine, benchmark, grids[benchmark], out_dir=out, batch_size=config.batch_size, run_info=run_info)
+            comparisons[benchmark] = run_comparison(
+                engine, benchmark, grids[benchmark], out_dir=out, batch_size=config.batch_size, run_info=run_info
+            )
 
     report_path = Path(config.report)
     figures = report_path.parent / config.figures_dir
@@ -117,7 +154,9 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
         figure_files = _figures(engine, config, grids, figures, plot_grid)
     clock.timings["total (this invocation)"] = time.perf_counter() - started
     training = _training_summary(heads_dir)
-    report_path.write_text(_report(config, data_report, kept, training, comparisons, grids, figure_files, clock, work), encoding="utf-8")
+    report_path.write_text(
+        _report(config, data_report, kept, training, comparisons, grids, figure_files, clock, work), encoding="utf-8"
+    )
     clock.save()
     return report_path
 
@@ -132,13 +171,17 @@ def _figures(engine, config: ReproduceConfig, grids: dict, figures: Path, plot_g
     autodeco = make_strategy("autodeco")
     trace_request = build_requests(engine.tokenizer, [config.trace_prompt], autodeco, seed=0)
     (generation,) = engine.generate(trace_request, max_new_tokens=48, trace=True)
-    files["trace"] = plot_token_trace(generation.trace, figures / "trace.png", title=f"T̂ and P̂ per token: {config.trace_prompt}")
+    files["trace"] = plot_token_trace(
+        generation.trace, figures / "trace.png", title=f"T̂ and P̂ per token: {config.trace_prompt}"
+    )
     for benchmark, grid in grids.items():
         files[f"heatmap {benchmark}"] = plot_grid(grid, figures / f"oracle_{benchmark}.png")
     temperatures, top_ps = [], []
     for benchmark in config.benchmarks:
         docs = get_task(benchmark).load_docs(limit=config.distribution_questions)
-        requests = build_requests(engine.tokenizer, [d.prompt for d in docs], autodeco, seed=1, prompt_ids=[d.doc_id for d in docs])
+        requests = build_requests(
+            engine.tokenizer, [d.prompt for d in docs], autodeco, seed=1, prompt_ids=[d.doc_id for d in docs]
+        )
         for g in engine.generate(requests, max_new_tokens=64, batch_size=config.batch_size, trace=True):
             temperatures += [t.temperature for t in g.trace or []]
             top_ps += [t.top_p for t in g.trace or []]
@@ -159,52 +202,27 @@ def _fmt(value, digits=3, signed=False):
 
 
 def _report(config, data_report, kept, training, comparisons, grids, figure_files, clock, work) -> str:
-    lines = [
-        "# AutoDeco reproduction at CPU scale",
-        "",
-        f"Model: `{config.model}` (SmolLM2-135M-Instruct, GGUF Q4_1 dequantised to fp32). Generated by `autodeco reproduce` "
-        f"(`make reproduce` / `make reproduce-quick`); everything below is measured in that run, folder `{work}`.",
-        "",
-        "## Why this suite",
-        "",
-        "The default model scores ~0 on GSM8K/MATH and at chance on ARC/MMLU-Pro (see `../shared/notes/cpu-signal.md`), so "
-        "paper benchmarks would compare noise. Generated arithmetic (disjoint train/test pools) has real signal and strong "
-        f"decoding sensitivity. Benchmarks: {', '.join(config.benchmarks)}; {config.limit or 'all'} questions each, "
-        f"k={config.k} samples × seeds {config.seeds} per question; greedy uses one sample.",
-        "",
-        "## Data and heads",
-        "",
-        f"- on-policy data: tasks {config.data_tasks}, {config.data_limit} train problems each, k={config.data_k} samples at "
-        f"T={config.data_temperature}, p={config.data_top_p}; **{kept} trajectories kept** (scorer-accepted, finished).",
-        f"- heads: joint training, {json.dumps(config.train)}; final step {training.get('step', '–')}: loss {_fmt(training.get('loss'), 4)} "
-        f"(temperature {_fmt(training.get('temperature_loss'), 4)}, top-p {_fmt(training.get('top_p_loss'), 4)}), "
-        f"mean T̂ {_fmt(training.get('mean_temperature'))}, mean P̂ {_fmt(training.get('mean_top_p'))} on the last batch.",
-        "",
-    ]
+    from .comparison import comparison_table_lines
+
+    lines = _intro_lines(config, kept, training, work)
     verdicts = []
     for benchmark, comparison in comparisons.items():
-        grid = grids[benchmark]
-        lines += [f"## {benchmark}", "", f"Oracle search: `{grid['mode']}` grid; oracle cell T={grid['oracle']['temperature']}, p={grid['oracle']['top_p']}.", ""]
-        lines += ["| decoding | pass@1 ± SE | Δ vs default ± SE (95% CI) | mean tokens | T / p |", "|---|---|---|---|---|"]
-        tokens = _mean_tokens(work / "eval" / benchmark, comparison, benchmark)
-        for row in comparison["rows"]:
-            params = f"T̂ {row['mean_temperature']:.3f}, P̂ {row['mean_top_p']:.3f}" if "mean_temperature" in row else (
-                f"T {row['temperature']:g}, p {row['top_p']:g}" if "temperature" in row else "argmax")
-            ci = row.get("delta_ci") or [None, None]
-            lines.append(
-                f"| {row['name']} | {_fmt(row['pass@1'])} ± {_fmt(row.get('pass@1_stderr'))} | "
-                f"{_fmt(row.get('delta_vs_default'), signed=True)} ± {_fmt(row.get('delta_se'))} ({_fmt(ci[0], signed=True)}, {_fmt(ci[1], signed=True)}) | "
-                f"{_fmt(tokens.get(row['slug']), 1)} | {params} |"
-            )
-        lines.append("")
+        oracle = grids[benchmark]["oracle"]
+        search = f"`{grids[benchmark]['mode']}` grid; oracle cell T={oracle['temperature']}, p={oracle['top_p']}."
+        lines += [f"## {benchmark}", "", f"Oracle search: {search}", ""]
+        lines += comparison_table_lines(comparison) + [""]  # the same rows as comparison.md
         verdicts.append(_verdict(benchmark, comparison))
-    lines += [
-        "## What held and what did not",
-        "",
-        "Each comparison is paired per question (autodeco − other): Δ ± SE over questions and a bootstrap 95% CI; "
-        "\"better\"/\"worse\" only when the CI excludes 0.",
-        "",
-    ] + [f"- {v}" for v in verdicts] + [""]
+    lines += (
+        [
+            "## What held and what did not",
+            "",
+            "Each comparison is paired per question (autodeco − other): Δ ± SE over questions and a bootstrap 95% CI; "
+            '"better"/"worse" only when the CI excludes 0.',
+            "",
+        ]
+        + [f"- {v}" for v in verdicts]
+        + [""]
+    )
     lines += ["## Figures", ""]
     for name, path in figure_files.items():
         lines += [f"**{name}**", "", f"![{name}]({config.figures_dir}/{Path(path).name})", ""]
@@ -212,13 +230,35 @@ def _report(config, data_report, kept, training, comparisons, grids, figure_file
     return "\n".join(lines)
 
 
-def _mean_tokens(folder: Path, comparison: dict, benchmark: str) -> dict:
-    out = {}
-    for row in comparison["rows"]:
-        results = folder / row["slug"] / "results.json"
-        if results.is_file():
-            out[row["slug"]] = json.loads(results.read_text())["results"][benchmark].get("mean_tokens")
-    return out
+def _intro_lines(config, kept, training, work) -> list[str]:
+    """What was run: the model, why this suite, the data and the heads."""
+    return [
+        "# AutoDeco reproduction at CPU scale",
+        "",
+        f"Model: `{config.model}` (SmolLM2-135M-Instruct, GGUF Q4_1 dequantised to fp32). "
+        f"Generated by `autodeco reproduce` (`make reproduce` / `make reproduce-quick`); "
+        f"everything below is measured in that run, folder `{work}`.",
+        "",
+        "## Why this suite",
+        "",
+        "The default model scores ~0 on GSM8K/MATH and at chance on ARC/MMLU-Pro "
+        "(see `../shared/notes/cpu-signal.md`), so paper benchmarks would compare noise. "
+        "Generated arithmetic (disjoint train/test pools) has real signal and strong "
+        f"decoding sensitivity. Benchmarks: {', '.join(config.benchmarks)}; {config.limit or 'all'} questions each, "
+        f"k={config.k} samples × seeds {config.seeds} per question; greedy uses one sample.",
+        "",
+        "## Data and heads",
+        "",
+        f"- on-policy data: tasks {config.data_tasks}, {config.data_limit} train problems each, "
+        f"k={config.data_k} samples at T={config.data_temperature}, p={config.data_top_p}; "
+        f"**{kept} trajectories kept** (scorer-accepted, finished).",
+        f"- heads: joint training, {json.dumps(config.train)}; final step {training.get('step', '–')}: "
+        f"loss {_fmt(training.get('loss'), 4)} "
+        f"(temperature {_fmt(training.get('temperature_loss'), 4)}, top-p {_fmt(training.get('top_p_loss'), 4)}), "
+        f"mean T̂ {_fmt(training.get('mean_temperature'))}, mean P̂ {_fmt(training.get('mean_top_p'))} "
+        "on the last batch.",
+        "",
+    ]
 
 
 def _verdict(benchmark: str, comparison: dict) -> str:
@@ -226,7 +266,11 @@ def _verdict(benchmark: str, comparison: dict) -> str:
     auto = rows["autodeco"]
     paired = dict(comparison.get("autodeco_vs") or {})
     # the table's own column: autodeco − default
-    paired["default"] = {"delta": auto["delta_vs_default"], "se": auto.get("delta_se"), "ci": auto.get("delta_ci") or [None, None]}
+    paired["default"] = {
+        "delta": auto["delta_vs_default"],
+        "se": auto.get("delta_se"),
+        "ci": auto.get("delta_ci") or [None, None],
+    }
 
     def against(other: str, label: str) -> str:
         c = paired.get(other)
@@ -256,7 +300,13 @@ def quick_config() -> ReproduceConfig:
         data_limit=96,
         data_k=2,
         data_temperature=0.7,  # more accepted trajectories per problem: the quick run has few problems
-        train={"learning_rate": 1e-3, "epochs": 2, "micro_batch_size": 8, "gradient_accumulation": 1, "max_length": 256},
+        train={
+            "learning_rate": 1e-3,
+            "epochs": 2,
+            "micro_batch_size": 8,
+            "gradient_accumulation": 1,
+            "max_length": 256,
+        },
         benchmarks=["arith-add"],
         k=2,
         limit=16,

@@ -35,9 +35,10 @@ import torch
 from .benchmarks.registry import task_chat, task_stop
 from .errors import UserError
 from .generation import GenerationEngine, Request, encode_prompt, request_seed
+from .io_checks import cut_partial_last_line
 from .losses import policy_gradient_loss, policy_log_probs
 from .models import DEFAULT_MODEL
-from .training import base_features, epoch_order, lr_lambda
+from .training import CHECKPOINT_ERRORS, base_features, broken_file_reason, epoch_order, lr_lambda
 from .training_data import IGNORE_INDEX, Example
 
 METRICS_FILE = "metrics.jsonl"
@@ -78,7 +79,10 @@ class RewardConfig:
 
     def validate(self) -> None:
         if not self.tasks:
-            raise UserError("no tasks given for --objective reward", "set tasks=arith-add,arith-mul (registry tasks with a train split)")
+            raise UserError(
+                "no tasks given for --objective reward",
+                "set tasks=arith-add,arith-mul (registry tasks with a train split)",
+            )
         checks = {
             "mode": self.mode in ("joint", "temperature", "top_p"),
             "schedule": self.schedule in ("cosine", "linear", "constant"),
@@ -95,7 +99,10 @@ class RewardConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise UserError(f"config field {name}={getattr(self, name)!r} is invalid", "group_size needs >= 2 (the baseline is the group); see `autodeco train-heads --help`")
+                raise UserError(
+                    f"config field {name}={getattr(self, name)!r} is invalid",
+                    "group_size needs >= 2 (the baseline is the group); see `autodeco train-heads --help`",
+                )
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -191,13 +198,18 @@ class RewardTrainer:
         if c.init_heads:
             return load_heads(c.init_heads, expected_hidden_size=self.lm.hidden_size).train()
         torch.manual_seed(c.seed)
-        return AutoDecoHeads(HeadsConfig(hidden_size=self.lm.hidden_size, head_width=c.head_width, base_model=c.model)).train()
+        return AutoDecoHeads(
+            HeadsConfig(hidden_size=self.lm.hidden_size, head_width=c.head_width, base_model=c.model)
+        ).train()
 
     def _questions(self, split: str, limit: int | None) -> list[_Question]:
         questions = []
         for task in self.tasks:
             if split not in getattr(task, "splits", {split: {}}):
-                raise UserError(f"task {task.name} has no {split} split", "reward training needs train (and, for validation, validation) splits")
+                raise UserError(
+                    f"task {task.name} has no {split} split",
+                    "reward training needs train (and, for validation, validation) splits",
+                )
             chat = task_chat(task, self.config.chat)
             for doc in task.load_docs(split=split, limit=limit):
                 questions.append(_Question(task, doc, encode_prompt(self.lm.tokenizer, doc.prompt, chat)))
@@ -211,7 +223,12 @@ class RewardTrainer:
         """k autodeco samples per question from the current heads, through the engine's loop."""
         c = self.config
         requests = [
-            Request(key=(q_index, s), input_ids=q.prompt_ids, strategy=self.strategy, seed=request_seed(c.seed, tag, q.doc.doc_id, s))
+            Request(
+                key=(q_index, s),
+                input_ids=q.prompt_ids,
+                strategy=self.strategy,
+                seed=request_seed(c.seed, tag, q.doc.doc_id, s),
+            )
             for q_index, q in enumerate(questions)
             for s in range(k)
         ]
@@ -222,7 +239,9 @@ class RewardTrainer:
             for task in {id(q.task): q.task for q in questions}.values():
                 mine = [r for r in requests if questions[r.key[0]].task is task]
                 budget = c.max_new_tokens or task.max_new_tokens
-                generations += engine.generate(mine, max_new_tokens=budget, batch_size=c.batch_size, stop=task_stop(task), trace=True)
+                generations += engine.generate(
+                    mine, max_new_tokens=budget, batch_size=c.batch_size, stop=task_stop(task), trace=True
+                )
         finally:
             engine.close()  # its hook on the output embedding must not outlive sampling
             self.heads.train()
@@ -259,20 +278,37 @@ class RewardTrainer:
         loss_sum, temperature_sum = 0.0, 0.0
         for start in range(0, len(examples), c.micro_batch_size):
             batch = examples[start : start + c.micro_batch_size]
-            features = base_features(self.lm.model, batch, self.lm.tokenizer.pad_token_id, self.device, trainable_base=False)
+            features = base_features(
+                self.lm.model, batch, self.lm.tokenizer.pad_token_id, self.device, trainable_base=False
+            )
             with torch.no_grad():
                 logits = lm_head(features.hidden.to(lm_head.weight.dtype)).float()
             temperature, top_p = self.heads(features.hidden, logits)
-            log_probs = policy_log_probs(logits, features.targets, temperature, top_p, mode=c.mode, alpha=c.soft_top_p_alpha)
+            log_probs = policy_log_probs(
+                logits, features.targets, temperature, top_p, mode=c.mode, alpha=c.soft_top_p_alpha
+            )
             advantages = torch.tensor(weights[start : start + c.micro_batch_size], device=self.device)
             # one denominator for the whole step, so micro-batches add up to the step's loss
-            loss = policy_gradient_loss(log_probs, advantages, features.counts) * sum(features.counts) / max(total_tokens, 1)
+            loss = (
+                policy_gradient_loss(log_probs, advantages, features.counts)
+                * sum(features.counts)
+                / max(total_tokens, 1)
+            )
             loss.backward()
             loss_sum += float(loss.detach())
             temperature_sum += float(temperature.detach().sum())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, c.max_grad_norm) if c.max_grad_norm > 0 else torch.tensor(0.0)
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(self.parameters, c.max_grad_norm)
+            if c.max_grad_norm > 0
+            else torch.tensor(0.0)
+        )
         self.optimizer.step()
-        return {"pg_loss": loss_sum, "grad_norm": float(grad_norm), "tokens": total_tokens, "mean_temperature_forced": temperature_sum / max(total_tokens, 1)}
+        return {
+            "pg_loss": loss_sum,
+            "grad_norm": float(grad_norm),
+            "tokens": total_tokens,
+            "mean_temperature_forced": temperature_sum / max(total_tokens, 1),
+        }
 
     def _train_question(self, slot: int) -> _Question:
         """The slot-th question drawn: tasks take turns (a 3,850-question task must not drown a
@@ -293,7 +329,12 @@ class RewardTrainer:
             advantages.append(group_advantage)
             rewards.append(reward)
         examples, weights = self._examples(questions, groups, advantages)
-        record = {"step": self.step + 1, "reward": sum(rewards) / len(rewards), "lr": self.scheduler.get_last_lr()[0], "samples_with_signal": len(examples)}
+        record = {
+            "step": self.step + 1,
+            "reward": sum(rewards) / len(rewards),
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_with_signal": len(examples),
+        }
         record["mean_temperature"], record["mean_top_p"] = _trace_means([g for group in groups for g in group])
         if examples:
             record.update(self._update(examples, weights))
@@ -328,7 +369,13 @@ class RewardTrainer:
     def _checkpoint(self) -> None:
         staging = self.output_dir / f".{CHECKPOINT_DIR}.tmp"
         self._save(staging)
-        state = {"step": self.step, "best": self.best, "initial_validation": self.initial_validation, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        state = {
+            "step": self.step,
+            "best": self.best,
+            "initial_validation": self.initial_validation,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
         torch.save(state, staging / "trainer_state.pt")
         final = self.output_dir / CHECKPOINT_DIR
         import shutil
@@ -342,11 +389,21 @@ class RewardTrainer:
         folder = self.output_dir / CHECKPOINT_DIR
         if not (folder / "trainer_state.pt").is_file():
             return 0
-        state = torch.load(folder / "trainer_state.pt", weights_only=True)
-        self.heads.load_state_dict(load_heads(folder).state_dict())
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.best, self.initial_validation = int(state["step"]), state["best"], state.get("initial_validation")
+        try:
+            state = torch.load(folder / "trainer_state.pt", weights_only=True)
+            self.heads.load_state_dict(load_heads(folder).state_dict())
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.best, self.initial_validation = (
+                int(state["step"]),
+                state["best"],
+                state.get("initial_validation"),
+            )
+        except CHECKPOINT_ERRORS as exc:  # one checkpoint is kept: there is no earlier one to fall back to
+            raise UserError(
+                f"reward checkpoint {folder} is broken ({broken_file_reason(exc, folder / 'trainer_state.pt')})",
+                f"delete {folder} and re-run without --resume to start over (the heads already in {self.output_dir} stay until replaced)",
+            ) from None
         return self.step
 
     def train(self, resume: bool = False, on_step: Callable[[dict, int], None] | None = None) -> Path:
@@ -354,9 +411,13 @@ class RewardTrainer:
         if resume:
             self.resume()
         elif (self.output_dir / CHECKPOINT_DIR).exists():
-            raise UserError(f"{self.output_dir} already holds a reward run", "pass --resume to continue it, or choose another output_dir")
+            raise UserError(
+                f"{self.output_dir} already holds a reward run",
+                "pass --resume to continue it, or choose another output_dir",
+            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
+        cut_partial_last_line(self.output_dir / METRICS_FILE)  # a crash mid-write must not glue the next record onto it
         with (self.output_dir / METRICS_FILE).open("a", encoding="utf-8") as log:
             if self.validation_questions and self.step == 0:
                 self._validate_and_keep(log)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from rich.console import Console
-
+from .consoles import err_console
 from .decoding import DecodingStrategy
+from .errors import UserError
 from .generation import GenerationEngine
 from .heads import AutoDecoHeads, fresh_heads, load_heads, read_heads_config
 from .models import DEFAULT_MODEL, LoadedModel, load_base_model
-
-err_console = Console(stderr=True)
+from .prompt_format import PLAIN, PromptFormat
 
 
 def packaged_heads_path(model_spec: str) -> Path | None:
@@ -39,7 +38,11 @@ def resolve_heads(heads: str | None, lm: LoadedModel, needed: bool) -> AutoDecoH
     if heads:
         return load_heads(heads, expected_hidden_size=lm.hidden_size)
     merged = Path(lm.name)
-    if merged.is_dir() and (merged / "config.json").is_file() and read_heads_config(merged).get("model_type") == "autodeco":
+    if (
+        merged.is_dir()
+        and (merged / "config.json").is_file()
+        and read_heads_config(merged).get("model_type") == "autodeco"
+    ):
         return load_heads(merged, expected_hidden_size=lm.hidden_size)  # a merged folder carries its heads
     if not needed:
         return None
@@ -54,6 +57,9 @@ def resolve_heads(heads: str | None, lm: LoadedModel, needed: bool) -> AutoDecoH
     return fresh_heads(lm.hidden_size, base_model=lm.name)
 
 
+ENGINES = ("hf", "vllm")
+
+
 def open_engine(
     model: str = DEFAULT_MODEL,
     heads: str | None = None,
@@ -64,8 +70,64 @@ def open_engine(
     trust_remote_code: bool = False,
     adapter: str | None = None,
     force_heads: bool = False,
-) -> GenerationEngine:
+    engine: str = "hf",
+    prompt_format: PromptFormat = PLAIN,
+    parallel: tuple[int, int] = (1, 1),
+    batch_size: int = 32,
+    seed: int = 0,
+):
+    """The engine every command generates with: ours ("hf") or vLLM with the AutoDeco plugin.
+
+    `parallel` is vLLM's (tensor, data) parallel sizes; `batch_size` and `seed` are fixed when
+    vLLM starts (our engine takes them per call and per request).
+    """
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine!r} is not an engine", f"use one of: {', '.join(ENGINES)}")
     adapter = adapter or heads_adapter(heads)
+    if engine == "vllm":
+        return _open_vllm(
+            model,
+            heads,
+            strategies or [],
+            dtype,
+            trust_remote_code,
+            adapter,
+            force_heads,
+            prompt_format,
+            parallel,
+            batch_size,
+            seed,
+        )
+    if parallel != (1, 1):
+        raise UserError(
+            "--tensor-parallel-size/--data-parallel-size are vLLM options", "add --engine vllm, or drop them"
+        )
     lm = load_base_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter)
     needed = force_heads or any(s.uses_heads for s in strategies or [])
-    return GenerationEngine(lm, resolve_heads(heads, lm, needed))
+    return GenerationEngine(lm, resolve_heads(heads, lm, needed), prompt_format)
+
+
+def _open_vllm(
+    model, heads, strategies, dtype, trust_remote_code, adapter, force_heads, prompt_format, parallel, batch_size, seed
+):
+    from .engines.vllm_engine import VllmSettings, open_vllm_engine
+
+    if adapter:
+        raise UserError(
+            "--engine vllm does not apply LoRA adapters here",
+            "merge the adapter into the base (autodeco merge) or use --engine hf",
+        )
+    tensor, data = parallel
+    if tensor < 1 or data < 1:
+        raise UserError("--tensor-parallel-size and --data-parallel-size must be at least 1")
+    settings = VllmSettings(
+        dtype=dtype,
+        seed=seed,
+        tensor_parallel_size=tensor,
+        data_parallel_size=data,
+        max_num_seqs=batch_size,
+        trust_remote_code=trust_remote_code,
+    )
+    engine = open_vllm_engine(model, heads, strategies, settings, force_heads=force_heads)
+    engine.prompt_format = prompt_format
+    return engine

@@ -30,5 +30,11 @@ class StageClock:
         self.path.write_text(json.dumps(self.timings, indent=2) + "\n")
 
     def markdown(self) -> list[str]:
-        lines = ["| stage | seconds |", "|---|---|"] + [f"| {name} | {seconds:.0f} |" for name, seconds in self.timings.items()]
-        return lines + ["", "Stages already finished by an earlier invocation cost ~0 s here; the per-stage times are cumulative over invocations.", ""]
+        lines = ["| stage | seconds |", "|---|---|"] + [
+            f"| {name} | {seconds:.0f} |" for name, seconds in self.timings.items()
+        ]
+        return lines + [
+            "",
+            "Stages already finished by an earlier invocation cost ~0 s here; the per-stage times are cumulative over invocations.",
+            "",
+        ]

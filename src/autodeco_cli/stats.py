@@ -125,7 +125,9 @@ class PairedComparison:
     seed: int
 
 
-def _aligned(a: Sequence[float] | Mapping[str, float], b: Sequence[float] | Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+def _aligned(
+    a: Sequence[float] | Mapping[str, float], b: Sequence[float] | Mapping[str, float]
+) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(a, Mapping) or isinstance(b, Mapping):
         if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
             raise ValueError("pass both runs as mappings or both as sequences")

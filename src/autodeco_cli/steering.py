@@ -28,6 +28,7 @@ only) reached 100% T̂ consistency upwards but 68% downwards:
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -38,7 +39,9 @@ import torch
 
 from .benchmarks.registry import get_task
 from .decoding import make_strategy
+from .errors import UserError
 from .generation import GenerationEngine, build_requests, request_seed
+from .heads import MAX_TEMPERATURE
 from .losses import head_losses
 from .training import Features, HeadTrainer, TrainConfig, base_features, easy_drop_uniforms
 from .training_data import Example, encode_prompt_completion
@@ -104,8 +107,12 @@ def steer_report(
     per_condition: dict[str, dict[str, tuple[float, float]]] = {}
     for condition, command in commands.items():
         prompts = [with_command(d.prompt, command) for d in docs]
-        requests = build_requests(engine.tokenizer, prompts, strategy, n=1, seed=seed, prompt_ids=[d.doc_id for d in docs])
-        generations = engine.generate(requests, max_new_tokens=max_new_tokens or task.max_new_tokens, batch_size=batch_size, trace=True)
+        requests = build_requests(
+            engine.tokenizer, prompts, strategy, n=1, seed=seed, prompt_ids=[d.doc_id for d in docs]
+        )
+        generations = engine.generate(
+            requests, max_new_tokens=max_new_tokens or task.max_new_tokens, batch_size=batch_size, trace=True
+        )
         per_condition[condition] = {g.key[0]: (g.mean_temperature or 0.0, g.mean_top_p or 0.0) for g in generations}
     return summarise_conditions(per_condition)
 
@@ -116,7 +123,10 @@ def summarise_conditions(per_condition: dict[str, dict[str, tuple[float, float]]
     direction = {"low": -1, "high": 1}
 
     def consistency(k: int) -> dict:
-        return {c: sum(1 for i in ids if (per_condition[c][i][k] - per_condition["none"][i][k]) * s > 0) / len(ids) for c, s in direction.items()}
+        return {
+            c: sum(1 for i in ids if (per_condition[c][i][k] - per_condition["none"][i][k]) * s > 0) / len(ids)
+            for c, s in direction.items()
+        }
 
     return SteerReport(
         questions=len(ids),
@@ -149,7 +159,9 @@ def anchor_loss(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return torch.mean((current - reference.detach()) ** 2)
 
 
-def command_responses(trainer: HeadTrainer, heads, records: list[dict], rng: random.Random, max_new_tokens: int, batch_size: int = 16) -> list[list[str]]:
+def command_responses(
+    trainer: HeadTrainer, heads, records: list[dict], rng: random.Random, max_new_tokens: int, batch_size: int = 16
+) -> list[list[str]]:
     """Per record, what the model itself answers (autodeco decoding with the starting heads) to
     its prompt with one low- and one high-diversity command appended.
 
@@ -170,7 +182,9 @@ def command_responses(trainer: HeadTrainer, heads, records: list[dict], rng: ran
                 continue
             prompts = [with_command(records[i]["prompt"], commands[i][kind]) for i in chosen for kind in (0, 1)]
             prompt_ids = [(i, kind) for i in chosen for kind in (0, 1)]
-            requests = build_requests(engine.tokenizer, prompts, strategy, n=1, seed=trainer.config.seed, chat=chat, prompt_ids=prompt_ids)
+            requests = build_requests(
+                engine.tokenizer, prompts, strategy, n=1, seed=trainer.config.seed, chat=chat, prompt_ids=prompt_ids
+            )
             for generation in engine.generate(requests, max_new_tokens=max_new_tokens, batch_size=batch_size):
                 answers[generation.key[0]] = generation.text
     finally:
@@ -178,21 +192,25 @@ def command_responses(trainer: HeadTrainer, heads, records: list[dict], rng: ran
     return [[answers[i, 0], answers[i, 1]] for i in range(len(records))]
 
 
-def _steer_examples(trainer: HeadTrainer, records: list[dict], extra_responses: list[list[str]]) -> list[dict[tuple[int, str], list[Example]]]:
+def _steer_examples(
+    trainer: HeadTrainer, records: list[dict], extra_responses: list[list[str]]
+) -> list[dict[tuple[int, str], list[Example]]]:
     """Per record and response (0: the record's completion, then its command responses), the
     plain prompt and every command wording, all followed by that same response."""
     tokenizer = trainer.lm.tokenizer
+
+    def encode(index: int, prompt, command: str | None, response: str) -> Example:
+        ids, labels = encode_prompt_completion(tokenizer, with_command(prompt, command), response)
+        return Example(index, ids, labels)
+
     variants = []
     for index, (record, extra) in enumerate(zip(records, extra_responses)):
-        def encode(command, response):
-            ids, labels = encode_prompt_completion(tokenizer, with_command(record["prompt"], command), response)
-            return Example(index, ids, labels)
-
+        prompt = record["prompt"]
         by_response = {}
         for r, response in enumerate([record["completion"], *extra]):
-            by_response[r, "none"] = [encode(None, response)]
-            by_response[r, "low"] = [encode(c, response) for c in LOW_DIVERSITY_COMMANDS]
-            by_response[r, "high"] = [encode(c, response) for c in HIGH_DIVERSITY_COMMANDS]
+            by_response[r, "none"] = [encode(index, prompt, None, response)]
+            by_response[r, "low"] = [encode(index, prompt, c, response) for c in LOW_DIVERSITY_COMMANDS]
+            by_response[r, "high"] = [encode(index, prompt, c, response) for c in HIGH_DIVERSITY_COMMANDS]
         variants.append(by_response)
     return variants
 
@@ -210,106 +228,211 @@ class _SteerFeatures:
         self.trainer = trainer
         loss_tokens = sum(e.num_loss_tokens for v in variants for es in v.values() for e in es)
         size = loss_tokens * trainer.lm.hidden_size * 4
-        self.enabled = cache_hidden == "on" or (cache_hidden == "auto" and size <= STEER_CACHE_BYTES and not trainer.config.lora_r)
+        self.enabled = cache_hidden == "on" or (
+            cache_hidden == "auto" and size <= STEER_CACHE_BYTES and not trainer.config.lora_r
+        )
         self.stored: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, examples: list[Example], keys: list[tuple]) -> Features:
         trainer = self.trainer
         if not self.enabled:
-            return base_features(trainer.lm.model, examples, trainer.lm.tokenizer.pad_token_id, trainer.device, trainable_base=False)
+            return base_features(
+                trainer.lm.model, examples, trainer.lm.tokenizer.pad_token_id, trainer.device, trainable_base=False
+            )
         missing = [i for i, key in enumerate(keys) if key not in self.stored]
         if missing:
-            computed = base_features(trainer.lm.model, [examples[i] for i in missing], trainer.lm.tokenizer.pad_token_id, trainer.device, trainable_base=False)
-            for i, hidden, targets in zip(missing, computed.hidden.split(computed.counts), computed.targets.split(computed.counts)):
+            computed = base_features(
+                trainer.lm.model,
+                [examples[i] for i in missing],
+                trainer.lm.tokenizer.pad_token_id,
+                trainer.device,
+                trainable_base=False,
+            )
+            for i, hidden, targets in zip(
+                missing, computed.hidden.split(computed.counts), computed.targets.split(computed.counts)
+            ):
                 self.stored[keys[i]] = (hidden, targets)
         parts = [self.stored[key] for key in keys]
         return Features(torch.cat([h for h, _ in parts]), torch.cat([t for _, t in parts]), [len(t) for _, t in parts])
 
 
-def train_steering(config: TrainConfig, resume: bool = False, console=None) -> Path:
+@dataclass
+class SteerConfig:
+    """`train-heads --steer`'s own fields. Recipes and key=value overrides spell them
+    steer_margin, steer_ranking_weight and steer_anchor_weight (see `SteerRecipe`)."""
+
+    margin: float = 1.0  # ranking margin, in logit units of T̂/2 and P̂
+    ranking_weight: float = 1.0
+    anchor_weight: float = 1.0
+
+    def validate(self) -> None:
+        checks = {
+            "margin": self.margin > 0,
+            "ranking_weight": self.ranking_weight >= 0,
+            "anchor_weight": self.anchor_weight >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise UserError(
+                    f"config field steer_{name}={getattr(self, name)!r} is invalid",
+                    "see `autodeco train-heads --help` for allowed values",
+                )
+
+    def as_recipe(self) -> dict:
+        """The fields under their recipe names."""
+        return {f"steer_{name}": value for name, value in asdict(self).items()}
+
+
+@dataclass
+class SteerRecipe(TrainConfig):
+    """What `train-heads --steer` reads from one recipe (and its overrides): the training fields
+    plus the steer_* ones. Parsing both from one flat recipe keeps the documented keys working."""
+
+    steer_margin: float = SteerConfig.margin
+    steer_ranking_weight: float = SteerConfig.ranking_weight
+    steer_anchor_weight: float = SteerConfig.anchor_weight
+
+    def split(self) -> tuple[TrainConfig, SteerConfig]:
+        values = asdict(self)
+        steer = {name: values.pop(f"steer_{name}") for name in SteerConfig.__dataclass_fields__}
+        return TrainConfig(**values), SteerConfig(**steer)
+
+
+def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume: bool = False, console=None) -> Path:
     """A few steps of command-augmented training on top of `config.init_heads`.
 
-    Loss = head losses on the plain prompt + steer_ranking_weight x ranking (T̂ and P̂) +
-    steer_anchor_weight x anchor (T̂ and P̂), see the module docstring.
+    Loss = head losses on the plain prompt + steer.ranking_weight x ranking (T̂ and P̂) +
+    steer.anchor_weight x anchor (T̂ and P̂), see the module docstring.
     """
-    import copy
-
-    from .errors import UserError
-    from .heads import MAX_TEMPERATURE
-
     if not config.init_heads:
-        raise UserError("--steer trains on top of existing heads", "set init_heads=DIR (heads from a normal train-heads run)")
+        raise UserError(
+            "--steer trains on top of existing heads", "set init_heads=DIR (heads from a normal train-heads run)"
+        )
     if resume:
         raise UserError("--steer runs are short and do not checkpoint; re-run without --resume")
-    trainer = HeadTrainer(config)
+    steer = steer or SteerConfig()
+    steer.validate()
+    trainer = HeadTrainer(config).setup()
     reference_heads = copy.deepcopy(trainer.heads).eval().requires_grad_(False)
-    records = [json.loads(line) for line in Path(config.data).read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = [r for r in records if "prompt" in r and "completion" in r]
-    if config.limit:
-        records = records[: config.limit]
-    if not records:
-        raise UserError(f"{config.data}: no {{prompt, completion}} records to steer on", "use on-policy data from `autodeco make-data`")
+    records = _steer_records(config)
     rng = random.Random(config.seed)
-    response_budget = max(len(trainer.lm.tokenizer(r["completion"])["input_ids"]) for r in records) + 16
+    budget = max(len(trainer.lm.tokenizer(r["completion"])["input_ids"]) for r in records) + 16
     if console is not None:
-        console.print(f"steer: answering {2 * len(records)} command prompts with the starting heads (up to {response_budget} tokens each)")
-    extra = command_responses(trainer, reference_heads, records, rng, max_new_tokens=response_budget, batch_size=config.micro_batch_size)
-    variants = _steer_examples(trainer, records, extra)
-    responses_per_record = 1 + len(extra[0])
-    features_of = _SteerFeatures(trainer, variants, config.cache_hidden)
-    steps = config.max_steps or max(1, len(variants) // config.micro_batch_size)
-    device = trainer.device
-    lm_head = trainer.lm.model.get_output_embeddings()
-    margin = config.steer_margin
+        console.print(
+            f"steer: answering {2 * len(records)} command prompts with the starting heads (up to {budget} tokens each)"
+        )
+    extra = command_responses(
+        trainer, reference_heads, records, rng, max_new_tokens=budget, batch_size=config.micro_batch_size
+    )
+    loop = _SteerLoop(trainer, steer, reference_heads, _steer_examples(trainer, records, extra), rng)
+    steps = config.max_steps or max(1, len(records) // config.micro_batch_size)
     started = time.perf_counter()
     log = []
-
-    def predict(picks: list[tuple]):
-        """picks: (record, response, condition, wording) -> features, logits, T̂, P̂, examples."""
-        examples = [variants[r][response, condition][w] for r, response, condition, w in picks]
-        features = features_of(examples, picks)
-        with torch.no_grad():
-            logits = lm_head(features.hidden).float()
-        temperature, top_p = trainer.heads(features.hidden, logits)
-        return features, logits, temperature, top_p, examples
-
     for step in range(steps):
-        records_in_batch = [(step * config.micro_batch_size + i) % len(variants) for i in range(config.micro_batch_size)]
-        # the head losses learn from the records' own (scorer-accepted) completions, plain prompt
-        features, logits, temperature, top_p, examples = predict([(r, 0, "none", 0) for r in records_in_batch])
-        uniforms = easy_drop_uniforms(config.seed, request_seed(step), examples, features.counts).to(device)
-        losses = head_losses(logits, features.targets, temperature, top_p, uniforms, mode=config.mode, easy_drop_probability=config.easy_drop_probability, alpha=config.soft_top_p_alpha)
-        # the ranking compares the three prompts on one response, drawn from all of them
-        responses = [rng.randrange(responses_per_record) for _ in records_in_batch]
-        outputs = {}
-        for condition in CONDITIONS:
-            picks = [(r, response, condition, rng.randrange(len(variants[r][response, condition]))) for r, response in zip(records_in_batch, responses)]
-            outputs[condition] = predict(picks)
-        features, logits = outputs["none"][0], outputs["none"][1]
-        with torch.no_grad():
-            reference_t, reference_p = reference_heads(features.hidden, logits)
-        z = {c: (steering_logit(outputs[c][2], MAX_TEMPERATURE), steering_logit(outputs[c][3], 1.0)) for c in CONDITIONS}
-        z_reference = (steering_logit(reference_t, MAX_TEMPERATURE), steering_logit(reference_p, 1.0))
-        rank_t = ranking_loss(z_reference[0], z["low"][0], z["high"][0], margin)
-        rank_p = ranking_loss(z_reference[1], z["low"][1], z["high"][1], margin)
-        anchor = anchor_loss(z["none"][0], z_reference[0]) + anchor_loss(z["none"][1], z_reference[1])
-        total = losses["loss"] + config.steer_ranking_weight * (rank_t + rank_p) + config.steer_anchor_weight * anchor
-        trainer.optimizer.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(trainer.parameters, config.max_grad_norm)
-        trainer.optimizer.step()
-        entry = {"step": step + 1, "loss": float(losses["loss"].detach()), "rank_temperature": float(rank_t.detach()), "rank_top_p": float(rank_p.detach()), "anchor": float(anchor.detach())}
+        entry = loop.step(step)
         log.append(entry)
         if console is not None and (step + 1) % max(1, steps // 10) == 0:
             console.print(
-                f"steer step {step + 1}/{steps}: head loss {entry['loss']:.4f}, ranking T {entry['rank_temperature']:.4f}, "
-                f"p {entry['rank_top_p']:.4f}, anchor {entry['anchor']:.4f}"
+                f"steer step {step + 1}/{steps}: head loss {entry['loss']:.4f}, "
+                f"ranking T {entry['rank_temperature']:.4f}, p {entry['rank_top_p']:.4f}, anchor {entry['anchor']:.4f}"
             )
     output = Path(config.output_dir)
-    trainer.step = steps
-    trainer._save_heads(output)
+    trainer.save_heads(output, steps=steps, recipe={**asdict(config), **steer.as_recipe()})
     with (output / "steer_metrics.jsonl").open("w", encoding="utf-8") as handle:
         handle.write("".join(json.dumps(e) + "\n" for e in log))
     if console is not None:
         console.print(f"steered heads written to {output} ({steps} steps, {time.perf_counter() - started:.0f}s)")
     return output
+
+
+def _steer_records(config: TrainConfig) -> list[dict]:
+    records = [json.loads(line) for line in Path(config.data).read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [r for r in records if "prompt" in r and "completion" in r]
+    if config.limit:
+        records = records[: config.limit]
+    if not records:
+        raise UserError(
+            f"{config.data}: no {{prompt, completion}} records to steer on",
+            "use on-policy data from `autodeco make-data`",
+        )
+    return records
+
+
+class _SteerLoop:
+    """One optimizer step at a time: the head losses on the plain prompt, plus the ranking and
+    anchor losses across the three prompts (none, low, high) of one response per record."""
+
+    def __init__(self, trainer: HeadTrainer, steer: SteerConfig, reference_heads, variants, rng: random.Random):
+        self.trainer, self.steer, self.reference_heads, self.variants, self.rng = (
+            trainer,
+            steer,
+            reference_heads,
+            variants,
+            rng,
+        )
+        self.features_of = _SteerFeatures(trainer, variants, trainer.config.cache_hidden)
+        self.responses_per_record = len({response for response, _ in variants[0]})
+        self.lm_head = trainer.lm.model.get_output_embeddings()
+
+    def predict(self, picks: list[tuple]):
+        """picks: (record, response, condition, wording) -> features, logits, T̂, P̂, examples."""
+        examples = [self.variants[r][response, condition][w] for r, response, condition, w in picks]
+        features = self.features_of(examples, picks)
+        with torch.no_grad():
+            logits = self.lm_head(features.hidden).float()
+        temperature, top_p = self.trainer.heads(features.hidden, logits)
+        return features, logits, temperature, top_p, examples
+
+    def step(self, step: int) -> dict:
+        trainer, config = self.trainer, self.trainer.config
+        batch = [(step * config.micro_batch_size + i) % len(self.variants) for i in range(config.micro_batch_size)]
+        # the head losses learn from the records' own (scorer-accepted) completions, plain prompt
+        features, logits, temperature, top_p, examples = self.predict([(r, 0, "none", 0) for r in batch])
+        uniforms = easy_drop_uniforms(config.seed, request_seed(step), examples, features.counts).to(trainer.device)
+        losses = head_losses(
+            logits,
+            features.targets,
+            temperature,
+            top_p,
+            uniforms,
+            mode=config.mode,
+            easy_drop_probability=config.easy_drop_probability,
+            alpha=config.soft_top_p_alpha,
+        )
+        rank_t, rank_p, anchor = self._command_losses(batch)
+        total = losses["loss"] + self.steer.ranking_weight * (rank_t + rank_p) + self.steer.anchor_weight * anchor
+        trainer.optimizer.zero_grad()
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(trainer.parameters, config.max_grad_norm)
+        trainer.optimizer.step()
+        return {
+            "step": step + 1,
+            "loss": float(losses["loss"].detach()),
+            "rank_temperature": float(rank_t.detach()),
+            "rank_top_p": float(rank_p.detach()),
+            "anchor": float(anchor.detach()),
+        }
+
+    def _command_losses(self, batch: list[int]):
+        """Ranking (T̂, P̂) and anchor losses, on the logit scale, against the starting heads."""
+        # the ranking compares the three prompts on one response, drawn from all of them
+        responses = [self.rng.randrange(self.responses_per_record) for _ in batch]
+        outputs = {}
+        for condition in CONDITIONS:
+            picks = [
+                (r, response, condition, self.rng.randrange(len(self.variants[r][response, condition])))
+                for r, response in zip(batch, responses)
+            ]
+            outputs[condition] = self.predict(picks)
+        features, logits = outputs["none"][0], outputs["none"][1]
+        with torch.no_grad():
+            reference_t, reference_p = self.reference_heads(features.hidden, logits)
+        z = {
+            c: (steering_logit(outputs[c][2], MAX_TEMPERATURE), steering_logit(outputs[c][3], 1.0)) for c in CONDITIONS
+        }
+        z_reference = (steering_logit(reference_t, MAX_TEMPERATURE), steering_logit(reference_p, 1.0))
+        margin = self.steer.margin
+        rank_t = ranking_loss(z_reference[0], z["low"][0], z["high"][0], margin)
+        rank_p = ranking_loss(z_reference[1], z["low"][1], z["high"][1], margin)
+        anchor = anchor_loss(z["none"][0], z_reference[0]) + anchor_loss(z["none"][1], z_reference[1])
+        return rank_t, rank_p, anchor

@@ -33,7 +33,9 @@ def question_metric(results: dict, task: str) -> tuple[float, float | None, str]
     return m["pass@1"], m.get("pass@1_stderr"), metric_of(results, task)
 
 
-def comparison_rows(runs: dict[str, dict], task: str, reference: str = "oracle", baseline: str = "default", n_boot: int = 10_000) -> list[dict]:
+def comparison_rows(
+    runs: dict[str, dict], task: str, reference: str = "oracle", baseline: str = "default", n_boot: int = 10_000
+) -> list[dict]:
     """One row per named run, in the given order, with paired Δ vs `reference` and vs `baseline`."""
     rows = []
     for name, results in runs.items():
@@ -59,7 +61,9 @@ def comparison_rows(runs: dict[str, dict], task: str, reference: str = "oracle",
     return rows
 
 
-def autodeco_tests(runs: dict[str, dict], task: str, autodeco_names: list[str], n_boot: int = 10_000) -> dict[str, dict[str, dict]]:
+def autodeco_tests(
+    runs: dict[str, dict], task: str, autodeco_names: list[str], n_boot: int = 10_000
+) -> dict[str, dict[str, dict]]:
     """For each autodeco row, its paired test against every other row."""
     return {
         name: {other: paired(runs[name], runs[other], task, n_boot) for other in runs if other != name}
@@ -95,7 +99,9 @@ def _params(row: dict, settings: dict[str, str]) -> str:
     return settings.get(row["name"], row.get("decoding") or "")
 
 
-def rows_markdown(rows: list[dict], settings: dict[str, str] | None = None, reference: str = "oracle", baseline: str = "default") -> list[str]:
+def rows_markdown(
+    rows: list[dict], settings: dict[str, str] | None = None, reference: str = "oracle", baseline: str = "default"
+) -> list[str]:
     """The table as markdown lines: score ± SE, paired Δ vs the reference and vs the baseline."""
     metric = rows[0]["metric"] if rows else "score"
     lines = [
@@ -115,6 +121,9 @@ def verdict_lines(tests: dict[str, dict[str, dict]], task: str) -> list[str]:
     """'autodeco-X vs Y: better/worse/tied, Δ ± SE (CI)' for every pair, one line per autodeco row."""
     lines = []
     for name, against in tests.items():
-        parts = [f"{other} {verdict(t)} ({fmt(t['delta'], signed=True)} ± {fmt(t['se'])}, CI {fmt(t['ci'][0], signed=True)}, {fmt(t['ci'][1], signed=True)})" for other, t in against.items()]
+        parts = [
+            f"{other} {verdict(t)} ({fmt(t['delta'], signed=True)} ± {fmt(t['se'])}, CI {fmt(t['ci'][0], signed=True)}, {fmt(t['ci'][1], signed=True)})"
+            for other, t in against.items()
+        ]
         lines.append(f"- **{task}, {name}** vs " + "; ".join(parts) + ".")
     return lines

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -20,11 +21,14 @@ import torch
 from .errors import UserError
 from .generation import request_seed
 from .heads import AutoDecoHeads, HeadsConfig, load_heads
+from .io_checks import cut_partial_last_line
 from .losses import head_losses
 from .models import DEFAULT_MODEL, load_base_model
 from .training_data import IGNORE_INDEX, Example, load_examples
 
 CHECKPOINTS_DIR = "checkpoints"
+# what reading a truncated or damaged checkpoint raises (torch.load, safetensors, state dicts)
+CHECKPOINT_ERRORS = (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError, pickle.UnpicklingError, UserError)
 TRAINER_STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 ADAPTER_DIR = "adapter"
@@ -70,10 +74,6 @@ class TrainConfig:
     dtype: str | None = None
     threads: int | None = None
     max_steps: int | None = None  # stop early (smoke runs, benchmarks)
-    # train-heads --steer: ranking margin (logit units of T/2 and p), and loss weights
-    steer_margin: float = 1.0
-    steer_ranking_weight: float = 1.0
-    steer_anchor_weight: float = 1.0
 
     def validate(self) -> None:
         if not self.data:
@@ -90,9 +90,6 @@ class TrainConfig:
             "easy_drop_probability": 0.0 <= self.easy_drop_probability < 1.0,
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
             "lora_r": self.lora_r >= 0,
-            "steer_margin": self.steer_margin > 0,
-            "steer_ranking_weight": self.steer_ranking_weight >= 0,
-            "steer_anchor_weight": self.steer_anchor_weight >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -119,6 +116,13 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @classmethod
+    def from_launcher(cls) -> "Distributed":
+        """The rank and world size torchrun/accelerate announce (RANK, WORLD_SIZE), without joining
+        the process group: enough to know, before any model loads, which process writes."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(rank=int(os.environ.get("RANK", "0")), world_size=world) if world > 1 else cls()
 
     @classmethod
     def from_environment(cls, device: torch.device) -> "Distributed":
@@ -151,6 +155,16 @@ class Distributed:
 
 
 # ---- schedule -------------------------------------------------------------------------------
+
+
+def broken_file_reason(exc: BaseException, file: Path) -> str:
+    """'FILE: why' for a checkpoint file that could not be read (load_heads' errors name their own file)."""
+    if isinstance(exc, UserError):
+        return exc.message.rstrip(".")
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, EOFError) or not text:
+        return f"{file}: truncated or empty"
+    return f"{file}: {text[:100]}{'...' if len(text) > 100 else ''}"
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
@@ -209,7 +223,8 @@ def base_features(model, examples: list[Example], pad_id: int, device, trainable
 class HiddenStateCache:
     """Last hidden states of every loss position, computed once, reused by every epoch.
 
-    Stored as fp32 safetensors (exact: the heads see the same inputs as without the cache).
+    Stored as fp32 safetensors (exact: the heads see the same inputs as without the cache; a
+    bf16 base's states are bf16 values, kept under their own key).
     Logits are not cached: at V=49k they would be ~200 KB per token, while recomputing them
     from the cached state is one matmul.
     """
@@ -218,7 +233,7 @@ class HiddenStateCache:
         self.hidden, self.targets, self.offsets = hidden, targets, offsets
 
     @staticmethod
-    def key(config: TrainConfig, data_path: Path, num_examples: int) -> str:
+    def key(config: TrainConfig, data_path: Path, num_examples: int, dtype: torch.dtype = torch.float32) -> str:
         import hashlib
 
         digest = hashlib.sha256()
@@ -226,6 +241,8 @@ class HiddenStateCache:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         digest.update(json.dumps([config.model, config.adapter, config.max_length, config.overlong, config.limit, num_examples]).encode())
+        if dtype != torch.float32:  # a bf16 base computes other states (fp32 caches keep their old names)
+            digest.update(str(dtype).encode())
         return digest.hexdigest()[:16]
 
     @classmethod
@@ -286,17 +303,31 @@ class TrainResult:
 
 
 class HeadTrainer:
+    """torchtune-recipe style: `__init__` only checks the config and knows the paths, so listing
+    checkpoints and refusing to overwrite a run (`check_output_dir`) need no model; `setup()` loads
+    the model and data and builds the heads and optimizer; then `train()`."""
+
     def __init__(self, config: TrainConfig, console=None):
         config.validate()
         self.config = config
         self.console = console
+        self.output_dir = Path(config.output_dir)
+        # the launcher's rank, so a refusal can come before setup(); setup() joins the process group
+        self.dist = Distributed.from_launcher()
+        self.step = 0
+        self.cache: HiddenStateCache | None = None
+
+    def setup(self) -> "HeadTrainer":
+        """Load the base model (+ LoRA) and the data; build the heads, optimizer and LR schedule."""
+        config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
         self.lm = load_base_model(config.model, device=config.device, dtype=config.dtype, adapter=config.adapter)
         self.device = self.lm.device
         self.dist = Distributed.from_environment(self.device)
-        self.output_dir = Path(config.output_dir)
-        self.examples, report = load_examples(config.data, self.lm.tokenizer, max_length=config.max_length, overlong=config.overlong, limit=config.limit)
+        self.examples, report = load_examples(
+            config.data, self.lm.tokenizer, max_length=config.max_length, overlong=config.overlong, limit=config.limit
+        )
         self.data_report = asdict(report)
         self.heads = self._init_heads().to(self.device)
         self.lora_model = self._init_lora() if config.lora_r else None
@@ -308,9 +339,9 @@ class HeadTrainer:
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         warmup = int(round(config.warmup_ratio * self.total_steps))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config.schedule, warmup, self.total_steps))
-        self.step = 0
-        self.cache: HiddenStateCache | None = None
+        schedule = lr_lambda(config.schedule, warmup, self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        return self
 
     # -- set-up --
 
@@ -359,6 +390,19 @@ class HeadTrainer:
         found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / TRAINER_STATE_FILE).is_file()]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
+    def check_output_dir(self, resume: bool) -> None:
+        """Refuse to train over an earlier run's checkpoints unless resuming (needs no model)."""
+        if not resume and self.dist.is_main and self.checkpoint_dirs():
+            raise UserError(
+                f"{self.output_dir} already holds checkpoints",
+                "pass --resume to continue that run, or choose another output_dir",
+            )
+
+    def prune_checkpoints(self) -> None:
+        """Delete all but the newest `keep_checkpoints` complete checkpoints."""
+        for old in self.checkpoint_dirs()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
     def save_checkpoint(self) -> Path | None:
         if not self.dist.is_main:
             return None
@@ -366,7 +410,7 @@ class HeadTrainer:
         final = root / f"step-{self.step}"
         staging = root / f".step-{self.step}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        self._save_heads(staging)
+        self.save_heads(staging)
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
@@ -377,16 +421,37 @@ class HeadTrainer:
         torch.save(state, staging / TRAINER_STATE_FILE)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
-        for old in self.checkpoint_dirs()[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        self.prune_checkpoints()
         return final
 
     def resume(self) -> int:
-        """Load the latest checkpoint; returns the step it was taken at (0 if none)."""
+        """Load the latest complete checkpoint; returns the step it was taken at (0 if none).
+
+        A broken one (say a truncated trainer_state.pt) is skipped, with a warning, for the one
+        before it; if none is left the error names the broken file.
+        """
         checkpoints = self.checkpoint_dirs()
-        if not checkpoints:
-            return 0
-        latest = checkpoints[-1]
+        for index in range(len(checkpoints) - 1, -1, -1):
+            folder = checkpoints[index]
+            try:
+                return self._load_checkpoint(folder)
+            except CHECKPOINT_ERRORS as exc:
+                reason = broken_file_reason(exc, folder / TRAINER_STATE_FILE)
+                if index == 0:
+                    raise UserError(
+                        f"checkpoint {folder} is broken ({reason}) and no earlier complete checkpoint is left",
+                        f"delete {folder} to resume from step 0, or train into another output_dir",
+                    ) from None
+                from .consoles import err_console
+
+                (self.console or err_console).print(
+                    f"[yellow]warning:[/] checkpoint {folder.name} is broken ({reason}); "
+                    f"resuming from {checkpoints[index - 1].name} instead",
+                    highlight=False,
+                )
+        return 0
+
+    def _load_checkpoint(self, latest: Path) -> int:
         # weights_only: optimizer/scheduler state is tensors and plain containers; nothing is unpickled as code
         state = torch.load(latest / TRAINER_STATE_FILE, weights_only=True)
         self.heads.load_state_dict(load_heads(latest).state_dict())
@@ -401,12 +466,16 @@ class HeadTrainer:
         self.step = int(state["step"])
         return self.step
 
-    def _save_heads(self, directory: Path) -> None:
+    def save_heads(self, directory: Path, *, steps: int | None = None, recipe: dict | None = None) -> None:
+        """The heads (and LoRA adapter) with their provenance. `steps` defaults to the trainer's
+        step count and `recipe` (the fields recorded as the run's config) to its TrainConfig: a run
+        with its own loop and fields on top, such as steering, records those instead."""
+        recipe = asdict(self.config) if recipe is None else recipe
         self.heads.config.provenance = {
             "trained_with": "autodeco train-heads",
-            "config": {k: v for k, v in asdict(self.config).items() if k not in ("device", "threads")},
+            "config": {k: v for k, v in recipe.items() if k not in ("device", "threads")},
             "data": self.data_report,
-            "steps": self.step,
+            "steps": self.step if steps is None else steps,
         }
         self.heads.save(directory)
         if self.lora_model is not None:
@@ -461,16 +530,19 @@ class HeadTrainer:
         return totals
 
     def train(self, resume: bool = False, on_step=None) -> TrainResult:
+        if not hasattr(self, "lm"):
+            raise RuntimeError("HeadTrainer.setup() must run before train()")
         c = self.config
+        self.check_output_dir(resume)
         if resume:
             self.resume()
-        elif self.dist.is_main and self.checkpoint_dirs():
-            raise UserError(f"{self.output_dir} already holds checkpoints", "pass --resume to continue that run, or choose another output_dir")
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         if c.use_cache:
             self._prepare_cache()
         metrics_path = self.output_dir / METRICS_FILE
+        if self.dist.is_main:
+            cut_partial_last_line(metrics_path)  # a crash mid-write must not glue the next record onto it
         started = time.perf_counter()
         tokens_total = 0
         last: dict = {}
@@ -514,14 +586,14 @@ class HeadTrainer:
         seconds = time.perf_counter() - started
         self.save_checkpoint()
         if self.dist.is_main:
-            self._save_heads(self.output_dir)
+            self.save_heads(self.output_dir)
         self.dist.barrier()
         return TrainResult(self.output_dir, self.step, tokens_total, seconds, last, self.data_report)
 
     def _prepare_cache(self) -> None:
         c = self.config
         cache_dir = Path(c.cache_dir) if c.cache_dir else self.output_dir / "hidden_cache"
-        path = cache_dir / f"hidden-{HiddenStateCache.key(c, Path(c.data), len(self.examples))}.safetensors"
+        path = cache_dir / f"hidden-{HiddenStateCache.key(c, Path(c.data), len(self.examples), self.lm.model.dtype)}.safetensors"
         if self.dist.is_main:
             self.cache = HiddenStateCache.build_or_load(path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size)
         self.dist.barrier()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .io_checks import iter_text_lines
 
 IGNORE_INDEX = -100
 
@@ -127,33 +128,33 @@ def load_examples(path: str | Path, tokenizer, *, max_length: int = 2048, overlo
     if overlong not in ("truncate", "drop"):
         raise UserError(f"overlong={overlong!r} is not a policy", "use truncate or drop")
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"training data not found: {path}", "build it with `autodeco make-data` or pass a JSONL of {prompt, completion}")
     examples: list[Example] = []
     truncated = dropped = 0
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+    # decoded line by line: a binary file fails naming its line, and a large file stays on disk
+    for number, line in iter_text_lines(path, "training data"):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "one JSON object per line") from None
+        input_ids, labels = parse_line(tokenizer, record, where)
+        if len(input_ids) > max_length:
+            if overlong == "drop":
+                dropped += 1
                 continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "one JSON object per line") from None
-            input_ids, labels = parse_line(tokenizer, record, where)
-            if len(input_ids) > max_length:
-                if overlong == "drop":
-                    dropped += 1
-                    continue
-                input_ids, labels = input_ids[:max_length], labels[:max_length]
-                truncated += 1
-            example = Example(len(examples), input_ids, labels)
-            if example.num_loss_tokens == 0:
-                dropped += 1  # the prompt alone filled the length budget
-                continue
-            examples.append(example)
-            if limit is not None and len(examples) >= limit:
-                break
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+            truncated += 1
+        example = Example(len(examples), input_ids, labels)
+        if example.num_loss_tokens == 0:
+            dropped += 1  # the prompt alone filled the length budget
+            continue
+        examples.append(example)
+        if limit is not None and len(examples) >= limit:
+            break
     if not examples:
         raise UserError(f"{path}: no usable training examples", "check the file has completions within max_length")
     report = DatasetReport(

@@ -37,8 +37,26 @@ class WhereItWinsConfig:
         {"tasks": "rand", "temperature": 1.0, "top_p": 0.8, "k": 8, "limit": 200},
         {"tasks": "arith-add,arith-mul", "temperature": 0.1, "top_p": 1.0, "k": 4, "limit": 200},
     ])  # fmt: skip
-    mle: dict = field(default_factory=lambda: {"learning_rate": 1e-3, "epochs": 3, "micro_batch_size": 16, "gradient_accumulation": 2, "max_length": 256})
-    reward: dict = field(default_factory=lambda: {"tasks": "arith-add,arith-mul,rand", "steps": 30, "prompts_per_step": 8, "group_size": 8, "learning_rate": 3e-4, "validation_limit": 40, "validate_every": 10})
+    mle: dict = field(
+        default_factory=lambda: {
+            "learning_rate": 1e-3,
+            "epochs": 3,
+            "micro_batch_size": 16,
+            "gradient_accumulation": 2,
+            "max_length": 256,
+        }
+    )
+    reward: dict = field(
+        default_factory=lambda: {
+            "tasks": "arith-add,arith-mul,rand",
+            "steps": 30,
+            "prompts_per_step": 8,
+            "group_size": 8,
+            "learning_rate": 3e-4,
+            "validation_limit": 40,
+            "validate_every": 10,
+        }
+    )
     # evaluation: one entry per benchmark (k samples per question, test questions); an entry may
     # set its own static grid (temperatures, top_ps) and adaptive grids, else these defaults apply
     benchmarks: list = field(default_factory=lambda: [
@@ -59,7 +77,9 @@ class WhereItWinsConfig:
     heatmaps: list = field(default_factory=lambda: ["rand-times", "rand-letter"])
     # held-out wordings: task -> the benchmark whose wording the heads were trained on. Rows: greedy,
     # that benchmark's oracle cell carried over, the chosen heads and their mean-shift.
-    transfer: dict = field(default_factory=lambda: {"rand-times-reworded": "rand-times", "rand-letter-reworded": "rand-letter"})
+    transfer: dict = field(
+        default_factory=lambda: {"rand-times-reworded": "rand-times", "rand-letter-reworded": "rand-letter"}
+    )
     transfer_limit: int = 100
     ship_to: str | None = None  # copy the chosen heads here (the package's default heads)
 
@@ -92,7 +112,9 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
     for name, original in config.transfer.items():
         if original in tables:
             with clock.stage(f"transfer {name}"):
-                transfer[name] = _evaluate_transfer(lm, config, name, tables[original], chosen, heads[chosen], work / "eval" / name)
+                transfer[name] = _evaluate_transfer(
+                    lm, config, name, tables[original], chosen, heads[chosen], work / "eval" / name
+                )
     report_path = Path(config.report)
     with clock.stage("figures"):
         figures = _figures(lm, config, heads[chosen], tables, report_path.parent / config.figures_dir)
@@ -124,7 +146,16 @@ def _make_data(lm, config: WhereItWinsConfig, work: Path) -> tuple[Path, list[di
             path = work / f"data-{index}.jsonl"
             strategy = make_strategy(spec.get("decoding", "static"), spec.get("temperature"), spec.get("top_p"))
             # (its report counts this invocation only; the kept counts are read back from the file)
-            make_on_policy_data(engine, spec["tasks"], path, strategy, k=int(spec["k"]), limit=spec.get("limit"), batch_size=config.batch_size, seed=0)
+            make_on_policy_data(
+                engine,
+                spec["tasks"],
+                path,
+                strategy,
+                k=int(spec["k"]),
+                limit=spec.get("limit"),
+                batch_size=config.batch_size,
+                seed=0,
+            )
             reports.append({**spec, "kept_per_task": _kept_per_task(path)})
             parts.append(path.read_text(encoding="utf-8"))
     finally:
@@ -155,8 +186,17 @@ def _train_mle(config: WhereItWinsConfig, data_path: Path, out: Path) -> Path:
     if (out / "autodeco_heads.safetensors").is_file():
         return out
     overrides = as_overrides(config.mle)
-    train_config = build_config(TrainConfig, None, overrides, data=str(data_path), output_dir=str(out), model=config.model, save_every=10, threads=config.threads)
-    trainer = HeadTrainer(train_config)
+    train_config = build_config(
+        TrainConfig,
+        None,
+        overrides,
+        data=str(data_path),
+        output_dir=str(out),
+        model=config.model,
+        save_every=10,
+        threads=config.threads,
+    )
+    trainer = HeadTrainer(train_config).setup()
     trainer.train(resume=bool(trainer.checkpoint_dirs()))
     return out
 
@@ -167,7 +207,15 @@ def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple
 
     if not (out / LAST_DIR / "autodeco_heads.safetensors").is_file():
         overrides = as_overrides(config.reward)
-        reward_config = build_config(RewardConfig, None, overrides, init_heads=str(init), output_dir=str(out), model=config.model, batch_size=config.batch_size)
+        reward_config = build_config(
+            RewardConfig,
+            None,
+            overrides,
+            init_heads=str(init),
+            output_dir=str(out),
+            model=config.model,
+            batch_size=config.batch_size,
+        )
         trainer = RewardTrainer(reward_config).setup(lm=lm)
         trainer.train(resume=(out / "checkpoint").is_dir())
     lines = (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()
@@ -202,37 +250,65 @@ def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[s
     plain = GenerationEngine(lm)
     try:
         temperatures, top_ps = spec.get("temperatures", config.temperatures), spec.get("top_ps", config.top_ps)
-        grid = run_grid(plain, name, mode="full", temperatures=temperatures, top_ps=top_ps, out_dir=out / "base", log=log, **common)
+        grid = run_grid(
+            plain, name, mode="full", temperatures=temperatures, top_ps=top_ps, out_dir=out / "base", log=log, **common
+        )
         oracle = make_strategy("static", grid["oracle"]["temperature"], grid["oracle"]["top_p"])
-        settings["oracle"] = f"T {oracle.temperature:g}, p {oracle.top_p:g} (best of {len(grid['cells'])} cells, on test)"
+        settings["oracle"] = (
+            f"T {oracle.temperature:g}, p {oracle.top_p:g} (best of {len(grid['cells'])} cells, on test)"
+        )
         fixed = {"greedy": make_strategy("greedy"), "default": make_strategy("static", 1.0, 1.0), "oracle": oracle}
         for family, family_grid in spec.get("adaptive", config.adaptive).items():
-            fixed[family], chosen_on = _select_adaptive(plain, name, family, family_grid, out / f"select-{family}", config, common, log)
+            fixed[family], chosen_on = _select_adaptive(
+                plain, name, family, family_grid, out / f"select-{family}", config, common, log
+            )
             settings[family] = f"{fixed[family].label} ({chosen_on})"
     finally:
         plain.close()
-    results = _run(lm, name, list(fixed.values()), out / "base", common)  # the grid's cells are read back, not regenerated
+    results = _run(
+        lm, name, list(fixed.values()), out / "base", common
+    )  # the grid's cells are read back, not regenerated
     runs.update({row: results[strategy.label] for row, strategy in fixed.items()})
     for label, folder in heads.items():
         strategies = [make_strategy("autodeco")]
         if label == "autodeco-MLE":
-            strategies += [make_strategy("autodeco", active_heads="temperature"), make_strategy("autodeco", active_heads="top_p")]
+            strategies += [
+                make_strategy("autodeco", active_heads="temperature"),
+                make_strategy("autodeco", active_heads="top_p"),
+            ]
         results = _run(lm, name, strategies, out / label, common, heads_dir=folder)
         runs[label] = results[strategies[0].label]
         if label == "autodeco-MLE":
-            runs["autodeco-MLE T̂-only"], runs["autodeco-MLE P̂-only"] = results[strategies[1].label], results[strategies[2].label]
+            runs["autodeco-MLE T̂-only"], runs["autodeco-MLE P̂-only"] = (
+                results[strategies[1].label],
+                results[strategies[2].label],
+            )
         # beside its heads' runs: two heads can have the same mean (and so the same folder name)
         shift, runs[f"mean-shift of {label}"] = _mean_shift(lm, name, runs[label], out / label, common)
         settings[f"mean-shift of {label}"] = f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"
     tests = autodeco_tests(runs, name, [n for n in heads if n in runs])
     for label, against in tests.items():  # its own ablations and the other heads' mean-shift answer other questions
-        tests[label] = {o: t for o, t in against.items() if "-only" not in o and not (o.startswith("mean-shift") and not o.endswith(label))}
-    table = {"benchmark": name, "k": k, "limit": limit, "rows": comparison_rows(runs, name), "tests": tests, "settings": settings, "grid": str(out / "base" / "grid.json")}
+        tests[label] = {
+            o: t
+            for o, t in against.items()
+            if "-only" not in o and not (o.startswith("mean-shift") and not o.endswith(label))
+        }
+    table = {
+        "benchmark": name,
+        "k": k,
+        "limit": limit,
+        "rows": comparison_rows(runs, name),
+        "tests": tests,
+        "settings": settings,
+        "grid": str(out / "base" / "grid.json"),
+    }
     (out / "where_it_wins.json").write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return table
 
 
-def _evaluate_transfer(lm, config: WhereItWinsConfig, name: str, original: dict, chosen: str, heads_dir: Path, out: Path) -> dict:
+def _evaluate_transfer(
+    lm, config: WhereItWinsConfig, name: str, original: dict, chosen: str, heads_dir: Path, out: Path
+) -> dict:
     """Do the chosen heads carry over to a wording they never saw? Against the static cell that
     was best on the original wording's test questions (carried over: no search on this task)."""
     from .decoding import make_strategy
@@ -245,7 +321,12 @@ def _evaluate_transfer(lm, config: WhereItWinsConfig, name: str, original: dict,
     auto = next(iter(_run(lm, name, [make_strategy("autodeco")], out / chosen, common, heads_dir=heads_dir).values()))
     shift, shift_results = _mean_shift(lm, name, auto, out / chosen, common)
     carried = f"oracle of {original['benchmark']}"
-    runs = {"greedy": base[greedy.label], carried: base[static.label], chosen: auto, f"mean-shift of {chosen}": shift_results}
+    runs = {
+        "greedy": base[greedy.label],
+        carried: base[static.label],
+        chosen: auto,
+        f"mean-shift of {chosen}": shift_results,
+    }
     return {
         "benchmark": name, "k": original["k"], "limit": config.transfer_limit, "rows": comparison_rows(runs, name, reference=carried, baseline="greedy"),
         "tests": autodeco_tests(runs, name, [chosen]), "settings": {carried: f"T {static.temperature:g}, p {static.top_p:g}", f"mean-shift of {chosen}": f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"},
@@ -261,7 +342,14 @@ def _run(lm, name: str, strategies: list, out_dir: Path, common: dict, heads_dir
     heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size) if heads_dir else None
     engine = GenerationEngine(lm, heads)
     try:
-        return run_eval(engine, name, strategies, out_dir=out_dir, run_info={"heads": str(heads_dir)} if heads_dir else None, **common)
+        return run_eval(
+            engine,
+            name,
+            strategies,
+            out_dir=out_dir,
+            run_info={"heads": str(heads_dir)} if heads_dir else None,
+            **common,
+        )
     finally:
         engine.close()
 
@@ -275,7 +363,9 @@ def _mean_shift(lm, name: str, autodeco_results: dict, out_dir: Path, common: di
     return shift, _run(lm, name, [shift], out_dir, common)[shift.label]
 
 
-def _select_adaptive(engine, name: str, family: str, spec: dict, out: Path, config: WhereItWinsConfig, common: dict, log):
+def _select_adaptive(
+    engine, name: str, family: str, spec: dict, out: Path, config: WhereItWinsConfig, common: dict, log
+):
     """The family's best grid cell on `selection_limit` validation questions (never on test)."""
     from .grid import run_grid
     from .grid_families import cell_from_record
@@ -285,20 +375,22 @@ def _select_adaptive(engine, name: str, family: str, spec: dict, out: Path, conf
         seeds=[0], limit=config.selection_limit, batch_size=config.batch_size, out_dir=out, split="validation", log=log, plot=False,
     )  # fmt: skip
     strategy = cell_from_record(grid, grid["oracle"]).strategy
-    return strategy, f"best of {len(spec['temperatures']) * len(spec['values'])} cells on {config.selection_limit} validation questions"
+    return (
+        strategy,
+        f"best of {len(spec['temperatures']) * len(spec['values'])} cells on {config.selection_limit} validation questions",
+    )
 
 
 # ---- figures --------------------------------------------------------------------------------
 
 
 def _figures(lm, config: WhereItWinsConfig, heads_dir: Path, tables: dict, folder: Path) -> dict[str, Path]:
-    from .benchmarks.registry import get_task
+    from .benchmarks.registry import get_task, task_chat, task_stop
     from .decoding import make_strategy
     from .generation import GenerationEngine, Request, encode_prompt, request_seed
     from .grid import load_grid, plot_grid
     from .heads import load_heads
     from .plots import plot_token_trace
-    from .benchmarks.registry import task_chat, task_stop
 
     files: dict[str, Path] = {}
     engine = GenerationEngine(lm, load_heads(heads_dir, expected_hidden_size=lm.hidden_size))
@@ -307,10 +399,16 @@ def _figures(lm, config: WhereItWinsConfig, heads_dir: Path, tables: dict, folde
             task = get_task(spec["name"])
             doc = task.load_docs(split="test", limit=1)[0]
             ids = encode_prompt(lm.tokenizer, doc.prompt, task_chat(task, True))
-            request = Request(key=0, input_ids=ids, strategy=make_strategy("autodeco"), seed=request_seed(0, "trace", doc.doc_id))
-            (generation,) = engine.generate([request], max_new_tokens=task.max_new_tokens, stop=task_stop(task), trace=True)
+            request = Request(
+                key=0, input_ids=ids, strategy=make_strategy("autodeco"), seed=request_seed(0, "trace", doc.doc_id)
+            )
+            (generation,) = engine.generate(
+                [request], max_new_tokens=task.max_new_tokens, stop=task_stop(task), trace=True
+            )
             title = f"{spec['name']}, first test question: T̂ and P̂ per generated token"
-            files[f"trace {spec['name']}"] = plot_token_trace(generation.trace, folder / f"trace_{spec['name']}.png", title=title)
+            files[f"trace {spec['name']}"] = plot_token_trace(
+                generation.trace, folder / f"trace_{spec['name']}.png", title=title
+            )
     finally:
         engine.close()
     for name in config.heatmaps:

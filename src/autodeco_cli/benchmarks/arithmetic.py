@@ -54,7 +54,9 @@ def problem_space(op: str) -> list[Problem]:
     raise UserError(f"Unknown arithmetic operation {op!r}", f"use one of {', '.join(OPERATIONS)}")
 
 
-def split_pools(op: str, split_seed: int, test_fraction: float, validation_size: int = 0) -> tuple[list[Problem], list[Problem], list[Problem]]:
+def split_pools(
+    op: str, split_seed: int, test_fraction: float, validation_size: int = 0
+) -> tuple[list[Problem], list[Problem], list[Problem]]:
     """(test pool, validation pool, train pool): a seeded partition of the problem space."""
     if not 0.0 < test_fraction < 1.0:
         raise UserError(f"test_fraction must be between 0 and 1, got {test_fraction}")
@@ -67,7 +69,9 @@ def split_pools(op: str, split_seed: int, test_fraction: float, validation_size:
     return space[:n_test], rest[:validation_size], rest[validation_size:]
 
 
-def eval_problems(op: str, n: int, split_seed: int, test_fraction: float, validation_size: int = 0, split: str = "test") -> list[Problem]:
+def eval_problems(
+    op: str, n: int, split_seed: int, test_fraction: float, validation_size: int = 0, split: str = "test"
+) -> list[Problem]:
     """The first `n` problems of the test (or validation) pool; asking for more than the pool
     holds is an error, since repeats would silently weight some items twice."""
     test, validation, _ = split_pools(op, split_seed, test_fraction, validation_size)
@@ -77,7 +81,9 @@ def eval_problems(op: str, n: int, split_seed: int, test_fraction: float, valida
     return pool[:n]
 
 
-def train_stream(op: str, split_seed: int, test_fraction: float, train_seed: int, validation_size: int = 0) -> Iterator[Problem]:
+def train_stream(
+    op: str, split_seed: int, test_fraction: float, train_seed: int, validation_size: int = 0
+) -> Iterator[Problem]:
     """An endless stream of train problems: the train pool reshuffled every epoch.
 
     On-policy data making may want more items than the pool holds; repeats across epochs
@@ -91,7 +97,9 @@ def train_stream(op: str, split_seed: int, test_fraction: float, train_seed: int
         yield from epoch
 
 
-def train_problems(op: str, n: int | None, split_seed: int, test_fraction: float, train_seed: int, validation_size: int = 0) -> list[Problem]:
+def train_problems(
+    op: str, n: int | None, split_seed: int, test_fraction: float, train_seed: int, validation_size: int = 0
+) -> list[Problem]:
     """`n` train problems, or one epoch of the pool when `n` is None."""
     if n is None:
         n = len(split_pools(op, split_seed, test_fraction, validation_size)[2])

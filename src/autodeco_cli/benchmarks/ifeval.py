@@ -37,6 +37,10 @@ from autodeco_cli.errors import UserError
 
 INSTALL_HINT = "pip install 'autodeco-cli[ifeval]' && pip install --no-deps lm-eval==0.4.13"
 AFFECTED_BY_FALLBACK = ("length_constraints:number_sentences", "change_case:capital_word_frequency")
+# The per-sample counts `score_ifeval` records, which `aggregate_metrics` turns into accuracies.
+METRIC_KEYS = (
+    "prompt_strict", "prompt_loose", "inst_strict_correct", "inst_strict_total", "inst_loose_correct", "inst_loose_total",
+)  # fmt: skip
 
 # Common English abbreviations that end in a period but rarely end a sentence. Punkt stores
 # them lowercased, without the final period.
@@ -57,7 +61,9 @@ def sentence_splitter() -> str:
 
 
 def _require_dependencies() -> None:
-    missing = [name for name in ("lm_eval", "nltk", "langdetect", "immutabledict") if importlib.util.find_spec(name) is None]
+    missing = [
+        name for name in ("lm_eval", "nltk", "langdetect", "immutabledict") if importlib.util.find_spec(name) is None
+    ]
     if missing:
         raise UserError(f"IFEval scoring needs {', '.join(missing)}", INSTALL_HINT)
 
@@ -162,3 +168,18 @@ def score_ifeval(doc: Doc, text: str) -> Score:
         "inst_loose_total": float(len(loose.follow_instruction_list)),
     }
     return Score(bool(strict.follow_all_instructions), f"{n_strict}/{n_total}", metrics)
+
+
+def aggregate_metrics(samples: list[dict[str, float]]) -> dict[str, float]:
+    """lm-eval's four IFEval accuracies from per-sample counts: prompt-level ones average over
+    samples, instruction-level ones pool the instructions of every sample."""
+
+    def total(key: str) -> float:
+        return sum(m.get(key, 0.0) for m in samples)
+
+    return {
+        "prompt_level_strict_acc": total("prompt_strict") / len(samples),
+        "prompt_level_loose_acc": total("prompt_loose") / len(samples),
+        "inst_level_strict_acc": total("inst_strict_correct") / max(total("inst_strict_total"), 1.0),
+        "inst_level_loose_acc": total("inst_loose_correct") / max(total("inst_loose_total"), 1.0),
+    }

@@ -112,7 +112,9 @@ def questions(template: str, split: str, n: int, cfg: dict[str, Any]) -> list[Qu
         if q.key not in seen and split_of(q, int(cfg["split_seed"]), fractions) == split:
             seen.add(q.key)
             out.append(q)
-    raise UserError(f"random_choice {template}: could not draw {n} distinct {split} questions", "ask for fewer (--limit)")
+    raise UserError(
+        f"random_choice {template}: could not draw {n} distinct {split} questions", "ask for fewer (--limit)"
+    )
 
 
 def shots(question: Question, index_seed: str, cfg: dict[str, Any]) -> str:
@@ -120,7 +122,9 @@ def shots(question: Question, index_seed: str, cfg: dict[str, Any]) -> str:
     rng = random.Random(index_seed)
     examples = questions(question.template, "train", 64, cfg)
     wording = cfg.get("instruction")
-    return "\n".join(f"{e.instruction(wording)}\n{e.answer(rng.choice(e.choices))}\n" for e in rng.sample(examples, N_EXAMPLES))
+    return "\n".join(
+        f"{e.instruction(wording)}\n{e.answer(rng.choice(e.choices))}\n" for e in rng.sample(examples, N_EXAMPLES)
+    )
 
 
 def docs(task_name: str, prompt: str, split: str, n: int, cfg: dict[str, Any]) -> list[Doc]:

@@ -1,24 +1,36 @@
 """Task registry: one YAML definition per task in `evals/`, lm-evaluation-harness style.
 
 A definition names its data files (relative to the data dir, with sha256 and public source),
-the record fields to read, the prompt template, the doc builder and the scorer. See
-`evals/README.md` for the schema. The evals folder is $AUTODECO_EVALS_DIR, else `evals/` at
-the repository root.
+the record fields to read, the prompt template, the doc builder and the scorer, and, like
+lm-eval, what the runner must do differently for it (`aggregation`, `voting`, `label`: see
+`aggregate_metrics`, `task_voting`, `task_label`), so the runner never names a task. See
+`evals/README.md` for the schema. The evals folder is $AUTODECO_EVALS_DIR, else the shipped
+`evals/` (see `autodeco_cli.bundled`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import yaml
 
-from autodeco_cli.benchmarks import aggregation, arithmetic, random_choice
-from autodeco_cli.benchmarks.data import DataFile, as_list, get_field, locate, read_records, resolve_data_dir, verify_file
+from autodeco_cli.benchmarks import aggregation, arithmetic, ifeval, random_choice
+from autodeco_cli.benchmarks.data import (
+    DataFile,
+    as_list,
+    get_field,
+    locate,
+    read_records,
+    resolve_data_dir,
+    verify_file,
+)
 from autodeco_cli.benchmarks.scoring import SCORERS, get_scorer, gsm8k_gold, option_letters
 from autodeco_cli.benchmarks.types import Doc, Score
 from autodeco_cli.errors import UserError
@@ -26,14 +38,27 @@ from autodeco_cli.errors import UserError
 EVALS_DIR_ENV = "AUTODECO_EVALS_DIR"
 _REQUIRED_KEYS = ("name", "description", "builder", "scorer", "max_new_tokens", "prompt", "splits")
 # Builder-specific settings; anything else in a definition is most likely a typo.
-_OPTION_KEYS = ("groups", "shuffle_seed", "subsample_seed", "arithmetic", "prompt_without_starter", "random_choice", "question_metric", "chat", "stop")
+_OPTION_KEYS = (
+    "groups", "shuffle_seed", "subsample_seed", "arithmetic", "prompt_without_starter", "random_choice",
+    "question_metric", "chat", "stop", "aggregation", "voting", "label",
+)  # fmt: skip
+# Keys that only say how to report a task's samples, never how they are made or scored: left
+# out of its version (`task_version`), so declaring one never orphans finished samples.
+REPORT_KEYS = ("aggregation", "voting", "label")
+# Aggregations of per-sample secondary metrics a task may declare (`aggregation:`): the
+# per-sample keys each consumes, and the function that turns them into task metrics.
+AGGREGATIONS: dict[str, tuple[tuple[str, ...], Callable[[list[dict[str, float]]], dict[str, float]]]] = {
+    "ifeval": (ifeval.METRIC_KEYS, ifeval.aggregate_metrics),
+}
 
 
 def evals_dir() -> Path:
     env = os.environ.get(EVALS_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "evals"
+    from autodeco_cli.bundled import bundled_dir
+
+    return bundled_dir("evals")
 
 
 # ---------------------------------------------------------------------------
@@ -107,6 +132,62 @@ def task_stop(task: Any) -> list[str] | None:
     return (getattr(task, "options", None) or {}).get("stop") or None
 
 
+def task_voting(task: Any) -> bool:
+    """Whether maj@k applies: `voting: false` for tasks whose extracted answers are summaries
+    (IFEval's "3/4 instructions") or programs, not votes."""
+    return bool((getattr(task, "options", None) or {}).get("voting", True))
+
+
+def task_label(task: Any) -> str | None:
+    """A caveat the task wants next to every number it reports (`label:`), e.g. LiveCodeBench's
+    public-tests-only stand-in."""
+    return (getattr(task, "options", None) or {}).get("label")
+
+
+def aggregate_metrics(task: Any, samples: list[dict[str, float]]) -> dict[str, float]:
+    """A task's secondary metrics from its samples' `Score.metrics`: its declared
+    `aggregation` first (when every key it consumes is there), then a plain mean of each other key."""
+    name = (getattr(task, "options", None) or {}).get("aggregation")
+    present = {key for metrics in samples for key in metrics}
+    out: dict[str, float] = {}
+    if name is not None:
+        keys, aggregate = AGGREGATIONS[name]
+        if present.issuperset(keys):
+            out = aggregate(samples)
+            present -= set(keys)
+    for key in sorted(present):
+        values = [float(metrics[key]) for metrics in samples if key in metrics]
+        out[key] = float(np.mean(values))
+    return out
+
+
+def task_version(task: Any) -> str:
+    """The task definition's content hash: samples from an edited prompt are not comparable.
+
+    Hashes the YAML's bytes without its top-level REPORT_KEYS lines (and their indented
+    continuation lines); tasks without a source file give their `version` attribute."""
+    source = getattr(task, "source_file", None)
+    if source is None or not Path(source).is_file():
+        return str(getattr(task, "version", "1"))
+    kept, skipping = [], False
+    for line in Path(source).read_bytes().splitlines(keepends=True):
+        if line[:1] not in (b" ", b"\t"):
+            skipping = line.split(b":", 1)[0].decode("utf-8", "replace") in REPORT_KEYS
+        if not skipping:
+            kept.append(line)
+    return hashlib.sha256(b"".join(kept)).hexdigest()[:12]
+
+
+def judge_fields(task: Any) -> dict[str, str]:
+    """For code-judged tasks, the sandbox isolation the programs were judged under, so a weak judge
+    (AUTODECO_SANDBOX=guard) is visible in every results file."""
+    if getattr(task, "scorer", None) != "code":
+        return {}
+    from autodeco_cli.benchmarks.sandbox import judge_isolation
+
+    return {"judge_isolation": judge_isolation()}
+
+
 def _apply_limit(docs: list[Doc], limit: int | None, subsample_seed: int | None) -> list[Doc]:
     if limit is None or limit >= len(docs):
         return docs
@@ -146,7 +227,9 @@ def _locate_split_file(spec: dict[str, Any], data_dir: Any, download: bool | Non
         try:
             path = locate(DataFile.from_spec(fallback), data_dir, download)
         except UserError:
-            raise UserError(missing.message, f"{missing.hint}; or provide {fallback['path']} ({fallback.get('url')})") from None
+            raise UserError(
+                missing.message, f"{missing.hint}; or provide {fallback['path']} ({fallback.get('url')})"
+            ) from None
         return path, fallback.get("fields", {}), bool(fallback.get("strip", False))
 
 
@@ -189,7 +272,9 @@ def _math_docs(task: Task, split: str, records: list[dict[str, Any]], fields: di
         gold = gsm8k_gold(raw_answer) if answer_format == "gsm8k" else raw_answer.strip()
         problem = str(get_field(record, fields["problem"]))
         meta = {"problem": problem, **_meta_fields(record, fields)}
-        docs.append(Doc(_doc_id(task, split, _record_id(record, fields, i)), task.prompt.format(problem=problem), gold, meta))
+        docs.append(
+            Doc(_doc_id(task, split, _record_id(record, fields, i)), task.prompt.format(problem=problem), gold, meta)
+        )
     return docs
 
 
@@ -250,7 +335,11 @@ def _mc_shuffle_docs(task: Task, split: str, records: list[dict[str, Any]], fiel
         correct = str(get_field(record, fields["correct"]))
         options, permutation, gold = shuffled_options(correct, _incorrect_answers(record, fields), seed, record_id)
         meta = {"shuffle_seed": seed, "permutation": permutation, **_meta_fields(record, fields)}
-        docs.append(_mc_doc(task, _doc_id(task, split, record_id), str(get_field(record, fields["question"])), options, gold, meta))
+        docs.append(
+            _mc_doc(
+                task, _doc_id(task, split, record_id), str(get_field(record, fields["question"])), options, gold, meta
+            )
+        )
     return docs
 
 
@@ -299,7 +388,9 @@ def _arithmetic_docs(task: Task, split: str, limit: int | None) -> list[Doc]:
     if split == "test":
         problems = arithmetic.eval_problems(op, limit or int(cfg["test_size"]), split_seed, fraction)
     elif split == "validation":
-        problems = arithmetic.eval_problems(op, limit or validation_size, split_seed, fraction, validation_size, split="validation")
+        problems = arithmetic.eval_problems(
+            op, limit or validation_size, split_seed, fraction, validation_size, split="validation"
+        )
     else:
         problems = arithmetic.train_problems(op, limit, split_seed, fraction, int(cfg["train_seed"]), validation_size)
     symbol = arithmetic.SYMBOLS[op]
@@ -341,9 +432,10 @@ def _task_from_yaml(path: Path) -> Task:
         raise UserError(f"Unknown scorer {raw['scorer']!r} in {path}", f"valid: {', '.join(SCORERS)}")
     unknown = sorted(set(raw) - set(_REQUIRED_KEYS) - set(_OPTION_KEYS))
     if unknown:
-        raise UserError(f"Unknown keys {', '.join(unknown)} in {path}", f"valid: {', '.join(_REQUIRED_KEYS + _OPTION_KEYS)}")
-    if raw.get("question_metric", aggregation.PASS1) not in aggregation.METRIC_NAMES:
-        raise UserError(f"Unknown question_metric {raw['question_metric']!r} in {path}", f"valid: {', '.join(aggregation.METRIC_NAMES)}")
+        raise UserError(
+            f"Unknown keys {', '.join(unknown)} in {path}", f"valid: {', '.join(_REQUIRED_KEYS + _OPTION_KEYS)}"
+        )
+    _check_declarations(raw, path)
     known = set(_REQUIRED_KEYS) | {"groups"}
     return Task(
         name=str(raw["name"]),
@@ -357,6 +449,19 @@ def _task_from_yaml(path: Path) -> Task:
         options={k: v for k, v in raw.items() if k not in known},
         source_file=path,
     )
+
+
+def _check_declarations(raw: dict[str, Any], path: Path) -> None:
+    """The keys that tell the runner how to treat the task (question metric, aggregation, voting, label)."""
+    if raw.get("question_metric", aggregation.PASS1) not in aggregation.METRIC_NAMES:
+        valid = f"valid: {', '.join(aggregation.METRIC_NAMES)}"
+        raise UserError(f"Unknown question_metric {raw['question_metric']!r} in {path}", valid)
+    if raw.get("aggregation") is not None and raw["aggregation"] not in AGGREGATIONS:
+        raise UserError(f"Unknown aggregation {raw['aggregation']!r} in {path}", f"valid: {', '.join(AGGREGATIONS)}")
+    if not isinstance(raw.get("voting", True), bool):
+        raise UserError(f"voting in {path} must be true or false")
+    if not isinstance(raw.get("label", ""), str):
+        raise UserError(f"label in {path} must be a string")
 
 
 @functools.lru_cache(maxsize=8)

@@ -50,7 +50,7 @@ def last_boxed(text: str) -> str | None:
         return None
     rest = text[start:]
     cmd = next(c for c in _BOX_COMMANDS if rest.startswith(c))
-    after = rest[len(cmd):].lstrip(" ")
+    after = rest[len(cmd) :].lstrip(" ")
     if after.startswith("{"):
         return _balanced_group(after)
     if len(after) < len(rest) - len(cmd):  # "\boxed 5": a space, then a bare token

@@ -1,5 +1,5 @@
-"""Subcommands beyond `generate`. Each module defines `register(app)`; heavy imports stay inside
-the command functions so `autodeco --help` starts fast."""
+"""The subcommands. Each module defines `register(app)`; heavy imports stay inside the command
+functions so `autodeco --help` starts fast."""
 
 from __future__ import annotations
 
@@ -7,16 +7,11 @@ import importlib
 
 import typer
 
-# Listed explicitly (not discovered) so the order in `--help` is deliberate.
-COMMAND_MODULES = ("train", "evaluate", "grid", "tools")
+# Listed explicitly (not discovered) so the order in `--help` is deliberate. A module missing
+# here is a broken install or checkout, so its ImportError is raised, never skipped.
+COMMAND_MODULES = ("generate", "make_data", "train", "evaluate", "grid", "studies", "tools", "serve")
 
 
 def register_all(app: typer.Typer) -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue  # not written yet in this checkout
-            raise
-        module.register(app)
+        importlib.import_module(f"{__name__}.{name}").register(app)

@@ -2,48 +2,105 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
 from ..options import (
+    AdapterOpt,
     BatchSizeOpt,
     ChatOpt,
+    ChatTemplateKwargsOpt,
     DataDirOpt,
-    AdapterOpt,
+    DataParallelOpt,
     DecodingOpt,
     DeviceOpt,
     DtypeOpt,
     EdtBaseOpt,
     EdtThetaOpt,
+    EngineOpt,
     HeadsOpt,
     MeanFromOpt,
     MinPOpt,
     ModelOpt,
     NSigmaOpt,
     SplitOpt,
-    TempScaleOpt,
+    SystemPromptOpt,
     TemperatureOpt,
+    TempScaleOpt,
+    TensorParallelOpt,
     TopKOpt,
     TopPOpt,
     TopPScaleOpt,
     TrustOpt,
     strategy_from_options,
 )
+from .common import DEFAULT_OUTPUT_ROOT, console, err_console, folder_name, heads_label, open_command_engine, run_record
 
-console = Console()
-err_console = Console(stderr=True)
+BenchmarkOpt = Annotated[
+    str,
+    typer.Option(
+        "--benchmark", "-b", help="Task(s): a name, a comma list, or a group (e.g. aime = aime24+aime25, small, paper)."
+    ),
+]
+KOpt = Annotated[int, typer.Option("-k", help="Samples per question per seed (greedy always uses 1).")]
+SeedsOpt = Annotated[
+    str,
+    typer.Option(
+        "--seeds", help="Number of seeds (8 = seeds 0..7) or a comma list (0,3,5). Greedy uses the first only."
+    ),
+]
+MaxNewTokensOpt = Annotated[
+    Optional[int], typer.Option("--max-new-tokens", help="Generation budget per sample (default: each task's own).")
+]
+LimitOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--limit", help="Only the first N questions of each task (a seeded subset for tasks that define one)."
+    ),
+]
+OutputDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output-dir",
+        "-o",
+        help="Run folder (default eval-results/<model>); one subfolder per decoding strategy.",
+    ),
+]
 
-DEFAULT_OUTPUT_ROOT = Path("eval-results")
+# The --help texts. Concatenated rather than docstrings wrapped at 120 columns: typer's rich mode
+# keeps single line breaks, so wrapping would show in the help.
+EVAL_HELP = (
+    "Score a decoding strategy on benchmarks: pass@1 ± SE, seed spread, pass@k, maj@k.\n"
+    "\n"
+    "Every sample is appended to OUT/<strategy>/samples_<task>.jsonl as soon as it is scored, so an interrupted "
+    "run resumes where it stopped: re-run the same command. The summary is OUT/<strategy>/results.json "
+    "(lm-evaluation-harness layout plus per-question scores for `autodeco compare`). Autodeco runs also record the "
+    "mean T̂/P̂ that `--decoding mean-shift --mean-from` reads. Greedy is collapsed to one sample per question. "
+    "LiveCodeBench is the release_v5 window (2024-08 to 2025-01) scored on public tests only.\n"
+    "\n"
+    "Examples:\n"
+    "\n"
+    "  autodeco eval -b arith-add --limit 50 -k 4 --seeds 2 --decoding autodeco --heads heads/\n"
+    "\n"
+    "  autodeco eval -b gsm8k,math500 --decoding static -t 0.6 -p 0.95\n"
+    "\n"
+    "  autodeco eval -b aime --decoding greedy          # one sample per question\n"
+    "\n"
+    "  autodeco eval -b arith-add --decoding min-p -t 1.0 --min-p 0.1    # also top-n-sigma (--n-sigma), edt "
+    "(--edt-theta)\n"
+    "\n"
+    "  autodeco eval -b aime --decoding mean-shift --mean-from eval-results/M/autodeco/results.json\n"
+    "\n"
+    "  autodeco compare eval-results/M/autodeco eval-results/M/static-T1-p1"
+)
 
 
 def eval_command(
-    benchmark: Annotated[str, typer.Option("--benchmark", "-b", help="Task(s): a name, a comma list, or a group (e.g. aime = aime24+aime25, small, paper).")],
+    benchmark: BenchmarkOpt,
     model: ModelOpt = DEFAULT_MODEL,
     heads: HeadsOpt = None,
     decoding: DecodingOpt = "autodeco",
@@ -57,12 +114,12 @@ def eval_command(
     n_sigma: NSigmaOpt = None,
     edt_theta: EdtThetaOpt = None,
     edt_base: EdtBaseOpt = None,
-    k: Annotated[int, typer.Option("-k", help="Samples per question per seed (greedy always uses 1).")] = 16,
-    seeds: Annotated[str, typer.Option("--seeds", help="Number of seeds (8 = seeds 0..7) or a comma list (0,3,5). Greedy uses the first only.")] = "8",
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="Generation budget per sample (default: each task's own).")] = None,
+    k: KOpt = 16,
+    seeds: SeedsOpt = "8",
+    max_new_tokens: MaxNewTokensOpt = None,
     batch_size: BatchSizeOpt = 8,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N questions of each task (a seeded subset for tasks that define one).")] = None,
-    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Run folder (default eval-results/<model>); one subfolder per decoding strategy.")] = None,
+    limit: LimitOpt = None,
+    output_dir: OutputDirOpt = None,
     chat: ChatOpt = True,
     split: SplitOpt = "test",
     data_dir: DataDirOpt = None,
@@ -70,41 +127,45 @@ def eval_command(
     dtype: DtypeOpt = None,
     trust_remote_code: TrustOpt = False,
     adapter: AdapterOpt = None,
+    engine_name: EngineOpt = "hf",
+    tensor_parallel_size: TensorParallelOpt = 1,
+    data_parallel_size: DataParallelOpt = 1,
+    system_prompt: SystemPromptOpt = None,
+    chat_template_kwargs: ChatTemplateKwargsOpt = None,
 ):
-    """Score a decoding strategy on benchmarks: pass@1 ± SE, seed spread, pass@k, maj@k.
-
-    Every sample is appended to OUT/<strategy>/samples_<task>.jsonl as soon as it is scored, so an interrupted run resumes where it stopped: re-run the same command. The summary is OUT/<strategy>/results.json (lm-evaluation-harness layout plus per-question scores for `autodeco compare`). Autodeco runs also record the mean T̂/P̂ that `--decoding mean-shift --mean-from` reads. Greedy is collapsed to one sample per question. LiveCodeBench is the release_v5 window (2024-08 to 2025-01) scored on public tests only.
-
-    Examples:\n
-      autodeco eval -b arith-add --limit 50 -k 4 --seeds 2 --decoding autodeco --heads heads/\n
-      autodeco eval -b gsm8k,math500 --decoding static -t 0.6 -p 0.95\n
-      autodeco eval -b aime --decoding greedy          # one sample per question\n
-      autodeco eval -b arith-add --decoding min-p -t 1.0 --min-p 0.1    # also top-n-sigma (--n-sigma), edt (--edt-theta)\n
-      autodeco eval -b aime --decoding mean-shift --mean-from eval-results/M/autodeco/results.json\n
-      autodeco compare eval-results/M/autodeco eval-results/M/static-T1-p1
-    """
-    from ..evaluation import parse_seeds, resolve_tasks, run_eval, strategy_slug, summary_table
+    """Score a decoding strategy on benchmarks (see EVAL_HELP, the command's --help)."""
+    from ..evaluation import check_run_settings, parse_seeds, resolve_tasks, run_eval, strategy_slug, summary_table
+    from ..io_checks import check_max_new_tokens, check_writable_output, model_config
     from ..progress import progress_bar
-    from ..runtime import open_engine
 
-    if k < 1 or batch_size < 1:
-        raise UserError("-k and --batch-size must be at least 1")
     seed_list = parse_seeds(seeds)
+    check_run_settings(k, seed_list, batch_size, max_new_tokens)  # before the model loads
     tasks = resolve_tasks(benchmark)  # a typo should fail before the model loads
+    adaptive = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
     strategy = _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p) or strategy_from_options(
-        decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, min_p=min_p, n_sigma=n_sigma, edt_base=edt_base, edt_theta=edt_theta
+        decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, **adaptive
     )
-    out = output_dir or DEFAULT_OUTPUT_ROOT / _folder_name(model)
+    out = output_dir or DEFAULT_OUTPUT_ROOT / folder_name(model)
+    check_writable_output(out, "--output-dir", folder=True)  # before the model loads
     if strategy.is_greedy and (k, len(seed_list)) != (1, 1):
-        err_console.print(f"note: greedy is deterministic: 1 sample per question and seed {seed_list[0]} (not -k {k} x {len(seed_list)} seeds)")
-    engine = open_engine(model, heads, [strategy], device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter)
-    run_info = {"model": model, "heads": _heads_label(heads, model, strategy), "adapter": adapter, "dtype": dtype or "auto", "device": str(engine.lm.device)}
+        err_console.print(
+            f"note: greedy is deterministic: 1 sample per question and seed {seed_list[0]} "
+            f"(not -k {k} x {len(seed_list)} seeds)"
+        )
+    engine = open_command_engine(
+        model, heads, [strategy], device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter,
+        seed=seed_list[0], batch_size=batch_size, engine_name=engine_name, tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs,
+    )  # fmt: skip
+    run_info = run_record(engine, model, heads_label(heads, model, strategy), adapter, dtype)
     try:
+        check_max_new_tokens(max_new_tokens, model_config(engine))
         with progress_bar(err_console) as progress:
             results = run_eval(
-                engine, tasks, [strategy], k=k, seeds=seed_list, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                limit=limit, out_dir=out, chat=chat, progress=progress, data_dir=data_dir, run_info=run_info, split=split,
-            )
+                engine, tasks, [strategy], k=k, seeds=seed_list, max_new_tokens=max_new_tokens,
+                batch_size=batch_size, limit=limit, out_dir=out, chat=chat, progress=progress, data_dir=data_dir,
+                run_info=run_info, split=split,
+            )  # fmt: skip
     finally:
         engine.close()
     console.print(summary_table(results))
@@ -113,54 +174,52 @@ def eval_command(
 
 
 def _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p):
-    """The mean-shift baseline is per benchmark: with one task, take that task's mean T̂/P̂
-    from --mean-from when it has them (options.strategy_from_options takes the file's first)."""
-    if decoding != "mean-shift" or mean_from is None or len(tasks) != 1 or temperature is not None or top_p is not None:
-        return None
+    """The mean-shift baseline is per benchmark: take the task's own mean T̂/P̂ from --mean-from.
+    A file without that task is an error: another benchmark's means are not this one's baseline."""
+    if decoding != "mean-shift" or mean_from is None or temperature is not None or top_p is not None:
+        return None  # with -t/-p as well, strategy_from_options refuses the mix
+    if len(tasks) != 1:
+        names = ", ".join(t.name for t in tasks)
+        raise UserError(
+            f"--mean-from gives one benchmark's mean T̂/P̂, but -b names {len(tasks)} tasks ({names})",
+            "run mean-shift on one --benchmark at a time",
+        )
     from ..decoding import mean_shift_from_results
 
-    try:
-        return mean_shift_from_results(mean_from, tasks[0].name)
-    except UserError:
-        return None
-
-
-def _folder_name(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or model).strip("-") or "model"
-
-
-def _heads_label(heads: str | None, model: str, strategy) -> str | None:
-    if not strategy.uses_heads:
-        return None
-    if heads:
-        return str(heads)
-    from ..runtime import packaged_heads_path
-
-    # only aliases have packaged heads (an absolute path would escape the assets folder)
-    shipped = None if Path(model).is_absolute() else packaged_heads_path(model)
-    return str(shipped) if shipped else "fresh-untrained"
+    return mean_shift_from_results(mean_from, tasks[0].name)
 
 
 def _print_labels(results: dict) -> None:
-    labels = {task: m["label"] for result in results.values() for task, m in result["results"].items() if "label" in m}
-    for task, label in labels.items():
+    metrics = [(task, m) for result in results.values() for task, m in result["results"].items()]
+    for task, label in {task: m["label"] for task, m in metrics if "label" in m}.items():
         console.print(f"[bold]{task}[/]: {label}")
+    for task, judge in {task: m["judge_isolation"] for task, m in metrics if "judge_isolation" in m}.items():
+        console.print(f"[bold]{task}[/]: judged in {judge}")
+
+
+COMPARE_HELP = (
+    "Paired per-question comparison of two eval runs: Δ = A − B with SE and bootstrap 95% CI.\n"
+    "\n"
+    "Pairing by question removes the between-question variance, so it detects differences that two separate error "
+    "bars hide. Only questions both runs scored are compared.\n"
+    "\n"
+    "Example:\n"
+    "\n"
+    "  autodeco compare eval-results/M/autodeco/results.json eval-results/M/static-T1-p1/results.json"
+)
 
 
 def compare_command(
     result_a: Annotated[Path, typer.Argument(help="results.json (or its strategy folder) of run A.")],
     result_b: Annotated[Path, typer.Argument(help="results.json (or its strategy folder) of run B.")],
-    benchmark: Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Only these tasks (comma list); default: every task both runs have.")] = None,
+    benchmark: Annotated[
+        Optional[str],
+        typer.Option("--benchmark", "-b", help="Only these tasks (comma list); default: every task both runs have."),
+    ] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CI.")] = 10_000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (the CI is reproducible).")] = 0,
 ):
-    """Paired per-question comparison of two eval runs: Δ = A − B with SE and bootstrap 95% CI.
-
-    Pairing by question removes the between-question variance, so it detects differences that two separate error bars hide. Only questions both runs scored are compared.
-
-    Example:\n
-      autodeco compare eval-results/M/autodeco/results.json eval-results/M/static-T1-p1/results.json
-    """
+    """Paired per-question comparison of two eval runs (see COMPARE_HELP, the command's --help)."""
     from ..evaluation import compare_results, comparison_table, load_results
 
     if bootstrap < 1:
@@ -178,5 +237,5 @@ def _run_name(path: Path, results: dict) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval")(eval_command)
-    app.command("compare")(compare_command)
+    app.command("eval", help=EVAL_HELP)(eval_command)
+    app.command("compare", help=COMPARE_HELP)(compare_command)

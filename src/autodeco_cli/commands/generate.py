@@ -1,0 +1,298 @@
+"""`autodeco generate`: chat or complete with any decoding, printing text, JSONL and per-token traces."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UserError
+from ..models import DEFAULT_MODEL
+from ..options import (
+    ActiveHeadsOpt,
+    AdapterOpt,
+    BatchSizeOpt,
+    ChatOpt,
+    ChatTemplateKwargsOpt,
+    DataParallelOpt,
+    DecodingOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EdtBaseOpt,
+    EdtThetaOpt,
+    EngineOpt,
+    HeadsOpt,
+    MeanFromOpt,
+    MinPOpt,
+    ModelOpt,
+    NSigmaOpt,
+    SystemPromptOpt,
+    TemperatureOpt,
+    TempScaleOpt,
+    TensorParallelOpt,
+    TopKOpt,
+    TopPOpt,
+    TopPScaleOpt,
+    TrustOpt,
+    strategy_from_options,
+)
+from .common import err_console, open_command_engine
+
+PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt; '-' or nothing reads stdin.")]
+FileOpt = Annotated[
+    Optional[Path],
+    typer.Option("--file", "-f", help="Prompts: .jsonl ({'prompt'|'messages'} per line) or text (one per line)."),
+]
+MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Generation budget per sample.")]
+SeedOpt = Annotated[int, typer.Option(help="Sampling seed; a sample depends only on (seed, prompt, sample index).")]
+SamplesOpt = Annotated[int, typer.Option("--n", help="Samples per prompt.")]
+StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
+OutputOpt = Annotated[
+    Optional[Path],
+    typer.Option("--output", "-o", help="Write results as JSONL (default for many prompts: stdout JSONL)."),
+]
+TraceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trace",
+        help="Print a compact per-token T̂/P̂ view (with --decoding edt: the entropy-based T of each token).",
+    ),
+]
+TraceOutOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--trace-out",
+        help="Per-token JSONL: token_id, token, temperature, top_p, nucleus_size (+ sample).",
+    ),
+]
+TracePlotOpt = Annotated[
+    Optional[Path],
+    typer.Option("--trace-plot", help="PNG of T̂ and P̂ per token (paper Fig. 5 style), first sample."),
+]
+
+
+def generate(
+    prompt: PromptArg = None,
+    file: FileOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    heads: HeadsOpt = None,
+    decoding: DecodingOpt = "autodeco",
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    temperature_scale: TempScaleOpt = 1.0,
+    top_p_scale: TopPScaleOpt = 1.0,
+    mean_from: MeanFromOpt = None,
+    active_heads: ActiveHeadsOpt = "both",
+    min_p: MinPOpt = None,
+    n_sigma: NSigmaOpt = None,
+    edt_theta: EdtThetaOpt = None,
+    edt_base: EdtBaseOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    seed: SeedOpt = 0,
+    n: SamplesOpt = 1,
+    batch_size: BatchSizeOpt = 8,
+    chat: ChatOpt = True,
+    stop: StopOpt = None,
+    output: OutputOpt = None,
+    trace: TraceOpt = False,
+    trace_out: TraceOutOpt = None,
+    trace_plot: TracePlotOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    trust_remote_code: TrustOpt = False,
+    adapter: AdapterOpt = None,
+    engine_name: EngineOpt = "hf",
+    tensor_parallel_size: TensorParallelOpt = 1,
+    data_parallel_size: DataParallelOpt = 1,
+    system_prompt: SystemPromptOpt = None,
+    chat_template_kwargs: ChatTemplateKwargsOpt = None,
+):
+    """Chat or complete with per-token learned decoding (or any other --decoding).
+
+    Examples:\n
+      autodeco generate "What is 27 + 82?"\n
+      autodeco generate --decoding static -t 0.6 -p 0.95 "Tell me a joke"\n
+      autodeco generate --decoding edt --trace "What is 2+3?"        # per-token entropy-based T\n
+      autodeco generate -f prompts.jsonl --n 4 -o out.jsonl --trace-out trace.jsonl
+    """
+    from ..io_checks import check_writable_output
+    from ..prompts import read_prompts
+
+    # The engine would refuse these too, but only after the model loaded and with a traceback
+    # (ValueError); --n has no library check at all (n=0 means no requests).
+    if max_new_tokens < 1 or n < 1 or batch_size < 1:
+        raise UserError("--max-new-tokens, --n and --batch-size must be at least 1")
+    adaptive = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
+    strategy = strategy_from_options(
+        decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, active_heads, **adaptive
+    )
+    prompts = read_prompts(prompt, file)
+    want_trace = trace or trace_out is not None or trace_plot is not None
+    if want_trace and not strategy.uses_heads and strategy.name != "edt":
+        err_console.print(
+            "[yellow]note:[/] the trace shows the strategy's fixed T/p; use --decoding autodeco to see learned values"
+        )
+    for path, what in ((output, "--output"), (trace_out, "--trace-out"), (trace_plot, "--trace-plot")):
+        check_writable_output(path, what)  # before the model loads, not after generating everything
+    engine = open_command_engine(
+        model, heads, [strategy], device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter,
+        seed=seed, batch_size=batch_size, engine_name=engine_name, tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs,
+    )  # fmt: skip
+    requests = _requests(engine, prompts, strategy, n=n, seed=seed, chat=chat, max_new_tokens=max_new_tokens)
+    run = _Run(engine, requests, prompts, max_new_tokens, batch_size, stop, want_trace, output)
+    generations = run.generate()
+    if run.single:
+        print("" if run.streamed else generations[0].text)
+    else:
+        _write_generations(generations, prompts, output)
+    if want_trace:
+        _emit_traces(generations, trace, trace_out, trace_plot, batched=len(requests) > 1)
+
+
+def _requests(engine, prompts, strategy, *, n: int, seed: int, chat: bool, max_new_tokens: int) -> list:
+    """The engine's requests; refuses a budget that cannot fit the model's context."""
+    from ..generation import build_requests
+    from ..io_checks import check_max_new_tokens, model_config
+
+    requests = build_requests(engine.tokenizer, prompts, strategy, n=n, seed=seed, chat=chat, fmt=engine.prompt_format)
+    check_max_new_tokens(max_new_tokens, model_config(engine), max(len(r.input_ids) for r in requests))
+    return requests
+
+
+class _Run:
+    """One generate call: a single prompt streams to stdout (unless a stop string could still cut
+    what was printed); many prompts show a progress bar and, with -o, append each finished sample."""
+
+    def __init__(self, engine, requests, prompts, max_new_tokens, batch_size, stop, want_trace, output):
+        self.engine, self.requests, self.prompts, self.output = engine, requests, prompts, output
+        self.settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "stop": stop, "trace": want_trace}
+        self.single = len(requests) == 1 and output is None
+        self.streamed = self.single and not stop  # a streamed stop string could not be taken back
+
+    def generate(self) -> list:
+        if self.streamed:
+            from transformers import TextStreamer
+
+            streamer = TextStreamer(self.engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            return self.engine.generate(self.requests, streamer=streamer, **self.settings)
+        sink = _SampleSink(self.output, self.prompts) if self.output is not None else None
+        try:
+            return self._with_progress(sink)
+        finally:
+            if sink is not None:
+                sink.close()
+
+    def _with_progress(self, sink) -> list:
+        from ..progress import progress_bar
+
+        with progress_bar(err_console) as progress:
+            task = progress.add_task("generating", total=len(self.requests), tokens=0)
+            tokens = 0
+
+            def done(batch):
+                nonlocal tokens
+                tokens += sum(len(g.token_ids) for g in batch)
+                progress.update(task, advance=len(batch), tokens=tokens)
+                if sink is not None:
+                    sink.write(batch)
+
+            return self.engine.generate(self.requests, on_batch_done=done, **self.settings)
+
+
+def _generation_record(g, prompts) -> dict:
+    prompt_index, sample = g.key
+    record = {
+        "prompt_index": prompt_index,
+        "sample": sample,
+        "prompt": prompts[prompt_index],
+        "text": g.text,
+        "finish_reason": g.finish_reason,
+        "num_tokens": len(g.token_ids),
+        "decoding": g.strategy.label,
+    }
+    if g.trace:
+        record["mean_temperature"] = g.mean_temperature
+        record["mean_top_p"] = g.mean_top_p
+    return record
+
+
+class _SampleSink:
+    """`generate -o`: each sample is appended as soon as it finishes, so a crash or Ctrl-C keeps
+    the finished ones; `_write_generations` rewrites the file in prompt order at the end."""
+
+    def __init__(self, path: Path, prompts):
+        self.path, self.prompts, self.handle = path, prompts, None
+
+    def write(self, batch) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.path.open("w", encoding="utf-8")
+        for g in batch:
+            self.handle.write(json.dumps(_generation_record(g, self.prompts), ensure_ascii=False) + "\n")
+        self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def _write_generations(generations, prompts, output: Path | None):
+    lines = [json.dumps(_generation_record(g, prompts), ensure_ascii=False) for g in generations]
+    if output is None:
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.with_name(output.name + ".tmp")
+    staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(staging, output)  # the streamed copy stays whole until the sorted one is complete
+    err_console.print(f"wrote {len(lines)} samples to {output}")
+
+
+def _emit_traces(generations, show: bool, trace_out: Path | None, trace_plot: Path | None, batched: bool):
+    if show:
+        _print_traces(generations)
+    if trace_out is not None:
+        trace_out.parent.mkdir(parents=True, exist_ok=True)
+        with trace_out.open("w", encoding="utf-8") as handle:
+            for index, g in enumerate(generations):
+                for t in g.trace or []:
+                    row = {
+                        "token_id": t.token_id,
+                        "token": t.token,
+                        "temperature": t.temperature,
+                        "top_p": t.top_p,
+                        "nucleus_size": t.nucleus_size,
+                    }
+                    if batched:
+                        row = {"sample": index, "prompt_index": g.key[0], "sample_index": g.key[1], **row}
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        err_console.print(f"wrote per-token trace to {trace_out}")
+    if trace_plot is not None and generations and generations[0].trace:
+        from ..plots import plot_token_trace
+
+        plot_token_trace(generations[0].trace, trace_plot)
+        err_console.print(f"wrote trace plot to {trace_plot}")
+
+
+def _print_traces(generations) -> None:
+    from rich.table import Table
+
+    for g in generations:
+        title = f"prompt {g.key[0]}, sample {g.key[1]}: per-token decoding"
+        table = Table(title=title, show_lines=False, box=None)
+        for column in ("#", "token", "T̂", "P̂", "nucleus"):
+            table.add_column(column, justify="right" if column != "token" else "left")
+        for i, t in enumerate(g.trace or []):
+            table.add_row(str(i), repr(t.token), f"{t.temperature:.3f}", f"{t.top_p:.3f}", str(t.nucleus_size))
+        err_console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)

@@ -1,0 +1,1 @@
+"""Generation engines other than our own decode loop (`generation.py`): today, vLLM."""

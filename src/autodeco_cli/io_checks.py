@@ -1,0 +1,162 @@
+"""Checks every command shares on the files it reads and writes, each failing as a one-line UserError.
+
+Outputs are checked before any model loads, so an unwritable path costs nothing; text inputs are
+decoded as UTF-8 with the offending file and line named; append-only logs cut a partial last line
+(a kill mid-write) before they are appended to, so the next record is not glued onto it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import UserError
+
+
+def _first_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _probe_folder(folder: Path, what: str, path: Path) -> None:
+    """Create and remove a file in `folder`: the only test that also holds for root and read-only mounts."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".autodeco-probe-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"{what} {path}: cannot write in {folder} ({exc.strerror or exc})",
+            "choose a folder you can write to, or fix its permissions",
+        ) from None
+
+
+def check_writable_output(path: str | Path | None, what: str = "output", *, folder: bool = False) -> Path | None:
+    """Fail now, before any work, if `path` (a file, or a folder with folder=True) cannot be written.
+
+    Creates nothing: a missing folder is fine when its nearest existing parent is a writable folder.
+    """
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder", "give a folder path (or move that file away)")
+    if not folder and path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file", f"give a file name, e.g. {path / 'out.jsonl'}")
+    existing = _first_existing(path if folder else path.parent)
+    if not existing.is_dir():
+        raise UserError(
+            f"{what} {path}: {existing} is a file, not a folder", "choose a path whose parent folders are folders"
+        )
+    if not folder and path.is_file():
+        try:
+            with path.open("ab"):
+                pass
+        except OSError as exc:
+            raise UserError(
+                f"{what} {path} is not writable ({exc.strerror or exc})", "choose another path, or fix its permissions"
+            ) from None
+        return path
+    _probe_folder(existing, what, path)
+    return path
+
+
+def _not_utf8(path: Path, data: bytes, exc: UnicodeDecodeError, what: str, first_line: int = 1) -> UserError:
+    line = first_line + data[: exc.start].count(b"\n")
+    byte = data[exc.start] if exc.start < len(data) else 0
+    return UserError(
+        f"{path}:{line}: {what} is not UTF-8 text (byte 0x{byte:02x}: a binary file?)",
+        "pass a UTF-8 text file (re-save it as UTF-8 if it is text in another encoding)",
+    )
+
+
+def _check_readable_file(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file", "pass a file inside it")
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+
+
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """A whole UTF-8 text file; a folder, a missing file or binary content is a one-line error."""
+    path = Path(path).expanduser()
+    _check_readable_file(path, what)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, data, exc, what) from None
+
+
+def iter_text_lines(path: str | Path, what: str = "file") -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, read line by line (large training files stay on disk)."""
+    path = Path(path).expanduser()
+    _check_readable_file(path, what)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, raw, exc, what, first_line=number) from None
+
+
+def cut_partial_last_line(path: str | Path) -> bool:
+    """Truncate an append-only line log after its last newline; True if a partial line was cut.
+
+    A kill mid-write leaves a partial last line; without this the next append is glued onto it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with path.open("r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        end = size
+        while end > 0:
+            chunk_start = max(0, end - 65536)
+            handle.seek(chunk_start)
+            newline = handle.read(end - chunk_start).rfind(b"\n")
+            if newline >= 0:
+                end = chunk_start + newline + 1
+                break
+            end = chunk_start
+        if end == size:
+            return False
+        handle.truncate(end)
+    return True
+
+
+def check_max_new_tokens(max_new_tokens: int | None, config, prompt_tokens: int = 0) -> None:
+    """Refuse a generation budget beyond the model's context (`config.max_position_embeddings`)
+    minus the longest prompt; with no config (or no such field) there is nothing to check."""
+    if max_new_tokens is None:
+        return
+    context = getattr(config, "max_position_embeddings", None)
+    if not isinstance(context, int) or context <= 0:
+        return  # the model does not say; nothing to check against
+    room = context - prompt_tokens
+    if max_new_tokens <= room:
+        return
+    if prompt_tokens:
+        detail = (
+            f"the model's context of {context} tokens minus the longest prompt's {prompt_tokens} leaves {max(room, 0)}"
+        )
+    else:
+        detail = f"the model's context is {context} tokens"
+    hint = f"use --max-new-tokens {room} or less" if room >= 1 else "shorten the prompt"
+    raise UserError(f"--max-new-tokens {max_new_tokens} is more than the model can generate: {detail}", hint)
+
+
+def model_config(engine):
+    """The transformers config of an engine's model: our engine's loaded model's, or the one the
+    vLLM engine read from the base folder (its model lives in vLLM's processes)."""
+    lm = getattr(engine, "lm", None)
+    return getattr(lm, "config", None) or getattr(getattr(lm, "model", None), "config", None)
