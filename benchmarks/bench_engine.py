@@ -83,7 +83,9 @@ DTYPES = {"baseline": "float32", "fp32": "float32", "auto": "auto"}
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="chat,arith,batch1,train,vllm,limits", help="comma list (see above); accuracy is separate")
+    parser.add_argument(
+        "--parts", default="chat,arith,batch1,train,vllm,limits", help="comma list (see above); accuracy is separate"
+    )
     parser.add_argument("--variants", default="baseline,fp32,auto")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process (default 1)")
@@ -140,11 +142,20 @@ def work_arith(dtype: str) -> dict:
     strategy = make_strategy("autodeco")
     engine = _engine(dtype, strategy, heads=True)
     run = prepare_task(resolve_tasks("arith-add")[0], 200, None, None)
-    requests = build_requests(engine.tokenizer, [d.prompt for d in run.docs], strategy, n=4, seed=0, chat=task_chat(run.task, True))
+    requests = build_requests(
+        engine.tokenizer, [d.prompt for d in run.docs], strategy, n=4, seed=0, chat=task_chat(run.task, True)
+    )
     engine.generate(requests[:8], max_new_tokens=8, batch_size=32, trace=True)
     with Clock() as clock:
-        generations = engine.generate(requests, max_new_tokens=run.max_new_tokens, batch_size=32, stop=task_stop(run.task), trace=True)
-    return {"tokens": sum(len(g.token_ids) for g in generations), "wall": clock.wall, "cpu": clock.cpu, "samples": len(generations)}
+        generations = engine.generate(
+            requests, max_new_tokens=run.max_new_tokens, batch_size=32, stop=task_stop(run.task), trace=True
+        )
+    return {
+        "tokens": sum(len(g.token_ids) for g in generations),
+        "wall": clock.wall,
+        "cpu": clock.cpu,
+        "samples": len(generations),
+    }
 
 
 def work_batch1(dtype: str) -> dict:
@@ -181,13 +192,27 @@ def work_train(dtype: str, samples: int, data_dir: str | None) -> dict:
 
     with tempfile.TemporaryDirectory() as folder:
         data = gsm8k_jsonl(data_dir, samples, Path(folder))
-        config = TrainConfig(data=str(data), output_dir=str(Path(folder) / "out"), model=MODEL, micro_batch_size=4, gradient_accumulation=8, cache_hidden="off", dtype=dtype, threads=None)
+        config = TrainConfig(
+            data=str(data),
+            output_dir=str(Path(folder) / "out"),
+            model=MODEL,
+            micro_batch_size=4,
+            gradient_accumulation=8,
+            cache_hidden="off",
+            dtype=dtype,
+            threads=None,
+        )
         trainer = HeadTrainer(config)
         if hasattr(trainer, "setup"):  # newer trainers load the model in setup(); the baseline's in __init__
             trainer = trainer.setup()
         with Clock() as clock:
             result = trainer.train()
-    return {"tokens": result.loss_tokens, "wall": clock.wall, "cpu": clock.cpu, "final_loss": result.final_metrics.get("loss")}
+    return {
+        "tokens": result.loss_tokens,
+        "wall": clock.wall,
+        "cpu": clock.cpu,
+        "final_loss": result.final_metrics.get("loss"),
+    }
 
 
 VLLM_WORKER = r"""
@@ -215,8 +240,20 @@ def work_vllm(vllm_python: str, threads: int) -> dict:
     from autodeco_cli.models import alias_gguf_path, convert_gguf
 
     path = convert_gguf(alias_gguf_path(MODEL))
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="2", VLLM_CPU_OMP_THREADS_BIND="0" if threads == 1 else f"0-{threads - 1}", OMP_NUM_THREADS=str(threads), VLLM_LOGGING_LEVEL="WARNING")
-    out = subprocess.run([vllm_python, "-c", VLLM_WORKER, str(path), json.dumps(CHAT_PROMPTS), str(threads)], capture_output=True, text=True, env=env, timeout=1800)
+    env = dict(
+        os.environ,
+        VLLM_CPU_KVCACHE_SPACE="2",
+        VLLM_CPU_OMP_THREADS_BIND="0" if threads == 1 else f"0-{threads - 1}",
+        OMP_NUM_THREADS=str(threads),
+        VLLM_LOGGING_LEVEL="WARNING",
+    )
+    out = subprocess.run(
+        [vllm_python, "-c", VLLM_WORKER, str(path), json.dumps(CHAT_PROMPTS), str(threads)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
@@ -291,13 +328,20 @@ def work_breakdown(dtype: str, strategy_name: str) -> dict:
         "nucleus cut (T, softmax, top-p)": spent["cut"],
         "sampling (softmax, inverse CDF)": spent["sample"] - spent["cut"],
         "sampler bookkeeping (Python)": spent["sampler"] - spent["sample"] - spent["heads"],
-        "decode-state bookkeeping (Python, KV row selection)": spent["state step"] - spent["sampler"] - spent["forward (decode)"],
+        "decode-state bookkeeping (Python, KV row selection)": spent["state step"]
+        - spent["sampler"]
+        - spent["forward (decode)"],
         "prefill and joins (admit)": spent["admit"],
     }
     rows["other (generate loop)"] = total - sum(rows.values())
     return {
-        "tokens": sum(len(g.token_ids) for g in generations), "wall": total, "cpu": total, "steps": steps,
-        "decode_forwards": calls["forward (decode)"], "decode_rows": decode_rows[0], "ms_per_step": {k: 1000 * v / steps for k, v in rows.items()},
+        "tokens": sum(len(g.token_ids) for g in generations),
+        "wall": total,
+        "cpu": total,
+        "steps": steps,
+        "decode_forwards": calls["forward (decode)"],
+        "decode_rows": decode_rows[0],
+        "ms_per_step": {k: 1000 * v / steps for k, v in rows.items()},
     }
 
 
@@ -331,7 +375,18 @@ def spawn(args, part: str, variant: str, baseline_src: Path | None) -> dict:
         env["PYTHONPATH"] = str(baseline_src) + os.pathsep + env.get("PYTHONPATH", "")
         env["AUTODECO_EVALS_DIR"] = str(baseline_src.parent / "evals")  # the task definitions of that commit
         env["AUTODECO_MALLOPT"] = "0"  # (the baseline predates it; set anyway in case)
-    command = [sys.executable, __file__, "--worker", part, "--variant", variant, "--threads", str(args.threads), "--train-samples", str(args.train_samples)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        part,
+        "--variant",
+        variant,
+        "--threads",
+        str(args.threads),
+        "--train-samples",
+        str(args.train_samples),
+    ]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO))
@@ -343,7 +398,9 @@ def spawn(args, part: str, variant: str, baseline_src: Path | None) -> dict:
 
 def baseline_tree(ref: str, folder: Path) -> Path:
     """`git archive` of the baseline commit's src/ and evals/ (reads the repository, changes nothing)."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "src", "evals"], capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref, "src", "evals"], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder / "src"
 
@@ -383,7 +440,12 @@ def model_costs() -> dict:
     config = lm.model.config
     body = sum(p.numel() for n, p in lm.model.named_parameters() if "embed_tokens" not in n)
     head = config.vocab_size * config.hidden_size  # tied: the LM head is the embedding matrix
-    return {"body_params": body, "head_params": head, "layers": config.num_hidden_layers, "kv_dim": config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)}
+    return {
+        "body_params": body,
+        "head_params": head,
+        "layers": config.num_hidden_layers,
+        "kv_dim": config.num_key_value_heads * (config.hidden_size // config.num_attention_heads),
+    }
 
 
 # ---- accuracy: fp32 vs auto ------------------------------------------------------------------------
@@ -404,7 +466,10 @@ def run_accuracy(args) -> dict:
     lms = {name: load_base_model(MODEL, device="cpu", dtype=DTYPES[name]) for name in ("fp32", "auto")}
     heads = resolve_heads(None, lms["fp32"], True)
     greedy = make_strategy("greedy")
-    sets = {"chat": (CHAT_PROMPTS, True, 64), "arith-add": ([d.prompt for d in run.docs], task_chat(run.task, True), 32)}
+    sets = {
+        "chat": (CHAT_PROMPTS, True, 64),
+        "arith-add": ([d.prompt for d in run.docs], task_chat(run.task, True), 32),
+    }
     report = {}
     for set_name, (prompts, chat, max_new) in sets.items():
         outputs = {}
@@ -416,12 +481,17 @@ def run_accuracy(args) -> dict:
         same = agree = total = 0
         for a, b in zip(outputs["fp32"], outputs["auto"]):
             same += a.token_ids == b.token_ids
-            prefix = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y), min(len(a.token_ids), len(b.token_ids)))
+            prefix = next(
+                (i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y),
+                min(len(a.token_ids), len(b.token_ids)),
+            )
             agree += prefix
             total += len(a.token_ids)
         # teacher-forced on the fp32 greedy text: the same contexts through both models and the heads
         deltas_t, deltas_p, kls, top1 = [], [], [], []
-        for request, generation in zip(build_requests(lms["fp32"].tokenizer, prompts, greedy, n=1, seed=0, chat=chat), outputs["fp32"]):
+        for request, generation in zip(
+            build_requests(lms["fp32"].tokenizer, prompts, greedy, n=1, seed=0, chat=chat), outputs["fp32"]
+        ):
             ids = torch.tensor([request.input_ids + generation.token_ids])
             start = len(request.input_ids) - 1
             values = {}
@@ -434,7 +504,11 @@ def run_accuracy(args) -> dict:
             (la, ta, pa), (lb, tb, pb) = values["fp32"], values["auto"]
             deltas_t.append((ta - tb).abs())
             deltas_p.append((pa - pb).abs())
-            kls.append(torch.nn.functional.kl_div(torch.log_softmax(lb, -1), torch.log_softmax(la, -1), log_target=True, reduction="none").sum(-1))
+            kls.append(
+                torch.nn.functional.kl_div(
+                    torch.log_softmax(lb, -1), torch.log_softmax(la, -1), log_target=True, reduction="none"
+                ).sum(-1)
+            )
             top1.append((la.argmax(-1) == lb.argmax(-1)).float())
         dt, dp, kl, t1 = (torch.cat(x) for x in (deltas_t, deltas_p, kls, top1))
         report[set_name] = {
@@ -465,10 +539,15 @@ def main(argv=None) -> int:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results: dict = {"threads": args.threads, "baseline_ref": args.baseline_ref, "runs": {}}
-    print(f"threads={args.threads} repeats={args.repeats} baseline={args.baseline_ref} parts={','.join(parts)}", flush=True)
+    print(
+        f"threads={args.threads} repeats={args.repeats} baseline={args.baseline_ref} parts={','.join(parts)}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as folder:
         baseline_src = baseline_tree(args.baseline_ref, Path(folder)) if "baseline" in variants else None
-        for part in [p for p in parts if p in ("chat", "arith", "batch1", "train", "breakdown-static", "breakdown-autodeco")]:
+        for part in [
+            p for p in parts if p in ("chat", "arith", "batch1", "train", "breakdown-static", "breakdown-autodeco")
+        ]:
             runs = {v: [] for v in variants}
             for repeat in range(args.repeats):
                 order = variants if repeat % 2 == 0 else list(reversed(variants))
@@ -479,20 +558,33 @@ def main(argv=None) -> int:
                         print(f"  {part:6s} {variant:8s} rep {repeat}: FAILED\n{exc}", flush=True)
                         continue
                     runs[variant].append(r)
-                    print(f"  {part:6s} {variant:8s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall {r['cpu']:7.1f} s cpu  {r['tokens'] / r['wall']:7.1f} tok/s", flush=True)
+                    print(
+                        f"  {part:6s} {variant:8s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall {r['cpu']:7.1f} s cpu  {r['tokens'] / r['wall']:7.1f} tok/s",
+                        flush=True,
+                    )
             results["runs"][part] = runs
             if args.json:  # partial results survive a later failure
                 Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         if "vllm" in parts:
-            if Path(args.vllm_python).is_file() and subprocess.run([args.vllm_python, "-c", "import vllm"], capture_output=True).returncode == 0:
+            if (
+                Path(args.vllm_python).is_file()
+                and subprocess.run([args.vllm_python, "-c", "import vllm"], capture_output=True).returncode == 0
+            ):
                 # vLLM and ours (auto) alternate on the chat workload; vLLM exits before ours starts
                 pair = results["runs"]["chat vs vllm"] = {"vllm-bf16": [], "auto": []}
                 for repeat in range(args.repeats):
-                    for name in (("vllm-bf16", "auto") if repeat % 2 == 0 else ("auto", "vllm-bf16")):
-                        r = work_vllm(args.vllm_python, args.threads) if name == "vllm-bf16" else spawn(args, "chat", "auto", baseline_src)
+                    for name in ("vllm-bf16", "auto") if repeat % 2 == 0 else ("auto", "vllm-bf16"):
+                        r = (
+                            work_vllm(args.vllm_python, args.threads)
+                            if name == "vllm-bf16"
+                            else spawn(args, "chat", "auto", baseline_src)
+                        )
                         pair[name].append(r)
                         extra = f" (vLLM start-up {r['startup']:.0f} s)" if "startup" in r else ""
-                        print(f"  vllm   {name:9s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall{extra}  {r['tokens'] / r['wall']:7.1f} tok/s", flush=True)
+                        print(
+                            f"  vllm   {name:9s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall{extra}  {r['tokens'] / r['wall']:7.1f} tok/s",
+                            flush=True,
+                        )
             else:
                 print(f"  vllm: not available ({args.vllm_python} cannot import vllm)", flush=True)
     if "limits" in parts:
@@ -508,7 +600,9 @@ def main(argv=None) -> int:
 def print_tables(results: dict) -> None:
     runs = results["runs"]
     if runs:
-        print("\n| workload | variant | tokens | median tok/s (wall) | median tok/s (CPU) | x baseline (wall) | x baseline (CPU) |")
+        print(
+            "\n| workload | variant | tokens | median tok/s (wall) | median tok/s (CPU) | x baseline (wall) | x baseline (CPU) |"
+        )
         print("|---|---|---:|---:|---:|---:|---:|")
     for part, by_variant in runs.items():
         base = by_variant.get("baseline")
@@ -518,12 +612,20 @@ def print_tables(results: dict) -> None:
             if not rs:
                 continue
             wall = statistics.median(r["tokens"] / r["wall"] for r in rs)
-            cpu = statistics.median(r["tokens"] / r["cpu"] for r in rs if r["cpu"] == r["cpu"]) if all(r["cpu"] == r["cpu"] for r in rs) else float("nan")
+            cpu = (
+                statistics.median(r["tokens"] / r["cpu"] for r in rs if r["cpu"] == r["cpu"])
+                if all(r["cpu"] == r["cpu"] for r in rs)
+                else float("nan")
+            )
             ratio_wall = f"{wall / base_wall:.2f}" if base_wall else "-"
             ratio_cpu = f"{cpu / base_cpu:.2f}" if base_cpu and cpu == cpu else "-"
             if part == "chat vs vllm" and variant == "auto" and by_variant.get("vllm-bf16"):
-                ratio_wall = f"{wall / statistics.median(r['tokens'] / r['wall'] for r in by_variant['vllm-bf16']):.2f} x vLLM"
-            print(f"| {part} | {variant} | {statistics.median(r['tokens'] for r in rs):.0f} | {wall:.1f} | {cpu:.1f} | {ratio_wall} | {ratio_cpu} |")
+                ratio_wall = (
+                    f"{wall / statistics.median(r['tokens'] / r['wall'] for r in by_variant['vllm-bf16']):.2f} x vLLM"
+                )
+            print(
+                f"| {part} | {variant} | {statistics.median(r['tokens'] for r in rs):.0f} | {wall:.1f} | {cpu:.1f} | {ratio_wall} | {ratio_cpu} |"
+            )
     for part in ("breakdown-static", "breakdown-autodeco"):
         if part not in runs:
             continue
@@ -536,21 +638,32 @@ def print_tables(results: dict) -> None:
         for name in names + ["total"]:
             cells = []
             for v in variants:
-                value = totals[v] if name == "total" else statistics.median(r["ms_per_step"][name] for r in runs[part][v])
+                value = (
+                    totals[v] if name == "total" else statistics.median(r["ms_per_step"][name] for r in runs[part][v])
+                )
                 cells.append(f"{value:.1f} ({100 * value / totals[v]:.0f}%)")
             print(f"| {name} | " + " | ".join(cells) + " |")
         for v in variants:
             r = runs[part][v][0]
             if r.get("decode_forwards"):
-                print(f"{v}: {r['steps']} steps, {r['decode_rows'] / r['decode_forwards']:.1f} rows per decode forward, {r['tokens'] / r['steps']:.1f} tokens per step")
+                print(
+                    f"{v}: {r['steps']} steps, {r['decode_rows'] / r['decode_forwards']:.1f} rows per decode forward, {r['tokens'] / r['steps']:.1f} tokens per step"
+                )
     if "limits" in results:
         lim = results["limits"]
-        print(f"\nprobes: read bandwidth {lim['read_GBps']:.1f} GB/s, fp32 matmul {lim['fp32_GFLOPs']:.0f} GFLOP/s, bf16 matmul {lim['bf16_GFLOPs']:.0f} GFLOP/s")
-        print(f"model: {lim['body_params'] / 1e6:.1f} M body + {lim['head_params'] / 1e6:.1f} M LM-head parameters per token")
+        print(
+            f"\nprobes: read bandwidth {lim['read_GBps']:.1f} GB/s, fp32 matmul {lim['fp32_GFLOPs']:.0f} GFLOP/s, bf16 matmul {lim['bf16_GFLOPs']:.0f} GFLOP/s"
+        )
+        print(
+            f"model: {lim['body_params'] / 1e6:.1f} M body + {lim['head_params'] / 1e6:.1f} M LM-head parameters per token"
+        )
     if "accuracy" in results:
         print("\naccuracy, fp32 vs auto:")
         for name, values in results["accuracy"].items():
-            print(f"  {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
+            print(
+                f"  {name}: "
+                + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+            )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ from conftest import TINY_HIDDEN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-PROMPTS = ["hello", "What is 27 + 82? Tell me a joke about a cat and a mouse, please.", "The quick brown fox", "Once upon a time"]
+PROMPTS = [
+    "hello",
+    "What is 27 + 82? Tell me a joke about a cat and a mouse, please.",
+    "The quick brown fox",
+    "Once upon a time",
+]
 
 
 # ---- --dtype auto ------------------------------------------------------------------------------
@@ -164,7 +169,11 @@ def _with_plain_cache(engine):
 def test_growing_cache_generates_exactly_what_concatenation_did(tiny_lm, monkeypatch):
     engine = GenerationEngine(tiny_lm, fresh_heads(TINY_HIDDEN, seed=0))
     requests = []
-    for strategy, n in ((make_strategy("static", 1.0, 0.9), 3), (make_strategy("greedy"), 1), (make_strategy("autodeco"), 2)):
+    for strategy, n in (
+        (make_strategy("static", 1.0, 0.9), 3),
+        (make_strategy("greedy"), 1),
+        (make_strategy("autodeco"), 2),
+    ):
         requests += build_requests(tiny_lm.tokenizer, PROMPTS, strategy, n=n, seed=7)
     # batch 3 < requests: rows finish, split and join while others run, padding gets trimmed
     grown = engine.generate(requests, max_new_tokens=24, batch_size=3)
@@ -199,7 +208,9 @@ def test_growing_cache_appends_in_place_and_views_carry_their_zero_tail(tiny_lm)
     layer.crop(-2)  # the cut columns hold data: the next append must not claim a zero tail over them
     keys = layer.update(step, step)[0]
     assert torch.equal(keys, torch.cat([expected[:, :, :-2], step], dim=-2))
-    spare = torch.as_strided(keys, (3, 2, keys.shape[2] + getattr(keys, ZERO_TAIL), 4), keys.stride(), keys.storage_offset())[:, :, keys.shape[2] :]
+    spare = torch.as_strided(
+        keys, (3, 2, keys.shape[2] + getattr(keys, ZERO_TAIL), 4), keys.stride(), keys.storage_offset()
+    )[:, :, keys.shape[2] :]
     assert not spare.any()
 
 
@@ -233,14 +244,20 @@ def test_inverse_cdf_over_the_nucleus_draws_what_the_full_vocabulary_cumsum_drew
     logits = torch.randn(rows, vocab, generator=gen) * 3
     logits[2] = logits[2].bfloat16().float()  # ties
     logits[5, 100:] = float("-inf")  # a masked row
-    strategies = [make_strategy("static", 0.7, 0.9), make_strategy("static", 1.3, 1.0), make_strategy("min-p", 1.0, min_p=0.05)]
+    strategies = [
+        make_strategy("static", 0.7, 0.9),
+        make_strategy("static", 1.3, 1.0),
+        make_strategy("min-p", 1.0, min_p=0.05),
+    ]
     requests = [Request(key=i, input_ids=[1], strategy=strategies[i % 3], seed=1000 + i) for i in range(rows * 2)]
     row_members = [[2 * r, 2 * r + 1] for r in range(rows)]
     chosen = _Sampler(requests, None, record_nucleus=False).step(row_members, logits, None)
     for row, members in enumerate(row_members):
         for member in members:
             strategy = requests[member].strategy
-            decoded = decoding_logits(logits[row : row + 1], strategy.temperature, strategy.top_p or 1.0, min_p=strategy.min_p)
+            decoded = decoding_logits(
+                logits[row : row + 1], strategy.temperature, strategy.top_p or 1.0, min_p=strategy.min_p
+            )
             cumulative = torch.cumsum(torch.softmax(decoded, -1).double(), -1)[0]
             u = torch.rand(1, generator=torch.Generator().manual_seed(requests[member].seed), dtype=torch.float64)
             token = int(torch.searchsorted(cumulative, u * cumulative[-1], right=True))
@@ -255,7 +272,23 @@ def test_eval_records_the_resolved_dtype_and_resumes_folders_that_said_auto(tiny
     from autodeco_cli.cli import app
 
     runner = CliRunner()
-    common = ["eval", "-b", "fake", "--model", str(tiny_model_dir), "-k", "1", "--seeds", "1", "--batch-size", "4", "--output-dir", str(tmp_path), "--decoding", "greedy"]
+    common = [
+        "eval",
+        "-b",
+        "fake",
+        "--model",
+        str(tiny_model_dir),
+        "-k",
+        "1",
+        "--seeds",
+        "1",
+        "--batch-size",
+        "4",
+        "--output-dir",
+        str(tmp_path),
+        "--decoding",
+        "greedy",
+    ]
     assert runner.invoke(app, common).exit_code == 0
     config_path = tmp_path / "greedy" / "run_config.json"
     config = json.loads(config_path.read_text())
@@ -265,4 +298,6 @@ def test_eval_records_the_resolved_dtype_and_resumes_folders_that_said_auto(tiny
     resumed = runner.invoke(app, common)
     assert resumed.exit_code == 0, resumed.output
     refused = runner.invoke(app, [*common, "--dtype", "bfloat16"])
-    assert refused.exit_code != 0 and "(dtype)" in f"{refused.output} {refused.exception}"  # bf16 samples never join fp32 ones
+    assert (
+        refused.exit_code != 0 and "(dtype)" in f"{refused.output} {refused.exception}"
+    )  # bf16 samples never join fp32 ones

@@ -77,13 +77,17 @@ def _darwin_flags() -> set[str]:
     import subprocess
 
     try:
-        out = subprocess.run(["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return set()
     return {"bf16"} if out == "1" else set()
 
 
-def decode_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+def decode_attention_forward(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
     """transformers' attention-interface signature; one query position goes the grouped way.
 
     query ``[B, H, 1, D]``, key/value ``[B, KVH, L, D]`` (the cache), mask ``[B, 1, 1, L]``
@@ -94,13 +98,20 @@ def decode_attention_forward(module, query, key, value, attention_mask, dropout=
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     if q_len != 1 or heads % kv_heads or (dropout and module.training) or kwargs.get("output_attentions"):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
     if scaling is None:
         scaling = dim**-0.5
     length = key.shape[-2]
     mask = None if attention_mask is None else attention_mask[:, :, :, -length:]
     tail = min(getattr(key, ZERO_TAIL, 0), getattr(value, ZERO_TAIL, 0))
-    if tail and key.stride() == value.stride() and key.stride(-2) == dim and key.stride(1) == key.stride(-2) * (length + tail):
+    if (
+        tail
+        and key.stride() == value.stride()
+        and key.stride(-2) == dim
+        and key.stride(1) == key.stride(-2) * (length + tail)
+    ):
         # the cache view is the start of a contiguous zero-tailed buffer: use all of it (a
         # strided view would be copied by bmm), masking the tail
         key = torch.as_strided(key, (batch, kv_heads, length + tail, dim), key.stride(), key.storage_offset())
@@ -123,7 +134,11 @@ def use_decode_attention(model: torch.nn.Module) -> bool:
     """Switch a model that runs torch SDPA to `decode_attention_forward` (same masks). Returns
     whether it switched: models with another attention implementation are left alone."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
+    if (
+        config is None
+        or getattr(config, "_attn_implementation", None) != "sdpa"
+        or not hasattr(model, "set_attn_implementation")
+    ):
         return False
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
@@ -196,7 +211,11 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
     """
     if not hasattr(torch.ops.mkldnn, "_reorder_linear_weight") or not torch.backends.mkldnn.is_available():
         return 0
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"]
+    linears = [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"
+    ]
     extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
     free = _free_memory_bytes()
     if free is not None and extra > free // 4:

@@ -30,7 +30,9 @@ def sort_descending(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.sort(probs, dim=-1, descending=True, stable=True)
 
 
-def soft_top_p_weights_sorted(sorted_probs: torch.Tensor, top_p: torch.Tensor, alpha: float, stabilise: bool = False) -> torch.Tensor:
+def soft_top_p_weights_sorted(
+    sorted_probs: torch.Tensor, top_p: torch.Tensor, alpha: float, stabilise: bool = False
+) -> torch.Tensor:
     """The paper's soft nucleus mask, in sorted order: ``exp(-alpha * relu(cumsum - p))``.
 
     The inclusive cumsum means the top token is only damped once it alone exceeds p, so the
@@ -46,11 +48,15 @@ def soft_top_p_weights_sorted(sorted_probs: torch.Tensor, top_p: torch.Tensor, a
     return torch.exp(-alpha * overage)
 
 
-def soft_top_p(probs: torch.Tensor, top_p: float | torch.Tensor, alpha: float = DEFAULT_SOFT_TOP_P_ALPHA) -> torch.Tensor:
+def soft_top_p(
+    probs: torch.Tensor, top_p: float | torch.Tensor, alpha: float = DEFAULT_SOFT_TOP_P_ALPHA
+) -> torch.Tensor:
     """Differentiable top-p: sort, soft-mask, unsort, renormalise. Gradients flow into `probs` and `top_p`."""
     top_p = _as_column(top_p, probs)
     sorted_probs, order = sort_descending(probs)
-    weights = torch.empty_like(probs).scatter(-1, order, soft_top_p_weights_sorted(sorted_probs, top_p, alpha, stabilise=True))
+    weights = torch.empty_like(probs).scatter(
+        -1, order, soft_top_p_weights_sorted(sorted_probs, top_p, alpha, stabilise=True)
+    )
     masked = probs * weights
     return masked / masked.sum(dim=-1, keepdim=True).clamp_min(1e-30)
 
@@ -114,7 +120,9 @@ def hard_top_p_keep(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.T
 NUCLEUS_CANDIDATES = 64
 
 
-def nucleus_cut(probs: torch.Tensor, top_p: torch.Tensor, candidates: int = NUCLEUS_CANDIDATES) -> tuple[torch.Tensor, torch.Tensor]:
+def nucleus_cut(
+    probs: torch.Tensor, top_p: torch.Tensor, candidates: int = NUCLEUS_CANDIDATES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's nucleus size and smallest kept probability (both ``[..., 1]``); `top_p` ``[..., 1]``.
 
     With the row sorted descending, the size is the number of positions whose mass before them
@@ -204,7 +212,9 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 MIN_EDT_ENTROPY = 1e-12
 
 
-def edt_temperature(logits: torch.Tensor, t0: float | torch.Tensor, base: float | torch.Tensor, theta: float | torch.Tensor) -> torch.Tensor:
+def edt_temperature(
+    logits: torch.Tensor, t0: float | torch.Tensor, base: float | torch.Tensor, theta: float | torch.Tensor
+) -> torch.Tensor:
     """EDT (Zhang et al. 2024): T = T0 · N^(θ/H), H the entropy of the untempered softmax(logits).
 
     With N in (0, 1), T rises towards T0 as the model gets less sure and falls towards 0 on
@@ -236,7 +246,9 @@ def decoding_logits_and_temperature(
     """
     logits = logits.float()
     if edt_theta is not None:
-        temperature = edt_temperature(logits, temperature, DEFAULT_EDT_BASE if edt_base is None else edt_base, edt_theta)
+        temperature = edt_temperature(
+            logits, temperature, DEFAULT_EDT_BASE if edt_base is None else edt_base, edt_theta
+        )
     if n_sigma is not None:
         logits = logits.masked_fill(~top_n_sigma_keep(logits, n_sigma), float("-inf"))
     temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)

@@ -115,7 +115,9 @@ def encode_prompt(tokenizer, prompt: PromptInput, chat: bool, fmt: PromptFormat 
     """Chat prompts go through the model's template (with `fmt`'s system prompt and template
     switches); raw prompts are tokenised as given."""
     if chat:
-        text = tokenizer.apply_chat_template(fmt.messages(prompt), add_generation_prompt=True, tokenize=False, **fmt.template_kwargs)
+        text = tokenizer.apply_chat_template(
+            fmt.messages(prompt), add_generation_prompt=True, tokenize=False, **fmt.template_kwargs
+        )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     if not isinstance(prompt, str):
         raise TypeError("raw completion (chat=False) needs a string prompt")
@@ -163,7 +165,9 @@ class _Sampler:
     def release(self, member: int) -> None:
         self._generators.pop(member, None)
 
-    def head_values(self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor) -> dict[int, tuple[float, float]]:
+    def head_values(
+        self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor
+    ) -> dict[int, tuple[float, float]]:
         if not rows:
             return {}
         if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
@@ -183,7 +187,9 @@ class _Sampler:
         return strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k, strategy.adaptive
 
     def step(self, row_members: list[list[int]], logits: torch.Tensor, hidden: torch.Tensor | None) -> dict[int, _Step]:
-        head_rows = [row for row, members in enumerate(row_members) if any(self.requests[m].strategy.uses_heads for m in members)]
+        head_rows = [
+            row for row, members in enumerate(row_members) if any(self.requests[m].strategy.uses_heads for m in members)
+        ]
         heads = self.head_values(head_rows, logits, hidden)
         chosen: dict[int, _Step] = {}
         # (row, T, p, top-k, adaptive) -> the requests that sample from that distribution
@@ -209,7 +215,15 @@ class _Sampler:
             self._sample(keys, distributions, logits, top_k, kind, chosen)
         return chosen
 
-    def _sample(self, keys: list[tuple], distributions: dict[tuple, list[int]], logits: torch.Tensor, top_k: int | None, kind: str | None, chosen: dict[int, _Step]) -> None:
+    def _sample(
+        self,
+        keys: list[tuple],
+        distributions: dict[tuple, list[int]],
+        logits: torch.Tensor,
+        top_k: int | None,
+        kind: str | None,
+        chosen: dict[int, _Step],
+    ) -> None:
         """Draw every member of these distributions (same top-k and kind) by inverse CDF."""
         device = logits.device
         rows = torch.tensor([k[0] for k in keys], device=device)
@@ -218,7 +232,10 @@ class _Sampler:
         adaptive = {}
         if kind is not None:
             names = ADAPTIVE_PARAMETERS[kind]
-            adaptive = {name: torch.tensor([k[4][1 + i] for k in keys], device=device).unsqueeze(-1) for i, name in enumerate(names)}
+            adaptive = {
+                name: torch.tensor([k[4][1 + i] for k in keys], device=device).unsqueeze(-1)
+                for i, name in enumerate(names)
+            }
         decoded, used = decoding_logits_and_temperature(logits[rows], temperature, top_p, top_k, **adaptive)
         # EDT's T is per row; the others keep the strategy's exact float in the trace
         used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k[1] for k in keys]
@@ -333,7 +350,9 @@ class GenerationEngine:
         kwargs = {self._cache_kwarg: cache}
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        output = self.lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs)
+        output = self.lm.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs
+        )
         hidden = self._capture.last[:, -1, :] if self._capture is not None else None
         return output.logits[:, -1, :].float(), hidden
 
@@ -444,7 +463,10 @@ class _DecodeState:
         cache = engine.new_cache()
         logits, hidden = engine._forward(input_ids, mask, positions, cache)
         for row, prompt in enumerate(prompts):
-            self.prompt_tails[tuple(prompt)] = (logits[row : row + 1], None if hidden is None else hidden[row : row + 1])
+            self.prompt_tails[tuple(prompt)] = (
+                logits[row : row + 1],
+                None if hidden is None else hidden[row : row + 1],
+            )
         if self.streamer is not None:
             self.streamer.put(torch.tensor([list(prompts[0])]))
         prompt_keys = [tuple(p) for p in prompts]
@@ -463,7 +485,10 @@ class _DecodeState:
         source = self.row_prompts.index(prompt)
         start, length = int(self.attention_mask[source].argmax()), len(prompt)
         columns = slice(start, start + length)
-        kv = [(layer.keys[source : source + 1, :, columns], layer.values[source : source + 1, :, columns]) for layer in self.cache.layers]
+        kv = [
+            (layer.keys[source : source + 1, :, columns], layer.values[source : source + 1, :, columns])
+            for layer in self.cache.layers
+        ]
         mask = self.attention_mask.new_ones((1, length))
         positions = torch.tensor([[length - 1]], device=self.attention_mask.device)
         logits, hidden = self.prompt_tails[prompt]
@@ -553,10 +578,23 @@ class _DecodeState:
         token_trace = None
         if self.trace:
             token_trace = [
-                TokenTrace(token_id=s.token, token=tokenizer.decode([s.token]), temperature=s.temperature, top_p=s.top_p, nucleus_size=s.nucleus)
+                TokenTrace(
+                    token_id=s.token,
+                    token=tokenizer.decode([s.token]),
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    nucleus_size=s.nucleus,
+                )
                 for s in self.steps[index]
             ]
-        return Generation(key=request.key, text=text, token_ids=list(tokens), finish_reason=self.finish[index], trace=token_trace, strategy=request.strategy)
+        return Generation(
+            key=request.key,
+            text=text,
+            token_ids=list(tokens),
+            finish_reason=self.finish[index],
+            trace=token_trace,
+            strategy=request.strategy,
+        )
 
 
 def finished_text(tokenizer, tokens: Sequence[int], eos_ids, stop: Sequence[str] | None) -> str:
@@ -584,11 +622,15 @@ class _GrowingLayer(DynamicLayer):
     whole buffer, contiguous, instead of having torch copy the strided view first.
     """
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self.keys, self._key_buffer = _append_columns(self.keys, key_states, getattr(self, "_key_buffer", None))
-        self.values, self._value_buffer = _append_columns(self.values, value_states, getattr(self, "_value_buffer", None))
+        self.values, self._value_buffer = _append_columns(
+            self.values, value_states, getattr(self, "_value_buffer", None)
+        )
         return self.keys, self.values
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
@@ -604,7 +646,13 @@ class _GrowingLayer(DynamicLayer):
 
 def _column_in(view: torch.Tensor, buffer: torch.Tensor | None) -> int | None:
     """The buffer column where `view` starts, if `view` is `buffer[:, :, a:b]`; else None."""
-    if buffer is None or view.dim() != 4 or view.stride() != buffer.stride() or view.shape[:2] != buffer.shape[:2] or view.shape[3] != buffer.shape[3]:
+    if (
+        buffer is None
+        or view.dim() != 4
+        or view.stride() != buffer.stride()
+        or view.shape[:2] != buffer.shape[:2]
+        or view.shape[3] != buffer.shape[3]
+    ):
         return None
     if view.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr():
         return None
@@ -621,7 +669,9 @@ def _columns(buffer: torch.Tensor, start: int, end: int) -> torch.Tensor:
     return view
 
 
-def _append_columns(cache: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _append_columns(
+    cache: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     if cache.dim() != 4 or cache.numel() == 0:
         cache = new[:, :, :0]
     length, added = cache.shape[2], new.shape[2]
@@ -635,7 +685,9 @@ def _append_columns(cache: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor
     return _columns(buffer, start, start + length + added), buffer
 
 
-def _select_rows(cache: torch.Tensor, indices: torch.Tensor, buffer: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _select_rows(
+    cache: torch.Tensor, indices: torch.Tensor, buffer: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     start = _column_in(cache, buffer)
     if start is None:
         return cache[indices, ...], None
@@ -670,5 +722,12 @@ def build_requests(
     for prompt_id, prompt in zip(prompt_ids, prompts):
         ids = encode_prompt(tokenizer, prompt, chat, fmt)
         for sample in range(n):
-            requests.append(Request(key=(prompt_id, sample), input_ids=ids, strategy=strategy, seed=request_seed(seed, prompt_id, sample)))
+            requests.append(
+                Request(
+                    key=(prompt_id, sample),
+                    input_ids=ids,
+                    strategy=strategy,
+                    seed=request_seed(seed, prompt_id, sample),
+                )
+            )
     return requests

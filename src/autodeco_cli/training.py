@@ -28,7 +28,16 @@ from .training_data import IGNORE_INDEX, Example, load_examples
 
 CHECKPOINTS_DIR = "checkpoints"
 # what reading a truncated or damaged checkpoint raises (torch.load, safetensors, state dicts)
-CHECKPOINT_ERRORS = (RuntimeError, EOFError, OSError, KeyError, ValueError, TypeError, pickle.UnpicklingError, UserError)
+CHECKPOINT_ERRORS = (
+    RuntimeError,
+    EOFError,
+    OSError,
+    KeyError,
+    ValueError,
+    TypeError,
+    pickle.UnpicklingError,
+    UserError,
+)
 TRAINER_STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 ADAPTER_DIR = "adapter"
@@ -93,9 +102,15 @@ class TrainConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise UserError(f"config field {name}={getattr(self, name)!r} is invalid", "see `autodeco train-heads --help` for allowed values")
+                raise UserError(
+                    f"config field {name}={getattr(self, name)!r} is invalid",
+                    "see `autodeco train-heads --help` for allowed values",
+                )
         if self.lora_r and self.cache_hidden == "on":
-            raise UserError("cache_hidden=on cannot be combined with lora_r: the base model changes while training", "set cache_hidden=off")
+            raise UserError(
+                "cache_hidden=on cannot be combined with lora_r: the base model changes while training",
+                "set cache_hidden=off",
+            )
 
     @property
     def use_cache(self) -> bool:
@@ -240,13 +255,19 @@ class HiddenStateCache:
         with data_path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        digest.update(json.dumps([config.model, config.adapter, config.max_length, config.overlong, config.limit, num_examples]).encode())
+        digest.update(
+            json.dumps(
+                [config.model, config.adapter, config.max_length, config.overlong, config.limit, num_examples]
+            ).encode()
+        )
         if dtype != torch.float32:  # a bf16 base computes other states (fp32 caches keep their old names)
             digest.update(str(dtype).encode())
         return digest.hexdigest()[:16]
 
     @classmethod
-    def build_or_load(cls, path: Path, model, examples: list[Example], pad_id: int, device, batch_size: int, progress=None) -> "HiddenStateCache":
+    def build_or_load(
+        cls, path: Path, model, examples: list[Example], pad_id: int, device, batch_size: int, progress=None
+    ) -> "HiddenStateCache":
         from safetensors.torch import load_file, save_file
 
         if path.is_file():
@@ -350,7 +371,12 @@ class HeadTrainer:
         if c.init_heads:
             return load_heads(c.init_heads, expected_hidden_size=self.lm.hidden_size).train()
         torch.manual_seed(c.seed)
-        config = HeadsConfig(hidden_size=self.lm.hidden_size, head_width=c.head_width, use_enhanced_features=c.use_enhanced_features, base_model=c.model)
+        config = HeadsConfig(
+            hidden_size=self.lm.hidden_size,
+            head_width=c.head_width,
+            use_enhanced_features=c.use_enhanced_features,
+            base_model=c.model,
+        )
         return AutoDecoHeads(config).train()
 
     def _init_lora(self):
@@ -358,7 +384,13 @@ class HeadTrainer:
 
         c = self.config
         torch.manual_seed(c.seed + 1)
-        lora = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=list(c.lora_target_modules), task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=c.lora_r,
+            lora_alpha=c.lora_alpha,
+            lora_dropout=c.lora_dropout,
+            target_modules=list(c.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
         peft_model = get_peft_model(self.lm.model, lora)
         self.lm.model = peft_model
         return peft_model
@@ -378,7 +410,12 @@ class HeadTrainer:
         c = self.config
         groups = [{"params": [p for p in self.heads.parameters() if p.requires_grad], "lr": c.learning_rate}]
         if self.lora_model is not None:
-            groups.append({"params": [p for p in self.lora_model.parameters() if p.requires_grad], "lr": c.lora_learning_rate or c.learning_rate})
+            groups.append(
+                {
+                    "params": [p for p in self.lora_model.parameters() if p.requires_grad],
+                    "lr": c.lora_learning_rate or c.learning_rate,
+                }
+            )
         return torch.optim.AdamW(groups, weight_decay=c.weight_decay)
 
     # -- checkpoints --
@@ -459,7 +496,9 @@ class HeadTrainer:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            set_peft_model_state_dict(self.lora_model, load_file(str(latest / ADAPTER_DIR / "adapter_model.safetensors")))
+            set_peft_model_state_dict(
+                self.lora_model, load_file(str(latest / ADAPTER_DIR / "adapter_model.safetensors"))
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -495,7 +534,13 @@ class HeadTrainer:
     def _features(self, examples: list[Example]) -> Features:
         if self.cache is not None:
             return self.cache.features(examples, self.device)
-        return base_features(self.lm.model, examples, self.lm.tokenizer.pad_token_id, self.device, trainable_base=self.lora_model is not None)
+        return base_features(
+            self.lm.model,
+            examples,
+            self.lm.tokenizer.pad_token_id,
+            self.device,
+            trainable_base=self.lora_model is not None,
+        )
 
     def _micro_step(self, examples: list[Example], epoch: int, scale: float) -> dict:
         c = self.config
@@ -507,8 +552,15 @@ class HeadTrainer:
         temperature, top_p = self.heads(hidden, logits)
         uniforms = easy_drop_uniforms(c.seed, epoch, examples, features.counts).to(self.device)
         losses = head_losses(
-            logits, features.targets, temperature, top_p, uniforms,
-            mode=c.mode, easy_drop_probability=c.easy_drop_probability, alpha=c.soft_top_p_alpha, dft_weighting=c.dft_weighting,
+            logits,
+            features.targets,
+            temperature,
+            top_p,
+            uniforms,
+            mode=c.mode,
+            easy_drop_probability=c.easy_drop_probability,
+            alpha=c.soft_top_p_alpha,
+            dft_weighting=c.dft_weighting,
         )
         (losses["loss"] * scale).backward()
         return {
@@ -522,7 +574,11 @@ class HeadTrainer:
         """Metric sums over every rank, so the log reports the whole step, not rank 0's share."""
         # a fixed key list: a rank without micro-batches has no keys, but must send the same shape
         keys = ["loss", "tokens", "mean_temperature", "mean_top_p"]
-        keys += {"joint": ["temperature_loss", "top_p_loss"], "temperature": ["temperature_loss"], "top_p": ["top_p_loss"]}[self.config.mode]
+        keys += {
+            "joint": ["temperature_loss", "top_p_loss"],
+            "temperature": ["temperature_loss"],
+            "top_p": ["top_p_loss"],
+        }[self.config.mode]
         values = torch.tensor([sums.get(k, 0.0) for k in keys] + [float(micro_batches)], dtype=torch.float64)
         self.dist.all_reduce_sum_([values])
         totals = dict(zip(keys, values[:-1].tolist()))
@@ -560,7 +616,11 @@ class HeadTrainer:
                     p.grad = torch.zeros_like(p)
             self.dist.all_reduce_sum_([p.grad for p in self.parameters])
             sums = self._global_sums(sums, len(micro_batches))
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, c.max_grad_norm) if c.max_grad_norm > 0 else torch.tensor(0.0)
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(self.parameters, c.max_grad_norm)
+                if c.max_grad_norm > 0
+                else torch.tensor(0.0)
+            )
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -593,9 +653,16 @@ class HeadTrainer:
     def _prepare_cache(self) -> None:
         c = self.config
         cache_dir = Path(c.cache_dir) if c.cache_dir else self.output_dir / "hidden_cache"
-        path = cache_dir / f"hidden-{HiddenStateCache.key(c, Path(c.data), len(self.examples), self.lm.model.dtype)}.safetensors"
+        path = (
+            cache_dir
+            / f"hidden-{HiddenStateCache.key(c, Path(c.data), len(self.examples), self.lm.model.dtype)}.safetensors"
+        )
         if self.dist.is_main:
-            self.cache = HiddenStateCache.build_or_load(path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size)
+            self.cache = HiddenStateCache.build_or_load(
+                path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size
+            )
         self.dist.barrier()
         if self.cache is None:
-            self.cache = HiddenStateCache.build_or_load(path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size)
+            self.cache = HiddenStateCache.build_or_load(
+                path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size
+            )

@@ -81,7 +81,9 @@ def encode_messages(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
         added = rendered[len(input_ids) :]
         if messages[end - 1].get("role") == "assistant":
             # the assistant header ("<|im_start|>assistant\n") is prompt, not completion
-            header = len(_tokens(tokenizer, _render(tokenizer, messages[: end - 1], add_generation_prompt=True))) - len(input_ids)
+            header = len(_tokens(tokenizer, _render(tokenizer, messages[: end - 1], add_generation_prompt=True))) - len(
+                input_ids
+            )
             header = max(0, min(header, len(added)))
             turn = added[header:]
             # the template's text after the turn's EOS (e.g. "\n") never occurs in generation
@@ -112,7 +114,9 @@ def parse_line(tokenizer, record, where: str) -> tuple[list[int], list[int]]:
         except ValueError as exc:
             raise UserError(f"{where}: {exc}", "use {'prompt', 'completion'} lines instead") from None
     if "prompt" not in record or "completion" not in record:
-        raise UserError(f"{where}: needs 'prompt' and 'completion' (or 'messages')", f"found keys: {', '.join(record) or 'none'}")
+        raise UserError(
+            f"{where}: needs 'prompt' and 'completion' (or 'messages')", f"found keys: {', '.join(record) or 'none'}"
+        )
     prompt, completion = record["prompt"], record["completion"]
     if isinstance(prompt, list):
         _check_messages(prompt, where)
@@ -123,13 +127,18 @@ def parse_line(tokenizer, record, where: str) -> tuple[list[int], list[int]]:
     return encode_prompt_completion(tokenizer, prompt, completion)
 
 
-def load_examples(path: str | Path, tokenizer, *, max_length: int = 2048, overlong: str = "truncate", limit: int | None = None) -> tuple[list[Example], DatasetReport]:
+def load_examples(
+    path: str | Path, tokenizer, *, max_length: int = 2048, overlong: str = "truncate", limit: int | None = None
+) -> tuple[list[Example], DatasetReport]:
     """Read and tokenize a training JSONL. `overlong` is "truncate" or "drop"."""
     if overlong not in ("truncate", "drop"):
         raise UserError(f"overlong={overlong!r} is not a policy", "use truncate or drop")
     path = Path(path)
     if not path.exists():
-        raise UserError(f"training data not found: {path}", "build it with `autodeco make-data` or pass a JSONL of {prompt, completion}")
+        raise UserError(
+            f"training data not found: {path}",
+            "build it with `autodeco make-data` or pass a JSONL of {prompt, completion}",
+        )
     examples: list[Example] = []
     truncated = dropped = 0
     # decoded line by line: a binary file fails naming its line, and a large file stays on disk
@@ -140,7 +149,9 @@ def load_examples(path: str | Path, tokenizer, *, max_length: int = 2048, overlo
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "one JSON object per line") from None
+            raise UserError(
+                f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "one JSON object per line"
+            ) from None
         input_ids, labels = parse_line(tokenizer, record, where)
         if len(input_ids) > max_length:
             if overlong == "drop":
