@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()  # the disabled-EOS warning would repeat on every call
 
-    from autodeco_cli import generation
+    from autodeco_cli import sampler
     from autodeco_cli.decoding import make_strategy
     from autodeco_cli.generation import GenerationEngine, build_requests
     from autodeco_cli.heads import fresh_heads, load_heads
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     # The heads' own time inside each autodeco run: the overhead measured within one run, so it
     # is immune to the machine's drift between runs (which on a shared VM is several percent).
     head_seconds = [0.0]
-    head_values = generation._Sampler.head_values
+    head_values = sampler.Sampler.head_values
 
     def timed_head_values(self, *a):
         t0 = time.perf_counter()
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         finally:
             head_seconds[0] += time.perf_counter() - t0
 
-    generation._Sampler.head_values = timed_head_values
+    sampler.Sampler.head_values = timed_head_values
     head_share: dict[int, list[float]] = {}
 
     def run(name: str, bs: int) -> tuple[float, int]:

@@ -297,10 +297,17 @@ def work_breakdown(dtype: str, strategy_name: str) -> dict:
         spent["lm_head (decode)" if a[0].shape[-2] == 1 else "lm_head (prefill)"] += clock() - started["t"]
 
     head.register_forward_hook(head_done)
-    timed(generation._Sampler, "head_values", "heads")
-    timed(generation, "decoding_logits_and_temperature", "cut")
-    timed(generation._Sampler, "_sample", "sample")
-    timed(generation._Sampler, "step", "sampler")
+    # the sampler has its own module since #14; the baseline commit keeps it in generation
+    try:
+        from autodeco_cli import sampler as sampler_module
+
+        sampler_class, cut_module = sampler_module.Sampler, sampler_module
+    except ImportError:
+        sampler_class, cut_module = generation._Sampler, generation
+    timed(sampler_class, "head_values", "heads")
+    timed(cut_module, "decoding_logits_and_temperature", "cut")
+    timed(sampler_class, "_sample", "sample")
+    timed(sampler_class, "step", "sampler")
     timed(generation._DecodeState, "step", "state step")
     timed(generation._DecodeState, "admit", "admit")
     decode_rows = [0]

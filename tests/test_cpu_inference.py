@@ -237,7 +237,8 @@ def test_inverse_cdf_over_the_nucleus_draws_what_the_full_vocabulary_cumsum_drew
     """The sampler sums the CDF over the tokens with mass only; every draw must equal the draw
     from the full-vocabulary double cumsum it replaced (same uniforms, same ids)."""
     from autodeco_cli.distribution import decoding_logits
-    from autodeco_cli.generation import Request, _Sampler
+    from autodeco_cli.generation import Request
+    from autodeco_cli.sampler import Sampler
 
     gen = torch.Generator().manual_seed(9)
     rows, vocab = 12, 4000
@@ -251,7 +252,7 @@ def test_inverse_cdf_over_the_nucleus_draws_what_the_full_vocabulary_cumsum_drew
     ]
     requests = [Request(key=i, input_ids=[1], strategy=strategies[i % 3], seed=1000 + i) for i in range(rows * 2)]
     row_members = [[2 * r, 2 * r + 1] for r in range(rows)]
-    chosen = _Sampler(requests, None, record_nucleus=False).step(row_members, logits, None)
+    chosen = Sampler(requests, None, record_nucleus=False).step(row_members, logits, None)
     for row, members in enumerate(row_members):
         for member in members:
             strategy = requests[member].strategy

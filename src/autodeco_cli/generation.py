@@ -37,12 +37,12 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .cpu_inference import ZERO_TAIL
-from .decoding import ADAPTIVE_PARAMETERS, DecodingStrategy
-from .distribution import decoding_logits_and_temperature, nucleus_size
+from .decoding import DecodingStrategy
 from .heads import AutoDecoHeads
+from .kv_cache import GrowingLayer
 from .models import LoadedModel
 from .prompt_format import PLAIN, PromptFormat
+from .sampler import Sampler, Step
 
 Messages = list[dict]
 PromptInput = Union[str, Messages]
@@ -131,132 +131,6 @@ def batch_order_key(request: Request) -> tuple:
 
 
 @dataclass
-class _Step:
-    """What one request does at one step: its token and the (T, p, nucleus) it came from."""
-
-    token: int
-    temperature: float
-    top_p: float
-    nucleus: int
-
-
-class _Sampler:
-    """Turns a step's rows (logits, hidden) into one token per active request.
-
-    A request's (T, p, top-k) comes from its strategy, or from the heads on its row, plus the
-    adaptive decoder's own parameters (min-p, n·σ, EDT's N and θ). Requests with an equal
-    (row, spec) share one distribution; each then draws with its own uniform number (inverse
-    CDF over token ids), so the draw is independent of batch-mates. EDT's temperature is
-    computed per row from that row's logits, and the trace records it.
-    """
-
-    def __init__(self, requests: Sequence[Request], heads: AutoDecoHeads | None, record_nucleus: bool):
-        self.requests = requests
-        self.heads = heads
-        self.record_nucleus = record_nucleus
-        self._generators: dict[int, torch.Generator] = {}  # per running request, made on first draw
-
-    def generator(self, member: int) -> torch.Generator:
-        generator = self._generators.get(member)
-        if generator is None:
-            generator = self._generators[member] = torch.Generator().manual_seed(self.requests[member].seed)
-        return generator
-
-    def release(self, member: int) -> None:
-        self._generators.pop(member, None)
-
-    def head_values(
-        self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor
-    ) -> dict[int, tuple[float, float]]:
-        if not rows:
-            return {}
-        if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
-            index = torch.tensor(rows, device=logits.device)
-            hidden, logits = hidden[index], logits[index]
-        temperature, top_p = self.heads(hidden, logits)  # under the decode loop's inference_mode
-        return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
-
-    def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple:
-        """The request's distribution spec: (T, p, top-k, adaptive); for EDT, T is T0."""
-        strategy = request.strategy
-        if strategy.uses_heads:
-            head_t, head_p = head
-            temperature = head_t * strategy.temperature_scale if strategy.active_heads != "top_p" else 1.0
-            top_p = min(1.0, head_p * strategy.top_p_scale) if strategy.active_heads != "temperature" else 1.0
-            return temperature, top_p, strategy.top_k, None
-        return strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k, strategy.adaptive
-
-    def step(self, row_members: list[list[int]], logits: torch.Tensor, hidden: torch.Tensor | None) -> dict[int, _Step]:
-        head_rows = [
-            row for row, members in enumerate(row_members) if any(self.requests[m].strategy.uses_heads for m in members)
-        ]
-        heads = self.head_values(head_rows, logits, hidden)
-        chosen: dict[int, _Step] = {}
-        # (row, T, p, top-k, adaptive) -> the requests that sample from that distribution
-        distributions: dict[tuple, list[int]] = {}
-        greedy_rows: dict[int, list[int]] = {}
-        for row, members in enumerate(row_members):
-            for member in members:
-                if self.requests[member].strategy.is_greedy:
-                    greedy_rows.setdefault(row, []).append(member)
-                else:
-                    key = (row, *self.parameters(self.requests[member], heads.get(row)))
-                    distributions.setdefault(key, []).append(member)
-        if greedy_rows:
-            argmax = logits[list(greedy_rows)].argmax(dim=-1).tolist()
-            for token, members in zip(argmax, greedy_rows.values()):
-                for member in members:
-                    chosen[member] = _Step(token, 1.0, 0.0, 1)
-        # one batched decoding call per (top-k, adaptive decoder): per-row parameters are tensors
-        groups: dict[tuple, list[tuple]] = {}
-        for key in distributions:
-            groups.setdefault((key[3], key[4][0] if key[4] else None), []).append(key)
-        for (top_k, kind), keys in groups.items():
-            self._sample(keys, distributions, logits, top_k, kind, chosen)
-        return chosen
-
-    def _sample(
-        self,
-        keys: list[tuple],
-        distributions: dict[tuple, list[int]],
-        logits: torch.Tensor,
-        top_k: int | None,
-        kind: str | None,
-        chosen: dict[int, _Step],
-    ) -> None:
-        """Draw every member of these distributions (same top-k and kind) by inverse CDF."""
-        device = logits.device
-        rows = torch.tensor([k[0] for k in keys], device=device)
-        temperature = torch.tensor([k[1] for k in keys], device=device).unsqueeze(-1)
-        top_p = torch.tensor([k[2] for k in keys], device=device).unsqueeze(-1)
-        adaptive = {}
-        if kind is not None:
-            names = ADAPTIVE_PARAMETERS[kind]
-            adaptive = {
-                name: torch.tensor([k[4][1 + i] for k in keys], device=device).unsqueeze(-1)
-                for i, name in enumerate(names)
-            }
-        decoded, used = decoding_logits_and_temperature(logits[rows], temperature, top_p, top_k, **adaptive)
-        # EDT's T is per row; the others keep the strategy's exact float in the trace
-        used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k[1] for k in keys]
-        probs = torch.softmax(decoded, dim=-1).cpu()
-        sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
-        for d, key in enumerate(keys):
-            members = distributions[key]
-            uniforms = torch.cat([torch.rand(1, generator=self.generator(m), dtype=torch.float64) for m in members])
-            # The inverse CDF over token ids, summed over the tokens with mass only: adding a zero
-            # leaves a double cumsum unchanged, so these are the full-vocabulary cumsum's values
-            # at those ids and every draw is the same, for a sum over the nucleus instead of 49k.
-            ids = probs[d].nonzero().squeeze(-1)
-            cumulative = torch.cumsum(probs[d, ids].double(), dim=0)
-            picks = torch.searchsorted(cumulative, uniforms * cumulative[-1], right=True).tolist()
-            for member, pick in zip(members, picks):
-                if pick >= len(ids):  # u * total rounded up to total: the last token with mass
-                    pick = int(torch.nonzero(torch.diff(cumulative, prepend=cumulative.new_zeros(1))).max())
-                chosen[member] = _Step(int(ids[pick]), used_temperatures[d], key[2], sizes[d])
-
-
-@dataclass
 class GenerationEngine:
     """Holds the model, tokenizer and heads once; generates for any list of requests."""
 
@@ -287,7 +161,7 @@ class GenerationEngine:
         # transformers 5.x renames past_key_values to cache (the old name warns, then goes)
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
         layers = getattr(self.new_cache(), "layers", None)
-        self.can_join = bool(layers) and all(type(layer) is _GrowingLayer for layer in layers)
+        self.can_join = bool(layers) and all(type(layer) is GrowingLayer for layer in layers)
 
     @property
     def tokenizer(self):
@@ -363,7 +237,7 @@ class GenerationEngine:
             return DynamicCache()
         for layer in getattr(cache, "layers", []):
             if type(layer) is DynamicLayer:
-                layer.__class__ = _GrowingLayer
+                layer.__class__ = GrowingLayer
         return cache
 
     def close(self) -> None:
@@ -395,9 +269,9 @@ class _DecodeState:
         self.trace = trace
         self.streamer = streamer
         self.eos_ids = set(engine.eos_token_ids())
-        self.sampler = _Sampler(requests, engine.heads, record_nucleus=trace)
+        self.sampler = Sampler(requests, engine.heads, record_nucleus=trace)
         self.generated: dict[int, list[int]] = {}
-        self.steps: dict[int, list[_Step]] = {}
+        self.steps: dict[int, list[Step]] = {}
         self.finish: dict[int, str] = {}
         self.rows: list[list[int]] = []  # request indices riding on each row
         self.row_prompts: list[tuple[int, ...]] = []  # the prompt each row started from
@@ -605,94 +479,6 @@ def finished_text(tokenizer, tokens: Sequence[int], eos_ids, stop: Sequence[str]
         if cut >= 0:
             text = text[:cut]
     return text
-
-
-class _GrowingLayer(DynamicLayer):
-    """A plain per-layer KV cache whose keys/values are views of zeroed buffers with spare columns.
-
-    DynamicLayer concatenates the whole cache with the new token at every step, copying all of
-    it (at 32 rows x 100 tokens that was a third of a bf16 decode step on CPU). Here a step
-    writes its column into the buffer's spare room and only a full buffer is copied, into one
-    with a quarter more room. Anything else that sets `keys`/`values` (joining rows, trimming
-    padding) is just a tensor: it is appended to in place when it still views this layer's
-    buffer with room after it, and copied into a new buffer otherwise. Values are unchanged.
-
-    Columns after a view are zeros (nothing writes past the end; `crop` starts a new buffer),
-    and the views say how many (`ZERO_TAIL`): the CPU decode attention then multiplies the
-    whole buffer, contiguous, instead of having torch copy the strided view first.
-    """
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        self.keys, self._key_buffer = _append_columns(self.keys, key_states, getattr(self, "_key_buffer", None))
-        self.values, self._value_buffer = _append_columns(
-            self.values, value_states, getattr(self, "_value_buffer", None)
-        )
-        return self.keys, self.values
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        """Keep rows `indices`: gathered with their buffer's spare columns, so the next step appends in place."""
-        if self.get_seq_length() > 0:
-            self.keys, self._key_buffer = _select_rows(self.keys, indices, getattr(self, "_key_buffer", None))
-            self.values, self._value_buffer = _select_rows(self.values, indices, getattr(self, "_value_buffer", None))
-
-    def crop(self, tokens_to_remove: int) -> None:
-        super().crop(tokens_to_remove)
-        self._key_buffer = self._value_buffer = None  # the cut columns are not zeros: never append over them
-
-
-def _column_in(view: torch.Tensor, buffer: torch.Tensor | None) -> int | None:
-    """The buffer column where `view` starts, if `view` is `buffer[:, :, a:b]`; else None."""
-    if (
-        buffer is None
-        or view.dim() != 4
-        or view.stride() != buffer.stride()
-        or view.shape[:2] != buffer.shape[:2]
-        or view.shape[3] != buffer.shape[3]
-    ):
-        return None
-    if view.untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr():
-        return None
-    offset = view.storage_offset() - buffer.storage_offset()
-    column, rest = divmod(offset, buffer.stride(2))
-    if rest or column < 0 or column + view.shape[2] > buffer.shape[2]:
-        return None
-    return column
-
-
-def _columns(buffer: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    view = buffer[:, :, start:end]
-    setattr(view, ZERO_TAIL, buffer.shape[2] - end)
-    return view
-
-
-def _append_columns(
-    cache: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if cache.dim() != 4 or cache.numel() == 0:
-        cache = new[:, :, :0]
-    length, added = cache.shape[2], new.shape[2]
-    start = _column_in(cache, buffer)
-    if start is None or start + length + added > buffer.shape[2]:
-        total = length + added
-        buffer = cache.new_zeros((*cache.shape[:2], total + max(16, total // 4), cache.shape[3]))
-        buffer[:, :, :length] = cache
-        start = 0
-    buffer[:, :, start + length : start + length + added] = new
-    return _columns(buffer, start, start + length + added), buffer
-
-
-def _select_rows(
-    cache: torch.Tensor, indices: torch.Tensor, buffer: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    start = _column_in(cache, buffer)
-    if start is None:
-        return cache[indices, ...], None
-    selected = buffer[indices, :, start:]  # with the spare columns: the next step appends in place
-    return _columns(selected, 0, cache.shape[2]), selected
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
