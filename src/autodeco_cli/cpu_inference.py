@@ -1,8 +1,8 @@
 """CPU speed: when bf16 pays, and what a bf16 model on CPU needs to actually be fast.
 
-`models.load_base_model` applies these to every CPU model (`keep_freed_memory`) and to bf16 ones
-(`use_decode_attention`, `pack_linear_weights`); `pick_dtype("auto")` asks
-`cpu_has_native_bf16`. Measured on a 2-core AMD EPYC with avx512_bf16 (reports/engine-speed.md):
+`models.load_base_model` applies these to bf16 CPU models (`use_decode_attention`,
+`pack_linear_weights`; `cpu_memory` has what it does for every CPU model); `pick_dtype("auto")`
+asks `cpu_has_native_bf16`. Measured on a 2-core AMD EPYC with avx512_bf16 (reports/engine-speed.md):
 
 * bf16 matmuls run ~2x faster than fp32 there (oneDNN's avx512_bf16 kernels), but only on CPUs
   with native bf16 instructions; elsewhere bf16 is emulated and slower than fp32.
@@ -14,9 +14,8 @@
   no flash-kernel packing), softmax in fp32. Prompts (several query positions) still go
   through torch's SDPA, where it is fast.
 * plain bf16 `F.linear` re-lays out its weight for oneDNN at every call; `PackedLinear` does it
-  once (1.3-1.5x on the matmuls at decode batch sizes, same bits).
-* glibc returned the decode step's large temporaries to the kernel and page-faulted them back
-  (`keep_freed_memory`).
+  once (1.3-1.5x on the matmuls at decode batch sizes, same bits), and sends 1-6 rows to our own
+  bf16 kernel (`cpu_kernels`), whose weights sit in huge pages (`cpu_memory`): ~2x at one row.
 """
 
 from __future__ import annotations
@@ -26,6 +25,10 @@ import platform
 from pathlib import Path
 
 import torch
+
+from . import cpu_kernels
+from .cpu_kernels import GEMV_MAX_ROWS, gemv
+from .cpu_memory import free_memory_bytes, move_to_huge_pages
 
 # the attention implementation name bf16 models on CPU run with (registered on first use)
 DECODE_ATTENTION = "autodeco_decode_sdpa"
@@ -47,10 +50,10 @@ def cpu_has_native_bf16() -> bool:
     forced = os.environ.get("AUTODECO_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1"
-    return has_native_bf16(_cpu_flags())
+    return has_native_bf16(cpu_flags())
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
     if platform.system() == "Darwin":
         return _darwin_flags()
     try:
@@ -105,6 +108,13 @@ def decode_attention_forward(
         scaling = dim**-0.5
     length = key.shape[-2]
     mask = None if attention_mask is None else attention_mask[:, :, :, -length:]
+    kernel = cpu_kernels.load("decode_attention_bf16") if query.dtype == torch.bfloat16 else None
+    if kernel is not None and query.device.type == "cpu":
+        output = cpu_kernels.decode_attention(kernel, query, key, value, mask, scaling)
+        if output is not None:
+            return output, None
+    if batch * length <= SMALL_DECODE_ATTENTION:
+        return _small_decode_attention(query, key, value, mask, scaling), None
     tail = min(getattr(key, ZERO_TAIL, 0), getattr(value, ZERO_TAIL, 0))
     if (
         tail
@@ -130,6 +140,26 @@ def decode_attention_forward(
     return output.reshape(batch, 1, heads, dim), None
 
 
+# Up to this many cached tokens over the batch (rows x length), the fp32 route beats oneDNN's bf16
+# batched matmul, which costs ~40 us a call at any size: per layer 97 -> 48 us at 1 row x 60
+# tokens, 109 -> 77 at 4 x 60; about even at 2 x 300. Used where the C kernel is not.
+SMALL_DECODE_ATTENTION = 512
+
+
+def _small_decode_attention(query, key, value, mask, scaling):
+    """`decode_attention_forward` for a small batch and context, in fp32 with its bf16 roundings
+    (scores, weights) kept, so it gives the values the bf16 matmuls give."""
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim).float()
+    scores = torch.matmul(grouped, key.float().transpose(-1, -2)).to(query.dtype).float() * scaling
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    weights = torch.softmax(scores, dim=-1).to(value.dtype).float()
+    output = torch.matmul(weights, value.float()).to(value.dtype)
+    return output.reshape(batch, 1, heads, dim)
+
+
 def use_decode_attention(model: torch.nn.Module) -> bool:
     """Switch a model that runs torch SDPA to `decode_attention_forward` (same masks). Returns
     whether it switched: models with another attention implementation are left alone."""
@@ -153,31 +183,6 @@ def use_decode_attention(model: torch.nn.Module) -> bool:
     return config._attn_implementation == DECODE_ATTENTION
 
 
-def keep_freed_memory() -> bool:
-    """Let glibc reuse freed blocks instead of handing them back to the kernel (Linux only).
-
-    A decode step allocates and frees many multi-megabyte tensors (logits and their fp32/fp64
-    copies, KV-cache concatenations); by default glibc serves them with fresh mmaps or trims
-    them off the heap, and every reuse then page-faults its memory back in. Measured: 750k minor
-    faults over a 2.8k-token run, ~10% of the CPU time. Raising the mmap threshold to its
-    maximum (32 MiB) and the trim threshold to 512 MiB keeps those blocks in the heap. Returns
-    whether it applied; AUTODECO_MALLOPT=0 turns it off.
-    """
-    import ctypes
-    import ctypes.util
-    import os
-
-    if os.environ.get("AUTODECO_MALLOPT", "1") == "0" or platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and other libcs have no mallopt
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 512 << 20))
-
-
 class PackedLinear(torch.nn.Linear):
     """An nn.Linear whose bf16 CPU inference runs on a oneDNN-prepacked copy of its weight.
 
@@ -189,6 +194,8 @@ class PackedLinear(torch.nn.Linear):
     """
 
     _packed: torch.Tensor | None = None
+    # the few-row kernel (cpu_kernels.gemv), or None: set by pack_linear_weights
+    _gemv: object = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         packed = self._packed
@@ -198,6 +205,8 @@ class PackedLinear(torch.nn.Linear):
             and input.dtype == torch.bfloat16
             and not (torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad))
         ):
+            if self._gemv is not None and input.numel() <= GEMV_MAX_ROWS * self.in_features:
+                return gemv(self._gemv, input, self.weight)
             return torch.ops.mkldnn._linear_pointwise(input, packed, self.bias, "none", [], "")
         return super().forward(input)
 
@@ -217,9 +226,10 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
         if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"
     ]
     extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
-    free = _free_memory_bytes()
+    free = free_memory_bytes()
     if free is not None and extra > free // 4:
         return 0
+    kernel = cpu_kernels.load("gemv_bf16")
     count = 0
     for module in linears:
         try:
@@ -228,14 +238,9 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
             continue
         module.__class__ = PackedLinear
         module._packed = packed
+        if module.bias is None and module.weight.is_contiguous():
+            module._gemv = kernel
         count += 1
+    if kernel is not None:
+        move_to_huge_pages(m.weight for m in linears if m._gemv is not None)
     return count
-
-
-def _free_memory_bytes() -> int | None:
-    import os
-
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not on this platform
-        return None

@@ -64,11 +64,19 @@ def soft_top_p(
 def sorted_values_descending(values: torch.Tensor) -> torch.Tensor:
     """Row-wise descending sort, values only.
 
-    On CPU numpy's vectorised sort is ~15x faster than torch.sort (which always builds indices
-    too); the values are identical. Callers must not need gradients through it.
+    On CPU a radix sort in C (cpu_kernels, float32 on x86-64) or else numpy's sort: both ~4-15x
+    faster than torch.sort (which always builds indices too); the values are identical. Callers
+    must not need gradients through it.
     """
     if values.device.type == "cpu":
         import numpy as np
+
+        if values.dtype == torch.float32:
+            from . import cpu_kernels
+
+            kernel = cpu_kernels.load("sort_descending_f32")
+            if kernel is not None:
+                return cpu_kernels.sort_descending(kernel, values)
 
         as_numpy = values.detach()
         if as_numpy.dtype == torch.bfloat16:  # numpy has no bf16; the upcast is exact
@@ -92,16 +100,18 @@ def hard_top_p_keep(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.T
     smallest kept value (`nucleus_cut`, which sorts only the top candidates), no index scatter.
     """
     top_p = _as_column(top_p, probs)
-    size, cutoff = nucleus_cut(probs, top_p)
+    size, cutoff, maybe_tied = _nucleus_cut(probs, top_p)
     keep = probs >= cutoff
-    excess = keep.sum(dim=-1, keepdim=True) > size
-    if not bool(excess.any()):
-        return keep  # no row has more tokens tied at its cutoff than the prefix holds
+    if not bool(maybe_tied.any()):
+        return keep  # no row has a token past its nucleus at the cutoff value
     # Rows with more tokens tied at the cutoff than the prefix still holds (frequent with bf16
     # logits): keep the lowest ids among the tied, drop the rest. Only those rows are touched.
     vocab = probs.size(-1)
     flat_keep = keep.reshape(-1, vocab)
-    rows = excess.reshape(-1).nonzero().squeeze(-1)
+    flagged = maybe_tied.nonzero().squeeze(-1)
+    rows = flagged[flat_keep[flagged].sum(dim=-1) > size.reshape(-1)[flagged]]
+    if not rows.numel():
+        return keep
     row_probs = probs.detach().reshape(-1, vocab)[rows]
     row_cutoff = cutoff.reshape(-1, 1)[rows]
     tied = row_probs == row_cutoff
@@ -134,6 +144,16 @@ def nucleus_cut(
     size and cutoff; only rows that fail that check are sorted in full. (Other devices' scans
     are blocked, so there every row is sorted in full, as before.)
     """
+    size, cutoff, _ = _nucleus_cut(probs, top_p, candidates)
+    return size, cutoff
+
+
+def _nucleus_cut(
+    probs: torch.Tensor, top_p: torch.Tensor, candidates: int = NUCLEUS_CANDIDATES
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`nucleus_cut`, plus per flattened row whether a token past the nucleus may equal the
+    cutoff (the sorted value right after the nucleus does, or is unknown): only those rows can
+    hold more tokens >= cutoff than the nucleus size, so only they need counting."""
     vocab = probs.size(-1)
     shape = probs.shape[:-1] + (1,)
     flat = probs.detach().reshape(-1, vocab)
@@ -143,6 +163,8 @@ def nucleus_cut(
     mass_before = torch.cumsum(head, dim=-1) - head
     size = (mass_before < p).sum(dim=-1, keepdim=True).clamp_min(1)
     cutoff = head.gather(-1, size - 1)
+    # the value after the nucleus; a nucleus filling the whole head leaves it unknown (True)
+    tied = (size >= k) | (head.gather(-1, size.clamp_max(k - 1)) == cutoff)
     if k < vocab:
         longer = ((mass_before[:, -1:] < p) & (p < 1.0)).squeeze(-1).nonzero().squeeze(-1)
         if longer.numel():
@@ -150,12 +172,15 @@ def nucleus_cut(
             full_mass_before = torch.cumsum(full, dim=-1) - full
             full_size = (full_mass_before < p[longer]).sum(dim=-1, keepdim=True).clamp_min(1)
             size[longer], cutoff[longer] = full_size, full.gather(-1, full_size - 1)
+            after = full.gather(-1, full_size.clamp_max(vocab - 1))
+            tied[longer] = (full_size < vocab) & (after == cutoff[longer])
     # p >= 1 means "no cut" (as in vLLM); without this, fp32 cumsums that reach 1.0 early
     # would silently drop the far tail.
     no_cut = p >= 1.0
     size = torch.where(no_cut, torch.full_like(size, vocab), size)
     cutoff = torch.where(no_cut, torch.full_like(cutoff, float("-inf")), cutoff)
-    return size.reshape(shape), cutoff.reshape(shape)
+    tied = tied & ~no_cut
+    return size.reshape(shape), cutoff.reshape(shape), tied.squeeze(-1)
 
 
 def top_k_keep(logits: torch.Tensor, top_k: int | None) -> torch.Tensor | None:
@@ -325,5 +350,6 @@ def distribution_features(logits: torch.Tensor, temperature: torch.Tensor) -> to
 
 
 def nucleus_size(decoded_logits: torch.Tensor) -> torch.Tensor:
-    """How many tokens survived the cut (finite logits), per row."""
-    return torch.isfinite(decoded_logits).sum(dim=-1)
+    """How many tokens survived the cut (logits above -inf), per row."""
+    # a comparison and a count: half the time of isfinite(...).sum() on a [rows, 49k] batch
+    return torch.count_nonzero(decoded_logits > float("-inf"), dim=-1)

@@ -11,6 +11,8 @@ grid-search throughput that `generate()` cannot do:
 3. **Continuous batching.** Finished requests leave at once (and rows with no request left),
    waiting requests join the running batch, and a prompt's later requests copy its KV cache
    from a running row instead of prefilling it again.
+4. **Shared prompt prefix.** The tokens all prompts start with (template, system prompt,
+   instruction, few-shot examples) are prefilled once per call (`prefix_cache`).
 
 Sampling is inverse-CDF with one uniform number per step from the request's own
 `torch.Generator`, seeded by (seed, prompt, sample index). A sample therefore depends only on
@@ -41,6 +43,7 @@ from .decoding import DecodingStrategy
 from .heads import AutoDecoHeads
 from .kv_cache import GrowingLayer
 from .models import LoadedModel
+from .prefix_cache import SharedPrefix, shared_prefix_length
 from .prompt_format import PLAIN, PromptFormat
 from .sampler import Sampler, Step
 
@@ -145,6 +148,8 @@ class GenerationEngine:
     # joining a running batch pads plain per-layer caches; other cache kinds (sliding windows,
     # offloading) only start whole batches
     can_join: bool = field(default=False, init=False, repr=False)
+    # prefill the prompt prefix all requests share once (needs the same plain per-layer caches)
+    share_prefix: bool = True
 
     def __post_init__(self):
         if self.heads is not None:
@@ -277,6 +282,8 @@ class _DecodeState:
         self.row_prompts: list[tuple[int, ...]] = []  # the prompt each row started from
         # a prompt's last-position (logits, hidden), kept while more of its requests wait to join
         self.prompt_tails: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        shared = shared_prefix_length([r.input_ids for r in requests]) if engine.share_prefix and engine.can_join else 0
+        self.prefix = SharedPrefix(requests[0].input_ids[:shared]) if shared else None
         self.cache = None
         self.attention_mask = self.positions = self.logits = self.hidden = None
         self.request_steps = self.row_steps = 0
@@ -329,12 +336,15 @@ class _DecodeState:
         engine = self.engine
         device = engine.lm.device
         prompts = [self.requests[members[0]].input_ids for members in new_rows]
-        width = max(len(p) for p in prompts)
+        shared = len(self.prefix) if self.prefix is not None else 0
+        width = max(len(p) for p in prompts) - shared
         pad = engine.tokenizer.pad_token_id if engine.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = engine.new_cache()
+        input_ids = torch.tensor([[pad] * (width + shared - len(p)) + list(p[shared:]) for p in prompts], device=device)
+        mask = torch.tensor(
+            [[1] * shared + [0] * (width + shared - len(p)) + [1] * (len(p) - shared) for p in prompts], device=device
+        )
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)[:, shared:]
+        cache = self.prefix.start_cache(engine, len(prompts)) if shared else engine.new_cache()
         logits, hidden = engine._forward(input_ids, mask, positions, cache)
         for row, prompt in enumerate(prompts):
             self.prompt_tails[tuple(prompt)] = (
@@ -357,8 +367,9 @@ class _DecodeState:
         prompt): its prompt columns are copied, not recomputed; its first logits were kept."""
         prompt = self._prompt_key(members[0])
         source = self.row_prompts.index(prompt)
-        start, length = int(self.attention_mask[source].argmax()), len(prompt)
-        columns = slice(start, start + length)
+        length = len(prompt)
+        # the row's first `length` unmasked columns (padding may sit after a shared prefix)
+        columns = self.attention_mask[source].nonzero().squeeze(1)[:length]
         kv = [
             (layer.keys[source : source + 1, :, columns], layer.values[source : source + 1, :, columns])
             for layer in self.cache.layers

@@ -262,7 +262,7 @@ def load_base_model(
     torch_dtype = pick_dtype(dtype, torch_device)
     if torch_device.type == "cpu":
         enable_flush_denormal()
-        from .cpu_inference import keep_freed_memory
+        from .cpu_memory import keep_freed_memory
 
         keep_freed_memory()
     kind, location = resolve_model_source(spec)

@@ -10,7 +10,7 @@ from .decoding import DecodingStrategy
 from .errors import UserError
 from .generation import GenerationEngine
 from .heads import AutoDecoHeads, fresh_heads, load_heads, read_heads_config
-from .models import DEFAULT_MODEL, LoadedModel, load_base_model
+from .models import DEFAULT_MODEL, LoadedModel, load_base_model, pick_device
 from .prompt_format import PLAIN, PromptFormat
 
 
@@ -78,8 +78,9 @@ def open_engine(
 ):
     """The engine every command generates with: ours ("hf") or vLLM with the AutoDeco plugin.
 
-    `parallel` is vLLM's (tensor, data) parallel sizes; `batch_size` and `seed` are fixed when
-    vLLM starts (our engine takes them per call and per request).
+    `parallel` is the (tensor, data) parallel sizes: vLLM's, or for ours on CPU, data > 1 runs that
+    many processes with the threads split among them (`data_parallel`). `batch_size` and `seed` are
+    fixed when vLLM starts (our engine takes them per call and per request).
     """
     if engine not in ENGINES:
         raise UserError(f"--engine {engine!r} is not an engine", f"use one of: {', '.join(ENGINES)}")
@@ -98,13 +99,34 @@ def open_engine(
             batch_size,
             seed,
         )
-    if parallel != (1, 1):
+    tensor, data = parallel
+    if tensor != 1:
+        raise UserError("--tensor-parallel-size is a vLLM option", "add --engine vllm, or drop it")
+    if data < 1:
+        raise UserError("--data-parallel-size must be at least 1")
+    if data > 1 and pick_device(device).type != "cpu":
         raise UserError(
-            "--tensor-parallel-size/--data-parallel-size are vLLM options", "add --engine vllm, or drop them"
+            "--data-parallel-size with --engine hf runs CPU processes", "use --engine vllm for GPU replicas"
         )
     lm = load_base_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter)
     needed = force_heads or any(s.uses_heads for s in strategies or [])
-    return GenerationEngine(lm, resolve_heads(heads, lm, needed), prompt_format)
+    lead = GenerationEngine(lm, resolve_heads(heads, lm, needed), prompt_format)
+    if data == 1:
+        return lead
+    from .data_parallel import DataParallelEngine
+
+    replica = dict(
+        model=model,
+        heads=heads,
+        strategies=strategies,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        adapter=adapter,
+        force_heads=force_heads,
+        prompt_format=prompt_format,
+    )
+    return DataParallelEngine(lead, data, replica)
 
 
 def _open_vllm(

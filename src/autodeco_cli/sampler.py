@@ -127,13 +127,16 @@ class Sampler:
         used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k[1] for k in keys]
         probs = torch.softmax(decoded, dim=-1).cpu()
         sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
+        # every row's tokens with mass in one pass (row-major: ids ascending within a row)
+        with_mass, ids_with_mass = probs.nonzero(as_tuple=True)
+        per_row = torch.split(ids_with_mass, torch.bincount(with_mass, minlength=len(keys)).tolist())
         for d, key in enumerate(keys):
             members = distributions[key]
             uniforms = torch.cat([torch.rand(1, generator=self.generator(m), dtype=torch.float64) for m in members])
             # The inverse CDF over token ids, summed over the tokens with mass only: adding a zero
             # leaves a double cumsum unchanged, so these are the full-vocabulary cumsum's values
             # at those ids and every draw is the same, for a sum over the nucleus instead of 49k.
-            ids = probs[d].nonzero().squeeze(-1)
+            ids = per_row[d]
             cumulative = torch.cumsum(probs[d, ids].double(), dim=0)
             picks = torch.searchsorted(cumulative, uniforms * cumulative[-1], right=True).tolist()
             for member, pick in zip(members, picks):

@@ -1,0 +1,171 @@
+"""Our C kernels (bf16 gemv, bf16 decode attention) against torch, and their fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autodeco_cli import cpu_inference, cpu_kernels
+from autodeco_cli.cpu_inference import PackedLinear, decode_attention_forward, pack_linear_weights
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+needs_gemv = pytest.mark.skipif(cpu_kernels.load("gemv_bf16") is None, reason="needs x86 AVX512-BF16 and a C compiler")
+needs_sort = pytest.mark.skipif(cpu_kernels.load("sort_descending_f32") is None, reason="needs x86-64 and a C compiler")
+needs_attention = pytest.mark.skipif(
+    cpu_kernels.load("decode_attention_bf16") is None, reason="needs x86 AVX512-BF16 and a C compiler"
+)
+
+
+def bf16_close(got: torch.Tensor, expected: torch.Tensor, ulps: int = 2) -> bool:
+    """Equal up to `ulps` bf16 steps of the larger magnitude (fp32 sums in another order)."""
+    got, expected = got.float(), expected.float()
+    step = expected.abs().clamp_min(1e-3) * 2.0**-7
+    return bool(((got - expected).abs() <= ulps * step).all())
+
+
+@needs_gemv
+@pytest.mark.parametrize("inputs,outputs", [(7, 5), (32, 1), (70, 37), (576, 300), (1536, 64)])
+def test_gemv_matches_torch_for_every_row_count(inputs, outputs):
+    kernel = cpu_kernels.load("gemv_bf16")
+    generator = torch.Generator().manual_seed(inputs * outputs)
+    weight = torch.randn(outputs, inputs, generator=generator).to(torch.bfloat16)
+    for rows in range(1, 9):
+        x = torch.randn(2, rows, inputs, generator=generator).to(torch.bfloat16)[1]  # an offset view
+        expected = (x.float() @ weight.float().T).to(torch.bfloat16)
+        got = cpu_kernels.gemv(kernel, x, weight)
+        assert got.shape == (rows, outputs) and got.dtype == torch.bfloat16
+        assert bf16_close(got, expected), (rows, (got.float() - expected.float()).abs().max())
+
+
+@needs_gemv
+def test_gemv_refuses_more_than_eight_rows():
+    kernel = cpu_kernels.load("gemv_bf16")
+    with pytest.raises(ValueError, match="1 to 8 rows"):
+        cpu_kernels.gemv(kernel, torch.ones(9, 32, dtype=torch.bfloat16), torch.ones(4, 32, dtype=torch.bfloat16))
+
+
+@needs_gemv
+def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_onednn(monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Linear(96, 80, bias=False)).to(torch.bfloat16)
+    reference = model[0].weight.detach().clone()
+    if not pack_linear_weights(model):
+        pytest.skip("oneDNN weight packing unavailable")
+    layer = model[0]
+    assert type(layer) is PackedLinear and layer._gemv is not None
+    assert torch.equal(layer.weight, reference)  # moved into huge pages, same values
+    calls = []
+    monkeypatch.setattr(cpu_inference, "gemv", lambda k, x, w: calls.append(x.shape) or cpu_kernels.gemv(k, x, w))
+    with torch.inference_mode():
+        for rows in (1, cpu_kernels.GEMV_MAX_ROWS, cpu_kernels.GEMV_MAX_ROWS + 1, 32):
+            x = torch.randn(rows, 1, 96).to(torch.bfloat16)
+            assert bf16_close(layer(x), (x.float() @ reference.float().T).to(torch.bfloat16))
+    assert [shape[0] for shape in calls] == [1, cpu_kernels.GEMV_MAX_ROWS]
+
+
+def _attention_inputs(batch, heads, kv_heads, length, dim, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, heads, 1, dim, generator=generator).to(torch.bfloat16)
+    # cache views with spare columns after them, as the growing KV cache hands them over
+    keys = torch.randn(batch, kv_heads, length + 9, dim, generator=generator).to(torch.bfloat16)
+    values = torch.randn(batch, kv_heads, length + 9, dim, generator=generator).to(torch.bfloat16)
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, ..., : length // 3] = False  # left padding
+    if batch > 1:
+        mask[1, ..., 3:7] = False  # padding after a shared prompt prefix
+    return query, keys[:, :, :length], values[:, :, :length], mask
+
+
+@needs_attention
+@pytest.mark.parametrize("batch,heads,kv_heads,length,dim", [(1, 9, 3, 1, 64), (3, 8, 2, 37, 64), (2, 4, 4, 70, 128)])
+def test_decode_attention_matches_the_torch_bf16_path(batch, heads, kv_heads, length, dim):
+    kernel = cpu_kernels.load("decode_attention_bf16")
+    query, key, value, mask = _attention_inputs(batch, heads, kv_heads, length, dim)
+    got = cpu_kernels.decode_attention(kernel, query, key, value, mask, dim**-0.5)
+    expected = cpu_inference._small_decode_attention(query, key, value, mask, dim**-0.5)
+    assert got.shape == (batch, 1, heads, dim)
+    assert bf16_close(got, expected, ulps=4), (got.float() - expected.float()).abs().max()
+
+
+@needs_attention
+def test_decode_attention_forward_uses_the_kernel_and_falls_back_where_it_cannot(monkeypatch):
+    class Module:
+        training = False
+
+    query, key, value, mask = _attention_inputs(3, 8, 2, 20, 64)
+    used = []
+    real = cpu_kernels.decode_attention
+    monkeypatch.setattr(cpu_kernels, "decode_attention", lambda *a: used.append(1) or real(*a))
+    with_kernel, _ = decode_attention_forward(Module(), query, key, value, mask)
+    assert used
+    monkeypatch.setattr(cpu_kernels, "decode_attention", lambda *a: None)  # a shape it refuses
+    without, _ = decode_attention_forward(Module(), query, key, value, mask)
+    assert bf16_close(with_kernel, without, ulps=4)
+    # head sizes that are not a multiple of 32 never reach C
+    small = _attention_inputs(2, 4, 2, 10, 8)
+    assert cpu_kernels.decode_attention(cpu_kernels.load("decode_attention_bf16"), *small, 8**-0.5) is None
+
+
+@needs_sort
+def test_sort_gives_torch_sorts_values_and_the_training_loss_uses_it(monkeypatch):
+    from autodeco_cli import distribution
+
+    kernel = cpu_kernels.load("sort_descending_f32")
+    generator = torch.Generator().manual_seed(3)
+    values = torch.randn(4, 3, 4099, generator=generator) * 40
+    values[0, 0, :6] = torch.tensor([float("inf"), float("-inf"), 0.0, -0.0, -1.5, -1.5])
+    values[1, 2, ::2] = 7.25  # half the row tied
+    expected = torch.sort(values, dim=-1, descending=True).values
+    assert torch.equal(cpu_kernels.sort_descending(kernel, values), expected)
+    used = []
+    monkeypatch.setattr(cpu_kernels, "sort_descending", lambda k, v: used.append(v.shape) or expected)
+    distribution.sorted_values_descending(values)
+    assert used == [values.shape]
+    distribution.sorted_values_descending(values.double())  # other dtypes keep numpy's sort
+    assert len(used) == 1
+
+
+@pytest.fixture
+def fresh_kernels(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTODECO_CACHE_DIR", str(tmp_path / "cache"))
+    cpu_kernels.load.cache_clear()
+    yield tmp_path / "cache" / "kernels"
+    cpu_kernels.load.cache_clear()
+
+
+def test_kernels_off_by_environment(monkeypatch, fresh_kernels):
+    monkeypatch.setenv("AUTODECO_CPU_KERNEL", "0")
+    assert cpu_kernels.load("gemv_bf16") is None
+    assert not fresh_kernels.exists()
+
+
+def test_a_failing_compiler_means_torch_paths_not_an_error(monkeypatch, fresh_kernels):
+    monkeypatch.setenv("CC", "false")
+    assert cpu_kernels.load("gemv_bf16") is None
+    monkeypatch.setenv("CC", "/no/such/compiler")
+    cpu_kernels.load.cache_clear()
+    assert cpu_kernels.load("decode_attention_bf16") is None
+
+
+@needs_gemv
+def test_a_kernel_is_compiled_once_per_source(fresh_kernels):
+    assert cpu_kernels.load("gemv_bf16") is not None
+    built = list(fresh_kernels.glob("gemv_bf16-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    cpu_kernels.load.cache_clear()
+    assert cpu_kernels.load("gemv_bf16") is not None
+    assert [p.stat().st_mtime_ns for p in fresh_kernels.glob("gemv_bf16-*.so")] == [stamp]
+
+
+def test_kernels_load_wherever_they_can_run():
+    """On an AVX512-BF16 CPU with a C compiler both kernels must build and pass their check
+    against torch (otherwise the tests above would silently skip a broken kernel)."""
+    import os
+    import shutil
+
+    if "avx512_bf16" not in cpu_inference.cpu_flags() or not shutil.which(os.environ.get("CC", "cc")):
+        pytest.skip("no AVX512-BF16 or no C compiler here: the torch paths are used")
+    assert cpu_kernels.load("gemv_bf16") is not None
+    assert cpu_kernels.load("decode_attention_bf16") is not None
+    assert cpu_kernels.load("sort_descending_f32") is not None
