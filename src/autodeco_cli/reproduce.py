@@ -71,8 +71,7 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     from .heads import load_heads
     from .make_data import make_on_policy_data
     from .models import load_base_model
-    from .recipes import as_overrides, build_config
-    from .training import HeadTrainer, TrainConfig
+    from .training import train_heads_once
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -106,19 +105,7 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
         raise UserError(f"{data_path}: only {kept} trajectories were kept", "raise data_limit or data_k")
 
     with clock.stage("train-heads"):
-        if not (heads_dir / "autodeco_heads.safetensors").is_file():
-            overrides = as_overrides(config.train)
-            train_config = build_config(
-                TrainConfig,
-                None,
-                overrides,
-                data=str(data_path),
-                output_dir=str(heads_dir),
-                model=config.model,
-                save_every=5,
-            )
-            trainer = HeadTrainer(train_config).setup()
-            trainer.train(resume=bool(trainer.checkpoint_dirs()))
+        train_heads_once(config.train, data_path, heads_dir, config.model, save_every=5)
     heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size)
     engine = GenerationEngine(lm, heads)
     run_info = {"model": config.model, "heads": str(heads_dir)}

@@ -565,3 +565,18 @@ class HeadTrainer:
             self.cache = HiddenStateCache.build_or_load(
                 path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size
             )
+
+
+def train_heads_once(recipe_section, data: Path, out: Path, model: str, **fixed) -> Path:
+    """MLE heads into `out` for a study (reproduce, where-it-wins): its recipe section's
+    key=value fields plus `fixed`; skipped when `out` holds heads, resumed from its checkpoints
+    when an earlier run was cut off."""
+    from .recipes import as_overrides, build_config
+
+    if not (out / "autodeco_heads.safetensors").is_file():
+        config = build_config(
+            TrainConfig, None, as_overrides(recipe_section), data=str(data), output_dir=str(out), model=model, **fixed
+        )
+        trainer = HeadTrainer(config).setup()
+        trainer.train(resume=bool(trainer.checkpoint_dirs()))
+    return out

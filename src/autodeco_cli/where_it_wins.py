@@ -180,25 +180,9 @@ def _count_lines(path: Path) -> int:
 
 
 def _train_mle(config: WhereItWinsConfig, data_path: Path, out: Path) -> Path:
-    from .recipes import as_overrides, build_config
-    from .training import HeadTrainer, TrainConfig
+    from .training import train_heads_once
 
-    if (out / "autodeco_heads.safetensors").is_file():
-        return out
-    overrides = as_overrides(config.mle)
-    train_config = build_config(
-        TrainConfig,
-        None,
-        overrides,
-        data=str(data_path),
-        output_dir=str(out),
-        model=config.model,
-        save_every=10,
-        threads=config.threads,
-    )
-    trainer = HeadTrainer(train_config).setup()
-    trainer.train(resume=bool(trainer.checkpoint_dirs()))
-    return out
+    return train_heads_once(config.mle, data_path, out, config.model, save_every=10, threads=config.threads)
 
 
 def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple[Path, list[dict]]:
