@@ -67,9 +67,10 @@ def main(argv=None) -> int:
 
     from autodeco_cli import sampler
     from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import GenerationEngine, build_requests
+    from autodeco_cli.generation import GenerationEngine
     from autodeco_cli.heads import fresh_heads, load_heads
     from autodeco_cli.models import load_base_model
+    from autodeco_cli.requests import build_requests
 
     start = time.perf_counter()
     lm = load_base_model(args.model, device="cpu")

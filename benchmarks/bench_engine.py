@@ -122,8 +122,8 @@ class Clock:
 
 def _engine(dtype: str, strategy, heads: bool):
     from autodeco_cli.generation import GenerationEngine
+    from autodeco_cli.heads_source import resolve_heads
     from autodeco_cli.models import load_base_model
-    from autodeco_cli.runtime import resolve_heads
 
     if DATA_PARALLEL > 1:
         from autodeco_cli.runtime import open_engine
@@ -135,7 +135,7 @@ def _engine(dtype: str, strategy, heads: bool):
 
 def work_chat(dtype: str) -> dict:
     from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import build_requests
+    from autodeco_cli.requests import build_requests
 
     strategy = make_strategy("static", 0.6, 0.95)
     engine = _engine(dtype, strategy, heads=False)
@@ -150,7 +150,7 @@ def work_arith(dtype: str) -> dict:
     from autodeco_cli.benchmarks.registry import task_chat, task_stop
     from autodeco_cli.decoding import make_strategy
     from autodeco_cli.evaluation import prepare_task, resolve_tasks
-    from autodeco_cli.generation import build_requests
+    from autodeco_cli.requests import build_requests
 
     strategy = make_strategy("autodeco")
     engine = _engine(dtype, strategy, heads=True)
@@ -173,7 +173,7 @@ def work_arith(dtype: str) -> dict:
 
 def work_batch1(dtype: str) -> dict:
     from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import build_requests
+    from autodeco_cli.requests import build_requests
 
     strategy = make_strategy("static", 0.6, 0.95)
     engine = _engine(dtype, strategy, heads=False)
@@ -201,7 +201,8 @@ def gsm8k_jsonl(data_dir: str | None, samples: int, folder: Path) -> Path:
 
 
 def work_train(dtype: str, samples: int, data_dir: str | None) -> dict:
-    from autodeco_cli.training import HeadTrainer, TrainConfig
+    from autodeco_cli.train_config import TrainConfig
+    from autodeco_cli.training import HeadTrainer
 
     with tempfile.TemporaryDirectory() as folder:
         data = gsm8k_jsonl(data_dir, samples, Path(folder))
@@ -280,7 +281,7 @@ def work_breakdown(dtype: str, strategy_name: str, workload: str = "chat") -> di
 
     from autodeco_cli import generation
     from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import build_requests
+    from autodeco_cli.requests import build_requests
 
     strategy = make_strategy("static", 0.6, 0.95) if strategy_name == "static" else make_strategy("autodeco")
     engine = _engine(dtype, strategy, heads=strategy.uses_heads)

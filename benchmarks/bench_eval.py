@@ -63,7 +63,7 @@ def plain_generate_loop(
     Returns (generated tokens, correct samples, rows x decode steps computed)."""
     from transformers import GenerationConfig
 
-    from autodeco_cli.generation import encode_prompt
+    from autodeco_cli.requests import encode_prompt
 
     tokenizer, model = lm.tokenizer, lm.model
     eos = model.generation_config.eos_token_id

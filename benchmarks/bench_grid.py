@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "COLUMNS": "200"}
     from autodeco_cli.benchmarks.registry import get_task
     from autodeco_cli.evaluation import run_eval
-    from autodeco_cli.grid import full_cells, parse_values, run_grid
+    from autodeco_cli.grid import run_grid
+    from autodeco_cli.grid_cells import full_cells, parse_values
     from autodeco_cli.runtime import open_engine
 
     temps, ps = parse_values(args.temperatures), parse_values(args.top_ps, "--top-ps")

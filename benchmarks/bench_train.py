@@ -231,7 +231,8 @@ def time_official(lm, examples, args, flush: bool) -> Clock:
 
 
 def make_trainer(args, data: Path, out: Path, threads: int, **fields):
-    from autodeco_cli.training import HeadTrainer, TrainConfig
+    from autodeco_cli.train_config import TrainConfig
+    from autodeco_cli.training import HeadTrainer
 
     cfg = TrainConfig(
         data=str(data),

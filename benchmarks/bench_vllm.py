@@ -30,7 +30,7 @@ def timed(fn, *args, **kwargs):
 
 def _measure(engine_name, engine, prompts, args, rates) -> None:
     from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import build_requests
+    from autodeco_cli.requests import build_requests
 
     for rep in range(args.repeats):
         for strategy in (make_strategy("static", 0.6, 0.95), make_strategy("autodeco")):
@@ -100,7 +100,7 @@ def overhead_workload(args):
 
     from autodeco_cli.engines.vllm_stage import base_model, stage
     from autodeco_cli.heads import heads_digest, load_heads
-    from autodeco_cli.runtime import packaged_heads_path
+    from autodeco_cli.heads_source import packaged_heads_path
 
     base = base_model(args.model)
     heads = load_heads(packaged_heads_path(args.model))

@@ -11,9 +11,10 @@ def run_accuracy(threads: int, model: str, chat_prompts: list[str]) -> dict:
     from autodeco_cli.benchmarks.registry import task_chat
     from autodeco_cli.decoding import make_strategy
     from autodeco_cli.evaluation import prepare_task, resolve_tasks
-    from autodeco_cli.generation import GenerationEngine, build_requests
+    from autodeco_cli.generation import GenerationEngine
+    from autodeco_cli.heads_source import resolve_heads
     from autodeco_cli.models import load_base_model
-    from autodeco_cli.runtime import resolve_heads
+    from autodeco_cli.requests import build_requests
 
     run = prepare_task(resolve_tasks("arith-add")[0], 64, None, None)
     lms = {

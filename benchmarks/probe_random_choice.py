@@ -20,8 +20,9 @@ from autodeco_cli import stats
 from autodeco_cli.benchmarks import aggregation
 from autodeco_cli.benchmarks.registry import get_task
 from autodeco_cli.decoding import make_strategy
-from autodeco_cli.generation import GenerationEngine, Request, encode_prompt, request_seed
+from autodeco_cli.generation import GenerationEngine
 from autodeco_cli.models import load_base_model
+from autodeco_cli.requests import Request, encode_prompt, request_seed
 
 
 def _first_token_probs(lm, ids: list[int], temperature: float, top_p: float) -> np.ndarray:

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from autodeco_cli.decoding import make_strategy
+from autodeco_cli.decoding import make_strategy, strategy_slug
 from autodeco_cli.distribution import (
     MIN_TEMPERATURE,
     decoding_logits,
@@ -23,9 +23,10 @@ from autodeco_cli.distribution import (
     top_n_sigma_keep,
 )
 from autodeco_cli.errors import UserError
-from autodeco_cli.evaluation import run_eval, strategy_slug
-from autodeco_cli.generation import GenerationEngine, Request, build_requests
+from autodeco_cli.evaluation import run_eval
+from autodeco_cli.generation import GenerationEngine
 from autodeco_cli.heads import fresh_heads
+from autodeco_cli.requests import Request, build_requests
 from conftest import TINY_HIDDEN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -323,8 +324,10 @@ def test_mixed_with_static_and_greedy_in_one_batch(engine, tiny_lm):
 
 
 def test_min_p_grid_on_the_tiny_model(engine, tmp_path):
-    from autodeco_cli.grid import grid_table, load_grid, run_comparison, run_grid
+    from autodeco_cli.comparison import run_comparison
+    from autodeco_cli.grid import load_grid, run_grid
     from autodeco_cli.grid_families import cell_from_record
+    from autodeco_cli.grid_report import grid_table
     from conftest import FakeTask
     from test_grid import _keys, _samples
 

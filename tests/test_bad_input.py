@@ -426,7 +426,7 @@ def test_make_data_refuses_other_settings(cli, tiny_model_dir, tmp_path):
 )
 def test_overrides_are_coerced_by_annotation(override, field, value):
     from autodeco_cli.recipes import build_config
-    from autodeco_cli.training import TrainConfig
+    from autodeco_cli.train_config import TrainConfig
 
     got = getattr(build_config(TrainConfig, None, [override]), field)
     assert got == value and type(got) is type(value)
@@ -446,7 +446,7 @@ def test_overrides_are_coerced_by_annotation(override, field, value):
 )
 def test_bad_override_values_are_one_line_errors(override, needles):
     from autodeco_cli.recipes import build_config
-    from autodeco_cli.training import TrainConfig
+    from autodeco_cli.train_config import TrainConfig
 
     with pytest.raises(UserError) as info:
         build_config(TrainConfig, None, [override])
@@ -464,7 +464,7 @@ def test_recipe_value_error_names_file_and_line(cli, tmp_path, train_data):
 def test_list_override_reaches_lora(train_data):
     """lora_target_modules=q_proj used to become ['q', '_', 'p', ...] (and a peft traceback)."""
     from autodeco_cli.recipes import build_config
-    from autodeco_cli.training import TrainConfig
+    from autodeco_cli.train_config import TrainConfig
 
     config = build_config(TrainConfig, None, ["lora_target_modules=q_proj", "lora_r=2"], data=str(train_data))
     assert config.lora_target_modules == ["q_proj"] and config.lora_r == 2

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from autodeco_cli.decoding import make_strategy
-from autodeco_cli.generation import GenerationEngine, build_requests
+from autodeco_cli.generation import GenerationEngine
+from autodeco_cli.requests import build_requests
 from conftest import TINY_HIDDEN, build_merged_folder, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

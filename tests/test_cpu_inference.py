@@ -6,20 +6,20 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from autodeco_cli import cpu_inference
+from autodeco_cli import cpu_features
+from autodeco_cli.cpu_features import flags_from_cpuinfo, has_native_bf16
 from autodeco_cli.cpu_inference import (
     DECODE_ATTENTION,
     ZERO_TAIL,
     PackedLinear,
     decode_attention_forward,
-    flags_from_cpuinfo,
-    has_native_bf16,
     pack_linear_weights,
 )
 from autodeco_cli.decoding import make_strategy
-from autodeco_cli.generation import GenerationEngine, build_requests
+from autodeco_cli.generation import GenerationEngine
 from autodeco_cli.heads import fresh_heads
 from autodeco_cli.models import load_base_model, pick_dtype
+from autodeco_cli.requests import build_requests
 from conftest import TINY_HIDDEN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -47,7 +47,7 @@ def test_cpuinfo_flags_decide_native_bf16():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_dtype_auto_is_bf16_on_cpu_only_with_native_bf16(monkeypatch, native):
-    monkeypatch.setattr(cpu_inference, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(cpu_features, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert pick_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
     assert pick_dtype(None, cpu) == torch.float32  # no --dtype: fp32 on CPU either way
@@ -57,12 +57,12 @@ def test_dtype_auto_is_bf16_on_cpu_only_with_native_bf16(monkeypatch, native):
 
 @pytest.mark.parametrize("forced", ["0", "1"])
 def test_native_bf16_override(monkeypatch, forced):
-    cpu_inference.cpu_has_native_bf16.cache_clear()
+    cpu_features.cpu_has_native_bf16.cache_clear()
     monkeypatch.setenv("AUTODECO_CPU_BF16", forced)
     try:
-        assert cpu_inference.cpu_has_native_bf16() is (forced == "1")
+        assert cpu_features.cpu_has_native_bf16() is (forced == "1")
     finally:
-        cpu_inference.cpu_has_native_bf16.cache_clear()
+        cpu_features.cpu_has_native_bf16.cache_clear()
 
 
 # ---- decode attention ----------------------------------------------------------------------
@@ -237,7 +237,7 @@ def test_inverse_cdf_over_the_nucleus_draws_what_the_full_vocabulary_cumsum_drew
     """The sampler sums the CDF over the tokens with mass only; every draw must equal the draw
     from the full-vocabulary double cumsum it replaced (same uniforms, same ids)."""
     from autodeco_cli.distribution import decoding_logits
-    from autodeco_cli.generation import Request
+    from autodeco_cli.requests import Request
     from autodeco_cli.sampler import Sampler
 
     gen = torch.Generator().manual_seed(9)

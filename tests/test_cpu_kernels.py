@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli import cpu_inference, cpu_kernels
+from autodeco_cli import cpu_features, cpu_inference, cpu_kernels
 from autodeco_cli.cpu_inference import PackedLinear, decode_attention_forward, pack_linear_weights
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -164,7 +164,7 @@ def test_kernels_load_wherever_they_can_run():
     import os
     import shutil
 
-    if "avx512_bf16" not in cpu_inference.cpu_flags() or not shutil.which(os.environ.get("CC", "cc")):
+    if "avx512_bf16" not in cpu_features.cpu_flags() or not shutil.which(os.environ.get("CC", "cc")):
         pytest.skip("no AVX512-BF16 or no C compiler here: the torch paths are used")
     assert cpu_kernels.load("gemv_bf16") is not None
     assert cpu_kernels.load("decode_attention_bf16") is not None

@@ -8,7 +8,7 @@ import torch
 from autodeco_cli.data_parallel import DataParallelEngine, split_by_prompt
 from autodeco_cli.decoding import make_strategy
 from autodeco_cli.errors import UserError
-from autodeco_cli.generation import Request, build_requests
+from autodeco_cli.requests import Request, build_requests
 from autodeco_cli.runtime import open_engine
 
 PROMPTS = ["hello", "The quick brown fox", "What is 27 + 82?", "Once upon a time", "a b c", "x"]
@@ -75,7 +75,7 @@ def test_two_processes_generate_what_one_does(tiny_model_dir, two_threads):
 def test_a_replica_that_cannot_start_is_a_user_error(tiny_model_dir, tmp_path):
     lead = open_engine(str(tiny_model_dir), None, [make_strategy("greedy")])
     with pytest.raises(UserError, match="replica 1 did not start"):
-        DataParallelEngine(lead, 2, {"model": str(tmp_path / "missing")})
+        DataParallelEngine(lead, 2, open_engine, {"model": str(tmp_path / "missing")})
 
 
 def test_tensor_parallel_stays_a_vllm_option(tiny_model_dir):

@@ -12,9 +12,10 @@ from autodeco_cli.decoding import make_strategy
 from autodeco_cli.engines.vllm_trace import TraceReader
 from autodeco_cli.errors import UserError
 from autodeco_cli.evaluation import run_eval
-from autodeco_cli.generation import GenerationEngine, encode_prompt
+from autodeco_cli.generation import GenerationEngine
 from autodeco_cli.heads import fresh_heads, heads_digest
 from autodeco_cli.prompt_format import PromptFormat, parse_template_kwargs, prompt_format
+from autodeco_cli.requests import encode_prompt
 from conftest import TINY_HIDDEN, FakeTask, build_merged_folder
 from test_cli_generate import assert_user_error
 

@@ -11,11 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from autodeco_cli.decoding import make_strategy
+from autodeco_cli.decoding import make_strategy, strategy_slug
 from autodeco_cli.errors import UserError
-from autodeco_cli.evaluation import SampleLog, compare_results, run_eval, strategy_slug
+from autodeco_cli.eval_report import compare_results
+from autodeco_cli.evaluation import run_eval
 from autodeco_cli.generation import GenerationEngine
 from autodeco_cli.heads import fresh_heads
+from autodeco_cli.run_store import SampleLog
 from conftest import TINY_HIDDEN, FakeTask, Killed, kill_after
 
 STATIC = make_strategy("static", temperature=0.8, top_p=0.9)
@@ -233,7 +235,8 @@ def test_resume_refuses_other_settings(engine, tmp_path):
 
 
 def test_small_helpers():
-    from autodeco_cli.evaluation import parse_seeds, pass_k_ladder, sample_metric_means
+    from autodeco_cli.eval_metrics import pass_k_ladder, sample_metric_means
+    from autodeco_cli.evaluation import parse_seeds
 
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("5,9") == [5, 9]
     with pytest.raises(UserError):
@@ -313,7 +316,7 @@ def test_greedy_is_collapsed_to_one_sample(engine, tmp_path):
 def test_greedy_matches_plain_argmax(engine, tmp_path, tiny_lm):
     import torch
 
-    from autodeco_cli.generation import encode_prompt
+    from autodeco_cli.requests import encode_prompt
 
     _run(engine, tmp_path, [GREEDY], k=1, seeds=[0], batch_size=1)
     doc = FakeTask().load_docs()[2]

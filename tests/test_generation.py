@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from autodeco_cli.decoding import make_strategy
-from autodeco_cli.generation import GenerationEngine, Request, build_requests, request_seed
+from autodeco_cli.generation import GenerationEngine
 from autodeco_cli.heads import MAX_TEMPERATURE, fresh_heads
 from autodeco_cli.models import load_base_model
+from autodeco_cli.requests import Request, build_requests, request_seed
 from conftest import TINY_HIDDEN, build_merged_folder, save_tiny_model
 
 PROMPTS = [

@@ -14,7 +14,9 @@ from autodeco_cli import grid as grid_mod
 from autodeco_cli.comparison import run_comparison
 from autodeco_cli.errors import UserError
 from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.grid import Cell, load_grid, parse_cells, parse_values, round_sizes, run_grid, worse_p_value
+from autodeco_cli.grid import load_grid, round_sizes, run_grid, worse_p_value
+from autodeco_cli.grid_cells import parse_cells, parse_values
+from autodeco_cli.grid_families import Cell
 from autodeco_cli.heads import fresh_heads
 from conftest import TINY_HIDDEN, FakeTask, Killed, kill_after
 

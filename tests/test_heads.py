@@ -9,13 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from autodeco_cli.errors import UserError
-from autodeco_cli.heads import (
-    MAX_TEMPERATURE,
-    AutoDecoHeads,
-    HeadsConfig,
-    fresh_heads,
-    load_heads,
-)
+from autodeco_cli.heads import MAX_TEMPERATURE, AutoDecoHeads, HeadsConfig, fresh_heads, load_heads
 from conftest import build_merged_folder
 
 HEAD_KEYS = {

@@ -16,8 +16,8 @@ import pytest
 from autodeco_cli.benchmarks.registry import get_task
 from autodeco_cli.decoding import make_strategy
 from autodeco_cli.errors import UserError
-from autodeco_cli.generation import Generation
 from autodeco_cli.make_data import make_on_policy_data, progress_path, settings_path
+from autodeco_cli.requests import Generation
 from conftest import Killed
 
 TASK = "arith-add"

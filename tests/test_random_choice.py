@@ -12,7 +12,8 @@ from autodeco_cli.benchmarks import aggregation, random_choice
 from autodeco_cli.benchmarks.registry import expand, get_task, task_chat, task_stop
 from autodeco_cli.benchmarks.types import Doc, Score
 from autodeco_cli.decoding import make_strategy
-from autodeco_cli.evaluation import compare_results, run_eval
+from autodeco_cli.eval_report import compare_results
+from autodeco_cli.evaluation import run_eval
 from autodeco_cli.generation import GenerationEngine
 from autodeco_cli.grid import CellScore
 from autodeco_cli.rebalance import balance_positions, one_per_value
@@ -188,7 +189,7 @@ class _FakeEngine:
         self.tokenizer, self.texts, self.calls = tokenizer, texts, []
 
     def generate(self, requests, max_new_tokens, batch_size, stop=None):
-        from autodeco_cli.generation import Generation
+        from autodeco_cli.requests import Generation
 
         self.calls.append(stop)
         return [Generation(r.key, self.texts(r.key), [1], "stop") for r in requests]
@@ -323,7 +324,7 @@ def test_compare_and_grid_use_the_score(runs):
 
 
 def test_comparison_table_shows_the_task_metric():
-    from autodeco_cli.grid import comparison_markdown
+    from autodeco_cli.comparison import comparison_markdown
 
     row = {"name": "oracle", "decoding": "static(T=1, p=1)", "temperature": 1.0, "top_p": 1.0, "pass@1": 0.9, "pass@1_stderr": 0.01,
            "score": 0.25, "score_stderr": 0.02, "delta_vs_default": 0.0, "delta_se": None, "delta_ci": [0.0, 0.0]}  # fmt: skip

@@ -53,7 +53,8 @@ def test_reload_reads_the_converted_folder(real_lm):
 
 def test_greedy_matches_hf_generate(real_lm):
     from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import GenerationEngine, build_requests
+    from autodeco_cli.generation import GenerationEngine
+    from autodeco_cli.requests import build_requests
 
     tok = real_lm.tokenizer
     reqs = build_requests(tok, PROMPTS, make_strategy("greedy"))
@@ -79,8 +80,9 @@ def test_greedy_matches_hf_generate(real_lm):
 
 def test_autodeco_seeded_shapes_and_trace(real_lm):
     from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import GenerationEngine, build_requests
+    from autodeco_cli.generation import GenerationEngine
     from autodeco_cli.heads import fresh_heads
+    from autodeco_cli.requests import build_requests
 
     engine = GenerationEngine(real_lm, fresh_heads(real_lm.hidden_size, base_model=ALIAS, seed=0))
     try:

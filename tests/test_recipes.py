@@ -12,7 +12,7 @@ from autodeco_cli.ablation import AblationConfig
 from autodeco_cli.recipes import build_config
 from autodeco_cli.reproduce import ReproduceConfig
 from autodeco_cli.reward import RewardConfig
-from autodeco_cli.training import TrainConfig
+from autodeco_cli.train_config import TrainConfig
 from autodeco_cli.where_it_wins import WhereItWinsConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"

@@ -14,8 +14,8 @@ from autodeco_cli import reward as reward_module
 from autodeco_cli.benchmarks.types import Doc, Score
 from autodeco_cli.distribution import decoding_distribution
 from autodeco_cli.errors import UserError
-from autodeco_cli.generation import encode_prompt
 from autodeco_cli.losses import policy_gradient_loss, policy_log_probs
+from autodeco_cli.requests import encode_prompt
 from autodeco_cli.reward import RewardConfig, RewardTrainer, group_advantages
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

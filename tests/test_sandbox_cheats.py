@@ -25,14 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from autodeco_cli.benchmarks.sandbox import (
-    SandboxUnavailable,
-    judge_isolation,
-    run_sandboxed,
-    sandbox_info,
-    score_code,
-)
 from autodeco_cli.benchmarks.sandbox import isolation as iso
+from autodeco_cli.benchmarks.sandbox import judge_isolation, run_sandboxed, sandbox_info, score_code
+from autodeco_cli.benchmarks.sandbox.isolation import SandboxUnavailable
 from autodeco_cli.benchmarks.sandbox.livecodebench import ClaimError, call_matches, decode_claim, score_tests
 from autodeco_cli.benchmarks.types import Doc
 
@@ -224,7 +219,7 @@ def test_expected_output_never_reaches_the_sandbox():
 
     def spy(job, stdin):
         seen.append(json.dumps(job) + stdin)
-        from autodeco_cli.benchmarks.sandbox import SandboxResult
+        from autodeco_cli.benchmarks.sandbox.process import SandboxResult
 
         return SandboxResult(0, "", "", False, channel='{"value":["L",[]]}\n')
 
@@ -500,7 +495,7 @@ def test_guard_only_when_asked_and_reported(fresh_choice, monkeypatch):
 def test_results_record_the_judge(strong):
     from types import SimpleNamespace
 
-    from autodeco_cli.evaluation import judge_fields
+    from autodeco_cli.benchmarks.registry import judge_fields
 
     assert judge_fields(SimpleNamespace(name="livecodebench", scorer="code")) == {"judge_isolation": judge_isolation()}
     assert judge_isolation().startswith(strong + "(fresh-root")

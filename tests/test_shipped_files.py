@@ -78,8 +78,8 @@ def test_missing_recipe_names_the_shipped_ones(tmp_path, monkeypatch):
 
 
 def test_every_shipped_heads_folder_is_found_for_its_model():
+    from autodeco_cli.heads_source import packaged_heads_path
     from autodeco_cli.models import MODEL_ALIASES
-    from autodeco_cli.runtime import packaged_heads_path
 
     assert HEADS, "no shipped heads"
     for folder in HEADS:

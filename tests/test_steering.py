@@ -9,6 +9,7 @@ import torch
 
 from autodeco_cli.errors import UserError
 from autodeco_cli.heads import MAX_TEMPERATURE, load_heads
+from autodeco_cli.hidden_features import base_features
 from autodeco_cli.steering import (
     CONDITIONS,
     HIGH_DIVERSITY_COMMANDS,
@@ -21,7 +22,8 @@ from autodeco_cli.steering import (
     train_steering,
     with_command,
 )
-from autodeco_cli.training import HeadTrainer, TrainConfig, base_features
+from autodeco_cli.train_config import TrainConfig
+from autodeco_cli.training import HeadTrainer
 from autodeco_cli.training_data import encode_prompt_completion
 
 PROMPTS = ["What is 12 + 30?", "Tell me a joke about a cat.", "Count to five.", "What is 7 + 8?"]
@@ -173,7 +175,8 @@ def test_steer_report_on_the_tiny_model(tiny_lm, tiny_heads_dir):
     offset..offset+n; the commands change the prompts, so the other rows differ from it."""
     from autodeco_cli.benchmarks.registry import get_task
     from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import GenerationEngine, build_requests
+    from autodeco_cli.generation import GenerationEngine
+    from autodeco_cli.requests import build_requests
 
     engine = GenerationEngine(tiny_lm, load_heads(tiny_heads_dir))
     try:

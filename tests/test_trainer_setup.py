@@ -18,7 +18,8 @@ import yaml
 from autodeco_cli.errors import UserError
 from autodeco_cli.recipes import build_config
 from autodeco_cli.steering import SteerConfig, SteerRecipe
-from autodeco_cli.training import CHECKPOINTS_DIR, TRAINER_STATE_FILE, HeadTrainer, TrainConfig, lr_lambda
+from autodeco_cli.train_config import TrainConfig
+from autodeco_cli.training import CHECKPOINTS_DIR, TRAINER_STATE_FILE, HeadTrainer, lr_lambda
 from conftest import write_jsonl
 
 NO_MODEL = "/nonexistent/model-that-never-loads"

@@ -16,12 +16,8 @@ from safetensors.torch import load_file
 
 from autodeco_cli.errors import UserError
 from autodeco_cli.heads import load_heads
-from autodeco_cli.training import (
-    HeadTrainer,
-    TrainConfig,
-    easy_drop_uniforms,
-    epoch_order,
-)
+from autodeco_cli.train_config import TrainConfig
+from autodeco_cli.training import HeadTrainer, easy_drop_uniforms, epoch_order
 from autodeco_cli.training_data import IGNORE_INDEX, Example, load_examples
 from conftest import build_tiny_tokenizer, write_jsonl
 

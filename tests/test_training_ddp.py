@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from autodeco_cli.heads import load_heads
-from autodeco_cli.training import HeadTrainer, TrainConfig
+from autodeco_cli.train_config import TrainConfig
+from autodeco_cli.training import HeadTrainer
 from conftest import write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_single_thread")]

@@ -57,7 +57,7 @@ def vllm_engine():
 
 
 def _requests(tokenizer, strategy, n=1):
-    from autodeco_cli.generation import build_requests
+    from autodeco_cli.requests import build_requests
 
     return build_requests(tokenizer, PROMPTS, strategy, n=n, seed=0)
 
@@ -151,7 +151,8 @@ def test_trace_is_returned_per_token(vllm_engine):
 
 def test_eval_matches_our_engine_within_paired_se(hf_engine, vllm_engine, tmp_path):
     """arith-add, autodeco, same seeds policy on both engines: paired Δ pass@1 within 2 SE."""
-    from autodeco_cli.evaluation import compare_results, run_eval
+    from autodeco_cli.eval_report import compare_results
+    from autodeco_cli.evaluation import run_eval
 
     strategy = _strategy("autodeco")
     kwargs = {"k": 2, "seeds": (0,), "limit": 40, "batch_size": 16}

@@ -93,7 +93,8 @@ def _data(lm, config: AblationConfig, name: str, work: Path) -> Path:
 
 def _train(config: AblationConfig, row: dict, data: Path, out: Path) -> Path:
     from .recipes import as_overrides, build_config
-    from .training import HeadTrainer, TrainConfig
+    from .train_config import TrainConfig
+    from .training import HeadTrainer
 
     if (out / "autodeco_heads.safetensors").is_file():
         return out

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .benchmarks.aggregation import metric_name
-from .decoding import DecodingStrategy, make_strategy
+from .decoding import DecodingStrategy, make_strategy, strategy_slug
 from .errors import UserError
 from .eval_report import ci_pct, pct_se, signed_pct
-from .evaluation import resolve_tasks, run_eval, strategy_slug
+from .evaluation import resolve_tasks, run_eval
 from .grid_families import cell_from_record, strategy_params
 from .run_store import write_json
 from .study_table import paired as paired_delta

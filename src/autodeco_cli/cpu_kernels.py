@@ -50,7 +50,7 @@ def kernel_source(name: str) -> str:
 def load(name: str) -> Callable | None:
     """Kernel `name` (a key of SIGNATURES), or None where it cannot or should not run (see the
     module doc)."""
-    from .cpu_inference import cpu_flags
+    from .cpu_features import cpu_flags
 
     if os.environ.get("AUTODECO_CPU_KERNEL", "1") == "0":
         return None
@@ -68,7 +68,7 @@ def load(name: str) -> Callable | None:
 
 def _build(name: str, source: str) -> Path:
     """Compile `source` into the cache, once per source and compiler (the file name hashes both)."""
-    from .models import cache_root
+    from .user_cache import cache_root
 
     compiler = os.environ.get("CC", "cc")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout

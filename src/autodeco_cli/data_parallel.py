@@ -31,7 +31,7 @@ from .errors import UserError
 class DataParallelEngine:
     """The GenerationEngine interface over `lead` (this process) and `size - 1` worker processes."""
 
-    def __init__(self, lead, size: int, open_kwargs: dict):
+    def __init__(self, lead, size: int, opener: Callable[..., object], open_kwargs: dict):
         threads = max(1, torch.get_num_threads() // size)
         torch.set_num_threads(threads)
         self.lead = lead
@@ -40,7 +40,7 @@ class DataParallelEngine:
         self._workers = []
         for _ in range(1, size):
             mine, theirs = context.Pipe()
-            process = context.Process(target=_serve, args=(theirs, open_kwargs, threads), daemon=True)
+            process = context.Process(target=_serve, args=(theirs, opener, open_kwargs, threads), daemon=True)
             process.start()
             theirs.close()
             self._workers.append((process, mine))
@@ -162,13 +162,12 @@ def _relay(connection, process, rank: int, finished: queue.Queue) -> None:
             return
 
 
-def _serve(connection, open_kwargs: dict, threads: int) -> None:
-    """A worker replica: open the engine once, then generate each shard it is sent."""
+def _serve(connection, opener: Callable[..., object], open_kwargs: dict, threads: int) -> None:
+    """A worker replica: open the engine once (`opener` is `runtime.open_engine`, passed in so that
+    this module need not import the layer that uses it), then generate each shard it is sent."""
     torch.set_num_threads(threads)
     try:
-        from .runtime import open_engine
-
-        engine = open_engine(**open_kwargs)
+        engine = opener(**open_kwargs)
     except BaseException:  # noqa: BLE001 - reported to the lead, which raises it
         connection.send(("error", traceback.format_exc()))
         return

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -276,3 +277,9 @@ def mean_shift_from_results(path: str | Path, benchmark: str | None = None) -> D
         )
     row = next(iter(candidates.values()))
     return make_strategy("mean-shift", temperature=row["mean_temperature"], top_p=row["mean_top_p"])
+
+
+def strategy_slug(strategy: DecodingStrategy) -> str:
+    """A folder name from the label: 'static(T=0.6, p=0.95)' -> 'static-T0.6-p0.95'."""
+    text = strategy.label.replace("×", "x").replace("=", "")
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import subprocess
 import time
 from collections import defaultdict
@@ -30,32 +29,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .benchmarks.registry import judge_fields, task_chat, task_label, task_stop, task_version
-from .decoding import DecodingStrategy
+from .decoding import DecodingStrategy, strategy_slug
 from .errors import UserError
 
 # Names that lived here before the split; other modules and tests import them from here.
 from .eval_metrics import pass_k_ladder, sample_metric_means, task_metrics  # noqa: F401
-from .eval_report import (  # noqa: F401
-    TaskComparison,
-    compare_results,
-    comparison_table,
-    load_results,
-    summary_table,
-)
-from .generation import Generation, GenerationEngine, Request, batch_order_key, encode_prompt, request_seed
+from .generation import GenerationEngine
 from .heads import heads_digest
 from .prompt_format import PLAIN
 from .question_scores import per_question_rows, score_metrics
-from .run_store import (  # noqa: F401 (SampleLog, sample_key, read_json_output re-exported)
-    RESULTS_FILE,
-    RUN_CONFIG_FILE,
-    SampleLog,
-    claim_settings,
-    read_json_output,
-    sample_key,
-    samples_path,
-    write_json,
-)
+from .requests import Generation, Request, batch_order_key, encode_prompt, request_seed
+from .run_store import RESULTS_FILE, RUN_CONFIG_FILE, SampleLog, claim_settings, samples_path, write_json
 
 # engine.generate keeps every Generation of a call in memory (traces included), so long runs
 # are fed to it in slices of this many batches' worth of requests, cut from the engine's own
@@ -100,12 +84,6 @@ class StrategyPlan:
     def sample_ids(self) -> list[tuple[int, int]]:
         """(seed, sample index) pairs, seed-major: the order stats' maj@k reads "first k" in."""
         return [(seed, sample) for seed in self.seeds for sample in range(self.k)]
-
-
-def strategy_slug(strategy: DecodingStrategy) -> str:
-    """A folder name from the label: 'static(T=0.6, p=0.95)' -> 'static-T0.6-p0.95'."""
-    text = strategy.label.replace("×", "x").replace("=", "")
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
 def check_run_settings(k: int, seeds: Sequence[int], batch_size: int, max_new_tokens: int | None = None) -> None:

@@ -56,25 +56,10 @@ import numpy as np
 
 from . import stats
 from .benchmarks.aggregation import metric_name
-from .comparison import (  # noqa: F401 (the comparison lived here: still importable from grid)
-    COMPARISON_FILE,
-    COMPARISON_MD,
-    comparison_markdown,
-    comparison_rich_table,
-    run_comparison,
-)
 from .errors import UserError
 from .evaluation import engine_info, prepare_task, resolve_tasks, run_eval
-from .grid_cells import (  # noqa: F401 (Cell, DEFAULT_CELL, DIGITS and the parsers are importable from grid)
-    DEFAULT_CELL,
-    DIGITS,
-    Cell,
-    axes_and_cells,
-    full_cells,
-    parse_cells,
-    parse_values,
-)
-from .grid_families import Family, get_family
+from .grid_cells import axes_and_cells, full_cells
+from .grid_families import Cell, Family, get_family
 from .grid_report import grid_summary_lines, grid_table, plot_grid  # noqa: F401 (plot_grid used; the rest re-exported)
 from .question_scores import row_score
 from .run_store import read_json_output, write_json

@@ -4,44 +4,14 @@ command line gives, parsed and range-checked (other families' cells are `grid_fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Sequence
 
-from .decoding import MAX_STATIC_TEMPERATURE, DecodingStrategy, make_strategy
+from .decoding import MAX_STATIC_TEMPERATURE
 from .errors import UserError
-from .evaluation import strategy_slug
-from .grid_families import AXIS_LIMITS, Family, FamilyCell, get_family
+from .grid_families import AXIS_LIMITS, Cell, Family, FamilyCell, get_family
 
 DIGITS = 4  # grid values are rounded to this many decimals (labels and folders stay stable)
-
-
-@dataclass(frozen=True, order=True)
-class Cell:
-    temperature: float
-    top_p: float
-
-    @property
-    def strategy(self) -> DecodingStrategy:
-        return make_strategy("static", temperature=self.temperature, top_p=self.top_p)
-
-    @property
-    def label(self) -> str:
-        return self.strategy.label
-
-    @property
-    def slug(self) -> str:
-        return strategy_slug(self.strategy)
-
-    @property
-    def axes(self) -> dict:
-        return {"temperature": self.temperature, "top_p": self.top_p}
-
-    def to_dict(self) -> dict:
-        return {"temperature": self.temperature, "top_p": self.top_p, "label": self.label, "slug": self.slug}
-
-
-DEFAULT_CELL = Cell(1.0, 1.0)
 
 
 def _number(text: str, option: str) -> Decimal:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .decoding import ADAPTIVE_PARAMETERS, DecodingStrategy, make_strategy
+from .decoding import ADAPTIVE_PARAMETERS, DecodingStrategy, make_strategy, strategy_slug
 from .distribution import DEFAULT_EDT_BASE
 from .errors import UserError
 
@@ -42,9 +42,7 @@ class Family:
 
     def cell(self, temperature: float, value: float):
         if self.is_static:
-            from .grid import Cell  # static cells keep grid.py's type (and grid.json format)
-
-            return Cell(temperature, value)
+            return Cell(temperature, value)  # static cells keep their own type (and grid.json format)
         return FamilyCell(temperature, value, self.name, tuple(sorted(self.fixed.items())))
 
     def describe(self) -> dict:
@@ -126,8 +124,6 @@ class FamilyCell:
 
     @property
     def slug(self) -> str:
-        from .evaluation import strategy_slug
-
         return strategy_slug(self.strategy)
 
     @property
@@ -157,3 +153,31 @@ def strategy_params(strategy: DecodingStrategy) -> dict:
     """The adaptive decoder's own settings, for comparison rows (empty for the others)."""
     names = ADAPTIVE_PARAMETERS.get(strategy.name, ())
     return {name: getattr(strategy, name) for name in names}
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    temperature: float
+    top_p: float
+
+    @property
+    def strategy(self) -> DecodingStrategy:
+        return make_strategy("static", temperature=self.temperature, top_p=self.top_p)
+
+    @property
+    def label(self) -> str:
+        return self.strategy.label
+
+    @property
+    def slug(self) -> str:
+        return strategy_slug(self.strategy)
+
+    @property
+    def axes(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p}
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "label": self.label, "slug": self.slug}
+
+
+DEFAULT_CELL = Cell(1.0, 1.0)

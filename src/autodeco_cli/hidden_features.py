@@ -7,14 +7,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from .train_config import TrainConfig
 from .training_data import IGNORE_INDEX, Example
-
-if TYPE_CHECKING:  # training imports this module
-    from .training import TrainConfig
 
 
 @dataclass

@@ -23,8 +23,9 @@ from .benchmarks.aggregation import target_support
 from .benchmarks.registry import expand, get_task, task_chat, task_stop
 from .decoding import DecodingStrategy
 from .evaluation import engine_info
-from .generation import GenerationEngine, build_requests
+from .generation import GenerationEngine
 from .prompt_format import PLAIN, PromptFormat
+from .requests import build_requests
 from .run_store import SampleLog, claim_settings, setting_changes, write_json
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .user_cache import cache_root
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # alias -> (python package that ships the file, file name inside it, pip requirement)
@@ -46,14 +47,6 @@ class LoadedModel:
         return self.model.config.hidden_size
 
 
-def cache_root() -> Path:
-    explicit = os.environ.get("AUTODECO_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "autodeco"
-
-
 def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,7 +68,7 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16
         if dtype == "auto" and device.type == "cpu":
-            from .cpu_inference import cpu_has_native_bf16
+            from .cpu_features import cpu_has_native_bf16
 
             return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         return torch.float32

@@ -151,8 +151,8 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
 def _figures(engine, config: ReproduceConfig, grids: dict, figures: Path, plot_grid) -> dict[str, Path]:
     from .benchmarks.registry import get_task
     from .decoding import make_strategy
-    from .generation import build_requests
     from .plots import plot_decoding_distribution, plot_token_trace
+    from .requests import build_requests
 
     files = {}
     autodeco = make_strategy("autodeco")

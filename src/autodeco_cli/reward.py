@@ -34,11 +34,13 @@ import torch
 
 from .benchmarks.registry import task_chat, task_stop
 from .errors import UserError
-from .generation import GenerationEngine, Request, encode_prompt, request_seed
+from .generation import GenerationEngine
+from .hidden_features import base_features
 from .io_checks import cut_partial_last_line
 from .losses import policy_gradient_loss, policy_log_probs
 from .models import DEFAULT_MODEL
-from .training import CHECKPOINT_ERRORS, base_features, broken_file_reason, epoch_order, lr_lambda
+from .requests import Request, encode_prompt, request_seed
+from .training import CHECKPOINT_ERRORS, broken_file_reason, epoch_order, lr_lambda
 from .training_data import IGNORE_INDEX, Example
 
 METRICS_FILE = "metrics.jsonl"

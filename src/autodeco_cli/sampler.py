@@ -13,7 +13,7 @@ from .distribution import decoding_logits_and_temperature, nucleus_size
 from .heads import AutoDecoHeads
 
 if TYPE_CHECKING:  # generation imports this module
-    from .generation import Request
+    from .requests import Request
 
 
 @dataclass

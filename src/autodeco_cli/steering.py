@@ -40,10 +40,13 @@ import torch
 from .benchmarks.registry import get_task
 from .decoding import make_strategy
 from .errors import UserError
-from .generation import GenerationEngine, build_requests, request_seed
+from .generation import GenerationEngine
 from .heads import MAX_TEMPERATURE
+from .hidden_features import Features, base_features
 from .losses import head_losses
-from .training import Features, HeadTrainer, TrainConfig, base_features, easy_drop_uniforms
+from .requests import build_requests, request_seed
+from .train_config import TrainConfig
+from .training import HeadTrainer, easy_drop_uniforms
 from .training_data import Example, encode_prompt_completion
 
 LOW_DIVERSITY_COMMANDS = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .evaluation import compare_results
+from .eval_report import compare_results
 from .question_scores import metric_of
 
 

@@ -371,10 +371,12 @@ def _select_adaptive(
 def _figures(lm, config: WhereItWinsConfig, heads_dir: Path, tables: dict, folder: Path) -> dict[str, Path]:
     from .benchmarks.registry import get_task, task_chat, task_stop
     from .decoding import make_strategy
-    from .generation import GenerationEngine, Request, encode_prompt, request_seed
-    from .grid import load_grid, plot_grid
+    from .generation import GenerationEngine
+    from .grid import load_grid
+    from .grid_report import plot_grid
     from .heads import load_heads
     from .plots import plot_token_trace
+    from .requests import Request, encode_prompt, request_seed
 
     files: dict[str, Path] = {}
     engine = GenerationEngine(lm, load_heads(heads_dir, expected_hidden_size=lm.hidden_size))

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Sequence
 
-from autodeco_cli.benchmarks.types import Doc, Score
+from .types import Doc, Score
 
 PASS1 = "pass@1"
 EXACT_TV = "exact_tv"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Iterator
 
-from autodeco_cli.errors import UserError
+from ..errors import UserError
 
 OPERATIONS = ("add", "sub", "mul")
 SYMBOLS = {"add": "+", "sub": "-", "mul": "*"}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from autodeco_cli.errors import UserError
+from ..errors import UserError
 
 DATA_DIR_ENV = "AUTODECO_DATA_DIR"
 DOWNLOAD_ENV = "AUTODECO_DOWNLOAD"

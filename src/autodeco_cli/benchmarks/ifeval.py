@@ -32,8 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from autodeco_cli.benchmarks.types import Doc, Score
-from autodeco_cli.errors import UserError
+from ..errors import UserError
+from .types import Doc, Score
 
 INSTALL_HINT = "pip install 'autodeco-cli[ifeval]' && pip install --no-deps lm-eval==0.4.13"
 AFFECTED_BY_FALLBACK = ("length_constraints:number_sentences", "change_case:capital_word_frequency")

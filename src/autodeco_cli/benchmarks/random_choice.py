@@ -23,8 +23,8 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from autodeco_cli.benchmarks.types import Doc, Score
-from autodeco_cli.errors import UserError
+from ..errors import UserError
+from .types import Doc, Score
 
 TEMPLATES = ("times", "item", "letter")
 # Single-token words at a line start on the SmolLM2 tokenizer, so the choice is one token.

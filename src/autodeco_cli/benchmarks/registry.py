@@ -21,19 +21,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import yaml
 
-from autodeco_cli.benchmarks import aggregation, arithmetic, ifeval, random_choice
-from autodeco_cli.benchmarks.data import (
-    DataFile,
-    as_list,
-    get_field,
-    locate,
-    read_records,
-    resolve_data_dir,
-    verify_file,
-)
-from autodeco_cli.benchmarks.scoring import SCORERS, get_scorer, gsm8k_gold, option_letters
-from autodeco_cli.benchmarks.types import Doc, Score
-from autodeco_cli.errors import UserError
+from ..errors import UserError
+from . import aggregation, arithmetic, ifeval, random_choice
+from .data import DataFile, as_list, get_field, locate, read_records, resolve_data_dir, verify_file
+from .scoring import SCORERS, get_scorer, gsm8k_gold, option_letters
+from .types import Doc, Score
 
 EVALS_DIR_ENV = "AUTODECO_EVALS_DIR"
 _REQUIRED_KEYS = ("name", "description", "builder", "scorer", "max_new_tokens", "prompt", "splits")
@@ -56,7 +48,7 @@ def evals_dir() -> Path:
     env = os.environ.get(EVALS_DIR_ENV)
     if env:
         return Path(env).expanduser()
-    from autodeco_cli.bundled import bundled_dir
+    from ..bundled import bundled_dir
 
     return bundled_dir("evals")
 
@@ -183,7 +175,7 @@ def judge_fields(task: Any) -> dict[str, str]:
     (AUTODECO_SANDBOX=guard) is visible in every results file."""
     if getattr(task, "scorer", None) != "code":
         return {}
-    from autodeco_cli.benchmarks.sandbox import judge_isolation
+    from .sandbox import judge_isolation
 
     return {"judge_isolation": judge_isolation()}
 

@@ -13,10 +13,10 @@ import re
 import threading
 from typing import Callable
 
-from autodeco_cli.benchmarks.arithmetic import extract_integer
-from autodeco_cli.benchmarks.random_choice import score_random_choice
-from autodeco_cli.benchmarks.types import Doc, Score
-from autodeco_cli.errors import UserError
+from ..errors import UserError
+from .arithmetic import extract_integer
+from .random_choice import score_random_choice
+from .types import Doc, Score
 
 Scorer = Callable[[Doc, str], Score]
 
@@ -290,14 +290,14 @@ def score_arith(doc: Doc, text: str) -> Score:
 
 
 def score_ifeval(doc: Doc, text: str) -> Score:
-    from autodeco_cli.benchmarks.ifeval import score_ifeval as _score
+    from .ifeval import score_ifeval as _score
 
     return _score(doc, text)
 
 
 def score_code(doc: Doc, text: str) -> Score:
     try:
-        from autodeco_cli.benchmarks.sandbox import score_code as _score
+        from .sandbox import score_code as _score
     except ImportError as exc:
         raise UserError(
             "Code scoring needs autodeco_cli.benchmarks.sandbox, which could not be imported",

@@ -32,7 +32,7 @@ def heads_label(heads: str | None, model: str, strategy) -> str | None:
         return None
     if heads:
         return str(heads)
-    from ..runtime import packaged_heads_path
+    from ..heads_source import packaged_heads_path
 
     # only aliases have packaged heads (an absolute path would escape the assets folder)
     shipped = None if Path(model).is_absolute() else packaged_heads_path(model)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..consoles import console, err_console
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
 from ..options import (
@@ -38,7 +39,7 @@ from ..options import (
     TrustOpt,
     strategy_from_options,
 )
-from .common import DEFAULT_OUTPUT_ROOT, console, err_console, folder_name, heads_label, open_command_engine, run_record
+from .common import DEFAULT_OUTPUT_ROOT, folder_name, heads_label, open_command_engine, run_record
 
 BenchmarkOpt = Annotated[
     str,
@@ -134,7 +135,9 @@ def eval_command(
     chat_template_kwargs: ChatTemplateKwargsOpt = None,
 ):
     """Score a decoding strategy on benchmarks (see EVAL_HELP, the command's --help)."""
-    from ..evaluation import check_run_settings, parse_seeds, resolve_tasks, run_eval, strategy_slug, summary_table
+    from ..decoding import strategy_slug
+    from ..eval_report import summary_table
+    from ..evaluation import check_run_settings, parse_seeds, resolve_tasks, run_eval
     from ..io_checks import check_max_new_tokens, check_writable_output, model_config
     from ..progress import progress_bar
 
@@ -220,7 +223,7 @@ def compare_command(
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (the CI is reproducible).")] = 0,
 ):
     """Paired per-question comparison of two eval runs (see COMPARE_HELP, the command's --help)."""
-    from ..evaluation import compare_results, comparison_table, load_results
+    from ..eval_report import compare_results, comparison_table, load_results
 
     if bootstrap < 1:
         raise UserError("--bootstrap must be at least 1")

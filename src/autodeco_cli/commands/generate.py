@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..consoles import err_console
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
 from ..options import (
@@ -40,7 +41,7 @@ from ..options import (
     TrustOpt,
     strategy_from_options,
 )
-from .common import err_console, open_command_engine
+from .common import open_command_engine
 
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt; '-' or nothing reads stdin.")]
 FileOpt = Annotated[
@@ -157,8 +158,8 @@ def generate(
 
 def _requests(engine, prompts, strategy, *, n: int, seed: int, chat: bool, max_new_tokens: int) -> list:
     """The engine's requests; refuses a budget that cannot fit the model's context."""
-    from ..generation import build_requests
     from ..io_checks import check_max_new_tokens, model_config
+    from ..requests import build_requests
 
     requests = build_requests(engine.tokenizer, prompts, strategy, n=n, seed=seed, chat=chat, fmt=engine.prompt_format)
     check_max_new_tokens(max_new_tokens, model_config(engine), max(len(r.input_ids) for r in requests))

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..consoles import console, err_console
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
 from ..options import (
@@ -28,7 +29,7 @@ from ..options import (
     TensorParallelOpt,
     TrustOpt,
 )
-from .common import DEFAULT_OUTPUT_ROOT, console, err_console, folder_name, heads_label, open_command_engine
+from .common import DEFAULT_OUTPUT_ROOT, folder_name, heads_label, open_command_engine
 
 BenchmarkOpt = Annotated[
     str, typer.Option("--benchmark", "-b", help="One task (a registry name such as arith-add or gsm8k).")
@@ -242,7 +243,8 @@ def grid_search_command(
 
 def _sweep(engine, benchmark: str, grid_settings: dict, common: dict, then_eval: bool) -> tuple[dict, dict | None]:
     """The grid (and with --then-eval the comparison table) under one progress bar; closes the engine."""
-    from ..grid import run_comparison, run_grid
+    from ..comparison import run_comparison
+    from ..grid import run_grid
     from ..progress import progress_bar
 
     try:
@@ -257,15 +259,9 @@ def _sweep(engine, benchmark: str, grid_settings: dict, common: dict, then_eval:
 
 
 def _report(grid: dict, comparison: dict | None, out: Path, started: float) -> None:
-    from ..grid import (
-        COMPARISON_FILE,
-        COMPARISON_MD,
-        GRID_FILE,
-        HEATMAP_FILE,
-        comparison_rich_table,
-        grid_summary_lines,
-        grid_table,
-    )
+    from ..comparison import COMPARISON_FILE, COMPARISON_MD, comparison_rich_table
+    from ..grid import GRID_FILE, HEATMAP_FILE
+    from ..grid_report import grid_summary_lines, grid_table
 
     console.print(grid_table(grid))
     for line in grid_summary_lines(grid):
@@ -280,7 +276,7 @@ def _report(grid: dict, comparison: dict | None, out: Path, started: float) -> N
 
 def _grid_axes(family: str, edt_base, mode: str, temperatures: str | None, axis_texts: dict, cells: str | None):
     """The family and its checked axes (defaults filled in) and cells, before the model loads."""
-    from ..grid import parse_cells, parse_values
+    from ..grid_cells import parse_cells, parse_values
     from ..grid_families import axis_text, get_family
 
     grid_family = get_family(family, edt_base)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..consoles import err_console
 from ..errors import UserError
 from ..models import DEFAULT_MODEL
 from ..options import (
@@ -28,7 +29,7 @@ from ..options import (
     TopKOpt,
     TopPOpt,
 )
-from .common import err_console, open_command_engine
+from .common import open_command_engine
 
 TasksOpt = Annotated[
     str, typer.Option("--tasks", help="Comma list of tasks with a train split (gsm8k, math500, arith-add, ...).")

@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..consoles import err_console
 from ..models import DEFAULT_MODEL
 from ..options import DataParallelOpt, HeadsOpt, ModelOpt, TensorParallelOpt, TrustOpt
-from .common import err_console
 
 # The --help text. Concatenated rather than a docstring wrapped at 120 columns: typer's rich mode
 # keeps single line breaks, so wrapping would show in the help.
@@ -80,7 +80,7 @@ def serve_command(
     from ..engines.vllm_stage import base_model, check_architecture, hidden_size, stage
     from ..engines.vllm_trace import TRACE_DIR_ENV
     from ..heads import heads_digest
-    from ..runtime import resolve_heads
+    from ..heads_source import resolve_heads
 
     import_vllm()
     base = base_model(model)

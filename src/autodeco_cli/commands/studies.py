@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import err_console
+from ..consoles import err_console
 
 # The --help texts. Concatenated rather than docstrings wrapped at 120 columns: typer's rich mode
 # keeps single line breaks, so wrapping would show in the help.

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..consoles import console, err_console
 from ..models import DEFAULT_MODEL
 from ..options import BatchSizeOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt
-from .common import console, err_console
 
 
 def steer_report(

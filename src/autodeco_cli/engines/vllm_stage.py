@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..heads import AutoDecoHeads
-from ..models import cache_root, convert_gguf, resolve_model_source
+from ..models import convert_gguf, resolve_model_source
+from ..user_cache import cache_root
 from .vllm_model import BASE_ARCH_FIELD, HEADS_FIELD, PREFIX
 
 HEADS_SUBDIR = "autodeco_heads"

@@ -1,0 +1,58 @@
+"""What this CPU can do: its instruction-set flags, and whether it computes bf16 natively."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU has bf16 dot-product instructions (x86 AVX512_BF16 or AMX-BF16, Arm BF16).
+
+    torch.backends.cpu.get_cpu_capability() names the vector width only ("AVX512" both with and
+    without bf16), and oneDNN reports bf16 as "supported" on any AVX-512 CPU (emulated), so the
+    kernel's own CPU flags decide. AUTODECO_CPU_BF16=0/1 overrides the check.
+    """
+    import os
+
+    forced = os.environ.get("AUTODECO_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return has_native_bf16(cpu_flags())
+
+
+def cpu_flags() -> set[str]:
+    if platform.system() == "Darwin":
+        return _darwin_flags()
+    try:
+        return flags_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return set()
+
+
+def flags_from_cpuinfo(text: str) -> set[str]:
+    """The CPU feature flags listed in a /proc/cpuinfo text (x86 `flags`, aarch64 `Features`)."""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return flags
+
+
+def has_native_bf16(flags: set[str]) -> bool:
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def _darwin_flags() -> set[str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {"bf16"} if out == "1" else set()
