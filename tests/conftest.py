@@ -127,7 +127,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
     """The tiny model loaded through the engine's own loader (LoadedModel). Treat as read-only."""
-    from autodeco_cli.models import load_base_model
+    from autodeco_cli.engine.models import load_base_model
 
     return load_base_model(str(tiny_model_dir), device="cpu")
 
@@ -135,7 +135,7 @@ def tiny_lm(tiny_model_dir):
 @pytest.fixture(scope="session")
 def tiny_heads_dir(tmp_path_factory) -> Path:
     """Fresh (untrained) heads for the tiny model, saved in our layout."""
-    from autodeco_cli.heads import fresh_heads
+    from autodeco_cli.core.heads import fresh_heads
 
     folder = tmp_path_factory.mktemp("tiny-heads")
     fresh_heads(TINY_HIDDEN, base_model="tiny-llama", seed=0).save(folder)
@@ -145,7 +145,7 @@ def tiny_heads_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def wrong_heads_dir(tmp_path_factory) -> Path:
     """Heads for a different hidden size (48) than the tiny model (32)."""
-    from autodeco_cli.heads import fresh_heads
+    from autodeco_cli.core.heads import fresh_heads
 
     folder = tmp_path_factory.mktemp("wrong-heads")
     fresh_heads(TINY_HIDDEN + 16, base_model="other", seed=0).save(folder)
@@ -200,13 +200,13 @@ class FakeTask:
     n_docs: int = 4
 
     def load_docs(self, split="test", limit=None, data_dir=None):
-        from autodeco_cli.benchmarks.types import Doc
+        from autodeco_cli.tasks.types import Doc
 
         docs = [Doc(f"fake/{i}", "count " * (1 + 2 * i) + "now", str(i % 3), {}) for i in range(self.n_docs)]
         return docs[:limit] if limit else docs
 
     def score(self, doc, text):
-        from autodeco_cli.benchmarks.types import Score
+        from autodeco_cli.tasks.types import Score
 
         if not text:
             return Score(False, None, {"chars": 0.0})
@@ -217,7 +217,7 @@ class FakeTask:
 @pytest.fixture()
 def fake_registry(monkeypatch):
     """The task registry serving `fake` (4 docs) and `fake2` (3 docs) instead of evals/."""
-    from autodeco_cli.benchmarks import registry
+    from autodeco_cli.tasks import registry
 
     tasks = {"fake": FakeTask(), "fake2": FakeTask(name="fake2", n_docs=3)}
     monkeypatch.setattr(registry, "get_task", lambda name: tasks[name])

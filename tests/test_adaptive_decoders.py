@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from autodeco_cli.decoding import make_strategy, strategy_slug
-from autodeco_cli.distribution import (
+from autodeco_cli.core.decoding import make_strategy, strategy_slug
+from autodeco_cli.core.distribution import (
     MIN_TEMPERATURE,
     decoding_logits,
     decoding_logits_and_temperature,
@@ -22,11 +22,11 @@ from autodeco_cli.distribution import (
     token_entropy,
     top_n_sigma_keep,
 )
-from autodeco_cli.errors import UserError
-from autodeco_cli.evaluation import run_eval
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.heads import fresh_heads
-from autodeco_cli.requests import Request, build_requests
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.engine.requests import Request, build_requests
+from autodeco_cli.evaluation.runner import run_eval
 from conftest import TINY_HIDDEN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -324,10 +324,10 @@ def test_mixed_with_static_and_greedy_in_one_batch(engine, tiny_lm):
 
 
 def test_min_p_grid_on_the_tiny_model(engine, tmp_path):
-    from autodeco_cli.comparison import run_comparison
-    from autodeco_cli.grid import load_grid, run_grid
-    from autodeco_cli.grid_families import cell_from_record
-    from autodeco_cli.grid_report import grid_table
+    from autodeco_cli.grid.comparison import run_comparison
+    from autodeco_cli.grid.families import cell_from_record
+    from autodeco_cli.grid.report import grid_table
+    from autodeco_cli.grid.search import load_grid, run_grid
     from conftest import FakeTask
     from test_grid import _keys, _samples
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autodeco_cli.errors import UserError
+from autodeco_cli.core.errors import UserError
 from conftest import write_jsonl
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -134,7 +134,7 @@ def test_binary_training_file(cli, tiny_model_dir, tmp_path):
 
 def test_generate_writes_each_sample_as_it_finishes(cli, tiny_model_dir, prompts_file, tmp_path, monkeypatch):
     """A run killed after the first sample keeps it in -o (it used to write only at the very end)."""
-    from autodeco_cli.generation import GenerationEngine
+    from autodeco_cli.engine.generation import GenerationEngine
 
     original = GenerationEngine.generate
 
@@ -194,7 +194,7 @@ def test_heads_with_non_finite_weights_are_refused(cli, tiny_model_dir, tiny_hea
 
     heads = _copy_heads(tiny_heads_dir, tmp_path / "bad-heads", edit=poison)
     with pytest.raises(UserError, match="top_p_head.mlp.2.weight holds 1 NaN/inf value"):
-        from autodeco_cli.heads import load_heads
+        from autodeco_cli.core.heads import load_heads
 
         load_heads(heads)
     result = cli("generate", "hi", "-m", tiny_model_dir, "--heads", heads, "--max-new-tokens", 2)
@@ -215,7 +215,7 @@ def test_heads_config_hidden_size_must_match_weights(cli, tiny_model_dir, tiny_h
 
 
 def test_unchanged_heads_still_load(tiny_heads_dir):
-    from autodeco_cli.heads import load_heads
+    from autodeco_cli.core.heads import load_heads
 
     assert load_heads(tiny_heads_dir).config.hidden_size == 32
 
@@ -252,7 +252,7 @@ def test_max_new_tokens_within_context_passes(cli, tiny_model_dir):
 
 
 def test_cut_partial_last_line(tmp_path):
-    from autodeco_cli.io_checks import cut_partial_last_line
+    from autodeco_cli.core.io_checks import cut_partial_last_line
 
     log = tmp_path / "metrics.jsonl"
     log.write_bytes(b'{"step": 1}\n{"step": 2, "lo')
@@ -308,7 +308,7 @@ def test_truncated_trainer_state_falls_back_then_names_the_file(cli, tiny_model_
 
 
 def test_truncated_reward_checkpoint_names_the_file(tmp_path):
-    from autodeco_cli.reward import CHECKPOINT_DIR, RewardConfig, RewardTrainer
+    from autodeco_cli.training.reward import CHECKPOINT_DIR, RewardConfig, RewardTrainer
 
     trainer = RewardTrainer(RewardConfig(tasks="arith-add", output_dir=str(tmp_path)))
     folder = tmp_path / CHECKPOINT_DIR
@@ -359,7 +359,7 @@ def test_mean_shift_task_missing_from_results_is_an_error(cli, tmp_path):
 
 
 def test_mean_shift_from_results_with_the_task(tmp_path):
-    from autodeco_cli.decoding import mean_shift_from_results
+    from autodeco_cli.core.decoding import mean_shift_from_results
 
     strategy = mean_shift_from_results(_means_file(tmp_path), "arith-mul")
     assert (strategy.temperature, strategy.top_p) == (0.5, 0.8)
@@ -425,8 +425,8 @@ def test_make_data_refuses_other_settings(cli, tiny_model_dir, tmp_path):
     ],
 )
 def test_overrides_are_coerced_by_annotation(override, field, value):
-    from autodeco_cli.recipes import build_config
-    from autodeco_cli.train_config import TrainConfig
+    from autodeco_cli.training.config import TrainConfig
+    from autodeco_cli.training.recipes import build_config
 
     got = getattr(build_config(TrainConfig, None, [override]), field)
     assert got == value and type(got) is type(value)
@@ -445,8 +445,8 @@ def test_overrides_are_coerced_by_annotation(override, field, value):
     ],
 )
 def test_bad_override_values_are_one_line_errors(override, needles):
-    from autodeco_cli.recipes import build_config
-    from autodeco_cli.train_config import TrainConfig
+    from autodeco_cli.training.config import TrainConfig
+    from autodeco_cli.training.recipes import build_config
 
     with pytest.raises(UserError) as info:
         build_config(TrainConfig, None, [override])
@@ -463,8 +463,8 @@ def test_recipe_value_error_names_file_and_line(cli, tmp_path, train_data):
 
 def test_list_override_reaches_lora(train_data):
     """lora_target_modules=q_proj used to become ['q', '_', 'p', ...] (and a peft traceback)."""
-    from autodeco_cli.recipes import build_config
-    from autodeco_cli.train_config import TrainConfig
+    from autodeco_cli.training.config import TrainConfig
+    from autodeco_cli.training.recipes import build_config
 
     config = build_config(TrainConfig, None, ["lora_target_modules=q_proj", "lora_r=2"], data=str(train_data))
     assert config.lora_target_modules == ["q_proj"] and config.lora_r == 2

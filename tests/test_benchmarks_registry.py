@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from autodeco_cli.benchmarks import registry
-from autodeco_cli.benchmarks.arithmetic import problem_space
-from autodeco_cli.benchmarks.data import DataFile, as_list, get_field, locate, resolve_data_dir
-from autodeco_cli.benchmarks.registry import expand, get_task, list_groups, list_tasks, load_docs, shuffled_options
-from autodeco_cli.benchmarks.types import Doc, Score
-from autodeco_cli.errors import UserError
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.tasks import registry
+from autodeco_cli.tasks.arithmetic import problem_space
+from autodeco_cli.tasks.data import DataFile, as_list, get_field, locate, resolve_data_dir
+from autodeco_cli.tasks.registry import expand, get_task, list_groups, list_tasks, load_docs, shuffled_options
+from autodeco_cli.tasks.types import Doc, Score
 
 PAPER_TASKS = [
     "aime24",
@@ -139,9 +139,9 @@ def test_code_scorer_is_imported_lazily(monkeypatch: pytest.MonkeyPatch) -> None
         calls.append((doc.doc_id, text))
         return Score(True, "ok", {})
 
-    fake = types.ModuleType("autodeco_cli.benchmarks.sandbox")
+    fake = types.ModuleType("autodeco_cli.tasks.sandbox")
     fake.score_code = fake_score_code  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "autodeco_cli.benchmarks.sandbox", fake)
+    monkeypatch.setitem(sys.modules, "autodeco_cli.tasks.sandbox", fake)
     doc = Doc("livecodebench/test/1", "p", None, {"public_test_cases": []})
     assert get_task("livecodebench").score(doc, "```python\nprint(1)\n```").correct
     assert calls == [("livecodebench/test/1", "```python\nprint(1)\n```")]

@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.requests import build_requests
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.engine.requests import build_requests
 from conftest import TINY_HIDDEN, build_merged_folder, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -83,7 +83,7 @@ def test_autodeco_default_without_heads_on_absolute_model_path(cli, tiny_model_d
 
 
 def test_merged_folder_uses_its_own_heads(cli, tiny_model_dir, tmp_path):
-    from autodeco_cli.heads import fresh_heads
+    from autodeco_cli.core.heads import fresh_heads
 
     heads = fresh_heads(TINY_HIDDEN, seed=12)
     folder = build_merged_folder(tiny_model_dir, tmp_path / "merged", heads)
@@ -315,7 +315,7 @@ def test_heads_of_wrong_hidden_size(cli, tiny_model_dir, wrong_heads_dir):
 def test_non_safetensors_heads(cli, tiny_model_dir, tmp_path):
     folder = tmp_path / "pickled-heads"
     folder.mkdir()
-    from autodeco_cli.heads import fresh_heads
+    from autodeco_cli.core.heads import fresh_heads
 
     torch.save(fresh_heads(TINY_HIDDEN).state_dict(), folder / "pytorch_model.bin")
     code, out, err = cli("generate", "hi", "-m", tiny_model_dir, "--heads", folder, "--max-new-tokens", 2)

@@ -14,7 +14,8 @@ import pytest
 import typer
 from rich.console import Console
 
-from autodeco_cli import commands, consoles
+from autodeco_cli import commands
+from autodeco_cli.core import consoles
 
 NO_MODEL = "/nonexistent/model-that-never-loads"
 
@@ -55,7 +56,7 @@ def test_register_all_raises_on_a_missing_command_module(monkeypatch):
 def test_commands_and_runtime_print_through_the_two_shared_consoles():
     modules = [importlib.import_module(f"autodeco_cli.commands.{name}") for name in commands.COMMAND_MODULES]
     modules += [importlib.import_module(name) for name in ("autodeco_cli.cli", "autodeco_cli.commands.common")]
-    modules.append(importlib.import_module("autodeco_cli.runtime"))
+    modules.append(importlib.import_module("autodeco_cli.engine.runtime"))
     shared = {id(consoles.console), id(consoles.err_console)}
     for module in modules:
         found = [value for value in vars(module).values() if isinstance(value, Console)]
@@ -109,8 +110,8 @@ def test_reproduce_with_an_unknown_field_is_one_line(cli, tmp_path):
 
 
 def test_eval_k_is_checked_by_the_library(cli, tiny_model_dir, tmp_path, fake_registry):
-    from autodeco_cli.errors import UserError
-    from autodeco_cli.evaluation import plan_strategies
+    from autodeco_cli.core.errors import UserError
+    from autodeco_cli.evaluation.runner import plan_strategies
 
     with pytest.raises(UserError) as library:
         plan_strategies([], 0, [0])

@@ -6,20 +6,20 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from autodeco_cli import cpu_features
-from autodeco_cli.cpu_features import flags_from_cpuinfo, has_native_bf16
-from autodeco_cli.cpu_inference import (
+from autodeco_cli.core import cpu_features
+from autodeco_cli.core.cpu_features import flags_from_cpuinfo, has_native_bf16
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.engine.cpu_inference import (
     DECODE_ATTENTION,
     ZERO_TAIL,
     PackedLinear,
     decode_attention_forward,
     pack_linear_weights,
 )
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.heads import fresh_heads
-from autodeco_cli.models import load_base_model, pick_dtype
-from autodeco_cli.requests import build_requests
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.engine.models import load_base_model, pick_dtype
+from autodeco_cli.engine.requests import build_requests
 from conftest import TINY_HIDDEN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -236,9 +236,9 @@ def test_bf16_cpu_model_decodes_with_the_fast_paths(tiny_model_dir):
 def test_inverse_cdf_over_the_nucleus_draws_what_the_full_vocabulary_cumsum_drew():
     """The sampler sums the CDF over the tokens with mass only; every draw must equal the draw
     from the full-vocabulary double cumsum it replaced (same uniforms, same ids)."""
-    from autodeco_cli.distribution import decoding_logits
-    from autodeco_cli.requests import Request
-    from autodeco_cli.sampler import Sampler
+    from autodeco_cli.core.distribution import decoding_logits
+    from autodeco_cli.engine.requests import Request
+    from autodeco_cli.engine.sampler import Sampler
 
     gen = torch.Generator().manual_seed(9)
     rows, vocab = 12, 4000

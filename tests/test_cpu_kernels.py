@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli import cpu_features, cpu_inference, cpu_kernels
-from autodeco_cli.cpu_inference import PackedLinear, decode_attention_forward, pack_linear_weights
+from autodeco_cli.core import cpu_features, cpu_kernels
+from autodeco_cli.engine import cpu_inference
+from autodeco_cli.engine.cpu_inference import PackedLinear, decode_attention_forward, pack_linear_weights
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -108,7 +109,7 @@ def test_decode_attention_forward_uses_the_kernel_and_falls_back_where_it_cannot
 
 @needs_sort
 def test_sort_gives_torch_sorts_values_and_the_training_loss_uses_it(monkeypatch):
-    from autodeco_cli import distribution
+    from autodeco_cli.core import distribution
 
     kernel = cpu_kernels.load("sort_descending_f32")
     generator = torch.Generator().manual_seed(3)

@@ -7,7 +7,7 @@ import platform
 import pytest
 import torch
 
-from autodeco_cli.cpu_memory import huge_pages_allowed, move_to_huge_pages
+from autodeco_cli.engine.cpu_memory import huge_pages_allowed, move_to_huge_pages
 
 
 @pytest.mark.skipif(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.data_parallel import DataParallelEngine, split_by_prompt
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.errors import UserError
-from autodeco_cli.requests import Request, build_requests
-from autodeco_cli.runtime import open_engine
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.engine.data_parallel import DataParallelEngine, split_by_prompt
+from autodeco_cli.engine.requests import Request, build_requests
+from autodeco_cli.engine.runtime import open_engine
 
 PROMPTS = ["hello", "The quick brown fox", "What is 27 + 82?", "Once upon a time", "a b c", "x"]
 

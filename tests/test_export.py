@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.errors import UserError
-from autodeco_cli.export import merge, split
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.heads import load_heads
-from autodeco_cli.models import load_base_model
-from autodeco_cli.requests import build_requests
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.heads import load_heads
+from autodeco_cli.engine.export import merge, split
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.engine.models import load_base_model
+from autodeco_cli.engine.requests import build_requests
 
 PROMPTS = ["What is 2 + 3?", "Tell me a joke."]
 

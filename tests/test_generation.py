@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.heads import MAX_TEMPERATURE, fresh_heads
-from autodeco_cli.models import load_base_model
-from autodeco_cli.requests import Request, build_requests, request_seed
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.core.heads import MAX_TEMPERATURE, fresh_heads
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.engine.models import load_base_model
+from autodeco_cli.engine.requests import Request, build_requests, request_seed
 from conftest import TINY_HIDDEN, build_merged_folder, save_tiny_model
 
 PROMPTS = [
@@ -403,8 +403,8 @@ def test_chat_messages_and_raw_prompts(engine, tiny_lm):
 
 
 def test_merged_folder_loads_and_generates_like_base(tiny_model_dir, tiny_lm, tmp_path):
-    from autodeco_cli.heads import load_heads
-    from autodeco_cli.models import resolve_model_source
+    from autodeco_cli.core.heads import load_heads
+    from autodeco_cli.engine.models import resolve_model_source
 
     heads = fresh_heads(TINY_HIDDEN, seed=4)
     folder = build_merged_folder(tiny_model_dir, tmp_path / "merged", heads)
@@ -500,7 +500,7 @@ def test_streamer_needs_one_request(engine, tiny_lm):
 def test_inverse_cdf_draw_follows_the_distribution(engine, tiny_lm):
     """The sampler's draws have the distribution's frequencies (chi-square-style check on the
     first token of many seeds against the decoding distribution computed directly)."""
-    from autodeco_cli.distribution import decoding_distribution
+    from autodeco_cli.core.distribution import decoding_distribution
 
     tok = tiny_lm.tokenizer
     prompt = build_requests(tok, [PROMPTS[0]], make_strategy("greedy"))[0].input_ids
@@ -543,7 +543,7 @@ def test_requests_join_a_running_batch_and_match_alone(engine, tiny_lm, monkeypa
 def test_joins_happen_while_rows_are_running(engine, tiny_lm, monkeypatch):
     """Rows ending at different steps (a common stop string) make room that waiting requests
     take mid-flight; their results still equal their runs alone."""
-    from autodeco_cli import generation
+    from autodeco_cli.engine import generation
 
     tok = tiny_lm.tokenizer
     distinct = PROMPTS + [p + " again" for p in PROMPTS]  # equal prompts would wait to join together
@@ -567,7 +567,7 @@ def test_joins_happen_while_rows_are_running(engine, tiny_lm, monkeypatch):
 
 
 def test_later_requests_of_a_prompt_copy_its_cache_instead_of_prefilling(engine, tiny_lm, monkeypatch):
-    from autodeco_cli import generation
+    from autodeco_cli.engine import generation
 
     tok = tiny_lm.tokenizer
     reqs = build_requests(tok, [PROMPTS[3]], make_strategy("static", temperature=1.5, top_p=1.0), n=10, seed=6)

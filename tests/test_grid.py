@@ -10,14 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from autodeco_cli import grid as grid_mod
-from autodeco_cli.comparison import run_comparison
-from autodeco_cli.errors import UserError
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.grid import load_grid, round_sizes, run_grid, worse_p_value
-from autodeco_cli.grid_cells import parse_cells, parse_values
-from autodeco_cli.grid_families import Cell
-from autodeco_cli.heads import fresh_heads
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.grid import search as grid_mod
+from autodeco_cli.grid.cells import parse_cells, parse_values
+from autodeco_cli.grid.comparison import run_comparison
+from autodeco_cli.grid.families import Cell
+from autodeco_cli.grid.search import load_grid, round_sizes, run_grid, worse_p_value
 from conftest import TINY_HIDDEN, FakeTask, Killed, kill_after
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -451,14 +451,14 @@ def test_cli_help_and_errors(tmp_path):
 
 def test_quick_reproduce_writes_its_own_report_and_figures():
     """`make reproduce-quick` must not overwrite the full run's report or figures."""
-    from autodeco_cli.reproduce import config_from
+    from autodeco_cli.studies.reproduce import config_from
 
     full, quick = config_from(None, [], quick=False), config_from(None, [], quick=True)
     assert quick.report != full.report and quick.figures_dir != full.figures_dir and quick.workdir != full.workdir
 
 
 def test_reproduce_verdict_calls_a_difference_only_when_its_ci_excludes_zero():
-    from autodeco_cli.reproduce import _verdict
+    from autodeco_cli.studies.reproduce import _verdict
 
     comparison = {
         "rows": [
@@ -480,7 +480,12 @@ def test_reproduce_verdict_calls_a_difference_only_when_its_ci_excludes_zero():
 def test_one_row_formatter_for_terminal_markdown_and_report():
     from rich.console import Console
 
-    from autodeco_cli.comparison import comparison_markdown, comparison_rich_table, comparison_table_lines, row_cells
+    from autodeco_cli.grid.comparison import (
+        comparison_markdown,
+        comparison_rich_table,
+        comparison_table_lines,
+        row_cells,
+    )
 
     # a row as comparison.json files written before rows recorded `score` and `mean_tokens`
     old = {

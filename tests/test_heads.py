@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from autodeco_cli.errors import UserError
-from autodeco_cli.heads import MAX_TEMPERATURE, AutoDecoHeads, HeadsConfig, fresh_heads, load_heads
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.heads import MAX_TEMPERATURE, AutoDecoHeads, HeadsConfig, fresh_heads, load_heads
 from conftest import build_merged_folder
 
 HEAD_KEYS = {

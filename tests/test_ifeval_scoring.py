@@ -8,15 +8,15 @@ import textwrap
 
 import pytest
 
-from autodeco_cli.benchmarks.data import resolve_data_dir
-from autodeco_cli.benchmarks.types import Doc
-from autodeco_cli.errors import UserError
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.tasks.data import resolve_data_dir
+from autodeco_cli.tasks.types import Doc
 
 for _module in ("lm_eval", "nltk", "langdetect", "immutabledict"):
     pytest.importorskip(_module, reason="needs the ifeval extra: pip install 'autodeco-cli[ifeval]'")
 
-from autodeco_cli.benchmarks import ifeval  # noqa: E402
-from autodeco_cli.benchmarks.ifeval import score_ifeval  # noqa: E402
+from autodeco_cli.tasks import ifeval  # noqa: E402
+from autodeco_cli.tasks.ifeval import score_ifeval  # noqa: E402
 
 METRIC_KEYS = {
     "prompt_strict",
@@ -106,8 +106,8 @@ def test_scoring_never_touches_the_network() -> None:
 
         socket.socket.connect = refuse
         socket.create_connection = refuse
-        from autodeco_cli.benchmarks.ifeval import score_ifeval, sentence_splitter
-        from autodeco_cli.benchmarks.types import Doc
+        from autodeco_cli.tasks.ifeval import score_ifeval, sentence_splitter
+        from autodeco_cli.tasks.types import Doc
 
         doc = Doc("x", "p", {"instruction_id_list": ["length_constraints:number_sentences"],
                              "kwargs": [{"relation": "at least", "num_sentences": 2}]}, {})
@@ -141,7 +141,7 @@ def test_every_ifeval_prompt_scores() -> None:
     data_dir = resolve_data_dir()
     if not (data_dir / "ifeval" / "input_data.jsonl").is_file():
         pytest.skip(f"IFEval data not found under {data_dir}")
-    from autodeco_cli.benchmarks.registry import load_docs
+    from autodeco_cli.tasks.registry import load_docs
 
     docs = load_docs("ifeval")
     scores = [score_ifeval(doc, "Here is my answer. It has two sentences, and a comma.") for doc in docs]

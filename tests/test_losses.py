@@ -23,8 +23,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autodeco_cli.heads import AutoDecoHeads, HeadsConfig
-from autodeco_cli.losses import (
+from autodeco_cli.core.heads import AutoDecoHeads, HeadsConfig
+from autodeco_cli.training.losses import (
     easy_token_keep_mask,
     head_losses,
     target_confidence,
@@ -364,8 +364,8 @@ def test_top_p_loss_matches_the_direct_formula_with_ties_and_extremes(seed):
     """Values and dL/dT̂, dL/dP̂ of the sorted-rank implementation equal autograd through the
     direct formula in float64 (sort with indices, tied logits, a tiny temperature, P̂ on both
     sides of the cumsum)."""
-    from autodeco_cli.distribution import soft_top_p_weights_sorted
-    from autodeco_cli.losses import LOG_EPS, RENORM_EPS, top_p_loss_terms
+    from autodeco_cli.core.distribution import soft_top_p_weights_sorted
+    from autodeco_cli.training.losses import LOG_EPS, RENORM_EPS, top_p_loss_terms
 
     gen = torch.Generator().manual_seed(seed)
     logits = (torch.randn(6, 40, generator=gen) * 2).double()

@@ -13,11 +13,11 @@ import json
 
 import pytest
 
-from autodeco_cli.benchmarks.registry import get_task
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.errors import UserError
-from autodeco_cli.make_data import make_on_policy_data, progress_path, settings_path
-from autodeco_cli.requests import Generation
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.engine.requests import Generation
+from autodeco_cli.tasks.registry import get_task
+from autodeco_cli.training.on_policy_data import make_on_policy_data, progress_path, settings_path
 from conftest import Killed
 
 TASK = "arith-add"

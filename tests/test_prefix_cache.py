@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from autodeco_cli import generation, prefix_cache
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.heads import fresh_heads
-from autodeco_cli.prefix_cache import MIN_SHARED_TOKENS, shared_prefix_length
-from autodeco_cli.requests import build_requests
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.engine import generation, prefix_cache
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.engine.prefix_cache import MIN_SHARED_TOKENS, shared_prefix_length
+from autodeco_cli.engine.requests import build_requests
 from conftest import TINY_HIDDEN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

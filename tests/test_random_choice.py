@@ -8,15 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from autodeco_cli.benchmarks import aggregation, random_choice
-from autodeco_cli.benchmarks.registry import expand, get_task, task_chat, task_stop
-from autodeco_cli.benchmarks.types import Doc, Score
-from autodeco_cli.decoding import make_strategy
-from autodeco_cli.eval_report import compare_results
-from autodeco_cli.evaluation import run_eval
-from autodeco_cli.generation import GenerationEngine
-from autodeco_cli.grid import CellScore
-from autodeco_cli.rebalance import balance_positions, one_per_value
+from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.evaluation.report import compare_results
+from autodeco_cli.evaluation.runner import run_eval
+from autodeco_cli.grid.search import CellScore
+from autodeco_cli.tasks import aggregation, random_choice
+from autodeco_cli.tasks.registry import expand, get_task, task_chat, task_stop
+from autodeco_cli.tasks.types import Doc, Score
+from autodeco_cli.training.rebalance import balance_positions, one_per_value
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -189,14 +189,14 @@ class _FakeEngine:
         self.tokenizer, self.texts, self.calls = tokenizer, texts, []
 
     def generate(self, requests, max_new_tokens, batch_size, stop=None):
-        from autodeco_cli.requests import Generation
+        from autodeco_cli.engine.requests import Generation
 
         self.calls.append(stop)
         return [Generation(r.key, self.texts(r.key), [1], "stop") for r in requests]
 
 
 def test_make_data_rebalances_declared_tasks_only(tiny_lm, tmp_path):
-    from autodeco_cli.make_data import make_on_policy_data
+    from autodeco_cli.training.on_policy_data import make_on_policy_data
 
     docs = {d.doc_id: d for d in get_task("rand-letter").load_docs("train", limit=12)}
     even = {doc_id for i, doc_id in enumerate(docs) if i % 2 == 0}
@@ -324,7 +324,7 @@ def test_compare_and_grid_use_the_score(runs):
 
 
 def test_comparison_table_shows_the_task_metric():
-    from autodeco_cli.comparison import comparison_markdown
+    from autodeco_cli.grid.comparison import comparison_markdown
 
     row = {"name": "oracle", "decoding": "static(T=1, p=1)", "temperature": 1.0, "top_p": 1.0, "pass@1": 0.9, "pass@1_stderr": 0.01,
            "score": 0.25, "score_stderr": 0.02, "delta_vs_default": 0.0, "delta_se": None, "delta_ci": [0.0, 0.0]}  # fmt: skip
@@ -343,7 +343,7 @@ def test_comparison_table_shows_the_task_metric():
 
 
 def test_a_reworded_task_asks_the_same_sets_in_other_words():
-    from autodeco_cli.benchmarks.registry import load_docs
+    from autodeco_cli.tasks.registry import load_docs
 
     for name in ("rand-times", "rand-letter"):
         original, reworded = load_docs(name, "test", limit=20), load_docs(f"{name}-reworded", "test", limit=20)

@@ -26,7 +26,7 @@ MAX_NEW = 20
 
 @pytest.fixture(scope="module")
 def real_lm():
-    from autodeco_cli.models import load_base_model
+    from autodeco_cli.engine.models import load_base_model
 
     # One thread: on a shared 2-core box two intra-op threads were measured ~6x slower (spinning).
     previous = torch.get_num_threads()
@@ -37,8 +37,8 @@ def real_lm():
 
 def test_reload_reads_the_converted_folder(real_lm):
     """A second load reads the converted folder instead of converting again (how long that takes is
-    benchmarks/bench_load.py's business, not a test's)."""
-    from autodeco_cli.models import alias_gguf_path, convert_gguf, load_base_model
+    bench/bench_load.py's business, not a test's)."""
+    from autodeco_cli.engine.models import alias_gguf_path, convert_gguf, load_base_model
 
     folder = convert_gguf(alias_gguf_path(ALIAS))
     weights = folder / "model.safetensors"
@@ -52,9 +52,9 @@ def test_reload_reads_the_converted_folder(real_lm):
 
 
 def test_greedy_matches_hf_generate(real_lm):
-    from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import GenerationEngine
-    from autodeco_cli.requests import build_requests
+    from autodeco_cli.core.decoding import make_strategy
+    from autodeco_cli.engine.generation import GenerationEngine
+    from autodeco_cli.engine.requests import build_requests
 
     tok = real_lm.tokenizer
     reqs = build_requests(tok, PROMPTS, make_strategy("greedy"))
@@ -79,10 +79,10 @@ def test_greedy_matches_hf_generate(real_lm):
 
 
 def test_autodeco_seeded_shapes_and_trace(real_lm):
-    from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import GenerationEngine
-    from autodeco_cli.heads import fresh_heads
-    from autodeco_cli.requests import build_requests
+    from autodeco_cli.core.decoding import make_strategy
+    from autodeco_cli.core.heads import fresh_heads
+    from autodeco_cli.engine.generation import GenerationEngine
+    from autodeco_cli.engine.requests import build_requests
 
     engine = GenerationEngine(real_lm, fresh_heads(real_lm.hidden_size, base_model=ALIAS, seed=0))
     try:

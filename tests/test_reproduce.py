@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from autodeco_cli.benchmarks.types import Doc, Score
-from autodeco_cli.reproduce import ReproduceConfig, run_reproduce
+from autodeco_cli.studies.reproduce import ReproduceConfig, run_reproduce
+from autodeco_cli.tasks.types import Doc, Score
 from conftest import Killed
 
 pytestmark = [
@@ -50,8 +50,8 @@ class StopTask:
 
 def _serve(patch: pytest.MonkeyPatch) -> StopTask:
     """The registry serves StopTask (make_data binds the registry's functions at import)."""
-    from autodeco_cli import make_data
-    from autodeco_cli.benchmarks import registry
+    from autodeco_cli.tasks import registry
+    from autodeco_cli.training import on_policy_data as make_data
 
     task = StopTask()
 
@@ -152,8 +152,9 @@ def test_reproduce_writes_the_report_and_figures(uninterrupted):
 def test_killed_run_resumes_each_stage_and_ends_where_an_uninterrupted_one_does(
     uninterrupted, stop_task, tiny_model_dir, tmp_path, monkeypatch
 ):
-    from autodeco_cli import make_data, training
-    from autodeco_cli.generation import GenerationEngine
+    from autodeco_cli.engine.generation import GenerationEngine
+    from autodeco_cli.training import on_policy_data as make_data
+    from autodeco_cli.training import trainer as training
 
     config = _config(tiny_model_dir, tmp_path)
     original = GenerationEngine.generate

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from autodeco_cli import reward as reward_module
-from autodeco_cli.benchmarks.types import Doc, Score
-from autodeco_cli.distribution import decoding_distribution
-from autodeco_cli.errors import UserError
-from autodeco_cli.losses import policy_gradient_loss, policy_log_probs
-from autodeco_cli.requests import encode_prompt
-from autodeco_cli.reward import RewardConfig, RewardTrainer, group_advantages
+from autodeco_cli.core.distribution import decoding_distribution
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.engine.requests import encode_prompt
+from autodeco_cli.tasks.types import Doc, Score
+from autodeco_cli.training import reward as reward_module
+from autodeco_cli.training.losses import policy_gradient_loss, policy_log_probs
+from autodeco_cli.training.reward import RewardConfig, RewardTrainer, group_advantages
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from autodeco_cli.errors import UserError
-from autodeco_cli.run_store import SampleLog, claim_settings, setting_changes, write_json
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.evaluation.run_store import SampleLog, claim_settings, setting_changes, write_json
 
 
 def test_log_cuts_a_partial_line_and_appends_cleanly(tmp_path):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from autodeco_cli.benchmarks.sandbox import run_sandboxed, sandbox_info, score_code
-from autodeco_cli.benchmarks.sandbox.isolation import SandboxUnavailable
-from autodeco_cli.benchmarks.sandbox.livecodebench import extract_code
-from autodeco_cli.benchmarks.types import Doc
+from autodeco_cli.tasks.sandbox import run_sandboxed, sandbox_info, score_code
+from autodeco_cli.tasks.sandbox.isolation import SandboxUnavailable
+from autodeco_cli.tasks.sandbox.livecodebench import extract_code
+from autodeco_cli.tasks.types import Doc
 
 MODES = ["namespaces", "userns", "guard"]
 

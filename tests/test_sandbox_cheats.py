@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from autodeco_cli.benchmarks.sandbox import isolation as iso
-from autodeco_cli.benchmarks.sandbox import judge_isolation, run_sandboxed, sandbox_info, score_code
-from autodeco_cli.benchmarks.sandbox.isolation import SandboxUnavailable
-from autodeco_cli.benchmarks.sandbox.livecodebench import ClaimError, call_matches, decode_claim, score_tests
-from autodeco_cli.benchmarks.types import Doc
+from autodeco_cli.tasks.sandbox import isolation as iso
+from autodeco_cli.tasks.sandbox import judge_isolation, run_sandboxed, sandbox_info, score_code
+from autodeco_cli.tasks.sandbox.isolation import SandboxUnavailable
+from autodeco_cli.tasks.sandbox.livecodebench import ClaimError, call_matches, decode_claim, score_tests
+from autodeco_cli.tasks.types import Doc
 
 REPO = Path(__file__).resolve().parents[1]
 P = 1_000_000_007
@@ -219,7 +219,7 @@ def test_expected_output_never_reaches_the_sandbox():
 
     def spy(job, stdin):
         seen.append(json.dumps(job) + stdin)
-        from autodeco_cli.benchmarks.sandbox.process import SandboxResult
+        from autodeco_cli.tasks.sandbox.process import SandboxResult
 
         return SandboxResult(0, "", "", False, channel='{"value":["L",[]]}\n')
 
@@ -495,7 +495,7 @@ def test_guard_only_when_asked_and_reported(fresh_choice, monkeypatch):
 def test_results_record_the_judge(strong):
     from types import SimpleNamespace
 
-    from autodeco_cli.benchmarks.registry import judge_fields
+    from autodeco_cli.tasks.registry import judge_fields
 
     assert judge_fields(SimpleNamespace(name="livecodebench", scorer="code")) == {"judge_isolation": judge_isolation()}
     assert judge_isolation().startswith(strong + "(fresh-root")
@@ -551,8 +551,8 @@ def test_userns_mode_as_an_unprivileged_user(tmp_path):
     script = textwrap.dedent(
         """
         import json
-        from autodeco_cli.benchmarks.sandbox import run_sandboxed, sandbox_info, score_code
-        from autodeco_cli.benchmarks.types import Doc
+        from autodeco_cli.tasks.sandbox import run_sandboxed, sandbox_info, score_code
+        from autodeco_cli.tasks.types import Doc
         info = sandbox_info()
         r = run_sandboxed("import os\\nprint(os.path.exists('/work'), os.path.exists('/proc/1/root/etc'))")
         t = [{"input": "[1, 2]\\n3", "output": "[10, 13]", "testtype": "functional"}]

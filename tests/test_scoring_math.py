@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from autodeco_cli.benchmarks import scoring
-from autodeco_cli.benchmarks.scoring import (
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.tasks import scoring
+from autodeco_cli.tasks.scoring import (
     gsm8k_gold,
     last_boxed,
     last_number,
@@ -17,8 +18,7 @@ from autodeco_cli.benchmarks.scoring import (
     score_math,
     string_match,
 )
-from autodeco_cli.benchmarks.types import Doc
-from autodeco_cli.errors import UserError
+from autodeco_cli.tasks.types import Doc
 
 
 def boxed(answer: str) -> str:

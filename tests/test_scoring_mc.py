@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from autodeco_cli.benchmarks.arithmetic import extract_integer
-from autodeco_cli.benchmarks.scoring import extract_choice, option_letters, score_arith, score_mc
-from autodeco_cli.benchmarks.types import Doc
-from autodeco_cli.errors import UserError
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.tasks.arithmetic import extract_integer
+from autodeco_cli.tasks.scoring import extract_choice, option_letters, score_arith, score_mc
+from autodeco_cli.tasks.types import Doc
 
 
 def mc_doc(gold: str, n_options: int = 4) -> Doc:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from autodeco_cli.stage_clock import StageClock
+from autodeco_cli.studies.stage_clock import StageClock
 
 
 def test_stage_times_accumulate_over_invocations_and_are_saved_per_stage(tmp_path):

@@ -8,7 +8,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from autodeco_cli.stats import (
+from autodeco_cli.core.stats import (
     maj_at_k,
     majority_answer,
     mean_pass1,

@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 
-from autodeco_cli.errors import UserError
-from autodeco_cli.heads import MAX_TEMPERATURE, load_heads
-from autodeco_cli.hidden_features import base_features
-from autodeco_cli.steering import (
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.heads import MAX_TEMPERATURE, load_heads
+from autodeco_cli.training.config import TrainConfig
+from autodeco_cli.training.data import encode_prompt_completion
+from autodeco_cli.training.hidden_features import base_features
+from autodeco_cli.training.steering import (
     CONDITIONS,
     HIGH_DIVERSITY_COMMANDS,
     LOW_DIVERSITY_COMMANDS,
@@ -22,9 +24,7 @@ from autodeco_cli.steering import (
     train_steering,
     with_command,
 )
-from autodeco_cli.train_config import TrainConfig
-from autodeco_cli.training import HeadTrainer
-from autodeco_cli.training_data import encode_prompt_completion
+from autodeco_cli.training.trainer import HeadTrainer
 
 PROMPTS = ["What is 12 + 30?", "Tell me a joke about a cat.", "Count to five.", "What is 7 + 8?"]
 COMPLETIONS = ["42", "A cat walks into a bar.", "one two three four five", "15"]
@@ -123,7 +123,7 @@ def _teacher_forced_means(tiny_model_dir, heads_dir, data) -> dict[str, tuple[to
     tokenizer, pad = trainer.lm.tokenizer, trainer.lm.tokenizer.pad_token_id
     lm_head = trainer.lm.model.get_output_embeddings()
     commands = {"none": None, "low": LOW_DIVERSITY_COMMANDS[0], "high": HIGH_DIVERSITY_COMMANDS[0]}
-    from autodeco_cli.training_data import Example
+    from autodeco_cli.training.data import Example
 
     means = {}
     for condition, command in commands.items():
@@ -173,10 +173,10 @@ def test_steer_refuses_without_heads_and_with_resume(tiny_model_dir, tiny_heads_
 def test_steer_report_on_the_tiny_model(tiny_lm, tiny_heads_dir):
     """The report's "none" row is the mean T̂/P̂ of plain autodeco generations on questions
     offset..offset+n; the commands change the prompts, so the other rows differ from it."""
-    from autodeco_cli.benchmarks.registry import get_task
-    from autodeco_cli.decoding import make_strategy
-    from autodeco_cli.generation import GenerationEngine
-    from autodeco_cli.requests import build_requests
+    from autodeco_cli.core.decoding import make_strategy
+    from autodeco_cli.engine.generation import GenerationEngine
+    from autodeco_cli.engine.requests import build_requests
+    from autodeco_cli.tasks.registry import get_task
 
     engine = GenerationEngine(tiny_lm, load_heads(tiny_heads_dir))
     try:
@@ -218,7 +218,7 @@ def test_cached_and_recomputed_base_states_train_the_same_heads(tiny_model_dir, 
 def test_command_responses_answer_each_command_prompt_and_release_the_hook(tiny_model_dir, tiny_heads_dir, steer_data):
     import random
 
-    from autodeco_cli.steering import command_responses
+    from autodeco_cli.training.steering import command_responses
 
     trainer = HeadTrainer(_config(tiny_model_dir, steer_data, steer_data.parent / "unused", tiny_heads_dir)).setup()
     records = [{"prompt": [{"role": "user", "content": p}], "completion": c} for p, c in zip(PROMPTS, COMPLETIONS)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autodeco_cli.study_table import autodeco_tests, comparison_rows, rows_markdown, verdict, verdict_lines
+from autodeco_cli.evaluation.paired_table import autodeco_tests, comparison_rows, rows_markdown, verdict, verdict_lines
 
 
 def _results(label: str, scores: list[float], mean_t: float | None = None) -> dict:

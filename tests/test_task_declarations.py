@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from autodeco_cli.benchmarks import registry
-from autodeco_cli.benchmarks.registry import aggregate_metrics, get_task, task_label, task_version, task_voting
-from autodeco_cli.errors import UserError
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.tasks import registry
+from autodeco_cli.tasks.registry import aggregate_metrics, get_task, task_label, task_version, task_voting
 
 BASE = """name: declared
 description: a task for these tests

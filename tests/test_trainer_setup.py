@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from autodeco_cli.errors import UserError
-from autodeco_cli.recipes import build_config
-from autodeco_cli.steering import SteerConfig, SteerRecipe
-from autodeco_cli.train_config import TrainConfig
-from autodeco_cli.training import CHECKPOINTS_DIR, TRAINER_STATE_FILE, HeadTrainer, lr_lambda
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.training.config import TrainConfig
+from autodeco_cli.training.recipes import build_config
+from autodeco_cli.training.steering import SteerConfig, SteerRecipe
+from autodeco_cli.training.trainer import CHECKPOINTS_DIR, TRAINER_STATE_FILE, HeadTrainer, lr_lambda
 from conftest import write_jsonl
 
 NO_MODEL = "/nonexistent/model-that-never-loads"
@@ -184,7 +184,7 @@ def test_steer_fields_are_not_training_fields_and_are_validated():
 
 
 def test_steered_heads_record_the_steer_fields_and_their_steps(tiny_model_dir, tiny_heads_dir, tmp_path):
-    from autodeco_cli.steering import train_steering
+    from autodeco_cli.training.steering import train_steering
 
     data = write_jsonl(
         tmp_path / "steer.jsonl",

@@ -14,11 +14,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from autodeco_cli.errors import UserError
-from autodeco_cli.heads import load_heads
-from autodeco_cli.train_config import TrainConfig
-from autodeco_cli.training import HeadTrainer, easy_drop_uniforms, epoch_order
-from autodeco_cli.training_data import IGNORE_INDEX, Example, load_examples
+from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.heads import load_heads
+from autodeco_cli.training.config import TrainConfig
+from autodeco_cli.training.data import IGNORE_INDEX, Example, load_examples
+from autodeco_cli.training.trainer import HeadTrainer, easy_drop_uniforms, epoch_order
 from conftest import build_tiny_tokenizer, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -492,8 +492,8 @@ def test_lora_trains_adapter_and_heads_and_saves_peft_adapter(lora_run):
 
 
 def test_lora_output_loads_with_open_engine(lora_run, tiny_model_dir):
-    from autodeco_cli.models import load_base_model
-    from autodeco_cli.runtime import open_engine
+    from autodeco_cli.engine.models import load_base_model
+    from autodeco_cli.engine.runtime import open_engine
 
     trainer, out, _, _ = lora_run
     engine = open_engine(str(tiny_model_dir), heads=str(out), adapter=str(out / "adapter"), force_heads=True)
@@ -511,7 +511,7 @@ def test_lora_output_loads_with_open_engine(lora_run, tiny_model_dir):
 
 
 def test_lora_heads_folder_brings_its_adapter(lora_run, tiny_model_dir):
-    from autodeco_cli.runtime import open_engine
+    from autodeco_cli.engine.runtime import open_engine
 
     trainer, out, _, _ = lora_run
     # heads=output_dir alone: the adapter saved next to the heads is applied too

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autodeco_cli.heads import load_heads
-from autodeco_cli.train_config import TrainConfig
-from autodeco_cli.training import HeadTrainer
+from autodeco_cli.core.heads import load_heads
+from autodeco_cli.training.config import TrainConfig
+from autodeco_cli.training.trainer import HeadTrainer
 from conftest import write_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_single_thread")]

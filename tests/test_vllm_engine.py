@@ -29,14 +29,14 @@ PROMPTS = [
 
 
 def _strategy(name, **kwargs):
-    from autodeco_cli.decoding import make_strategy
+    from autodeco_cli.core.decoding import make_strategy
 
     return make_strategy(name, kwargs.get("t"), kwargs.get("p"), None, 1.0, 1.0)
 
 
 @pytest.fixture(scope="module")
 def hf_engine():
-    from autodeco_cli.runtime import open_engine
+    from autodeco_cli.engine.runtime import open_engine
 
     engine = open_engine("smollm2-135m-instruct", None, [_strategy("autodeco")])
     yield engine
@@ -45,7 +45,7 @@ def hf_engine():
 
 @pytest.fixture(scope="module")
 def vllm_engine():
-    from autodeco_cli.engines.vllm_engine import VllmSettings, open_vllm_engine
+    from autodeco_cli.engine.vllm.engine import VllmSettings, open_vllm_engine
 
     # processed_logits: the logprobs vLLM returns are the logits it sampled from
     settings = VllmSettings(
@@ -57,7 +57,7 @@ def vllm_engine():
 
 
 def _requests(tokenizer, strategy, n=1):
-    from autodeco_cli.requests import build_requests
+    from autodeco_cli.engine.requests import build_requests
 
     return build_requests(tokenizer, PROMPTS, strategy, n=n, seed=0)
 
@@ -73,8 +73,8 @@ def test_greedy_tokens_equal_our_engine(hf_engine, vllm_engine):
 
 def _our_learned_logits(hf_engine, ids: list[int]):
     """Our engine's learned logits, T̂ and P̂ at every position of `ids` (teacher-forced)."""
-    from autodeco_cli.distribution import decoding_logits
-    from autodeco_cli.generation import HiddenStateCapture
+    from autodeco_cli.core.distribution import decoding_logits
+    from autodeco_cli.engine.generation import HiddenStateCapture
 
     capture = HiddenStateCapture(hf_engine.lm.model)
     try:
@@ -89,7 +89,7 @@ def _our_learned_logits(hf_engine, ids: list[int]):
 def _sample_with_logprobs(vllm_engine, strategy, prompt_ids, n_tokens=12):
     from vllm import SamplingParams
 
-    from autodeco_cli.engines.vllm_trace import LEARNED_ARG, TRACE_ARG
+    from autodeco_cli.engine.vllm.trace import LEARNED_ARG, TRACE_ARG
 
     learned = strategy.uses_heads
     params = SamplingParams(
@@ -151,8 +151,8 @@ def test_trace_is_returned_per_token(vllm_engine):
 
 def test_eval_matches_our_engine_within_paired_se(hf_engine, vllm_engine, tmp_path):
     """arith-add, autodeco, same seeds policy on both engines: paired Δ pass@1 within 2 SE."""
-    from autodeco_cli.eval_report import compare_results
-    from autodeco_cli.evaluation import run_eval
+    from autodeco_cli.evaluation.report import compare_results
+    from autodeco_cli.evaluation.runner import run_eval
 
     strategy = _strategy("autodeco")
     kwargs = {"k": 2, "seeds": (0,), "limit": 40, "batch_size": 16}
@@ -172,8 +172,8 @@ def test_merged_official_layout_serves_its_heads(tmp_path):
     """An official merged folder (base under `llm.`, heads inside) runs on vLLM with its own heads."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from autodeco_cli.engines.vllm_engine import VllmSettings, open_vllm_engine
-    from autodeco_cli.heads import fresh_heads, load_heads
+    from autodeco_cli.core.heads import fresh_heads, load_heads
+    from autodeco_cli.engine.vllm.engine import VllmSettings, open_vllm_engine
     from conftest import build_merged_folder, build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
@@ -191,7 +191,7 @@ def test_merged_official_layout_serves_its_heads(tmp_path):
     finally:
         engine.close()
     heads = load_heads(folder, expected_hidden_size=128)
-    from autodeco_cli.generation import HiddenStateCapture
+    from autodeco_cli.engine.generation import HiddenStateCapture
 
     capture = HiddenStateCapture(base)
     for request, g in zip(requests, generations):
@@ -205,9 +205,9 @@ def test_merged_official_layout_serves_its_heads(tmp_path):
 
 
 def test_hidden_size_mismatch_is_one_line_error(tmp_path):
-    from autodeco_cli.engines.vllm_engine import VllmSettings, open_vllm_engine
-    from autodeco_cli.errors import UserError
-    from autodeco_cli.heads import fresh_heads
+    from autodeco_cli.core.errors import UserError
+    from autodeco_cli.core.heads import fresh_heads
+    from autodeco_cli.engine.vllm.engine import VllmSettings, open_vllm_engine
 
     fresh_heads(64).save(tmp_path / "heads")
     with pytest.raises(UserError, match="hidden size 64"):
@@ -215,8 +215,8 @@ def test_hidden_size_mismatch_is_one_line_error(tmp_path):
 
 
 def test_unsupported_architecture_is_one_line_error(tmp_path):
-    from autodeco_cli.engines.vllm_stage import check_architecture
-    from autodeco_cli.errors import UserError
+    from autodeco_cli.core.errors import UserError
+    from autodeco_cli.engine.vllm.stage import check_architecture
 
     with pytest.raises(UserError, match="NotARealForCausalLM"):
         check_architecture("NotARealForCausalLM")

@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 
 from .commands import register_all
-from .consoles import console, err_console
-from .errors import UserError
+from .core.consoles import console, err_console
+from .core.errors import UserError
 
 app = typer.Typer(
     name="autodeco",

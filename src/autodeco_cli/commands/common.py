@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..consoles import console, err_console
+from ..core.consoles import console, err_console
 
 __all__ = [
     "DEFAULT_OUTPUT_ROOT",
@@ -32,7 +32,7 @@ def heads_label(heads: str | None, model: str, strategy) -> str | None:
         return None
     if heads:
         return str(heads)
-    from ..heads_source import packaged_heads_path
+    from ..engine.heads_source import packaged_heads_path
 
     # only aliases have packaged heads (an absolute path would escape the assets folder)
     shipped = None if Path(model).is_absolute() else packaged_heads_path(model)
@@ -53,8 +53,8 @@ def open_command_engine(
 ):
     """`runtime.open_engine` from the options every generating command takes (--engine, --tp/--dp,
     --system-prompt, --chat-template-kwargs); `settings` are open_engine's other keywords."""
-    from ..prompt_format import prompt_format
-    from ..runtime import open_engine
+    from ..core.prompt_format import prompt_format
+    from ..engine.runtime import open_engine
 
     return open_engine(
         model,

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..consoles import console, err_console
-from ..errors import UserError
-from ..models import DEFAULT_MODEL
-from ..options import (
+from ..core.consoles import console, err_console
+from ..core.errors import UserError
+from ..engine.models import DEFAULT_MODEL
+from .common import DEFAULT_OUTPUT_ROOT, folder_name, heads_label, open_command_engine, run_record
+from .options import (
     AdapterOpt,
     BatchSizeOpt,
     ChatOpt,
@@ -39,7 +40,6 @@ from ..options import (
     TrustOpt,
     strategy_from_options,
 )
-from .common import DEFAULT_OUTPUT_ROOT, folder_name, heads_label, open_command_engine, run_record
 
 BenchmarkOpt = Annotated[
     str,
@@ -135,11 +135,11 @@ def eval_command(
     chat_template_kwargs: ChatTemplateKwargsOpt = None,
 ):
     """Score a decoding strategy on benchmarks (see EVAL_HELP, the command's --help)."""
-    from ..decoding import strategy_slug
-    from ..eval_report import summary_table
-    from ..evaluation import check_run_settings, parse_seeds, resolve_tasks, run_eval
-    from ..io_checks import check_max_new_tokens, check_writable_output, model_config
-    from ..progress import progress_bar
+    from ..core.decoding import strategy_slug
+    from ..core.io_checks import check_max_new_tokens, check_writable_output, model_config
+    from ..core.progress import progress_bar
+    from ..evaluation.report import summary_table
+    from ..evaluation.runner import check_run_settings, parse_seeds, resolve_tasks, run_eval
 
     seed_list = parse_seeds(seeds)
     check_run_settings(k, seed_list, batch_size, max_new_tokens)  # before the model loads
@@ -187,7 +187,7 @@ def _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p):
             f"--mean-from gives one benchmark's mean T̂/P̂, but -b names {len(tasks)} tasks ({names})",
             "run mean-shift on one --benchmark at a time",
         )
-    from ..decoding import mean_shift_from_results
+    from ..core.decoding import mean_shift_from_results
 
     return mean_shift_from_results(mean_from, tasks[0].name)
 
@@ -223,7 +223,7 @@ def compare_command(
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (the CI is reproducible).")] = 0,
 ):
     """Paired per-question comparison of two eval runs (see COMPARE_HELP, the command's --help)."""
-    from ..eval_report import compare_results, comparison_table, load_results
+    from ..evaluation.report import compare_results, comparison_table, load_results
 
     if bootstrap < 1:
         raise UserError("--bootstrap must be at least 1")

@@ -10,10 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..consoles import err_console
-from ..errors import UserError
-from ..models import DEFAULT_MODEL
-from ..options import (
+from ..core.consoles import err_console
+from ..core.errors import UserError
+from ..engine.models import DEFAULT_MODEL
+from .common import open_command_engine
+from .options import (
     ActiveHeadsOpt,
     AdapterOpt,
     BatchSizeOpt,
@@ -41,7 +42,6 @@ from ..options import (
     TrustOpt,
     strategy_from_options,
 )
-from .common import open_command_engine
 
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt; '-' or nothing reads stdin.")]
 FileOpt = Annotated[
@@ -121,8 +121,8 @@ def generate(
       autodeco generate --decoding edt --trace "What is 2+3?"        # per-token entropy-based T\n
       autodeco generate -f prompts.jsonl --n 4 -o out.jsonl --trace-out trace.jsonl
     """
-    from ..io_checks import check_writable_output
-    from ..prompts import read_prompts
+    from ..core.io_checks import check_writable_output
+    from .prompts import read_prompts
 
     # The engine would refuse these too, but only after the model loaded and with a traceback
     # (ValueError); --n has no library check at all (n=0 means no requests).
@@ -158,8 +158,8 @@ def generate(
 
 def _requests(engine, prompts, strategy, *, n: int, seed: int, chat: bool, max_new_tokens: int) -> list:
     """The engine's requests; refuses a budget that cannot fit the model's context."""
-    from ..io_checks import check_max_new_tokens, model_config
-    from ..requests import build_requests
+    from ..core.io_checks import check_max_new_tokens, model_config
+    from ..engine.requests import build_requests
 
     requests = build_requests(engine.tokenizer, prompts, strategy, n=n, seed=seed, chat=chat, fmt=engine.prompt_format)
     check_max_new_tokens(max_new_tokens, model_config(engine), max(len(r.input_ids) for r in requests))
@@ -190,7 +190,7 @@ class _Run:
                 sink.close()
 
     def _with_progress(self, sink) -> list:
-        from ..progress import progress_bar
+        from ..core.progress import progress_bar
 
         with progress_bar(err_console) as progress:
             task = progress.add_task("generating", total=len(self.requests), tokens=0)
@@ -276,7 +276,7 @@ def _emit_traces(generations, show: bool, trace_out: Path | None, trace_plot: Pa
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         err_console.print(f"wrote per-token trace to {trace_out}")
     if trace_plot is not None and generations and generations[0].trace:
-        from ..plots import plot_token_trace
+        from ..core.plots import plot_token_trace
 
         plot_token_trace(generations[0].trace, trace_plot)
         err_console.print(f"wrote trace plot to {trace_plot}")

@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..consoles import err_console
-from ..errors import UserError
-from ..models import DEFAULT_MODEL
-from ..options import (
+from ..core.consoles import err_console
+from ..core.errors import UserError
+from ..engine.models import DEFAULT_MODEL
+from .common import open_command_engine
+from .options import (
     ChatOpt,
     ChatTemplateKwargsOpt,
     DataParallelOpt,
@@ -29,7 +30,6 @@ from ..options import (
     TopKOpt,
     TopPOpt,
 )
-from .common import open_command_engine
 
 TasksOpt = Annotated[
     str, typer.Option("--tasks", help="Comma list of tasks with a train split (gsm8k, math500, arith-add, ...).")
@@ -97,8 +97,8 @@ def make_data(
     chat_template_kwargs: ChatTemplateKwargsOpt = None,
 ):
     """Build on-policy training data (see MAKE_DATA_HELP, the command's --help)."""
-    from ..decoding import make_strategy
-    from ..io_checks import check_max_new_tokens, check_writable_output, model_config
+    from ..core.decoding import make_strategy
+    from ..core.io_checks import check_max_new_tokens, check_writable_output, model_config
 
     # make_on_policy_data does not check these: k=0 would mark every problem done with no samples
     if k < 1 or batch_size < 1:
@@ -136,8 +136,8 @@ def make_data(
 
 def _sample(engine, tasks: str, output: Path, strategy, settings: dict):
     """make_on_policy_data under a progress bar of problems done and tokens per second."""
-    from ..make_data import make_on_policy_data
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
+    from ..training.on_policy_data import make_on_policy_data
 
     with progress_bar(err_console) as progress:
         bar = progress.add_task("sampling problems", total=None, tokens=0)

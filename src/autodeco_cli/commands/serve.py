@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..consoles import err_console
-from ..models import DEFAULT_MODEL
-from ..options import DataParallelOpt, HeadsOpt, ModelOpt, TensorParallelOpt, TrustOpt
+from ..core.consoles import err_console
+from ..engine.models import DEFAULT_MODEL
+from .options import DataParallelOpt, HeadsOpt, ModelOpt, TensorParallelOpt, TrustOpt
 
 # The --help text. Concatenated rather than a docstring wrapped at 120 columns: typer's rich mode
 # keeps single line breaks, so wrapping would show in the help.
@@ -30,7 +30,7 @@ SERVE_HELP = (
     "DIR/trace-<pid>.jsonl: [[id, token index, T̂, P̂, nucleus size], ...]. Offline, `autodeco\n"
     "generate --engine vllm --trace` returns them per token.\n"
     "\n"
-    "Arguments after `--` go to `vllm serve` unchanged (run through `autodeco_cli.engines.vllm_cli`,\n"
+    "Arguments after `--` go to `vllm serve` unchanged (run through `autodeco_cli.engine.vllm.cli`,\n"
     "which also works under the CPU build).\n"
     "\n"
     "Examples:\n"
@@ -76,11 +76,11 @@ def serve_command(
     ] = False,
 ):
     """Serve a base model with learned per-token decoding (see SERVE_HELP, the command's --help)."""
-    from ..engines.vllm_engine import default_memory_fraction, import_vllm
-    from ..engines.vllm_stage import base_model, check_architecture, hidden_size, stage
-    from ..engines.vllm_trace import TRACE_DIR_ENV
-    from ..heads import heads_digest
-    from ..heads_source import resolve_heads
+    from ..core.heads import heads_digest
+    from ..engine.heads_source import resolve_heads
+    from ..engine.vllm.engine import default_memory_fraction, import_vllm
+    from ..engine.vllm.stage import base_model, check_architecture, hidden_size, stage
+    from ..engine.vllm.trace import TRACE_DIR_ENV
 
     import_vllm()
     base = base_model(model)
@@ -88,7 +88,7 @@ def serve_command(
     heads_obj = resolve_heads(heads, _HiddenSize(model, hidden_size(base.config)), needed=True)
     folder = stage(base, heads_obj, heads_digest(heads_obj))
     command = [
-        sys.executable, "-m", "autodeco_cli.engines.vllm_cli", "serve", str(folder),
+        sys.executable, "-m", "autodeco_cli.engine.vllm.cli", "serve", str(folder),
         "--served-model-name", served_name or model,
         "--host", host, "--port", str(port),
         "--tensor-parallel-size", str(tensor_parallel_size),

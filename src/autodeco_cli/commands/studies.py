@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..consoles import err_console
+from ..core.consoles import err_console
 
 # The --help texts. Concatenated rather than docstrings wrapped at 120 columns: typer's rich mode
 # keeps single line breaks, so wrapping would show in the help.
@@ -48,7 +48,7 @@ def reproduce_command(
     """The paper's comparison end to end: on-policy data, heads, oracle grid, the comparison table
     (greedy, default, oracle, autodeco, mean-shift, T̂-only, P̂-only), figures and a markdown
     report. Every stage resumes: re-run the same command after an interruption."""
-    from ..reproduce import config_from, run_reproduce
+    from ..studies.reproduce import config_from, run_reproduce
 
     cfg = config_from(str(config) if config else None, overrides or [], quick)
     report = run_reproduce(cfg, log=err_console.print)
@@ -64,8 +64,8 @@ def where_it_wins_command(
     ] = None,
 ):
     """Where per-token decoding beats every static setting (see WHERE_IT_WINS_HELP)."""
-    from ..recipes import build_config
-    from ..where_it_wins import WhereItWinsConfig, run_where_it_wins
+    from ..studies.where_it_wins import WhereItWinsConfig, run_where_it_wins
+    from ..training.recipes import build_config
 
     cfg = build_config(WhereItWinsConfig, str(config) if config else None, overrides or [])
     report = run_where_it_wins(cfg, log=err_console.print)
@@ -81,8 +81,8 @@ def ablation_command(
     ] = None,
 ):
     """Why MLE heads settle where they do (see ABLATION_HELP)."""
-    from ..ablation import AblationConfig, run_ablation
-    from ..recipes import build_config
+    from ..studies.ablation import AblationConfig, run_ablation
+    from ..training.recipes import build_config
 
     cfg = build_config(AblationConfig, str(config) if config else "recipes/ablation-cpu.yaml", overrides or [])
     report = run_ablation(cfg, log=err_console.print)

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..consoles import console, err_console
-from ..models import DEFAULT_MODEL
-from ..options import BatchSizeOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt
+from ..core.consoles import console, err_console
+from ..engine.models import DEFAULT_MODEL
+from .options import BatchSizeOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt
 
 
 def steer_report(
@@ -32,9 +32,9 @@ def steer_report(
 ):
     """Does a plain-language command move the heads? Mean T̂/P̂ with no command, a low-diversity and a
     high-diversity command; ΔT̂, ΔP̂ and consistency (share of questions moving the right way)."""
-    from ..decoding import make_strategy
-    from ..runtime import open_engine
-    from ..steering import steer_report as run_report
+    from ..core.decoding import make_strategy
+    from ..engine.runtime import open_engine
+    from ..training.steering import steer_report as run_report
 
     engine = open_engine(model, heads, [make_strategy("autodeco")], device=device, dtype=dtype)
     report = run_report(
@@ -72,7 +72,7 @@ def merge_command(
 ):
     """Merge heads and base model into one folder (official AutoDeco layout: `llm.` base weights + heads).
     autodeco loads it with `--model DIR` (heads are taken from it automatically)."""
-    from ..export import merge
+    from ..engine.export import merge
 
     path = merge(model, heads, output, dtype=dtype)
     err_console.print(f"merged checkpoint written to {path}")
@@ -84,7 +84,7 @@ def split_command(
     heads_output: Annotated[Path, typer.Option("--heads-output", help="Folder for the heads checkpoint.")],
 ):
     """Split a merged AutoDeco folder back into a plain HF base model and a heads checkpoint."""
-    from ..export import split
+    from ..engine.export import split
 
     base, heads = split(merged, base_output, heads_output)
     err_console.print(f"base model in {base}, heads in {heads}")

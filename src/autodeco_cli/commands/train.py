@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..consoles import err_console
-from ..errors import UserError
+from ..core.consoles import err_console
+from ..core.errors import UserError
 
 OverridesArg = Annotated[
     Optional[list[str]],
@@ -96,8 +96,8 @@ def train_heads(
     objective: ObjectiveOpt = "mle",
 ):
     """Train the temperature and top-p heads on a frozen base model (see TRAIN_HEADS_HELP)."""
-    from ..io_checks import check_writable_output
-    from ..recipes import build_config
+    from ..core.io_checks import check_writable_output
+    from ..training.recipes import build_config
 
     if objective not in ("mle", "reward"):
         raise UserError(
@@ -110,7 +110,7 @@ def train_heads(
                 "--objective reward takes no --steer, --data, --adapter or --lora-r",
                 "it samples its own answers to the tasks' train questions",
             )
-        from ..reward import RewardConfig
+        from ..training.reward import RewardConfig
 
         reward_cfg = build_config(RewardConfig, config, overrides or [], output_dir=output_dir, model=model, mode=mode)
         check_writable_output(reward_cfg.output_dir, "output_dir", folder=True)  # before the model loads
@@ -125,14 +125,14 @@ def train_heads(
         "mode": mode,
     }
     if steer:
-        from ..steering import SteerRecipe, train_steering
+        from ..training.steering import SteerRecipe, train_steering
 
         # one recipe holds both: the training fields and the steer_* ones
         cfg, steer_cfg = build_config(SteerRecipe, config, overrides or [], **explicit).split()
         check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
         train_steering(cfg, steer_cfg, resume=resume, console=err_console)
         return
-    from ..train_config import TrainConfig
+    from ..training.config import TrainConfig
 
     cfg = build_config(TrainConfig, config, overrides or [], **explicit)
     check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
@@ -140,7 +140,7 @@ def train_heads(
 
 
 def _train_mle(cfg, resume: bool) -> None:
-    from ..training import HeadTrainer
+    from ..training.trainer import HeadTrainer
 
     trainer = HeadTrainer(cfg)
     trainer.check_output_dir(resume)  # an earlier run's checkpoints: refuse before the model loads
@@ -166,7 +166,7 @@ def _train_mle(cfg, resume: bool) -> None:
 def _train_with_progress(trainer, resume: bool):
     from rich.progress import TextColumn
 
-    from ..progress import progress_bar
+    from ..core.progress import progress_bar
 
     if not trainer.dist.is_main:
         return trainer.train(resume=resume)
@@ -189,8 +189,8 @@ def _train_with_progress(trainer, resume: bool):
 def _train_reward(cfg, resume: bool) -> None:
     from rich.progress import TextColumn
 
-    from ..progress import progress_bar
-    from ..reward import RewardTrainer
+    from ..core.progress import progress_bar
+    from ..training.reward import RewardTrainer
 
     trainer = RewardTrainer(cfg).setup()
     validation = trainer.validation_questions

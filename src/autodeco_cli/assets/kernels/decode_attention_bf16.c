@@ -11,7 +11,7 @@
  * q: [B, H, D] contiguous. k, v: [B, KVH, L, D] with strides (sb, sh, sl, 1) in elements.
  * mask: [B, L] bytes (nonzero = attend) or NULL. out: [B, H, D] contiguous.
  * D % 32 == 0, D <= 256, at most 64 query heads per KV head.
- * Built by autodeco_cli/cpu_kernels.py with -fopenmp (torch's libgomp, torch's thread count). */
+ * Built by autodeco_cli/core/cpu_kernels.py with -fopenmp (torch's libgomp, torch's thread count). */
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>

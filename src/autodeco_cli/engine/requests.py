@@ -1,0 +1,116 @@
+"""The records that flow through every engine: requests in, generations (with traces) out, and how
+prompts become requests (chat template, per-request seeds, batch order, the finished text)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+from ..core.decoding import DecodingStrategy
+from ..core.prompt_format import PLAIN, PromptFormat
+
+Messages = list[dict]
+
+
+PromptInput = Union[str, Messages]
+
+
+@dataclass
+class TokenTrace:
+    token_id: int
+    token: str
+    temperature: float
+    top_p: float
+    nucleus_size: int
+
+
+@dataclass
+class Request:
+    """One sample to generate. `key` is opaque to the engine (the caller's (prompt, sample) id)."""
+
+    key: object
+    input_ids: list[int]
+    strategy: DecodingStrategy
+    seed: int
+
+
+@dataclass
+class Generation:
+    key: object
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or stop string) or "length"
+    trace: list[TokenTrace] | None = None
+    strategy: DecodingStrategy | None = None
+
+    @property
+    def mean_temperature(self) -> float | None:
+        return sum(t.temperature for t in self.trace) / len(self.trace) if self.trace else None
+
+    @property
+    def mean_top_p(self) -> float | None:
+        return sum(t.top_p for t in self.trace) / len(self.trace) if self.trace else None
+
+
+def request_seed(seed: int, *parts: object) -> int:
+    """A stable 63-bit seed from the run seed and the request's identity (prompt id, sample index)."""
+    digest = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def encode_prompt(tokenizer, prompt: PromptInput, chat: bool, fmt: PromptFormat = PLAIN) -> list[int]:
+    """Chat prompts go through the model's template (with `fmt`'s system prompt and template
+    switches); raw prompts are tokenised as given."""
+    if chat:
+        text = tokenizer.apply_chat_template(
+            fmt.messages(prompt), add_generation_prompt=True, tokenize=False, **fmt.template_kwargs
+        )
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not isinstance(prompt, str):
+        raise TypeError("raw completion (chat=False) needs a string prompt")
+    return tokenizer(prompt)["input_ids"]
+
+
+def batch_order_key(request: Request) -> tuple:
+    """Longest prompts first; equal prompts together, and within a prompt the requests that
+    share random numbers (same seed) together, so they can share rows in one batch."""
+    return (-len(request.input_ids), request.input_ids, request.seed)
+
+
+def finished_text(tokenizer, tokens: Sequence[int], eos_ids, stop: Sequence[str] | None) -> str:
+    """A generation's text, the same for every engine: EOS dropped, cut before the first stop string."""
+    text = tokenizer.decode([t for t in tokens if t not in eos_ids], skip_special_tokens=True)
+    if stop:
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+    return text
+
+
+def build_requests(
+    tokenizer,
+    prompts: Sequence[PromptInput],
+    strategy: DecodingStrategy,
+    *,
+    n: int = 1,
+    seed: int = 0,
+    chat: bool = True,
+    prompt_ids: Sequence[object] | None = None,
+    fmt: PromptFormat = PLAIN,
+) -> list[Request]:
+    """Requests for `n` samples of each prompt; keys are (prompt_id, sample_index)."""
+    prompt_ids = list(prompt_ids) if prompt_ids is not None else list(range(len(prompts)))
+    requests = []
+    for prompt_id, prompt in zip(prompt_ids, prompts):
+        ids = encode_prompt(tokenizer, prompt, chat, fmt)
+        for sample in range(n):
+            requests.append(
+                Request(
+                    key=(prompt_id, sample),
+                    input_ids=ids,
+                    strategy=strategy,
+                    seed=request_seed(seed, prompt_id, sample),
+                )
+            )
+    return requests

@@ -1,0 +1,145 @@
+"""Sampling one token per request from a decode step's rows: the per-request distribution
+(static, adaptive or the heads' T̂/P̂) and an inverse-CDF draw from the request's own generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from ..core.decoding import ADAPTIVE_PARAMETERS
+from ..core.distribution import decoding_logits_and_temperature, nucleus_size
+from ..core.heads import AutoDecoHeads
+
+if TYPE_CHECKING:  # generation imports this module
+    from .requests import Request
+
+
+@dataclass
+class Step:
+    """What one request does at one step: its token and the (T, p, nucleus) it came from."""
+
+    token: int
+    temperature: float
+    top_p: float
+    nucleus: int
+
+
+class Sampler:
+    """Turns a step's rows (logits, hidden) into one token per active request.
+
+    A request's (T, p, top-k) comes from its strategy, or from the heads on its row, plus the
+    adaptive decoder's own parameters (min-p, n·σ, EDT's N and θ). Requests with an equal
+    (row, spec) share one distribution; each then draws with its own uniform number (inverse
+    CDF over token ids), so the draw is independent of batch-mates. EDT's temperature is
+    computed per row from that row's logits, and the trace records it.
+    """
+
+    def __init__(self, requests: Sequence[Request], heads: AutoDecoHeads | None, record_nucleus: bool):
+        self.requests = requests
+        self.heads = heads
+        self.record_nucleus = record_nucleus
+        self._generators: dict[int, torch.Generator] = {}  # per running request, made on first draw
+
+    def generator(self, member: int) -> torch.Generator:
+        generator = self._generators.get(member)
+        if generator is None:
+            generator = self._generators[member] = torch.Generator().manual_seed(self.requests[member].seed)
+        return generator
+
+    def release(self, member: int) -> None:
+        self._generators.pop(member, None)
+
+    def head_values(
+        self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor
+    ) -> dict[int, tuple[float, float]]:
+        if not rows:
+            return {}
+        if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
+            index = torch.tensor(rows, device=logits.device)
+            hidden, logits = hidden[index], logits[index]
+        temperature, top_p = self.heads(hidden, logits)  # under the decode loop's inference_mode
+        return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
+
+    def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple:
+        """The request's distribution spec: (T, p, top-k, adaptive); for EDT, T is T0."""
+        strategy = request.strategy
+        if strategy.uses_heads:
+            head_t, head_p = head
+            temperature = head_t * strategy.temperature_scale if strategy.active_heads != "top_p" else 1.0
+            top_p = min(1.0, head_p * strategy.top_p_scale) if strategy.active_heads != "temperature" else 1.0
+            return temperature, top_p, strategy.top_k, None
+        return strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k, strategy.adaptive
+
+    def step(self, row_members: list[list[int]], logits: torch.Tensor, hidden: torch.Tensor | None) -> dict[int, Step]:
+        head_rows = [
+            row for row, members in enumerate(row_members) if any(self.requests[m].strategy.uses_heads for m in members)
+        ]
+        heads = self.head_values(head_rows, logits, hidden)
+        chosen: dict[int, Step] = {}
+        # (row, T, p, top-k, adaptive) -> the requests that sample from that distribution
+        distributions: dict[tuple, list[int]] = {}
+        greedy_rows: dict[int, list[int]] = {}
+        for row, members in enumerate(row_members):
+            for member in members:
+                if self.requests[member].strategy.is_greedy:
+                    greedy_rows.setdefault(row, []).append(member)
+                else:
+                    key = (row, *self.parameters(self.requests[member], heads.get(row)))
+                    distributions.setdefault(key, []).append(member)
+        if greedy_rows:
+            argmax = logits[list(greedy_rows)].argmax(dim=-1).tolist()
+            for token, members in zip(argmax, greedy_rows.values()):
+                for member in members:
+                    chosen[member] = Step(token, 1.0, 0.0, 1)
+        # one batched decoding call per (top-k, adaptive decoder): per-row parameters are tensors
+        groups: dict[tuple, list[tuple]] = {}
+        for key in distributions:
+            groups.setdefault((key[3], key[4][0] if key[4] else None), []).append(key)
+        for (top_k, kind), keys in groups.items():
+            self._sample(keys, distributions, logits, top_k, kind, chosen)
+        return chosen
+
+    def _sample(
+        self,
+        keys: list[tuple],
+        distributions: dict[tuple, list[int]],
+        logits: torch.Tensor,
+        top_k: int | None,
+        kind: str | None,
+        chosen: dict[int, Step],
+    ) -> None:
+        """Draw every member of these distributions (same top-k and kind) by inverse CDF."""
+        device = logits.device
+        rows = torch.tensor([k[0] for k in keys], device=device)
+        temperature = torch.tensor([k[1] for k in keys], device=device).unsqueeze(-1)
+        top_p = torch.tensor([k[2] for k in keys], device=device).unsqueeze(-1)
+        adaptive = {}
+        if kind is not None:
+            names = ADAPTIVE_PARAMETERS[kind]
+            adaptive = {
+                name: torch.tensor([k[4][1 + i] for k in keys], device=device).unsqueeze(-1)
+                for i, name in enumerate(names)
+            }
+        decoded, used = decoding_logits_and_temperature(logits[rows], temperature, top_p, top_k, **adaptive)
+        # EDT's T is per row; the others keep the strategy's exact float in the trace
+        used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k[1] for k in keys]
+        probs = torch.softmax(decoded, dim=-1).cpu()
+        sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
+        # every row's tokens with mass in one pass (row-major: ids ascending within a row)
+        with_mass, ids_with_mass = probs.nonzero(as_tuple=True)
+        per_row = torch.split(ids_with_mass, torch.bincount(with_mass, minlength=len(keys)).tolist())
+        for d, key in enumerate(keys):
+            members = distributions[key]
+            uniforms = torch.cat([torch.rand(1, generator=self.generator(m), dtype=torch.float64) for m in members])
+            # The inverse CDF over token ids, summed over the tokens with mass only: adding a zero
+            # leaves a double cumsum unchanged, so these are the full-vocabulary cumsum's values
+            # at those ids and every draw is the same, for a sum over the nucleus instead of 49k.
+            ids = per_row[d]
+            cumulative = torch.cumsum(probs[d, ids].double(), dim=0)
+            picks = torch.searchsorted(cumulative, uniforms * cumulative[-1], right=True).tolist()
+            for member, pick in zip(members, picks):
+                if pick >= len(ids):  # u * total rounded up to total: the last token with mass
+                    pick = int(torch.nonzero(torch.diff(cumulative, prepend=cumulative.new_zeros(1))).max())
+                chosen[member] = Step(int(ids[pick]), used_temperatures[d], key[2], sizes[d])

@@ -1,1 +1,0 @@
-"""Generation engines other than our own decode loop (`generation.py`): today, vLLM."""

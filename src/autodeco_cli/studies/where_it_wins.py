@@ -1,0 +1,403 @@
+"""`make where-it-wins`: where learned per-token decoding beats every static setting, measured.
+
+Stages (each resumes on re-run; everything lands in the run's folder):
+1. data     : on-policy arithmetic trajectories (at the data setting chosen on validation) and
+              random-choice trajectories re-balanced to their target distribution
+2. mle      : joint heads on both, the paper's loss
+3. reward   : the same heads trained on further with `--objective reward`, best step on validation
+4. per benchmark, on its test questions: greedy, default, the static oracle (a grid searched on
+   the test questions themselves), min-p / top-nσ / EDT (each family's cell chosen on validation
+   questions), autodeco-MLE, autodeco-reward, mean-shift of each, and the T̂-only / P̂-only
+   ablations; all paired per question against the oracle
+5. figures and reports/where-it-wins.md
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import UserError
+from .stage_clock import StageClock
+
+
+@dataclass
+class WhereItWinsConfig:
+    model: str = "smollm2-135m-instruct"
+    workdir: str = "runs/where-it-wins"
+    report: str = "reports/where-it-wins.md"
+    figures_dir: str = "figures-where-it-wins"
+    threads: int | None = 2
+    batch_size: int = 32
+    # data: per group of tasks, the make-data settings (chosen on validation, see the report)
+    data: list = field(default_factory=lambda: [
+        {"tasks": "rand", "temperature": 1.0, "top_p": 0.8, "k": 8, "limit": 200},
+        {"tasks": "arith-add,arith-mul", "temperature": 0.1, "top_p": 1.0, "k": 4, "limit": 200},
+    ])  # fmt: skip
+    mle: dict = field(
+        default_factory=lambda: {
+            "learning_rate": 1e-3,
+            "epochs": 3,
+            "micro_batch_size": 16,
+            "gradient_accumulation": 2,
+            "max_length": 256,
+        }
+    )
+    reward: dict = field(
+        default_factory=lambda: {
+            "tasks": "arith-add,arith-mul,rand",
+            "steps": 30,
+            "prompts_per_step": 8,
+            "group_size": 8,
+            "learning_rate": 3e-4,
+            "validation_limit": 40,
+            "validate_every": 10,
+        }
+    )
+    # evaluation: one entry per benchmark (k samples per question, test questions); an entry may
+    # set its own static grid (temperatures, top_ps) and adaptive grids, else these defaults apply
+    benchmarks: list = field(default_factory=lambda: [
+        {"name": "rand-times", "k": 8, "limit": 100},
+        {"name": "rand-letter", "k": 8, "limit": 100},
+        {"name": "arith-add", "k": 4, "limit": 200},
+        {"name": "arith-mul", "k": 4, "limit": 200},
+    ])  # fmt: skip
+    temperatures: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 1.0, 1.5])
+    top_ps: list = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    # training-free adaptive decoders: family -> its grid, searched on validation questions
+    adaptive: dict = field(default_factory=lambda: {
+        "min-p": {"temperatures": [1.0, 1.5], "values": [0.1, 0.3]},
+        "top-n-sigma": {"temperatures": [1.0, 1.5], "values": [0.5, 1.0]},
+        "edt": {"temperatures": [0.7, 1.0], "values": [0.1, 1.0]},
+    })  # fmt: skip
+    selection_limit: int = 40  # validation questions on which each adaptive family's cell is chosen
+    heatmaps: list = field(default_factory=lambda: ["rand-times", "rand-letter"])
+    # held-out wordings: task -> the benchmark whose wording the heads were trained on. Rows: greedy,
+    # that benchmark's oracle cell carried over, the chosen heads and their mean-shift.
+    transfer: dict = field(
+        default_factory=lambda: {"rand-times-reworded": "rand-times", "rand-letter-reworded": "rand-letter"}
+    )
+    transfer_limit: int = 100
+    ship_to: str | None = None  # copy the chosen heads here (the package's default heads)
+
+
+def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
+    import torch
+
+    from ..engine.models import load_base_model
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    work = Path(config.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    clock = StageClock(work / "timings.json", log)
+    started = time.perf_counter()
+    lm = load_base_model(config.model)
+    with clock.stage("make-data"):
+        data_path, data_report = _make_data(lm, config, work)
+    with clock.stage("train MLE heads"):
+        mle_dir = _train_mle(config, data_path, work / "heads-mle")
+    with clock.stage("train reward heads"):
+        reward_dir, reward_log = _train_reward(lm, config, mle_dir, work / "heads-reward")
+    heads = {"autodeco-MLE": mle_dir, "autodeco-reward": reward_dir}
+    chosen = _choose_heads(reward_log, heads)
+    tables = {}
+    for spec in config.benchmarks:
+        with clock.stage(f"evaluate {spec['name']}"):
+            tables[spec["name"]] = _evaluate_benchmark(lm, config, spec, heads, work / "eval" / spec["name"], log)
+    transfer = {}
+    for name, original in config.transfer.items():
+        if original in tables:
+            with clock.stage(f"transfer {name}"):
+                transfer[name] = _evaluate_transfer(
+                    lm, config, name, tables[original], chosen, heads[chosen], work / "eval" / name
+                )
+    report_path = Path(config.report)
+    with clock.stage("figures"):
+        figures = _figures(lm, config, heads[chosen], tables, report_path.parent / config.figures_dir)
+    clock.timings["total (this invocation)"] = time.perf_counter() - started
+    clock.save()
+    if config.ship_to:
+        from .reproduce import copy_heads
+
+        copy_heads(Path(heads[chosen]), Path(config.ship_to))
+    from .study_report import write_report
+
+    write_report(report_path, config, data_report, reward_log, chosen, tables, figures, clock, transfer)
+    return report_path
+
+
+# ---- stages ---------------------------------------------------------------------------------
+
+
+def _make_data(lm, config: WhereItWinsConfig, work: Path) -> tuple[Path, list[dict]]:
+    from ..core.decoding import make_strategy
+    from ..engine.generation import GenerationEngine
+    from ..training.on_policy_data import make_on_policy_data
+
+    combined = work / "train.jsonl"
+    reports, parts = [], []
+    engine = GenerationEngine(lm)
+    try:
+        for index, spec in enumerate(config.data):
+            path = work / f"data-{index}.jsonl"
+            strategy = make_strategy(spec.get("decoding", "static"), spec.get("temperature"), spec.get("top_p"))
+            # (its report counts this invocation only; the kept counts are read back from the file)
+            make_on_policy_data(
+                engine,
+                spec["tasks"],
+                path,
+                strategy,
+                k=int(spec["k"]),
+                limit=spec.get("limit"),
+                batch_size=config.batch_size,
+                seed=0,
+            )
+            reports.append({**spec, "kept_per_task": _kept_per_task(path)})
+            parts.append(path.read_text(encoding="utf-8"))
+    finally:
+        engine.close()
+    combined.write_text("".join(parts), encoding="utf-8")
+    if _count_lines(combined) < 8:
+        raise UserError(f"{combined}: fewer than 8 training trajectories were kept", "raise the data limits or k")
+    return combined, reports
+
+
+def _kept_per_task(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            task = json.loads(line).get("task", "?")
+            counts[task] = counts.get(task, 0) + 1
+    return counts
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def _train_mle(config: WhereItWinsConfig, data_path: Path, out: Path) -> Path:
+    from ..training.trainer import train_heads_once
+
+    return train_heads_once(config.mle, data_path, out, config.model, save_every=10, threads=config.threads)
+
+
+def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple[Path, list[dict]]:
+    from ..training.recipes import as_overrides, build_config
+    from ..training.reward import LAST_DIR, METRICS_FILE, RewardConfig, RewardTrainer
+
+    if not (out / LAST_DIR / "autodeco_heads.safetensors").is_file():
+        overrides = as_overrides(config.reward)
+        reward_config = build_config(
+            RewardConfig,
+            None,
+            overrides,
+            init_heads=str(init),
+            output_dir=str(out),
+            model=config.model,
+            batch_size=config.batch_size,
+        )
+        trainer = RewardTrainer(reward_config).setup(lm=lm)
+        trainer.train(resume=(out / "checkpoint").is_dir())
+    lines = (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()
+    return out, [json.loads(line) for line in lines if line.strip()]
+
+
+def _choose_heads(reward_log: list[dict], heads: dict[str, Path]) -> str:
+    """MLE (the reward run's step-0 validation) or reward (its best later step): higher validation score wins."""
+    scores = [(r["step"], r["validation"]) for r in reward_log if "validation" in r]
+    if not scores:
+        return "autodeco-MLE"
+    initial = next((v for step, v in scores if step == 0), None)
+    best_later = max((v for step, v in scores if step > 0), default=None)
+    if best_later is not None and (initial is None or best_later > initial):
+        return "autodeco-reward"
+    return "autodeco-MLE"
+
+
+# ---- one benchmark ----------------------------------------------------------------------------
+
+
+def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[str, Path], out: Path, log) -> dict:
+    from ..core.decoding import make_strategy
+    from ..engine.generation import GenerationEngine
+    from ..evaluation.paired_table import autodeco_tests, comparison_rows
+    from ..grid.search import run_grid
+
+    name, k, limit = spec["name"], int(spec["k"]), spec.get("limit")
+    common = {"k": k, "seeds": [0], "limit": limit, "batch_size": config.batch_size}
+    runs: dict[str, Any] = {}
+    settings: dict[str, str] = {}
+    plain = GenerationEngine(lm)
+    try:
+        temperatures, top_ps = spec.get("temperatures", config.temperatures), spec.get("top_ps", config.top_ps)
+        grid = run_grid(
+            plain, name, mode="full", temperatures=temperatures, top_ps=top_ps, out_dir=out / "base", log=log, **common
+        )
+        oracle = make_strategy("static", grid["oracle"]["temperature"], grid["oracle"]["top_p"])
+        settings["oracle"] = (
+            f"T {oracle.temperature:g}, p {oracle.top_p:g} (best of {len(grid['cells'])} cells, on test)"
+        )
+        fixed = {"greedy": make_strategy("greedy"), "default": make_strategy("static", 1.0, 1.0), "oracle": oracle}
+        for family, family_grid in spec.get("adaptive", config.adaptive).items():
+            fixed[family], chosen_on = _select_adaptive(
+                plain, name, family, family_grid, out / f"select-{family}", config, common, log
+            )
+            settings[family] = f"{fixed[family].label} ({chosen_on})"
+    finally:
+        plain.close()
+    results = _run(
+        lm, name, list(fixed.values()), out / "base", common
+    )  # the grid's cells are read back, not regenerated
+    runs.update({row: results[strategy.label] for row, strategy in fixed.items()})
+    for label, folder in heads.items():
+        strategies = [make_strategy("autodeco")]
+        if label == "autodeco-MLE":
+            strategies += [
+                make_strategy("autodeco", active_heads="temperature"),
+                make_strategy("autodeco", active_heads="top_p"),
+            ]
+        results = _run(lm, name, strategies, out / label, common, heads_dir=folder)
+        runs[label] = results[strategies[0].label]
+        if label == "autodeco-MLE":
+            runs["autodeco-MLE T̂-only"], runs["autodeco-MLE P̂-only"] = (
+                results[strategies[1].label],
+                results[strategies[2].label],
+            )
+        # beside its heads' runs: two heads can have the same mean (and so the same folder name)
+        shift, runs[f"mean-shift of {label}"] = _mean_shift(lm, name, runs[label], out / label, common)
+        settings[f"mean-shift of {label}"] = f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"
+    tests = autodeco_tests(runs, name, [n for n in heads if n in runs])
+    for label, against in tests.items():  # its own ablations and the other heads' mean-shift answer other questions
+        tests[label] = {
+            o: t
+            for o, t in against.items()
+            if "-only" not in o and not (o.startswith("mean-shift") and not o.endswith(label))
+        }
+    table = {
+        "benchmark": name,
+        "k": k,
+        "limit": limit,
+        "rows": comparison_rows(runs, name),
+        "tests": tests,
+        "settings": settings,
+        "grid": str(out / "base" / "grid.json"),
+    }
+    (out / "where_it_wins.json").write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return table
+
+
+def _evaluate_transfer(
+    lm, config: WhereItWinsConfig, name: str, original: dict, chosen: str, heads_dir: Path, out: Path
+) -> dict:
+    """Do the chosen heads carry over to a wording they never saw? Against the static cell that
+    was best on the original wording's test questions (carried over: no search on this task)."""
+    from ..core.decoding import make_strategy
+    from ..evaluation.paired_table import autodeco_tests, comparison_rows
+
+    common = {"k": original["k"], "seeds": [0], "limit": config.transfer_limit, "batch_size": config.batch_size}
+    cell = json.loads(Path(original["grid"]).read_text(encoding="utf-8"))["oracle"]
+    greedy, static = make_strategy("greedy"), make_strategy("static", cell["temperature"], cell["top_p"])
+    base = _run(lm, name, [greedy, static], out / "base", common)
+    auto = next(iter(_run(lm, name, [make_strategy("autodeco")], out / chosen, common, heads_dir=heads_dir).values()))
+    shift, shift_results = _mean_shift(lm, name, auto, out / chosen, common)
+    carried = f"oracle of {original['benchmark']}"
+    runs = {
+        "greedy": base[greedy.label],
+        carried: base[static.label],
+        chosen: auto,
+        f"mean-shift of {chosen}": shift_results,
+    }
+    return {
+        "benchmark": name, "k": original["k"], "limit": config.transfer_limit, "rows": comparison_rows(runs, name, reference=carried, baseline="greedy"),
+        "tests": autodeco_tests(runs, name, [chosen]), "settings": {carried: f"T {static.temperature:g}, p {static.top_p:g}", f"mean-shift of {chosen}": f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"},
+    }  # fmt: skip
+
+
+def _run(lm, name: str, strategies: list, out_dir: Path, common: dict, heads_dir: Path | None = None) -> dict:
+    """run_eval on an engine opened for these strategies (with the heads when given), then closed."""
+    from ..core.heads import load_heads
+    from ..engine.generation import GenerationEngine
+    from ..evaluation.runner import run_eval
+
+    heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size) if heads_dir else None
+    engine = GenerationEngine(lm, heads)
+    try:
+        return run_eval(
+            engine,
+            name,
+            strategies,
+            out_dir=out_dir,
+            run_info={"heads": str(heads_dir)} if heads_dir else None,
+            **common,
+        )
+    finally:
+        engine.close()
+
+
+def _mean_shift(lm, name: str, autodeco_results: dict, out_dir: Path, common: dict):
+    """The "Just a Better Mean?" baseline of an autodeco run: (its strategy, its results)."""
+    from ..core.decoding import make_strategy
+
+    m = autodeco_results["results"][name]
+    shift = make_strategy("mean-shift", temperature=m["mean_temperature"], top_p=m["mean_top_p"])
+    return shift, _run(lm, name, [shift], out_dir, common)[shift.label]
+
+
+def _select_adaptive(
+    engine, name: str, family: str, spec: dict, out: Path, config: WhereItWinsConfig, common: dict, log
+):
+    """The family's best grid cell on `selection_limit` validation questions (never on test)."""
+    from ..grid.families import cell_from_record
+    from ..grid.search import run_grid
+
+    grid = run_grid(
+        engine, name, mode="full", family=family, temperatures=spec["temperatures"], values=spec["values"], k=common["k"],
+        seeds=[0], limit=config.selection_limit, batch_size=config.batch_size, out_dir=out, split="validation", log=log, plot=False,
+    )  # fmt: skip
+    strategy = cell_from_record(grid, grid["oracle"]).strategy
+    return (
+        strategy,
+        f"best of {len(spec['temperatures']) * len(spec['values'])} cells on {config.selection_limit} validation questions",
+    )
+
+
+# ---- figures --------------------------------------------------------------------------------
+
+
+def _figures(lm, config: WhereItWinsConfig, heads_dir: Path, tables: dict, folder: Path) -> dict[str, Path]:
+    from ..core.decoding import make_strategy
+    from ..core.heads import load_heads
+    from ..core.plots import plot_token_trace
+    from ..engine.generation import GenerationEngine
+    from ..engine.requests import Request, encode_prompt, request_seed
+    from ..grid.report import plot_grid
+    from ..grid.search import load_grid
+    from ..tasks.registry import get_task, task_chat, task_stop
+
+    files: dict[str, Path] = {}
+    engine = GenerationEngine(lm, load_heads(heads_dir, expected_hidden_size=lm.hidden_size))
+    try:
+        for spec in config.benchmarks:
+            task = get_task(spec["name"])
+            doc = task.load_docs(split="test", limit=1)[0]
+            ids = encode_prompt(lm.tokenizer, doc.prompt, task_chat(task, True))
+            request = Request(
+                key=0, input_ids=ids, strategy=make_strategy("autodeco"), seed=request_seed(0, "trace", doc.doc_id)
+            )
+            (generation,) = engine.generate(
+                [request], max_new_tokens=task.max_new_tokens, stop=task_stop(task), trace=True
+            )
+            title = f"{spec['name']}, first test question: T̂ and P̂ per generated token"
+            files[f"trace {spec['name']}"] = plot_token_trace(
+                generation.trace, folder / f"trace_{spec['name']}.png", title=title
+            )
+    finally:
+        engine.close()
+    for name in config.heatmaps:
+        if name in tables:
+            files[f"static grid {name}"] = plot_grid(load_grid(tables[name]["grid"]), folder / f"grid_{name}.png")
+    return files

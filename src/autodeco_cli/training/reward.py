@@ -1,0 +1,463 @@
+"""Policy-gradient training of the heads against a task's own scorer (`train-heads --objective reward`).
+
+Why a second objective: the paper's loss is maximum likelihood on scorer-accepted samples. It
+recovers the sampling distribution of its data (T=0.7 data teaches T̂ near 0.4 on arithmetic,
+`reports/where-it-wins.md`), so it cannot learn "be greedier than the data", nor "be exactly as
+random as the task asks". Here the heads' per-token (T̂, P̂) *are* the policy, and the reward is
+the task's metric:
+
+1. a step takes `prompts_per_step` train questions and samples `group_size` answers to each
+   through the engine's own decode loop (autodeco decoding with the current heads);
+2. the task scores them; each sample's advantage is its leave-one-out contribution to its
+   group's question-level score (`group_advantages`): for pass@1 tasks exactly
+   ``correct_i − mean(correct)`` (GRPO's group baseline, without the std division), for
+   distributional tasks what the sample adds to exact × (1 − TV) (a correct rare choice is
+   worth more than another copy of the favourite);
+3. the sampled tokens are teacher-forced through the frozen base, and REINFORCE updates the
+   heads only, through the same soft distribution the MLE losses use (`losses.policy_log_probs`).
+
+No second sampler: generation is `GenerationEngine.generate`, the math is `losses.py`.
+Validation (optional, `validation_limit`) scores held-out questions every `validate_every`
+steps, and the output folder holds the best step's heads (`last/` holds the final ones).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..core.errors import UserError
+from ..core.io_checks import cut_partial_last_line
+from ..engine.generation import GenerationEngine
+from ..engine.models import DEFAULT_MODEL
+from ..engine.requests import Request, encode_prompt, request_seed
+from ..tasks.registry import task_chat, task_stop
+from .data import IGNORE_INDEX, Example
+from .hidden_features import base_features
+from .losses import policy_gradient_loss, policy_log_probs
+from .trainer import CHECKPOINT_ERRORS, broken_file_reason, epoch_order, lr_lambda
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+LAST_DIR = "last"
+
+
+@dataclass
+class RewardConfig:
+    """Fields of `train-heads --objective reward` (a recipe YAML and key=value overrides set them)."""
+
+    tasks: str = ""  # comma list or group of registry tasks with train (and validation) splits
+    output_dir: str = "runs/heads-reward"
+    model: str = DEFAULT_MODEL
+    init_heads: str | None = None  # start from MLE heads (recommended) or fresh heads
+    mode: str = "joint"  # joint | temperature | top_p: which heads act and learn
+    learning_rate: float = 3e-4
+    schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    steps: int = 40
+    prompts_per_step: int = 8
+    group_size: int = 8
+    limit: int | None = None  # train questions per task
+    max_new_tokens: int | None = None  # default: each task's own budget
+    batch_size: int = 32
+    micro_batch_size: int = 32  # sequences per teacher-forced forward
+    chat: bool = True  # a task's own `chat` setting wins
+    seed: int = 0
+    max_grad_norm: float = 1.0
+    soft_top_p_alpha: float = 30.0
+    head_width: int = 256
+    validation_limit: int = 0  # validation questions per task; 0 = no validation, keep the last step
+    validation_k: int = 4
+    validate_every: int = 10
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise UserError(
+                "no tasks given for --objective reward",
+                "set tasks=arith-add,arith-mul (registry tasks with a train split)",
+            )
+        checks = {
+            "mode": self.mode in ("joint", "temperature", "top_p"),
+            "schedule": self.schedule in ("cosine", "linear", "constant"),
+            "learning_rate": self.learning_rate > 0,
+            "steps": self.steps >= 1,
+            "prompts_per_step": self.prompts_per_step >= 1,
+            "group_size": self.group_size >= 2,
+            "batch_size": self.batch_size >= 1,
+            "micro_batch_size": self.micro_batch_size >= 1,
+            "validation_limit": self.validation_limit >= 0,
+            "validation_k": self.validation_k >= 1,
+            "validate_every": self.validate_every >= 1,
+            "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise UserError(
+                    f"config field {name}={getattr(self, name)!r} is invalid",
+                    "group_size needs >= 2 (the baseline is the group); see `autodeco train-heads --help`",
+                )
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+# ---- advantages -----------------------------------------------------------------------------
+
+
+def group_advantages(scores: Sequence[Any], question_metric: Callable[[Sequence[Any]], float]) -> list[float]:
+    """Leave-one-out advantages of one question's samples, centred on the group.
+
+    m_i = (k − 1)·(Q(group) − Q(group without i)); A_i = m_i − mean(m). For Q = mean correctness
+    this is exactly correct_i − mean(correct); for any Q it credits each sample with its own
+    contribution to the question's score.
+    """
+    k = len(scores)
+    if k < 2:
+        return [0.0] * k
+    full = question_metric(scores)
+    marginal = [(k - 1) * (full - question_metric([s for j, s in enumerate(scores) if j != i])) for i in range(k)]
+    mean = sum(marginal) / k
+    return [m - mean for m in marginal]
+
+
+def task_question_metric(task: Any, doc: Any) -> Callable[[Sequence[Any]], float]:
+    """The task's declared question-level metric over Score objects (pass@1 when it declares none)."""
+    from ..tasks.aggregation import question_score
+
+    return lambda scores: question_score(task, doc, scores)
+
+
+# ---- the trainer ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Question:
+    task: Any
+    doc: Any
+    prompt_ids: list[int]
+
+
+class RewardTrainer:
+    """`__init__` only checks the config; `setup()` loads the model, heads and questions."""
+
+    def __init__(self, config: RewardConfig, reward_fn: Callable | None = None):
+        config.validate()
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        # reward_fn(task, doc, generations) -> (per-sample advantages, question score); the default
+        # is the task's own scorer and question metric
+        self.reward_fn = reward_fn or self._task_advantages
+        self.step = 0
+        self.best: float | None = None
+        self.initial_validation: float | None = None
+
+    def setup(self, lm=None, tasks: Sequence[Any] | None = None) -> "RewardTrainer":
+        """Load (or adopt, for tests) the base model; build the heads, optimizer and questions."""
+        from ..engine.models import load_base_model
+        from ..evaluation.runner import resolve_tasks
+
+        c = self.config
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        self.lm = lm or load_base_model(c.model, device=c.device, dtype=c.dtype)
+        self.device = self.lm.device
+        self.heads = self._init_heads().to(self.device)
+        if c.mode == "temperature":
+            self.heads.top_p_head.requires_grad_(False)
+        if c.mode == "top_p":
+            self.heads.temp_head.requires_grad_(False)
+        self.parameters = [p for p in self.heads.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=c.learning_rate, weight_decay=0.0)
+        warmup = int(round(c.warmup_ratio * c.steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(c.schedule, warmup, c.steps))
+        self.tasks = list(tasks) if tasks is not None else resolve_tasks(c.tasks)
+        self.train_questions = self._questions("train", c.limit)
+        grouped: dict[str, list[_Question]] = {}
+        for question in self.train_questions:
+            grouped.setdefault(question.task.name, []).append(question)
+        self._by_task = list(grouped.values())
+        self.validation_questions = self._questions("validation", c.validation_limit) if c.validation_limit else []
+        from ..core.decoding import make_strategy
+
+        active = {"joint": "both", "temperature": "temperature", "top_p": "top_p"}[c.mode]
+        self.strategy = make_strategy("autodeco", active_heads=active)
+        return self
+
+    def _init_heads(self):
+        from ..core.heads import AutoDecoHeads, HeadsConfig, load_heads
+
+        c = self.config
+        if c.init_heads:
+            return load_heads(c.init_heads, expected_hidden_size=self.lm.hidden_size).train()
+        torch.manual_seed(c.seed)
+        return AutoDecoHeads(
+            HeadsConfig(hidden_size=self.lm.hidden_size, head_width=c.head_width, base_model=c.model)
+        ).train()
+
+    def _questions(self, split: str, limit: int | None) -> list[_Question]:
+        questions = []
+        for task in self.tasks:
+            if split not in getattr(task, "splits", {split: {}}):
+                raise UserError(
+                    f"task {task.name} has no {split} split",
+                    "reward training needs train (and, for validation, validation) splits",
+                )
+            chat = task_chat(task, self.config.chat)
+            for doc in task.load_docs(split=split, limit=limit):
+                questions.append(_Question(task, doc, encode_prompt(self.lm.tokenizer, doc.prompt, chat)))
+        if not questions:
+            raise UserError(f"no {split} questions in {self.config.tasks}")
+        return questions
+
+    # -- sampling and advantages --
+
+    def _sample(self, questions: list[_Question], k: int, tag: str) -> list[list]:
+        """k autodeco samples per question from the current heads, through the engine's loop."""
+        c = self.config
+        requests = [
+            Request(
+                key=(q_index, s),
+                input_ids=q.prompt_ids,
+                strategy=self.strategy,
+                seed=request_seed(c.seed, tag, q.doc.doc_id, s),
+            )
+            for q_index, q in enumerate(questions)
+            for s in range(k)
+        ]
+        engine = GenerationEngine(self.lm, self.heads)
+        generations = []
+        try:
+            # one call per task: budgets and stop strings are the task's own
+            for task in {id(q.task): q.task for q in questions}.values():
+                mine = [r for r in requests if questions[r.key[0]].task is task]
+                budget = c.max_new_tokens or task.max_new_tokens
+                generations += engine.generate(
+                    mine, max_new_tokens=budget, batch_size=c.batch_size, stop=task_stop(task), trace=True
+                )
+        finally:
+            engine.close()  # its hook on the output embedding must not outlive sampling
+            self.heads.train()
+        groups: list[list] = [[] for _ in questions]
+        for generation in generations:
+            groups[generation.key[0]].append(generation)
+        return groups
+
+    @staticmethod
+    def _task_advantages(task, doc, generations) -> tuple[list[float], float]:
+        scores = [task.score(doc, g.text) for g in generations]
+        metric = task_question_metric(task, doc)
+        return group_advantages(scores, metric), metric(scores)
+
+    # -- one update --
+
+    def _examples(self, questions: list[_Question], groups: list[list], advantages: list[list[float]]):
+        examples, weights = [], []
+        for question, group, group_advantage in zip(questions, groups, advantages):
+            for generation, advantage in zip(group, group_advantage):
+                if advantage == 0.0 or not generation.token_ids:
+                    continue  # no gradient: skip its forward pass
+                ids = question.prompt_ids + generation.token_ids
+                labels = [IGNORE_INDEX] * len(question.prompt_ids) + generation.token_ids
+                examples.append(Example(len(examples), ids, labels))
+                weights.append(advantage)
+        return examples, weights
+
+    def _update(self, examples: list[Example], weights: list[float]) -> dict:
+        c = self.config
+        total_tokens = sum(e.num_loss_tokens for e in examples)
+        lm_head = self.lm.model.get_output_embeddings()
+        self.optimizer.zero_grad(set_to_none=False)
+        loss_sum, temperature_sum = 0.0, 0.0
+        for start in range(0, len(examples), c.micro_batch_size):
+            batch = examples[start : start + c.micro_batch_size]
+            features = base_features(
+                self.lm.model, batch, self.lm.tokenizer.pad_token_id, self.device, trainable_base=False
+            )
+            with torch.no_grad():
+                logits = lm_head(features.hidden.to(lm_head.weight.dtype)).float()
+            temperature, top_p = self.heads(features.hidden, logits)
+            log_probs = policy_log_probs(
+                logits, features.targets, temperature, top_p, mode=c.mode, alpha=c.soft_top_p_alpha
+            )
+            advantages = torch.tensor(weights[start : start + c.micro_batch_size], device=self.device)
+            # one denominator for the whole step, so micro-batches add up to the step's loss
+            loss = (
+                policy_gradient_loss(log_probs, advantages, features.counts)
+                * sum(features.counts)
+                / max(total_tokens, 1)
+            )
+            loss.backward()
+            loss_sum += float(loss.detach())
+            temperature_sum += float(temperature.detach().sum())
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(self.parameters, c.max_grad_norm)
+            if c.max_grad_norm > 0
+            else torch.tensor(0.0)
+        )
+        self.optimizer.step()
+        return {
+            "pg_loss": loss_sum,
+            "grad_norm": float(grad_norm),
+            "tokens": total_tokens,
+            "mean_temperature_forced": temperature_sum / max(total_tokens, 1),
+        }
+
+    def _train_question(self, slot: int) -> _Question:
+        """The slot-th question drawn: tasks take turns (a 3,850-question task must not drown a
+        400-question one), each walking its own questions in a reshuffled order per epoch."""
+        by_task = self._by_task
+        pool = by_task[slot % len(by_task)]
+        index = slot // len(by_task)
+        epoch, position = divmod(index, len(pool))
+        return pool[epoch_order(self.config.seed + slot % len(by_task), epoch, len(pool))[position]]
+
+    def train_step(self) -> dict:
+        c = self.config
+        questions = [self._train_question(self.step * c.prompts_per_step + i) for i in range(c.prompts_per_step)]
+        groups = self._sample(questions, c.group_size, f"reward-step-{self.step}")
+        advantages, rewards = [], []
+        for question, group in zip(questions, groups):
+            group_advantage, reward = self.reward_fn(question.task, question.doc, group)
+            advantages.append(group_advantage)
+            rewards.append(reward)
+        examples, weights = self._examples(questions, groups, advantages)
+        record = {
+            "step": self.step + 1,
+            "reward": sum(rewards) / len(rewards),
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_with_signal": len(examples),
+        }
+        record["mean_temperature"], record["mean_top_p"] = _trace_means([g for group in groups for g in group])
+        if examples:
+            record.update(self._update(examples, weights))
+        with warnings.catch_warnings():
+            # a step without signal skips optimizer.step(); the schedule still follows the step count
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        self.step += 1
+        return record
+
+    # -- validation, checkpoints, the loop --
+
+    def validation_score(self) -> float:
+        """Mean question-level score on the validation questions (macro over tasks)."""
+        c = self.config
+        groups = self._sample(self.validation_questions, c.validation_k, "reward-validation")
+        per_task: dict[str, list[float]] = {}
+        for question, group in zip(self.validation_questions, groups):
+            _, score = self.reward_fn(question.task, question.doc, group)
+            per_task.setdefault(question.task.name, []).append(score)
+        return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+
+    def _save(self, directory: Path, extra: dict | None = None) -> None:
+        self.heads.config.provenance = {
+            "trained_with": "autodeco train-heads --objective reward",
+            "config": {k: v for k, v in asdict(self.config).items() if k not in ("device", "threads")},
+            "steps": self.step,
+            **(extra or {}),
+        }
+        self.heads.save(directory)
+
+    def _checkpoint(self) -> None:
+        staging = self.output_dir / f".{CHECKPOINT_DIR}.tmp"
+        self._save(staging)
+        state = {
+            "step": self.step,
+            "best": self.best,
+            "initial_validation": self.initial_validation,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        torch.save(state, staging / "trainer_state.pt")
+        final = self.output_dir / CHECKPOINT_DIR
+        import shutil
+
+        shutil.rmtree(final, ignore_errors=True)
+        staging.replace(final)
+
+    def resume(self) -> int:
+        from ..core.heads import load_heads
+
+        folder = self.output_dir / CHECKPOINT_DIR
+        if not (folder / "trainer_state.pt").is_file():
+            return 0
+        try:
+            state = torch.load(folder / "trainer_state.pt", weights_only=True)
+            self.heads.load_state_dict(load_heads(folder).state_dict())
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.step, self.best, self.initial_validation = (
+                int(state["step"]),
+                state["best"],
+                state.get("initial_validation"),
+            )
+        except CHECKPOINT_ERRORS as exc:  # one checkpoint is kept: there is no earlier one to fall back to
+            raise UserError(
+                f"reward checkpoint {folder} is broken ({broken_file_reason(exc, folder / 'trainer_state.pt')})",
+                f"delete {folder} and re-run without --resume to start over (the heads already in {self.output_dir} stay until replaced)",
+            ) from None
+        return self.step
+
+    def train(self, resume: bool = False, on_step: Callable[[dict, int], None] | None = None) -> Path:
+        c = self.config
+        if resume:
+            self.resume()
+        elif (self.output_dir / CHECKPOINT_DIR).exists():
+            raise UserError(
+                f"{self.output_dir} already holds a reward run",
+                "pass --resume to continue it, or choose another output_dir",
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        cut_partial_last_line(self.output_dir / METRICS_FILE)  # a crash mid-write must not glue the next record onto it
+        with (self.output_dir / METRICS_FILE).open("a", encoding="utf-8") as log:
+            if self.validation_questions and self.step == 0:
+                self._validate_and_keep(log)
+            while self.step < c.steps:
+                record = self.train_step()
+                record["seconds"] = time.perf_counter() - started
+                if self.validation_questions and (self.step % c.validate_every == 0 or self.step == c.steps):
+                    record["validation"] = self._validate_and_keep(log, write=False)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                if self.step % c.validate_every == 0 or self.step == c.steps:
+                    self._checkpoint()
+                if on_step is not None:
+                    on_step(record, c.steps)
+        self._save(self.output_dir / LAST_DIR)
+        if not self.validation_questions:
+            self._save(self.output_dir)
+        return self.output_dir
+
+    def _validate_and_keep(self, log, write: bool = True) -> float:
+        """Score the current heads on validation; the output folder keeps the best step so far.
+
+        Step 0 (the starting heads) is scored and logged but never kept: the folder must hold
+        what this objective trained, so that it can be compared with the starting heads.
+        """
+        score = self.validation_score()
+        if self.step == 0:
+            self.initial_validation = score
+        elif self.best is None or score > self.best:
+            self.best = score
+            self._save(self.output_dir, {"chosen_on": f"validation split, step {self.step}, score {score:.4f}"})
+        if write:
+            log.write(json.dumps({"step": self.step, "validation": score}) + "\n")
+        return score
+
+
+def _trace_means(generations: list) -> tuple[float | None, float | None]:
+    steps = [t for g in generations for t in (g.trace or [])]
+    if not steps:
+        return None, None
+    return sum(t.temperature for t in steps) / len(steps), sum(t.top_p for t in steps) / len(steps)
