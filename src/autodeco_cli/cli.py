@@ -1,7 +1,7 @@
 """The `autodeco` command line. Thin: parse, validate, call the library, print.
 
 Each command lives in `commands/` (registered in the order of `commands.COMMAND_MODULES`); every
-generating command takes the same decoding and model options (see `options.py`).
+generating command takes the same decoding and model options (see `commands/options.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`autodeco eval` and `autodeco compare`: thin wrappers over `evaluation.py`."""
+"""`autodeco eval` and `autodeco compare`: thin wrappers over `evaluation/runner.py`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`autodeco grid-search`: a thin wrapper over `grid.py` (the oracle static baseline)."""
+"""`autodeco grid-search`: a thin wrapper over `grid/search.py` (the oracle static baseline)."""
 
 from __future__ import annotations
 

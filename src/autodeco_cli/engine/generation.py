@@ -1,6 +1,6 @@
 """Generation with learned per-token decoding: one decode loop shared by every command.
 
-The loop is ours (not transformers' `generate()`), because three things matter for eval and
+The loop is ours (not transformers' `generate()`), because four things matter for eval and
 grid-search throughput that `generate()` cannot do:
 
 1. **Shared prefill.** Requests with the same prompt (k samples, grid cells) are prefilled

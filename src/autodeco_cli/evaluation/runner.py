@@ -7,7 +7,7 @@ A run writes one folder per strategy, so a grid of static (T, p) cells is a set 
     OUT/<slug>/results.json           lm-evaluation-harness-style summary + per-question scores
 
 Why resuming is exact: a sample's tokens depend only on its request seed (run seed, task,
-doc id, sample index; see `generation.py`), never on its batch-mates or on which strategies
+doc id, sample index; see `engine/requests.py`), never on its batch-mates or on which strategies
 share a call. Regenerating just the missing samples therefore reproduces an uninterrupted run,
 and strategies can share batches (a grid's cells fill each other's rows) without changing
 any of them.

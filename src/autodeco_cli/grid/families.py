@@ -2,14 +2,14 @@
 
 Every family is swept over temperature T (edt: its maximum T0) and one parameter of its own:
 
-  static       T x top-p      (the paper's oracle static baseline; grid.py's own `Cell`)
+  static       T x top-p      (the paper's oracle static baseline; `Cell` below)
   min-p        T x min_p      defaults T {0.7, 1.0, 1.5} x min_p {0.05, 0.1, 0.2, 0.3}
   top-n-sigma  T x n          defaults T {0.7, 1.0, 1.5} x n {0.5, 1.0, 1.5}
   edt          T0 x θ         defaults T0 {0.5, 0.7, 1.0} x θ {0.1, 0.5, 1.0}, N fixed (0.8)
 
 A cell of any family is the strategy `make_strategy` builds, scored into the same folder as
 `autodeco eval --decoding <family>` with the same values, so cells and eval runs resume into
-each other. The static family keeps grid.py's `Cell` so its grid.json stays as it was.
+each other. The static family keeps its own `Cell` so its grid.json stays as it was.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..core.decoding import ADAPTIVE_PARAMETERS, DecodingStrategy, make_strategy
 from ..core.distribution import DEFAULT_EDT_BASE
 from ..core.errors import UserError
 
-# Upper ends of the second axes' values (grid.py's `_check`); lower ends are exclusive 0.
+# Upper ends of the second axes' values (`cells.check_value`); lower ends are exclusive 0.
 AXIS_LIMITS = {"--top-ps": 1.0, "--min-ps": 1.0, "--n-sigmas": 10.0, "--edt-thetas": 10.0}
 
 

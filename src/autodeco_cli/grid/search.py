@@ -11,7 +11,7 @@ Modes
   expert  the paper's two stages: tune T at p = 1.0, then tune p at the best T.
   cells   an explicit list of (T, p) pairs.
 
-Families (`grid_families.py`): the same sweep over min-p (T x min_p), top-n-sigma (T x n) or
+Families (`families.py`): the same sweep over min-p (T x min_p), top-n-sigma (T x n) or
 edt (T0 x θ) cells, in full or cells mode; grid.json then names the family and its axes.
 
 Cost. The model is loaded once per sweep and each stage's cells go to *one* run_eval call, so

@@ -61,16 +61,12 @@ class ReproduceConfig:
 
 
 def run_reproduce(config: ReproduceConfig, log=print) -> Path:
+    """Every stage in order; each one resumes from what the run's folder already holds."""
     import torch
 
-    from ..core.decoding import make_strategy
     from ..core.heads import load_heads
     from ..engine.generation import GenerationEngine
     from ..engine.models import load_base_model
-    from ..grid.comparison import run_comparison
-    from ..grid.report import plot_grid
-    from ..grid.search import run_grid
-    from ..training.on_policy_data import make_on_policy_data
     from ..training.trainer import train_heads_once
 
     if config.threads:
@@ -83,22 +79,8 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     lm = load_base_model(config.model)
     data_path = work / "on_policy.jsonl"
     heads_dir = work / "heads"
-
     with clock.stage("make-data"):
-        engine = GenerationEngine(lm)
-        strategy = make_strategy("static", config.data_temperature, config.data_top_p)
-        data_report = make_on_policy_data(
-            engine,
-            config.data_tasks,
-            data_path,
-            strategy,
-            k=config.data_k,
-            limit=config.data_limit,
-            max_new_tokens=config.data_max_new_tokens,
-            batch_size=config.batch_size,
-            seed=0,
-        )
-        engine.close()
+        data_report = _make_data(config, lm, data_path)
     kept = sum(1 for line in data_path.read_text(encoding="utf-8").splitlines() if line.strip())
     log(f"on-policy data: {kept} trajectories in {data_path}")
     if kept < 8:
@@ -108,11 +90,54 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
         train_heads_once(config.train, data_path, heads_dir, config.model, save_every=5)
     heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size)
     engine = GenerationEngine(lm, heads)
-    run_info = {"model": config.model, "heads": str(heads_dir)}
+    grids, comparisons = _grids_and_comparisons(engine, config, heads_dir, clock, log)
 
+    report_path = Path(config.report)
+    figures = report_path.parent / config.figures_dir
+    figures.mkdir(parents=True, exist_ok=True)
+    with clock.stage("figures"):
+        figure_files = _figures(engine, config, grids, figures)
+    clock.timings["total (this invocation)"] = time.perf_counter() - started
+    training = _training_summary(heads_dir)
+    report_path.write_text(
+        _report(config, data_report, kept, training, comparisons, grids, figure_files, clock, work), encoding="utf-8"
+    )
+    clock.save()
+    return report_path
+
+
+def _make_data(config: ReproduceConfig, lm, data_path: Path) -> dict:
+    """Stage 1: the frozen model's own accepted answers on the training split."""
+    from ..core.decoding import make_strategy
+    from ..engine.generation import GenerationEngine
+    from ..training.on_policy_data import make_on_policy_data
+
+    engine = GenerationEngine(lm)
+    strategy = make_strategy("static", config.data_temperature, config.data_top_p)
+    data_report = make_on_policy_data(
+        engine,
+        config.data_tasks,
+        data_path,
+        strategy,
+        k=config.data_k,
+        limit=config.data_limit,
+        max_new_tokens=config.data_max_new_tokens,
+        batch_size=config.batch_size,
+        seed=0,
+    )
+    engine.close()
+    return data_report
+
+
+def _grids_and_comparisons(engine, config: ReproduceConfig, heads_dir: Path, clock, log) -> tuple[dict, dict]:
+    """Stages 3-4 per benchmark: the static grid (the oracle), then the paired final comparison."""
+    from ..grid.comparison import run_comparison
+    from ..grid.search import run_grid
+
+    run_info = {"model": config.model, "heads": str(heads_dir)}
     comparisons, grids = {}, {}
     for benchmark in config.benchmarks:
-        out = work / "eval" / benchmark
+        out = Path(config.workdir) / "eval" / benchmark
         with clock.stage(f"grid {benchmark}"):
             grids[benchmark] = run_grid(
                 engine,
@@ -133,25 +158,14 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
             comparisons[benchmark] = run_comparison(
                 engine, benchmark, grids[benchmark], out_dir=out, batch_size=config.batch_size, run_info=run_info
             )
-
-    report_path = Path(config.report)
-    figures = report_path.parent / config.figures_dir
-    figures.mkdir(parents=True, exist_ok=True)
-    with clock.stage("figures"):
-        figure_files = _figures(engine, config, grids, figures, plot_grid)
-    clock.timings["total (this invocation)"] = time.perf_counter() - started
-    training = _training_summary(heads_dir)
-    report_path.write_text(
-        _report(config, data_report, kept, training, comparisons, grids, figure_files, clock, work), encoding="utf-8"
-    )
-    clock.save()
-    return report_path
+    return grids, comparisons
 
 
-def _figures(engine, config: ReproduceConfig, grids: dict, figures: Path, plot_grid) -> dict[str, Path]:
+def _figures(engine, config: ReproduceConfig, grids: dict, figures: Path) -> dict[str, Path]:
     from ..core.decoding import make_strategy
     from ..core.plots import plot_decoding_distribution, plot_token_trace
     from ..engine.requests import build_requests
+    from ..grid.report import plot_grid
     from ..tasks.registry import get_task
 
     files = {}

@@ -5,7 +5,7 @@ the ones of our own engine. What differs, and why:
 
 - sampling is vLLM's (Gumbel-max with per-request seeded streams), so a sampled token matches
   our engine in distribution, not draw for draw; greedy matches token for token;
-- learned decoding is the AutoDeco model's `compute_logits` (`vllm_model.py`), run with
+- learned decoding is the AutoDeco model's `compute_logits` (`model.py`), run with
   temperature = `--temperature-scale` and top-p = `--top-p-scale`: the temperature multiplies
   T̂ exactly, and a top-p below 1 cuts again inside the learned nucleus (about P̂ × scale);
 - the per-token trace comes back through a file written by the `AutoDecoSwitch` processor.

@@ -10,7 +10,7 @@ A class is built per base architecture on first use (`AutoDecoLlamaForCausalLM` 
 made by `vllm_plugin.register` resolve to, in whichever process vLLM imports them.
 
 Requests that asked for another decoding (static, greedy) get their raw row back from the
-`AutoDecoSwitch` logits processor (`vllm_switch.py`), which reads the raw logits and the
+`AutoDecoSwitch` logits processor (`switch.py`), which reads the raw logits and the
 per-row T̂/P̂ this class leaves in `LAST_STEP` (same process: the model runner calls
 `compute_logits` and then the sampler on the same rows).
 """
@@ -25,7 +25,7 @@ import torch
 from ...core.distribution import decoding_logits
 
 PREFIX = "AutoDeco"
-# keys in the staged config.json (see vllm_stage.py)
+# keys in the staged config.json (see stage.py)
 HEADS_FIELD = "autodeco_heads"
 BASE_ARCH_FIELD = "autodeco_base_architecture"
 

@@ -1,6 +1,6 @@
 """Per-request learned decoding inside one vLLM engine, and the per-token T̂/P̂ trace.
 
-An AutoDeco model's `compute_logits` transforms every row (see `vllm_model.py`). This logits
+An AutoDeco model's `compute_logits` transforms every row (see `model.py`). This logits
 processor, loaded by vLLM from our `vllm.logits_processors` entry point, runs before vLLM's own
 temperature/top-p and:
 
