@@ -16,10 +16,11 @@ import torch
 import yaml
 
 from autodeco_cli.core.errors import UserError
+from autodeco_cli.training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE
 from autodeco_cli.training.config import TrainConfig
 from autodeco_cli.training.recipes import build_config
 from autodeco_cli.training.steering import SteerConfig, SteerRecipe
-from autodeco_cli.training.trainer import CHECKPOINTS_DIR, TRAINER_STATE_FILE, HeadTrainer, lr_lambda
+from autodeco_cli.training.trainer import HeadTrainer, lr_lambda
 from conftest import write_jsonl
 
 NO_MODEL = "/nonexistent/model-that-never-loads"

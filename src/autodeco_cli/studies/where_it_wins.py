@@ -201,7 +201,7 @@ def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple
             batch_size=config.batch_size,
         )
         trainer = RewardTrainer(reward_config).setup(lm=lm)
-        trainer.train(resume=(out / "checkpoint").is_dir())
+        trainer.train(resume=bool(trainer.checkpoints.folders()))
     lines = (out / METRICS_FILE).read_text(encoding="utf-8").splitlines()
     return out, [json.loads(line) for line in lines if line.strip()]
 

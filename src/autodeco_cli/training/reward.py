@@ -38,13 +38,15 @@ from ..engine.generation import GenerationEngine
 from ..engine.models import DEFAULT_MODEL
 from ..engine.requests import Request, encode_prompt, request_seed
 from ..tasks.registry import task_chat, task_stop
+from .checkpoints import CheckpointStore
 from .data import IGNORE_INDEX, Example
 from .hidden_features import base_features
 from .losses import policy_gradient_loss, policy_log_probs
-from .trainer import CHECKPOINT_ERRORS, broken_file_reason, epoch_order, lr_lambda
+from .trainer import epoch_order, lr_lambda
 
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoint"
+# Runs from before the shared checkpoint scheme kept their one checkpoint here (see RewardTrainer.__init__).
+LEGACY_CHECKPOINT_DIR = "checkpoint"
 LAST_DIR = "last"
 
 
@@ -75,6 +77,7 @@ class RewardConfig:
     validation_limit: int = 0  # validation questions per task; 0 = no validation, keep the last step
     validation_k: int = 4
     validate_every: int = 10
+    keep_checkpoints: int = 2  # newest checkpoints kept (one is taken every validate_every steps); 0 keeps all
     device: str | None = None
     dtype: str | None = None
     threads: int | None = None
@@ -97,6 +100,7 @@ class RewardConfig:
             "validation_limit": self.validation_limit >= 0,
             "validation_k": self.validation_k >= 1,
             "validate_every": self.validate_every >= 1,
+            "keep_checkpoints": self.keep_checkpoints >= 0,
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
         }
         for name, ok in checks.items():
@@ -157,6 +161,13 @@ class RewardTrainer:
         # reward_fn(task, doc, generations) -> (per-sample advantages, question score); the default
         # is the task's own scorer and question metric
         self.reward_fn = reward_fn or self._task_advantages
+        # The legacy folder holds the same files and state keys as a step folder but no RNG states,
+        # which this trainer can do without: its samples come from generators seeded per request and
+        # the heads have no dropout, so it draws nothing from the global RNGs. So an old run resumes
+        # from it (as its oldest checkpoint, pruned once newer ones exist) and ends where it would have.
+        self.checkpoints = CheckpointStore(
+            self.output_dir, keep=config.keep_checkpoints, legacy=self.output_dir / LEGACY_CHECKPOINT_DIR
+        )
         self.step = 0
         self.best: float | None = None
         self.initial_validation: float | None = None
@@ -369,8 +380,6 @@ class RewardTrainer:
         self.heads.save(directory)
 
     def _checkpoint(self) -> None:
-        staging = self.output_dir / f".{CHECKPOINT_DIR}.tmp"
-        self._save(staging)
         state = {
             "step": self.step,
             "best": self.best,
@@ -378,41 +387,31 @@ class RewardTrainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
-        torch.save(state, staging / "trainer_state.pt")
-        final = self.output_dir / CHECKPOINT_DIR
-        import shutil
-
-        shutil.rmtree(final, ignore_errors=True)
-        staging.replace(final)
+        self.checkpoints.save(self.step, state, self._save)
 
     def resume(self) -> int:
+        """Load the newest checkpoint that reads cleanly (falling back past broken ones, with a
+        warning); returns its step (0 if there is none)."""
+        self.checkpoints.load_newest(self._restore)
+        return self.step
+
+    def _restore(self, folder: Path, state: dict) -> None:
         from ..core.heads import load_heads
 
-        folder = self.output_dir / CHECKPOINT_DIR
-        if not (folder / "trainer_state.pt").is_file():
-            return 0
-        try:
-            state = torch.load(folder / "trainer_state.pt", weights_only=True)
-            self.heads.load_state_dict(load_heads(folder).state_dict())
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.step, self.best, self.initial_validation = (
-                int(state["step"]),
-                state["best"],
-                state.get("initial_validation"),
-            )
-        except CHECKPOINT_ERRORS as exc:  # one checkpoint is kept: there is no earlier one to fall back to
-            raise UserError(
-                f"reward checkpoint {folder} is broken ({broken_file_reason(exc, folder / 'trainer_state.pt')})",
-                f"delete {folder} and re-run without --resume to start over (the heads already in {self.output_dir} stay until replaced)",
-            ) from None
-        return self.step
+        self.heads.load_state_dict(load_heads(folder).state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best, self.initial_validation = (
+            int(state["step"]),
+            state["best"],
+            state.get("initial_validation"),
+        )
 
     def train(self, resume: bool = False, on_step: Callable[[dict, int], None] | None = None) -> Path:
         c = self.config
         if resume:
             self.resume()
-        elif (self.output_dir / CHECKPOINT_DIR).exists():
+        elif self.checkpoints.folders():
             raise UserError(
                 f"{self.output_dir} already holds a reward run",
                 "pass --resume to continue it, or choose another output_dir",

@@ -305,17 +305,22 @@ def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume
     """A few steps of command-augmented training on top of `config.init_heads`.
 
     Loss = head losses on the plain prompt + steer.ranking_weight x ranking (T̂ and P̂) +
-    steer.anchor_weight x anchor (T̂ and P̂), see the module docstring.
+    steer.anchor_weight x anchor (T̂ and P̂), see the module docstring. Checkpoints are the head
+    trainer's (every save_every steps and at the end) with the loop's own RNG and log added, so
+    `resume` continues a cut-off run to the heads an uninterrupted one ends with.
     """
     if not config.init_heads:
         raise UserError(
             "--steer trains on top of existing heads", "set init_heads=DIR (heads from a normal train-heads run)"
         )
-    if resume:
-        raise UserError("--steer runs are short and do not checkpoint; re-run without --resume")
     steer = steer or SteerConfig()
     steer.validate()
-    trainer = HeadTrainer(config).setup()
+    trainer = HeadTrainer(config)
+    trainer.check_output_dir(resume)  # an earlier run's checkpoints: refuse before the model loads
+    if resume and not trainer.checkpoint_dirs():
+        raise UserError(f"{config.output_dir} holds no --steer checkpoints to resume from", "re-run without --resume")
+    trainer.setup()
+    # the starting heads, before a checkpoint replaces them: the anchor and ranking baseline
     reference_heads = copy.deepcopy(trainer.heads).eval().requires_grad_(False)
     records = _steer_records(config)
     rng = random.Random(config.seed)
@@ -328,21 +333,16 @@ def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume
         trainer, reference_heads, records, rng, max_new_tokens=budget, batch_size=config.micro_batch_size
     )
     loop = _SteerLoop(trainer, steer, reference_heads, _steer_examples(trainer, records, extra), rng)
+    if resume:
+        trainer.checkpoints.load_newest(loop.restore, console)
     steps = config.max_steps or max(1, len(records) // config.micro_batch_size)
+    recipe = {**asdict(config), **steer.as_recipe()}
     started = time.perf_counter()
-    log = []
-    for step in range(steps):
-        entry = loop.step(step)
-        log.append(entry)
-        if console is not None and (step + 1) % max(1, steps // 10) == 0:
-            console.print(
-                f"steer step {step + 1}/{steps}: head loss {entry['loss']:.4f}, "
-                f"ranking T {entry['rank_temperature']:.4f}, p {entry['rank_top_p']:.4f}, anchor {entry['anchor']:.4f}"
-            )
+    loop.run(steps, recipe, console)
     output = Path(config.output_dir)
-    trainer.save_heads(output, steps=steps, recipe={**asdict(config), **steer.as_recipe()})
+    trainer.save_heads(output, steps=steps, recipe=recipe)
     with (output / "steer_metrics.jsonl").open("w", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(e) + "\n" for e in log))
+        handle.write("".join(json.dumps(e) + "\n" for e in loop.log))
     if console is not None:
         console.print(f"steered heads written to {output} ({steps} steps, {time.perf_counter() - started:.0f}s)")
     return output
@@ -376,6 +376,32 @@ class _SteerLoop:
         self.features_of = _SteerFeatures(trainer, variants, trainer.config.cache_hidden)
         self.responses_per_record = len({response for response, _ in variants[0]})
         self.lm_head = trainer.lm.model.get_output_embeddings()
+        self.log: list[dict] = []
+
+    def run(self, steps: int, recipe: dict, console=None) -> None:
+        """From the trainer's step (0, or where a checkpoint left off) to `steps`."""
+        trainer, save_every = self.trainer, self.trainer.config.save_every
+        while trainer.step < steps:
+            entry = self.step(trainer.step)
+            trainer.step += 1
+            self.log.append(entry)
+            if console is not None and trainer.step % max(1, steps // 10) == 0:
+                console.print(
+                    f"steer step {trainer.step}/{steps}: head loss {entry['loss']:.4f}, ranking T "
+                    f"{entry['rank_temperature']:.4f}, p {entry['rank_top_p']:.4f}, anchor {entry['anchor']:.4f}"
+                )
+            if save_every and trainer.step % save_every == 0 and trainer.step < steps:
+                self.checkpoint(recipe)
+        self.checkpoint(recipe)
+
+    def checkpoint(self, recipe: dict) -> None:
+        self.trainer.save_checkpoint({"steer_rng": self.rng.getstate(), "steer_log": self.log}, recipe=recipe)
+
+    def restore(self, folder: Path, state: dict) -> None:
+        """The head trainer's checkpoint, then this loop's RNG (responses and wordings) and log."""
+        self.trainer.restore_checkpoint(folder, state)
+        self.rng.setstate(state["steer_rng"])
+        self.log = list(state["steer_log"])
 
     def predict(self, picks: list[tuple]):
         """picks: (record, response, condition, wording) -> features, logits, T̂, P̂, examples."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,24 +21,12 @@ from ..core.heads import AutoDecoHeads, HeadsConfig, load_heads
 from ..core.io_checks import cut_partial_last_line
 from ..engine.models import load_base_model
 from ..engine.requests import request_seed
+from .checkpoints import CheckpointStore
 from .config import TrainConfig
 from .data import Example, load_examples
 from .hidden_features import Features, HiddenStateCache, base_features
 from .losses import head_losses
 
-CHECKPOINTS_DIR = "checkpoints"
-# what reading a truncated or damaged checkpoint raises (torch.load, safetensors, state dicts)
-CHECKPOINT_ERRORS = (
-    RuntimeError,
-    EOFError,
-    OSError,
-    KeyError,
-    ValueError,
-    TypeError,
-    pickle.UnpicklingError,
-    UserError,
-)
-TRAINER_STATE_FILE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 ADAPTER_DIR = "adapter"
 
@@ -94,16 +80,6 @@ class Distributed:
 # ---- schedule -------------------------------------------------------------------------------
 
 
-def broken_file_reason(exc: BaseException, file: Path) -> str:
-    """'FILE: why' for a checkpoint file that could not be read (load_heads' errors name their own file)."""
-    if isinstance(exc, UserError):
-        return exc.message.rstrip(".")
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, EOFError) or not text:
-        return f"{file}: truncated or empty"
-    return f"{file}: {text[:100]}{'...' if len(text) > 100 else ''}"
-
-
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -155,6 +131,7 @@ class HeadTrainer:
         self.output_dir = Path(config.output_dir)
         # the launcher's rank, so a refusal can come before setup(); setup() joins the process group
         self.dist = Distributed.from_launcher()
+        self.checkpoints = CheckpointStore(self.output_dir, keep=config.keep_checkpoints)
         self.step = 0
         self.cache: HiddenStateCache | None = None
 
@@ -241,11 +218,7 @@ class HeadTrainer:
     # -- checkpoints --
 
     def checkpoint_dirs(self) -> list[Path]:
-        root = self.output_dir / CHECKPOINTS_DIR
-        if not root.is_dir():
-            return []
-        found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / TRAINER_STATE_FILE).is_file()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+        return self.checkpoints.folders()
 
     def check_output_dir(self, resume: bool) -> None:
         """Refuse to train over an earlier run's checkpoints unless resuming (needs no model)."""
@@ -257,73 +230,44 @@ class HeadTrainer:
 
     def prune_checkpoints(self) -> None:
         """Delete all but the newest `keep_checkpoints` complete checkpoints."""
-        for old in self.checkpoint_dirs()[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        self.checkpoints.prune()
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, extra: dict | None = None, recipe: dict | None = None) -> Path | None:
+        """checkpoints/step-N (rank 0 writes). `extra`: the state of a loop run on top of this
+        trainer (steering's), restored through `restore_checkpoint`; `recipe`: as in save_heads."""
         if not self.dist.is_main:
             return None
-        root = self.output_dir / CHECKPOINTS_DIR
-        final = root / f"step-{self.step}"
-        staging = root / f".step-{self.step}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.save_heads(staging)
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
             "config": asdict(self.config),
+            **(extra or {}),
         }
-        torch.save(state, staging / TRAINER_STATE_FILE)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        self.prune_checkpoints()
-        return final
+        return self.checkpoints.save(self.step, state, lambda folder: self.save_heads(folder, recipe=recipe))
 
     def resume(self) -> int:
-        """Load the latest complete checkpoint; returns the step it was taken at (0 if none).
+        """Load the newest checkpoint that reads cleanly; returns the step it was taken at (0 if none).
 
         A broken one (say a truncated trainer_state.pt) is skipped, with a warning, for the one
         before it; if none is left the error names the broken file.
         """
-        checkpoints = self.checkpoint_dirs()
-        for index in range(len(checkpoints) - 1, -1, -1):
-            folder = checkpoints[index]
-            try:
-                return self._load_checkpoint(folder)
-            except CHECKPOINT_ERRORS as exc:
-                reason = broken_file_reason(exc, folder / TRAINER_STATE_FILE)
-                if index == 0:
-                    raise UserError(
-                        f"checkpoint {folder} is broken ({reason}) and no earlier complete checkpoint is left",
-                        f"delete {folder} to resume from step 0, or train into another output_dir",
-                    ) from None
-                from ..core.consoles import err_console
+        self.checkpoints.load_newest(self.restore_checkpoint, self.console)
+        return self.step
 
-                (self.console or err_console).print(
-                    f"[yellow]warning:[/] checkpoint {folder.name} is broken ({reason}); "
-                    f"resuming from {checkpoints[index - 1].name} instead",
-                    highlight=False,
-                )
-        return 0
-
-    def _load_checkpoint(self, latest: Path) -> int:
-        # weights_only: optimizer/scheduler state is tensors and plain containers; nothing is unpickled as code
-        state = torch.load(latest / TRAINER_STATE_FILE, weights_only=True)
-        self.heads.load_state_dict(load_heads(latest).state_dict())
+    def restore_checkpoint(self, folder: Path, state: dict) -> None:
+        """The heads, LoRA adapter, optimizer, schedule and step of one checkpoint."""
+        self.heads.load_state_dict(load_heads(folder).state_dict())
         if self.lora_model is not None:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
             set_peft_model_state_dict(
-                self.lora_model, load_file(str(latest / ADAPTER_DIR / "adapter_model.safetensors"))
+                self.lora_model, load_file(str(folder / ADAPTER_DIR / "adapter_model.safetensors"))
             )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
-        return self.step
 
     def save_heads(self, directory: Path, *, steps: int | None = None, recipe: dict | None = None) -> None:
         """The heads (and LoRA adapter) with their provenance. `steps` defaults to the trainer's
