@@ -126,9 +126,10 @@ def _engine(dtype: str, strategy, heads: bool):
     from autodeco_cli.engine.models import load_base_model
 
     if DATA_PARALLEL > 1:
-        from autodeco_cli.engine.runtime import open_engine
+        from autodeco_cli.engine.runtime import EngineSettings, open_engine
 
-        return open_engine(MODEL, None, [strategy], dtype=dtype, force_heads=heads, parallel=(1, DATA_PARALLEL))
+        settings = EngineSettings(MODEL, dtype=dtype, data_parallel_size=DATA_PARALLEL)
+        return open_engine(settings, [strategy], force_heads=heads)
     lm = load_base_model(MODEL, device="cpu", dtype=dtype)
     return GenerationEngine(lm, resolve_heads(None, lm, heads))
 

@@ -92,6 +92,7 @@ def plain_generate_loop(
 
 def runner(engine, task, strategy, samples: int, batch_size: int, limit: int, max_new_tokens: int):
     from autodeco_cli.evaluation.runner import run_eval
+    from autodeco_cli.evaluation.settings import EvalSettings
 
     row_steps = 0
     forward = engine._forward
@@ -105,17 +106,10 @@ def runner(engine, task, strategy, samples: int, batch_size: int, limit: int, ma
     engine._forward = counting_forward
     try:
         with tempfile.TemporaryDirectory() as out:
-            results = run_eval(
-                engine,
-                [task],
-                [strategy],
-                k=samples,
-                seeds=[0],
-                batch_size=batch_size,
-                limit=limit,
-                max_new_tokens=max_new_tokens,
-                out_dir=Path(out),
+            settings = EvalSettings(
+                k=samples, seeds=[0], batch_size=batch_size, limit=limit, max_new_tokens=max_new_tokens
             )
+            results = run_eval(engine, [task], [strategy], settings, out_dir=Path(out))
     finally:
         del engine._forward
     m = next(iter(results.values()))["results"][task.name]
@@ -128,12 +122,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from autodeco_cli.core.decoding import make_strategy
-    from autodeco_cli.engine.runtime import open_engine
+    from autodeco_cli.engine.runtime import EngineSettings, open_engine
     from autodeco_cli.tasks.registry import get_task
 
     start = time.perf_counter()
     strategy = make_strategy("static", temperature=args.temperature, top_p=args.top_p)
-    engine = open_engine(args.model, None, [strategy], device="cpu")
+    engine = open_engine(EngineSettings(args.model, device="cpu"), [strategy])
     task = get_task(args.task)
     docs = task.load_docs(limit=args.limit)
     budget = args.max_new_tokens or task.max_new_tokens

@@ -113,28 +113,25 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "COLUMNS": "200"}
-    from autodeco_cli.engine.runtime import open_engine
+    from autodeco_cli.engine.runtime import EngineSettings, open_engine
     from autodeco_cli.evaluation.runner import run_eval
+    from autodeco_cli.evaluation.settings import EvalSettings
     from autodeco_cli.grid.cells import full_cells, parse_values
-    from autodeco_cli.grid.search import run_grid
+    from autodeco_cli.grid.search import GridSpec, run_grid
     from autodeco_cli.tasks.registry import get_task
 
     temps, ps = parse_values(args.temperatures), parse_values(args.top_ps, "--top-ps")
     cells = full_cells(temps, ps)
     task = get_task(args.task)
     start = time.perf_counter()
-    engine = open_engine(args.model, None, [cells[0].strategy], device="cpu")
+    engine = open_engine(EngineSettings(args.model, device="cpu"), [cells[0].strategy])
     print(
         f"model {args.model} loaded in {time.perf_counter() - start:.1f} s; threads={torch.get_num_threads()}",
         file=sys.stderr,
     )
-    settings = {
-        "k": args.k,
-        "seeds": [0],
-        "limit": args.limit,
-        "batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens,
-    }
+    settings = EvalSettings(
+        k=args.k, seeds=[0], limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+    )
     scratch = Path(tempfile.mkdtemp(prefix="bench-grid-"))
     last: dict[str, Path] = {}
 
@@ -145,12 +142,12 @@ def main(argv=None) -> int:
         return folder
 
     def sweep():
-        run_grid(engine, task, mode="full", temperatures=temps, top_ps=ps, out_dir=fresh("sweep"), **settings)
+        run_grid(engine, task, GridSpec(mode="full", temperatures=temps, top_ps=ps), settings, out_dir=fresh("sweep"))
 
     def loop():
         out = fresh("loop")
         for cell in cells:
-            run_eval(engine, [task], [cell.strategy], out_dir=out, **settings)
+            run_eval(engine, [task], [cell.strategy], settings, out_dir=out)
 
     def cli():
         out = fresh("cli")
@@ -190,17 +187,8 @@ def main(argv=None) -> int:
 
     runs = {"sweep": sweep, "loop": loop, "cli": cli, "grid-cli": grid_cli}
     # warm-up: one-time kernel/allocator costs (and the GGUF conversion cache for the subprocesses)
-    run_eval(
-        engine,
-        [task],
-        [cells[0].strategy],
-        k=1,
-        seeds=[0],
-        limit=2,
-        max_new_tokens=4,
-        batch_size=args.batch_size,
-        out_dir=scratch / "warmup",
-    )
+    warmup = EvalSettings(k=1, seeds=[0], limit=2, max_new_tokens=4, batch_size=args.batch_size)
+    run_eval(engine, [task], [cells[0].strategy], warmup, out_dir=scratch / "warmup")
     if "cli" in wanted or "grid-cli" in wanted:
         _subprocess(
             [

@@ -56,10 +56,11 @@ def hf_worker(args) -> None:
     """Our engine in a fresh process: vLLM, once imported and started, changes the process's
     threading (and its engine processes poll), which slows our engine in the same process."""
     from autodeco_cli.core.decoding import make_strategy
-    from autodeco_cli.engine.runtime import open_engine
+    from autodeco_cli.engine.runtime import EngineSettings, open_engine
 
     rates: dict[str, list[float]] = {}
-    engine, start = timed(lambda: open_engine(args.model, None, [make_strategy("autodeco")], dtype=args.dtype))
+    settings = EngineSettings(args.model, dtype=args.dtype)
+    engine, start = timed(lambda: open_engine(settings, [make_strategy("autodeco")]))
     _measure("hf", engine, _prompts(args), args, rates)
     engine.close()
     print("RESULT " + json.dumps({"rates": rates, "start": start}), flush=True)

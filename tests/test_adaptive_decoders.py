@@ -27,6 +27,7 @@ from autodeco_cli.core.heads import fresh_heads
 from autodeco_cli.engine.generation import GenerationEngine
 from autodeco_cli.engine.requests import Request, build_requests
 from autodeco_cli.evaluation.runner import run_eval
+from autodeco_cli.evaluation.settings import EvalSettings
 from conftest import TINY_HIDDEN
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -327,21 +328,16 @@ def test_min_p_grid_on_the_tiny_model(engine, tmp_path):
     from autodeco_cli.grid.comparison import run_comparison
     from autodeco_cli.grid.families import cell_from_record
     from autodeco_cli.grid.report import grid_table
-    from autodeco_cli.grid.search import load_grid, run_grid
+    from autodeco_cli.grid.search import GridSpec, load_grid, run_grid
     from conftest import FakeTask
     from test_grid import _keys, _samples
 
     grid = run_grid(
         engine,
         FakeTask(),
-        family="min-p",
-        temperatures=[0.7, 1.5],
-        values=[0.1, 0.3],
-        k=2,
-        seeds=[0],
-        batch_size=3,
+        GridSpec(family="min-p", temperatures=[0.7, 1.5], values=[0.1, 0.3], n_boot=300),
+        EvalSettings(k=2, seeds=[0], batch_size=3),
         out_dir=tmp_path,
-        n_boot=300,
     )
     assert grid["family"] == {"name": "min-p", "axes": {"temperature": "temperature T", "min_p": "min-p"}, "fixed": {}}
     assert grid["temperatures"] == [0.7, 1.5] and grid["min_ps"] == [0.1, 0.3] and "top_ps" not in grid
@@ -355,7 +351,11 @@ def test_min_p_grid_on_the_tiny_model(engine, tmp_path):
     # a cell is exactly `autodeco eval --decoding min-p -t 0.7 --min-p 0.3` with the same settings
     single = tmp_path / "single"
     run_eval(
-        engine, [FakeTask()], [make_strategy("min-p", 0.7, min_p=0.3)], k=2, seeds=[0], batch_size=1, out_dir=single
+        engine,
+        [FakeTask()],
+        [make_strategy("min-p", 0.7, min_p=0.3)],
+        EvalSettings(k=2, seeds=[0], batch_size=1),
+        out_dir=single,
     )
     cell, alone = _samples(tmp_path, "min-p-T0.7-min-p0.3"), _samples(single, "min-p-T0.7-min-p0.3")
     assert len(cell) == len(alone) == 8

@@ -9,7 +9,7 @@ from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.core.errors import UserError
 from autodeco_cli.engine.data_parallel import DataParallelEngine, split_by_prompt
 from autodeco_cli.engine.requests import Request, build_requests
-from autodeco_cli.engine.runtime import open_engine
+from autodeco_cli.engine.runtime import EngineSettings, open_engine
 
 PROMPTS = ["hello", "The quick brown fox", "What is 27 + 82?", "Once upon a time", "a b c", "x"]
 
@@ -47,14 +47,14 @@ def test_two_processes_generate_what_one_does(tiny_model_dir, two_threads):
         make_strategy("static", temperature=1.3, top_p=0.9),
         make_strategy("autodeco"),
     ]
-    single = open_engine(str(tiny_model_dir), None, strategies, force_heads=True)
+    single = open_engine(EngineSettings(str(tiny_model_dir)), strategies, force_heads=True)
     requests = []
     for seed, strategy in enumerate(strategies):
         requests += build_requests(single.tokenizer, PROMPTS, strategy, n=2, seed=seed)
     expected = single.generate(requests, max_new_tokens=8, batch_size=4, trace=True)
     single.close()
 
-    engine = open_engine(str(tiny_model_dir), None, strategies, force_heads=True, parallel=(1, 2))
+    engine = open_engine(EngineSettings(str(tiny_model_dir), data_parallel_size=2), strategies, force_heads=True)
     try:
         assert isinstance(engine, DataParallelEngine) and engine.tokenizer is not None
         assert torch.get_num_threads() == 1  # the two cores split between the processes
@@ -73,11 +73,11 @@ def test_two_processes_generate_what_one_does(tiny_model_dir, two_threads):
 
 
 def test_a_replica_that_cannot_start_is_a_user_error(tiny_model_dir, tmp_path):
-    lead = open_engine(str(tiny_model_dir), None, [make_strategy("greedy")])
+    lead = open_engine(EngineSettings(str(tiny_model_dir)), [make_strategy("greedy")])
     with pytest.raises(UserError, match="replica 1 did not start"):
-        DataParallelEngine(lead, 2, open_engine, {"model": str(tmp_path / "missing")})
+        DataParallelEngine(lead, 2, open_engine, {"settings": EngineSettings(str(tmp_path / "missing"))})
 
 
 def test_tensor_parallel_stays_a_vllm_option(tiny_model_dir):
     with pytest.raises(UserError, match="vLLM option"):
-        open_engine(str(tiny_model_dir), None, [make_strategy("greedy")], parallel=(2, 1))
+        open_engine(EngineSettings(str(tiny_model_dir), tensor_parallel_size=2), [make_strategy("greedy")])

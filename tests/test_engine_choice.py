@@ -16,6 +16,7 @@ from autodeco_cli.engine.generation import GenerationEngine
 from autodeco_cli.engine.requests import encode_prompt
 from autodeco_cli.engine.vllm.trace import TraceReader
 from autodeco_cli.evaluation.runner import run_eval
+from autodeco_cli.evaluation.settings import EvalSettings
 from conftest import TINY_HIDDEN, FakeTask, build_merged_folder
 from test_cli_generate import assert_user_error
 
@@ -63,7 +64,7 @@ def test_bad_template_kwargs_are_one_line_errors(text, fragment):
 
 def test_prompt_format_is_recorded_and_guards_resume(tiny_lm, tmp_path):
     task = FakeTask()
-    settings = {"k": 1, "seeds": [0], "batch_size": 2, "out_dir": tmp_path}
+    settings = {"settings": EvalSettings(k=1, seeds=[0], batch_size=2), "out_dir": tmp_path}
     engine = GenerationEngine(tiny_lm, None, prompt_format("be brief", '{"enable_thinking": true}'))
     results = run_eval(engine, [task], [GREEDY], **settings)[GREEDY.label]
     assert results["config"]["engine"] == "hf"
@@ -75,7 +76,7 @@ def test_prompt_format_is_recorded_and_guards_resume(tiny_lm, tmp_path):
 
 def test_folders_from_before_the_engine_field_resume_as_hf(tiny_lm, tmp_path):
     task = FakeTask()
-    settings = {"k": 1, "seeds": [0], "batch_size": 2, "out_dir": tmp_path}
+    settings = {"settings": EvalSettings(k=1, seeds=[0], batch_size=2), "out_dir": tmp_path}
     run_eval(GenerationEngine(tiny_lm, None), [task], [GREEDY], **settings)
     config_path = tmp_path / "greedy" / "run_config.json"
     config = json.loads(config_path.read_text())

@@ -18,6 +18,7 @@ from autodeco_cli.engine.generation import GenerationEngine
 from autodeco_cli.evaluation.report import compare_results
 from autodeco_cli.evaluation.run_store import SampleLog
 from autodeco_cli.evaluation.runner import run_eval
+from autodeco_cli.evaluation.settings import EvalSettings
 from conftest import TINY_HIDDEN, FakeTask, Killed, kill_after
 
 STATIC = make_strategy("static", temperature=0.8, top_p=0.9)
@@ -34,10 +35,10 @@ def engine(tiny_lm):
     engine.close()  # the heads' hook sits on the session-wide model
 
 
-def _run(engine, out, strategies, task=None, **kwargs):
+def _run(engine, out, strategies, task=None, doc_ids=None, **kwargs):
     task = task or FakeTask()
-    settings = {"k": 2, "seeds": [0, 1], "batch_size": 3, "out_dir": out, **kwargs}
-    return run_eval(engine, [task], strategies, **settings)
+    settings = EvalSettings(**{"k": 2, "seeds": [0, 1], "batch_size": 3, **kwargs})
+    return run_eval(engine, [task], strategies, settings, out_dir=out, doc_ids=doc_ids)
 
 
 ALL = [STATIC, STATIC_HOT, AUTODECO, GREEDY]

@@ -12,12 +12,14 @@ import pytest
 
 from autodeco_cli.core.errors import UserError
 from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.core.prompt_format import PLAIN
 from autodeco_cli.engine.generation import GenerationEngine
+from autodeco_cli.evaluation.settings import EvalSettings
 from autodeco_cli.grid import search as grid_mod
 from autodeco_cli.grid.cells import parse_cells, parse_values
 from autodeco_cli.grid.comparison import run_comparison
 from autodeco_cli.grid.families import Cell
-from autodeco_cli.grid.search import load_grid, round_sizes, run_grid, worse_p_value
+from autodeco_cli.grid.search import GridSpec, load_grid, round_sizes, run_grid, worse_p_value
 from conftest import TINY_HIDDEN, FakeTask, Killed, kill_after
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -77,8 +79,9 @@ class Scorer:
         self.samples = samples
         self.calls: list[dict] = []
 
-    def __call__(self, engine, tasks, strategies, *, limit=None, out_dir=None, doc_ids=None, **kwargs):
+    def __call__(self, engine, tasks, strategies, settings, *, out_dir=None, doc_ids=None, **kwargs):
         (task,) = tasks
+        limit = settings.limit
         docs = task.load_docs(limit=limit)
         if doc_ids is not None:  # an early-stopping round: a prefix of the questions
             docs = [doc for doc in docs if doc.doc_id in set(doc_ids)]
@@ -113,14 +116,14 @@ class Scorer:
         return out
 
 
-FAKE_ENGINE = SimpleNamespace(lm=SimpleNamespace(name="fake-model"))
+FAKE_ENGINE = SimpleNamespace(name="hf", prompt_format=PLAIN, lm=SimpleNamespace(name="fake-model"))
 
 
 def _synthetic(monkeypatch, quality, tmp_path, **kwargs):
     scorer = Scorer(quality)
     monkeypatch.setattr(grid_mod, "run_eval", scorer)
-    settings = {"k": 4, "seeds": [0], "out_dir": tmp_path, "n_boot": 500, **kwargs}
-    return run_grid(FAKE_ENGINE, FakeTask(n_docs=40), **settings), scorer
+    spec = GridSpec(n_boot=500, **kwargs)
+    return run_grid(FAKE_ENGINE, FakeTask(n_docs=40), spec, EvalSettings(k=4, seeds=[0]), out_dir=tmp_path), scorer
 
 
 def _by_slug(grid):
@@ -238,9 +241,9 @@ def test_wilcoxon_when_scipy_is_installed():
 def test_grid_argument_errors(monkeypatch, tmp_path):
     monkeypatch.setattr(grid_mod, "run_eval", Scorer(lambda t, p: 0.5))
     with pytest.raises(UserError, match="mode"):
-        run_grid(FAKE_ENGINE, FakeTask(), mode="random", out_dir=tmp_path)
+        run_grid(FAKE_ENGINE, FakeTask(), GridSpec(mode="random"), out_dir=tmp_path)
     with pytest.raises(UserError, match="--cells"):
-        run_grid(FAKE_ENGINE, FakeTask(), mode="cells", out_dir=tmp_path)
+        run_grid(FAKE_ENGINE, FakeTask(), GridSpec(mode="cells"), out_dir=tmp_path)
     with pytest.raises(UserError, match="unfinished|not found"):
         load_grid(tmp_path)
 
@@ -258,13 +261,8 @@ def engine(tiny_lm):
 
 
 GRID = {
-    "mode": "full",
-    "temperatures": [0.7, 1.0],
-    "top_ps": [0.9, 1.0],
-    "k": 2,
-    "seeds": [0],
-    "batch_size": 3,
-    "n_boot": 300,
+    "spec": GridSpec(mode="full", temperatures=[0.7, 1.0], top_ps=[0.9, 1.0], n_boot=300),
+    "settings": EvalSettings(k=2, seeds=[0], batch_size=3),
 }
 
 

@@ -10,11 +10,13 @@ CLI is in test_bad_input.py; the rand-* re-balancing in test_random_choice.py.)
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.core.errors import UserError
+from autodeco_cli.core.prompt_format import PLAIN
 from autodeco_cli.engine.requests import Generation
 from autodeco_cli.tasks.registry import get_task
 from autodeco_cli.training.on_policy_data import make_on_policy_data, progress_path, settings_path
@@ -34,6 +36,8 @@ def docs():
 class ScriptedEngine:
     """Per question: sample 0 answers right and stops, sample 1 answers right but runs out of
     tokens (finish 'length'), sample 2 answers wrong and stops. Only sample 0 may be kept."""
+
+    name, prompt_format, lm = "hf", PLAIN, SimpleNamespace(name=None)  # what make-data records
 
     def __init__(self, tokenizer, docs, die_on_call: int | None = None):
         self.tokenizer, self.docs, self.die_on_call = tokenizer, docs, die_on_call

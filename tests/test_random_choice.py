@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from autodeco_cli.core.decoding import make_strategy
+from autodeco_cli.core.prompt_format import PLAIN as PLAIN_FORMAT
 from autodeco_cli.engine.generation import GenerationEngine
 from autodeco_cli.evaluation.report import compare_results
 from autodeco_cli.evaluation.runner import run_eval
+from autodeco_cli.evaluation.settings import EvalSettings
 from autodeco_cli.grid.search import CellScore
 from autodeco_cli.tasks import aggregation, random_choice
 from autodeco_cli.tasks.registry import expand, get_task, task_chat, task_stop
@@ -185,6 +187,8 @@ def test_balance_positions_caps_the_favourite_and_invents_nothing():
 class _FakeEngine:
     """Returns fixed texts per (doc, sample): a model that favours the first listed option."""
 
+    name, prompt_format, lm = "hf", PLAIN_FORMAT, SimpleNamespace(name=None)  # what make-data records
+
     def __init__(self, tokenizer, texts):
         self.tokenizer, self.texts, self.calls = tokenizer, texts, []
 
@@ -279,7 +283,7 @@ def runs(tiny_lm, tmp_path_factory):
     engine = GenerationEngine(tiny_lm)
     out = tmp_path_factory.mktemp("rand-eval")
     strategies = [make_strategy("static", temperature=1.5, top_p=1.0), make_strategy("greedy")]
-    return out, run_eval(engine, [ChoiceTask()], strategies, k=4, seeds=[0], batch_size=4, out_dir=out)
+    return out, run_eval(engine, [ChoiceTask()], strategies, EvalSettings(k=4, seeds=[0], batch_size=4), out_dir=out)
 
 
 def test_results_carry_the_declared_score(runs):

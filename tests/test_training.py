@@ -493,10 +493,11 @@ def test_lora_trains_adapter_and_heads_and_saves_peft_adapter(lora_run):
 
 def test_lora_output_loads_with_open_engine(lora_run, tiny_model_dir):
     from autodeco_cli.engine.models import load_base_model
-    from autodeco_cli.engine.runtime import open_engine
+    from autodeco_cli.engine.runtime import EngineSettings, open_engine
 
     trainer, out, _, _ = lora_run
-    engine = open_engine(str(tiny_model_dir), heads=str(out), adapter=str(out / "adapter"), force_heads=True)
+    settings = EngineSettings(str(tiny_model_dir), heads=str(out), adapter=str(out / "adapter"))
+    engine = open_engine(settings, force_heads=True)
     loaded = {k: v.detach() for k, v in engine.heads.state_dict().items()}
     assert_states_close(loaded, heads_state(trainer), atol=0.0)
     base = load_base_model(str(tiny_model_dir)).model
@@ -511,11 +512,11 @@ def test_lora_output_loads_with_open_engine(lora_run, tiny_model_dir):
 
 
 def test_lora_heads_folder_brings_its_adapter(lora_run, tiny_model_dir):
-    from autodeco_cli.engine.runtime import open_engine
+    from autodeco_cli.engine.runtime import EngineSettings, open_engine
 
     trainer, out, _, _ = lora_run
     # heads=output_dir alone: the adapter saved next to the heads is applied too
-    engine = open_engine(str(tiny_model_dir), heads=str(out), force_heads=True)
+    engine = open_engine(EngineSettings(str(tiny_model_dir), heads=str(out)), force_heads=True)
     x = torch.tensor([[1, 5, 9, 42, 7]])
     trainer.lm.model.eval()
     with torch.no_grad():

@@ -36,9 +36,9 @@ def _strategy(name, **kwargs):
 
 @pytest.fixture(scope="module")
 def hf_engine():
-    from autodeco_cli.engine.runtime import open_engine
+    from autodeco_cli.engine.runtime import EngineSettings, open_engine
 
-    engine = open_engine("smollm2-135m-instruct", None, [_strategy("autodeco")])
+    engine = open_engine(EngineSettings("smollm2-135m-instruct"), [_strategy("autodeco")])
     yield engine
     engine.close()
 
@@ -153,11 +153,12 @@ def test_eval_matches_our_engine_within_paired_se(hf_engine, vllm_engine, tmp_pa
     """arith-add, autodeco, same seeds policy on both engines: paired Δ pass@1 within 2 SE."""
     from autodeco_cli.evaluation.report import compare_results
     from autodeco_cli.evaluation.runner import run_eval
+    from autodeco_cli.evaluation.settings import EvalSettings
 
     strategy = _strategy("autodeco")
-    kwargs = {"k": 2, "seeds": (0,), "limit": 40, "batch_size": 16}
-    hf = run_eval(hf_engine, "arith-add", [strategy], out_dir=tmp_path / "hf", **kwargs)[strategy.label]
-    vl = run_eval(vllm_engine, "arith-add", [strategy], out_dir=tmp_path / "vllm", **kwargs)[strategy.label]
+    settings = EvalSettings(k=2, seeds=(0,), limit=40, batch_size=16)
+    hf = run_eval(hf_engine, "arith-add", [strategy], settings, out_dir=tmp_path / "hf")[strategy.label]
+    vl = run_eval(vllm_engine, "arith-add", [strategy], settings, out_dir=tmp_path / "vllm")[strategy.label]
     assert vl["config"]["engine"] == "vllm" and hf["config"]["engine"] == "hf"
     comparison = compare_results(vl, hf)[0].comparison
     print(

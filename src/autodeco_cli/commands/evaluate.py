@@ -10,7 +10,7 @@ import typer
 from ..core.consoles import console, err_console
 from ..core.errors import UserError
 from ..engine.models import DEFAULT_MODEL
-from .common import DEFAULT_OUTPUT_ROOT, folder_name, heads_label, open_command_engine, run_record
+from .common import DEFAULT_OUTPUT_ROOT, DecodingOptions, EngineOptions, folder_name, option_group
 from .options import (
     AdapterOpt,
     BatchSizeOpt,
@@ -38,7 +38,6 @@ from .options import (
     TopPOpt,
     TopPScaleOpt,
     TrustOpt,
-    strategy_from_options,
 )
 
 BenchmarkOpt = Annotated[
@@ -135,40 +134,33 @@ def eval_command(
     chat_template_kwargs: ChatTemplateKwargsOpt = None,
 ):
     """Score a decoding strategy on benchmarks (see EVAL_HELP, the command's --help)."""
+    params = dict(locals())
+    engine_options = option_group(EngineOptions, params)
+    decoding_options = option_group(DecodingOptions, params, active_heads="both")
     from ..core.decoding import strategy_slug
-    from ..core.io_checks import check_max_new_tokens, check_writable_output, model_config
+    from ..core.io_checks import check_max_new_tokens, check_writable_output
     from ..core.progress import progress_bar
     from ..evaluation.report import summary_table
-    from ..evaluation.runner import check_run_settings, parse_seeds, resolve_tasks, run_eval
+    from ..evaluation.runner import parse_seeds, resolve_tasks, run_eval
+    from ..evaluation.settings import EvalSettings
 
-    seed_list = parse_seeds(seeds)
-    check_run_settings(k, seed_list, batch_size, max_new_tokens)  # before the model loads
+    settings = option_group(EvalSettings, params, seeds=parse_seeds(seeds))
+    settings.check()  # before the model loads
     tasks = resolve_tasks(benchmark)  # a typo should fail before the model loads
-    adaptive = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
-    strategy = _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p) or strategy_from_options(
-        decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, **adaptive
-    )
+    strategy = _mean_shift_for_task(decoding_options, tasks) or decoding_options.strategy()
     out = output_dir or DEFAULT_OUTPUT_ROOT / folder_name(model)
     check_writable_output(out, "--output-dir", folder=True)  # before the model loads
-    if strategy.is_greedy and (k, len(seed_list)) != (1, 1):
+    if strategy.is_greedy and (k, len(settings.seeds)) != (1, 1):
         err_console.print(
-            f"note: greedy is deterministic: 1 sample per question and seed {seed_list[0]} "
-            f"(not -k {k} x {len(seed_list)} seeds)"
+            f"note: greedy is deterministic: 1 sample per question and seed {settings.seeds[0]} "
+            f"(not -k {k} x {len(settings.seeds)} seeds)"
         )
-    engine = open_command_engine(
-        model, heads, [strategy], device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter,
-        seed=seed_list[0], batch_size=batch_size, engine_name=engine_name, tensor_parallel_size=tensor_parallel_size,
-        data_parallel_size=data_parallel_size, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs,
-    )  # fmt: skip
-    run_info = run_record(engine, model, heads_label(heads, model, strategy), adapter, dtype)
+    engine = engine_options.open([strategy], seed=settings.seeds[0])
+    run_info = engine_options.run_record(engine, engine_options.heads_label(strategy))
     try:
-        check_max_new_tokens(max_new_tokens, model_config(engine))
+        check_max_new_tokens(max_new_tokens, engine.lm.config)
         with progress_bar(err_console) as progress:
-            results = run_eval(
-                engine, tasks, [strategy], k=k, seeds=seed_list, max_new_tokens=max_new_tokens,
-                batch_size=batch_size, limit=limit, out_dir=out, chat=chat, progress=progress, data_dir=data_dir,
-                run_info=run_info, split=split,
-            )  # fmt: skip
+            results = run_eval(engine, tasks, [strategy], settings, out_dir=out, progress=progress, run_info=run_info)
     finally:
         engine.close()
     console.print(summary_table(results))
@@ -176,11 +168,13 @@ def eval_command(
     err_console.print(f"wrote {out / strategy_slug(strategy) / 'results.json'}")
 
 
-def _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p):
+def _mean_shift_for_task(options: DecodingOptions, tasks):
     """The mean-shift baseline is per benchmark: take the task's own mean T̂/P̂ from --mean-from.
     A file without that task is an error: another benchmark's means are not this one's baseline."""
-    if decoding != "mean-shift" or mean_from is None or temperature is not None or top_p is not None:
-        return None  # with -t/-p as well, strategy_from_options refuses the mix
+    if options.decoding != "mean-shift" or options.mean_from is None:
+        return None
+    if options.temperature is not None or options.top_p is not None:
+        return None  # DecodingOptions.strategy refuses the mix
     if len(tasks) != 1:
         names = ", ".join(t.name for t in tasks)
         raise UserError(
@@ -189,7 +183,7 @@ def _mean_shift_for_task(decoding, mean_from, tasks, temperature, top_p):
         )
     from ..core.decoding import mean_shift_from_results
 
-    return mean_shift_from_results(mean_from, tasks[0].name)
+    return mean_shift_from_results(options.mean_from, tasks[0].name)
 
 
 def _print_labels(results: dict) -> None:

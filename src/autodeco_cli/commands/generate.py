@@ -6,14 +6,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..core.consoles import err_console
 from ..core.errors import UserError
 from ..engine.models import DEFAULT_MODEL
-from .common import open_command_engine
+from .common import DecodingOptions, EngineOptions, OutputOptions, option_group
 from .options import (
     ActiveHeadsOpt,
     AdapterOpt,
@@ -40,8 +40,10 @@ from .options import (
     TopPOpt,
     TopPScaleOpt,
     TrustOpt,
-    strategy_from_options,
 )
+
+if TYPE_CHECKING:
+    from ..engine.interface import Engine
 
 PromptArg = Annotated[Optional[str], typer.Argument(help="The prompt; '-' or nothing reads stdin.")]
 FileOpt = Annotated[
@@ -121,48 +123,43 @@ def generate(
       autodeco generate --decoding edt --trace "What is 2+3?"        # per-token entropy-based T\n
       autodeco generate -f prompts.jsonl --n 4 -o out.jsonl --trace-out trace.jsonl
     """
-    from ..core.io_checks import check_writable_output
+    params = dict(locals())
+    engine_options = option_group(EngineOptions, params)
+    decoding_options = option_group(DecodingOptions, params)
+    outputs = option_group(OutputOptions, params)
     from .prompts import read_prompts
 
     # The engine would refuse these too, but only after the model loaded and with a traceback
     # (ValueError); --n has no library check at all (n=0 means no requests).
     if max_new_tokens < 1 or n < 1 or batch_size < 1:
         raise UserError("--max-new-tokens, --n and --batch-size must be at least 1")
-    adaptive = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
-    strategy = strategy_from_options(
-        decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, mean_from, active_heads, **adaptive
-    )
+    strategy = decoding_options.strategy()
     prompts = read_prompts(prompt, file)
-    want_trace = trace or trace_out is not None or trace_plot is not None
-    if want_trace and not strategy.uses_heads and strategy.name != "edt":
+    if outputs.wants_trace and not strategy.uses_heads and strategy.name != "edt":
         err_console.print(
             "[yellow]note:[/] the trace shows the strategy's fixed T/p; use --decoding autodeco to see learned values"
         )
-    for path, what in ((output, "--output"), (trace_out, "--trace-out"), (trace_plot, "--trace-plot")):
-        check_writable_output(path, what)  # before the model loads, not after generating everything
-    engine = open_command_engine(
-        model, heads, [strategy], device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter,
-        seed=seed, batch_size=batch_size, engine_name=engine_name, tensor_parallel_size=tensor_parallel_size,
-        data_parallel_size=data_parallel_size, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs,
-    )  # fmt: skip
+    outputs.check_writable()
+    engine = engine_options.open([strategy], seed=seed)
     requests = _requests(engine, prompts, strategy, n=n, seed=seed, chat=chat, max_new_tokens=max_new_tokens)
-    run = _Run(engine, requests, prompts, max_new_tokens, batch_size, stop, want_trace, output)
+    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "stop": stop, "trace": outputs.wants_trace}
+    run = _Run(engine, requests, prompts, settings, outputs.output)
     generations = run.generate()
     if run.single:
         print("" if run.streamed else generations[0].text)
     else:
-        _write_generations(generations, prompts, output)
-    if want_trace:
-        _emit_traces(generations, trace, trace_out, trace_plot, batched=len(requests) > 1)
+        _write_generations(generations, prompts, outputs.output)
+    if outputs.wants_trace:
+        _emit_traces(generations, outputs, batched=len(requests) > 1)
 
 
-def _requests(engine, prompts, strategy, *, n: int, seed: int, chat: bool, max_new_tokens: int) -> list:
+def _requests(engine: Engine, prompts, strategy, *, n: int, seed: int, chat: bool, max_new_tokens: int) -> list:
     """The engine's requests; refuses a budget that cannot fit the model's context."""
-    from ..core.io_checks import check_max_new_tokens, model_config
+    from ..core.io_checks import check_max_new_tokens
     from ..engine.requests import build_requests
 
     requests = build_requests(engine.tokenizer, prompts, strategy, n=n, seed=seed, chat=chat, fmt=engine.prompt_format)
-    check_max_new_tokens(max_new_tokens, model_config(engine), max(len(r.input_ids) for r in requests))
+    check_max_new_tokens(max_new_tokens, engine.lm.config, max(len(r.input_ids) for r in requests))
     return requests
 
 
@@ -170,11 +167,11 @@ class _Run:
     """One generate call: a single prompt streams to stdout (unless a stop string could still cut
     what was printed); many prompts show a progress bar and, with -o, append each finished sample."""
 
-    def __init__(self, engine, requests, prompts, max_new_tokens, batch_size, stop, want_trace, output):
+    def __init__(self, engine: Engine, requests, prompts, settings: dict, output: Path | None):
         self.engine, self.requests, self.prompts, self.output = engine, requests, prompts, output
-        self.settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "stop": stop, "trace": want_trace}
+        self.settings = settings  # engine.generate's keyword arguments
         self.single = len(requests) == 1 and output is None
-        self.streamed = self.single and not stop  # a streamed stop string could not be taken back
+        self.streamed = self.single and not settings["stop"]  # a streamed stop string could not be taken back
 
     def generate(self) -> list:
         if self.streamed:
@@ -256,8 +253,9 @@ def _write_generations(generations, prompts, output: Path | None):
     err_console.print(f"wrote {len(lines)} samples to {output}")
 
 
-def _emit_traces(generations, show: bool, trace_out: Path | None, trace_plot: Path | None, batched: bool):
-    if show:
+def _emit_traces(generations, outputs: OutputOptions, batched: bool):
+    trace_out, trace_plot = outputs.trace_out, outputs.trace_plot
+    if outputs.trace:
         _print_traces(generations)
     if trace_out is not None:
         trace_out.parent.mkdir(parents=True, exist_ok=True)

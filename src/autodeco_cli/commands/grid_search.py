@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..core.consoles import console, err_console
 from ..core.errors import UserError
 from ..engine.models import DEFAULT_MODEL
-from .common import DEFAULT_OUTPUT_ROOT, folder_name, heads_label, open_command_engine
+from .common import DEFAULT_OUTPUT_ROOT, EngineOptions, folder_name, option_group
 from .options import (
     AdapterOpt,
     BatchSizeOpt,
@@ -30,6 +30,11 @@ from .options import (
     TensorParallelOpt,
     TrustOpt,
 )
+
+if TYPE_CHECKING:
+    from ..engine.interface import Engine
+    from ..evaluation.settings import EvalSettings
+    from ..grid.search import GridSpec
 
 BenchmarkOpt = Annotated[
     str, typer.Option("--benchmark", "-b", help="One task (a registry name such as arith-add or gsm8k).")
@@ -199,9 +204,12 @@ def grid_search_command(
     chat_template_kwargs: ChatTemplateKwargsOpt = None,
 ):
     """The oracle static baseline (see GRID_SEARCH_HELP, the command's --help)."""
+    params = dict(locals())
+    engine_options = option_group(EngineOptions, params)
     from ..core.decoding import make_strategy
-    from ..evaluation.runner import check_run_settings, parse_seeds
-    from ..grid.search import check_mode
+    from ..evaluation.runner import parse_seeds
+    from ..evaluation.settings import EvalSettings
+    from ..grid.search import GridSpec, check_mode
 
     mode = mode or ("cells" if cells else "full")
     check_mode(mode)  # these before the model loads
@@ -211,48 +219,38 @@ def grid_search_command(
     grid_family, temperature_list, value_list, cell_list = _grid_axes(
         family, edt_base, mode, temperatures, axis_texts, cells
     )
-    seed_list = parse_seeds(seeds)
-    check_run_settings(k, seed_list, batch_size, max_new_tokens)
+    settings = option_group(EvalSettings, params, seeds=parse_seeds(seeds))
+    settings.check()
+    axes = {"temperatures": temperature_list, "values": value_list, "cells": cell_list}
+    spec = GridSpec(mode=mode, family=grid_family, early_stop=early_stop, **axes)
     # each family its own default folder: grid.json is one sweep's record
     prefix = "grid" if grid_family.is_static else f"grid-{grid_family.name}"
     out = output_dir or DEFAULT_OUTPUT_ROOT / folder_name(model) / f"{prefix}-{folder_name(benchmark)}"
     autodeco = make_strategy("autodeco")
     strategies = [autodeco] if then_eval else [make_strategy("static")]
     started = time.perf_counter()
-    engine = open_command_engine(
-        model, heads, strategies, device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter,
-        seed=seed_list[0], batch_size=batch_size, engine_name=engine_name, tensor_parallel_size=tensor_parallel_size,
-        data_parallel_size=data_parallel_size, system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs,
-    )  # fmt: skip
-    run_info = {
-        "model": model,
-        "heads": heads_label(heads, model, autodeco) if then_eval else None,
-        "adapter": adapter,
-        "dtype": str(getattr(getattr(engine.lm, "model", None), "dtype", dtype or "auto")).removeprefix("torch."),
-        "device": str(engine.lm.device),
-    }
-    grid_settings = {
-        "mode": mode, "family": grid_family, "temperatures": temperature_list, "values": value_list,
-        "cells": cell_list, "k": k, "seeds": seed_list, "limit": limit, "max_new_tokens": max_new_tokens,
-        "chat": chat, "split": split, "early_stop": early_stop,
-    }  # fmt: skip
-    common = {"out_dir": out, "batch_size": batch_size, "data_dir": data_dir, "run_info": run_info}
-    grid, comparison = _sweep(engine, benchmark, grid_settings, common, then_eval)
+    engine = engine_options.open(strategies, seed=settings.seeds[0])
+    run_info = engine_options.run_record(engine, engine_options.heads_label(autodeco) if then_eval else None)
+    grid, comparison = _sweep(engine, benchmark, spec, settings, out, run_info, then_eval)
     _report(grid, comparison, out, started)
 
 
-def _sweep(engine, benchmark: str, grid_settings: dict, common: dict, then_eval: bool) -> tuple[dict, dict | None]:
+def _sweep(
+    engine: Engine, benchmark: str, spec: GridSpec, settings: EvalSettings, out: Path, run_info: dict, then_eval: bool
+) -> tuple[dict, dict | None]:
     """The grid (and with --then-eval the comparison table) under one progress bar; closes the engine."""
     from ..core.progress import progress_bar
     from ..grid.comparison import run_comparison
     from ..grid.search import run_grid
 
+    common = {"out_dir": out, "run_info": run_info}
     try:
         with progress_bar(err_console) as progress:
-            grid = run_grid(engine, benchmark, **grid_settings, **common, progress=progress, log=progress.console.print)
+            grid = run_grid(engine, benchmark, spec, settings, **common, progress=progress, log=progress.console.print)
             comparison = None
             if then_eval:
-                comparison = run_comparison(engine, benchmark, grid, **common, progress=progress)
+                sampling = {"batch_size": settings.batch_size, "data_dir": settings.data_dir}
+                comparison = run_comparison(engine, benchmark, grid, **sampling, **common, progress=progress)
     finally:
         engine.close()
     return grid, comparison

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ..core.consoles import err_console
 from ..core.errors import UserError
 from ..engine.models import DEFAULT_MODEL
-from .common import open_command_engine
+from .common import DecodingOptions, EngineOptions, option_group
 from .options import (
     ChatOpt,
     ChatTemplateKwargsOpt,
@@ -30,6 +30,9 @@ from .options import (
     TopKOpt,
     TopPOpt,
 )
+
+if TYPE_CHECKING:
+    from ..engine.interface import Engine
 
 TasksOpt = Annotated[
     str, typer.Option("--tasks", help="Comma list of tasks with a train split (gsm8k, math500, arith-add, ...).")
@@ -97,23 +100,23 @@ def make_data(
     chat_template_kwargs: ChatTemplateKwargsOpt = None,
 ):
     """Build on-policy training data (see MAKE_DATA_HELP, the command's --help)."""
-    from ..core.decoding import make_strategy
-    from ..core.io_checks import check_max_new_tokens, check_writable_output, model_config
+    params = dict(locals())
+    # make-data samples the base model as it is: no heads, adapter or remote code to choose
+    engine_options = option_group(EngineOptions, params, heads=None, trust_remote_code=False, adapter=None)
+    decoding_options = option_group(
+        DecodingOptions, params, temperature_scale=1.0, top_p_scale=1.0, mean_from=None, active_heads="both"
+    )
+    from ..core.io_checks import check_max_new_tokens, check_writable_output
 
     # make_on_policy_data does not check these: k=0 would mark every problem done with no samples
     if k < 1 or batch_size < 1:
         raise UserError("-k and --batch-size must be at least 1")
-    adaptive = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
-    strategy = make_strategy(decoding, temperature, top_p, top_k, **adaptive)
+    strategy = decoding_options.strategy()
     if strategy.uses_heads:
         raise UserError("make-data samples the base model", "use --decoding static, greedy, min-p, top-n-sigma or edt")
     check_writable_output(output, "--output")  # before the model loads
-    engine = open_command_engine(
-        model, None, [strategy], device=device, dtype=dtype, seed=seed, batch_size=batch_size,
-        engine_name=engine_name, tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
-        system_prompt=system_prompt, chat_template_kwargs=chat_template_kwargs,
-    )  # fmt: skip
-    check_max_new_tokens(max_new_tokens, model_config(engine))
+    engine = engine_options.open([strategy], seed=seed)
+    check_max_new_tokens(max_new_tokens, engine.lm.config)
     settings = {
         "k": k, "split": split, "limit": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
         "seed": seed, "chat": chat, "balance": balance,
@@ -134,7 +137,7 @@ def make_data(
     )
 
 
-def _sample(engine, tasks: str, output: Path, strategy, settings: dict):
+def _sample(engine: Engine, tasks: str, output: Path, strategy, settings: dict):
     """make_on_policy_data under a progress bar of problems done and tokens per second."""
     from ..core.progress import progress_bar
     from ..training.on_policy_data import make_on_policy_data

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..core.decoding import DECODING_CHOICES, DecodingStrategy, make_strategy, mean_shift_from_results
-from ..core.errors import UserError
+from ..core.decoding import DECODING_CHOICES
 
 ModelOpt = Annotated[
     str,
@@ -144,26 +143,3 @@ ChatTemplateKwargsOpt = Annotated[
         help="""JSON object passed to the chat template, e.g. '{"enable_thinking": true}' (Qwen3) or '{"reasoning_effort": "high"}' (GPT-OSS). Recorded in results.""",
     ),
 ]
-
-
-def strategy_from_options(
-    decoding,
-    temperature,
-    top_p,
-    top_k,
-    temperature_scale,
-    top_p_scale,
-    mean_from=None,
-    active_heads="both",
-    *,
-    min_p=None,
-    n_sigma=None,
-    edt_base=None,
-    edt_theta=None,
-) -> DecodingStrategy:
-    if decoding == "mean-shift" and mean_from is not None:
-        if temperature is not None or top_p is not None:
-            raise UserError("give either --mean-from or --temperature/--top-p for mean-shift, not both")
-        return mean_shift_from_results(mean_from)
-    adaptive = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
-    return make_strategy(decoding, temperature, top_p, top_k, temperature_scale, top_p_scale, active_heads, **adaptive)

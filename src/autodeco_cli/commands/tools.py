@@ -33,10 +33,10 @@ def steer_report(
     """Does a plain-language command move the heads? Mean T̂/P̂ with no command, a low-diversity and a
     high-diversity command; ΔT̂, ΔP̂ and consistency (share of questions moving the right way)."""
     from ..core.decoding import make_strategy
-    from ..engine.runtime import open_engine
+    from ..engine.runtime import EngineSettings, open_engine
     from ..training.steering import steer_report as run_report
 
-    engine = open_engine(model, heads, [make_strategy("autodeco")], device=device, dtype=dtype)
+    engine = open_engine(EngineSettings(model, heads, device=device, dtype=dtype), [make_strategy("autodeco")])
     report = run_report(
         engine, benchmark, n=n, offset=offset, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size
     )

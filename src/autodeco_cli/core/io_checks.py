@@ -153,10 +153,3 @@ def check_max_new_tokens(max_new_tokens: int | None, config, prompt_tokens: int 
         detail = f"the model's context is {context} tokens"
     hint = f"use --max-new-tokens {room} or less" if room >= 1 else "shorten the prompt"
     raise UserError(f"--max-new-tokens {max_new_tokens} is more than the model can generate: {detail}", hint)
-
-
-def model_config(engine):
-    """The transformers config of an engine's model: our engine's loaded model's, or the one the
-    vLLM engine read from the base folder (its model lives in vLLM's processes)."""
-    lm = getattr(engine, "lm", None)
-    return getattr(lm, "config", None) or getattr(getattr(lm, "model", None), "config", None)

@@ -26,12 +26,17 @@ from typing import Callable, Sequence
 import torch
 
 from ..core.errors import UserError
+from ..core.heads import AutoDecoHeads
+from ..core.prompt_format import PromptFormat
+from .generation import GenerationEngine
+from .models import LoadedModel
+from .requests import Generation, Request
 
 
 class DataParallelEngine:
-    """The GenerationEngine interface over `lead` (this process) and `size - 1` worker processes."""
+    """The `Engine` over `lead` (this process) and `size - 1` worker processes."""
 
-    def __init__(self, lead, size: int, opener: Callable[..., object], open_kwargs: dict):
+    def __init__(self, lead: GenerationEngine, size: int, opener: Callable[..., object], open_kwargs: dict):
         threads = max(1, torch.get_num_threads() // size)
         torch.set_num_threads(threads)
         self.lead = lead
@@ -50,22 +55,43 @@ class DataParallelEngine:
                 self.close()
                 raise UserError(f"data-parallel replica {rank} did not start: {message[1]}")
 
-    def __getattr__(self, name):  # tokenizer, lm, heads, name, prompt_format, ... are the lead's
-        if name == "lead":
-            raise AttributeError(name)
-        return getattr(self.lead, name)
+    # every replica loads what the lead loaded, so the lead speaks for them all
+
+    @property
+    def name(self) -> str:
+        return self.lead.name
+
+    @property
+    def dtype(self) -> str:
+        return self.lead.dtype
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return self.lead.prompt_format
+
+    @property
+    def tokenizer(self):
+        return self.lead.tokenizer
+
+    @property
+    def lm(self) -> LoadedModel:
+        return self.lead.lm
+
+    @property
+    def heads(self) -> AutoDecoHeads | None:
+        return self.lead.heads
 
     def generate(
         self,
-        requests: Sequence,
+        requests: Sequence[Request],
         *,
         max_new_tokens: int,
         batch_size: int = 8,
         stop: Sequence[str] | None = None,
         trace: bool = False,
         streamer=None,
-        on_batch_done: Callable[[list], None] | None = None,
-    ) -> list:
+        on_batch_done: Callable[[list[Generation]], None] | None = None,
+    ) -> list[Generation]:
         """`GenerationEngine.generate`, with the requests split across the replicas."""
         kwargs = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop, trace=trace)
         shards = split_by_prompt(requests, self.size)

@@ -69,7 +69,7 @@ class HiddenStateCapture:
 
 @dataclass
 class GenerationEngine:
-    """Holds the model, tokenizer and heads once; generates for any list of requests."""
+    """Holds the model, tokenizer and heads once; generates for any list of requests (`Engine`)."""
 
     lm: LoadedModel
     heads: AutoDecoHeads | None = None
@@ -105,6 +105,10 @@ class GenerationEngine:
     @property
     def tokenizer(self):
         return self.lm.tokenizer
+
+    @property
+    def dtype(self) -> str:
+        return str(self.lm.model.dtype).removeprefix("torch.")
 
     def eos_token_ids(self) -> list[int]:
         eos = self.lm.model.generation_config.eos_token_id

@@ -46,6 +46,10 @@ class LoadedModel:
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def config(self):
+        return self.model.config
+
 
 def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):

@@ -2,88 +2,81 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence
+
 from ..core.decoding import DecodingStrategy
 from ..core.errors import UserError
 from ..core.prompt_format import PLAIN, PromptFormat
 from .generation import GenerationEngine
 from .heads_source import heads_adapter, resolve_heads
+from .interface import Engine
 from .models import DEFAULT_MODEL, load_base_model, pick_device
 
 ENGINES = ("hf", "vllm")
 
 
+@dataclass(frozen=True)
+class EngineSettings:
+    """Which model and heads to open, on which engine and devices, rendering prompts how."""
+
+    model: str = DEFAULT_MODEL
+    heads: str | None = None  # None: the heads shipped for the model, if any (or fresh when needed)
+    device: str | None = None
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    adapter: str | None = None  # None: the adapter saved beside the heads, if any
+    engine: str = "hf"  # one of ENGINES
+    # vLLM's; for ours on CPU, data > 1 runs that many processes with the threads split among them
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    # fixed when vLLM starts (its max_num_seqs and engine seed); ours takes them per call and request
+    batch_size: int = 32
+    seed: int = 0
+    prompt_format: PromptFormat = PLAIN
+
+
 def open_engine(
-    model: str = DEFAULT_MODEL,
-    heads: str | None = None,
-    strategies: list[DecodingStrategy] | None = None,
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
-    adapter: str | None = None,
-    force_heads: bool = False,
-    engine: str = "hf",
-    prompt_format: PromptFormat = PLAIN,
-    parallel: tuple[int, int] = (1, 1),
-    batch_size: int = 32,
-    seed: int = 0,
-):
+    settings: EngineSettings, strategies: Sequence[DecodingStrategy] = (), *, force_heads: bool = False
+) -> Engine:
     """The engine every command generates with: ours ("hf") or vLLM with the AutoDeco plugin.
 
-    `parallel` is the (tensor, data) parallel sizes: vLLM's, or for ours on CPU, data > 1 runs that
-    many processes with the threads split among them (`data_parallel`). `batch_size` and `seed` are
-    fixed when vLLM starts (our engine takes them per call and per request).
+    Heads are loaded when a strategy uses them, or with `force_heads`.
     """
-    if engine not in ENGINES:
-        raise UserError(f"--engine {engine!r} is not an engine", f"use one of: {', '.join(ENGINES)}")
-    adapter = adapter or heads_adapter(heads)
-    if engine == "vllm":
-        return _open_vllm(
-            model,
-            heads,
-            strategies or [],
-            dtype,
-            trust_remote_code,
-            adapter,
-            force_heads,
-            prompt_format,
-            parallel,
-            batch_size,
-            seed,
-        )
-    tensor, data = parallel
-    if tensor != 1:
+    if settings.engine not in ENGINES:
+        raise UserError(f"--engine {settings.engine!r} is not an engine", f"use one of: {', '.join(ENGINES)}")
+    adapter = settings.adapter or heads_adapter(settings.heads)
+    if settings.engine == "vllm":
+        return _open_vllm(settings, strategies, adapter, force_heads)
+    if settings.tensor_parallel_size != 1:
         raise UserError("--tensor-parallel-size is a vLLM option", "add --engine vllm, or drop it")
+    data = settings.data_parallel_size
     if data < 1:
         raise UserError("--data-parallel-size must be at least 1")
-    if data > 1 and pick_device(device).type != "cpu":
+    if data > 1 and pick_device(settings.device).type != "cpu":
         raise UserError(
             "--data-parallel-size with --engine hf runs CPU processes", "use --engine vllm for GPU replicas"
         )
-    lm = load_base_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter)
-    needed = force_heads or any(s.uses_heads for s in strategies or [])
-    lead = GenerationEngine(lm, resolve_heads(heads, lm, needed), prompt_format)
+    lm = load_base_model(
+        settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        trust_remote_code=settings.trust_remote_code,
+        adapter=adapter,
+    )
+    needed = force_heads or any(s.uses_heads for s in strategies)
+    lead = GenerationEngine(lm, resolve_heads(settings.heads, lm, needed), settings.prompt_format)
     if data == 1:
         return lead
     from .data_parallel import DataParallelEngine
 
-    replica = dict(
-        model=model,
-        heads=heads,
-        strategies=strategies,
-        device=device,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        adapter=adapter,
-        force_heads=force_heads,
-        prompt_format=prompt_format,
-    )
-    return DataParallelEngine(lead, data, open_engine, replica)
+    replica = dataclasses.replace(settings, adapter=adapter, data_parallel_size=1)
+    open_kwargs = {"settings": replica, "strategies": strategies, "force_heads": force_heads}
+    return DataParallelEngine(lead, data, open_engine, open_kwargs)
 
 
-def _open_vllm(
-    model, heads, strategies, dtype, trust_remote_code, adapter, force_heads, prompt_format, parallel, batch_size, seed
-):
+def _open_vllm(settings: EngineSettings, strategies: Sequence[DecodingStrategy], adapter: str | None, force_heads):
     from .vllm.engine import VllmSettings, open_vllm_engine
 
     if adapter:
@@ -91,17 +84,21 @@ def _open_vllm(
             "--engine vllm does not apply LoRA adapters here",
             "merge the adapter into the base (autodeco merge) or use --engine hf",
         )
-    tensor, data = parallel
-    if tensor < 1 or data < 1:
+    if settings.tensor_parallel_size < 1 or settings.data_parallel_size < 1:
         raise UserError("--tensor-parallel-size and --data-parallel-size must be at least 1")
-    settings = VllmSettings(
-        dtype=dtype,
-        seed=seed,
-        tensor_parallel_size=tensor,
-        data_parallel_size=data,
-        max_num_seqs=batch_size,
-        trust_remote_code=trust_remote_code,
+    vllm_settings = VllmSettings(
+        dtype=settings.dtype,
+        seed=settings.seed,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        data_parallel_size=settings.data_parallel_size,
+        max_num_seqs=settings.batch_size,
+        trust_remote_code=settings.trust_remote_code,
     )
-    engine = open_vllm_engine(model, heads, strategies, settings, force_heads=force_heads)
-    engine.prompt_format = prompt_format
-    return engine
+    return open_vllm_engine(
+        settings.model,
+        settings.heads,
+        list(strategies),
+        vllm_settings,
+        force_heads=force_heads,
+        prompt_format=settings.prompt_format,
+    )

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 
@@ -24,6 +24,26 @@ class Step:
     temperature: float
     top_p: float
     nucleus: int
+
+
+class Distribution(NamedTuple):
+    """What requests sample from at a step: a row's logits under (T, p, top-k, adaptive decoder).
+    Requests with equal distributions share one decoding pass, so it is a dict key (hashable)."""
+
+    row: int
+    temperature: float  # EDT: its maximum temperature T0; the per-row T is computed from the logits
+    top_p: float
+    top_k: int | None
+    adaptive: tuple | None  # the strategy's (kind, *parameters), e.g. ("min-p", 0.1); None: static
+
+    @property
+    def kind(self) -> str | None:
+        return self.adaptive[0] if self.adaptive else None
+
+    @property
+    def adaptive_values(self) -> tuple:
+        """The adaptive decoder's parameters, in `ADAPTIVE_PARAMETERS[kind]` order."""
+        return self.adaptive[1:] if self.adaptive else ()
 
 
 class Sampler:
@@ -62,15 +82,15 @@ class Sampler:
         temperature, top_p = self.heads(hidden, logits)  # under the decode loop's inference_mode
         return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
 
-    def parameters(self, request: Request, head: tuple[float, float] | None) -> tuple:
-        """The request's distribution spec: (T, p, top-k, adaptive); for EDT, T is T0."""
+    def distribution(self, request: Request, row: int, head: tuple[float, float] | None) -> Distribution:
+        """The request's distribution on `row`, from its strategy or the row's heads' (T̂, P̂)."""
         strategy = request.strategy
         if strategy.uses_heads:
             head_t, head_p = head
             temperature = head_t * strategy.temperature_scale if strategy.active_heads != "top_p" else 1.0
             top_p = min(1.0, head_p * strategy.top_p_scale) if strategy.active_heads != "temperature" else 1.0
-            return temperature, top_p, strategy.top_k, None
-        return strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k, strategy.adaptive
+            return Distribution(row, temperature, top_p, strategy.top_k, None)
+        return Distribution(row, strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k, strategy.adaptive)
 
     def step(self, row_members: list[list[int]], logits: torch.Tensor, hidden: torch.Tensor | None) -> dict[int, Step]:
         head_rows = [
@@ -78,15 +98,14 @@ class Sampler:
         ]
         heads = self.head_values(head_rows, logits, hidden)
         chosen: dict[int, Step] = {}
-        # (row, T, p, top-k, adaptive) -> the requests that sample from that distribution
-        distributions: dict[tuple, list[int]] = {}
+        distributions: dict[Distribution, list[int]] = {}  # -> the requests that sample from it
         greedy_rows: dict[int, list[int]] = {}
         for row, members in enumerate(row_members):
             for member in members:
                 if self.requests[member].strategy.is_greedy:
                     greedy_rows.setdefault(row, []).append(member)
                 else:
-                    key = (row, *self.parameters(self.requests[member], heads.get(row)))
+                    key = self.distribution(self.requests[member], row, heads.get(row))
                     distributions.setdefault(key, []).append(member)
         if greedy_rows:
             argmax = logits[list(greedy_rows)].argmax(dim=-1).tolist()
@@ -94,17 +113,17 @@ class Sampler:
                 for member in members:
                     chosen[member] = Step(token, 1.0, 0.0, 1)
         # one batched decoding call per (top-k, adaptive decoder): per-row parameters are tensors
-        groups: dict[tuple, list[tuple]] = {}
+        groups: dict[tuple, list[Distribution]] = {}
         for key in distributions:
-            groups.setdefault((key[3], key[4][0] if key[4] else None), []).append(key)
+            groups.setdefault((key.top_k, key.kind), []).append(key)
         for (top_k, kind), keys in groups.items():
             self._sample(keys, distributions, logits, top_k, kind, chosen)
         return chosen
 
     def _sample(
         self,
-        keys: list[tuple],
-        distributions: dict[tuple, list[int]],
+        keys: list[Distribution],
+        distributions: dict[Distribution, list[int]],
         logits: torch.Tensor,
         top_k: int | None,
         kind: str | None,
@@ -112,19 +131,19 @@ class Sampler:
     ) -> None:
         """Draw every member of these distributions (same top-k and kind) by inverse CDF."""
         device = logits.device
-        rows = torch.tensor([k[0] for k in keys], device=device)
-        temperature = torch.tensor([k[1] for k in keys], device=device).unsqueeze(-1)
-        top_p = torch.tensor([k[2] for k in keys], device=device).unsqueeze(-1)
+        rows = torch.tensor([k.row for k in keys], device=device)
+        temperature = torch.tensor([k.temperature for k in keys], device=device).unsqueeze(-1)
+        top_p = torch.tensor([k.top_p for k in keys], device=device).unsqueeze(-1)
         adaptive = {}
         if kind is not None:
             names = ADAPTIVE_PARAMETERS[kind]
             adaptive = {
-                name: torch.tensor([k[4][1 + i] for k in keys], device=device).unsqueeze(-1)
+                name: torch.tensor([k.adaptive_values[i] for k in keys], device=device).unsqueeze(-1)
                 for i, name in enumerate(names)
             }
         decoded, used = decoding_logits_and_temperature(logits[rows], temperature, top_p, top_k, **adaptive)
         # EDT's T is per row; the others keep the strategy's exact float in the trace
-        used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k[1] for k in keys]
+        used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k.temperature for k in keys]
         probs = torch.softmax(decoded, dim=-1).cpu()
         sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
         # every row's tokens with mass in one pass (row-major: ids ascending within a row)
@@ -142,4 +161,4 @@ class Sampler:
             for member, pick in zip(members, picks):
                 if pick >= len(ids):  # u * total rounded up to total: the last token with mass
                     pick = int(torch.nonzero(torch.diff(cumulative, prepend=cumulative.new_zeros(1))).max())
-                chosen[member] = Step(int(ids[pick]), used_temperatures[d], key[2], sizes[d])
+                chosen[member] = Step(int(ids[pick]), used_temperatures[d], key.top_p, sizes[d])

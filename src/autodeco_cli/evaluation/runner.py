@@ -31,8 +31,7 @@ from typing import Any, Sequence
 from ..core.decoding import DecodingStrategy, strategy_slug
 from ..core.errors import UserError
 from ..core.heads import heads_digest
-from ..core.prompt_format import PLAIN
-from ..engine.generation import GenerationEngine
+from ..engine.interface import Engine
 from ..engine.requests import Generation, Request, batch_order_key, encode_prompt, request_seed
 from ..tasks.registry import judge_fields, task_chat, task_label, task_stop, task_version
 
@@ -40,6 +39,7 @@ from ..tasks.registry import judge_fields, task_chat, task_label, task_stop, tas
 from .metrics import task_metrics
 from .question_scores import per_question_rows, score_metrics
 from .run_store import RESULTS_FILE, RUN_CONFIG_FILE, SampleLog, claim_settings, samples_path, write_json
+from .settings import EvalSettings, check_run_settings
 
 # engine.generate keeps every Generation of a call in memory (traces included), so long runs
 # are fed to it in slices of this many batches' worth of requests, cut from the engine's own
@@ -84,19 +84,6 @@ class StrategyPlan:
     def sample_ids(self) -> list[tuple[int, int]]:
         """(seed, sample index) pairs, seed-major: the order stats' maj@k reads "first k" in."""
         return [(seed, sample) for seed in self.seeds for sample in range(self.k)]
-
-
-def check_run_settings(k: int, seeds: Sequence[int], batch_size: int, max_new_tokens: int | None = None) -> None:
-    """The sampling settings every eval-like run needs; commands call it before loading a model."""
-    if k < 1:
-        raise UserError(f"-k {k}: need at least one sample per seed")
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError("need at least one seed, without repeats")
-    if batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
 
 
 def plan_strategies(strategies: Sequence[DecodingStrategy], k: int, seeds: Sequence[int]) -> list[StrategyPlan]:
@@ -208,30 +195,22 @@ def prepare_task(
 
 @dataclass
 class _RunState:
-    engine: GenerationEngine
+    engine: Engine
     plans: list[StrategyPlan]
     logs: dict[tuple[str, str], SampleLog]
     progress: Any
-    batch_size: int
-    chat: bool
+    settings: EvalSettings
 
 
 def run_eval(
-    engine: GenerationEngine,
+    engine: Engine,
     task_names: str | Sequence[Any],
     strategies: Sequence[DecodingStrategy],
+    settings: EvalSettings | None = None,
     *,
-    k: int = 1,
-    seeds: Sequence[int] = (0,),
-    max_new_tokens: int | None = None,
-    batch_size: int = 8,
-    limit: int | None = None,
     out_dir: str | Path,
-    chat: bool = True,
     progress: Any = None,
-    data_dir: str | Path | None = None,
     run_info: dict | None = None,
-    split: str = "test",
     doc_ids: Sequence[str] | None = None,
 ) -> dict[str, dict]:
     """Evaluate every strategy on every task; returns {strategy label: results dict}.
@@ -240,22 +219,24 @@ def run_eval(
     shares batches. Greedy strategies are collapsed to one sample per question (first seed).
     `progress` is an optional started rich Progress (see `progress.progress_bar`); `run_info`
     (model, heads, adapter, dtype, device) is recorded and guards resuming into `out_dir`.
-    `split` is "test" for reported numbers; "validation" is where settings are chosen.
     `doc_ids` restricts every task to those questions (grid-search's early-stopping rounds):
-    same task name, so the same sample files and request seeds as the full run.
+    same task name, so the same sample files and request seeds as the full run. Without
+    `settings`, one sample per question (k=1, seed 0) at each task's own budget.
     """
-    check_run_settings(k, seeds, batch_size, max_new_tokens)
+    settings = EvalSettings() if settings is None else settings
+    settings.check()
     out_dir = Path(out_dir)
-    plans = plan_strategies(strategies, k, seeds)
+    plans = plan_strategies(strategies, settings.k, settings.seeds)
     task_runs = [
-        prepare_task(task, limit, max_new_tokens, data_dir, split, doc_ids) for task in resolve_tasks(task_names)
+        prepare_task(task, settings.limit, settings.max_new_tokens, settings.data_dir, settings.split, doc_ids)
+        for task in resolve_tasks(task_names)
     ]
     info = {
-        "model": getattr(engine.lm, "name", None),
+        "model": engine.lm.name,
         "heads": None,
         **engine_info(engine),
         **(run_info or {}),
-        "chat": chat,
+        "chat": settings.chat,
         "heads_sha256": heads_fingerprint(engine),
     }
     for plan in plans:
@@ -265,27 +246,34 @@ def run_eval(
         for plan in plans
         for run in task_runs
     }
-    state = _RunState(engine, plans, logs, progress, batch_size, chat)
+    state = _RunState(engine, plans, logs, progress, settings)
     try:
         for run in task_runs:
             _generate_task(state, run)
     finally:
         for log in logs.values():
             log.close()
-    settings = {"k": k, "seeds": list(seeds), "limit": limit, "batch_size": batch_size, "chat": chat, "split": split}
+    recorded = {
+        "k": settings.k,
+        "seeds": list(settings.seeds),
+        "limit": settings.limit,
+        "batch_size": settings.batch_size,
+        "chat": settings.chat,
+        "split": settings.split,
+    }
     results = {}
     for plan in plans:
-        results[plan.strategy.label] = build_results(plan, task_runs, logs, info, settings)
+        results[plan.strategy.label] = build_results(plan, task_runs, logs, info, recorded)
         write_results(out_dir / plan.slug / RESULTS_FILE, results[plan.strategy.label])
     return results
 
 
-def engine_info(engine) -> dict:
+def engine_info(engine: Engine) -> dict:
     """Which engine generated, and the prompt format it rendered chat prompts with."""
-    return {"engine": getattr(engine, "name", "hf"), **getattr(engine, "prompt_format", PLAIN).record()}
+    return {"engine": engine.name, **engine.prompt_format.record()}
 
 
-def heads_fingerprint(engine: GenerationEngine) -> str | None:
+def heads_fingerprint(engine: Engine) -> str | None:
     """A hash of the heads' weights: retrained heads saved to the same path are other heads."""
     return None if engine.heads is None else heads_digest(engine.heads)
 
@@ -335,8 +323,8 @@ def _claim_folder(folder: Path, plan: StrategyPlan, task_runs: list[TaskRun], in
 
 def _pending_requests(state: _RunState, run: TaskRun) -> tuple[list[Request], int]:
     """Requests not yet in any sample log, and how many are already done."""
-    chat = task_chat(run.task, state.chat)
-    fmt = getattr(state.engine, "prompt_format", PLAIN)
+    chat = task_chat(run.task, state.settings.chat)
+    fmt = state.engine.prompt_format
     prompts = [encode_prompt(state.engine.tokenizer, doc.prompt, chat, fmt) for doc in run.docs]
     pending, done = [], 0
     for plan_index, plan in enumerate(state.plans):
@@ -380,11 +368,11 @@ def _generate_task(state: _RunState, run: TaskRun) -> None:
             state.progress.update(bar, advance=len(generations), tokens=task_tokens)
 
     for traced, group in _trace_groups(pending):
-        for chunk in _engine_slices(group, state.batch_size):
+        for chunk in _engine_slices(group, state.settings.batch_size):
             state.engine.generate(
                 chunk,
                 max_new_tokens=run.max_new_tokens,
-                batch_size=state.batch_size,
+                batch_size=state.settings.batch_size,
                 stop=task_stop(run.task),
                 trace=traced,
                 on_batch_done=record_batch,

@@ -13,10 +13,12 @@ from typing import Any
 
 from ..core.decoding import DecodingStrategy, make_strategy, strategy_slug
 from ..core.errors import UserError
+from ..engine.interface import Engine
 from ..evaluation.paired_table import paired as paired_delta
 from ..evaluation.report import ci_pct, pct_se, signed_pct
 from ..evaluation.run_store import write_json
 from ..evaluation.runner import resolve_tasks, run_eval
+from ..evaluation.settings import EvalSettings
 from ..tasks.aggregation import metric_name
 from .families import cell_from_record, strategy_params
 
@@ -31,7 +33,7 @@ AUTODECO_VS = ("greedy", "oracle", "mean-shift")  # autodeco's own paired tests,
 
 
 def run_comparison(
-    engine: Any,
+    engine: Engine,
     task: str | Any,
     grid: dict,
     *,
@@ -54,18 +56,18 @@ def run_comparison(
     """
     task_obj = _grid_task(task, grid)
     out_dir = Path(out_dir)
-    common = {
-        "k": grid["k"], "seeds": grid["seeds"], "limit": grid["limit"], "max_new_tokens": grid["max_new_tokens"],
-        "batch_size": batch_size, "out_dir": out_dir, "chat": grid["chat"], "progress": progress, "data_dir": data_dir,
-        "run_info": run_info,
-    }  # fmt: skip
+    settings = EvalSettings(
+        k=grid["k"], seeds=grid["seeds"], limit=grid["limit"], max_new_tokens=grid["max_new_tokens"],
+        batch_size=batch_size, chat=grid["chat"], data_dir=data_dir,
+    )  # fmt: skip
+    common = {"out_dir": out_dir, "progress": progress, "run_info": run_info}
     specs = _row_specs(cell_from_record(grid, grid["oracle"]).strategy)
-    results = run_eval(engine, [task_obj], _unique([s for _, s in specs.items()]), **common)
+    results = run_eval(engine, [task_obj], _unique([s for _, s in specs.items()]), settings, **common)
     auto = results[specs["autodeco"].label]["results"][task_obj.name]
     if "mean_temperature" not in auto:
         raise UserError("the autodeco run recorded no mean T̂/P̂", "check that its samples generated tokens")
     shift = make_strategy("mean-shift", temperature=auto["mean_temperature"], top_p=auto["mean_top_p"])
-    results.update(run_eval(engine, [task_obj], [shift], **common))
+    results.update(run_eval(engine, [task_obj], [shift], settings, **common))
     specs = _with_mean_shift(specs, shift)
     name, metric = task_obj.name, metric_name(task_obj)
     reference = results[DEFAULT.label]

@@ -46,6 +46,7 @@ parsing are `grid_cells`'; showing a grid is `grid_report`'s; the final comparis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -56,9 +57,11 @@ import numpy as np
 
 from ..core import stats
 from ..core.errors import UserError
+from ..engine.interface import Engine
 from ..evaluation.question_scores import row_score
 from ..evaluation.run_store import read_json_output, write_json
 from ..evaluation.runner import engine_info, prepare_task, resolve_tasks, run_eval
+from ..evaluation.settings import EvalSettings
 from ..tasks.aggregation import metric_name
 from .cells import axes_and_cells, full_cells
 from .families import Cell, Family, get_family
@@ -219,15 +222,13 @@ class SweepState:
 
 @dataclass
 class _Sweep:
-    engine: Any
+    engine: Engine
     task: Any
     docs: list
-    max_new_tokens: int
-    settings: dict  # run_eval keyword arguments shared by every call
-    limit: int | None
-    early_stop: bool
+    settings: EvalSettings  # every run_eval call's, the budget resolved to the task's own
+    calls: dict  # run_eval's other keyword arguments shared by every call (progress, run_info)
+    spec: GridSpec
     rounds: list[int]
-    alpha: float
     out_dir: Path
     log: Callable[[str], None]
     grid: dict  # the grid.json being built
@@ -242,14 +243,7 @@ class _Sweep:
         ordered = sorted(set(cells))  # by (T, p): rows that finish alike share batches
         strategies = [c.strategy for c in ordered]
         results = run_eval(
-            self.engine,
-            [self.task],
-            strategies,
-            limit=self.limit,
-            max_new_tokens=self.max_new_tokens,
-            out_dir=self.out_dir,
-            doc_ids=prefix,
-            **self.settings,
+            self.engine, [self.task], strategies, self.settings, out_dir=self.out_dir, doc_ids=prefix, **self.calls
         )
         return {cell: CellScore.from_results(results[cell.label], self.task.name) for cell in ordered}
 
@@ -280,7 +274,7 @@ def _run_stage(sweep: _Sweep, name: str, cells: list[Cell]) -> Cell:
         state.enter(cell, name)
     done = [c for c in cells if state.is_complete(c, total)]
     survivors = [c for c in cells if c not in done]
-    sizes = sweep.rounds if sweep.early_stop and survivors else [total]
+    sizes = sweep.rounds if sweep.spec.early_stop and survivors else [total]
     sizes = [n for n in sizes if n < total] + [total]
     for number, n_questions in enumerate(sizes, 1):
         round_scores: dict[Cell, CellScore] = {}
@@ -318,7 +312,7 @@ def _prune(
         if cell == best:
             continue
         p_value = worse_p_value(scores[cell].per_question, scores[best].per_question)
-        if p_value < sweep.alpha:
+        if p_value < sweep.spec.prune_alpha:
             pruned.append((cell, p_value))
     sweep.state.rounds.append(
         {
@@ -346,67 +340,66 @@ def check_mode(mode: str) -> None:
         raise UserError(f"--mode {mode!r} is not a mode", f"use one of: {', '.join(MODES)}")
 
 
+@dataclass(frozen=True)
+class GridSpec:
+    """Which cells a sweep runs (mode, family, axes or explicit cells) and how it decides."""
+
+    mode: str = "full"  # one of MODES
+    family: str | Family = "static"
+    temperatures: Sequence[float] | None = None  # None: the family's default axes
+    top_ps: Sequence[float] | None = None  # static's second axis
+    values: Sequence[float] | None = None  # another family's second axis (the role top_ps plays for static)
+    cells: Sequence[Cell | tuple[float, float]] | None = None  # mode "cells"
+    early_stop: bool = False
+    early_stop_rounds: Sequence[float] = EARLY_STOP_ROUNDS
+    prune_alpha: float = PRUNE_ALPHA
+    n_boot: int = 10_000  # bootstrap resamples of the tie rule
+
+
 def run_grid(
-    engine: Any,
+    engine: Engine,
     task: str | Any,
+    spec: GridSpec = GridSpec(),
+    settings: EvalSettings | None = None,
     *,
-    mode: str = "full",
-    family: str | Family = "static",
-    temperatures: Sequence[float] | None = None,
-    top_ps: Sequence[float] | None = None,
-    values: Sequence[float] | None = None,
-    cells: Sequence[Cell | tuple[float, float]] | None = None,
-    k: int = 4,
-    seeds: Sequence[int] = (0,),
-    limit: int | None = None,
-    max_new_tokens: int | None = None,
-    batch_size: int = 8,
     out_dir: str | Path,
-    chat: bool = True,
     progress: Any = None,
-    data_dir: str | Path | None = None,
     run_info: dict | None = None,
-    split: str = "test",
-    early_stop: bool = False,
-    early_stop_rounds: Sequence[float] = EARLY_STOP_ROUNDS,
-    prune_alpha: float = PRUNE_ALPHA,
-    n_boot: int = 10_000,
-    plot: bool = True,
     log: Callable[[str], None] | None = None,
+    plot: bool = True,
 ) -> dict:
     """Run a grid of static cells on one task; writes OUT/grid.json (+ heatmap.png) and returns it.
 
-    `task` is a registry name or a task object (anything `run_eval` accepts). See the module
-    docstring for the modes, the oracle/tie rule, resume and early stopping. Another `family`
-    (grid_families: min-p, top-n-sigma, edt) sweeps T x its own parameter (`values`, the role
-    `top_ps` plays for static), in full or cells mode.
+    `task` is a registry name or a task object (anything `run_eval` accepts); every cell samples
+    as `run_eval` with `settings`. See the module docstring for the modes, the oracle/tie rule,
+    resume and early stopping. Another `spec.family` (grid_families: min-p, top-n-sigma, edt)
+    sweeps T x its own parameter (`spec.values`), in full or cells mode. Without `settings`, k=4
+    samples per question with seed 0.
     """
-    check_mode(mode)
-    if not 0.0 < prune_alpha < 1.0:
+    settings = EvalSettings(k=4) if settings is None else settings
+    check_mode(spec.mode)
+    if not 0.0 < spec.prune_alpha < 1.0:
         raise UserError("the pruning alpha must lie in (0, 1)")
     task_obj = _one_task(task)
-    family = get_family(family) if isinstance(family, str) else family
+    family = get_family(spec.family) if isinstance(spec.family, str) else spec.family
     temperatures, values, cell_list = axes_and_cells(
-        family, mode, temperatures, top_ps if values is None else values, cells
+        family, spec.mode, spec.temperatures, spec.top_ps if spec.values is None else spec.values, spec.cells
     )
-    run = prepare_task(task_obj, limit, max_new_tokens, data_dir, split)
-    settings = {  # run_eval's keyword arguments shared by every call of the sweep
-        "k": k, "seeds": [int(s) for s in seeds], "batch_size": batch_size, "chat": chat, "progress": progress,
-        "data_dir": data_dir, "run_info": run_info, "split": split,
-    }  # fmt: skip
-    grid = _grid_record(engine, task_obj, run, settings, mode, limit)
+    run = prepare_task(task_obj, settings.limit, settings.max_new_tokens, settings.data_dir, settings.split)
+    settings = dataclasses.replace(settings, seeds=[int(s) for s in settings.seeds], max_new_tokens=run.max_new_tokens)
+    grid = _grid_record(engine, task_obj, run, settings, spec.mode, run_info)
     if not family.is_static:  # static grids stay as they were (no family record means static)
         grid["family"] = family.describe()
-    if mode != "cells":
+    if spec.mode != "cells":
         grid.update({"temperatures": temperatures, family.axis_values_key: values})
-    rounds = round_sizes(len(run.docs), early_stop_rounds)
-    early = _early_stopping(early_stop, rounds if early_stop else [len(run.docs)], prune_alpha)
+    rounds = round_sizes(len(run.docs), spec.early_stop_rounds)
+    early = _early_stopping(spec.early_stop, rounds if spec.early_stop else [len(run.docs)], spec.prune_alpha)
+    calls = {"progress": progress, "run_info": run_info}
     sweep = _Sweep(
-        engine, task_obj, run.docs, run.max_new_tokens, settings, limit, early_stop, rounds, prune_alpha, Path(out_dir),
-        log or (lambda _: None), grid, early,
-    )  # fmt: skip
-    _run_stages(sweep, mode, family, temperatures, values, cell_list)
-    _select_oracle(grid, sweep.state, n_boot)
+        engine, task_obj, run.docs, settings, calls, spec, rounds, Path(out_dir), log or (lambda _: None), grid, early
+    )
+    _run_stages(sweep, spec.mode, family, temperatures, values, cell_list)
+    _select_oracle(grid, sweep.state, spec.n_boot)
     sweep.snapshot(complete=True)
     if plot:
         grid["heatmap"] = str(plot_grid(grid, sweep.out_dir / HEATMAP_FILE))
@@ -414,24 +407,23 @@ def run_grid(
     return grid
 
 
-def _grid_record(engine: Any, task: Any, run: Any, settings: dict, mode: str, limit: int | None) -> dict:
+def _grid_record(engine: Engine, task: Any, run: Any, settings: EvalSettings, mode: str, run_info: dict | None) -> dict:
     """grid.json's header: the benchmark, the sample budget and what generated the samples."""
-    k, seeds, run_info = settings["k"], settings["seeds"], settings["run_info"]
     return {
         "benchmark": task.name,
         "mode": mode,
-        "split": settings["split"],
+        "split": settings.split,
         # cells' "pass@1" fields hold this question metric (the task's own; pass@1 for most)
         "metric": metric_name(task),
-        "model": (run_info or {}).get("model") or getattr(engine.lm, "name", None),
-        "k": k,
-        "seeds": seeds,
-        "limit": limit,
+        "model": (run_info or {}).get("model") or engine.lm.name,
+        "k": settings.k,
+        "seeds": settings.seeds,
+        "limit": settings.limit,
         "n_questions": len(run.docs),
-        "samples_per_question": k * len(seeds),
+        "samples_per_question": settings.k * len(settings.seeds),
         "max_new_tokens": run.max_new_tokens,
-        "batch_size": settings["batch_size"],
-        "chat": settings["chat"],
+        "batch_size": settings.batch_size,
+        "chat": settings.chat,
         **engine_info(engine),
     }
 

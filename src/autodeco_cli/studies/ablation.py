@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
+
+if TYPE_CHECKING:
+    from ..engine.interface import Engine
 
 
 @dataclass
@@ -122,21 +126,22 @@ def _steps(heads: Path) -> int | None:
     return (load_heads(heads).config.provenance or {}).get("steps")
 
 
-def _eval(engine, config: AblationConfig, strategies, out: Path, heads: Path | None = None) -> dict:
+def _eval(engine: Engine, config: AblationConfig, strategies, out: Path, heads: Path | None = None) -> dict:
     from ..evaluation.runner import run_eval
+    from ..evaluation.settings import EvalSettings
 
     # the same run info `autodeco eval` records, so CLI runs and this pipeline resume into each other
     run_info = {
         "model": config.model,
         "heads": str(heads) if heads else None,
         "adapter": None,
-        "dtype": str(engine.lm.model.dtype).removeprefix("torch."),
+        "dtype": engine.dtype,
         "device": str(engine.lm.device),
     }
-    return run_eval(
-        engine, config.tasks, strategies, k=config.k, seeds=[0], limit=config.validation_limit, batch_size=config.batch_size,
-        out_dir=out, split="validation", run_info=run_info,
-    )  # fmt: skip
+    settings = EvalSettings(
+        k=config.k, seeds=[0], limit=config.validation_limit, batch_size=config.batch_size, split="validation"
+    )
+    return run_eval(engine, config.tasks, strategies, settings, out_dir=out, run_info=run_info)
 
 
 def _score_references(lm, config: AblationConfig, out: Path) -> dict[str, dict]:

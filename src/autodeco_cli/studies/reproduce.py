@@ -16,9 +16,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
 from .stage_clock import StageClock
+
+if TYPE_CHECKING:
+    from ..engine.interface import Engine
 
 
 @dataclass
@@ -129,31 +133,18 @@ def _make_data(config: ReproduceConfig, lm, data_path: Path) -> dict:
     return data_report
 
 
-def _grids_and_comparisons(engine, config: ReproduceConfig, heads_dir: Path, clock, log) -> tuple[dict, dict]:
+def _grids_and_comparisons(engine: Engine, config: ReproduceConfig, heads_dir: Path, clock, log) -> tuple[dict, dict]:
     """Stages 3-4 per benchmark: the static grid (the oracle), then the paired final comparison."""
     from ..grid.comparison import run_comparison
     from ..grid.search import run_grid
 
     run_info = {"model": config.model, "heads": str(heads_dir)}
+    spec, settings = _grid_plan(config)
     comparisons, grids = {}, {}
     for benchmark in config.benchmarks:
         out = Path(config.workdir) / "eval" / benchmark
         with clock.stage(f"grid {benchmark}"):
-            grids[benchmark] = run_grid(
-                engine,
-                benchmark,
-                mode=config.grid_mode,
-                temperatures=config.temperatures,
-                top_ps=config.top_ps,
-                k=config.k,
-                seeds=config.seeds,
-                limit=config.limit,
-                max_new_tokens=config.max_new_tokens,
-                batch_size=config.batch_size,
-                out_dir=out,
-                run_info=run_info,
-                log=log,
-            )
+            grids[benchmark] = run_grid(engine, benchmark, spec, settings, out_dir=out, run_info=run_info, log=log)
         with clock.stage(f"comparison {benchmark}"):
             comparisons[benchmark] = run_comparison(
                 engine, benchmark, grids[benchmark], out_dir=out, batch_size=config.batch_size, run_info=run_info
@@ -161,7 +152,23 @@ def _grids_and_comparisons(engine, config: ReproduceConfig, heads_dir: Path, clo
     return grids, comparisons
 
 
-def _figures(engine, config: ReproduceConfig, grids: dict, figures: Path) -> dict[str, Path]:
+def _grid_plan(config: ReproduceConfig):
+    """Each benchmark's sweep: its cells, and what every cell samples."""
+    from ..evaluation.settings import EvalSettings
+    from ..grid.search import GridSpec
+
+    spec = GridSpec(mode=config.grid_mode, temperatures=config.temperatures, top_ps=config.top_ps)
+    settings = EvalSettings(
+        k=config.k,
+        seeds=config.seeds,
+        limit=config.limit,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+    )
+    return spec, settings
+
+
+def _figures(engine: Engine, config: ReproduceConfig, grids: dict, figures: Path) -> dict[str, Path]:
     from ..core.decoding import make_strategy
     from ..core.plots import plot_decoding_distribution, plot_token_trace
     from ..engine.requests import build_requests

@@ -18,10 +18,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UserError
+from ..evaluation.settings import EvalSettings
 from .stage_clock import StageClock
+
+if TYPE_CHECKING:
+    from ..engine.interface import Engine
 
 
 @dataclass
@@ -225,18 +229,17 @@ def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[s
     from ..core.decoding import make_strategy
     from ..engine.generation import GenerationEngine
     from ..evaluation.paired_table import autodeco_tests, comparison_rows
-    from ..grid.search import run_grid
+    from ..grid.search import GridSpec, run_grid
 
     name, k, limit = spec["name"], int(spec["k"]), spec.get("limit")
-    common = {"k": k, "seeds": [0], "limit": limit, "batch_size": config.batch_size}
+    common = EvalSettings(k=k, seeds=[0], limit=limit, batch_size=config.batch_size)
     runs: dict[str, Any] = {}
     settings: dict[str, str] = {}
     plain = GenerationEngine(lm)
     try:
         temperatures, top_ps = spec.get("temperatures", config.temperatures), spec.get("top_ps", config.top_ps)
-        grid = run_grid(
-            plain, name, mode="full", temperatures=temperatures, top_ps=top_ps, out_dir=out / "base", log=log, **common
-        )
+        grid_spec = GridSpec(mode="full", temperatures=temperatures, top_ps=top_ps)
+        grid = run_grid(plain, name, grid_spec, common, out_dir=out / "base", log=log)
         oracle = make_strategy("static", grid["oracle"]["temperature"], grid["oracle"]["top_p"])
         settings["oracle"] = (
             f"T {oracle.temperature:g}, p {oracle.top_p:g} (best of {len(grid['cells'])} cells, on test)"
@@ -298,7 +301,7 @@ def _evaluate_transfer(
     from ..core.decoding import make_strategy
     from ..evaluation.paired_table import autodeco_tests, comparison_rows
 
-    common = {"k": original["k"], "seeds": [0], "limit": config.transfer_limit, "batch_size": config.batch_size}
+    common = EvalSettings(k=original["k"], seeds=[0], limit=config.transfer_limit, batch_size=config.batch_size)
     cell = json.loads(Path(original["grid"]).read_text(encoding="utf-8"))["oracle"]
     greedy, static = make_strategy("greedy"), make_strategy("static", cell["temperature"], cell["top_p"])
     base = _run(lm, name, [greedy, static], out / "base", common)
@@ -317,7 +320,7 @@ def _evaluate_transfer(
     }  # fmt: skip
 
 
-def _run(lm, name: str, strategies: list, out_dir: Path, common: dict, heads_dir: Path | None = None) -> dict:
+def _run(lm, name: str, strategies: list, out_dir: Path, common: EvalSettings, heads_dir: Path | None = None) -> dict:
     """run_eval on an engine opened for these strategies (with the heads when given), then closed."""
     from ..core.heads import load_heads
     from ..engine.generation import GenerationEngine
@@ -326,19 +329,13 @@ def _run(lm, name: str, strategies: list, out_dir: Path, common: dict, heads_dir
     heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size) if heads_dir else None
     engine = GenerationEngine(lm, heads)
     try:
-        return run_eval(
-            engine,
-            name,
-            strategies,
-            out_dir=out_dir,
-            run_info={"heads": str(heads_dir)} if heads_dir else None,
-            **common,
-        )
+        run_info = {"heads": str(heads_dir)} if heads_dir else None
+        return run_eval(engine, name, strategies, common, out_dir=out_dir, run_info=run_info)
     finally:
         engine.close()
 
 
-def _mean_shift(lm, name: str, autodeco_results: dict, out_dir: Path, common: dict):
+def _mean_shift(lm, name: str, autodeco_results: dict, out_dir: Path, common: EvalSettings):
     """The "Just a Better Mean?" baseline of an autodeco run: (its strategy, its results)."""
     from ..core.decoding import make_strategy
 
@@ -348,16 +345,17 @@ def _mean_shift(lm, name: str, autodeco_results: dict, out_dir: Path, common: di
 
 
 def _select_adaptive(
-    engine, name: str, family: str, spec: dict, out: Path, config: WhereItWinsConfig, common: dict, log
+    engine: Engine, name: str, family: str, spec: dict, out: Path, config: WhereItWinsConfig, common: EvalSettings, log
 ):
     """The family's best grid cell on `selection_limit` validation questions (never on test)."""
     from ..grid.families import cell_from_record
-    from ..grid.search import run_grid
+    from ..grid.search import GridSpec, run_grid
 
-    grid = run_grid(
-        engine, name, mode="full", family=family, temperatures=spec["temperatures"], values=spec["values"], k=common["k"],
-        seeds=[0], limit=config.selection_limit, batch_size=config.batch_size, out_dir=out, split="validation", log=log, plot=False,
-    )  # fmt: skip
+    grid_spec = GridSpec(mode="full", family=family, temperatures=spec["temperatures"], values=spec["values"])
+    settings = EvalSettings(
+        k=common.k, seeds=[0], limit=config.selection_limit, batch_size=config.batch_size, split="validation"
+    )
+    grid = run_grid(engine, name, grid_spec, settings, out_dir=out, log=log, plot=False)
     strategy = cell_from_record(grid, grid["oracle"]).strategy
     return (
         strategy,

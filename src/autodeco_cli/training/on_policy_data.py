@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ..core.decoding import DecodingStrategy
 from ..core.prompt_format import PLAIN, PromptFormat
-from ..engine.generation import GenerationEngine
+from ..engine.interface import Engine
 from ..engine.requests import build_requests
 from ..evaluation.run_store import SampleLog, claim_settings, setting_changes, write_json
 from ..evaluation.runner import engine_info
@@ -93,7 +93,7 @@ class _Logs:
 
 
 def make_on_policy_data(
-    engine: GenerationEngine,
+    engine: Engine,
     tasks: str,
     output: Path,
     strategy: DecodingStrategy,
@@ -111,7 +111,7 @@ def make_on_policy_data(
 ) -> MakeDataReport:
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {
-        "model": getattr(getattr(engine, "lm", None), "name", None), "decoding": strategy.to_dict(), "k": k,
+        "model": engine.lm.name, "decoding": strategy.to_dict(), "k": k,
         "seed": seed, "split": split, "max_new_tokens": max_new_tokens, "chat": chat, "balance": balance,
         **engine_info(engine),
     }  # fmt: skip
@@ -148,10 +148,17 @@ def make_on_policy_data(
 
 
 def _make_chunk(
-    engine, task, task_name: str, chunk: list, strategy: DecodingStrategy, sampling: dict, balanced: bool, logs: _Logs
+    engine: Engine,
+    task,
+    task_name: str,
+    chunk: list,
+    strategy: DecodingStrategy,
+    sampling: dict,
+    balanced: bool,
+    logs: _Logs,
 ):
     """Sample one chunk of problems, keep what the scorer accepts, log it; (samples, kept, tokens)."""
-    fmt = getattr(engine, "prompt_format", PLAIN)
+    fmt = engine.prompt_format
     chat = task_chat(task, sampling["chat"])
     requests = build_requests(
         engine.tokenizer, [d.prompt for d in chunk], strategy, n=sampling["k"], seed=sampling["seed"], chat=chat,

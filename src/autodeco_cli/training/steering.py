@@ -41,6 +41,7 @@ from ..core.decoding import make_strategy
 from ..core.errors import UserError
 from ..core.heads import MAX_TEMPERATURE
 from ..engine.generation import GenerationEngine
+from ..engine.interface import Engine
 from ..engine.requests import build_requests, request_seed
 from ..tasks.registry import get_task
 from .config import TrainConfig
@@ -92,7 +93,7 @@ class SteerReport:
 
 
 def steer_report(
-    engine: GenerationEngine,
+    engine: Engine,
     task_name: str,
     *,
     n: int = 50,

@@ -1,4 +1,4 @@
-"""`--engine vllm`: the `GenerationEngine` interface over vLLM, so every command runs on it unchanged.
+"""`--engine vllm`: the `Engine` interface (`engine.interface`) over vLLM, so every command runs on it unchanged.
 
 Requests, `Generation`s, finish reasons, incremental `on_batch_done` and the seeds policy are
 the ones of our own engine. What differs, and why:
@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 from ...core.decoding import DecodingStrategy
 from ...core.errors import UserError
 from ...core.heads import AutoDecoHeads
-from ...core.prompt_format import PLAIN
+from ...core.prompt_format import PLAIN, PromptFormat
 from ..requests import Generation, Request, TokenTrace, finished_text
 from .trace import LEARNED_ARG, TRACE_ARG, TRACE_DIR_ENV, TraceReader
 
@@ -84,16 +84,34 @@ def unsupported(strategy: DecodingStrategy) -> str | None:
 
 
 class VllmEngine:
-    name = "vllm"
+    """The `Engine` over a started `vllm.LLM`."""
 
-    def __init__(self, lm: EngineModel, heads: AutoDecoHeads | None, llm, trace_dir: Path, eos_ids: list[int]):
+    name: str = "vllm"
+    lm: EngineModel
+    heads: AutoDecoHeads | None
+    dtype: str
+    prompt_format: PromptFormat
+
+    def __init__(
+        self,
+        lm: EngineModel,
+        heads: AutoDecoHeads | None,
+        llm,
+        trace_dir: Path,
+        eos_ids: list[int],
+        *,
+        dtype: str = "auto",
+        prompt_format: PromptFormat = PLAIN,
+    ):
         self.lm = lm
         self._eos_ids = eos_ids
         self.heads = heads
         self.llm = llm
         self.trace_dir = trace_dir
         self.traces = TraceReader(trace_dir)
-        self.prompt_format = PLAIN
+        # the option vLLM started with: its model runs in vLLM's processes, out of reach here
+        self.dtype = dtype
+        self.prompt_format = prompt_format
         self._ids = itertools.count()
 
     @property
@@ -237,6 +255,7 @@ def open_vllm_engine(
     settings: VllmSettings,
     *,
     force_heads: bool = False,
+    prompt_format: PromptFormat = PLAIN,
 ) -> VllmEngine:
     """Stage (base, heads), start vLLM on it, and wrap it as an engine."""
     vllm = import_vllm()
@@ -285,7 +304,8 @@ def open_vllm_engine(
     if memory:
         kwargs["gpu_memory_utilization"] = memory
     llm = vllm.LLM(**kwargs, **settings.engine_kwargs)
-    return VllmEngine(lm, heads, llm, trace_dir, _eos_ids(base.folder, tokenizer))
+    eos_ids = _eos_ids(base.folder, tokenizer)
+    return VllmEngine(lm, heads, llm, trace_dir, eos_ids, dtype=settings.dtype or "auto", prompt_format=prompt_format)
 
 
 def default_memory_fraction() -> float | None:
