@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export AUTODECO_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup setup-vllm test test-vllm test-all test-fast lint test-wheel demo reproduce reproduce-quick where-it-wins ablation bench bench-engine bench-vllm clean
+.PHONY: setup setup-vllm test test-vllm test-all test-fast lint test-wheel demo reproduce reproduce-quick where-it-wins ablation bench bench-engine bench-vllm gpu-check clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,12 @@ bench-engine: setup
 # tokens/s of eval on vLLM vs our engine, static and autodeco, and autodeco's overhead inside vLLM
 bench-vllm: setup-vllm
 	$(VLLM_VENV)/bin/python bench/bench_vllm.py
+
+# One GPU, <= 8 min on an H100 by bench/gpu_estimates.py (not yet run on one): our engine, head
+# training and eval on a random-weight 8B Llama in bf16. The system python, not `setup`'s venv
+# (CPU torch): a stock CUDA PyTorch image has all it needs. GPU_CHECK_ARGS="--parts generate" etc.
+gpu-check:
+	PYTHONPATH=src $(PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

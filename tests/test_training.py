@@ -384,6 +384,20 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_model_dir, 
     assert [m["lr"] for m in metrics] == pytest.approx([m["lr"] for m in reference], rel=1e-9)
 
 
+def test_setup_adopts_a_loaded_model(tiny_model_dir, tiny_lm, data, tmp_path):
+    """setup(lm=...) trains on the model it is given (bench/gpu_check.py's in-memory 8B) exactly as
+    on the one it would load; an adapter on top of an adopted model is refused, not ignored."""
+    common = dict(epochs=1, schedule="constant", warmup_ratio=0.0)
+    loaded = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "loaded", **common)).setup()
+    loaded.train()
+    adopted = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "adopted", **common)).setup(lm=tiny_lm)
+    assert adopted.lm is tiny_lm
+    adopted.train()
+    assert_states_close(heads_state(adopted), heads_state(loaded), atol=1e-6)
+    with pytest.raises(ValueError, match="adapter"):
+        HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "x", adapter=str(tmp_path))).setup(lm=tiny_lm)
+
+
 def test_resume_from_a_max_steps_run_continues_to_the_full_run(tiny_model_dir, data, tmp_path):
     """max_steps=2 + save_every=1, then the full run with --resume (constant LR: max_steps also
     shortens the LR schedule, exactly like HF's max_steps, so only a flat schedule is comparable)."""

@@ -135,12 +135,18 @@ class HeadTrainer:
         self.step = 0
         self.cache: HiddenStateCache | None = None
 
-    def setup(self) -> "HeadTrainer":
-        """Load the base model (+ LoRA) and the data; build the heads, optimizer and LR schedule."""
+    def setup(self, lm=None) -> "HeadTrainer":
+        """Load the base model (+ LoRA) and the data; build the heads, optimizer and LR schedule.
+
+        `lm` adopts an already loaded model instead (bench/gpu_check.py's random 8B model exists
+        only in memory: saving and reloading 16 GB would cost more than the check itself); it must
+        already carry any adapter, so `adapter` is refused with it."""
         config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.lm = load_base_model(config.model, device=config.device, dtype=config.dtype, adapter=config.adapter)
+        if lm is not None and config.adapter:
+            raise ValueError("setup(lm=...) adopts a loaded model as it is: apply the adapter before passing it")
+        self.lm = lm or load_base_model(config.model, device=config.device, dtype=config.dtype, adapter=config.adapter)
         self.device = self.lm.device
         self.dist = Distributed.from_environment(self.device)
         self.examples, report = load_examples(
