@@ -49,6 +49,7 @@ from autodeco_cli.engine.models import pick_device, pick_dtype
 from autodeco_cli.engine.requests import Request, encode_prompt, request_seed
 from autodeco_cli.evaluation.run_store import samples_path
 from autodeco_cli.evaluation.runner import run_eval
+from autodeco_cli.evaluation.settings import EvalSettings
 from autodeco_cli.training.config import TrainConfig
 from autodeco_cli.training.data import load_examples
 from autodeco_cli.training.trainer import HeadTrainer
@@ -315,10 +316,7 @@ def run_eval_part(ctx: Context) -> dict:
             engine,
             EVAL_TASK,
             [strategy],
-            k=plan.eval_samples,
-            seeds=[0],
-            batch_size=plan.eval_batch,
-            limit=plan.eval_questions,
+            EvalSettings(k=plan.eval_samples, seeds=(0,), batch_size=plan.eval_batch, limit=plan.eval_questions),
             out_dir=out,
             run_info={"model": ctx.lm.name, "heads": "fresh random heads", "device": str(ctx.lm.device)},
         )
