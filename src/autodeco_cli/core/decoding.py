@@ -265,7 +265,8 @@ def mean_shift_from_results(path: str | Path, benchmark: str | None = None) -> D
     candidates = {k: v for k, v in results.items() if isinstance(v, dict) and "mean_temperature" in v}
     if benchmark and candidates and benchmark not in candidates:
         raise UserError(
-            f"{path}: no mean T̂/P̂ for {benchmark} (it has {', '.join(candidates)}); another benchmark's means are not {benchmark}'s mean-shift baseline",
+            f"{path}: no mean T̂/P̂ for {benchmark} (it has {', '.join(candidates)}); another benchmark's means are "
+            f"not {benchmark}'s mean-shift baseline",
             f"pass the results.json of an autodeco eval on {benchmark}, or give -t/-p yourself",
         )
     if benchmark:

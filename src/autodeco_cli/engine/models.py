@@ -122,7 +122,8 @@ def convert_gguf(gguf_path: Path) -> Path:
         raise UserError(f"reading {gguf_path} needs the gguf package ({exc})", "pip install gguf") from None
     except Exception as exc:
         raise UserError(
-            f"{gguf_path}: not a readable GGUF model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            f"{gguf_path}: not a readable GGUF model ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''})",
             "check the file is a complete GGUF download",
         ) from None
     # transformers refuses to save a model that still carries its GGUF quantiser, although the

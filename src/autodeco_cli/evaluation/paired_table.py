@@ -90,7 +90,10 @@ def fmt(value: float | None, signed: bool = False, digits: int = 3) -> str:
 def _delta_cell(test: dict | None) -> str:
     if not test:
         return "(reference)"
-    return f"{fmt(test['delta'], signed=True)} ± {fmt(test['se'])} ({fmt(test['ci'][0], signed=True)}, {fmt(test['ci'][1], signed=True)})"
+    return (
+        f"{fmt(test['delta'], signed=True)} ± {fmt(test['se'])} ({fmt(test['ci'][0], signed=True)}, "
+        f"{fmt(test['ci'][1], signed=True)})"
+    )
 
 
 def _params(row: dict, settings: dict[str, str]) -> str:
@@ -105,13 +108,15 @@ def rows_markdown(
     """The table as markdown lines: score ± SE, paired Δ vs the reference and vs the baseline."""
     metric = rows[0]["metric"] if rows else "score"
     lines = [
-        f"| decoding | {metric} ± SE | Δ vs {reference} ± SE (95% CI) | Δ vs {baseline} ± SE (95% CI) | mean tokens | setting |",
+        f"| decoding | {metric} ± SE | Δ vs {reference} ± SE (95% CI) | Δ vs {baseline} ± SE (95% CI) | mean tokens | "
+        "setting |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
         tokens = fmt(row.get("mean_tokens"), digits=1)
         lines.append(
-            f"| {row['name']} | {fmt(row['score'])} ± {fmt(row['score_stderr'])} | {_delta_cell(row.get('vs_reference'))} | "
+            f"| {row['name']} | {fmt(row['score'])} ± {fmt(row['score_stderr'])} | "
+            f"{_delta_cell(row.get('vs_reference'))} | "
             f"{_delta_cell(row.get('vs_baseline'))} | {tokens} | {_params(row, settings or {})} |"
         )
     return lines
@@ -122,7 +127,8 @@ def verdict_lines(tests: dict[str, dict[str, dict]], task: str) -> list[str]:
     lines = []
     for name, against in tests.items():
         parts = [
-            f"{other} {verdict(t)} ({fmt(t['delta'], signed=True)} ± {fmt(t['se'])}, CI {fmt(t['ci'][0], signed=True)}, {fmt(t['ci'][1], signed=True)})"
+            f"{other} {verdict(t)} ({fmt(t['delta'], signed=True)} ± {fmt(t['se'])}, CI "
+            f"{fmt(t['ci'][0], signed=True)}, {fmt(t['ci'][1], signed=True)})"
             for other, t in against.items()
         ]
         lines.append(f"- **{task}, {name}** vs " + "; ".join(parts) + ".")

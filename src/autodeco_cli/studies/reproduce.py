@@ -286,7 +286,10 @@ def _verdict(benchmark: str, comparison: dict) -> str:
             return f"vs {label}: not measured"
         low, high = c["ci"]
         outcome = "better" if low > 0 else "worse" if high < 0 else "tied within noise"
-        return f"vs {label} {outcome}, Δ {_fmt(c['delta'], signed=True)} ± {_fmt(c['se'])} (95% CI {_fmt(low, signed=True)}, {_fmt(high, signed=True)})"
+        return (
+            f"vs {label} {outcome}, Δ {_fmt(c['delta'], signed=True)} ± {_fmt(c['se'])} (95% CI "
+            f"{_fmt(low, signed=True)}, {_fmt(high, signed=True)})"
+        )
 
     parts = [
         f"**{benchmark}**: autodeco {auto['pass@1']:.3f}",
@@ -299,7 +302,8 @@ def _verdict(benchmark: str, comparison: dict) -> str:
 
 
 def quick_config() -> ReproduceConfig:
-    """A few minutes on 2 cores (105 s measured; the budget is ~10): the same pipeline on a sliver of the data (CI smoke run)."""
+    """The same pipeline on a sliver of the data (CI smoke run): a few minutes on 2 cores (105 s
+    measured; the budget is ~10)."""
     return ReproduceConfig(
         workdir="runs/reproduce-quick",
         report="reports/reproduce-quick.md",

@@ -35,6 +35,7 @@ class StageClock:
         ]
         return lines + [
             "",
-            "Stages already finished by an earlier invocation cost ~0 s here; the per-stage times are cumulative over invocations.",
+            "Stages already finished by an earlier invocation cost ~0 s here; the per-stage times are cumulative over "
+            "invocations.",
             "",
         ]

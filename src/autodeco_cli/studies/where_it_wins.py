@@ -314,10 +314,18 @@ def _evaluate_transfer(
         chosen: auto,
         f"mean-shift of {chosen}": shift_results,
     }
+    settings = {
+        carried: f"T {static.temperature:g}, p {static.top_p:g}",
+        f"mean-shift of {chosen}": f"T {shift.temperature:.3f}, p {shift.top_p:.3f}",
+    }
     return {
-        "benchmark": name, "k": original["k"], "limit": config.transfer_limit, "rows": comparison_rows(runs, name, reference=carried, baseline="greedy"),
-        "tests": autodeco_tests(runs, name, [chosen]), "settings": {carried: f"T {static.temperature:g}, p {static.top_p:g}", f"mean-shift of {chosen}": f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"},
-    }  # fmt: skip
+        "benchmark": name,
+        "k": original["k"],
+        "limit": config.transfer_limit,
+        "rows": comparison_rows(runs, name, reference=carried, baseline="greedy"),
+        "tests": autodeco_tests(runs, name, [chosen]),
+        "settings": settings,
+    }
 
 
 def _run(lm, name: str, strategies: list, out_dir: Path, common: EvalSettings, heads_dir: Path | None = None) -> dict:
@@ -359,7 +367,8 @@ def _select_adaptive(
     strategy = cell_from_record(grid, grid["oracle"]).strategy
     return (
         strategy,
-        f"best of {len(spec['temperatures']) * len(spec['values'])} cells on {config.selection_limit} validation questions",
+        f"best of {len(spec['temperatures']) * len(spec['values'])} cells on {config.selection_limit} validation "
+        "questions",
     )
 
 
