@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..core.decoding import DecodingStrategy
 from ..core.errors import UserError
 from ..core.prompt_format import PLAIN, PromptFormat
-from .generation import GenerationEngine
+from .generation import GenerationEngine, check_attention_cache
 from .heads_source import heads_adapter, resolve_heads
 from .models import DEFAULT_MODEL, load_base_model, pick_device
 
@@ -61,6 +61,7 @@ def open_engine(
             "--data-parallel-size with --engine hf runs CPU processes", "use --engine vllm for GPU replicas"
         )
     lm = load_base_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code, adapter=adapter)
+    check_attention_cache(lm)  # before a warning about fresh heads, for a model that cannot run at all
     needed = force_heads or any(s.uses_heads for s in strategies or [])
     lead = GenerationEngine(lm, resolve_heads(heads, lm, needed), prompt_format)
     if data == 1:
