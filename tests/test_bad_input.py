@@ -474,3 +474,61 @@ def test_binary_recipe(cli, tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_bytes(b"data: x\n\xff\xfe\x00\n")
     assert_user_error(cli("train-heads", "-c", recipe), f"{recipe}:2", "not UTF-8")
+
+
+# ---- 10. a model our engine cannot run --------------------------------------------------------
+
+
+def _config_only(folder: Path, config: dict) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"model_type": "not_a_model", "hidden_size": 32},  # a type transformers does not know
+        {"model_type": "t5", "hidden_size": 32},  # one it knows, but not as a causal LM
+        {"model_type": "autodeco", "base_model_type": "t5", "hidden_size": 32},  # merged, same base
+    ],
+)
+def test_a_model_type_that_is_not_a_causal_lm(cli, tmp_path, config):
+    folder = _config_only(tmp_path / "model", config)
+    if "base_model_type" in config:  # a merged folder is recognised by its `llm.` weights
+        from safetensors.torch import save_file
+
+        save_file({"llm.embed.weight": torch.zeros(2, 2)}, str(folder / "model.safetensors"))
+    kind = config.get("base_model_type", config["model_type"])
+    assert_user_error(cli("generate", "-m", folder, "hi"), f"model type {kind!r}", "tested: llama", "gpt_oss")
+
+
+def test_a_checkpoint_without_its_lm_head(cli, tmp_path):
+    """transformers loads a BertModel checkpoint as BertLMHeadModel with a random LM head (a warning)."""
+    from transformers import BertConfig, BertModel
+
+    from conftest import build_tiny_tokenizer
+
+    config = BertConfig(
+        vocab_size=320, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    BertModel(config).save_pretrained(str(tmp_path / "bert"))
+    build_tiny_tokenizer().save_pretrained(str(tmp_path / "bert"))
+    assert_user_error(cli("generate", "-m", tmp_path / "bert", "hi"), "'bert'", "BertLMHeadModel", "tested: llama")
+
+
+def test_a_recurrent_model(cli, tmp_path):
+    """Mamba keeps a recurrent state, not attention keys/values: our loop decoded other tokens than
+    transformers' generate() before it was refused."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from conftest import build_tiny_tokenizer
+
+    MambaForCausalLM(MambaConfig(vocab_size=320, hidden_size=32, num_hidden_layers=1, state_size=4)).save_pretrained(
+        str(tmp_path / "mamba")
+    )
+    build_tiny_tokenizer().save_pretrained(str(tmp_path / "mamba"))
+    for args in (["generate", "hi"], ["eval", "-b", "arith-add", "--limit", "1", "-o", tmp_path / "ev"]):
+        result = cli(*args, "-d", "autodeco", "-m", tmp_path / "mamba")
+        assert "LinearAttentionLayer state" in assert_user_error(result, "'mamba'", "tested: llama")
+        assert "WARNING" not in result[2]  # refused before a warning about untrained heads

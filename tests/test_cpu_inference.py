@@ -126,6 +126,27 @@ def test_prompt_attention_goes_through_sdpa():
     assert torch.equal(ours, _sdpa(query, key, value, None))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_steps_that_change_the_scores_go_through_sdpa(dtype):
+    """The grouped path computes plain softmax attention; a position bias or soft-capping would be
+    silently dropped there, so those steps get SDPA's own answer: the bias applied, capping refused."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    gen = torch.Generator().manual_seed(4)
+    query = torch.randn(2, 4, 1, 32, generator=gen).to(dtype)
+    key = torch.randn(2, 4, 9, 32, generator=gen).to(dtype)
+    value = torch.randn(2, 4, 9, 32, generator=gen).to(dtype)
+    bias = torch.randn(2, 4, 1, 9, generator=gen).to(dtype) * 4
+    module = _Module().eval()
+    ours, _ = decode_attention_forward(module, query, key, value, None, scaling=0.125, position_bias=bias)
+    expected, _ = sdpa_attention_forward(module, query, key, value, None, scaling=0.125, position_bias=bias)
+    assert torch.equal(ours, expected)
+    plain, _ = decode_attention_forward(module, query, key, value, None, scaling=0.125)
+    assert not torch.allclose(ours.float(), plain.float(), atol=1e-2)
+    with pytest.raises(ValueError, match="softcap"):
+        decode_attention_forward(module, query, key, value, None, scaling=0.125, softcap=30.0)
+
+
 # ---- packed linear layers ------------------------------------------------------------------
 
 

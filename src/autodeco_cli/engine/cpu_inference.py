@@ -28,6 +28,10 @@ from .cpu_memory import free_memory_bytes, move_to_huge_pages
 
 # the attention implementation name bf16 models on CPU run with (registered on first use)
 DECODE_ATTENTION = "autodeco_decode_sdpa"
+# Only models that run SDPA are switched (gpt-oss's attention sinks need eager, so it keeps
+# eager). What an SDPA model may still pass that changes the scores and the grouped path does not
+# compute goes to SDPA's own path, which applies a position bias and raises on soft-capping.
+SCORE_CHANGING_KWARGS = ("softcap", "position_bias")
 # A KV-cache view may carry this attribute: how many zero columns follow it in its buffer (the
 # engine's growing cache sets it), so attention can use the contiguous buffer, tail masked.
 ZERO_TAIL = "autodeco_zero_tail"
@@ -45,7 +49,13 @@ def decode_attention_forward(
 
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
-    if q_len != 1 or heads % kv_heads or (dropout and module.training) or kwargs.get("output_attentions"):
+    if (
+        q_len != 1
+        or heads % kv_heads
+        or (dropout and module.training)
+        or kwargs.get("output_attentions")
+        or any(kwargs.get(name) is not None for name in SCORE_CHANGING_KWARGS)
+    ):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )

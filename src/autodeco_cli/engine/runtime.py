@@ -9,7 +9,7 @@ from typing import Sequence
 from ..core.decoding import DecodingStrategy
 from ..core.errors import UserError
 from ..core.prompt_format import PLAIN, PromptFormat
-from .generation import GenerationEngine
+from .generation import GenerationEngine, check_attention_cache
 from .heads_source import heads_adapter, resolve_heads
 from .interface import Engine
 from .models import DEFAULT_MODEL, load_base_model, pick_device
@@ -65,6 +65,7 @@ def open_engine(
         trust_remote_code=settings.trust_remote_code,
         adapter=adapter,
     )
+    check_attention_cache(lm)  # before a warning about fresh heads, for a model that cannot run at all
     needed = force_heads or any(s.uses_heads for s in strategies)
     lead = GenerationEngine(lm, resolve_heads(settings.heads, lm, needed), settings.prompt_format)
     if data == 1:
