@@ -224,7 +224,7 @@ def compare_command(
     path_a, a = load_results(result_a)
     path_b, b = load_results(result_b)
     tasks = [t.strip() for t in benchmark.split(",") if t.strip()] if benchmark else None
-    comparisons = compare_results(a, b, tasks, n_boot=bootstrap, seed=seed)
+    comparisons = compare_results(a, b, tasks, n_boot=bootstrap, seed=seed, names=(str(path_a), str(path_b)))
     console.print(comparison_table(comparisons, _run_name(path_a, a), _run_name(path_b, b)))
 
 

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from ..core.errors import UserError
 from ..core.io_checks import read_text_file
+from ..core.json_files import jsonl_records
+from ..core.prompt_format import CHAT_MESSAGES, CHAT_MESSAGES_HINT
+from ..core.schema import check
 
 
 def _prompt_from_record(record, where: str):
     if isinstance(record, str):
         return record
     if isinstance(record, dict):
-        if isinstance(record.get("messages"), list):
-            return record["messages"]
-        if isinstance(record.get("prompt"), (str, list)):
+        for key in ("messages", "prompt"):
+            if isinstance(record.get(key), list):
+                return check(record[key], CHAT_MESSAGES, f"{where}/{key}", CHAT_MESSAGES_HINT)
+        if isinstance(record.get("prompt"), str):
             return record["prompt"]
     raise UserError(f"{where}: expected a JSON string or an object with 'prompt' or 'messages'")
 
@@ -34,15 +37,11 @@ def read_prompts(prompt: str | None, file: Path | None) -> list:
     else:
         text, name = read_text_file(file, "prompt file"), str(file)
     if file is not None and file.suffix == ".jsonl":
-        prompts = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{name}:{number}: invalid JSON ({exc.msg})", "one JSON object per line") from None
-            prompts.append(_prompt_from_record(record, f"{name}:{number}"))
+        lines = enumerate(text.splitlines(), start=1)
+        prompts = [
+            _prompt_from_record(record, where)
+            for where, record in jsonl_records(lines, name, "one JSON object per line")
+        ]
     elif file is None:
         prompts = [text.strip()] if text.strip() else []
     else:

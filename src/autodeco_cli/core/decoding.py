@@ -26,7 +26,6 @@ All three take an optional -p/--top-k on top (off unless given), cut after tempe
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -255,14 +254,21 @@ def make_strategy(
 
 def mean_shift_from_results(path: str | Path, benchmark: str | None = None) -> DecodingStrategy:
     """Build the mean-shift baseline from an autodeco eval results file (its mean T̂/P̂)."""
-    from .io_checks import read_text_file
+    from .json_files import read_json_file
+    from .schema import NUMBER, OBJECT, Field, Schema, check, mapping, optional
 
     path = Path(path)
-    try:
-        results = json.loads(read_text_file(path, "results file"))["results"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path}: not an autodeco eval results file (no 'results' object)") from None
-    candidates = {k: v for k, v in results.items() if isinstance(v, dict) and "mean_temperature" in v}
+    data = read_json_file(path, "results file")
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise UserError(f"{path}: not an autodeco eval results file (no 'results' object)")
+    means = Schema(
+        {
+            "mean_temperature": optional(NUMBER, minimum=0, maximum=MAX_STATIC_TEMPERATURE),
+            "mean_top_p": optional(NUMBER, minimum=0, maximum=1),
+        }
+    )
+    results = check(data, Schema({"results": mapping(Field(OBJECT, fields=means))}), str(path))["results"]
+    candidates = {k: v for k, v in results.items() if "mean_temperature" in v and "mean_top_p" in v}
     if benchmark and candidates and benchmark not in candidates:
         raise UserError(
             f"{path}: no mean T̂/P̂ for {benchmark} (it has {', '.join(candidates)}); another benchmark's means are "

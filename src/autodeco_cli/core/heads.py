@@ -16,6 +16,7 @@ from torch import nn
 
 from .distribution import distribution_features
 from .errors import UserError
+from .schema import BOOLEAN, INTEGER, OBJECT, STRING, Schema, check, optional
 
 HEADS_CONFIG_FILE = "config.json"
 HEADS_WEIGHTS_FILE = "autodeco_heads.safetensors"
@@ -135,16 +136,37 @@ def _load_safetensors_heads(files: list[Path]) -> tuple[dict[str, torch.Tensor],
     return heads, has_base
 
 
+# The fields of a heads config.json that are read; official configs carry many more.
+_OURS = Schema(
+    {
+        "hidden_size": optional(INTEGER, minimum=1),
+        "head_width": optional(INTEGER, minimum=1),
+        "use_enhanced_features": optional(BOOLEAN),
+        "base_model": optional(STRING, nullable=True),
+        "provenance": optional(OBJECT),
+    }
+)
+HEADS_CONFIG = Schema(
+    {
+        "model_type": optional(STRING, nullable=True),
+        "base_model_name_or_path": optional(STRING, nullable=True),
+        "hidden_size": optional(INTEGER, minimum=1),
+        "use_enhanced_features": optional(BOOLEAN),
+        "autodeco_cli": optional(OBJECT, fields=_OURS),
+    }
+)
+
+
 def read_heads_config(directory: Path) -> dict:
     cfg_path = directory / HEADS_CONFIG_FILE
     if not cfg_path.is_file():
         return {}
-    from .io_checks import read_text_file
+    from .json_files import read_json_file
 
-    try:
-        return json.loads(read_text_file(cfg_path, "heads config"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{cfg_path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+    config = read_json_file(cfg_path, "heads config")
+    return check(
+        config, HEADS_CONFIG, str(cfg_path), "fix config.json, or re-save the heads with `autodeco train-heads`"
+    )
 
 
 def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:

@@ -12,6 +12,14 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import UserError
+from .json_files import check_depth, too_deep
+from .schema import LIST, OBJECT, STRING, Field, Schema
+
+# Chat messages as a prompt file or training data gives them: the chat template indexes both
+# keys and concatenates the content, so anything but text fails inside the template.
+CHAT_MESSAGE = Schema({"role": Field(STRING, nonempty=True), "content": Field(STRING)})
+CHAT_MESSAGES = Field(LIST, nonempty=True, items=Field(OBJECT, fields=CHAT_MESSAGE))
+CHAT_MESSAGES_HINT = "each message is {'role': text, 'content': text}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ def parse_template_kwargs(text: str | None, flag: str = "--chat-template-kwargs"
             f"{flag}: not valid JSON ({exc.msg} at column {exc.colno})",
             """pass a JSON object, e.g. '{"enable_thinking": true}'""",
         ) from None
+    except RecursionError:
+        raise too_deep(flag) from None
+    check_depth(value, flag)
     if not isinstance(value, dict):
         raise UserError(
             f"{flag}: expected a JSON object, got {type(value).__name__}", """pass e.g. '{"enable_thinking": true}'"""

@@ -58,3 +58,19 @@ def row_score(row: dict) -> float:
 def metric_of(results: dict, task: str) -> str:
     """The question metric's name of one task in a results dict ("pass@1" for old files)."""
     return results.get("results", {}).get(task, {}).get("metric", PASS1)
+
+
+def samples_per_question(results: dict, task: str) -> list[int]:
+    """The distinct sample counts behind a task's question scores: each row's `n`, or for files
+    without it the task config's k × seeds; [] when the file does not say."""
+    counts = sorted({row["n"] for row in results["per_question"][task] if "n" in row})
+    if counts:
+        return counts
+    config = results.get("configs", {}).get(task, {})
+    return [config["k"] * len(config.get("seeds") or [0])] if "k" in config else []
+
+
+def is_deterministic(results: dict) -> bool:
+    """Greedy runs draw one sample per question because more would repeat it: their score is
+    exact, so it pairs with a sampled run of any k."""
+    return results.get("decoding", {}).get("name") == "greedy"

@@ -5,15 +5,52 @@ table in the package shares.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..core import stats
 from ..core.errors import UserError
+from ..core.schema import INTEGER, LIST, NUMBER, OBJECT, STRING, Field, Schema, check, mapping, optional
 from .metrics import finite, pass_k_ladder
-from .question_scores import metric_of, row_score
+from .question_scores import is_deterministic, metric_of, row_score, samples_per_question
 from .run_store import RESULTS_FILE, read_json_output
+
+RESULTS_HINT = "re-run `autodeco eval` on that folder or fix the file"
+# One per-question row of results.json (question_scores.per_question_rows); files written before
+# `score` existed have only pass@1, and before `n` only their configs' k.
+QUESTION_ROWS = Field(
+    LIST,
+    items=Field(
+        OBJECT,
+        fields=Schema(
+            {
+                "doc_id": Field((STRING, INTEGER)),
+                "score": optional(NUMBER, minimum=0, maximum=1),
+                "pass@1": optional(NUMBER, minimum=0, maximum=1),
+                "n": optional(INTEGER, minimum=1),
+            },
+            one_of=("score", "pass@1"),
+        ),
+    ),
+)
+# The fields of results.json that compare reads (evaluation/runner.build_results writes them).
+RESULTS = Schema(
+    {
+        "per_question": mapping(QUESTION_ROWS),
+        "results": mapping(Field(OBJECT, fields=Schema({"metric": optional(STRING)})), required=False),
+        "configs": mapping(
+            Field(
+                OBJECT,
+                fields=Schema({"k": optional(INTEGER, minimum=1), "seeds": optional(LIST, items=Field(INTEGER))}),
+            ),
+            required=False,
+        ),
+        "decoding": optional(OBJECT, fields=Schema({"name": optional(STRING), "label": optional(STRING)})),
+        "model": optional(STRING, nullable=True),
+    }
+)
 
 
 def load_results(path: str | Path) -> tuple[Path, dict]:
@@ -25,7 +62,7 @@ def load_results(path: str | Path) -> tuple[Path, dict]:
         raise UserError(
             f"{path} has no per-question scores", "compare reads results.json files written by `autodeco eval`"
         )
-    return path, data
+    return path, check(data, RESULTS, str(path), RESULTS_HINT)
 
 
 @dataclass(frozen=True)
@@ -38,10 +75,17 @@ class TaskComparison:
 
 
 def compare_results(
-    a: dict, b: dict, tasks: Sequence[str] | None = None, n_boot: int = 10_000, seed: int = 0
+    a: dict,
+    b: dict,
+    tasks: Sequence[str] | None = None,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    names: tuple[str, str] = ("run A", "run B"),
 ) -> list[TaskComparison]:
     """Paired per-question differences (A − B) of each task's question metric (`score`;
-    pass@1 for ordinary tasks and old files) on the questions both runs scored."""
+    pass@1 for ordinary tasks and old files) on the questions both runs scored.
+
+    `names` (the files) locate a bad score or a k mismatch in the error."""
     shared = [t for t in a["per_question"] if t in b["per_question"]]
     if tasks:
         missing = [t for t in tasks if t not in shared]
@@ -57,8 +101,8 @@ def compare_results(
         metric = metric_of(a, task)
         if metric != metric_of(b, task):
             raise UserError(f"{task}: the runs score questions by different metrics ({metric} vs {metric_of(b, task)})")
-        scores_a = {row["doc_id"]: row_score(row) for row in a["per_question"][task]}
-        scores_b = {row["doc_id"]: row_score(row) for row in b["per_question"][task]}
+        scores_a, scores_b = question_scores(a, task, names[0]), question_scores(b, task, names[1])
+        check_same_samples(a, b, task, names)
         common = scores_a.keys() & scores_b.keys()
         if not common:
             raise UserError(f"{task}: the two results share no question")
@@ -69,19 +113,53 @@ def compare_results(
     return out
 
 
+def question_scores(results: dict, task: str, name: str) -> dict:
+    """doc_id -> the task's question score; a score that is not a number in [0, 1] or a doc_id
+    given twice is an error naming its row (a NaN would turn every mean and CI into NaN)."""
+    where = f"{name}/per_question/{task}"
+    rows = check(results["per_question"][task], QUESTION_ROWS, where, RESULTS_HINT)
+    scores = {}
+    for index, row in enumerate(rows):
+        if row["doc_id"] in scores:
+            raise UserError(f"{where}[{index}]/doc_id: {row['doc_id']!r} is given twice", RESULTS_HINT)
+        scores[row["doc_id"]] = row_score(row)
+    return scores
+
+
+def check_same_samples(a: dict, b: dict, task: str, names: tuple[str, str]) -> None:
+    """A question's score from k samples is a different estimate than from k' (exact×(1−TV) even
+    has a k-dependent floor), so runs of different k are not paired; greedy pairs with any k."""
+    if is_deterministic(a) or is_deterministic(b):
+        return
+    counts_a, counts_b = samples_per_question(a, task), samples_per_question(b, task)
+    if counts_a and counts_b and counts_a != counts_b:
+        raise UserError(
+            f"{task}: {names[0]} has {'/'.join(map(str, counts_a))} samples per question but "
+            f"{names[1]} has {'/'.join(map(str, counts_b))}; per-question scores from different k do not pair",
+            "compare runs made with the same -k and --seeds (a greedy run pairs with any)",
+        )
+
+
 # ---------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------
 
 
+def _printable(value: float) -> float:
+    # NaN or inf in a table reads like a result; it is always a bug upstream, so fail loudly.
+    if not math.isfinite(value):
+        raise ValueError(f"refusing to print {value!r} as a result: a NaN or inf got past the input checks")
+    return value
+
+
 def pct(value: float | None) -> str:
     """A rate as a percentage with one decimal; '–' when undefined. Every table uses this one."""
-    return "–" if value is None else f"{100 * value:.1f}"
+    return "–" if value is None else f"{100 * _printable(value):.1f}"
 
 
 def signed_pct(value: float) -> str:
     """A difference of rates in percentage points, signed: '+2.5'."""
-    return f"{100 * value:+.1f}"
+    return f"{100 * _printable(value):+.1f}"
 
 
 def ci_pct(low: float, high: float) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from ..core.errors import UserError
+from ..core.json_files import parse_json, read_json_file
 
 # An eval run folder: OUT/<slug>/samples_<task>.jsonl, run_config.json, results.json.
 RESULTS_FILE = "results.json"
@@ -58,11 +59,11 @@ class SampleLog:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = parse_json(line.decode("utf-8"), f"{self.path}:{number}")
                 if not isinstance(record, dict):
                     raise TypeError("not an object")
                 key = self._key(record)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            except (UserError, KeyError, TypeError, ValueError):
                 if not self.strict:
                     continue
                 raise UserError(
@@ -131,8 +132,8 @@ def claim_settings(
         f"{path} is not a {what}", f"delete it if {holder} was made with the settings you are using now"
     )
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        previous = parse_json(path.read_text(encoding="utf-8"), str(path))
+    except (UserError, UnicodeDecodeError):
         raise unreadable from None
     if not isinstance(previous, dict):
         raise unreadable
@@ -169,14 +170,12 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def read_json_output(path: str | Path, file_name: str, what: str, missing_hint: str) -> tuple[Path, dict]:
-    """A JSON file a command wrote, given as the file or as the folder that holds `file_name`."""
+def read_json_output(path: str | Path, file_name: str, what: str, missing_hint: str) -> tuple[Path, Any]:
+    """A JSON file a command wrote, given as the file or as the folder that holds `file_name`;
+    the caller checks its shape (`core.schema`)."""
     path = Path(path)
     if path.is_dir():
         path = path / file_name
-    try:
-        return path, json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}", missing_hint) from None
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not valid JSON") from None
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}", missing_hint)
+    return path, read_json_file(path, what)

@@ -9,10 +9,62 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.schema import BOOLEAN, INTEGER, LIST, NUMBER, OBJECT, STRING, Field, Schema, check, optional
 from ..evaluation.report import ci_pct, pct, pct_se, signed_pct
-from .families import grid_family
+from .families import FAMILIES, grid_family
 
 CAPTION = "* oracle\n≈ tied with it (paired 95% CI of the difference includes 0)\n× pruned early"
+GRID_HINT = "re-run the grid-search command that wrote it (it resumes from its samples) or fix the file"
+_CELL = {
+    "temperature": Field(NUMBER, minimum=0),
+    "label": Field(STRING),
+    "slug": Field(STRING),
+    "pass@1": Field(NUMBER, minimum=0, maximum=1),
+    "pass@1_stderr": optional(NUMBER, nullable=True, minimum=0),
+    "n_questions": Field(INTEGER, minimum=0),
+}
+_PRUNED = Schema({"questions": Field(INTEGER, minimum=0), "p_value": Field(NUMBER, minimum=0, maximum=1)})
+# The fields of a finished grid.json that the figure, the tables and the summary read.
+GRID_SCHEMA = Schema(
+    {
+        "benchmark": Field(STRING),
+        "mode": Field(STRING, choices=("full", "expert", "cells")),
+        "metric": optional(STRING),
+        "family": optional(
+            OBJECT,
+            nullable=True,
+            fields=Schema({"name": Field(STRING, choices=tuple(FAMILIES)), "fixed": optional(OBJECT)}),
+        ),
+        "n_questions": Field(INTEGER, minimum=0),
+        "samples_per_question": Field(INTEGER, minimum=1),
+        "stages": Field(LIST, items=Field(OBJECT, fields=Schema({"name": Field(STRING), "best": optional(STRING)}))),
+        "cells": Field(
+            LIST,
+            items=Field(
+                OBJECT,
+                fields=Schema(
+                    {
+                        **_CELL,
+                        "pass@1": Field(NUMBER, nullable=True, minimum=0, maximum=1),
+                        "stages": Field(LIST, items=Field(STRING)),
+                        "pruned": Field(OBJECT, nullable=True, fields=_PRUNED),
+                        "tied": optional(BOOLEAN),
+                    }
+                ),
+            ),
+        ),
+        "oracle": Field(OBJECT, fields=Schema(_CELL)),
+        "ties": optional(LIST, items=Field(OBJECT, fields=Schema({"label": Field(STRING)}))),
+    }
+)
+
+
+def check_grid(grid: dict, where: str) -> dict:
+    """A finished grid.json's shape, its family's second axis included (each cell's value on it)."""
+    check(grid, GRID_SCHEMA, where, GRID_HINT)
+    axis = Schema({grid_family(grid).axis: Field(NUMBER)})
+    axes = Schema({"cells": Field(LIST, items=Field(OBJECT, fields=axis)), "oracle": Field(OBJECT, fields=axis)})
+    return check(grid, axes, where, GRID_HINT)
 
 
 # ---------------------------------------------------------------------------

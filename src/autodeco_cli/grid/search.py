@@ -65,7 +65,7 @@ from ..evaluation.settings import EvalSettings
 from ..tasks.aggregation import metric_name
 from .cells import axes_and_cells, full_cells
 from .families import Cell, Family, get_family
-from .report import plot_grid
+from .report import check_grid, plot_grid
 
 GRID_FILE = "grid.json"
 HEATMAP_FILE = "heatmap.png"
@@ -536,6 +536,6 @@ def _select_oracle(grid: dict, state: SweepState, n_boot: int) -> None:
 def load_grid(path: str | Path) -> dict:
     """grid.json, or the output folder that holds it."""
     path, grid = read_json_output(path, GRID_FILE, "grid file", "run `autodeco grid-search` first")
-    if not grid.get("complete") or "oracle" not in grid:
+    if isinstance(grid, dict) and (grid.get("complete") is not True or "oracle" not in grid):
         raise UserError(f"{path} is from an unfinished grid search", "re-run the same grid-search command to finish it")
-    return grid
+    return check_grid(grid, str(path))

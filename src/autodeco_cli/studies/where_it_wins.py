@@ -300,9 +300,10 @@ def _evaluate_transfer(
     was best on the original wording's test questions (carried over: no search on this task)."""
     from ..core.decoding import make_strategy
     from ..evaluation.paired_table import autodeco_tests, comparison_rows
+    from ..grid.search import load_grid
 
     common = EvalSettings(k=original["k"], seeds=[0], limit=config.transfer_limit, batch_size=config.batch_size)
-    cell = json.loads(Path(original["grid"]).read_text(encoding="utf-8"))["oracle"]
+    cell = load_grid(original["grid"])["oracle"]
     greedy, static = make_strategy("greedy"), make_strategy("static", cell["temperature"], cell["top_p"])
     base = _run(lm, name, [greedy, static], out / "base", common)
     auto = next(iter(_run(lm, name, [make_strategy("autodeco")], out / chosen, common, heads_dir=heads_dir).values()))

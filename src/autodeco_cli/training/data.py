@@ -11,14 +11,21 @@ EOS is appended to every completion. Unlike the official code, we never strip th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 from ..core.errors import UserError
-from ..core.io_checks import iter_text_lines
+from ..core.json_files import read_jsonl_file
+from ..core.prompt_format import CHAT_MESSAGE, CHAT_MESSAGES, CHAT_MESSAGES_HINT
+from ..core.schema import LIST, OBJECT, STRING, Field, Schema, check
 
 IGNORE_INDEX = -100
+LINE_HINT = "one JSON object per line"
+# A {prompt, completion} line, as steering reads it (parse_line checks the same, field by field).
+PROMPT_COMPLETION = Schema(
+    {"prompt": Field((STRING, LIST), items=Field(OBJECT, fields=CHAT_MESSAGE)), "completion": Field(STRING)}
+)
 
 
 @dataclass
@@ -96,17 +103,29 @@ def encode_messages(tokenizer, messages: list[dict]) -> tuple[list[int], list[in
     return input_ids, labels
 
 
-def _check_messages(value, where: str) -> list[dict]:
+def _check_messages(value, where: str, key: str) -> list[dict]:
     if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
         raise UserError(f"{where}: messages must be a list of {{'role', 'content'}} objects")
-    return value
+    return check(value, CHAT_MESSAGES, f"{where}/{key}", CHAT_MESSAGES_HINT)
+
+
+def training_records(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """("FILE:LINE", record) for each line of a training JSONL, parsed depth-safe."""
+    return read_jsonl_file(path, "training data", LINE_HINT)
+
+
+def check_prompt_completion(record: Any, where: str) -> dict:
+    """A {prompt, completion} record whose prompt is text or chat messages and whose completion is text."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return check(record, PROMPT_COMPLETION, where, LINE_HINT)
 
 
 def parse_line(tokenizer, record, where: str) -> tuple[list[int], list[int]]:
     if not isinstance(record, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
-        messages = _check_messages(record["messages"], where)
+        messages = _check_messages(record["messages"], where, "messages")
         if not any(m["role"] == "assistant" for m in messages):
             raise UserError(f"{where}: 'messages' has no assistant turn to learn from")
         try:
@@ -119,7 +138,7 @@ def parse_line(tokenizer, record, where: str) -> tuple[list[int], list[int]]:
         )
     prompt, completion = record["prompt"], record["completion"]
     if isinstance(prompt, list):
-        _check_messages(prompt, where)
+        _check_messages(prompt, where, "prompt")
     elif not isinstance(prompt, str):
         raise UserError(f"{where}: 'prompt' must be a string or a list of chat messages")
     if not isinstance(completion, str) or not completion:
@@ -142,16 +161,7 @@ def load_examples(
     examples: list[Example] = []
     truncated = dropped = 0
     # decoded line by line: a binary file fails naming its line, and a large file stays on disk
-    for number, line in iter_text_lines(path, "training data"):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(
-                f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "one JSON object per line"
-            ) from None
+    for where, record in training_records(path):
         input_ids, labels = parse_line(tokenizer, record, where)
         if len(input_ids) > max_length:
             if overlong == "drop":

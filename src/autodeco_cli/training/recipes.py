@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from dataclasses import fields
@@ -13,6 +14,7 @@ import yaml
 
 from ..core.errors import UserError
 from ..core.io_checks import read_text_file
+from ..core.json_files import check_depth, too_deep
 
 T = TypeVar("T")
 
@@ -34,14 +36,16 @@ def read_recipe_with_lines(path: str | Path) -> tuple[dict, dict[str, str]]:
             raise UserError(f"recipe not found: {path}", f"shipped recipes: {', '.join(bundled_recipe_names())}")
     text = read_text_file(path, "recipe")
     try:
-        data = yaml.safe_load(text) or {}
+        data = check_depth(yaml.safe_load(text) or {}, str(path))
+        node = yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise too_deep(str(path)) from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a mapping of field: value")
-    node = yaml.compose(text)
     lines = {
         str(k.value): f"{path}:{k.start_mark.line + 1}"
         for k, _ in getattr(node, "value", [])
@@ -62,9 +66,12 @@ def _parse_overrides(items: list[str]) -> dict[str, tuple]:
             raise UserError(f"override {item!r} is not key=value", "e.g. learning_rate=1e-3 epochs=3")
         key, raw = item.split("=", 1)
         try:
-            values[key.strip()] = (yaml.safe_load(raw) if raw != "" else None, raw)
+            value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
-            values[key.strip()] = (raw, raw)
+            value = raw
+        except RecursionError:
+            raise too_deep(f"override {key.strip()}") from None
+        values[key.strip()] = (check_depth(value, f"override {key.strip()}"), raw)
     return values
 
 
@@ -177,7 +184,10 @@ def _to_int(value) -> int:
 def _to_float(value) -> float:
     if isinstance(value, (bool, list, dict)):
         raise TypeError(value)
-    return float(value)
+    number = float(value)
+    if math.isnan(number):  # YAML's .nan: no setting means "not a number"
+        raise ValueError(value)
+    return number
 
 
 def _to_str(value) -> str:

@@ -45,7 +45,7 @@ from ..engine.interface import Engine
 from ..engine.requests import build_requests, request_seed
 from ..tasks.registry import get_task
 from .config import TrainConfig
-from .data import Example, encode_prompt_completion
+from .data import Example, check_prompt_completion, encode_prompt_completion, training_records
 from .hidden_features import Features, base_features
 from .losses import head_losses
 from .trainer import HeadTrainer, easy_drop_uniforms
@@ -350,8 +350,11 @@ def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume
 
 
 def _steer_records(config: TrainConfig) -> list[dict]:
-    records = [json.loads(line) for line in Path(config.data).read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = [r for r in records if "prompt" in r and "completion" in r]
+    records = [
+        check_prompt_completion(record, where)
+        for where, record in training_records(config.data)
+        if not isinstance(record, dict) or ("prompt" in record and "completion" in record)
+    ]
     if config.limit:
         records = records[: config.limit]
     if not records:
