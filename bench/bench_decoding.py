@@ -142,7 +142,8 @@ def main(argv=None) -> int:
                 times[(name, bs)].append(seconds)
                 tokens[(name, bs)].append(count)
 
-    print(f"\nmodel={args.model}  threads={args.threads}  max_new_tokens={args.max_new_tokens}  repeats={args.repeats}  "
+    print(f"\nmodel={args.model}  threads={args.threads}  max_new_tokens={args.max_new_tokens}  repeats={args.repeats} "
+          " "
           f"static: T={args.temperature:g} p={args.top_p:g}  eos={'on' if args.allow_eos else 'off'}")  # fmt: skip
     header = f"{'batch':>5}  {'strategy':<9} {'tokens':>7} {'median s':>9} {'ms/token':>9} {'tokens/s':>9}"
     print(header)
@@ -155,7 +156,8 @@ def main(argv=None) -> int:
             spt = [s / max(1, n) for s, n in zip(times[(name, bs)], tokens[(name, bs)])]
             per_token[name] = statistics.median(spt)
             print(
-                f"{bs:>5}  {name:<9} {statistics.median(tokens[(name, bs)]):>7.0f} {statistics.median(times[(name, bs)]):>9.3f} "
+                f"{bs:>5}  {name:<9} {statistics.median(tokens[(name, bs)]):>7.0f} "
+                f"{statistics.median(times[(name, bs)]):>9.3f} "
                 f"{1000 * per_token[name]:>9.2f} {1 / per_token[name]:>9.1f}"
             )
         ratios[bs] = per_token["autodeco"] / per_token["static"]
@@ -165,7 +167,8 @@ def main(argv=None) -> int:
         print(f"batch {bs}: time per token autodeco / static = {ratio:.3f}  (target <= 1.03: {verdict})")
     for bs, shares in head_share.items():
         print(
-            f"batch {bs}: heads' own time within autodeco runs = +{100 * statistics.median(shares):.1f}% of the rest of the run (in-run, drift-free)"
+            f"batch {bs}: heads' own time within autodeco runs = +{100 * statistics.median(shares):.1f}% of the rest "
+            "of the run (in-run, drift-free)"
         )
     engine.close()
     return 0

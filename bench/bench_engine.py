@@ -237,7 +237,10 @@ if __name__ == "__main__":
     from transformers import AutoTokenizer
     path, prompts, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     tokenizer = AutoTokenizer.from_pretrained(path)
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False) for p in prompts]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in prompts
+    ]
     started = time.perf_counter()
     llm = LLM(model=path, dtype="bfloat16", seed=0, max_num_seqs=32, max_model_len=1024)
     startup = time.perf_counter() - started
@@ -481,7 +484,8 @@ def main(argv=None) -> int:
                         continue
                     runs[variant].append(r)
                     print(
-                        f"  {part:6s} {variant:8s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall {r['cpu']:7.1f} s cpu  {r['tokens'] / r['wall']:7.1f} tok/s",
+                        f"  {part:6s} {variant:8s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall "
+                        f"{r['cpu']:7.1f} s cpu  {r['tokens'] / r['wall']:7.1f} tok/s",
                         flush=True,
                     )
             results["runs"][part] = runs
@@ -505,7 +509,8 @@ def main(argv=None) -> int:
                         pair[name].append(r)
                         extra = f" (vLLM start-up {r['startup']:.0f} s)" if "startup" in r else ""
                         print(
-                            f"  vllm   {name:9s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall{extra}  {r['tokens'] / r['wall']:7.1f} tok/s",
+                            f"  vllm   {name:9s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall{extra}  "
+                            f"{r['tokens'] / r['wall']:7.1f} tok/s",
                             flush=True,
                         )
             else:
@@ -524,7 +529,8 @@ def print_tables(results: dict) -> None:
     runs = results["runs"]
     if runs:
         print(
-            "\n| workload | variant | tokens | median tok/s (wall) | median tok/s (CPU) | x baseline (wall) | x baseline (CPU) |"
+            "\n| workload | variant | tokens | median tok/s (wall) | median tok/s (CPU) | x baseline (wall) | x "
+            "baseline (CPU) |"
         )
         print("|---|---|---:|---:|---:|---:|---:|")
     for part, by_variant in runs.items():
@@ -547,7 +553,8 @@ def print_tables(results: dict) -> None:
                     f"{wall / statistics.median(r['tokens'] / r['wall'] for r in by_variant['vllm-bf16']):.2f} x vLLM"
                 )
             print(
-                f"| {part} | {variant} | {statistics.median(r['tokens'] for r in rs):.0f} | {wall:.1f} | {cpu:.1f} | {ratio_wall} | {ratio_cpu} |"
+                f"| {part} | {variant} | {statistics.median(r['tokens'] for r in rs):.0f} | {wall:.1f} | {cpu:.1f} | "
+                f"{ratio_wall} | {ratio_cpu} |"
             )
     for part in [p for p in runs if p.startswith("breakdown-")]:
         variants = [v for v in runs[part] if runs[part][v]]
@@ -568,15 +575,18 @@ def print_tables(results: dict) -> None:
             r = runs[part][v][0]
             if r.get("decode_forwards"):
                 print(
-                    f"{v}: {r['steps']} steps, {r['decode_rows'] / r['decode_forwards']:.1f} rows per decode forward, {r['tokens'] / r['steps']:.1f} tokens per step"
+                    f"{v}: {r['steps']} steps, {r['decode_rows'] / r['decode_forwards']:.1f} rows per decode forward, "
+                    f"{r['tokens'] / r['steps']:.1f} tokens per step"
                 )
     if "limits" in results:
         lim = results["limits"]
         print(
-            f"\nprobes: read bandwidth {lim['read_GBps']:.1f} GB/s, fp32 matmul {lim['fp32_GFLOPs']:.0f} GFLOP/s, bf16 matmul {lim['bf16_GFLOPs']:.0f} GFLOP/s"
+            f"\nprobes: read bandwidth {lim['read_GBps']:.1f} GB/s, fp32 matmul {lim['fp32_GFLOPs']:.0f} GFLOP/s, bf16 "
+            f"matmul {lim['bf16_GFLOPs']:.0f} GFLOP/s"
         )
         print(
-            f"model: {lim['body_params'] / 1e6:.1f} M body + {lim['head_params'] / 1e6:.1f} M LM-head parameters per token"
+            f"model: {lim['body_params'] / 1e6:.1f} M body + {lim['head_params'] / 1e6:.1f} M LM-head parameters per "
+            "token"
         )
     if "accuracy" in results:
         print("\naccuracy, fp32 vs auto:")

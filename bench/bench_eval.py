@@ -150,7 +150,8 @@ def main(argv=None) -> int:
 
     rates: dict[str, list[float]] = {name: [] for name in paths}
     print(
-        f"\n{args.task}: {len(docs)} questions x {args.samples} samples, batch {args.batch_size}, max_new_tokens {budget}, T={args.temperature:g} p={args.top_p:g}"
+        f"\n{args.task}: {len(docs)} questions x {args.samples} samples, batch {args.batch_size}, max_new_tokens "
+        f"{budget}, T={args.temperature:g} p={args.top_p:g}"
     )
     header = f"{'repeat':>6}  {'path':<22} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'accuracy':>9} {'tok/row':>8}"
     print(header)
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
             rates[name].append(tokens / seconds)
             accuracy = correct / (len(docs) * args.samples)
             print(
-                f"{repeat:>6}  {name:<22} {tokens:>7} {seconds:>8.1f} {tokens / seconds:>9.1f} {accuracy:>9.3f} {tokens / row_steps:>8.0%}"
+                f"{repeat:>6}  {name:<22} {tokens:>7} {seconds:>8.1f} {tokens / seconds:>9.1f} {accuracy:>9.3f} "
+                f"{tokens / row_steps:>8.0%}"
             )
     ratio = statistics.median(rates["autodeco eval runner"]) / statistics.median(rates["plain generate loop"])
     verdict = "ok" if ratio >= 1.5 else "BELOW TARGET"

@@ -216,7 +216,8 @@ def main(argv=None) -> int:
 
     n_samples = args.limit * args.k * len(cells)
     print(
-        f"\n{args.task}: {len(cells)} cells (T {temps} x p {ps}), {args.limit} questions x {args.k} samples = {n_samples} samples, batch {args.batch_size}, threads {args.threads}"
+        f"\n{args.task}: {len(cells)} cells (T {temps} x p {ps}), {args.limit} questions x {args.k} samples = "
+        f"{n_samples} samples, batch {args.batch_size}, threads {args.threads}"
     )
     header = f"{'repeat':>6}  {'path':<20} {'seconds':>8}"
     print(header)
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
 
     if "cli" in median and "loop" in median:
         print(
-            f"=> start-up + model load per `autodeco eval` call ~ {(median['cli'] - median['loop']) / len(cells):.1f} s (eval CLI loop - run_eval loop, per cell)"
+            f"=> start-up + model load per `autodeco eval` call ~ {(median['cli'] - median['loop']) / len(cells):.1f} "
+            "s (eval CLI loop - run_eval loop, per cell)"
         )
     print()
     ratio("sweep", "cli", 0.5)

@@ -286,9 +286,12 @@ def main(argv=None) -> int:
     total_tokens, loss_tokens = report.total_tokens, report.loss_tokens
     steps = -(-len(examples) // (args.micro_batch_size * args.gradient_accumulation))
     print(
-        f"model {args.model}; {len(examples)} GSM8K samples: {total_tokens:,} total tokens, {loss_tokens:,} loss tokens; "
-        f"micro-batch {args.micro_batch_size} x accumulation {args.gradient_accumulation} ({steps} optimizer steps/epoch); "
-        f"repeats {args.repeats}; torch {torch.__version__}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        f"model {args.model}; {len(examples)} GSM8K samples: {total_tokens:,} total tokens, {loss_tokens:,} loss "
+        "tokens; "
+        f"micro-batch {args.micro_batch_size} x accumulation {args.gradient_accumulation} ({steps} optimizer "
+        "steps/epoch); "
+        f"repeats {args.repeats}; torch {torch.__version__}; {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}",
         flush=True,
     )
     results: dict = {
@@ -344,7 +347,8 @@ def main(argv=None) -> int:
                 for key, clock in new.items():
                     clocks.setdefault(key, []).append(clock)
                     print(
-                        f"  [threads {threads}, repeat {repeat + 1}] {key}: {clock.wall:.1f} s wall, {clock.cpu:.1f} s CPU (load {os.getloadavg()[0]:.1f})",
+                        f"  [threads {threads}, repeat {repeat + 1}] {key}: {clock.wall:.1f} s wall, {clock.cpu:.1f} s "
+                        f"CPU (load {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
         cell = {name: summary(values) for name, values in clocks.items()}
@@ -366,7 +370,8 @@ def main(argv=None) -> int:
                     total_tokens_per_cpu_s=total_tokens / c["cpu_min"],
                 )
                 print(
-                    f"  {label:<36} {c['wall_min']:8.1f} {c['cpu_min']:8.1f} {c['total_tokens_per_s']:12.1f} {c['loss_tokens_per_s']:11.1f} {c['total_tokens_per_cpu_s']:16.1f}"
+                    f"  {label:<36} {c['wall_min']:8.1f} {c['cpu_min']:8.1f} {c['total_tokens_per_s']:12.1f} "
+                    f"{c['loss_tokens_per_s']:11.1f} {c['total_tokens_per_cpu_s']:16.1f}"
                 )
         if "ours" in cell:
             for key in ("official-off", "official-on"):
@@ -383,14 +388,17 @@ def main(argv=None) -> int:
             warm_cpu = cell["cache-warm"]["cpu_min"] / cell["cache-off"]["cpu_min"]
             cell["cache_ratio_prebuilt"] = {"wall": warm_wall, "cpu": warm_cpu}
             print(
-                f"  cache, {args.cache_epochs} epochs from a built cache: {cell['cache-warm']['wall_min']:.1f} s vs recomputing {cell['cache-off']['wall_min']:.1f} s wall "
+                f"  cache, {args.cache_epochs} epochs from a built cache: {cell['cache-warm']['wall_min']:.1f} s vs "
+                f"recomputing {cell['cache-off']['wall_min']:.1f} s wall "
                 f"-> ratio {warm_wall:.2f} wall, {warm_cpu:.2f} CPU   (target <= 0.5)\n"
-                f"  cache, {args.cache_epochs} epochs incl. building it: {cell['cache-on']['wall_min']:.1f} s -> ratio {wall:.2f} wall, {cpu:.2f} CPU"
+                f"  cache, {args.cache_epochs} epochs incl. building it: {cell['cache-on']['wall_min']:.1f} s -> ratio "
+                f"{wall:.2f} wall, {cpu:.2f} CPU"
             )
         print(flush=True)
         results["threads"][threads] = cell
     print(
-        "note: the brief's baseline (official trainer ~50 tok/s at 1 thread, 99 at 2, 64 samples, 14.5k tokens) counts TOTAL tokens."
+        "note: the brief's baseline (official trainer ~50 tok/s at 1 thread, 99 at 2, 64 samples, 14.5k tokens) counts "
+        "TOTAL tokens."
     )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -41,7 +41,8 @@ def _measure(engine_name, engine, prompts, args, rates) -> None:
             tokens = sum(len(g.token_ids) for g in gens)
             rates.setdefault(f"{engine_name}/{strategy.name}", []).append(tokens / seconds)
             print(
-                f"  {engine_name:5s} rep {rep} {strategy.name:9s} {tokens} tokens {seconds:6.1f} s {tokens / seconds:6.1f} tok/s",
+                f"  {engine_name:5s} rep {rep} {strategy.name:9s} {tokens} tokens {seconds:6.1f} s "
+                f"{tokens / seconds:6.1f} tok/s",
                 flush=True,
             )
 
@@ -146,7 +147,8 @@ def main() -> None:
     if not args.skip_eval:
         rates, hf_start, vl_start = eval_workload(args)
         print(
-            f"\n### eval workload: arith-add {args.questions} questions × k={args.k}, ≤{args.max_new_tokens} tokens, batch {args.batch_size}, {args.dtype}"
+            f"\n### eval workload: arith-add {args.questions} questions × k={args.k}, ≤{args.max_new_tokens} tokens, "
+            f"batch {args.batch_size}, {args.dtype}"
         )
         print(f"start-up: ours {hf_start:.1f} s, vLLM {vl_start:.1f} s\n")
         print("| decoding | ours tok/s | vLLM tok/s | vLLM / ours |\n|---|---|---|---|")
@@ -156,7 +158,8 @@ def main() -> None:
     overhead = overhead_workload(args)
     plain, learned = statistics.median(overhead["plain static"]), statistics.median(overhead["autodeco"])
     print(
-        f"\n### autodeco inside vLLM: {args.batch_size * 2} sequences × {args.fixed_tokens} tokens (ignore_eos), {args.dtype}, median of {args.repeats}\n"
+        f"\n### autodeco inside vLLM: {args.batch_size * 2} sequences × {args.fixed_tokens} tokens (ignore_eos), "
+        f"{args.dtype}, median of {args.repeats}\n"
     )
     print("| model | tok/s |\n|---|---|")
     print(f"| plain base, static T=1 | {plain:.1f} |\n| AutoDeco model, learned | {learned:.1f} |")

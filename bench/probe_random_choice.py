@@ -117,7 +117,8 @@ def main() -> None:
         for name, scores in per_token.items():
             c = stats.paired_comparison(scores, static[best], n_boot=10_000, seed=0)
             print(
-                f"  {name} − best static ({best}): {100 * c.mean_diff:+.1f} ± {100 * c.se:.1f}, 95% CI [{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]",
+                f"  {name} − best static ({best}): {100 * c.mean_diff:+.1f} ± {100 * c.se:.1f}, 95% CI "
+                f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}]",
                 flush=True,
             )
         if args.out:

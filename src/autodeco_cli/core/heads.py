@@ -175,7 +175,8 @@ def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
             raise UserError(
-                f"{path}: tensor {name} holds {bad} NaN/inf value{'s' if bad != 1 else ''} of {tensor.numel()}; these heads are broken (a diverged training run?)",
+                f"{path}: tensor {name} holds {bad} NaN/inf value{'s' if bad != 1 else ''} of {tensor.numel()}; these "
+                "heads are broken (a diverged training run?)",
                 "retrain them (e.g. with a lower learning_rate) or use an earlier checkpoint from checkpoints/",
             )
 
@@ -190,7 +191,8 @@ def _check_config_hidden_size(cfg: dict, hidden_size: int, path: Path) -> None:
         if value is not None and value != hidden_size:
             raise UserError(
                 f"{cfg_path}: field {where} is {value!r}, but the weights are for hidden size {hidden_size}",
-                f"set {where} to {hidden_size} if the weights are right, or re-save the heads with `autodeco train-heads`",
+                f"set {where} to {hidden_size} if the weights are right, or re-save the heads with `autodeco "
+                "train-heads`",
             )
 
 

@@ -18,9 +18,10 @@ Sampling is inverse-CDF with one uniform number per step from the request's own
 `torch.Generator`, seeded by (seed, prompt, sample index). A sample therefore depends only on
 its own identity, never on what shares its batch or row, so eval resumes and grid-search cells
 reproduce single runs (up to float rounding: another batch shape can move logits by ~1e-5,
-which flips a draw only when its uniform number lands that close to a token boundary). Strategies share those numbers on purpose (common random numbers): two
-cells with nearby (T, p) then draw the same tokens until their distributions really differ,
-which sharpens paired comparisons and keeps rows shared for longer.
+which flips a draw only when its uniform number lands that close to a token boundary).
+Strategies share those numbers on purpose (common random numbers): two cells with nearby (T, p)
+then draw the same tokens until their distributions really differ, which sharpens paired
+comparisons and keeps rows shared for longer.
 
 Per step and row: logits and the last hidden state (kept by a hook on the output embedding, so
 no custom model class is needed) go through the heads for autodeco requests, then through the

@@ -45,7 +45,8 @@ def write_report(
             "## Held-out wordings",
             "",
             f"The chosen heads ({chosen}) on wordings of the same requests that no training or selection saw "
-            "(the few-shot examples are reworded too). The static reference is the cell that was best on the original wording's test "
+            "(the few-shot examples are reworded too). The static reference is the cell that was best on the original "
+            "wording's test "
             "questions, carried over unchanged.",
             "",
         ]

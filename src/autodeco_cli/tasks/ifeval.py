@@ -39,8 +39,13 @@ INSTALL_HINT = "pip install 'autodeco-cli[ifeval]' && pip install --no-deps lm-e
 AFFECTED_BY_FALLBACK = ("length_constraints:number_sentences", "change_case:capital_word_frequency")
 # The per-sample counts `score_ifeval` records, which `aggregate_metrics` turns into accuracies.
 METRIC_KEYS = (
-    "prompt_strict", "prompt_loose", "inst_strict_correct", "inst_strict_total", "inst_loose_correct", "inst_loose_total",
-)  # fmt: skip
+    "prompt_strict",
+    "prompt_loose",
+    "inst_strict_correct",
+    "inst_strict_total",
+    "inst_loose_correct",
+    "inst_loose_total",
+)
 
 # Common English abbreviations that end in a period but rarely end a sentence. Punkt stores
 # them lowercased, without the final period.

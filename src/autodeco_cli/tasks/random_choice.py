@@ -7,7 +7,8 @@ exact everywhere else; any single static (T, p) trades one for the other.
 
 Splits: a question's option set (in any order, with its constant) is assigned to test,
 validation or train by a seeded hash, so no set of one split ever appears in another (not even
-reordered), however many questions are drawn. Within a split, questions are drawn by a seeded RNG, rejecting sets of other splits.
+reordered), however many questions are drawn. Within a split, questions are drawn by a seeded
+RNG, rejecting sets of other splits.
 
 Prompts are raw few-shot completions (measured on SmolLM2-135M: a chat prompt's first answer
 token is "1", "N", "Let"... rather than a choice, see evals/README.md): two solved examples,
