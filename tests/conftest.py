@@ -152,6 +152,33 @@ def wrong_heads_dir(tmp_path_factory) -> Path:
     return folder
 
 
+VLLM_TINY_HIDDEN = 128  # 2 heads of 64: vLLM's CPU attention has no kernel for the tiny model's head size 8
+
+
+def save_vllm_tiny_base(folder: Path):
+    """A tiny random Llama that vLLM can run, saved with the tiny tokenizer; returns the model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=VLLM_TINY_HIDDEN,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(config).eval()
+    base.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return base
+
+
 def build_merged_folder(base_dir: Path, target: Path, heads, sharded: bool = False) -> Path:
     """An official-style merged AutoDeco checkpoint built from a saved base model folder: base
     weights under ``llm.``, the heads' tensors, and an autodeco config with base_model_type."""

@@ -171,27 +171,19 @@ def test_eval_matches_our_engine_within_paired_se(hf_engine, vllm_engine, tmp_pa
 
 def test_merged_official_layout_serves_its_heads(tmp_path):
     """An official merged folder (base under `llm.`, heads inside) runs on vLLM with its own heads."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from autodeco_cli.core.heads import fresh_heads, load_heads
     from autodeco_cli.engine.vllm.engine import VllmSettings, open_vllm_engine
-    from conftest import build_merged_folder, build_tiny_tokenizer
+    from conftest import VLLM_TINY_HIDDEN, build_merged_folder, save_vllm_tiny_base
 
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False)  # fmt: skip
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config).eval()
-    base.save_pretrained(str(tmp_path / "base"), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp_path / "base"))
-    folder = build_merged_folder(tmp_path / "base", tmp_path / "merged", fresh_heads(128, seed=5))
+    base = save_vllm_tiny_base(tmp_path / "base")
+    folder = build_merged_folder(tmp_path / "base", tmp_path / "merged", fresh_heads(VLLM_TINY_HIDDEN, seed=5))
     engine = open_vllm_engine(str(folder), None, [_strategy("autodeco")], VllmSettings(dtype="float32", max_num_seqs=4))
     try:
         requests = _requests(engine.tokenizer, _strategy("autodeco"))[:2]
         generations = engine.generate(requests, max_new_tokens=6, trace=True)
     finally:
         engine.close()
-    heads = load_heads(folder, expected_hidden_size=128)
+    heads = load_heads(folder, expected_hidden_size=VLLM_TINY_HIDDEN)
     from autodeco_cli.engine.generation import HiddenStateCapture
 
     capture = HiddenStateCapture(base)

@@ -10,8 +10,8 @@ A class is built per base architecture on first use (`AutoDecoLlamaForCausalLM` 
 made by `vllm_plugin.register` resolve to, in whichever process vLLM imports them.
 
 Requests that asked for another decoding (static, greedy) get their raw row back from the
-`AutoDecoSwitch` logits processor (`switch.py`), which reads the raw logits and the
-per-row T̂/P̂ this class leaves in `LAST_STEP` (same process: the model runner calls
+switch logits processor (`switch.py`, under either model runner), which reads the raw logits and
+the per-row T̂/P̂ this class leaves in `LAST_STEP` (same process: the model runner calls
 `compute_logits` and then the sampler on the same rows).
 """
 
@@ -40,6 +40,12 @@ class Step:
 
 
 LAST_STEP: Step | None = None
+
+
+def is_autodeco_config(vllm_config) -> bool:
+    """Whether vLLM is serving an AutoDeco model (a staged config names `AutoDeco<arch>`)."""
+    hf_config = getattr(getattr(vllm_config, "model_config", None), "hf_config", None)
+    return any(str(arch).startswith(PREFIX) for arch in getattr(hf_config, "architectures", None) or ())
 
 
 def base_class(arch: str):
@@ -87,6 +93,13 @@ def _base_weights(weights):
         yield (name[len("llm.") :] if name.startswith("llm.") else name), tensor
 
 
+def _no_local_logits(self):
+    # MRV2's batch-sharded sampling asks for `compute_logits_local` (a vocabulary shard) instead of
+    # `compute_logits`, which would sample the base's logits without the heads. Without the
+    # attribute vLLM logs one line ("Disabling batch-sharded sampling") and samples unsharded.
+    raise AttributeError("compute_logits_local")
+
+
 def make_class(base_arch: str):
     """`AutoDeco<base_arch>`: the base class with heads on its logits."""
     base = base_class(base_arch)
@@ -108,6 +121,7 @@ def make_class(base_arch: str):
         "__init__": __init__,
         "compute_logits": compute_logits,
         "load_weights": load_weights,
+        "compute_logits_local": property(_no_local_logits),
         "__module__": __name__,
         "__qualname__": PREFIX + base_arch,
     }

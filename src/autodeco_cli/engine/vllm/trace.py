@@ -1,18 +1,31 @@
-"""The per-token trace channel between the `AutoDecoSwitch` (in vLLM's worker) and the caller.
+"""The per-token trace channel between the switch (in vLLM's worker) and the caller.
 
-Kept free of vLLM imports: the engine reads traces, and the CLI checks for vLLM, before vLLM
-is imported.
+The switch appends one JSON line per step, ``[[id, token index, T̂, P̂, nucleus size], ...]``,
+to ``$AUTODECO_VLLM_TRACE_DIR/trace-<pid>.jsonl``; `TraceReader` collects them. Kept free of
+vLLM imports: the engine reads traces, and the CLI checks for vLLM, before vLLM is imported.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 TRACE_DIR_ENV = "AUTODECO_VLLM_TRACE_DIR"
 # the request's extra_args keys (OpenAI requests: "vllm_xargs")
 LEARNED_ARG = "autodeco"
 TRACE_ARG = "autodeco_trace"
+
+
+def trace_path() -> Path | None:
+    """This process's trace file, or None when the caller asked for no traces."""
+    directory = os.environ.get(TRACE_DIR_ENV)
+    return Path(directory) / f"trace-{os.getpid()}.jsonl" if directory else None
+
+
+def append_trace(path: Path, entries: list[list]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entries) + "\n")
 
 
 class TraceReader:
