@@ -115,13 +115,16 @@ def test_learned_logits_and_heads_equal_our_engine(hf_engine, vllm_engine):
             if entry.logprob == float("-inf"):
                 assert row[token_id] == float("-inf")
             else:
-                logit_error = max(logit_error, abs(entry.logprob - float(row[token_id])))
+                # in raw-logit units (× T̂), the static test's tolerance: a learned logit is raw / T̂, so a
+                # T̂ of 0.3 alone triples the fp32 difference between vLLM's CPU kernels and ours
+                scale = float(temperature[start + step])
+                logit_error = max(logit_error, abs(entry.logprob - float(row[token_id])) * scale)
                 compared += 1
         assert token in logprobs and row[token] > float("-inf")  # sampled inside our nucleus
     t_error = max(abs(s[0] - float(temperature[start + i])) for i, s in enumerate(steps))
     p_error = max(abs(s[1] - float(top_p[start + i])) for i, s in enumerate(steps))
     print(
-        f"\nlearned logits: max |Δ| {logit_error:.2e} over {compared} values; T̂ {t_error:.2e}, P̂ {p_error:.2e} over {len(steps)} steps"
+        f"\nlearned logits: max |Δ|·T̂ {logit_error:.2e} over {compared} values; T̂ {t_error:.2e}, P̂ {p_error:.2e} over {len(steps)} steps"
     )
     assert len(steps) == len(tokens)
     assert logit_error < 2e-3 and t_error < 1e-4 and p_error < 1e-4
