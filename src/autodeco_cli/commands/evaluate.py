@@ -190,8 +190,10 @@ def _print_labels(results: dict) -> None:
     metrics = [(task, m) for result in results.values() for task, m in result["results"].items()]
     for task, label in {task: m["label"] for task, m in metrics if "label" in m}.items():
         console.print(f"[bold]{task}[/]: {label}")
-    for task, judge in {task: m["judge_isolation"] for task, m in metrics if "judge_isolation" in m}.items():
-        console.print(f"[bold]{task}[/]: judged in {judge}")
+    for task, m in {task: m for task, m in metrics if "judge_isolation" in m}.items():
+        mix = m.get("judge_isolation_samples")
+        mixed = f" (samples: {', '.join(f'{n} in {label}' for label, n in mix.items())})" if mix else ""
+        console.print(f"[bold]{task}[/]: judged in {m['judge_isolation']}{mixed}")
 
 
 COMPARE_HELP = (

@@ -56,7 +56,12 @@ SamplesOpt = Annotated[int, typer.Option("--n", help="Samples per prompt.")]
 StopOpt = Annotated[Optional[list[str]], typer.Option("--stop", help="Stop string (repeatable).")]
 OutputOpt = Annotated[
     Optional[Path],
-    typer.Option("--output", "-o", help="Write results as JSONL (default for many prompts: stdout JSONL)."),
+    typer.Option(
+        "--output",
+        "-o",
+        help="Write results as JSONL, in prompt order (default for many prompts: stdout JSONL, one line per "
+        "sample as its batch finishes).",
+    ),
 ]
 TraceOpt = Annotated[
     bool,
@@ -135,6 +140,8 @@ def generate(
         raise UserError("--max-new-tokens, --n and --batch-size must be at least 1")
     strategy = decoding_options.strategy()
     prompts = read_prompts(prompt, file)
+    if not chat:
+        _check_raw_prompts(prompts, file)
     if outputs.wants_trace and not strategy.uses_heads and strategy.name != "edt":
         err_console.print(
             "[yellow]note:[/] the trace shows the strategy's fixed T/p; use --decoding autodeco to see learned values"
@@ -147,10 +154,23 @@ def generate(
     generations = run.generate()
     if run.single:
         print("" if run.streamed else generations[0].text)
-    else:
+    elif outputs.output is not None:
         _write_generations(generations, prompts, outputs.output)
     if outputs.wants_trace:
         _emit_traces(generations, outputs, batched=len(requests) > 1)
+
+
+def _check_raw_prompts(prompts, file: Path | None) -> None:
+    """An empty raw prompt is refused before the model loads. Generating from the BOS token
+    instead would depend on the model (many tokenizers have none) and hide a blank record."""
+    for index, text in enumerate(prompts):
+        if isinstance(text, str) and not text:
+            where = "the prompt is empty" if file is None else f"{file}: prompt_index {index} is empty"
+            raise UserError(
+                f"{where}: with --no-chat there is no token to start from",
+                "give it some text, or drop --no-chat; for text from nothing, pass the model's BOS token "
+                "(e.g. '<|endoftext|>') as the prompt",
+            )
 
 
 def _requests(engine: Engine, prompts, strategy, *, n: int, seed: int, chat: bool, max_new_tokens: int) -> list:
@@ -165,7 +185,8 @@ def _requests(engine: Engine, prompts, strategy, *, n: int, seed: int, chat: boo
 
 class _Run:
     """One generate call: a single prompt streams to stdout (unless a stop string could still cut
-    what was printed); many prompts show a progress bar and, with -o, append each finished sample."""
+    what was printed); many prompts show a progress bar and write each sample as it finishes, as a
+    JSONL line to stdout or appended to -o."""
 
     def __init__(self, engine: Engine, requests, prompts, settings: dict, output: Path | None):
         self.engine, self.requests, self.prompts, self.output = engine, requests, prompts, output
@@ -179,7 +200,7 @@ class _Run:
 
             streamer = TextStreamer(self.engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
             return self.engine.generate(self.requests, streamer=streamer, **self.settings)
-        sink = _SampleSink(self.output, self.prompts) if self.output is not None else None
+        sink = None if self.single else _SampleSink(self.output, self.prompts)  # single: its text is printed
         try:
             return self._with_progress(sink)
         finally:
@@ -221,18 +242,30 @@ def _generation_record(g, prompts) -> dict:
 
 
 class _SampleSink:
-    """`generate -o`: each sample is appended as soon as it finishes, so a crash or Ctrl-C keeps
-    the finished ones; `_write_generations` rewrites the file in prompt order at the end."""
+    """Each sample is written as soon as its batch finishes, so a crash or Ctrl-C keeps the
+    finished ones: appended to -o (which `_write_generations` rewrites in prompt order at the end),
+    or printed to stdout in the order batches finish (prompt order within a batch)."""
 
-    def __init__(self, path: Path, prompts):
+    def __init__(self, path: Path | None, prompts):
         self.path, self.prompts, self.handle = path, prompts, None
+        # Taken before the progress bar starts: on a terminal it swaps sys.stdout for a proxy that
+        # prints above the bar on stderr, which is right for a terminal but would take piped JSONL.
+        self.stdout = sys.stdout if path is None else None
 
     def write(self, batch) -> None:
+        lines = "".join(
+            json.dumps(_generation_record(g, self.prompts), ensure_ascii=False) + "\n"
+            for g in sorted(batch, key=lambda g: g.key)
+        )
+        if self.stdout is not None:
+            stream = sys.stdout if self.stdout.isatty() else self.stdout
+            stream.write(lines)
+            stream.flush()
+            return
         if self.handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = self.path.open("w", encoding="utf-8")
-        for g in batch:
-            self.handle.write(json.dumps(_generation_record(g, self.prompts), ensure_ascii=False) + "\n")
+        self.handle.write(lines)
         self.handle.flush()
 
     def close(self) -> None:
@@ -241,11 +274,8 @@ class _SampleSink:
             self.handle = None
 
 
-def _write_generations(generations, prompts, output: Path | None):
+def _write_generations(generations, prompts, output: Path):
     lines = [json.dumps(_generation_record(g, prompts), ensure_ascii=False) for g in generations]
-    if output is None:
-        sys.stdout.write("\n".join(lines) + "\n")
-        return
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.with_name(output.name + ".tmp")
     staging.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -31,6 +31,11 @@ from .options import (
     TrustOpt,
 )
 
+# Above this many cells a sweep needs --yes: 200 × 100 values are easy to type and take days.
+LARGE_GRID_CELLS = 500
+# For the time estimate only: the default 135M model batched on 2 CPU cores (reports/engine-speed.md).
+ROUGH_TOKENS_PER_S = 300
+
 if TYPE_CHECKING:
     from ..engine.interface import Engine
     from ..evaluation.settings import EvalSettings
@@ -128,6 +133,15 @@ ThenEvalOpt = Annotated[
     ),
 ]
 
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes",
+        help=f"Run a grid of more than {LARGE_GRID_CELLS} cells. Without it such a grid stops before the model "
+        "loads, with its cell count and a rough time estimate.",
+    ),
+]
+
 # The command's --help. Concatenated rather than a docstring wrapped at 120 columns: typer's rich
 # mode keeps single line breaks, so wrapping would show in the help.
 GRID_SEARCH_HELP = (
@@ -190,6 +204,7 @@ def grid_search_command(
     output_dir: OutputDirOpt = None,
     early_stop: EarlyStopOpt = False,
     then_eval: ThenEvalOpt = False,
+    yes: YesOpt = False,
     chat: ChatOpt = True,
     split: SplitOpt = "test",
     data_dir: DataDirOpt = None,
@@ -211,9 +226,9 @@ def grid_search_command(
     from ..evaluation.settings import EvalSettings
     from ..grid.search import GridSpec, check_mode
 
-    mode = mode or ("cells" if cells else "full")
+    mode = mode or ("cells" if cells is not None else "full")
     check_mode(mode)  # these before the model loads
-    if cells and mode != "cells":
+    if cells is not None and mode != "cells":
         raise UserError(f"--cells is for --mode cells, not --mode {mode}", "drop --cells, or use --mode cells")
     axis_texts = {"--top-ps": top_ps, "--min-ps": min_ps, "--n-sigmas": n_sigmas, "--edt-thetas": edt_thetas}
     grid_family, temperature_list, value_list, cell_list = _grid_axes(
@@ -222,6 +237,7 @@ def grid_search_command(
     settings = option_group(EvalSettings, params, seeds=parse_seeds(seeds))
     settings.check()
     axes = {"temperatures": temperature_list, "values": value_list, "cells": cell_list}
+    _check_grid_size(benchmark, mode, axes, settings, grid_family, yes)
     spec = GridSpec(mode=mode, family=grid_family, early_stop=early_stop, **axes)
     # each family its own default folder: grid.json is one sweep's record
     prefix = "grid" if grid_family.is_static else f"grid-{grid_family.name}"
@@ -284,10 +300,47 @@ def _grid_axes(family: str, edt_base, mode: str, temperatures: str | None, axis_
             f"--mode expert is the static (T, p) recipe, not for --family {family}",
             "use --mode full (the default) or --mode cells",
         )
-    values = axis_text(grid_family, axis_texts) or grid_family.default_values
-    cell_list = parse_cells(cells, grid_family) if mode == "cells" and cells else None
-    temperature_list = parse_values(temperatures or grid_family.default_temperatures, "--temperatures")
+    # None is "not given" (the default); an empty text is a mistake, refused by the parsers
+    values = axis_text(grid_family, axis_texts)
+    values = grid_family.default_values if values is None else values
+    cell_list = parse_cells(cells, grid_family) if mode == "cells" and cells is not None else None
+    temperatures = grid_family.default_temperatures if temperatures is None else temperatures
+    temperature_list = parse_values(temperatures, "--temperatures")
     return grid_family, temperature_list, parse_values(values, grid_family.option), cell_list
+
+
+def _check_grid_size(benchmark: str, mode: str, axes: dict, settings: EvalSettings, family, yes: bool) -> None:
+    """A grid above LARGE_GRID_CELLS cells runs only with --yes, checked before the model loads;
+    its size and a rough time go into the error, or with --yes into a note."""
+    from ..grid.cells import cell_count
+    from ..tasks.registry import get_task
+
+    cells = cell_count(mode, axes["temperatures"], axes["values"], axes["cells"])
+    if cells <= LARGE_GRID_CELLS:
+        return
+    task = get_task(benchmark)
+    questions = len(task.load_docs(split=settings.split, limit=settings.limit, data_dir=settings.data_dir))
+    per_question = settings.k * len(settings.seeds)
+    samples = cells * questions * per_question
+    budget = settings.max_new_tokens or task.max_new_tokens
+    hours = samples * budget / ROUGH_TOKENS_PER_S / 3600
+    shape = (
+        f"{len(axes['temperatures'])} temperatures × {len(axes['values'])} {family.axis_label} values"
+        if mode == "full"
+        else f"--mode {mode}"
+    )
+    size = (
+        f"grid of {cells:,} cells ({shape}) × {questions} questions × {per_question} samples per question = "
+        f"{samples:,} samples of up to {budget} tokens: roughly {hours:,.1f} h at {ROUGH_TOKENS_PER_S} tokens/s "
+        "(a rough estimate: the default small model on CPU; other models and devices differ)"
+    )
+    if not yes:
+        raise UserError(
+            size,
+            f"pass --yes to run it, or shrink the grid to {LARGE_GRID_CELLS} cells or fewer "
+            "(fewer --temperatures or axis values, --mode expert, or --mode cells)",
+        )
+    err_console.print(f"note: {size}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

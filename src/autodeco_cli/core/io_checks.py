@@ -153,3 +153,18 @@ def check_max_new_tokens(max_new_tokens: int | None, config, prompt_tokens: int 
         detail = f"the model's context is {context} tokens"
     hint = f"use --max-new-tokens {room} or less" if room >= 1 else "shorten the prompt"
     raise UserError(f"--max-new-tokens {max_new_tokens} is more than the model can generate: {detail}", hint)
+
+
+def check_task_budget(task: str, budget: int, from_task: bool, config, prompt_tokens: int) -> None:
+    """Refuse a task's generation budget (its own `max_new_tokens` when `from_task`, else
+    --max-new-tokens) that its longest prompt leaves no room for in the model's context."""
+    context = getattr(config, "max_position_embeddings", None)
+    if not isinstance(context, int) or context <= 0 or budget + prompt_tokens <= context:
+        return
+    room = context - prompt_tokens
+    what = f"its default budget of {budget} new tokens" if from_task else f"--max-new-tokens {budget}"
+    raise UserError(
+        f"task {task}: {what} plus its longest prompt ({prompt_tokens} tokens) exceeds the model's context of "
+        f"{context} tokens",
+        f"pass --max-new-tokens {room} or less" if room >= 1 else "use a model with a longer context",
+    )

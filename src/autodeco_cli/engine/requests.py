@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence, Union
 
 from ..core.decoding import DecodingStrategy
+from ..core.errors import UserError
 from ..core.prompt_format import PLAIN, PromptFormat
 
 Messages = list[dict]
@@ -104,6 +105,11 @@ def build_requests(
     requests = []
     for prompt_id, prompt in zip(prompt_ids, prompts):
         ids = encode_prompt(tokenizer, prompt, chat, fmt)
+        if not ids:  # the model would get a zero-length input and fail deep in its embedding
+            raise UserError(
+                f"prompt {prompt_id} gives no tokens: an empty raw prompt (no chat template) has nothing to start from",
+                "give it some text, or use the chat template",
+            )
         for sample in range(n):
             requests.append(
                 Request(

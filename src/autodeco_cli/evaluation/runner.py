@@ -31,6 +31,7 @@ from typing import Any, Sequence
 from ..core.decoding import DecodingStrategy, strategy_slug
 from ..core.errors import UserError
 from ..core.heads import heads_digest
+from ..core.io_checks import check_task_budget
 from ..engine.interface import Engine
 from ..engine.requests import Generation, Request, batch_order_key, encode_prompt, request_seed
 from ..tasks.registry import judge_fields, task_chat, task_label, task_stop, task_version
@@ -188,6 +189,20 @@ def prepare_task(
     return TaskRun(task, docs, max_new_tokens or task.max_new_tokens, split)
 
 
+def check_budget(engine: Engine, task: Any, docs: Sequence[Any], budget: int, chat: bool) -> None:
+    """Fail before any generation when the longest prompt plus `budget` overruns the model's
+    context (a task's default budget is not checked anywhere else). A budget equal to the task's
+    own counts as its default: grid-search passes the resolved budget on explicitly."""
+    config = getattr(getattr(engine, "lm", None), "config", None)
+    if not isinstance(getattr(config, "max_position_embeddings", None), int):
+        return  # nothing to check against: skip encoding the prompts
+    chat = task_chat(task, chat)
+    longest = max(
+        (len(encode_prompt(engine.tokenizer, doc.prompt, chat, engine.prompt_format)) for doc in docs), default=0
+    )
+    check_task_budget(task.name, budget, budget == task.max_new_tokens, config, longest)
+
+
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
@@ -231,6 +246,8 @@ def run_eval(
         prepare_task(task, settings.limit, settings.max_new_tokens, settings.data_dir, settings.split, doc_ids)
         for task in resolve_tasks(task_names)
     ]
+    for run in task_runs:
+        check_budget(engine, run.task, run.docs, run.max_new_tokens, settings.chat)
     info = {
         "model": engine.lm.name,
         "heads": None,
@@ -408,6 +425,8 @@ def sample_record(run: TaskRun, doc: Any, seed: int, sample: int, generation: Ge
         "metrics": dict(score.metrics),
         "num_tokens": len(generation.token_ids),
         "finish_reason": generation.finish_reason,
+        # per sample: a resumed run may be judged under another isolation than its first part
+        **judge_fields(run.task),
     }
     if generation.trace:
         record["mean_temperature"] = generation.mean_temperature
@@ -453,6 +472,18 @@ def task_config(plan: StrategyPlan, run: TaskRun, settings: dict) -> dict:
     return config
 
 
+def judge_mix(task: Any, table: list[list[dict]]) -> dict[str, int] | None:
+    """{isolation: samples} when a code task's samples were judged under more than one isolation
+    (a run resumed after AUTODECO_SANDBOX changed); samples from before the field was recorded
+    count as "unrecorded". None when they agree (the run-level judge_isolation then says it all)."""
+    if not judge_fields(task):
+        return None
+    counts: dict[str, int] = defaultdict(int)
+    for row in (row for rows in table for row in rows):
+        counts[row.get("judge_isolation", "unrecorded")] += 1
+    return dict(sorted(counts.items())) if len(counts) > 1 else None
+
+
 def build_results(plan: StrategyPlan, task_runs: list[TaskRun], logs: dict, info: dict, settings: dict) -> dict:
     info = plan_info(plan, info)
     results, configs, versions, n_samples, per_question = {}, {}, {}, {}, {}
@@ -464,6 +495,9 @@ def build_results(plan: StrategyPlan, task_runs: list[TaskRun], logs: dict, info
         if task_label(run.task):
             results[run.name]["label"] = task_label(run.task)
         results[run.name].update(judge_fields(run.task))
+        mix = judge_mix(run.task, table)
+        if mix:
+            results[run.name]["judge_isolation_samples"] = mix
         configs[run.name] = task_config(plan, run, settings)
         versions[run.name] = task_version(run.task)
         n_samples[run.name] = {"effective": len(run.docs), "limit": settings["limit"]}

@@ -57,7 +57,10 @@ def parse_values(text: str, option: str = "--temperatures") -> list[float]:
             raise UserError(f"{option}: {part.strip()!r} gives {count} values", "use a coarser STEP")
         values.extend(float(start + i * step) for i in range(count))
     if not values:
-        raise UserError(f"{option} {text!r} gives no values")
+        example = "0.1:1.5:0.1" if option == "--temperatures" else "0.1:1.0:0.1"
+        raise UserError(
+            f"{option} {text!r} gives no values", f"e.g. {example} or 0.3,0.7,1.0, or drop the option for its default"
+        )
     return sorted({check_value(v, option) for v in values})
 
 
@@ -92,6 +95,15 @@ def full_cells(temperatures: Sequence[float], top_ps: Sequence[float], family: F
     return [make(t, p) for t in temperatures for p in top_ps]
 
 
+def cell_count(mode: str, temperatures: Sequence[float], values: Sequence[float], cells: Sequence | None) -> int:
+    """How many cells a sweep scores at most (expert: T at p=1, then p at the best T)."""
+    if mode == "cells":
+        return len(cells or ())
+    if mode == "expert":
+        return len(temperatures) + len(values)
+    return len(temperatures) * len(values)
+
+
 def axes_and_cells(
     family: Family, mode: str, temperatures, values, cells
 ) -> tuple[list[float], list[float], list | None]:
@@ -110,6 +122,9 @@ def axes_and_cells(
         check_value(float(v), family.option)
         for v in (values if values is not None else parse_values(family.default_values, family.option))
     ]
+    for option, given in (("--temperatures", temperatures), (family.option, values)):
+        if not given:  # an empty axis would sweep nothing and still write an empty grid.json
+            raise UserError(f"{option} gives no values", "give at least one value, or drop it for the default")
     cell_list = None
     if mode == "cells":
         if not cells:

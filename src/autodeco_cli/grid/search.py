@@ -60,7 +60,7 @@ from ..core.errors import UserError
 from ..engine.interface import Engine
 from ..evaluation.question_scores import row_score
 from ..evaluation.run_store import read_json_output, write_json
-from ..evaluation.runner import engine_info, prepare_task, resolve_tasks, run_eval
+from ..evaluation.runner import check_budget, engine_info, prepare_task, resolve_tasks, run_eval
 from ..evaluation.settings import EvalSettings
 from ..tasks.aggregation import metric_name
 from .cells import axes_and_cells, full_cells
@@ -386,6 +386,7 @@ def run_grid(
         family, spec.mode, spec.temperatures, spec.top_ps if spec.values is None else spec.values, spec.cells
     )
     run = prepare_task(task_obj, settings.limit, settings.max_new_tokens, settings.data_dir, settings.split)
+    check_budget(engine, task_obj, run.docs, run.max_new_tokens, settings.chat)  # all questions, not a round's
     settings = dataclasses.replace(settings, seeds=[int(s) for s in settings.seeds], max_new_tokens=run.max_new_tokens)
     grid = _grid_record(engine, task_obj, run, settings, spec.mode, run_info)
     if not family.is_static:  # static grids stay as they were (no family record means static)

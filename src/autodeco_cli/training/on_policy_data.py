@@ -23,7 +23,7 @@ from ..core.prompt_format import PLAIN, PromptFormat
 from ..engine.interface import Engine
 from ..engine.requests import build_requests
 from ..evaluation.run_store import SampleLog, claim_settings, setting_changes, write_json
-from ..evaluation.runner import engine_info
+from ..evaluation.runner import check_budget, engine_info
 from ..tasks.aggregation import target_support
 from ..tasks.registry import expand, get_task, task_chat, task_stop
 from . import rebalance
@@ -109,6 +109,11 @@ def make_on_policy_data(
     balance: bool = True,
     on_chunk: Callable[[int, int, int], None] | None = None,
 ) -> MakeDataReport:
+    # every task's problems first: a budget the model's context cannot hold fails before anything is written
+    task_docs = [(name, get_task(name)) for name in expand(tasks)]
+    task_docs = [(name, task, task.load_docs(split=split, limit=limit)) for name, task in task_docs]
+    for _, task, docs in task_docs:
+        check_budget(engine, task, docs, max_new_tokens or task.max_new_tokens, chat)
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "model": engine.lm.name, "decoding": strategy.to_dict(), "k": k,
@@ -120,9 +125,7 @@ def make_on_policy_data(
     report = MakeDataReport(0, 0, 0, 0, {})
     sampling = {"k": k, "seed": seed, "batch_size": batch_size, "chat": chat, "max_new_tokens": max_new_tokens}
     try:
-        for task_name in expand(tasks):
-            task = get_task(task_name)
-            docs = task.load_docs(split=split, limit=limit)
+        for task_name, task, docs in task_docs:
             todo = [d for d in docs if (task_name, d.doc_id) not in logs.progress.records]
             report.skipped_done += len(docs) - len(todo)
             stats = report.per_task.setdefault(task_name, {"problems": len(docs), "samples": 0, "kept": 0})

@@ -109,6 +109,27 @@ def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
+def drop_logged_steps_after(path: Path, step: int) -> None:
+    """Steps logged after the checkpoint a run resumes from are trained and logged again, so
+    their old records go; otherwise metrics.jsonl would list those steps twice."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _logged_step(line) <= step]
+    if len(kept) == len(lines):
+        return
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text("".join(kept), encoding="utf-8")
+    os.replace(staging, path)  # a kill while rewriting leaves the old log whole
+
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 0  # not a step record: kept
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -369,6 +390,7 @@ class HeadTrainer:
         metrics_path = self.output_dir / METRICS_FILE
         if self.dist.is_main:
             cut_partial_last_line(metrics_path)  # a crash mid-write must not glue the next record onto it
+            drop_logged_steps_after(metrics_path, self.step)
         started = time.perf_counter()
         tokens_total = 0
         last: dict = {}
