@@ -118,9 +118,15 @@ def make_data(
     engine = engine_options.open([strategy], seed=seed)
     check_max_new_tokens(max_new_tokens, engine.lm.config)
     settings = {
-        "k": k, "split": split, "limit": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-        "seed": seed, "chat": chat, "balance": balance,
-    }  # fmt: skip
+        "k": k,
+        "split": split,
+        "limit": limit,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
+        "seed": seed,
+        "chat": chat,
+        "balance": balance,
+    }
     report = _sample(engine, tasks, output, strategy, settings)
     for name, stats in report.per_task.items():
         balanced = (

@@ -95,9 +95,13 @@ def _plot_stages(plt, grid: dict, title: str):
         full = [c for c in rows if not c["pruned"]]
         pruned = [c for c in rows if c["pruned"]]
         ax.errorbar(
-            [c[x_key] for c in full], [100 * c["pass@1"] for c in full],
-            yerr=[100 * (c["pass@1_stderr"] or 0) for c in full], marker="o", capsize=3, color="tab:blue",
-        )  # fmt: skip
+            [c[x_key] for c in full],
+            [100 * c["pass@1"] for c in full],
+            yerr=[100 * (c["pass@1_stderr"] or 0) for c in full],
+            marker="o",
+            capsize=3,
+            color="tab:blue",
+        )
         if pruned:
             ax.scatter(
                 [c[x_key] for c in pruned],

@@ -116,10 +116,16 @@ def make_on_policy_data(
         check_budget(engine, task, docs, max_new_tokens or task.max_new_tokens, chat)
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {
-        "model": engine.lm.name, "decoding": strategy.to_dict(), "k": k,
-        "seed": seed, "split": split, "max_new_tokens": max_new_tokens, "chat": chat, "balance": balance,
+        "model": engine.lm.name,
+        "decoding": strategy.to_dict(),
+        "k": k,
+        "seed": seed,
+        "split": split,
+        "max_new_tokens": max_new_tokens,
+        "chat": chat,
+        "balance": balance,
         **engine_info(engine),
-    }  # fmt: skip
+    }
     _claim_output(output, settings)
     logs = _Logs.open(output)
     report = MakeDataReport(0, 0, 0, 0, {})
@@ -164,9 +170,15 @@ def _make_chunk(
     fmt = engine.prompt_format
     chat = task_chat(task, sampling["chat"])
     requests = build_requests(
-        engine.tokenizer, [d.prompt for d in chunk], strategy, n=sampling["k"], seed=sampling["seed"], chat=chat,
-        prompt_ids=[d.doc_id for d in chunk], fmt=fmt,
-    )  # fmt: skip
+        engine.tokenizer,
+        [d.prompt for d in chunk],
+        strategy,
+        n=sampling["k"],
+        seed=sampling["seed"],
+        chat=chat,
+        prompt_ids=[d.doc_id for d in chunk],
+        fmt=fmt,
+    )
     budget = sampling["max_new_tokens"] or task.max_new_tokens
     generations = engine.generate(
         requests, max_new_tokens=budget, batch_size=sampling["batch_size"], stop=task_stop(task)
