@@ -181,8 +181,14 @@ def test_strategy_labels_slugs_and_defaults():
     for name in ("greedy", "static", "autodeco", "mean-shift"):
         assert set(make_strategy(name, 0.5, 0.9).to_dict()) == old_keys
     assert make_strategy("static", 0.6, 0.95).to_dict() == {
-        "name": "static", "temperature": 0.6, "top_p": 0.95, "top_k": None, "temperature_scale": 1.0, "top_p_scale": 1.0, "active_heads": "both"
-    }  # fmt: skip
+        "name": "static",
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": None,
+        "temperature_scale": 1.0,
+        "top_p_scale": 1.0,
+        "active_heads": "both",
+    }
     assert (
         make_strategy("min-p", min_p=0.2).to_dict()["min_p"] == 0.2
         and "n_sigma" not in make_strategy("min-p").to_dict()

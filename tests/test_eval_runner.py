@@ -299,8 +299,11 @@ def test_small_helpers():
     ]
     declared = SimpleNamespace(options={"aggregation": "ifeval"})  # the task declares IFEval's aggregation
     assert sample_metric_means(ifeval, declared) == {
-        "prompt_level_strict_acc": 0.5, "prompt_level_loose_acc": 1.0, "inst_level_strict_acc": 0.6, "inst_level_loose_acc": 1.0,
-    }  # fmt: skip
+        "prompt_level_strict_acc": 0.5,
+        "prompt_level_loose_acc": 1.0,
+        "inst_level_strict_acc": 0.6,
+        "inst_level_loose_acc": 1.0,
+    }
     # a task that declares none gets a plain mean per key; extra keys are averaged beside the declared ones
     assert sample_metric_means(ifeval)["inst_strict_total"] == 2.5
     extra = [{"metrics": {**r["metrics"], "chars": 2.0 * i}} for i, r in enumerate(ifeval)]

@@ -330,8 +330,19 @@ def test_compare_and_grid_use_the_score(runs):
 def test_comparison_table_shows_the_task_metric():
     from autodeco_cli.grid.comparison import comparison_markdown
 
-    row = {"name": "oracle", "decoding": "static(T=1, p=1)", "temperature": 1.0, "top_p": 1.0, "pass@1": 0.9, "pass@1_stderr": 0.01,
-           "score": 0.25, "score_stderr": 0.02, "delta_vs_default": 0.0, "delta_se": None, "delta_ci": [0.0, 0.0]}  # fmt: skip
+    row = {
+        "name": "oracle",
+        "decoding": "static(T=1, p=1)",
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "pass@1": 0.9,
+        "pass@1_stderr": 0.01,
+        "score": 0.25,
+        "score_stderr": 0.02,
+        "delta_vs_default": 0.0,
+        "delta_se": None,
+        "delta_ci": [0.0, 0.0],
+    }
     text = comparison_markdown(
         {
             "benchmark": "rand-item",

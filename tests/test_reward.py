@@ -112,8 +112,18 @@ def _mean_prompt_temperature(trainer) -> float:
 
 
 def _train(tiny_lm, tmp_path, **overrides):
-    config = RewardConfig(tasks="count", output_dir=str(tmp_path / "heads"), mode="temperature", learning_rate=0.02, steps=12,
-                          prompts_per_step=4, group_size=8, batch_size=16, seed=0, **overrides)  # fmt: skip
+    config = RewardConfig(
+        tasks="count",
+        output_dir=str(tmp_path / "heads"),
+        mode="temperature",
+        learning_rate=0.02,
+        steps=12,
+        prompts_per_step=4,
+        group_size=8,
+        batch_size=16,
+        seed=0,
+        **overrides,
+    )
     trainer = RewardTrainer(config, reward_fn=_likelihood_reward(tiny_lm)).setup(lm=tiny_lm, tasks=[CountTask()])
     before = _mean_prompt_temperature(trainer)
     trainer.train()

@@ -521,7 +521,10 @@ def test_real_functional_problem():
     """
     s = score_code(doc, _fenced(right))
     assert s.correct, s
-    wrong = "class Solution:\n    def shortestDistanceAfterQueries(self, n, queries):\n        return [n - 1] * len(queries)"
+    wrong = (
+        "class Solution:\n    def shortestDistanceAfterQueries(self, n, queries):\n        return [n - 1] * "
+        "len(queries)"
+    )
     s = score_code(doc, _fenced(wrong))
     assert not s.correct and s.metrics["tests_passed"] == 0
 

@@ -426,7 +426,8 @@ def test_host_data_repo_and_interpreter_prefix_are_not_exposed(strong, public_di
         import os, sys
         for p in {targets!r}:
             print("VISIBLE" if os.path.exists(p) else "hidden", p)
-        site = [p for p in sys.path if "site-packages" in p] + [os.path.join(os.path.dirname(os.__file__), "site-packages")]
+        site = [p for p in sys.path if "site-packages" in p]
+        site += [os.path.join(os.path.dirname(os.__file__), "site-packages")]
         print("site-packages entries:", sum(len(os.listdir(p)) for p in site if os.path.isdir(p)))
         # no inherited descriptor (job file, results pipe, a host directory) is left open
         print("fds", sorted(int(f) for f in os.listdir("/proc/self/fd")))
@@ -557,8 +558,10 @@ def test_userns_mode_as_an_unprivileged_user(tmp_path):
         r = run_sandboxed("import os\\nprint(os.path.exists('/work'), os.path.exists('/proc/1/root/etc'))")
         t = [{"input": "[1, 2]\\n3", "output": "[10, 13]", "testtype": "functional"}]
         doc = Doc("t", "", None, {"public_test_cases": t, "func_name": "f"})
-        good = score_code(doc, "```python\\nclass Solution:\\n    def f(self, a, k):\\n        return [x * k + 7 for x in a]\\n```")
-        bad = score_code(doc, "```python\\nclass Solution:\\n    def f(self, a, k):\\n        class A:\\n            __eq__ = lambda s, o: True\\n        return A()\\n```")
+        head = "```python\\nclass Solution:\\n    def f(self, a, k):\\n"
+        good = score_code(doc, head + "        return [x * k + 7 for x in a]\\n```")
+        fake = "        class A:\\n            __eq__ = lambda s, o: True\\n"
+        bad = score_code(doc, head + fake + "        return A()\\n```")
         print(json.dumps([info["mode"], r.stdout.split(), good.correct, bad.correct]))
         """
     )

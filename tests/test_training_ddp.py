@@ -179,7 +179,8 @@ def test_ddp_rank_without_data_in_a_step_does_not_hang(launches, tiny_model_dir,
     a rank had no .grad tensors, skipped dist.all_reduce, and the other rank waited forever.)"""
     code, output = launches["results"]["small"]
     assert code is not None, (
-        f"torchrun hung ({HANG_GRACE_S}s after the bigger run finished) when rank 1 had no micro-batch (killed):\n{output[:800]}"
+        f"torchrun hung ({HANG_GRACE_S}s after the bigger run finished) when rank 1 had no micro-batch "
+        f"(killed):\n{output[:800]}"
     )
     assert code == 0, output[-4000:]
     single = _single(

@@ -124,7 +124,8 @@ def test_learned_logits_and_heads_equal_our_engine(hf_engine, vllm_engine):
     t_error = max(abs(s[0] - float(temperature[start + i])) for i, s in enumerate(steps))
     p_error = max(abs(s[1] - float(top_p[start + i])) for i, s in enumerate(steps))
     print(
-        f"\nlearned logits: max |Δ|·T̂ {logit_error:.2e} over {compared} values; T̂ {t_error:.2e}, P̂ {p_error:.2e} over {len(steps)} steps"
+        f"\nlearned logits: max |Δ|·T̂ {logit_error:.2e} over {compared} values; T̂ {t_error:.2e}, P̂ {p_error:.2e} "
+        f"over {len(steps)} steps"
     )
     assert len(steps) == len(tokens)
     assert logit_error < 2e-3 and t_error < 1e-4 and p_error < 1e-4
@@ -165,7 +166,8 @@ def test_eval_matches_our_engine_within_paired_se(hf_engine, vllm_engine, tmp_pa
     assert vl["config"]["engine"] == "vllm" and hf["config"]["engine"] == "hf"
     comparison = compare_results(vl, hf)[0].comparison
     print(
-        f"\narith-add pass@1 vllm {comparison.mean_a:.3f} hf {comparison.mean_b:.3f} Δ {comparison.mean_diff:+.3f} ± {comparison.se:.3f}"
+        f"\narith-add pass@1 vllm {comparison.mean_a:.3f} hf {comparison.mean_b:.3f} Δ {comparison.mean_diff:+.3f} ± "
+        f"{comparison.se:.3f}"
     )
     assert abs(comparison.mean_diff) <= 2 * comparison.se + 1e-9
     run_config = json.loads((tmp_path / "vllm" / "autodeco" / "run_config.json").read_text())

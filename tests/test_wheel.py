@@ -106,8 +106,10 @@ def test_installed_package_finds_tasks_and_recipes_outside_the_checkout(installe
         "from autodeco_cli.core.bundled import bundled_dir\n"
         "from autodeco_cli.tasks.registry import evals_dir, list_tasks\n"
         "from autodeco_cli.training.recipes import read_recipe\n"
-        "print(json.dumps({'package': autodeco_cli.__file__, 'evals': str(evals_dir()), 'recipes': str(bundled_dir('recipes')),\n"
-        "  'tasks': list_tasks(), 'by_name': read_recipe('smollm2-135m-cpu'), 'by_file': read_recipe('smollm2-135m-cpu.yaml'),\n"
+        "print(json.dumps({'package': autodeco_cli.__file__, 'evals': str(evals_dir()), 'recipes': "
+        "str(bundled_dir('recipes')),\n"
+        "  'tasks': list_tasks(), 'by_name': read_recipe('smollm2-135m-cpu'), 'by_file': "
+        "read_recipe('smollm2-135m-cpu.yaml'),\n"
         "  'by_repo_path': read_recipe('recipes/reproduce-cpu.yaml'), 'path': sys.path}))\n"
     )
     seen = json.loads(_run([bin_dir / "python", "-c", probe], cwd=cwd, env=env).stdout)
