@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -12,6 +11,7 @@ import typer
 
 from ..core.consoles import err_console
 from ..core.errors import UserError
+from ..core.safe_writes import Appender, write_atomically
 from ..engine.models import DEFAULT_MODEL
 from .common import DecodingOptions, EngineOptions, OutputOptions, option_group
 from .options import (
@@ -225,20 +225,13 @@ class _SampleSink:
     the finished ones; `_write_generations` rewrites the file in prompt order at the end."""
 
     def __init__(self, path: Path, prompts):
-        self.path, self.prompts, self.handle = path, prompts, None
+        self.prompts, self.log = prompts, Appender(path, truncate=True)
 
     def write(self, batch) -> None:
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = self.path.open("w", encoding="utf-8")
-        for g in batch:
-            self.handle.write(json.dumps(_generation_record(g, self.prompts), ensure_ascii=False) + "\n")
-        self.handle.flush()
+        self.log.append([json.dumps(_generation_record(g, self.prompts), ensure_ascii=False) for g in batch])
 
     def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        self.log.close()
 
 
 def _write_generations(generations, prompts, output: Path | None):
@@ -246,10 +239,8 @@ def _write_generations(generations, prompts, output: Path | None):
     if output is None:
         sys.stdout.write("\n".join(lines) + "\n")
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(output.name + ".tmp")
-    staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(staging, output)  # the streamed copy stays whole until the sorted one is complete
+    # one rename: the streamed copy stays whole until the sorted one is complete
+    write_atomically(output, "\n".join(lines) + "\n")
     err_console.print(f"wrote {len(lines)} samples to {output}")
 
 
@@ -258,20 +249,20 @@ def _emit_traces(generations, outputs: OutputOptions, batched: bool):
     if outputs.trace:
         _print_traces(generations)
     if trace_out is not None:
-        trace_out.parent.mkdir(parents=True, exist_ok=True)
-        with trace_out.open("w", encoding="utf-8") as handle:
-            for index, g in enumerate(generations):
-                for t in g.trace or []:
-                    row = {
-                        "token_id": t.token_id,
-                        "token": t.token,
-                        "temperature": t.temperature,
-                        "top_p": t.top_p,
-                        "nucleus_size": t.nucleus_size,
-                    }
-                    if batched:
-                        row = {"sample": index, "prompt_index": g.key[0], "sample_index": g.key[1], **row}
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows = []
+        for index, g in enumerate(generations):
+            for t in g.trace or []:
+                row = {
+                    "token_id": t.token_id,
+                    "token": t.token,
+                    "temperature": t.temperature,
+                    "top_p": t.top_p,
+                    "nucleus_size": t.nucleus_size,
+                }
+                if batched:
+                    row = {"sample": index, "prompt_index": g.key[0], "sample_index": g.key[1], **row}
+                rows.append(json.dumps(row, ensure_ascii=False) + "\n")
+        write_atomically(trace_out, "".join(rows))
         err_console.print(f"wrote per-token trace to {trace_out}")
     if trace_plot is not None and generations and generations[0].trace:
         from ..core.plots import plot_token_trace
