@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from autodeco_cli.core import safe_writes
 from autodeco_cli.core.errors import UserError
 from autodeco_cli.core.heads import load_heads
 from autodeco_cli.tasks.types import Doc, Score
-from autodeco_cli.training import checkpoints as checkpoints_module
 from autodeco_cli.training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE, CheckpointStore
 from autodeco_cli.training.config import TrainConfig
 from autodeco_cli.training.reward import LEGACY_CHECKPOINT_DIR, RewardConfig, RewardTrainer
@@ -86,11 +86,13 @@ def test_a_crash_mid_write_leaves_nothing_a_resume_would_pick(tmp_path, monkeypa
     with pytest.raises(Killed):
         store.save(2, {"step": 2}, dies_halfway)
 
-    # killed after the state file was written, just before the rename: still not a checkpoint
+    # killed after the state file was written, just before the rename: still not a checkpoint (a
+    # SIGKILL runs no clean-up, so the staging folder stays behind)
     def killed(*args):
         raise Killed
 
-    monkeypatch.setattr(checkpoints_module.os, "replace", killed)
+    monkeypatch.setattr(safe_writes.os, "replace", killed)
+    monkeypatch.setattr(safe_writes, "_remove", lambda path: None)
     with pytest.raises(Killed):
         store.save(3, {"step": 3}, weights_writer(3.0))
     monkeypatch.undo()

@@ -138,6 +138,7 @@ def eval_command(
     engine_options = option_group(EngineOptions, params)
     decoding_options = option_group(DecodingOptions, params, active_heads="both")
     from ..core.decoding import strategy_slug
+    from ..core.folder_lock import folder_lock
     from ..core.io_checks import check_max_new_tokens, check_writable_output
     from ..core.progress import progress_bar
     from ..evaluation.report import summary_table
@@ -155,14 +156,18 @@ def eval_command(
             f"note: greedy is deterministic: 1 sample per question and seed {settings.seeds[0]} "
             f"(not -k {k} x {len(settings.seeds)} seeds)"
         )
-    engine = engine_options.open([strategy], seed=settings.seeds[0])
-    run_info = engine_options.run_record(engine, engine_options.heads_label(strategy))
-    try:
-        check_max_new_tokens(max_new_tokens, engine.lm.config)
-        with progress_bar(err_console) as progress:
-            results = run_eval(engine, tasks, [strategy], settings, out_dir=out, progress=progress, run_info=run_info)
-    finally:
-        engine.close()
+    # one run per strategy folder: a second would redo every sample this one is doing
+    with folder_lock(out / strategy_slug(strategy)):
+        engine = engine_options.open([strategy], seed=settings.seeds[0])
+        run_info = engine_options.run_record(engine, engine_options.heads_label(strategy))
+        try:
+            check_max_new_tokens(max_new_tokens, engine.lm.config)
+            with progress_bar(err_console) as progress:
+                results = run_eval(
+                    engine, tasks, [strategy], settings, out_dir=out, progress=progress, run_info=run_info
+                )
+        finally:
+            engine.close()
     console.print(summary_table(results))
     _print_labels(results)
     err_console.print(f"wrote {out / strategy_slug(strategy) / 'results.json'}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -12,6 +11,7 @@ import typer
 
 from ..core.consoles import err_console
 from ..core.errors import UserError
+from ..core.safe_writes import Appender, write_atomically
 from ..engine.models import DEFAULT_MODEL
 from .common import DecodingOptions, EngineOptions, OutputOptions, option_group
 from .options import (
@@ -247,39 +247,33 @@ class _SampleSink:
     or printed to stdout in the order batches finish (prompt order within a batch)."""
 
     def __init__(self, path: Path | None, prompts):
-        self.path, self.prompts, self.handle = path, prompts, None
+        self.prompts = prompts
+        self.log = Appender(path, truncate=True) if path is not None else None
         # Taken before the progress bar starts: on a terminal it swaps sys.stdout for a proxy that
         # prints above the bar on stderr, which is right for a terminal but would take piped JSONL.
         self.stdout = sys.stdout if path is None else None
 
     def write(self, batch) -> None:
-        lines = "".join(
-            json.dumps(_generation_record(g, self.prompts), ensure_ascii=False) + "\n"
+        lines = [
+            json.dumps(_generation_record(g, self.prompts), ensure_ascii=False)
             for g in sorted(batch, key=lambda g: g.key)
-        )
-        if self.stdout is not None:
-            stream = sys.stdout if self.stdout.isatty() else self.stdout
-            stream.write(lines)
-            stream.flush()
+        ]
+        if self.log is not None:
+            self.log.append(lines)
             return
-        if self.handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = self.path.open("w", encoding="utf-8")
-        self.handle.write(lines)
-        self.handle.flush()
+        stream = sys.stdout if self.stdout.isatty() else self.stdout
+        stream.write("".join(line + "\n" for line in lines))
+        stream.flush()
 
     def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        if self.log is not None:
+            self.log.close()
 
 
 def _write_generations(generations, prompts, output: Path):
     lines = [json.dumps(_generation_record(g, prompts), ensure_ascii=False) for g in generations]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.with_name(output.name + ".tmp")
-    staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(staging, output)  # the streamed copy stays whole until the sorted one is complete
+    # one rename: the streamed copy stays whole until the sorted one is complete
+    write_atomically(output, "\n".join(lines) + "\n")
     err_console.print(f"wrote {len(lines)} samples to {output}")
 
 
@@ -288,20 +282,20 @@ def _emit_traces(generations, outputs: OutputOptions, batched: bool):
     if outputs.trace:
         _print_traces(generations)
     if trace_out is not None:
-        trace_out.parent.mkdir(parents=True, exist_ok=True)
-        with trace_out.open("w", encoding="utf-8") as handle:
-            for index, g in enumerate(generations):
-                for t in g.trace or []:
-                    row = {
-                        "token_id": t.token_id,
-                        "token": t.token,
-                        "temperature": t.temperature,
-                        "top_p": t.top_p,
-                        "nucleus_size": t.nucleus_size,
-                    }
-                    if batched:
-                        row = {"sample": index, "prompt_index": g.key[0], "sample_index": g.key[1], **row}
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        rows = []
+        for index, g in enumerate(generations):
+            for t in g.trace or []:
+                row = {
+                    "token_id": t.token_id,
+                    "token": t.token,
+                    "temperature": t.temperature,
+                    "top_p": t.top_p,
+                    "nucleus_size": t.nucleus_size,
+                }
+                if batched:
+                    row = {"sample": index, "prompt_index": g.key[0], "sample_index": g.key[1], **row}
+                rows.append(json.dumps(row, ensure_ascii=False) + "\n")
+        write_atomically(trace_out, "".join(rows))
         err_console.print(f"wrote per-token trace to {trace_out}")
     if trace_plot is not None and generations and generations[0].trace:
         from ..core.plots import plot_token_trace

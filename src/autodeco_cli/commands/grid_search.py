@@ -222,6 +222,7 @@ def grid_search_command(
     params = dict(locals())
     engine_options = option_group(EngineOptions, params)
     from ..core.decoding import make_strategy
+    from ..core.folder_lock import folder_lock
     from ..evaluation.runner import parse_seeds
     from ..evaluation.settings import EvalSettings
     from ..grid.search import GridSpec, check_mode
@@ -245,9 +246,10 @@ def grid_search_command(
     autodeco = make_strategy("autodeco")
     strategies = [autodeco] if then_eval else [make_strategy("static")]
     started = time.perf_counter()
-    engine = engine_options.open(strategies, seed=settings.seeds[0])
-    run_info = engine_options.run_record(engine, engine_options.heads_label(autodeco) if then_eval else None)
-    grid, comparison = _sweep(engine, benchmark, spec, settings, out, run_info, then_eval)
+    with folder_lock(out):  # one sweep per folder: a second would redo every cell this one is doing
+        engine = engine_options.open(strategies, seed=settings.seeds[0])
+        run_info = engine_options.run_record(engine, engine_options.heads_label(autodeco) if then_eval else None)
+        grid, comparison = _sweep(engine, benchmark, spec, settings, out, run_info, then_eval)
     _report(grid, comparison, out, started)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -114,7 +115,8 @@ def train_heads(
 
         reward_cfg = build_config(RewardConfig, config, overrides or [], output_dir=output_dir, model=model, mode=mode)
         check_writable_output(reward_cfg.output_dir, "output_dir", folder=True)  # before the model loads
-        _train_reward(reward_cfg, resume)
+        with _output_lock(reward_cfg.output_dir):
+            _train_reward(reward_cfg, resume)
         return
     explicit = {
         "data": data,
@@ -130,13 +132,26 @@ def train_heads(
         # one recipe holds both: the training fields and the steer_* ones
         cfg, steer_cfg = build_config(SteerRecipe, config, overrides or [], **explicit).split()
         check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
-        train_steering(cfg, steer_cfg, resume=resume, console=err_console)
+        with _output_lock(cfg.output_dir):
+            train_steering(cfg, steer_cfg, resume=resume, console=err_console)
         return
     from ..training.config import TrainConfig
 
     cfg = build_config(TrainConfig, config, overrides or [], **explicit)
     check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
-    _train_mle(cfg, resume)
+    with _output_lock(cfg.output_dir):
+        _train_mle(cfg, resume)
+
+
+def _output_lock(output_dir):
+    """One run per output_dir (two would both write its checkpoints). Under torchrun only rank 0
+    takes it: every rank of one run shares the folder."""
+    from ..core.folder_lock import folder_lock
+    from ..training.trainer import Distributed
+
+    if not Distributed.from_launcher().is_main:
+        return contextlib.nullcontext()
+    return folder_lock(output_dir, "output_dir")
 
 
 def _train_mle(cfg, resume: bool) -> None:

@@ -97,10 +97,12 @@ class AutoDecoHeads(nn.Module):
     def save(self, directory: str | Path) -> Path:
         from safetensors.torch import save_file
 
+        from .safe_writes import staged, write_atomically
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / HEADS_WEIGHTS_FILE), metadata={"format": "pt"})
+        with staged(directory / HEADS_WEIGHTS_FILE, sum(v.numel() * 4 for v in state.values())) as temporary:
+            save_file(state, str(temporary), metadata={"format": "pt"})
         cfg = {
             # The official loader keys on these two fields; the rest is ours.
             "model_type": "autodeco",
@@ -111,7 +113,7 @@ class AutoDecoHeads(nn.Module):
             "enable_top_p_head": True,
             "autodeco_cli": asdict(self.config),
         }
-        (directory / HEADS_CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+        write_atomically(directory / HEADS_CONFIG_FILE, json.dumps(cfg, indent=2) + "\n")
         return directory
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from .safe_writes import staged
+
 
 def _pyplot():
     import matplotlib
@@ -20,9 +22,13 @@ def save_figure(fig, path: str | Path) -> Path:
     plt = _pyplot()
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    if not path.suffix:
+        path = path.with_suffix(".png")  # what matplotlib does with a bare name
+    try:
+        with staged(path) as temporary:  # a full disk leaves no half image
+            fig.savefig(temporary, dpi=130, format=path.suffix.lstrip("."))
+    finally:
+        plt.close(fig)
     return path
 
 

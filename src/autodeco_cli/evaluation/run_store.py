@@ -17,6 +17,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 from ..core.errors import UserError
 from ..core.json_files import parse_json, read_json_file
+from ..core.safe_writes import Appender, write_atomically
 
 # An eval run folder: OUT/<slug>/samples_<task>.jsonl, run_config.json, results.json.
 RESULTS_FILE = "results.json"
@@ -42,7 +43,7 @@ class SampleLog:
         self.key = key
         self.strict = strict
         self.records: dict[Hashable, dict] = {}
-        self._handle = None
+        self._appender = Appender(path)
         self._load()
 
     def _load(self) -> None:
@@ -76,31 +77,25 @@ class SampleLog:
         return len(self.records) if self.key is None else self.key(record)
 
     def append(self, records: Iterable[dict]) -> None:
-        """Write the records and flush: once this returns, a kill cannot lose them."""
-        if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("a", encoding="utf-8")
+        """Write the records whole (a full disk writes none of them): once this returns, a kill
+        cannot lose them."""
+        records = list(records)
+        self._appender.append([json.dumps(record, ensure_ascii=False) for record in records])
         for record in records:
-            self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
             self.records[self._key(record)] = record
-        self._handle.flush()
 
     def rewrite(self, records: Iterable[dict]) -> None:
         """Replace the file by these records, atomically (make-data drops cut-short chunks and
         re-balances)."""
         self.close()
         records = list(records)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        tmp.replace(self.path)
+        write_atomically(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         self.records = {}
         for record in records:
             self.records.setdefault(self._key(record), record)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        self._appender.close()
 
 
 def samples_path(out_dir: Path, slug: str, task_name: str) -> Path:
@@ -163,11 +158,8 @@ def setting_changes(previous: dict, current: dict, prefix: str = "") -> list[str
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write through a temporary file, so a kill never leaves half a JSON file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write through a temporary file, so a kill or a full disk never leaves half a JSON file."""
+    write_atomically(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json_output(path: str | Path, file_name: str, what: str, missing_hint: str) -> tuple[Path, Any]:

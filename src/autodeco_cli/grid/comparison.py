@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core.decoding import DecodingStrategy, make_strategy, strategy_slug
 from ..core.errors import UserError
+from ..core.safe_writes import write_atomically
 from ..engine.interface import Engine
 from ..evaluation.paired_table import paired as paired_delta
 from ..evaluation.report import ci_pct, pct_se, signed_pct
@@ -91,7 +92,7 @@ def run_comparison(
         },
     }
     write_json(out_dir / COMPARISON_FILE, comparison)
-    (out_dir / COMPARISON_MD).write_text(comparison_markdown(comparison), encoding="utf-8")
+    write_atomically(out_dir / COMPARISON_MD, comparison_markdown(comparison))
     return comparison
 
 

@@ -18,7 +18,6 @@ restores them and its state (`restore`).
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import shutil
@@ -32,6 +31,7 @@ from safetensors import SafetensorError
 
 from ..core.consoles import err_console
 from ..core.errors import UserError
+from ..core.safe_writes import folder_size, staged_folder
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_STATE_FILE = "trainer_state.pt"
@@ -123,14 +123,19 @@ class CheckpointStore:
     def save(self, step: int, state: dict, write_files: Callable[[Path], None]) -> Path:
         """Publish checkpoint step-`step`: `write_files(folder)` writes the trainer's files, then
         `state` and the RNG states go into TRAINER_STATE_FILE; then prune."""
-        staging = self.root / f".step-{step}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        write_files(staging)
-        torch.save({**state, RNG_KEY: rng_state()}, staging / TRAINER_STATE_FILE)
         final = self.root / f"step-{step}"
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        previous = self.folders()
+        # a full disk fails as one line and takes the staging folder with it; the newest complete
+        # checkpoint is untouched, so freeing space and resuming loses at most this interval
+        with staged_folder(
+            final,
+            self.root / f".step-{step}.tmp",
+            size=folder_size(previous[-1]) if previous else None,
+            hint="free some space, then re-run the same command with --resume: training continues from "
+            + (f"{previous[-1].name}" if previous else "step 0"),
+        ) as staging:
+            write_files(staging)
+            torch.save({**state, RNG_KEY: rng_state()}, staging / TRAINER_STATE_FILE)
         self.prune()
         return final
 

@@ -4,12 +4,12 @@ every labelled position, computed per batch or cached once on disk per (data, mo
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..core.safe_writes import staged
 from .config import TrainConfig
 from .data import IGNORE_INDEX, Example
 
@@ -100,10 +100,9 @@ class HiddenStateCache:
         offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
         offsets[1:] = torch.cumsum(torch.tensor(counts), 0)
         cache = cls(torch.cat(hidden_parts), torch.cat(target_parts), offsets)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"hidden": cache.hidden, "targets": cache.targets, "offsets": cache.offsets}, str(staging))
-        os.replace(staging, path)
+        tensors = {"hidden": cache.hidden, "targets": cache.targets, "offsets": cache.offsets}
+        with staged(path, sum(t.numel() * t.element_size() for t in tensors.values())) as staging:
+            save_file(tensors, str(staging))
         return cache
 
     def features(self, examples: list[Example], device) -> Features:

@@ -58,7 +58,11 @@ def apply_rlimits(limits: Limits, nproc: int) -> None:
     processes too, so the caller adds those to `limits.max_procs`.
     """
     mib = 1024 * 1024
-    _lower(resource.RLIMIT_CPU, limits.cpu_s)
+    # The kernel checks RLIMIT_CPU against tick-sampled CPU time, which on a loaded (virtual) machine
+    # runs ahead of the precise time rusage reports: at the limit a program may show only ~0.7 of it.
+    # A soft limit below the hard one makes the kernel's own SIGXCPU, which nothing else sends, say
+    # "CPU limit" (SIGKILL follows a second later only for a program that catches SIGXCPU).
+    _lower(resource.RLIMIT_CPU, limits.cpu_s, hard=limits.cpu_s + 1)
     _lower(resource.RLIMIT_AS, limits.memory_mb * mib)
     _lower(resource.RLIMIT_FSIZE, limits.file_size_mb * mib)
     _lower(resource.RLIMIT_NPROC, nproc)
@@ -71,13 +75,15 @@ def apply_rlimits(limits: Limits, nproc: int) -> None:
         _lower(resource.RLIMIT_MSGQUEUE, 0)
 
 
-def _lower(which: int, value: int) -> None:
+def _lower(which: int, value: int, hard: int | None = None) -> None:
     try:
-        resource.setrlimit(which, (value, value))
+        resource.setrlimit(which, (value, value if hard is None else hard))
     except (ValueError, OSError):
         # Never raise a limit above an existing hard cap; lowering is all we need.
-        _soft, hard = resource.getrlimit(which)
-        if hard != resource.RLIM_INFINITY and value > hard:
-            resource.setrlimit(which, (hard, hard))
+        _soft, cap = resource.getrlimit(which)
+        if cap != resource.RLIM_INFINITY and value > cap:
+            resource.setrlimit(which, (cap, cap))
+        elif cap != resource.RLIM_INFINITY and hard is not None and hard > cap:
+            resource.setrlimit(which, (value, cap))
         else:
             raise

@@ -506,7 +506,9 @@ def killed_reason(
         return None
     if rc < 0:
         sig = -rc
-        if sig in (signal.SIGXCPU, signal.SIGKILL) and cpu >= cpu_limit * 0.9:
+        # SIGXCPU comes only from RLIMIT_CPU. A SIGKILL is the hard limit a second later when the
+        # program caught SIGXCPU; rusage's time then reads low under load (see limits.apply_rlimits)
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= cpu_limit * 0.5):
             return "cpu"
         if sig == signal.SIGXFSZ:
             return "file_size"
