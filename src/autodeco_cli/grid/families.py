@@ -103,9 +103,21 @@ def axis_text(family: Family, given: dict[str, str | None]) -> str | None:
     return given.get(family.option)
 
 
+class _NamedByStrategy:
+    """A grid cell's label and folder name are its strategy's, so results folders match `eval`'s."""
+
+    @property
+    def label(self) -> str:
+        return self.strategy.label
+
+    @property
+    def slug(self) -> str:
+        return strategy_slug(self.strategy)
+
+
 @dataclass(frozen=True, order=True)
-class FamilyCell:
-    """A cell of a non-static family; duck-types grid.Cell (temperature, strategy, label, slug, to_dict, axes)."""
+class FamilyCell(_NamedByStrategy):
+    """A cell of a non-static family, with the fields and methods of the static `Cell` below."""
 
     temperature: float
     value: float
@@ -117,14 +129,6 @@ class FamilyCell:
         return make_strategy(
             self.family, temperature=self.temperature, **{FAMILIES[self.family].axis: self.value}, **dict(self.fixed)
         )
-
-    @property
-    def label(self) -> str:
-        return self.strategy.label
-
-    @property
-    def slug(self) -> str:
-        return strategy_slug(self.strategy)
 
     @property
     def axes(self) -> dict:
@@ -156,21 +160,15 @@ def strategy_params(strategy: DecodingStrategy) -> dict:
 
 
 @dataclass(frozen=True, order=True)
-class Cell:
+class Cell(_NamedByStrategy):
+    """A cell of the static grid: one (T, p)."""
+
     temperature: float
     top_p: float
 
     @property
     def strategy(self) -> DecodingStrategy:
         return make_strategy("static", temperature=self.temperature, top_p=self.top_p)
-
-    @property
-    def label(self) -> str:
-        return self.strategy.label
-
-    @property
-    def slug(self) -> str:
-        return strategy_slug(self.strategy)
 
     @property
     def axes(self) -> dict:

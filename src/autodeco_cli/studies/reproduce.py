@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,19 +65,14 @@ class ReproduceConfig:
 
 def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     """Every stage in order; each one resumes from what the run's folder already holds."""
-    import torch
 
     from ..core.heads import load_heads
     from ..engine.generation import GenerationEngine
     from ..engine.models import load_base_model
     from ..training.trainer import train_heads_once
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    clock = StageClock(work / "timings.json", log)
-    started = time.perf_counter()
 
     lm = load_base_model(config.model)
     data_path = work / "on_policy.jsonl"
@@ -101,7 +95,7 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     with clock.stage("figures"):
         figure_files = _figures(engine, config, grids, figures)
-    clock.timings["total (this invocation)"] = time.perf_counter() - started
+    clock.close_invocation()
     training = _training_summary(heads_dir)
     report_path.write_text(
         _report(config, data_report, kept, training, comparisons, grids, figure_files, clock, work), encoding="utf-8"

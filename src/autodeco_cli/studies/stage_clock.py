@@ -15,6 +15,23 @@ class StageClock:
     def __init__(self, path: Path, log=print):
         self.path, self.log = Path(path), log
         self.timings: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.started = time.perf_counter()
+
+    @classmethod
+    def start(cls, workdir: str | Path, threads: int | None, log=print) -> StageClock:
+        """A pipeline's run folder (created) and its clock (`timings.json` there), with the
+        pipeline's thread count applied first, since every stage after it inherits that count."""
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        return cls(work / "timings.json", log)
+
+    def close_invocation(self) -> None:
+        """Record this invocation's whole wall time beside the cumulative stage times."""
+        self.timings["total (this invocation)"] = time.perf_counter() - self.started
 
     @contextmanager
     def stage(self, name: str):

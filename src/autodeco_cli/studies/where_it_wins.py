@@ -15,7 +15,6 @@ Stages (each resumes on re-run; everything lands in the run's folder):
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,16 +88,11 @@ class WhereItWinsConfig:
 
 
 def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
-    import torch
 
     from ..engine.models import load_base_model
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    clock = StageClock(work / "timings.json", log)
-    started = time.perf_counter()
     lm = load_base_model(config.model)
     with clock.stage("make-data"):
         data_path, data_report = _make_data(lm, config, work)
@@ -122,7 +116,7 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
     report_path = Path(config.report)
     with clock.stage("figures"):
         figures = _figures(lm, config, heads[chosen], tables, report_path.parent / config.figures_dir)
-    clock.timings["total (this invocation)"] = time.perf_counter() - started
+    clock.close_invocation()
     clock.save()
     if config.ship_to:
         from .reproduce import copy_heads
