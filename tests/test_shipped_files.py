@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EVALS = sorted((ROOT / "evals").glob("*.yaml"))
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 HEADS = sorted(p for p in (ROOT / "src" / "autodeco_cli" / "assets" / "heads").iterdir() if p.is_dir())
-DATA_FREE_BUILDERS = ("arithmetic", "random_choice")  # docs are generated, no data files
+DATA_FREE_BUILDERS = ("arithmetic", *registry.GENERATED)  # docs are generated, no data files
 
 
 # ---- evals/ ------------------------------------------------------------------------------------

@@ -209,30 +209,57 @@ COMPARE_HELP = (
     "\n"
     "Example:\n"
     "\n"
-    "  autodeco compare eval-results/M/autodeco/results.json eval-results/M/static-T1-p1/results.json"
+    "  autodeco compare eval-results/M/autodeco/results.json eval-results/M/static-T1-p1/results.json\n"
+    "\n"
+    "Suite table (one setting for all traffic): each --row NAME=RESULTS[,RESULTS...] is one decoding choice for "
+    "every task; the suite score is the mean over tasks of each task's question score, ± SE, and Δ vs the "
+    "reference row (--reference, default the first) is paired per question within each task, with a stratified "
+    "bootstrap 95% CI:\n"
+    "\n"
+    "  autodeco compare --row autodeco=runs/suite/autodeco --row static=runs/suite/static-T0.5-p1"
 )
 
 
 def compare_command(
-    result_a: Annotated[Path, typer.Argument(help="results.json (or its strategy folder) of run A.")],
-    result_b: Annotated[Path, typer.Argument(help="results.json (or its strategy folder) of run B.")],
+    result_a: Annotated[Optional[Path], typer.Argument(help="results.json (or its strategy folder) of run A.")] = None,
+    result_b: Annotated[Optional[Path], typer.Argument(help="results.json (or its strategy folder) of run B.")] = None,
     benchmark: Annotated[
         Optional[str],
         typer.Option("--benchmark", "-b", help="Only these tasks (comma list); default: every task both runs have."),
     ] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the CI.")] = 10_000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed (the CI is reproducible).")] = 0,
+    rows: Annotated[
+        Optional[list[str]],
+        typer.Option("--row", help="Suite table: NAME=RESULTS[,RESULTS...], one per row (instead of A and B)."),
+    ] = None,
+    reference: Annotated[
+        Optional[str], typer.Option("--reference", help="Suite table: the row every other is paired with.")
+    ] = None,
 ):
     """Paired per-question comparison of two eval runs (see COMPARE_HELP, the command's --help)."""
     from ..evaluation.report import compare_results, comparison_table, load_results
 
     if bootstrap < 1:
         raise UserError("--bootstrap must be at least 1")
+    tasks = [t.strip() for t in benchmark.split(",") if t.strip()] if benchmark else None
+    if rows or reference:
+        return _compare_suite(rows or [], reference, tasks, result_a, bootstrap, seed)
+    if result_a is None or result_b is None:
+        raise UserError("compare needs two results files (A and B), or --row for a suite table", "see --help")
     path_a, a = load_results(result_a)
     path_b, b = load_results(result_b)
-    tasks = [t.strip() for t in benchmark.split(",") if t.strip()] if benchmark else None
     comparisons = compare_results(a, b, tasks, n_boot=bootstrap, seed=seed, names=(str(path_a), str(path_b)))
     console.print(comparison_table(comparisons, _run_name(path_a, a), _run_name(path_b, b)))
+
+
+def _compare_suite(rows: list[str], reference: str | None, tasks, stray: Path | None, n_boot: int, seed: int):
+    from ..evaluation.suite_report import build_suite_table, load_row, parse_row, suite_rich_table
+
+    if stray is not None:
+        raise UserError(f"{stray}: give results files inside --row NAME=RESULTS, not beside it", "see --help")
+    loaded = [load_row(*parse_row(spec)) for spec in rows]
+    console.print(suite_rich_table(build_suite_table(loaded, reference, tasks, n_boot=n_boot, seed=seed)))
 
 
 def _run_name(path: Path, results: dict) -> str:

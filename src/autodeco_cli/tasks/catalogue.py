@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..core.errors import UserError
 from .aggregation import metric_name
-from .registry import get_task, list_groups
+from .registry import GENERATED, get_task, list_groups
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class TaskInfo:
 
 
 def _source(task) -> str:
-    if task.builder in ("arithmetic", "random_choice"):
+    if task.builder == "arithmetic" or task.builder in GENERATED:
         return f"generated ({task.builder})"
     sources = []
     for spec in task.splits.values():

@@ -17,7 +17,6 @@ drawn per question from the train pool, then the question's instruction line.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import string
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import UserError
+from .hashed_splits import draw_questions, split_of_key
 from .types import Doc, Score
 
 TEMPLATES = ("times", "item", "letter")
@@ -35,10 +35,8 @@ WORDS = (
     "star", "king", "rose", "milk", "salt", "wolf", "bell", "coin", "ring",
 )  # fmt: skip
 LETTERS = tuple(string.ascii_uppercase)
-SPLITS = ("test", "validation", "train")
 N_EXAMPLES = 2
 FACTORS = (2, 3)
-MAX_DRAWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -90,31 +88,23 @@ def _draw(template: str, rng: random.Random, sizes: tuple[int, ...]) -> Question
 
 def split_of(question: Question, split_seed: int, fractions: tuple[float, float]) -> str:
     """test / validation / train by a seeded hash of the option set: a fixed partition."""
-    digest = hashlib.sha256(f"{split_seed}:{question.set_key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "little") / 2**64
-    test, validation = fractions
-    return "test" if u < test else "validation" if u < test + validation else "train"
+    return split_of_key(question.set_key, split_seed, fractions)
 
 
 def questions(template: str, split: str, n: int, cfg: dict[str, Any]) -> list[Question]:
     """`n` distinct questions of one split, the same on every call."""
     if template not in TEMPLATES:
         raise UserError(f"Unknown random_choice template {template!r}", f"use one of {', '.join(TEMPLATES)}")
-    if split not in SPLITS:
-        raise UserError(f"random_choice has no split {split!r}", f"splits: {', '.join(SPLITS)}")
     sizes = tuple(int(s) for s in cfg["set_sizes"])
-    fractions = (float(cfg["test_fraction"]), float(cfg["validation_fraction"]))
-    rng = random.Random(f"{cfg['seeds'][split]}:{template}")
-    out, seen = [], set()
-    for _ in range(MAX_DRAWS):
-        if len(out) == n:
-            return out
-        q = _draw(template, rng, sizes)
-        if q.key not in seen and split_of(q, int(cfg["split_seed"]), fractions) == split:
-            seen.add(q.key)
-            out.append(q)
-    raise UserError(
-        f"random_choice {template}: could not draw {n} distinct {split} questions", "ask for fewer (--limit)"
+    return draw_questions(
+        f"random_choice {template}",
+        split,
+        n,
+        cfg,
+        lambda rng: _draw(template, rng, sizes),
+        split_key=lambda q: q.set_key,
+        question_key=lambda q: q.key,
+        rng_label=template,
     )
 
 

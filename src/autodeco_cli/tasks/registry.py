@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from ..core.errors import UserError
-from . import aggregation, arithmetic, ifeval, random_choice
+from . import aggregation, arithmetic, ifeval, random_choice, record_lookup, ticket_draw
 from .data import DataFile, as_list, get_field, locate, read_records, resolve_data_dir, verify_file
 from .scoring import SCORERS, get_scorer, gsm8k_gold, option_letters
 from .types import Doc, Score
@@ -32,7 +32,7 @@ _REQUIRED_KEYS = ("name", "description", "builder", "scorer", "max_new_tokens", 
 # Builder-specific settings; anything else in a definition is most likely a typo.
 _OPTION_KEYS = (
     "groups", "shuffle_seed", "subsample_seed", "arithmetic", "prompt_without_starter", "random_choice",
-    "question_metric", "chat", "stop", "aggregation", "voting", "label",
+    "question_metric", "chat", "stop", "aggregation", "voting", "label", "ticket_draw", "record_lookup",
 )  # fmt: skip
 # Keys that only say how to report a task's samples, never how they are made or scored: left
 # out of its version (`task_version`), so declaring one never orphans finished samples.
@@ -92,9 +92,9 @@ class Task:
             raise UserError(f"limit must be a positive number, got {limit}")
         if self.builder == "arithmetic":
             return _arithmetic_docs(self, split, limit)
-        if self.builder == "random_choice":
-            cfg = self.options["random_choice"]
-            return random_choice.docs(self.name, self.prompt, split, limit or int(cfg["sizes"][split]), cfg)
+        if self.builder in GENERATED:
+            cfg = self.options[self.builder]  # each generator's settings sit under its own name
+            return GENERATED[self.builder].docs(self.name, self.prompt, split, limit or int(cfg["sizes"][split]), cfg)
         records, fields = _split_records(self.splits[split], data_dir, download)
         docs = BUILDERS[self.builder](self, split, records, fields)
         return _apply_limit(docs, limit, self.options.get("subsample_seed"))
@@ -405,7 +405,9 @@ BUILDERS: dict[str, Builder] = {
     "ifeval": _ifeval_docs,
     "livecodebench": _code_docs,
 }
-_ALL_BUILDERS = (*BUILDERS, "arithmetic", "random_choice")
+# Generated tasks without a data file: the module's `docs(task, prompt, split, n, cfg)` makes them.
+GENERATED = {"random_choice": random_choice, "ticket_draw": ticket_draw, "record_lookup": record_lookup}
+_ALL_BUILDERS = (*BUILDERS, "arithmetic", *GENERATED)
 
 # ---------------------------------------------------------------------------
 # Loading the YAML definitions

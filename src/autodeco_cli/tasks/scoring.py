@@ -16,6 +16,8 @@ from typing import Callable
 from ..core.errors import UserError
 from .arithmetic import extract_integer
 from .random_choice import score_random_choice
+from .record_lookup import score_record
+from .ticket_draw import score_ticket
 from .types import Doc, Score
 
 Scorer = Callable[[Doc, str], Score]
@@ -314,6 +316,8 @@ SCORERS: dict[str, Scorer] = {
     "ifeval": score_ifeval,
     "code": score_code,
     "random_choice": score_random_choice,
+    "ticket_draw": score_ticket,
+    "record_lookup": score_record,
 }
 
 
