@@ -63,8 +63,24 @@ test-wheel: setup
 test-fast: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 
+# The idea in one prompt: a free pick, then an exact step (a raw few-shot prompt the default 135M
+# model gets right). Greedy always picks the same number; static T=1 varies the pick but breaks the
+# exact step; the shipped heads raise T̂ at the pick and drop it to ~0 on the arithmetic.
+DEMO_PROMPT := $$'Pick a random number from: 5, 2, 7, 6. Then multiply it by 3.\n6 x 3 = 18\n\nPick a random number from: 5, 9. Then multiply it by 2.\n9 x 2 = 18\n\nPick a random number from: 4, 8, 3, 6. Then multiply it by 2.\n'
+DEMO_RUN := $(BIN)/autodeco generate $(DEMO_PROMPT) --no-chat --max-new-tokens 12 --stop $$'\n\n'
+DEMO_TEXTS := $(BIN)/python -c "import json, sys; [print('  ' + repr(json.loads(line)['text'])) for line in sys.stdin]"
+
+demo: SHELL := /bin/bash
 demo: setup
-	$(BIN)/autodeco generate "What is 27 + 82? Reply with just the number." --trace
+	@echo "Prompt (raw, few-shot): Pick a random number from: 4, 8, 3, 6. Then multiply it by 2."
+	@echo "== greedy"
+	@$(DEMO_RUN) --decoding greedy 2>/dev/null | sed 's/^/  /'
+	@echo "== static T=1, p=1, 8 samples"
+	@$(DEMO_RUN) --decoding static -t 1 -p 1 --n 8 2>/dev/null | $(DEMO_TEXTS)
+	@echo "== autodeco (shipped heads), 8 samples"
+	@$(DEMO_RUN) --n 8 2>/dev/null | $(DEMO_TEXTS)
+	@echo "== one autodeco sample, per token: T̂ is high at the pick and near 0 on the exact step"
+	@$(DEMO_RUN) --trace 2>&1 | grep -v '━'
 
 # The paper's comparison at CPU scale (≈35 min on 2 cores as measured in reports/reproduce.md); every stage resumes.
 reproduce: setup
