@@ -39,7 +39,7 @@ def test_every_command_module_registers_its_commands():
     names = [c.name for c in app.registered_commands]
     expected = {
         "generate", "make-data", "train-heads", "eval", "compare", "grid-search",
-        "ablation", "reproduce", "where-it-wins", "steer-report", "merge", "split", "tasks", "serve",
+        "ablation", "reproduce", "where-it-wins", "steer-report", "merge", "split", "tasks", "serve", "diagnose",
     }  # fmt: skip
     assert set(names) == expected and len(names) == len(expected)
     # generate is a command module like the others, not defined in cli.py

@@ -9,7 +9,18 @@ import typer
 
 # Listed explicitly (not discovered) so the order in `--help` is deliberate. A module missing
 # here is a broken install or checkout, so its ImportError is raised, never skipped.
-COMMAND_MODULES = ("generate", "make_data", "train", "evaluate", "grid_search", "studies", "tools", "tasks", "serve")
+COMMAND_MODULES = (
+    "generate",
+    "make_data",
+    "train",
+    "evaluate",
+    "grid_search",
+    "diagnose",
+    "studies",
+    "tools",
+    "tasks",
+    "serve",
+)
 
 
 def register_all(app: typer.Typer) -> None:

@@ -22,6 +22,14 @@ The training-free adaptive decoders (each as its paper defines it; the math is i
                floor). `temperature` holds T0. Defaults T0 = 1, N = 0.8, θ = 1.
 
 All three take an optional -p/--top-k on top (off unless given), cut after temperature.
+
+One strategy is not a `--decoding` choice, since it needs per-request data no flag can give:
+
+- schedule:   each request's (T, p) at step t is read from the `Schedule` its `Request` carries
+              (engine/requests.py), e.g. a recorded autodeco trace, permuted (`autodeco diagnose`).
+              `schedule` names the schedule, so runs of different schedules get different labels
+              and folders; the values themselves ride on the request, which keeps this object
+              small and hashable.
 """
 
 from __future__ import annotations
@@ -37,15 +45,16 @@ from .errors import UserError
 DECODING_CHOICES = ("greedy", "static", "autodeco", "mean-shift", "min-p", "top-n-sigma", "edt")
 ADAPTIVE_CHOICES = ("min-p", "top-n-sigma", "edt")
 ACTIVE_HEADS_CHOICES = ("both", "temperature", "top_p")
+SCHEDULE = "schedule"
 MAX_STATIC_TEMPERATURE = 5.0
 DEFAULT_MIN_P = 0.1
 DEFAULT_N_SIGMA = 1.0
 DEFAULT_EDT_THETA = 1.0
 # each adaptive decoder's own strategy fields, in the order the sampler passes them on
 ADAPTIVE_PARAMETERS = {"min-p": ("min_p",), "top-n-sigma": ("n_sigma",), "edt": ("edt_base", "edt_theta")}
-# fields the adaptive decoders added: left out of to_dict() when unset, so the run_config.json of
-# older results folders (which lack them) still matches and those folders resume
-_ADAPTIVE_FIELDS = tuple(f for fields_ in ADAPTIVE_PARAMETERS.values() for f in fields_)
+# fields added after the first results folders: left out of to_dict() when unset, so the
+# run_config.json of older folders (which lack them) still matches and those folders resume
+_OPTIONAL_FIELDS = (*(f for fields_ in ADAPTIVE_PARAMETERS.values() for f in fields_), "schedule")
 # the flag that sets each field, and the strategy that reads it
 _ADAPTIVE_FLAGS = {
     "min_p": ("--min-p", "min-p"),
@@ -69,10 +78,15 @@ class DecodingStrategy:
     n_sigma: float | None = None
     edt_base: float | None = None  # N
     edt_theta: float | None = None  # θ
+    schedule: str | None = None  # the schedule strategy's name for its schedule (see the module doc)
 
     @property
     def uses_heads(self) -> bool:
         return self.name == "autodeco"
+
+    @property
+    def uses_schedule(self) -> bool:
+        return self.name == SCHEDULE
 
     @property
     def is_greedy(self) -> bool:
@@ -98,6 +112,8 @@ class DecodingStrategy:
             only = {"both": "", "temperature": "[T̂ only]", "top_p": "[P̂ only]"}[self.active_heads]
             return "autodeco" + only + scales
         k = f", k={self.top_k}" if self.top_k else ""
+        if self.uses_schedule:
+            return f"{SCHEDULE}({self.schedule}{k})"
         if self.name in ADAPTIVE_CHOICES:
             # ASCII names: the label is also the eval folder's slug (evaluation.strategy_slug)
             if self.name == "min-p":
@@ -112,7 +128,7 @@ class DecodingStrategy:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        for name in _ADAPTIVE_FIELDS:
+        for name in _OPTIONAL_FIELDS:
             if data[name] is None:
                 del data[name]
         return data
@@ -250,6 +266,13 @@ def make_strategy(
         top_p=_check_top_p(top_p, "--top-p"),
         top_k=top_k or None,
     )
+
+
+def schedule_strategy(name: str, top_k: int | None = None) -> DecodingStrategy:
+    """The schedule strategy for the schedule called `name` (its requests carry the values)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ValueError(f"a schedule name is letters, digits, '.', '_' and '-' (it names a folder): {name!r}")
+    return DecodingStrategy(SCHEDULE, top_k=top_k or None, schedule=name)
 
 
 def mean_shift_from_results(path: str | Path, benchmark: str | None = None) -> DecodingStrategy:

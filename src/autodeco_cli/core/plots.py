@@ -65,3 +65,41 @@ def plot_decoding_distribution(temperatures: Sequence[float], top_ps: Sequence[f
             ax.axvline(mean, color="black", linestyle="--", linewidth=1)
             ax.set_title(f"mean {mean:.3f} over {len(values)} tokens", fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_trace_profile(
+    positions: Sequence[dict], classes: dict[str, dict], path: str | Path, title: str = "where T̂ and P̂ move"
+) -> Path:
+    """Mean T̂ and P̂ (± 1 SD band) by relative position on the output, and by token class.
+
+    `positions`: rows with from/to/temperature/temperature_sd/top_p/top_p_sd/n_tokens (empty bins
+    have None); `classes`: class -> the same summary fields."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 1]})
+    kept = [row for row in positions if row["n_tokens"]]
+    centres = [(row["from"] + row["to"]) / 2 for row in kept]
+    for name, colour, label in (("temperature", "tab:red", "temperature T̂"), ("top_p", "tab:blue", "top-p P̂")):
+        means = [row[name] for row in kept]
+        spread = [row[f"{name}_sd"] for row in kept]
+        left.plot(centres, means, marker="o", color=colour, label=label, linewidth=1.4)
+        left.fill_between(
+            centres,
+            [m - s for m, s in zip(means, spread)],
+            [m + s for m, s in zip(means, spread)],
+            color=colour,
+            alpha=0.15,
+        )
+    left.set_xlim(0, 1)
+    left.set_xlabel("relative position on the output (token index / length)")
+    left.set_title(title, fontsize=10)
+    left.legend(loc="best", fontsize=8)
+    left.grid(alpha=0.3)
+    names = [name for name, row in classes.items() if row["n_tokens"]]
+    width = 0.38
+    for offset, name, colour in ((-width / 2, "temperature", "tab:red"), (width / 2, "top_p", "tab:blue")):
+        right.bar([i + offset for i in range(len(names))], [classes[n][name] for n in names], width, color=colour)
+    right.set_xticks(range(len(names)))
+    right.set_xticklabels([f"{n}\n({classes[n]['n_tokens']} tokens)" for n in names], fontsize=8)
+    right.set_title("by token class", fontsize=10)
+    right.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)

@@ -4,6 +4,7 @@ prompts become requests (chat template, per-request seeds, batch order, the fini
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -26,14 +27,56 @@ class TokenTrace:
     nucleus_size: int
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """The per-step (T, p) of one request of the `schedule` strategy: step t samples at
+    `values[t]`, through the same math as every other strategy.
+
+    A schedule is usually a recorded trace (or a permutation of one), and a rerun can outlast it:
+    its tokens differ, so it can run longer. Steps past the end use `fallback`, by default the
+    mean of `values`. The mean because a permutation leaves it unchanged (the shuffled schedule
+    of a sequence continues at that sequence's own mean T̂/P̂) and because it carries no per-token
+    structure either way: the tail behaves like that sequence's mean-shift.
+    """
+
+    values: tuple[tuple[float, float], ...]
+    fallback: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        values = tuple((float(t), float(p)) for t, p in self.values)
+        if not values and self.fallback is None:
+            raise ValueError("an empty schedule needs a fallback (T, p)")
+        fallback = self.fallback
+        if fallback is None:
+            fallback = (math.fsum(t for t, _ in values) / len(values), math.fsum(p for _, p in values) / len(values))
+        fallback = (float(fallback[0]), float(fallback[1]))
+        for step, (t, p) in enumerate((*values, fallback)):
+            if not (math.isfinite(t) and t > 0 and 0 < p <= 1):
+                where = "fallback" if step == len(values) else f"step {step}"
+                raise ValueError(f"schedule {where}: (T={t}, p={p}) needs T > 0 and 0 < p <= 1")
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "fallback", fallback)
+
+    def at(self, step: int) -> tuple[float, float]:
+        return self.values[step] if step < len(self.values) else self.fallback
+
+
 @dataclass
 class Request:
-    """One sample to generate. `key` is opaque to the engine (the caller's (prompt, sample) id)."""
+    """One sample to generate. `key` is opaque to the engine (the caller's (prompt, sample) id).
+    A `schedule` strategy's request carries its `Schedule`; no other request has one."""
 
     key: object
     input_ids: list[int]
     strategy: DecodingStrategy
     seed: int
+    schedule: Schedule | None = None
+
+    def __post_init__(self):
+        if self.strategy.uses_schedule != (self.schedule is not None):
+            raise ValueError(
+                f"{self.strategy.label}: a schedule strategy needs a Schedule on each request, others none"
+            )
 
 
 @dataclass

@@ -49,11 +49,12 @@ class Distribution(NamedTuple):
 class Sampler:
     """Turns a step's rows (logits, hidden) into one token per active request.
 
-    A request's (T, p, top-k) comes from its strategy, or from the heads on its row, plus the
-    adaptive decoder's own parameters (min-p, n·σ, EDT's N and θ). Requests with an equal
-    (row, spec) share one distribution; each then draws with its own uniform number (inverse
-    CDF over token ids), so the draw is independent of batch-mates. EDT's temperature is
-    computed per row from that row's logits, and the trace records it.
+    A request's (T, p, top-k) comes from its strategy, from the heads on its row, or from its
+    schedule at its step index (the schedule strategy), plus the adaptive decoder's own
+    parameters (min-p, n·σ, EDT's N and θ). Requests with an equal (row, spec) share one
+    distribution; each then draws with its own uniform number (inverse CDF over token ids), so
+    the draw is independent of batch-mates. EDT's temperature is computed per row from that
+    row's logits, and the trace records it.
     """
 
     def __init__(self, requests: Sequence[Request], heads: AutoDecoHeads | None, record_nucleus: bool):
@@ -61,6 +62,7 @@ class Sampler:
         self.heads = heads
         self.record_nucleus = record_nucleus
         self._generators: dict[int, torch.Generator] = {}  # per running request, made on first draw
+        self._scheduled_steps: dict[int, int] = {}  # schedule requests: the step index just sampled
 
     def generator(self, member: int) -> torch.Generator:
         generator = self._generators.get(member)
@@ -70,6 +72,11 @@ class Sampler:
 
     def release(self, member: int) -> None:
         self._generators.pop(member, None)
+        self._scheduled_steps.pop(member, None)
+
+    def _next_step(self, member: int) -> int:
+        step = self._scheduled_steps[member] = self._scheduled_steps.get(member, -1) + 1
+        return step
 
     def head_values(
         self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor
@@ -82,9 +89,13 @@ class Sampler:
         temperature, top_p = self.heads(hidden, logits)  # under the decode loop's inference_mode
         return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
 
-    def distribution(self, request: Request, row: int, head: tuple[float, float] | None) -> Distribution:
-        """The request's distribution on `row`, from its strategy or the row's heads' (T̂, P̂)."""
+    def distribution(self, request: Request, row: int, head: tuple[float, float] | None, step: int = 0) -> Distribution:
+        """The request's distribution on `row`: from its strategy, the row's heads' (T̂, P̂), or its
+        schedule's (T, p) at `step` (that request's step index)."""
         strategy = request.strategy
+        if request.schedule is not None:
+            temperature, top_p = request.schedule.at(step)
+            return Distribution(row, temperature, top_p, strategy.top_k, None)
         if strategy.uses_heads:
             head_t, head_p = head
             temperature = head_t * strategy.temperature_scale if strategy.active_heads != "top_p" else 1.0
@@ -102,10 +113,12 @@ class Sampler:
         greedy_rows: dict[int, list[int]] = {}
         for row, members in enumerate(row_members):
             for member in members:
-                if self.requests[member].strategy.is_greedy:
+                request = self.requests[member]
+                if request.strategy.is_greedy:
                     greedy_rows.setdefault(row, []).append(member)
                 else:
-                    key = self.distribution(self.requests[member], row, heads.get(row))
+                    step = self._next_step(member) if request.schedule is not None else 0
+                    key = self.distribution(request, row, heads.get(row), step)
                     distributions.setdefault(key, []).append(member)
         if greedy_rows:
             argmax = logits[list(greedy_rows)].argmax(dim=-1).tolist()

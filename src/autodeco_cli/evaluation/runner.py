@@ -26,14 +26,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..core.decoding import DecodingStrategy, strategy_slug
 from ..core.errors import UserError
 from ..core.heads import heads_digest
 from ..core.io_checks import check_task_budget
 from ..engine.interface import Engine
-from ..engine.requests import Generation, Request, batch_order_key, encode_prompt, request_seed
+from ..engine.requests import Generation, Request, Schedule, batch_order_key, encode_prompt, request_seed
 from ..tasks.registry import judge_fields, task_chat, task_label, task_stop, task_version
 
 # Names that lived here before the split; other modules and tests import them from here.
@@ -46,6 +46,8 @@ from .settings import EvalSettings, check_run_settings
 # are fed to it in slices of this many batches' worth of requests, cut from the engine's own
 # sort order: a prompt's requests stay together (one prefill) except at a slice edge.
 BATCHES_PER_CALL = 32
+# A schedule strategy's schedules, one per sample: (task, doc id, seed, sample index) -> Schedule.
+Schedules = Mapping[tuple[str, str, int, int], Schedule]
 # run_config fields that must match to resume into a folder (device may differ).
 IDENTITY_FIELDS = (
     "model",
@@ -215,6 +217,8 @@ class _RunState:
     logs: dict[tuple[str, str], SampleLog]
     progress: Any
     settings: EvalSettings
+    schedules: Mapping[DecodingStrategy, Schedules]
+    keep_trace: bool
 
 
 def run_eval(
@@ -227,6 +231,8 @@ def run_eval(
     progress: Any = None,
     run_info: dict | None = None,
     doc_ids: Sequence[str] | None = None,
+    schedules: Mapping[DecodingStrategy, Schedules] | None = None,
+    keep_trace: bool = False,
 ) -> dict[str, dict]:
     """Evaluate every strategy on every task; returns {strategy label: results dict}.
 
@@ -237,6 +243,9 @@ def run_eval(
     `doc_ids` restricts every task to those questions (grid-search's early-stopping rounds):
     same task name, so the same sample files and request seeds as the full run. Without
     `settings`, one sample per question (k=1, seed 0) at each task's own budget.
+    A schedule strategy (`core.decoding.schedule_strategy`) needs its `schedules`, one per sample
+    it draws. `keep_trace` writes each head strategy's per-token T̂, P̂ and token into its sample
+    records (`trace`; `autodeco diagnose` reads them), at some 50 bytes a token.
     """
     settings = EvalSettings() if settings is None else settings
     settings.check()
@@ -263,7 +272,7 @@ def run_eval(
         for plan in plans
         for run in task_runs
     }
-    state = _RunState(engine, plans, logs, progress, settings)
+    state = _RunState(engine, plans, logs, progress, settings, dict(schedules or {}), keep_trace)
     try:
         for run in task_runs:
             _generate_task(state, run)
@@ -359,9 +368,19 @@ def _pending_requests(state: _RunState, run: TaskRun) -> tuple[list[Request], in
                         # The strategy is left out on purpose: every strategy then draws with
                         # the same random numbers per sample, which sharpens paired comparisons.
                         seed=request_seed(seed, run.name, doc.doc_id, sample),
+                        schedule=_schedule(state, plan, run, (str(doc.doc_id), seed, sample)),
                     )
                 )
     return pending, done
+
+
+def _schedule(state: _RunState, plan: StrategyPlan, run: TaskRun, sample: tuple[str, int, int]) -> Schedule | None:
+    if not plan.strategy.uses_schedule:
+        return None
+    schedule = state.schedules.get(plan.strategy, {}).get((run.name, *sample))
+    if schedule is None:
+        raise ValueError(f"{plan.strategy.label}: no schedule for {run.name} sample {sample}")
+    return schedule
 
 
 def _generate_task(state: _RunState, run: TaskRun) -> None:
@@ -377,7 +396,8 @@ def _generate_task(state: _RunState, run: TaskRun) -> None:
         for generation in generations:
             plan_index, doc_index, seed, sample = generation.key
             plan = state.plans[plan_index]
-            by_plan[plan.slug].append(sample_record(run, run.docs[doc_index], seed, sample, generation))
+            record = sample_record(run, run.docs[doc_index], seed, sample, generation, state.keep_trace)
+            by_plan[plan.slug].append(record)
         for slug, records in by_plan.items():
             state.logs[slug, run.name].append(records)
         task_tokens += sum(len(g.token_ids) for g in generations)
@@ -411,7 +431,9 @@ def _engine_slices(requests: list[Request], batch_size: int) -> list[list[Reques
     return [ordered[start : start + step] for start in range(0, len(ordered), step)]
 
 
-def sample_record(run: TaskRun, doc: Any, seed: int, sample: int, generation: Generation) -> dict:
+def sample_record(
+    run: TaskRun, doc: Any, seed: int, sample: int, generation: Generation, keep_trace: bool = False
+) -> dict:
     score = run.task.score(doc, generation.text)
     record = {
         "task": run.name,
@@ -431,6 +453,12 @@ def sample_record(run: TaskRun, doc: Any, seed: int, sample: int, generation: Ge
     if generation.trace:
         record["mean_temperature"] = generation.mean_temperature
         record["mean_top_p"] = generation.mean_top_p
+        if keep_trace:  # exact floats: a schedule of these values replays the same distributions
+            record["trace"] = {
+                "temperature": [t.temperature for t in generation.trace],
+                "top_p": [t.top_p for t in generation.trace],
+                "token": [t.token for t in generation.trace],
+            }
     return record
 
 
