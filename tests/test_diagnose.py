@@ -223,3 +223,12 @@ def test_cli_diagnose_refuses_bad_input_before_loading(cli, fake_registry):
     assert code == 2 and "--bins" in err
     code, out, _ = cli("diagnose", "--help")
     assert code == 0 and "shuffle-within" in out and "shuffle-across" in out and "mean-shift" in out
+
+
+def test_vllm_refuses_schedule_strategies_in_one_line():
+    """vLLM has no per-request schedule; diagnose's replays must not silently run as something else."""
+    from autodeco_cli.core.decoding import make_strategy, schedule_strategy
+    from autodeco_cli.engine.vllm.engine import unsupported
+
+    assert "our engine only" in unsupported(schedule_strategy("replay"))
+    assert unsupported(make_strategy("autodeco")) is None

@@ -80,6 +80,8 @@ def unsupported(strategy: DecodingStrategy) -> str | None:
         return f"{strategy.name} has no vLLM sampler (min-p does)"
     if strategy.uses_heads and strategy.active_heads != "both":
         return "--active-heads ablations run on our engine only"
+    if strategy.uses_schedule:
+        return "per-request (T, p) schedules (autodeco diagnose) run on our engine only"
     return None
 
 
