@@ -65,11 +65,11 @@ def build_config(name: str, tokenizer, **overrides):
     return config
 
 
-def build_model(name: str, tokenizer, seed: int = 0):
+def build_model(name: str, tokenizer, seed: int = 0, **overrides):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(build_config(name, tokenizer))
+    model = AutoModelForCausalLM.from_config(build_config(name, tokenizer, **overrides))
     # as conftest.build_tiny_model: a larger init gives peaked, input-dependent distributions;
     # experts (3-d) and gpt_oss's sinks too, so routing and sinks change the outputs
     with torch.no_grad():
@@ -88,7 +88,7 @@ def build_model(name: str, tokenizer, seed: int = 0):
     return model.eval()
 
 
-def save_model(name: str, folder: Path, tokenizer, seed: int = 0) -> Path:
-    build_model(name, tokenizer, seed).save_pretrained(str(folder), safe_serialization=True)
+def save_model(name: str, folder: Path, tokenizer, seed: int = 0, **overrides) -> Path:
+    build_model(name, tokenizer, seed, **overrides).save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
     return folder
