@@ -305,7 +305,11 @@ def open_vllm_engine(
     memory = settings.gpu_memory_utilization or default_memory_fraction()
     if memory:
         kwargs["gpu_memory_utilization"] = memory
-    llm = vllm.LLM(**kwargs, **settings.engine_kwargs)
+    try:
+        llm = vllm.LLM(**kwargs, **settings.engine_kwargs)
+    except BaseException:
+        shutil.rmtree(trace_dir, ignore_errors=True)  # the engine that would read it never started
+        raise
     eos_ids = _eos_ids(base.folder, tokenizer)
     return VllmEngine(lm, heads, llm, trace_dir, eos_ids, dtype=settings.dtype or "auto", prompt_format=prompt_format)
 
