@@ -92,7 +92,7 @@ reproduce: setup
 reproduce-quick: setup
 	$(BIN)/autodeco reproduce --quick
 
-# Where per-token decoding wins (reports/where-it-wins.md); the recipe states its measured time.
+# Where per-token decoding wins (reports/where-it-wins.md); the recipe states its estimated time.
 where-it-wins: setup
 	$(BIN)/autodeco where-it-wins -c recipes/where-it-wins-cpu.yaml
 

@@ -16,7 +16,10 @@ WHERE_IT_WINS_HELP = (
     "\n"
     "Trains MLE heads and reward heads (chosen on validation), then per benchmark scores greedy, default, the "
     "test-set static oracle, min-p, top-nσ and EDT (their cells chosen on validation), both autodeco heads, "
-    "mean-shift of each, and the T̂-only/P̂-only ablations, all paired per question against the oracle. Writes "
+    "mean-shift of each, and (config ablations) the T̂-only/P̂-only rows, all paired per question against the "
+    "oracle. Then one setting for all traffic: a suite of the benchmarks plus the unseen families, where the heads "
+    "meet the best single static and adaptive cells (chosen on the benchmarks' validation questions) and the "
+    "per-task test-tuned oracle; and `autodeco diagnose` on the chosen heads (their shuffled selves). Writes "
     "reports/where-it-wins.md with tables, verdicts, per-token traces and the static heatmap. Every stage resumes: "
     "re-run the same command after an interruption."
 )

@@ -58,7 +58,7 @@ def check_lines(report: dict) -> list[str]:
     return lines
 
 
-def _variance_lines(report: dict) -> list[str]:
+def variance_lines(report: dict) -> list[str]:
     lines = [
         "| value | within sequences | between sequences | within share | pooled token variance | sequences | tokens |",
         "|---|---|---|---|---|---|---|",
@@ -114,7 +114,7 @@ def summary_markdown(report: dict, figure_name: str) -> str:
         "Within: the mean over sequences of each sequence's variance (what only a per-token policy can use); "
         "between: the variance of the sequence means.",
         "",
-        *_variance_lines(report),
+        *variance_lines(report),
         "",
         "By relative position on the output (token index / length) and by token class:",
         "",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..evaluation.paired_table import rows_markdown, verdict, verdict_lines
+from ..evaluation.diagnose_report import check_lines, mean_shift_line, rows_table, variance_lines
+from ..evaluation.paired_table import fmt, rows_markdown, verdict, verdict_lines
 
 
 def write_report(
@@ -18,6 +19,8 @@ def write_report(
     figures: dict,
     clock,
     transfer: dict | None = None,
+    suite: dict | None = None,
+    diagnostics: dict | None = None,
 ) -> Path:
     lines = [
         "# Where learned per-token decoding wins",
@@ -26,15 +29,14 @@ def write_report(
         f"run folder `{config.workdir}`. Every number below was measured in that run. Scores are question-level: "
         "pass@1 for arithmetic, exact × (1 − TV) for the random-choice family (see the README). Δ is paired per "
         'question (row − reference) with its SE over questions and a bootstrap 95% CI; "better"/"worse" only '
-        "where that CI excludes 0. The oracle is the best static (T, p) cell searched on the test questions "
-        "themselves (an optimistic bound for any static setting); min-p, top-nσ and EDT had their cell chosen on "
-        "validation questions; the heads were chosen on validation questions. No setting was chosen on test questions "
-        "except the oracle's, by definition.",
+        "where that CI excludes 0.",
+        "",
+        _provenance(config),
         "",
         "## Headline",
         "",
     ]
-    lines += _headline(tables) + [""]
+    lines += _headline(tables) + _suite_headline(suite, diagnostics) + [""]
     lines += _data_section(config, data_report, reward_log, chosen)
     for name, table in tables.items():
         lines += [f"## {name} (test: {table['limit'] or 'all'} questions × k={table['k']})", ""]
@@ -55,6 +57,10 @@ def write_report(
             lines += [f"### {name} (test: {table['limit']} questions × k={table['k']})", ""]
             lines += rows_markdown(table["rows"], table["settings"], reference=reference, baseline="greedy") + [""]
             lines += verdict_lines(table["tests"], name) + [""]
+    if suite:
+        lines += _suite_section(suite)
+    if diagnostics:
+        lines += _diagnostics_section(diagnostics, chosen)
     lines += ["## Figures", ""]
     for name, file in figures.items():
         lines += [f"**{name}**", "", f"![{name}]({config.figures_dir}/{Path(file).name})", ""]
@@ -82,6 +88,27 @@ def _headline(tables: dict) -> list[str]:
     return out
 
 
+def _suite_headline(suite: dict | None, diagnostics: dict | None) -> list[str]:
+    """The suite's verdicts (heads vs each single cell, all tasks and unseen only) and diagnose's."""
+    out = []
+    if suite:
+        for rows, where in ((suite["rows"], f"suite of {len(suite['tasks'])} tasks"), (suite["unseen_rows"], "unseen")):
+            parts = []
+            for row in rows:
+                t = row.get("heads_minus_row")
+                if t and row["name"].startswith("single "):
+                    se = f" ± {fmt(t['se'])}" if t["se"] is not None else ""
+                    parts.append(
+                        f"{_against(verdict(t))} the {row['name']} cell ({fmt(t['delta'], signed=True)}{se}, "
+                        f"CI {fmt(t['ci'][0], signed=True)}, {fmt(t['ci'][1], signed=True)})"
+                    )
+            if parts:
+                out.append(f"- {where}, {suite['heads']}: " + "; ".join(parts))
+    for name, report in (diagnostics or {}).items():
+        out.append(f"- {name}, per-token diagnostics: {report['verdict']['text']}")
+    return out
+
+
 def _against(outcome: str) -> str:
     return {"better": "better than", "worse": "worse than", "tied": "tied with"}[outcome]
 
@@ -104,3 +131,91 @@ def _data_section(config, data_report: list[dict], reward_log: list[dict], chose
     )
     lines.append(f"- chosen on validation: **{chosen}** (the higher validation score).")
     return lines + [""]
+
+
+def _provenance(config) -> str:
+    """Which data chose every setting in the report: validation, test (the oracles only) or none."""
+    unseen = ", ".join(spec["name"] for spec in getattr(config, "unseen", []))
+    return (
+        "Which data chose each setting. On validation questions: the data settings (the recipe says where), the "
+        "heads (MLE or reward, and the reward run's step), min-p, top-nσ and EDT per benchmark, and, in the suite, "
+        f"the single static cell and each adaptive family's single cell ({config.selection_limit} validation "
+        "questions per benchmark, the same cell for every task)"
+        + (f"; the unseen families ({unseen}) took part in no choice and no training" if unseen else "")
+        + ". On no scores: the mean-shift rows (one static setting at the heads' own mean T̂/P̂ on each task's test "
+        "questions) and the diagnostics' shuffled schedules (permutations of the heads' own test traces). On test "
+        "questions: only the oracles, by definition: each benchmark's oracle and the suite's per-task oracle "
+        "(labelled test-tuned) are the best static cell on the very questions they are scored on, an optimistic "
+        "bound for any static setting, never a baseline."
+    )
+
+
+def _suite_section(suite: dict) -> list[str]:
+    heads = suite["heads"]
+    sizes = "; ".join(f"{t}: {suite['n_questions'][t]} × k={suite['k'][t]}" for t in suite["tasks"])
+    lines = [
+        "## One setting for all traffic: the suite",
+        "",
+        f"A deployed model gets one decoding setting for all of its traffic. Suite: the study's benchmarks "
+        f"({', '.join(suite['benchmarks'])}) and the unseen families ({', '.join(suite['unseen']) or 'none'}), "
+        f"every row on each task's test questions ({sizes}). Suite score = the mean over tasks of each task's "
+        "question score (every task weighs the same) ± SE. Δ = heads − row, paired per question within each task: "
+        "SE = √(Σ_t Var(d_t)/n_t) / T, 95% CI a stratified bootstrap (questions resampled within each task); "
+        '"better"/"worse" only where that CI excludes 0.',
+        "",
+        *_suite_rows(suite["rows"], suite["tasks"], suite, heads),
+        "",
+    ]
+    if suite["unseen"]:
+        lines += [f"**The unseen families alone** ({', '.join(suite['unseen'])}):", ""]
+        lines += _suite_rows(suite["unseen_rows"], suite["unseen"], suite, heads) + [""]
+        lines += [f"**{suite['unseen_verdict']}.**", ""]
+    return lines
+
+
+def _suite_rows(rows: list[dict], tasks: list[str], suite: dict, heads: str) -> list[str]:
+    columns = " | ".join(f"{t} ({suite['metrics'][t]})" for t in tasks)
+    lines = [
+        f"| row | suite ± SE | Δ = {heads} − row ± SE | 95% CI | {heads} is | {columns} | setting |",
+        "|---|---|---|---|---|" + "---|" * len(tasks) + "---|",
+    ]
+    for row in rows:
+        test = row.get("heads_minus_row")
+        if test:
+            delta = f"{fmt(test['delta'], signed=True)} ± {fmt(test['se'])}"
+            ci, outcome = f"{fmt(test['ci'][0], signed=True)}, {fmt(test['ci'][1], signed=True)}", verdict(test)
+        else:
+            delta, ci, outcome = "(reference)", "", ""
+        scores = " | ".join(fmt(row["per_task"][t]) for t in tasks)
+        lines.append(
+            f"| {row['name']} | {fmt(row['score'])} ± {fmt(row['se'])} | {delta} | {ci} | {outcome} | {scores} | "
+            f"{suite['settings'].get(row['name'], '')} |"
+        )
+    return lines
+
+
+def _diagnostics_section(diagnostics: dict, chosen: str) -> list[str]:
+    lines = [
+        "## Per-token control or just a better mean? (diagnostics)",
+        "",
+        f"`autodeco diagnose` on the chosen heads ({chosen}), on test questions. Every row redraws autodeco's samples "
+        "with its random numbers (same request seeds), the per-token (T, p) read from a schedule: shuffle-within "
+        "permutes each sequence's own (T̂, P̂) pairs, shuffle-across gives each position the pairs that other "
+        "sequences predicted there; mean-shift is one static (T, p) at the heads' mean. Δ = autodeco − row, paired "
+        "per question, bootstrap 95% CI. The rule: a per-token claim holds only where the heads beat both shuffled "
+        "selves with a CI that excludes 0.",
+        "",
+    ]
+    for name, report in diagnostics.items():
+        s = report.get("settings", {})
+        lines += [f"### {name} (test: {s.get('limit') or 'all'} questions × k={s.get('k')})", ""]
+        lines += rows_table(report) + ["", f"**Verdict: {report['verdict']['text']}.**", ""]
+        lines += [f"- {mean_shift_line(report)}.", *(f"- {line}." for line in check_lines(report)), ""]
+        lines += [
+            "Where T̂ and P̂ vary: within = the mean over sequences of each sequence's variance (what only a per-token "
+            "policy can use); between = the variance of the sequence means.",
+            "",
+            *variance_lines(report),
+            "",
+        ]
+    return lines

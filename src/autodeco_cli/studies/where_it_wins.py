@@ -7,9 +7,14 @@ Stages (each resumes on re-run; everything lands in the run's folder):
 3. reward   : the same heads trained on further with `--objective reward`, best step on validation
 4. per benchmark, on its test questions: greedy, default, the static oracle (a grid searched on
    the test questions themselves), min-p / top-nσ / EDT (each family's cell chosen on validation
-   questions), autodeco-MLE, autodeco-reward, mean-shift of each, and the T̂-only / P̂-only
-   ablations; all paired per question against the oracle
-5. figures and reports/where-it-wins.md
+   questions), autodeco-MLE, autodeco-reward, mean-shift of each, and (config `ablations`) the
+   T̂-only / P̂-only rows; all paired per question against the oracle
+5. held-out wordings of the benchmarks
+6. suite    : one setting for all traffic over the benchmarks plus the unseen families: the single
+              static and adaptive cells chosen on the benchmarks' validation questions, then every
+              row on each task's test questions (where_it_wins_suite.py)
+7. diagnose : the chosen heads against their shuffled selves (where_it_wins_diagnostics.py)
+8. figures and reports/where-it-wins.md
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import UserError
 from ..evaluation.settings import EvalSettings
 from .stage_clock import StageClock
+from .study_runs import mean_shift, run_strategies
 
 if TYPE_CHECKING:
     from ..engine.interface import Engine
@@ -76,7 +82,8 @@ class WhereItWinsConfig:
         "top-n-sigma": {"temperatures": [1.0, 1.5], "values": [0.5, 1.0]},
         "edt": {"temperatures": [0.7, 1.0], "values": [0.1, 1.0]},
     })  # fmt: skip
-    selection_limit: int = 40  # validation questions on which each adaptive family's cell is chosen
+    selection_limit: int = 40  # validation questions per benchmark on which every chosen cell is chosen
+    ablations: bool = True  # the MLE heads' T̂-only and P̂-only rows
     heatmaps: list = field(default_factory=lambda: ["rand-times", "rand-letter"])
     # held-out wordings: task -> the benchmark whose wording the heads were trained on. Rows: greedy,
     # that benchmark's oracle cell carried over, the chosen heads and their mean-shift.
@@ -84,13 +91,28 @@ class WhereItWinsConfig:
         default_factory=lambda: {"rand-times-reworded": "rand-times", "rand-letter-reworded": "rand-letter"}
     )
     transfer_limit: int = 100
+    # the suite (where_it_wins_suite.py): the benchmarks plus these families, which no training or
+    # selection uses; each with k and limit (test questions) like a benchmark, and optionally its own
+    # test grid (temperatures, top_ps; default suite_grid) for its test-tuned oracle
+    unseen: list = field(default_factory=lambda: [
+        {"name": "ticket-add", "k": 4, "limit": 40},
+        {"name": "record-field", "k": 4, "limit": 40},
+    ])  # fmt: skip
+    # the static cells among which the suite's one static cell is chosen, on every benchmark's
+    # validation grid (selection_limit questions, the benchmark's k)
+    suite_grid: dict = field(default_factory=lambda: {"temperatures": [0.1, 0.7, 1.0, 1.5], "top_ps": [0.5, 0.8, 1.0]})
+    # autodeco diagnose on the chosen heads; k and limit default to the benchmark's (its runs are reused)
+    diagnose: dict = field(default_factory=lambda: {"tasks": ["rand-times", "rand-letter"], "replay": False})
     ship_to: str | None = None  # copy the chosen heads here (the package's default heads)
 
 
 def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
-
     from ..engine.models import load_base_model
+    from .where_it_wins_diagnostics import check_diagnose_config, run_diagnostics, traced_benchmarks
+    from .where_it_wins_suite import check_suite_config
 
+    check_suite_config(config)  # before hours of work end in a suite that cannot be chosen
+    check_diagnose_config(config)
     clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
     lm = load_base_model(config.model)
@@ -102,10 +124,13 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
         reward_dir, reward_log = _train_reward(lm, config, mle_dir, work / "heads-reward")
     heads = {"autodeco-MLE": mle_dir, "autodeco-reward": reward_dir}
     chosen = _choose_heads(reward_log, heads)
+    traced = traced_benchmarks(config)
     tables = {}
     for spec in config.benchmarks:
-        with clock.stage(f"evaluate {spec['name']}"):
-            tables[spec["name"]] = _evaluate_benchmark(lm, config, spec, heads, work / "eval" / spec["name"], log)
+        name = spec["name"]
+        with clock.stage(f"evaluate {name}"):
+            trace = chosen if name in traced else None  # diagnose reads this run's per-token traces
+            tables[name] = _evaluate_benchmark(lm, config, spec, heads, work / "eval" / name, log, trace)
     transfer = {}
     for name, original in config.transfer.items():
         if original in tables:
@@ -114,8 +139,15 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
                     lm, config, name, tables[original], chosen, heads[chosen], work / "eval" / name
                 )
     report_path = Path(config.report)
+    figures_dir = report_path.parent / config.figures_dir
+    suite = _suite(lm, config, clock, chosen, heads[chosen], work, log)
+    diagnostics = {}
+    for name in config.diagnose.get("tasks", []):
+        with clock.stage(f"diagnose {name}"):
+            diagnostics[name] = run_diagnostics(lm, config, name, chosen, heads[chosen], work, figures_dir)
     with clock.stage("figures"):
-        figures = _figures(lm, config, heads[chosen], tables, report_path.parent / config.figures_dir)
+        figures = _figures(lm, config, heads[chosen], tables, figures_dir)
+    figures.update({f"diagnose {name}": figures_dir / f"diagnose_{name}.png" for name in diagnostics})
     clock.close_invocation()
     clock.save()
     if config.ship_to:
@@ -124,8 +156,24 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
         copy_heads(Path(heads[chosen]), Path(config.ship_to))
     from .study_report import write_report
 
-    write_report(report_path, config, data_report, reward_log, chosen, tables, figures, clock, transfer)
+    write_report(
+        report_path, config, data_report, reward_log, chosen, tables, figures, clock, transfer, suite, diagnostics
+    )
     return report_path
+
+
+def _suite(lm, config: WhereItWinsConfig, clock: StageClock, chosen: str, heads_dir: Path, work: Path, log) -> dict:
+    """Selection on the benchmarks' validation questions, then each suite task's test rows (one
+    stage each, so their times show where the suite's cost goes), then the tables."""
+    from .where_it_wins_suite import SUITE_FILE, select_single_cells, suite_summary, suite_task_runs, suite_tasks
+
+    with clock.stage("suite selection (validation)"):
+        singles = select_single_cells(lm, config, work / "eval", log)
+    runs = {}
+    for task in suite_tasks(config):
+        with clock.stage(f"suite {task.name}"):
+            runs[task.name] = suite_task_runs(lm, config, task, chosen, heads_dir, singles, work / "eval", log)
+    return suite_summary(config, chosen, runs, singles, work / "eval" / SUITE_FILE)
 
 
 # ---- stages ---------------------------------------------------------------------------------
@@ -219,7 +267,10 @@ def _choose_heads(reward_log: list[dict], heads: dict[str, Path]) -> str:
 # ---- one benchmark ----------------------------------------------------------------------------
 
 
-def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[str, Path], out: Path, log) -> dict:
+def _evaluate_benchmark(
+    lm, config: WhereItWinsConfig, spec: dict, heads: dict[str, Path], out: Path, log, trace: str | None = None
+) -> dict:
+    """The benchmark's table; the run of the heads named `trace` keeps its per-token traces."""
     from ..core.decoding import make_strategy
     from ..engine.generation import GenerationEngine
     from ..evaluation.paired_table import autodeco_tests, comparison_rows
@@ -246,26 +297,27 @@ def _evaluate_benchmark(lm, config: WhereItWinsConfig, spec: dict, heads: dict[s
             settings[family] = f"{fixed[family].label} ({chosen_on})"
     finally:
         plain.close()
-    results = _run(
-        lm, name, list(fixed.values()), out / "base", common
-    )  # the grid's cells are read back, not regenerated
+    # the grid's cells are read back, not regenerated; a cell can be two rows (default and oracle)
+    unique = {strategy.label: strategy for strategy in fixed.values()}
+    results = run_strategies(lm, name, list(unique.values()), out / "base", common)
     runs.update({row: results[strategy.label] for row, strategy in fixed.items()})
     for label, folder in heads.items():
         strategies = [make_strategy("autodeco")]
-        if label == "autodeco-MLE":
+        ablate = label == "autodeco-MLE" and config.ablations
+        if ablate:
             strategies += [
                 make_strategy("autodeco", active_heads="temperature"),
                 make_strategy("autodeco", active_heads="top_p"),
             ]
-        results = _run(lm, name, strategies, out / label, common, heads_dir=folder)
+        results = run_strategies(lm, name, strategies, out / label, common, heads_dir=folder, keep_trace=label == trace)
         runs[label] = results[strategies[0].label]
-        if label == "autodeco-MLE":
+        if ablate:
             runs["autodeco-MLE T̂-only"], runs["autodeco-MLE P̂-only"] = (
                 results[strategies[1].label],
                 results[strategies[2].label],
             )
         # beside its heads' runs: two heads can have the same mean (and so the same folder name)
-        shift, runs[f"mean-shift of {label}"] = _mean_shift(lm, name, runs[label], out / label, common)
+        shift, runs[f"mean-shift of {label}"] = mean_shift(lm, name, runs[label], out / label, common)
         settings[f"mean-shift of {label}"] = f"T {shift.temperature:.3f}, p {shift.top_p:.3f}"
     tests = autodeco_tests(runs, name, [n for n in heads if n in runs])
     for label, against in tests.items():  # its own ablations and the other heads' mean-shift answer other questions
@@ -299,9 +351,11 @@ def _evaluate_transfer(
     common = EvalSettings(k=original["k"], seeds=[0], limit=config.transfer_limit, batch_size=config.batch_size)
     cell = load_grid(original["grid"])["oracle"]
     greedy, static = make_strategy("greedy"), make_strategy("static", cell["temperature"], cell["top_p"])
-    base = _run(lm, name, [greedy, static], out / "base", common)
-    auto = next(iter(_run(lm, name, [make_strategy("autodeco")], out / chosen, common, heads_dir=heads_dir).values()))
-    shift, shift_results = _mean_shift(lm, name, auto, out / chosen, common)
+    base = run_strategies(lm, name, [greedy, static], out / "base", common)
+    auto = next(
+        iter(run_strategies(lm, name, [make_strategy("autodeco")], out / chosen, common, heads_dir=heads_dir).values())
+    )
+    shift, shift_results = mean_shift(lm, name, auto, out / chosen, common)
     carried = f"oracle of {original['benchmark']}"
     runs = {
         "greedy": base[greedy.label],
@@ -321,30 +375,6 @@ def _evaluate_transfer(
         "tests": autodeco_tests(runs, name, [chosen]),
         "settings": settings,
     }
-
-
-def _run(lm, name: str, strategies: list, out_dir: Path, common: EvalSettings, heads_dir: Path | None = None) -> dict:
-    """run_eval on an engine opened for these strategies (with the heads when given), then closed."""
-    from ..core.heads import load_heads
-    from ..engine.generation import GenerationEngine
-    from ..evaluation.runner import run_eval
-
-    heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size) if heads_dir else None
-    engine = GenerationEngine(lm, heads)
-    try:
-        run_info = {"heads": str(heads_dir)} if heads_dir else None
-        return run_eval(engine, name, strategies, common, out_dir=out_dir, run_info=run_info)
-    finally:
-        engine.close()
-
-
-def _mean_shift(lm, name: str, autodeco_results: dict, out_dir: Path, common: EvalSettings):
-    """The "Just a Better Mean?" baseline of an autodeco run: (its strategy, its results)."""
-    from ..core.decoding import make_strategy
-
-    m = autodeco_results["results"][name]
-    shift = make_strategy("mean-shift", temperature=m["mean_temperature"], top_p=m["mean_top_p"])
-    return shift, _run(lm, name, [shift], out_dir, common)[shift.label]
 
 
 def _select_adaptive(
