@@ -37,7 +37,7 @@ class ScriptedEngine:
     """Per question: sample 0 answers right and stops, sample 1 answers right but runs out of
     tokens (finish 'length'), sample 2 answers wrong and stops. Only sample 0 may be kept."""
 
-    name, prompt_format, lm = "hf", PLAIN, SimpleNamespace(name=None)  # what make-data records
+    name, prompt_format, lm = "hf", PLAIN, SimpleNamespace(name=None, config=None)  # what make-data records
 
     def __init__(self, tokenizer, docs, die_on_call: int | None = None):
         self.tokenizer, self.docs, self.die_on_call = tokenizer, docs, die_on_call

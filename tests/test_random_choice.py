@@ -187,7 +187,7 @@ def test_balance_positions_caps_the_favourite_and_invents_nothing():
 class _FakeEngine:
     """Returns fixed texts per (doc, sample): a model that favours the first listed option."""
 
-    name, prompt_format, lm = "hf", PLAIN_FORMAT, SimpleNamespace(name=None)  # what make-data records
+    name, prompt_format, lm = "hf", PLAIN_FORMAT, SimpleNamespace(name=None, config=None)  # what make-data records
 
     def __init__(self, tokenizer, texts):
         self.tokenizer, self.texts, self.calls = tokenizer, texts, []

@@ -195,7 +195,7 @@ def check_budget(engine: Engine, task: Any, docs: Sequence[Any], budget: int, ch
     """Fail before any generation when the longest prompt plus `budget` overruns the model's
     context (a task's default budget is not checked anywhere else). A budget equal to the task's
     own counts as its default: grid-search passes the resolved budget on explicitly."""
-    config = getattr(getattr(engine, "lm", None), "config", None)
+    config = engine.lm.config
     if not isinstance(getattr(config, "max_position_embeddings", None), int):
         return  # nothing to check against: skip encoding the prompts
     chat = task_chat(task, chat)
