@@ -4,6 +4,7 @@ gradient through T̂ is cut)."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -190,3 +191,32 @@ def test_tasks_take_turns_whatever_their_size(tiny_lm, tmp_path):
     assert (
         sorted(small[:3]) == sorted(small[3:]) == [f"small/train/{i}" for i in range(3)]
     )  # each epoch covers the task once
+
+
+def test_a_restarted_top_p_head_starts_at_its_value_and_learns_to_cut(tiny_lm, tmp_path):
+    # the likelihood reward prefers the base's likely tokens, so cutting the tail pays: from a
+    # restart at 0.9 the top-p head must learn a lower P̂ (its own learning rate, T̂ frozen)
+    config = RewardConfig(
+        tasks="count",
+        output_dir=str(tmp_path / "heads"),
+        mode="top_p",
+        learning_rate=1e-9,
+        top_p_learning_rate=0.02,
+        top_p_restart=0.9,
+        steps=12,
+        prompts_per_step=4,
+        group_size=8,
+        batch_size=16,
+    )
+    trainer = RewardTrainer(config, reward_fn=_likelihood_reward(tiny_lm)).setup(lm=tiny_lm, tasks=[CountTask()])
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.02]  # T̂ is frozen in top_p mode
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "heads" / "metrics.jsonl").read_text().splitlines()]
+    # P̂ over the sampled tokens: exactly the restart value at the first step, cut after
+    assert log[0]["mean_top_p"] == pytest.approx(0.9, abs=1e-6)
+    assert log[-1]["mean_top_p"] < 0.8, [r["mean_top_p"] for r in log]
+
+
+def test_top_p_restart_is_checked():
+    with pytest.raises(UserError, match="top_p_restart"):
+        RewardConfig(tasks="arith-add", top_p_restart=1.0).validate()

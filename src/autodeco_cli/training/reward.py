@@ -58,6 +58,11 @@ class RewardConfig:
     output_dir: str = "runs/heads-reward"
     model: str = DEFAULT_MODEL
     init_heads: str | None = None  # start from MLE heads (recommended) or fresh heads
+    # Restart the top-p head at this P̂ everywhere (its output layer zeroed, bias = logit(P̂)). MLE
+    # leaves P̂ ≈ 0.999, deep in the sigmoid's flat tail, where no reward step can move it: the
+    # head must start where cutting and not cutting are both a small step away. None keeps it.
+    top_p_restart: float | None = None
+    top_p_learning_rate: float | None = None  # the top-p head's own rate (default: learning_rate)
     mode: str = "joint"  # joint | temperature | top_p: which heads act and learn
     learning_rate: float = 3e-4
     schedule: str = "constant"
@@ -102,6 +107,8 @@ class RewardConfig:
             "validate_every": self.validate_every >= 1,
             "keep_checkpoints": self.keep_checkpoints >= 0,
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
+            "top_p_restart": self.top_p_restart is None or 0.0 < self.top_p_restart < 1.0,
+            "top_p_learning_rate": self.top_p_learning_rate is None or self.top_p_learning_rate > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -171,6 +178,7 @@ class RewardTrainer:
         self.step = 0
         self.best: float | None = None
         self.initial_validation: float | None = None
+        self.last_validation_per_task: dict[str, float] = {}
 
     def setup(self, lm=None, tasks: Sequence[Any] | None = None) -> "RewardTrainer":
         """Load (or adopt, for tests) the base model; build the heads, optimizer and questions."""
@@ -188,7 +196,7 @@ class RewardTrainer:
         if c.mode == "top_p":
             self.heads.temp_head.requires_grad_(False)
         self.parameters = [p for p in self.heads.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=c.learning_rate, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=c.learning_rate, weight_decay=0.0)
         warmup = int(round(c.warmup_ratio * c.steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(c.schedule, warmup, c.steps))
         self.tasks = list(tasks) if tasks is not None else resolve_tasks(c.tasks)
@@ -209,11 +217,24 @@ class RewardTrainer:
 
         c = self.config
         if c.init_heads:
-            return load_heads(c.init_heads, expected_hidden_size=self.lm.hidden_size).train()
-        torch.manual_seed(c.seed)
-        return AutoDecoHeads(
-            HeadsConfig(hidden_size=self.lm.hidden_size, head_width=c.head_width, base_model=c.model)
-        ).train()
+            heads = load_heads(c.init_heads, expected_hidden_size=self.lm.hidden_size)
+        else:
+            torch.manual_seed(c.seed)
+            heads = AutoDecoHeads(
+                HeadsConfig(hidden_size=self.lm.hidden_size, head_width=c.head_width, base_model=c.model)
+            )
+        if c.top_p_restart is not None:
+            restart_top_p_head(heads, c.top_p_restart)
+        return heads.train()
+
+    def _parameter_groups(self) -> list[dict]:
+        c = self.config
+        top_p = [p for p in self.heads.top_p_head.parameters() if p.requires_grad]
+        temperature = [p for p in self.heads.temp_head.parameters() if p.requires_grad]
+        groups = [{"params": temperature}] if temperature else []
+        if top_p:
+            groups.append({"params": top_p, "lr": c.top_p_learning_rate or c.learning_rate})
+        return groups
 
     def _questions(self, split: str, limit: int | None) -> list[_Question]:
         questions = []
@@ -360,15 +381,15 @@ class RewardTrainer:
 
     # -- validation, checkpoints, the loop --
 
-    def validation_score(self) -> float:
-        """Mean question-level score on the validation questions (macro over tasks)."""
+    def validation_scores(self) -> dict[str, float]:
+        """Mean question-level score on each task's validation questions."""
         c = self.config
         groups = self._sample(self.validation_questions, c.validation_k, "reward-validation")
         per_task: dict[str, list[float]] = {}
         for question, group in zip(self.validation_questions, groups):
             _, score = self.reward_fn(question.task, question.doc, group)
             per_task.setdefault(question.task.name, []).append(score)
-        return sum(sum(v) / len(v) for v in per_task.values()) / len(per_task)
+        return {name: sum(v) / len(v) for name, v in per_task.items()}
 
     def _save(self, directory: Path, extra: dict | None = None) -> None:
         self.heads.config.provenance = {
@@ -427,6 +448,7 @@ class RewardTrainer:
                 record["seconds"] = time.perf_counter() - started
                 if self.validation_questions and (self.step % c.validate_every == 0 or self.step == c.steps):
                     record["validation"] = self._validate_and_keep(log, write=False)
+                    record["validation_per_task"] = self.last_validation_per_task
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if self.step % c.validate_every == 0 or self.step == c.steps:
@@ -444,15 +466,33 @@ class RewardTrainer:
         Step 0 (the starting heads) is scored and logged but never kept: the folder must hold
         what this objective trained, so that it can be compared with the starting heads.
         """
-        score = self.validation_score()
+        per_task = self.validation_scores()
+        # the choosing score is the macro mean over tasks: a big task must not drown a small one
+        score = sum(per_task.values()) / len(per_task)
+        self.last_validation_per_task = per_task
         if self.step == 0:
             self.initial_validation = score
         elif self.best is None or score > self.best:
             self.best = score
             self._save(self.output_dir, {"chosen_on": f"validation split, step {self.step}, score {score:.4f}"})
         if write:
-            log.write(json.dumps({"step": self.step, "validation": score}) + "\n")
+            log.write(json.dumps({"step": self.step, "validation": score, "validation_per_task": per_task}) + "\n")
         return score
+
+
+def restart_top_p_head(heads, top_p: float) -> None:
+    """Make the top-p head output `top_p` for every input, with live gradients.
+
+    The output layer's weights are zeroed and its bias set to logit(top_p): the hidden layer is
+    kept, so the first reward steps can still tell tokens apart through the output weights,
+    whose gradient (hidden activations × the sigmoid's slope at top_p) is not vanishing.
+    """
+    import math
+
+    output = heads.top_p_head.mlp[2]
+    with torch.no_grad():
+        output.weight.zero_()
+        output.bias.fill_(math.log(top_p / (1.0 - top_p)))
 
 
 def _trace_means(generations: list) -> tuple[float | None, float | None]:
