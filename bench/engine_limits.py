@@ -45,4 +45,114 @@ def model_costs(model: str) -> dict:
     }
 
 
-# ---- accuracy: fp32 vs auto ------------------------------------------------------------------------
+# ---- the machine: what every bench_engine run prints first ------------------------------------------
+
+# instruction sets that decide which kernels run (x86 flags, then aarch64 features)
+RELEVANT_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "bf16",
+    "i8mm",
+    "sve",
+)
+
+
+def machine_info(threads: int) -> dict:
+    """CPU model, the relevant flags, how many cores this process may use, memory; torch's view."""
+    import os
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    from autodeco_cli.core.cpu_features import cpu_flags, cpu_has_native_bf16
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("model name", "Model", "CPU part"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": model,
+        "flags": [f for f in RELEVANT_FLAGS if f in flags],
+        "native_bf16": cpu_has_native_bf16(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": affinity,
+        "cgroup_cpu_quota": _cgroup_quota(),
+        "memory_GB": _memory_gb(),
+        "torch": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads_per_process": threads,
+    }
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs the cgroup allows (cgroup v2 cpu.max), None when unlimited or unknown."""
+    from pathlib import Path
+
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _memory_gb() -> float | None:
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return None
+
+
+def format_machine(info: dict, limits: dict) -> str:
+    quota = info["cgroup_cpu_quota"]
+    return "\n".join(
+        [
+            f"machine: {info['cpu']}; flags: {' '.join(info['flags']) or '(none of interest)'}; "
+            f"native bf16: {'yes' if info['native_bf16'] else 'no'}",
+            f"cores: {info['usable_cpus']} usable of {info['logical_cpus']} logical"
+            + (f", cgroup quota {quota:g} CPUs" if quota else "")
+            + f"; {info['threads_per_process']} torch thread(s) per process; memory "
+            + (f"{info['memory_GB']:.0f} GB" if info["memory_GB"] else "unknown")
+            + f"; torch {info['torch']} ({info['torch_cpu_capability']})",
+            f"limits (1 process, {info['threads_per_process']} thread(s)): read bandwidth "
+            f"{limits['read_GBps']:.1f} GB/s, "
+            f"fp32 matmul {limits['fp32_GFLOPs']:.0f} GFLOP/s, bf16 matmul {limits['bf16_GFLOPs']:.0f} GFLOP/s",
+            f"model: {limits['body_params'] / 1e6:.1f} M body + {limits['head_params'] / 1e6:.1f} M LM-head "
+            "parameters per token",
+        ]
+    )
+
+
+# ---- floors: the least time a decode step can take on this machine -------------------------------
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def step_floor_ms(params: float, dtype: str, rows: float, limits: dict) -> tuple[float, str]:
+    """The least time a decode step's `params` weights take at `rows` rows: reading them once
+    (bandwidth) or multiplying them (matmul peak), whichever is longer; and which it was.
+    KV-cache reads and everything but the weights are left out, so a real step is above it."""
+    read = params * BYTES.get(dtype, 4) / (limits["read_GBps"] * 1e9)
+    peak = limits["bf16_GFLOPs"] if dtype == "bfloat16" else limits["fp32_GFLOPs"]
+    compute = 2 * params * rows / (peak * 1e9)
+    return 1000 * max(read, compute), "bandwidth" if read >= compute else "compute"

@@ -112,7 +112,7 @@ PARTS = ("generate", "train", "eval")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cuda, cuda:1, cpu")
-    parser.add_argument("--dtype", default=None, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--dtype", default=None, help="default: auto (bf16 on CUDA)")
     parser.add_argument("--tiny", action="store_true", help="a tiny model and small counts (tests, CPU)")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma list of generate, train, eval")
     parser.add_argument("--batches", default=None, help="generate batch sizes, comma list (default 1,32)")

@@ -98,7 +98,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None, help="append per-question scores (JSON lines) here")
     args = parser.parse_args()
-    engine = GenerationEngine(load_base_model())
+    engine = GenerationEngine(load_base_model(dtype="float32"))  # the numbers in evals/README.md are fp32's
     for name_ in args.tasks.split(","):
         task = get_task(name_)
         docs = task.load_docs("validation", limit=args.n)

@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+
+# Tests compare tokens with transformers and with recorded values, which only fp32 reproduces. No
+# --dtype means "auto" (bf16 on CPUs with native bf16), so every test resolves it as on a CPU
+# without: fp32 on any machine. Subprocesses (--dp replicas, the CLI) inherit it. Tests of the
+# default itself monkeypatch cpu_has_native_bf16.
+os.environ["AUTODECO_CPU_BF16"] = "0"
 
 TINY_HIDDEN = 32
 TINY_VOCAB = 320  # byte alphabet (256) + a few merges + the special tokens
@@ -129,7 +136,7 @@ def tiny_lm(tiny_model_dir):
     """The tiny model loaded through the engine's own loader (LoadedModel). Treat as read-only."""
     from autodeco_cli.engine.models import load_base_model
 
-    return load_base_model(str(tiny_model_dir), device="cpu")
+    return load_base_model(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -50,7 +50,7 @@ def test_dtype_auto_is_bf16_on_cpu_only_with_native_bf16(monkeypatch, native):
     monkeypatch.setattr(cpu_features, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert pick_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
-    assert pick_dtype(None, cpu) == torch.float32  # no --dtype: fp32 on CPU either way
+    assert pick_dtype(None, cpu) == pick_dtype("auto", cpu)  # no --dtype is auto
     assert pick_dtype("float32", cpu) == torch.float32 and pick_dtype("bf16", cpu) == torch.bfloat16
     assert pick_dtype("auto", torch.device("cuda")) == torch.bfloat16
 
@@ -314,12 +314,12 @@ def test_eval_records_the_resolved_dtype_and_resumes_folders_that_said_auto(tiny
     assert runner.invoke(app, common).exit_code == 0
     config_path = tmp_path / "greedy" / "run_config.json"
     config = json.loads(config_path.read_text())
-    assert config["dtype"] == "float32"  # no --dtype on CPU: fp32, recorded as such
+    assert config["dtype"] == "float32"  # no --dtype is auto: fp32 here (conftest: no native bf16), recorded as such
     config["dtype"] = "auto"  # what folders recorded before the dtype was resolved (then: fp32 on CPU)
     config_path.write_text(json.dumps(config))
     resumed = runner.invoke(app, common)
     assert resumed.exit_code == 0, resumed.output
     refused = runner.invoke(app, [*common, "--dtype", "bfloat16"])
     assert (
-        refused.exit_code != 0 and "(dtype)" in f"{refused.output} {refused.exception}"
+        refused.exit_code != 0 and "(dtype float32 -> bfloat16" in f"{refused.output} {refused.exception}"
     )  # bf16 samples never join fp32 ones

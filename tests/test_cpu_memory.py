@@ -1,4 +1,5 @@
-"""Moving weights into huge pages keeps their values, identities and ties."""
+"""Moving weights into huge pages keeps their values, identities and ties; collapsing memory into
+huge pages where it lies keeps its values."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import platform
 import pytest
 import torch
 
-from autodeco_cli.engine.cpu_memory import huge_pages_allowed, move_to_huge_pages
+from autodeco_cli.engine.cpu_memory import (
+    HUGE_PAGE,
+    collapse_to_huge_pages,
+    huge_pages_allowed,
+    move_to_huge_pages,
+    whole_huge_pages,
+)
 
 
 @pytest.mark.skipif(
@@ -40,3 +47,21 @@ def test_huge_pages_off_by_environment(monkeypatch):
     pointer = layer.weight.data_ptr()
     assert move_to_huge_pages([layer.weight]) == 0
     assert layer.weight.data_ptr() == pointer
+
+
+def test_only_whole_huge_pages_inside_nearby_spans_are_collapsed():
+    page = HUGE_PAGE
+    # two spans a few bytes apart merge; one far away stays alone; one inside a single page has none
+    spans = [(page + 100, page), (2 * page + 200, 2 * page), (10 * page + 1, page - 2), (20 * page, 3 * page)]
+    assert whole_huge_pages(spans) == [(2 * page, 4 * page), (20 * page, 23 * page)]
+    assert whole_huge_pages([]) == []
+
+
+def test_collapsing_keeps_the_values(monkeypatch):
+    data = torch.arange(3 * HUGE_PAGE // 4, dtype=torch.float32)  # 6 MiB: at least two whole huge pages
+    before = data.clone()
+    covered = collapse_to_huge_pages([(data.data_ptr(), data.numel() * 4)])
+    assert covered % HUGE_PAGE == 0 and covered <= data.numel() * 4  # 0 where the kernel refuses
+    assert torch.equal(data, before)
+    monkeypatch.setenv("AUTODECO_HUGEPAGES", "0")
+    assert collapse_to_huge_pages([(data.data_ptr(), data.numel() * 4)]) == 0

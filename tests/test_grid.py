@@ -116,7 +116,9 @@ class Scorer:
         return out
 
 
-FAKE_ENGINE = SimpleNamespace(name="hf", prompt_format=PLAIN, lm=SimpleNamespace(name="fake-model", config=None))
+FAKE_ENGINE = SimpleNamespace(
+    name="hf", dtype="float32", prompt_format=PLAIN, lm=SimpleNamespace(name="fake-model", config=None)
+)
 
 
 def _synthetic(monkeypatch, quality, tmp_path, **kwargs):

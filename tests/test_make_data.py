@@ -38,6 +38,7 @@ class ScriptedEngine:
     tokens (finish 'length'), sample 2 answers wrong and stops. Only sample 0 may be kept."""
 
     name, prompt_format, lm = "hf", PLAIN, SimpleNamespace(name=None, config=None)  # what make-data records
+    dtype = "float32"
 
     def __init__(self, tokenizer, docs, die_on_call: int | None = None):
         self.tokenizer, self.docs, self.die_on_call = tokenizer, docs, die_on_call

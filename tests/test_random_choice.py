@@ -188,6 +188,7 @@ class _FakeEngine:
     """Returns fixed texts per (doc, sample): a model that favours the first listed option."""
 
     name, prompt_format, lm = "hf", PLAIN_FORMAT, SimpleNamespace(name=None, config=None)  # what make-data records
+    dtype = "float32"
 
     def __init__(self, tokenizer, texts):
         self.tokenizer, self.texts, self.calls = tokenizer, texts, []

@@ -95,8 +95,8 @@ DtypeOpt = Annotated[
     typer.Option(
         "--dtype",
         help="Base-model dtype: auto (bf16 on CUDA and on CPUs with native bf16 such as AVX512_BF16/AMX, ~2x faster "
-        "there; else fp32), float32, bfloat16, float16. Heads and decoding math stay fp32. Default: fp32 on CPU, "
-        "bf16 on CUDA.",
+        "there; else fp32), float32, bfloat16, float16. Default: auto (merge: float32). Heads and decoding math stay "
+        "fp32; results record the resolved dtype. float32 gives exact, machine-independent tokens.",
     ),
 ]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model repo's own Python code to run.")]

@@ -32,7 +32,8 @@ def merge(model: str, heads: str, output: str | Path, dtype: str | None = None) 
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise UserError(f"{output} is not empty", "choose a new folder for the merged checkpoint")
-    lm: LoadedModel = load_base_model(model, device="cpu", dtype=dtype)
+    # a checkpoint keeps fp32 unless asked: no --dtype would be bf16 on CPUs with native bf16
+    lm: LoadedModel = load_base_model(model, device="cpu", dtype=dtype or "float32")
     loaded_heads = load_heads(heads, expected_hidden_size=lm.hidden_size)
     state = {}
     # tied embeddings share storage; safetensors refuses shared tensors, and the config re-ties them
@@ -74,7 +75,7 @@ def checkpoint_layout(model, state: dict) -> dict:
 
 def split(merged: str | Path, base_output: str | Path, heads_output: str | Path) -> tuple[Path, Path]:
     merged = Path(merged)
-    lm = load_base_model(str(merged), device="cpu")
+    lm = load_base_model(str(merged), device="cpu", dtype="float32")  # as merge writes by default
     heads = load_heads(merged, expected_hidden_size=lm.hidden_size)
     base_output, heads_output = Path(base_output), Path(heads_output)
     lm.model.save_pretrained(str(base_output), safe_serialization=True)

@@ -67,15 +67,16 @@ def pick_device(device: str | None) -> torch.device:
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     """The frozen base model's dtype; heads, logits and the decoding math stay fp32 regardless.
 
-    "auto": bf16 on CUDA, and on CPUs with native bf16 instructions (AVX512_BF16, AMX, Arm BF16),
-    where it decodes ~2x faster (reports/engine-speed.md); fp32 on other CPUs, which only emulate
-    bf16. No --dtype at all keeps fp32 on CPU: bf16 changes a few tokens in a hundred (greedy),
-    and fp32 is what tests and reproduced numbers are pinned to.
+    No --dtype is "auto": bf16 on CUDA, and on CPUs with native bf16 instructions (AVX512_BF16,
+    AMX, Arm BF16), where it decodes ~2x faster and did not move a measured score
+    (reports/engine-speed.md, "Default dtype"); fp32 on other CPUs, which only emulate bf16.
+    bf16 changes a few tokens in a hundred (greedy), so whatever claims exactness pins
+    "float32": the tests, `reproduce` and the other studies, training (`training_dtype`), merge.
     """
     if dtype in (None, "auto"):
         if device.type == "cuda":
             return torch.bfloat16
-        if dtype == "auto" and device.type == "cpu":
+        if device.type == "cpu":
             from ..core.cpu_features import cpu_has_native_bf16
 
             return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
@@ -83,6 +84,18 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r} is not supported", f"use one of: auto, {', '.join(sorted(DTYPES))}")
     return DTYPES[dtype]
+
+
+def training_dtype(dtype: str | None, device: str | None) -> str:
+    """The base dtype head training loads when none is given: bf16 on CUDA, fp32 on CPU.
+
+    Not "auto": the heads learn from the base's hidden states, and a bf16 base on CPU would move
+    every recorded training run (and its hidden-state caches) without a measurement showing it
+    is harmless; `dtype=auto` in a recipe opts in.
+    """
+    if dtype is not None:
+        return dtype
+    return "bfloat16" if pick_device(device).type == "cuda" else "float32"
 
 
 def alias_gguf_path(alias: str) -> Path:

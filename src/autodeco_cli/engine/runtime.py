@@ -72,7 +72,8 @@ def open_engine(
         return lead
     from .data_parallel import DataParallelEngine
 
-    replica = dataclasses.replace(settings, adapter=adapter, data_parallel_size=1)
+    # replicas load the dtype the lead resolved, whatever their own CPU check would say
+    replica = dataclasses.replace(settings, adapter=adapter, data_parallel_size=1, dtype=lead.dtype)
     open_kwargs = {"settings": replica, "strategies": strategies, "force_heads": force_heads}
     return DataParallelEngine(lead, data, open_engine, open_kwargs)
 

@@ -295,8 +295,9 @@ def run_eval(
 
 
 def engine_info(engine: Engine) -> dict:
-    """Which engine generated, and the prompt format it rendered chat prompts with."""
-    return {"engine": engine.name, **engine.prompt_format.record()}
+    """Which engine generated, in which base dtype (as resolved: no --dtype is "auto", which means
+    bf16 or fp32 by machine), and the prompt format it rendered chat prompts with."""
+    return {"engine": engine.name, "dtype": engine.dtype, **engine.prompt_format.record()}
 
 
 def heads_fingerprint(engine: Engine) -> str | None:
@@ -323,15 +324,17 @@ def _claim_folder(folder: Path, plan: StrategyPlan, task_runs: list[TaskRun], in
     }
 
     def changes(previous: dict) -> list[str]:
-        # folders made before the dtype was recorded resolved say "auto", which then meant fp32
-        # on CPU and bf16 on CUDA (now auto is bf16 on CPUs with native bf16)
-        if previous.get("dtype") == "auto" and identity.get("dtype") == (
+        # folders made before the dtype was recorded resolved say "auto" (commands) or nothing
+        # (studies), which then meant fp32 on CPU and bf16 on CUDA
+        if previous.get("dtype") in ("auto", None) and identity.get("dtype") == (
             "bfloat16" if str(info.get("device", "")).startswith("cuda") else "float32"
         ):
             previous = {**previous, "dtype": identity["dtype"]}
         # a task the folder has not seen yet, or a field it did not record, is no change
         changed = [
-            name for name in IDENTITY_FIELDS if previous.get(name, IDENTITY_DEFAULTS.get(name)) != identity.get(name)
+            _dtype_change(previous.get(name), identity.get(name)) if name == "dtype" else name
+            for name in IDENTITY_FIELDS
+            if previous.get(name, IDENTITY_DEFAULTS.get(name)) != identity.get(name)
         ]
         before = previous.get("tasks", {})
         return changed + [
@@ -345,6 +348,12 @@ def _claim_folder(folder: Path, plan: StrategyPlan, task_runs: list[TaskRun], in
     hint = "use another --output-dir, or delete that folder to start over"
     previous = claim_settings(path, changes, holder=folder, hint=hint)
     write_json(path, {**identity, "tasks": {**previous.get("tasks", {}), **tasks}})
+
+
+def _dtype_change(recorded: str | None, now: str | None) -> str:
+    # no --dtype resolves by machine, so a folder begun in fp32 meets bf16 on a CPU with native bf16
+    resume = f", resume with --dtype {recorded}" if recorded in ("float32", "bfloat16", "float16") else ""
+    return f"dtype {recorded} -> {now}{resume}"
 
 
 def _pending_requests(state: _RunState, run: TaskRun) -> tuple[list[Request], int]:

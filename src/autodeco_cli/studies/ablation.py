@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 @dataclass
 class AblationConfig:
     model: str = "smollm2-135m-instruct"
+    # the base model's dtype for every stage; None: what training loads (fp32 on CPU, bf16 on CUDA;
+    # engine.models.training_dtype). The CPU recipes pin float32: their recorded numbers are fp32's
+    dtype: str | None = None
     workdir: str = "runs/ablate"
     report: str = "reports/ablation.md"
     tasks: str = "arith-add,arith-mul"
@@ -43,7 +46,7 @@ class AblationConfig:
 def run_ablation(config: AblationConfig, log=print) -> Path:
     import torch
 
-    from ..engine.models import load_base_model
+    from ..engine.models import load_base_model, training_dtype
 
     if not config.rows:
         raise UserError("the ablation recipe names no rows", "see recipes/ablation-cpu.yaml")
@@ -51,7 +54,7 @@ def run_ablation(config: AblationConfig, log=print) -> Path:
         torch.set_num_threads(config.threads)
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    lm = load_base_model(config.model)
+    lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     data_files = {name: _data(lm, config, name, work) for name in sorted({r["data"] for r in config.rows})}
     references = _score_references(lm, config, work / "val" / "ref")
     scored = []
@@ -113,6 +116,7 @@ def _train(config: AblationConfig, row: dict, data: Path, out: Path) -> Path:
             output_dir=str(out),
             model=config.model,
             threads=config.threads,
+            dtype=config.dtype,
             save_every=10,
         )
     ).setup()

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 @dataclass
 class ReproduceConfig:
     model: str = "smollm2-135m-instruct"
+    # the base model's dtype for every stage; None: what training loads (fp32 on CPU, bf16 on CUDA;
+    # engine.models.training_dtype). The CPU recipes pin float32: their recorded numbers are fp32's
+    dtype: str | None = None
     workdir: str = "runs/reproduce"
     report: str = "reports/reproduce.md"
     # on-policy data
@@ -68,13 +71,13 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
 
     from ..core.heads import load_heads
     from ..engine.generation import GenerationEngine
-    from ..engine.models import load_base_model
+    from ..engine.models import load_base_model, training_dtype
     from ..training.trainer import train_heads_once
 
     clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
 
-    lm = load_base_model(config.model)
+    lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     data_path = work / "on_policy.jsonl"
     heads_dir = work / "heads"
     with clock.stage("make-data"):
@@ -85,7 +88,7 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
         raise UserError(f"{data_path}: only {kept} trajectories were kept", "raise data_limit or data_k")
 
     with clock.stage("train-heads"):
-        train_heads_once(config.train, data_path, heads_dir, config.model, save_every=5)
+        train_heads_once(config.train, data_path, heads_dir, config.model, save_every=5, dtype=config.dtype)
     heads = load_heads(heads_dir, expected_hidden_size=lm.hidden_size)
     engine = GenerationEngine(lm, heads)
     grids, comparisons = _grids_and_comparisons(engine, config, heads_dir, clock, log)

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 @dataclass
 class WhereItWinsConfig:
     model: str = "smollm2-135m-instruct"
+    # the base model's dtype for every stage; None: what training loads (fp32 on CPU, bf16 on CUDA;
+    # engine.models.training_dtype). The CPU recipes pin float32: their recorded numbers are fp32's
+    dtype: str | None = None
     workdir: str = "runs/where-it-wins"
     report: str = "reports/where-it-wins.md"
     figures_dir: str = "figures-where-it-wins"
@@ -107,7 +110,7 @@ class WhereItWinsConfig:
 
 
 def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
-    from ..engine.models import load_base_model
+    from ..engine.models import load_base_model, training_dtype
     from .where_it_wins_diagnostics import check_diagnose_config, run_diagnostics, traced_benchmarks
     from .where_it_wins_suite import check_suite_config
 
@@ -115,7 +118,7 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
     check_diagnose_config(config)
     clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
-    lm = load_base_model(config.model)
+    lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     with clock.stage("make-data"):
         data_path, data_report = _make_data(lm, config, work)
     with clock.stage("train MLE heads"):
@@ -228,7 +231,8 @@ def _count_lines(path: Path) -> int:
 def _train_mle(config: WhereItWinsConfig, data_path: Path, out: Path) -> Path:
     from ..training.trainer import train_heads_once
 
-    return train_heads_once(config.mle, data_path, out, config.model, save_every=10, threads=config.threads)
+    fixed = {"save_every": 10, "threads": config.threads, "dtype": config.dtype}
+    return train_heads_once(config.mle, data_path, out, config.model, **fixed)
 
 
 def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple[Path, list[dict]]:

@@ -45,7 +45,7 @@ class TrainConfig:
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     lora_learning_rate: float | None = None
     device: str | None = None
-    dtype: str | None = None
+    dtype: str | None = None  # None: fp32 on CPU, bf16 on CUDA (engine.models.training_dtype)
     threads: int | None = None
     max_steps: int | None = None  # stop early (smoke runs, benchmarks)
 

@@ -84,7 +84,7 @@ class RewardConfig:
     validate_every: int = 10
     keep_checkpoints: int = 2  # newest checkpoints kept (one is taken every validate_every steps); 0 keeps all
     device: str | None = None
-    dtype: str | None = None
+    dtype: str | None = None  # None: fp32 on CPU, bf16 on CUDA (engine.models.training_dtype)
     threads: int | None = None
 
     def validate(self) -> None:
@@ -182,13 +182,13 @@ class RewardTrainer:
 
     def setup(self, lm=None, tasks: Sequence[Any] | None = None) -> "RewardTrainer":
         """Load (or adopt, for tests) the base model; build the heads, optimizer and questions."""
-        from ..engine.models import load_base_model
+        from ..engine.models import load_base_model, training_dtype
         from ..evaluation.runner import resolve_tasks
 
         c = self.config
         if c.threads:
             torch.set_num_threads(c.threads)
-        self.lm = lm or load_base_model(c.model, device=c.device, dtype=c.dtype)
+        self.lm = lm or load_base_model(c.model, device=c.device, dtype=training_dtype(c.dtype, c.device))
         self.device = self.lm.device
         self.heads = self._init_heads().to(self.device)
         if c.mode == "temperature":

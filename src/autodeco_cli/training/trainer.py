@@ -19,7 +19,7 @@ import torch
 from ..core.errors import UserError
 from ..core.heads import AutoDecoHeads, HeadsConfig, load_heads
 from ..core.io_checks import cut_partial_last_line
-from ..engine.models import load_base_model
+from ..engine.models import load_base_model, training_dtype
 from ..engine.requests import request_seed
 from .checkpoints import CheckpointStore
 from .config import TrainConfig
@@ -167,7 +167,8 @@ class HeadTrainer:
             torch.set_num_threads(config.threads)
         if lm is not None and config.adapter:
             raise ValueError("setup(lm=...) adopts a loaded model as it is: apply the adapter before passing it")
-        self.lm = lm or load_base_model(config.model, device=config.device, dtype=config.dtype, adapter=config.adapter)
+        dtype = training_dtype(config.dtype, config.device)
+        self.lm = lm or load_base_model(config.model, device=config.device, dtype=dtype, adapter=config.adapter)
         self.device = self.lm.device
         self.dist = Distributed.from_environment(self.device)
         self.examples, report = load_examples(
