@@ -126,12 +126,13 @@ def hard_top_p_keep(probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.T
 
 # The nucleus cut first sorts only each row's top this-many probabilities (torch.topk: ~10x
 # cheaper than a values sort of a 49k vocabulary); rows whose nucleus may reach past them fall
-# back to the full sort. Either way the result is the full sort's, exactly.
+# back to the full sort. Either way the result is the full sort's, exactly. Read at each call,
+# so a benchmark can set it to the vocabulary size in a running engine to time the full sort.
 NUCLEUS_CANDIDATES = 64
 
 
 def nucleus_cut(
-    probs: torch.Tensor, top_p: torch.Tensor, candidates: int = NUCLEUS_CANDIDATES
+    probs: torch.Tensor, top_p: torch.Tensor, candidates: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's nucleus size and smallest kept probability (both ``[..., 1]``); `top_p` ``[..., 1]``.
 
@@ -142,14 +143,15 @@ def nucleus_cut(
     prefix is the prefix of the cumsum. So once the last of the top `candidates` values already
     has mass >= p before it, no later position counts and the sorted head alone gives the exact
     size and cutoff; only rows that fail that check are sorted in full. (Other devices' scans
-    are blocked, so there every row is sorted in full, as before.)
+    are blocked, so there every row is sorted in full, as before.) `candidates` defaults to
+    `NUCLEUS_CANDIDATES`; any count >= the vocabulary sorts every row in full.
     """
     size, cutoff, _ = _nucleus_cut(probs, top_p, candidates)
     return size, cutoff
 
 
 def _nucleus_cut(
-    probs: torch.Tensor, top_p: torch.Tensor, candidates: int = NUCLEUS_CANDIDATES
+    probs: torch.Tensor, top_p: torch.Tensor, candidates: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`nucleus_cut`, plus per flattened row whether a token past the nucleus may equal the
     cutoff (the sorted value right after the nucleus does, or is unknown): only those rows can
@@ -158,6 +160,7 @@ def _nucleus_cut(
     shape = probs.shape[:-1] + (1,)
     flat = probs.detach().reshape(-1, vocab)
     p = top_p.to(probs.dtype).expand(shape).reshape(-1, 1)
+    candidates = NUCLEUS_CANDIDATES if candidates is None else candidates
     k = min(candidates, vocab) if probs.device.type == "cpu" else vocab
     head = torch.topk(flat, k, dim=-1).values if k < vocab else sorted_values_descending(flat).to(flat.device)
     mass_before = torch.cumsum(head, dim=-1) - head
