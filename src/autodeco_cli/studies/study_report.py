@@ -125,9 +125,11 @@ def _data_section(config, data_report: list[dict], reward_log: list[dict], chose
     lines.append(f"- MLE heads: `train-heads` with {json.dumps(config.mle)} on all of it.")
     validation = [(r["step"], r["validation"]) for r in reward_log if "validation" in r]
     curve = ", ".join(f"step {s}: {v:.3f}" for s, v in validation)
+    restart = config.reward.get("top_p_restart")
+    start = f"the MLE heads with the top-p head restarted at P̂ {restart}" if restart is not None else "the MLE heads"
     lines.append(
         f"- reward heads: `train-heads --objective reward` from the MLE heads, {json.dumps(config.reward)}. Validation "
-        f"score by step (step 0 = the MLE heads): {curve or 'not measured'}."
+        f"score by step (step 0 = {start}): {curve or 'not measured'}."
     )
     lines.append(f"- chosen on validation: **{chosen}** (the higher validation score).")
     return lines + [""]

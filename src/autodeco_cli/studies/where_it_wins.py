@@ -257,7 +257,10 @@ def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple
 
 
 def _choose_heads(reward_log: list[dict], heads: dict[str, Path]) -> str:
-    """MLE (the reward run's step-0 validation) or reward (its best later step): higher validation score wins."""
+    """MLE (the reward run's step-0 validation) or reward (its best later step): higher validation score wins.
+
+    With `top_p_restart` step 0 scores the MLE heads with their top-p head restarted, not the MLE
+    heads as saved; the report's data section says which."""
     scores = [(r["step"], r["validation"]) for r in reward_log if "validation" in r]
     if not scores:
         return "autodeco-MLE"
