@@ -6,7 +6,7 @@ the GGUF if needed and fills the page cache). Variants alternate so drift in mac
 both alike. Two kinds of run:
 
   clean      the command as a user runs it; first token = first byte on its stdout, exit = the
-             process has ended (the shell prompt is back)
+             process has ended (the shell prompt is back); and `autodeco --help`, to its end
   breakdown  the same command under a probe that times its phases: interpreter start, the CLI's
              imports, option parsing up to the model load, the load itself (transformers'
              from_pretrained, the tokenizer, the rest), the heads, the chat prompt, the first
@@ -180,6 +180,13 @@ def clean_run(src: Path) -> tuple[float, float]:
     return first_token, time.perf_counter() - began
 
 
+def help_run(src: Path) -> float:
+    """Seconds for `autodeco --help` to end (no model, so no torch should load)."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "autodeco_cli.cli", "--help"], capture_output=True, env=_env(src), check=True)
+    return time.perf_counter() - began
+
+
 def breakdown_run(src: Path) -> list[tuple[str, float, float, float]]:
     """[(phase, wall s, imports s, gc s)] in order, the interpreter's exit last."""
     child = subprocess.run(
@@ -244,6 +251,7 @@ def main(argv=None) -> int:
         for variant in variants:  # warm: the GGUF cache and the page cache
             clean_run(trees[variant])
         clean = {v: [] for v in variants}
+        helps = {v: [] for v in variants}
         probed = {v: [] for v in variants}
         for repeat in range(max(args.repeats, args.breakdown_repeats)):
             order = variants if repeat % 2 == 0 else variants[::-1]
@@ -252,9 +260,10 @@ def main(argv=None) -> int:
                     clean[variant].append(clean_run(trees[variant]))
                     first, ended = clean[variant][-1]
                     print(f"  {variant:18s} rep {repeat}: first token {first:.3f} s, exit {ended:.3f} s", flush=True)
+                    helps[variant].append(help_run(trees[variant]))
                 if repeat < args.breakdown_repeats:
                     probed[variant].append(breakdown_run(trees[variant]))
-    print(f"\n{'variant':18s} {'first token (median)':>21s} {'exit (median)':>14s} {'ratio to first':>15s}")
+    print(f"\n{'variant':18s} {'first token (median)':>21s} {'exit (median)':>14s} {'ratio':>6s} {'--help':>7s}")
     reference = statistics.median(f for f, _ in clean[variants[0]]) if clean[variants[0]] else None
     for variant in variants:
         if not clean[variant]:
@@ -262,7 +271,7 @@ def main(argv=None) -> int:
         first = statistics.median(f for f, _ in clean[variant])
         ended = statistics.median(e for _, e in clean[variant])
         ratio = f"{first / reference:.2f}x" if reference else ""
-        print(f"{variant:18s} {first:20.3f}s {ended:13.3f}s {ratio:>15s}")
+        print(f"{variant:18s} {first:20.3f}s {ended:13.3f}s {ratio:>6s} {statistics.median(helps[variant]):6.3f}s")
     now = statistics.median(f for f, _ in clean["now"]) if clean["now"] else None
     if now is not None:
         print(f"target: first token <= {TARGET_S:.0f} s: {'met' if now <= TARGET_S else 'NOT met'} ({now:.2f} s)")
