@@ -79,7 +79,7 @@ def test_missing_recipe_names_the_shipped_ones(tmp_path, monkeypatch):
 
 def test_every_shipped_heads_folder_is_found_for_its_model():
     from autodeco_cli.engine.heads_source import packaged_heads_path
-    from autodeco_cli.engine.models import MODEL_ALIASES
+    from autodeco_cli.engine.model_names import MODEL_ALIASES
 
     assert HEADS, "no shipped heads"
     for folder in HEADS:
@@ -111,7 +111,8 @@ def test_shipped_heads_load_and_match_their_config(folder):
 @pytest.mark.parametrize("folder", HEADS, ids=lambda p: p.name)
 def test_shipped_heads_fit_their_model(folder):
     """The hidden size the heads expect is the base model's (read from the GGUF's metadata)."""
-    from autodeco_cli.engine.models import MODEL_ALIASES, alias_gguf_path
+    from autodeco_cli.engine.model_names import MODEL_ALIASES
+    from autodeco_cli.engine.models import alias_gguf_path
 
     if importlib.util.find_spec(MODEL_ALIASES[folder.name][0]) is None:
         pytest.skip(f"needs {MODEL_ALIASES[folder.name][2]}")

@@ -70,6 +70,12 @@ class EngineOptions:
 
     def open(self, strategies: Sequence[DecodingStrategy], *, seed: int) -> Engine:
         """The engine, with heads if a strategy uses them; `seed` is vLLM's engine seed."""
+        from ..core.startup_gc import paused_then_frozen
+
+        with paused_then_frozen():  # torch, transformers and the model: 0.5 s of collections otherwise
+            return self._open(strategies, seed)
+
+    def _open(self, strategies: Sequence[DecodingStrategy], seed: int) -> Engine:
         from ..core.prompt_format import prompt_format
         from ..engine.runtime import EngineSettings, open_engine
 

@@ -11,7 +11,7 @@ import typer
 
 from ..core.consoles import console, err_console
 from ..core.errors import UserError
-from ..engine.models import DEFAULT_MODEL
+from ..engine.model_names import DEFAULT_MODEL
 from .common import DEFAULT_OUTPUT_ROOT, EngineOptions, folder_name, option_group
 from .options import (
     BatchSizeOpt,

@@ -12,7 +12,7 @@ import typer
 from ..core.consoles import err_console
 from ..core.errors import UserError
 from ..core.safe_writes import Appender, write_atomically
-from ..engine.models import DEFAULT_MODEL
+from ..engine.model_names import DEFAULT_MODEL
 from .common import DecodingOptions, EngineOptions, OutputOptions, option_group
 from .options import (
     ActiveHeadsOpt,

@@ -10,7 +10,7 @@ import typer
 
 from ..core.consoles import console, err_console
 from ..core.errors import UserError
-from ..engine.models import DEFAULT_MODEL
+from ..engine.model_names import DEFAULT_MODEL
 from .common import DEFAULT_OUTPUT_ROOT, EngineOptions, folder_name, option_group
 from .options import (
     AdapterOpt,
@@ -221,9 +221,11 @@ def grid_search_command(
     """The oracle static baseline (see GRID_SEARCH_HELP, the command's --help)."""
     params = dict(locals())
     engine_options = option_group(EngineOptions, params)
+    from ..evaluation.runner import parse_seeds, resolve_tasks
+
+    resolve_tasks(benchmark)  # a typo fails at once: before the model loads, and before grid/ imports torch
     from ..core.decoding import make_strategy
     from ..core.folder_lock import folder_lock
-    from ..evaluation.runner import parse_seeds
     from ..evaluation.settings import EvalSettings
     from ..grid.search import GridSpec, check_mode
 

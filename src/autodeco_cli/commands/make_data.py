@@ -9,7 +9,7 @@ import typer
 
 from ..core.consoles import err_console
 from ..core.errors import UserError
-from ..engine.models import DEFAULT_MODEL
+from ..engine.model_names import DEFAULT_MODEL
 from .common import DecodingOptions, EngineOptions, option_group
 from .options import (
     ChatOpt,
@@ -107,6 +107,7 @@ def make_data(
         DecodingOptions, params, temperature_scale=1.0, top_p_scale=1.0, mean_from=None, active_heads="both"
     )
     from ..core.io_checks import check_max_new_tokens, check_writable_output
+    from ..tasks.registry import expand
 
     # make_on_policy_data does not check these: k=0 would mark every problem done with no samples
     if k < 1 or batch_size < 1:
@@ -114,6 +115,7 @@ def make_data(
     strategy = decoding_options.strategy()
     if strategy.uses_heads:
         raise UserError("make-data samples the base model", "use --decoding static, greedy, min-p, top-n-sigma or edt")
+    expand(tasks)  # a task name's typo fails before the model loads
     check_writable_output(output, "--output")  # before the model loads
     engine = engine_options.open([strategy], seed=seed)
     check_max_new_tokens(max_new_tokens, engine.lm.config)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.consoles import err_console
-from ..engine.models import DEFAULT_MODEL
+from ..engine.model_names import DEFAULT_MODEL
 from .options import DataParallelOpt, HeadsOpt, ModelOpt, TensorParallelOpt, TrustOpt
 
 # The --help text. Concatenated rather than a docstring wrapped at 120 columns: typer's rich mode

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..core.consoles import console, err_console
-from ..engine.models import DEFAULT_MODEL
+from ..engine.model_names import DEFAULT_MODEL
 from .options import BatchSizeOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt
 
 

@@ -136,9 +136,11 @@ def train_heads(
             train_steering(cfg, steer_cfg, resume=resume, console=err_console)
         return
     from ..training.config import TrainConfig
+    from ..training.data import check_data_file
 
     cfg = build_config(TrainConfig, config, overrides or [], **explicit)
     check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
+    check_data_file(cfg.data)  # and before torch is imported: a typo fails at once
     with _output_lock(cfg.output_dir):
         _train_mle(cfg, resume)
 

@@ -39,7 +39,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .distribution import DEFAULT_EDT_BASE
 from .errors import UserError
 
 DECODING_CHOICES = ("greedy", "static", "autodeco", "mean-shift", "min-p", "top-n-sigma", "edt")
@@ -184,7 +183,12 @@ def _adaptive_strategy(
             "0 keeps only the top logit, larger n keeps more (the paper uses 1.0)",
         )
     else:
-        base = DEFAULT_EDT_BASE if given["edt_base"] is None else given["edt_base"]
+        base = given["edt_base"]
+        if base is None:
+            # deferred: distribution.py imports torch, which checking the options does not need
+            from .distribution import DEFAULT_EDT_BASE
+
+            base = DEFAULT_EDT_BASE
         theta = DEFAULT_EDT_THETA if given["edt_theta"] is None else given["edt_theta"]
         if not (math.isfinite(base) and 0.0 < base < 1.0):
             raise UserError(

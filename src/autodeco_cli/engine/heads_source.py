@@ -7,13 +7,12 @@ from pathlib import Path
 
 from ..core.consoles import err_console
 from ..core.heads import AutoDecoHeads, fresh_heads, load_heads, read_heads_config
+from .model_names import MODEL_ALIASES
 from .models import LoadedModel
 
 
 def packaged_heads_path(model_spec: str) -> Path | None:
     """Heads we ship inside the package for a model alias, if any."""
-    from .models import MODEL_ALIASES
-
     if model_spec not in MODEL_ALIASES:
         return None
     folder = resources.files("autodeco_cli") / "assets" / "heads" / model_spec

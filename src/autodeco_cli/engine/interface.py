@@ -4,11 +4,13 @@ studies and the commands are written once against this and run on any of them.""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence, runtime_checkable
 
-from ..core.heads import AutoDecoHeads
 from ..core.prompt_format import PromptFormat
 from .requests import Generation, Request
+
+if TYPE_CHECKING:  # core.heads imports torch; code that only checks options imports this module
+    from ..core.heads import AutoDecoHeads
 
 
 @runtime_checkable

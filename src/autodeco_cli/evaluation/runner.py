@@ -30,7 +30,6 @@ from typing import Any, Mapping, Sequence
 
 from ..core.decoding import DecodingStrategy, strategy_slug
 from ..core.errors import UserError
-from ..core.heads import heads_digest
 from ..core.io_checks import check_task_budget
 from ..engine.interface import Engine
 from ..engine.requests import Generation, Request, Schedule, batch_order_key, encode_prompt, request_seed
@@ -302,6 +301,8 @@ def engine_info(engine: Engine) -> dict:
 
 def heads_fingerprint(engine: Engine) -> str | None:
     """A hash of the heads' weights: retrained heads saved to the same path are other heads."""
+    from ..core.heads import heads_digest  # torch: the CLI's checks before the model loads need none
+
     return None if engine.heads is None else heads_digest(engine.heads)
 
 

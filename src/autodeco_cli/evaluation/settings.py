@@ -25,6 +25,8 @@ class EvalSettings:
 
     def check(self) -> None:
         check_run_settings(self.k, self.seeds, self.batch_size, self.max_new_tokens)
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit {self.limit}: need at least one question")
 
 
 def check_run_settings(k: int, seeds: Sequence[int], batch_size: int, max_new_tokens: int | None = None) -> None:

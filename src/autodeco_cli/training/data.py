@@ -146,18 +146,24 @@ def parse_line(tokenizer, record, where: str) -> tuple[list[int], list[int]]:
     return encode_prompt_completion(tokenizer, prompt, completion)
 
 
-def load_examples(
-    path: str | Path, tokenizer, *, max_length: int = 2048, overlong: str = "truncate", limit: int | None = None
-) -> tuple[list[Example], DatasetReport]:
-    """Read and tokenize a training JSONL. `overlong` is "truncate" or "drop"."""
-    if overlong not in ("truncate", "drop"):
-        raise UserError(f"overlong={overlong!r} is not a policy", "use truncate or drop")
+def check_data_file(path: str | Path) -> Path:
+    """The training JSONL's path, refused when it does not exist (commands check it before the model loads)."""
     path = Path(path)
     if not path.exists():
         raise UserError(
             f"training data not found: {path}",
             "build it with `autodeco make-data` or pass a JSONL of {prompt, completion}",
         )
+    return path
+
+
+def load_examples(
+    path: str | Path, tokenizer, *, max_length: int = 2048, overlong: str = "truncate", limit: int | None = None
+) -> tuple[list[Example], DatasetReport]:
+    """Read and tokenize a training JSONL. `overlong` is "truncate" or "drop"."""
+    if overlong not in ("truncate", "drop"):
+        raise UserError(f"overlong={overlong!r} is not a policy", "use truncate or drop")
+    path = check_data_file(path)
     examples: list[Example] = []
     truncated = dropped = 0
     # decoded line by line: a binary file fails naming its line, and a large file stays on disk

@@ -35,7 +35,7 @@ import torch
 from ..core.errors import UserError
 from ..core.io_checks import cut_partial_last_line
 from ..engine.generation import GenerationEngine
-from ..engine.models import DEFAULT_MODEL
+from ..engine.model_names import DEFAULT_MODEL
 from ..engine.requests import Request, encode_prompt, request_seed
 from ..tasks.registry import task_chat, task_stop
 from .checkpoints import CheckpointStore

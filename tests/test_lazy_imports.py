@@ -1,0 +1,121 @@
+"""`autodeco --help`, every command's --help and the user errors a typo makes answer without
+importing torch or transformers (issue #23: a second or more of start-up each, for nothing).
+
+One fresh interpreter (this one has torch loaded by conftest) runs the real entry point
+(`cli.main`) for each argv in turn and reports which heavy modules are loaded after it. Runs are
+sequential, so the first one that reports a heavy module is the one that imported it. Commands
+are found from the registered Typer app, so a new command is covered without editing this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+HEAVY = ("torch", "transformers")
+
+PROBE = r"""
+import contextlib, io, json, sys
+
+import typer
+
+HEAVY = tuple(sys.argv[1].split(","))
+ERROR_ARGVS = json.loads(sys.argv[2])
+
+
+def heavy():
+    return [name for name in HEAVY if name in sys.modules]
+
+
+from autodeco_cli import cli  # noqa: E402  (after `heavy` exists: the import itself is checked)
+
+runs = [{"argv": ["(import autodeco_cli.cli)"], "code": 0, "stderr": "", "heavy": heavy()}]
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = ["autodeco", *argv]
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main()
+        except SystemExit as exc:
+            code = exc.code
+    runs.append({"argv": argv, "code": code, "stderr": err.getvalue(), "heavy": heavy()})
+
+
+def command_paths(command, path=()):
+    yield list(path)
+    for name, sub in sorted((getattr(command, "commands", None) or {}).items()):
+        yield from command_paths(sub, (*path, name))
+
+
+for path in command_paths(typer.main.get_command(cli.app)):
+    run([*path, "--help"])
+for argv in ERROR_ARGVS:
+    run(argv)
+print("PROBE " + json.dumps(runs))
+"""
+
+
+def _probe(error_argvs: list[list[str]], cwd: Path) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, ",".join(HEAVY), json.dumps(error_argvs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE ")]
+    assert done.returncode == 0 and lines, done.stderr[-3000:]
+    return json.loads(lines[-1][len("PROBE ") :])
+
+
+def _first_heavy(runs: list[dict]) -> str | None:
+    for run in runs:
+        if run["heavy"]:
+            return f"`autodeco {' '.join(run['argv'])}` imported {', '.join(run['heavy'])}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> tuple[list[dict], dict[str, str]]:
+    work = tmp_path_factory.mktemp("lazy")
+    missing = str(work / "missing.jsonl")
+    # each a user error met before any model loads, with a piece of its one-line message
+    errors = {
+        "prompt file not found": ["generate", "--file", missing],
+        "is not a strategy": ["generate", "--decoding", "no-such-decoding", "hi"],
+        "Unknown task 'no-such-task'": ["eval", "-b", "no-such-task"],
+        "training data not found": ["train-heads", "--data", missing, "--output-dir", str(work / "heads")],
+    }
+    return _probe(list(errors.values()), work), errors
+
+
+def test_help_and_user_errors_import_neither_torch_nor_transformers(probe):
+    runs, _ = probe
+    culprit = _first_heavy(runs)
+    assert culprit is None, f"{culprit}: move that import into the function that needs it"
+
+
+def test_every_registered_command_was_asked_for_help(probe):
+    runs, _ = probe
+    helped = {tuple(r["argv"][:-1]) for r in runs if r["argv"][-1:] == ["--help"]}
+    assert {(), ("generate",), ("eval",), ("train-heads",), ("serve",)} <= helped
+    assert all(r["code"] == 0 for r in runs if r["argv"][-1:] == ["--help"])
+
+
+def test_the_error_paths_are_the_user_errors_meant(probe):
+    runs, errors = probe
+    by_argv = {tuple(r["argv"]): r for r in runs}
+    for needle, argv in errors.items():
+        run = by_argv[tuple(argv)]
+        assert run["code"] == 2 and needle in run["stderr"], (argv, run["code"], run["stderr"])
