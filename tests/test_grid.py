@@ -496,7 +496,17 @@ def test_cli_help_and_errors(tmp_path):
     # checked before the model is loaded (no such model here)
     bad = runner.invoke(
         app,
-        ["grid-search", "-b", "arith-add", "--mode", "random", "--model", str(tmp_path / "nothing"), "-o", str(tmp_path)],
+        [
+            "grid-search",
+            "-b",
+            "arith-add",
+            "--mode",
+            "random",
+            "--model",
+            str(tmp_path / "nothing"),
+            "-o",
+            str(tmp_path),
+        ],
     )
     assert isinstance(bad.exception, UserError) and "is not a mode" in str(bad.exception)
 
