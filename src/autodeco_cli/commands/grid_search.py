@@ -221,11 +221,9 @@ def grid_search_command(
     """The oracle static baseline (see GRID_SEARCH_HELP, the command's --help)."""
     params = dict(locals())
     engine_options = option_group(EngineOptions, params)
-    from ..evaluation.runner import parse_seeds, resolve_tasks
-
-    resolve_tasks(benchmark)  # a typo fails at once: before the model loads, and before grid/ imports torch
     from ..core.decoding import make_strategy
     from ..core.folder_lock import folder_lock
+    from ..evaluation.runner import parse_seeds, resolve_tasks
     from ..evaluation.settings import EvalSettings
     from ..grid.search import GridSpec, check_mode
 
@@ -241,6 +239,7 @@ def grid_search_command(
     settings.check()
     axes = {"temperatures": temperature_list, "values": value_list, "cells": cell_list}
     _check_grid_size(benchmark, mode, axes, settings, grid_family, yes)
+    resolve_tasks(benchmark)  # a task name's typo fails before the model loads
     spec = GridSpec(mode=mode, family=grid_family, early_stop=early_stop, **axes)
     # each family its own default folder: grid.json is one sweep's record
     prefix = "grid" if grid_family.is_static else f"grid-{grid_family.name}"
