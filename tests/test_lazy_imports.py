@@ -9,6 +9,7 @@ are found from the registered Typer app, so a new command is covered without edi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -97,6 +98,8 @@ def probe(tmp_path_factory) -> tuple[list[dict], dict[str, str]]:
         "Unknown task 'no-such-task'": ["eval", "-b", "no-such-task"],
         "training data not found": ["train-heads", "--data", missing, "--output-dir", str(work / "heads")],
     }
+    if importlib.util.find_spec("vllm") is None:  # with vLLM installed, serve goes on to stage the model
+        errors["needs vLLM, which is not installed"] = ["serve", "--dry-run"]
     return _probe(list(errors.values()), work), errors
 
 

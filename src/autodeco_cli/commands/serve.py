@@ -76,13 +76,15 @@ def serve_command(
     ] = False,
 ):
     """Serve a base model with learned per-token decoding (see SERVE_HELP, the command's --help)."""
+    from ..engine.vllm.install import import_vllm
+
+    import_vllm()  # first: without vLLM there is nothing to stage, and the heads would load torch for nothing
     from ..core.heads import heads_digest
     from ..engine.heads_source import resolve_heads
-    from ..engine.vllm.engine import default_memory_fraction, import_vllm
+    from ..engine.vllm.engine import default_memory_fraction
     from ..engine.vllm.stage import base_model, check_architecture, hidden_size, stage
     from ..engine.vllm.trace import TRACE_DIR_ENV
 
-    import_vllm()
     base = base_model(model)
     check_architecture(base.arch)
     heads_obj = resolve_heads(heads, _HiddenSize(model, hidden_size(base.config)), needed=True)

