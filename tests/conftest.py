@@ -312,3 +312,22 @@ def kill_after(engine, monkeypatch, batches: int) -> None:
         return original(requests, on_batch_done=on_batch_done, **kwargs)
 
     monkeypatch.setattr(engine, "generate", generate)
+
+
+def interrupt_every_engine_after_first_batch(monkeypatch) -> None:
+    """Ctrl-C right after the first batch a command's own engine hands to on_batch_done (the
+    command builds its engine, so the class is patched, unlike kill_after's one engine)."""
+    from autodeco_cli.engine.generation import GenerationEngine
+
+    original = GenerationEngine.generate
+
+    def interrupted(self, requests, **kwargs):
+        done = kwargs["on_batch_done"]
+
+        def then_stop(batch):
+            done(batch)
+            raise KeyboardInterrupt
+
+        return original(self, requests, **{**kwargs, "on_batch_done": then_stop})
+
+    monkeypatch.setattr(GenerationEngine, "generate", interrupted)

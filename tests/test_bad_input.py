@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from autodeco_cli.core.errors import UserError
-from conftest import write_jsonl
+from conftest import interrupt_every_engine_after_first_batch, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -134,20 +134,7 @@ def test_binary_training_file(cli, tiny_model_dir, tmp_path):
 
 def test_generate_writes_each_sample_as_it_finishes(cli, tiny_model_dir, prompts_file, tmp_path, monkeypatch):
     """A run killed after the first sample keeps it in -o (it used to write only at the very end)."""
-    from autodeco_cli.engine.generation import GenerationEngine
-
-    original = GenerationEngine.generate
-
-    def interrupted(self, requests, **kwargs):
-        done = kwargs["on_batch_done"]
-
-        def then_stop(batch):
-            done(batch)
-            raise KeyboardInterrupt
-
-        return original(self, requests, **{**kwargs, "on_batch_done": then_stop})
-
-    monkeypatch.setattr(GenerationEngine, "generate", interrupted)
+    interrupt_every_engine_after_first_batch(monkeypatch)
     out = tmp_path / "out.jsonl"
     code, _, err = cli(
         "generate",

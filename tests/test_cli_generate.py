@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.engine.generation import GenerationEngine
 from autodeco_cli.engine.requests import build_requests
-from conftest import TINY_HIDDEN, build_merged_folder, write_jsonl
+from conftest import TINY_HIDDEN, build_merged_folder, interrupt_every_engine_after_first_batch, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -255,18 +255,7 @@ def test_stop_option_single_prompt_stream(cli, tiny_model_dir, tiny_lm):
 def test_stdout_jsonl_streams_each_batch_as_it_finishes(cli, tiny_model_dir, tmp_path, monkeypatch):
     """Without -o, a run stopped after its first batch has already printed that batch (stdout
     used to get every line only at the very end)."""
-    original = GenerationEngine.generate
-
-    def interrupted(self, requests, **kwargs):
-        done = kwargs["on_batch_done"]
-
-        def then_stop(batch):
-            done(batch)
-            raise KeyboardInterrupt
-
-        return original(self, requests, **{**kwargs, "on_batch_done": then_stop})
-
-    monkeypatch.setattr(GenerationEngine, "generate", interrupted)
+    interrupt_every_engine_after_first_batch(monkeypatch)
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello\nThe quick brown fox\nWhat is 27 + 82?\n", encoding="utf-8")
     args = ["-m", tiny_model_dir, "-d", "greedy", "--max-new-tokens", 3, "--batch-size", 1]

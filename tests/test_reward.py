@@ -113,7 +113,7 @@ def _mean_prompt_temperature(trainer) -> float:
 
 
 def _train(tiny_lm, tmp_path, **overrides):
-    config = RewardConfig(
+    fields = dict(
         tasks="count",
         output_dir=str(tmp_path / "heads"),
         mode="temperature",
@@ -123,8 +123,8 @@ def _train(tiny_lm, tmp_path, **overrides):
         group_size=8,
         batch_size=16,
         seed=0,
-        **overrides,
     )
+    config = RewardConfig(**{**fields, **overrides})
     trainer = RewardTrainer(config, reward_fn=_likelihood_reward(tiny_lm)).setup(lm=tiny_lm, tasks=[CountTask()])
     before = _mean_prompt_temperature(trainer)
     trainer.train()
@@ -196,21 +196,10 @@ def test_tasks_take_turns_whatever_their_size(tiny_lm, tmp_path):
 def test_a_restarted_top_p_head_starts_at_its_value_and_learns_to_cut(tiny_lm, tmp_path):
     # the likelihood reward prefers the base's likely tokens, so cutting the tail pays: from a
     # restart at 0.9 the top-p head must learn a lower P̂ (its own learning rate, T̂ frozen)
-    config = RewardConfig(
-        tasks="count",
-        output_dir=str(tmp_path / "heads"),
-        mode="top_p",
-        learning_rate=1e-9,
-        top_p_learning_rate=0.02,
-        top_p_restart=0.9,
-        steps=12,
-        prompts_per_step=4,
-        group_size=8,
-        batch_size=16,
+    trainer, _, _ = _train(
+        tiny_lm, tmp_path, mode="top_p", learning_rate=1e-9, top_p_learning_rate=0.02, top_p_restart=0.9
     )
-    trainer = RewardTrainer(config, reward_fn=_likelihood_reward(tiny_lm)).setup(lm=tiny_lm, tasks=[CountTask()])
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [0.02]  # T̂ is frozen in top_p mode
-    trainer.train()
     log = [json.loads(line) for line in (tmp_path / "heads" / "metrics.jsonl").read_text().splitlines()]
     # P̂ over the sampled tokens: exactly the restart value at the first step, cut after
     assert log[0]["mean_top_p"] == pytest.approx(0.9, abs=1e-6)

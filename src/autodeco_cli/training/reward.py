@@ -24,6 +24,7 @@ steps, and the output folder holds the best step's heads (`last/` holds the fina
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -178,7 +179,6 @@ class RewardTrainer:
         self.step = 0
         self.best: float | None = None
         self.initial_validation: float | None = None
-        self.last_validation_per_task: dict[str, float] = {}
 
     def setup(self, lm=None, tasks: Sequence[Any] | None = None) -> "RewardTrainer":
         """Load (or adopt, for tests) the base model; build the heads, optimizer and questions."""
@@ -447,8 +447,7 @@ class RewardTrainer:
                 record = self.train_step()
                 record["seconds"] = time.perf_counter() - started
                 if self.validation_questions and (self.step % c.validate_every == 0 or self.step == c.steps):
-                    record["validation"] = self._validate_and_keep(log, write=False)
-                    record["validation_per_task"] = self.last_validation_per_task
+                    record["validation"], record["validation_per_task"] = self._validate_and_keep(log, write=False)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 if self.step % c.validate_every == 0 or self.step == c.steps:
@@ -460,7 +459,7 @@ class RewardTrainer:
             self._save(self.output_dir)
         return self.output_dir
 
-    def _validate_and_keep(self, log, write: bool = True) -> float:
+    def _validate_and_keep(self, log, write: bool = True) -> tuple[float, dict[str, float]]:
         """Score the current heads on validation; the output folder keeps the best step so far.
 
         Step 0 (the starting heads) is scored and logged but never kept: the folder must hold
@@ -469,7 +468,6 @@ class RewardTrainer:
         per_task = self.validation_scores()
         # the choosing score is the macro mean over tasks: a big task must not drown a small one
         score = sum(per_task.values()) / len(per_task)
-        self.last_validation_per_task = per_task
         if self.step == 0:
             self.initial_validation = score
         elif self.best is None or score > self.best:
@@ -477,7 +475,7 @@ class RewardTrainer:
             self._save(self.output_dir, {"chosen_on": f"validation split, step {self.step}, score {score:.4f}"})
         if write:
             log.write(json.dumps({"step": self.step, "validation": score, "validation_per_task": per_task}) + "\n")
-        return score
+        return score, per_task
 
 
 def restart_top_p_head(heads, top_p: float) -> None:
@@ -487,8 +485,6 @@ def restart_top_p_head(heads, top_p: float) -> None:
     kept, so the first reward steps can still tell tokens apart through the output weights,
     whose gradient (hidden activations × the sigmoid's slope at top_p) is not vanishing.
     """
-    import math
-
     output = heads.top_p_head.mlp[2]
     with torch.no_grad():
         output.weight.zero_()
