@@ -35,7 +35,7 @@ PAPER_TASKS = [
     "ifeval",
 ]
 SMALL_TASKS = ["gsm8k", "math500", "arc-easy", "arc-challenge", "arith-add", "arith-sub", "arith-mul"]
-RAND_TASKS = ["rand-item", "rand-letter", "rand-letter-reworded", "rand-times", "rand-times-reworded"]
+RAND_TASKS = ["rand-item", "rand-letter", "rand-letter-reworded", "rand-list", "rand-times", "rand-times-reworded"]
 UNSEEN_TASKS = ["record-field", "ticket-add"]  # families no training recipe or selection step uses
 MATH_SUFFIX = "\nMake sure you output the final answer within \\boxed{}."
 
@@ -55,7 +55,7 @@ def data_dir() -> Path:
 
 def test_all_tasks_are_registered() -> None:
     assert sorted(PAPER_TASKS + SMALL_TASKS + RAND_TASKS + UNSEEN_TASKS) == list_tasks()
-    assert list_groups()["rand"] == ["rand-letter", "rand-times"]  # rand-item: no per-token edge when probed
+    assert list_groups()["rand"] == ["rand-letter", "rand-list", "rand-times"]  # rand-item: no per-token edge when probed
     assert list_groups()["rand-reworded"] == [
         "rand-letter-reworded",
         "rand-times-reworded",

@@ -22,7 +22,7 @@ from autodeco_cli.training.rebalance import balance_positions, one_per_value
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-TASKS = ("rand-times", "rand-item", "rand-letter")
+TASKS = ("rand-times", "rand-item", "rand-letter", "rand-list")
 RAND = SimpleNamespace(name="rand-x", options={"question_metric": "exact_tv"})
 PLAIN = SimpleNamespace(name="plain", options={})
 DOC = Doc("d", "", None, {"template": "letter", "choices": ["A", "B", "C", "D"]})
@@ -99,7 +99,7 @@ def test_splits_are_disjoint_by_set_and_deterministic(name):
 
 
 def test_family_group_and_task_settings():
-    assert expand("rand") == ["rand-letter", "rand-times"]
+    assert expand("rand") == ["rand-letter", "rand-list", "rand-times"]
     for name in TASKS:
         task = get_task(name)
         assert task_chat(task, True) is False and task_stop(task) == ["\n"]
@@ -125,6 +125,9 @@ ITEM = Doc(
 LETTER = Doc(
     "l", "", {"choices": ["G", "T"], "constant": 0}, {"template": "letter", "choices": ["G", "T"], "constant": 0}
 )
+LIST = Doc(
+    "s", "", {"choices": ["4", "1", "3"], "constant": 2}, {"template": "list", "choices": ["4", "1", "3"], "constant": 2}
+)
 
 
 @pytest.mark.parametrize(
@@ -147,6 +150,14 @@ LETTER = Doc(
         (LETTER, "S S S S", False, "S"),
         (LETTER, "G G T B X", False, "G"),
         (LETTER, "g g g", True, "G"),
+        (LIST, "4, 1, 3; 3 x 2 = 6", True, "3"),
+        (LIST, "4, 1, 3; 4 x 2 = 8.", True, "4"),
+        (LIST, "4, 1, 3; 3 x 2 = 7", False, "3"),  # wrong product
+        (LIST, "4, 3, 1; 3 x 2 = 6", False, "3"),  # the list copied out of order: the pick still counts
+        (LIST, "4, 1; 1 x 2 = 2", False, "1"),  # the list cut short
+        (LIST, "4, 1, 3; 2 x 2 = 4", False, "2"),  # picks the constant: off the set
+        (LIST, "3 x 2 = 6", False, None),  # no copy: nothing parses as the pick
+        (LIST, "4, 1, 3", False, None),
     ],
 )
 def test_scorer_parses_model_outputs(doc, text, correct, extracted):
@@ -155,6 +166,16 @@ def test_scorer_parses_model_outputs(doc, text, correct, extracted):
     assert score.metrics["valid_choice"] == float(
         extracted is not None and extracted in {c.lower() if doc is ITEM else c.upper() for c in doc.meta["choices"]}
     )
+
+
+def test_the_list_template_moves_the_pick_with_the_set_size():
+    """rand-list's reply copies the stated list before its pick: the pick's character offset (and
+    so its token position) grows with the set size, unlike rand-times where it is always first."""
+    question = random_choice.Question("list", ("9", "4", "6", "2"), 3)
+    assert question.answer("6") == "9, 4, 6, 2; 6 x 3 = 18"
+    docs = get_task("rand-list").load_docs("test", limit=60)
+    offsets = {len(", ".join(d.meta["choices"])) for d in docs}
+    assert offsets == {4, 10, 22}  # 2, 4 and 8 one-digit numbers copied before the pick
 
 
 # ---------------------------------------------------------------------------

@@ -255,11 +255,27 @@ def test_a_suite_that_cannot_choose_a_cell_is_refused_before_any_work(tmp_path):
     config.diagnose = {"tasks": ["elsewhere"]}
     with pytest.raises(UserError, match="not a benchmark of the study"):
         run_where_it_wins(config, log=lambda *a: None)
+    config.diagnose = {"tasks": [{"k": 2}]}
+    with pytest.raises(UserError, match="neither a task name nor a mapping with a name"):
+        run_where_it_wins(config, log=lambda *a: None)
     assert not (tmp_path / "work").exists()
 
 
+def test_diagnose_entries_give_a_task_that_is_no_benchmark_its_own_k_and_limit():
+    from autodeco_cli.studies.where_it_wins_diagnostics import diagnose_settings, diagnose_tasks, traced_benchmarks
+
+    config = WhereItWinsConfig(benchmarks=[{"name": "a", "k": 8, "limit": 100}])
+    config.diagnose = {"tasks": ["a", {"name": "b", "k": 4, "limit": 50}]}
+    assert diagnose_tasks(config) == ["a", "b"]
+    assert diagnose_settings(config, "a") == (8, 100, True)  # the benchmark's run, reused
+    assert diagnose_settings(config, "b") == (4, 50, False)
+    assert traced_benchmarks(config) == {"a"}
+    config.diagnose = {"tasks": [{"name": "a", "k": 4}]}  # its own k: a run of its own
+    assert diagnose_settings(config, "a") == (4, 100, False)
+
+
 def test_the_shipped_recipe_can_choose_its_suite_and_reaches_past_the_grid_edge():
-    from autodeco_cli.studies.where_it_wins_diagnostics import check_diagnose_config, traced_benchmarks
+    from autodeco_cli.studies.where_it_wins_diagnostics import check_diagnose_config, diagnose_tasks, traced_benchmarks
     from autodeco_cli.studies.where_it_wins_suite import check_suite_config, suite_families
     from autodeco_cli.training.recipes import build_config
 
@@ -270,6 +286,7 @@ def test_the_shipped_recipe_can_choose_its_suite_and_reaches_past_the_grid_edge(
     assert suite_families(config) == ["static", "min-p", "top-n-sigma", "edt"]
     assert [spec["name"] for spec in config.unseen] == ["ticket-add", "record-field"]
     assert traced_benchmarks(config) == {"rand-times", "rand-letter"}  # diagnose reuses their runs
+    assert "rand-list" in diagnose_tasks(config)  # the pick's position varies: the shuffle-across test
     # the rand oracle grid and the suite's selection grid reach past the recorded oracle (T 1, p 0.8)
     for grid in ({"temperatures": config.temperatures, "top_ps": config.top_ps}, config.suite_grid):
         assert max(grid["temperatures"]) >= 1.5 and min(grid["top_ps"]) <= 0.5

@@ -104,14 +104,15 @@ class WhereItWinsConfig:
     # the static cells among which the suite's one static cell is chosen, on every benchmark's
     # validation grid (selection_limit questions, the benchmark's k)
     suite_grid: dict = field(default_factory=lambda: {"temperatures": [0.1, 0.7, 1.0, 1.5], "top_ps": [0.5, 0.8, 1.0]})
-    # autodeco diagnose on the chosen heads; k and limit default to the benchmark's (its runs are reused)
+    # autodeco diagnose on the chosen heads; k and limit default to the benchmark's (its runs are reused);
+    # a task that is no benchmark is an entry {name, k, limit}
     diagnose: dict = field(default_factory=lambda: {"tasks": ["rand-times", "rand-letter"], "replay": False})
     ship_to: str | None = None  # copy the chosen heads here (the package's default heads)
 
 
 def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
     from ..engine.models import load_base_model, training_dtype
-    from .where_it_wins_diagnostics import check_diagnose_config, run_diagnostics, traced_benchmarks
+    from .where_it_wins_diagnostics import check_diagnose_config, diagnose_tasks, run_diagnostics, traced_benchmarks
     from .where_it_wins_suite import check_suite_config
 
     check_suite_config(config)  # before hours of work end in a suite that cannot be chosen
@@ -145,7 +146,7 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
     figures_dir = report_path.parent / config.figures_dir
     suite = _suite(lm, config, clock, chosen, heads[chosen], work, log)
     diagnostics = {}
-    for name in config.diagnose.get("tasks", []):
+    for name in diagnose_tasks(config):
         with clock.stage(f"diagnose {name}"):
             diagnostics[name] = run_diagnostics(lm, config, name, chosen, heads[chosen], work, figures_dir)
     with clock.stage("figures"):

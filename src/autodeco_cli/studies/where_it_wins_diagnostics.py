@@ -20,10 +20,17 @@ from ..core.errors import UserError
 from ..evaluation.settings import EvalSettings
 
 
+def diagnose_tasks(config) -> list[str]:
+    """The diagnose tasks' names; an entry is a name or {name, k, limit} (a task that is no benchmark)."""
+    return [entry if isinstance(entry, str) else str(entry["name"]) for entry in config.diagnose.get("tasks", [])]
+
+
 def diagnose_settings(config, name: str) -> tuple[int, int | None, bool]:
-    """(k, limit, whether that is the benchmark's own run) for a diagnose task."""
+    """(k, limit, whether that is the benchmark's own run) for a diagnose task: its entry's own k
+    and limit, else diagnose's, else the benchmark's."""
     spec = next((b for b in config.benchmarks if b["name"] == name), None)
-    k, limit = config.diagnose.get("k"), config.diagnose.get("limit")
+    entry = next((e for e in config.diagnose.get("tasks", []) if isinstance(e, dict) and e.get("name") == name), {})
+    k, limit = entry.get("k", config.diagnose.get("k")), entry.get("limit", config.diagnose.get("limit"))
     if spec is None and (k is None or limit is None):
         raise UserError(
             f"diagnose task {name} is not a benchmark of the study, so it has no k and limit to reuse",
@@ -36,11 +43,17 @@ def diagnose_settings(config, name: str) -> tuple[int, int | None, bool]:
 
 def traced_benchmarks(config) -> set[str]:
     """The benchmarks whose run of the chosen heads keeps its traces for diagnose to reuse."""
-    return {name for name in config.diagnose.get("tasks", []) if diagnose_settings(config, name)[2]}
+    return {name for name in diagnose_tasks(config) if diagnose_settings(config, name)[2]}
 
 
 def check_diagnose_config(config) -> None:
-    for name in config.diagnose.get("tasks", []):
+    for entry in config.diagnose.get("tasks", []):
+        if not isinstance(entry, str) and not (isinstance(entry, dict) and isinstance(entry.get("name"), str)):
+            raise UserError(
+                f"diagnose task entry {entry!r} is neither a task name nor a mapping with a name",
+                "write a task name, or {name: TASK, k: K, limit: N}",
+            )
+    for name in diagnose_tasks(config):
         diagnose_settings(config, name)
 
 

@@ -3,7 +3,10 @@
 Each question states its own option set (a number range, a word list, a letter set) and asks
 for a uniformly random pick followed by a deterministic step on it (multiply it by 2 or 3, write the
 word twice, write the letter three times). A good decoder is random at the choice token and
-exact everywhere else; any single static (T, p) trades one for the other.
+exact everywhere else; any single static (T, p) trades one for the other. The "list" template
+first copies the stated numbers, then picks and multiplies: its pick comes after 2, 4 or 8
+copied numbers, so the choice token's position differs between questions (a decoder that only
+learned "be random at the first answer token" fails it).
 
 Splits: a question's option set (in any order, with its constant) is assigned to test,
 validation or train by a seeded hash, so no set of one split ever appears in another (not even
@@ -27,7 +30,8 @@ from ..core.errors import UserError
 from .hashed_splits import draw_questions, split_of_key
 from .types import Doc, Score
 
-TEMPLATES = ("times", "item", "letter")
+TEMPLATES = ("times", "item", "letter", "list")
+NUMERIC = ("times", "list")  # a one-digit pick and a constant to multiply it by
 # Single-token words at a line start on the SmolLM2 tokenizer, so the choice is one token.
 WORDS = (
     "apple", "river", "stone", "cloud", "window", "forest", "orange", "horse", "mouse", "chair",
@@ -43,7 +47,7 @@ FACTORS = (2, 3)
 class Question:
     template: str
     choices: tuple[str, ...]  # the stated option set, in prompt order
-    constant: int = 0  # rand-times only
+    constant: int = 0  # the NUMERIC templates only
 
     @property
     def key(self) -> str:
@@ -62,6 +66,11 @@ class Question:
             return wording.format(choices=", ".join(self.choices), constant=self.constant)
         if self.template == "times":
             return f"Pick a random number from: {', '.join(self.choices)}. Then multiply it by {self.constant}."
+        if self.template == "list":
+            return (
+                f"Copy the list {', '.join(self.choices)}. Then pick a random number from it"
+                f" and multiply it by {self.constant}."
+            )
         if self.template == "item":
             return f"Pick a random word from: {', '.join(self.choices)}. Write it twice."
         return f"Pick a random letter from: {', '.join(self.choices)}. Write it three times."
@@ -70,6 +79,8 @@ class Question:
         """The exact line a correct reply with `choice` reads."""
         if self.template == "times":
             return f"{choice} x {self.constant} = {int(choice) * self.constant}"
+        if self.template == "list":
+            return f"{', '.join(self.choices)}; {choice} x {self.constant} = {int(choice) * self.constant}"
         if self.template == "item":
             return f"{choice} {choice}"
         return f"{choice} {choice} {choice}"
@@ -77,7 +88,7 @@ class Question:
 
 def _draw(template: str, rng: random.Random, sizes: tuple[int, ...]) -> Question:
     size = rng.choice(sizes)
-    if template == "times":
+    if template in NUMERIC:
         # one-digit choices keep the choice a single token. Times 2 or 3: the 135M model gets
         # even "N + 40" wrong at T=0.1 (measured: 19% exact with whole tens, 7% with 10..89)
         digits = rng.sample(range(1, 10), size)
@@ -148,6 +159,10 @@ def parse(template: str, text: str) -> tuple[str | None, bool]:
     stated set here: an off-set pick is still a pick, counted outside the target support.
     """
     line = _first_line(text)
+    if template == "list":
+        copied, _, line = line.partition(";")
+        chosen, step = parse("times", line)
+        return chosen, (*step, copied.strip()) if chosen is not None else False
     if template == "times":
         match = _TIMES.match(line)
         if not match:
@@ -166,9 +181,11 @@ def score_random_choice(doc: Doc, text: str) -> Score:
     """correct = the exact step is right AND the pick is one of the stated options."""
     template = doc.meta["template"]
     chosen, exact = parse(template, text)
-    if template == "times" and chosen is not None:
-        factor, product = exact
+    if template in NUMERIC and chosen is not None:
+        factor, product, *copied = exact
         exact = factor == int(doc.gold["constant"]) and product == int(chosen) * factor
+        if template == "list":
+            exact = exact and copied == [", ".join(doc.gold["choices"])]
     choices = {c.lower() if template == "item" else c for c in doc.gold["choices"]}
     valid = chosen is not None and chosen in choices
     return Score(bool(exact) and valid, chosen, {"exact_step": float(bool(exact)), "valid_choice": float(valid)})
