@@ -55,7 +55,8 @@ def data_dir() -> Path:
 
 def test_all_tasks_are_registered() -> None:
     assert sorted(PAPER_TASKS + SMALL_TASKS + RAND_TASKS + UNSEEN_TASKS) == list_tasks()
-    assert list_groups()["rand"] == ["rand-letter", "rand-list", "rand-times"]  # rand-item: no per-token edge when probed
+    # rand-item: no per-token edge when probed
+    assert list_groups()["rand"] == ["rand-letter", "rand-list", "rand-times"]
     assert list_groups()["rand-reworded"] == [
         "rand-letter-reworded",
         "rand-times-reworded",

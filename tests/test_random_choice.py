@@ -126,7 +126,10 @@ LETTER = Doc(
     "l", "", {"choices": ["G", "T"], "constant": 0}, {"template": "letter", "choices": ["G", "T"], "constant": 0}
 )
 LIST = Doc(
-    "s", "", {"choices": ["4", "1", "3"], "constant": 2}, {"template": "list", "choices": ["4", "1", "3"], "constant": 2}
+    "s",
+    "",
+    {"choices": ["4", "1", "3"], "constant": 2},
+    {"template": "list", "choices": ["4", "1", "3"], "constant": 2},
 )
 
 
