@@ -180,10 +180,11 @@ def profile_lmeval(path, top: int = 25) -> None:
     profiler.enable()
     path()
     profiler.disable()
-    stream = io.StringIO()
-    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
-    print("\nlm-eval (same model), one pass under cProfile, by own time:")
-    print(stream.getvalue())
+    for order in ("tottime", "cumulative"):
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).sort_stats(order).print_stats(top)
+        print(f"\nlm-eval (same model), one pass under cProfile, by {order}:")
+        print(stream.getvalue())
 
 
 def main(argv=None) -> int:
