@@ -68,20 +68,22 @@ def parse_args(argv=None):
 
 def build_requests(hflm, task, docs, samples: int, max_new_tokens: int, temperature: float, top_p: float):
     """lm-eval `Instance`s for `samples` generations of each doc, as its evaluator would pass them:
-    the chat-templated context (lm-eval's own `apply_chat_template`, no system prompt, as ours),
-    the request repeated `samples` times, gen_kwargs as a task's `generation_kwargs`."""
+    the context chat-templated as our eval does (lm-eval's own `apply_chat_template`, no system
+    prompt of ours), the request repeated `samples` times, gen_kwargs as a task's `generation_kwargs`."""
     from lm_eval.api.instance import Instance
 
     from autodeco_cli.core.prompt_format import PLAIN
+    from autodeco_cli.tasks.registry import task_chat, task_stop
 
-    stop = list(getattr(task, "options", {}).get("stop") or [])
+    stop = list(task_stop(task) or [])
+    chat = task_chat(task, True)  # `autodeco eval` defaults to --chat
     gen_kwargs = {
         "until": stop, "max_gen_toks": max_new_tokens, "do_sample": True,
         "temperature": temperature, "top_p": top_p, "top_k": 0,
     }  # fmt: skip
     requests = []
     for index, doc in enumerate(docs):
-        context = hflm.apply_chat_template(PLAIN.messages(doc.prompt), add_generation_prompt=True)
+        context = hflm.apply_chat_template(PLAIN.messages(doc.prompt)) if chat else doc.prompt
         instance = Instance(
             request_type="generate_until",
             doc={"doc_id": doc.doc_id},
