@@ -19,9 +19,9 @@ The plain loop is what one writes without the runner: questions in file order, e
 for its samples, cut into batches of the same size, left-padded, and sampled by HF generate
 (do_sample, temperature, top_p, top_k off), no sorting.
 
-lm-evaluation-harness was not used as the baseline: its HF backend loads tasks from the Hub
-(`datasets`) and needs its full dependency set, neither of which works offline here; only its
-IFEval checker files are installed (`--no-deps`), for scoring.
+lm-evaluation-harness's HF backend is the other baseline, in its own script: bench/bench_lmeval.py
+builds its requests by hand (no Hub task) and runs `HFLM.generate_until` on the same model object
+and the same 800 generations, in the `make setup` venv (lm-eval is installed there).
 
 Usage:
     python bench/bench_eval.py [--task arith-add] [--limit 32] [--samples 4] [--batch-size 8]
