@@ -110,6 +110,7 @@ class WhereItWinsConfig:
 
 
 def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
+    from ..core.startup_gc import paused_then_frozen
     from ..engine.models import load_base_model, training_dtype
     from .where_it_wins_diagnostics import check_diagnose_config, run_diagnostics, traced_benchmarks
     from .where_it_wins_suite import check_suite_config
@@ -118,7 +119,8 @@ def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
     check_diagnose_config(config)
     clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
-    lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
+    with paused_then_frozen():  # transformers and the model: see core/startup_gc
+        lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     with clock.stage("make-data"):
         data_path, data_report = _make_data(lm, config, work)
     with clock.stage("train MLE heads"):
