@@ -102,6 +102,7 @@ def probe(tmp_path_factory) -> tuple[list[dict], dict[str, str]]:
     }
     errors.update(_grid_search_errors(work))
     errors.update(_edt_errors())
+    errors.update(_other_input_errors(work))
     if importlib.util.find_spec("vllm") is None:  # with vLLM installed, serve goes on to stage the model
         errors["needs vLLM, which is not installed"] = ["serve", "--dry-run"]
     return _probe(list(errors.values()), work), errors
@@ -141,6 +142,22 @@ def _edt_errors() -> dict[str, list[str]]:
         "--edt-theta -1 is out of range": ["generate", "--decoding", "edt", "--edt-theta", "-1", "hi"],
         "--edt-base 1 is out of range": ["eval", "-b", "arith-add", "--decoding", "edt", "--edt-base", "1"],
         "--edt-base is a setting of --decoding edt": ["generate", "--decoding", "static", "--edt-base", "0.5", "hi"],
+    }
+
+
+def _other_input_errors(work: Path) -> dict[str, list[str]]:
+    """Inputs the other commands used to refuse only after torch or the model had loaded."""
+    data = work / "train.jsonl"
+    data.write_text('{"prompt": "1 + 1?", "completion": "2"}\n')
+    no_data = work / "no-eval-data"
+    no_data.mkdir()
+    return {
+        "config field epochs=0 is invalid": ["train-heads", "--data", str(data), "-o", str(work / "h"), "epochs=0"],
+        "Task arith-add has no split 'eval-split'": ["eval", "-b", "arith-add", "--split", "eval-split"],
+        f"data file not found: {no_data}": ["eval", "-b", "gsm8k", "--data-dir", str(no_data)],
+        "no split 'make-data-split'": ["make-data", "--tasks", "arith-add", "--split", "make-data-split"],
+        "--chat-template-kwargs: not valid JSON": ["generate", "--chat-template-kwargs", "{bad", "hi"],
+        "is not a benchmark of the study": ["where-it-wins", "benchmarks=[]", f"workdir={work / 'wiw'}"],
     }
 
 

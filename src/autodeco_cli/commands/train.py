@@ -138,6 +138,7 @@ def train_heads(
     from ..training.data import check_data_file
 
     cfg = build_config(TrainConfig, config, overrides or [], **explicit)
+    cfg.validate()  # HeadTrainer checks it again, after torch is imported: a bad field fails at once here
     check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
     check_data_file(cfg.data)  # and before torch is imported: a typo fails at once
     _train_mle(cfg, resume)
@@ -214,7 +215,7 @@ def _train_reward(cfg, resume: bool) -> None:
     from ..core.startup_gc import paused_then_frozen
 
     with contextlib.ExitStack() as run:
-        with paused_then_frozen():  # torch, transformers, the model and the questions: see core/startup_gc
+        with paused_then_frozen():  # the model, the heads and the questions: see core/startup_gc
             run.enter_context(_output_lock(cfg.output_dir))
             from ..training.reward import RewardTrainer
 

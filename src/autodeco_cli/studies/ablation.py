@@ -55,7 +55,7 @@ def run_ablation(config: AblationConfig, log=print) -> Path:
         torch.set_num_threads(config.threads)
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    with paused_then_frozen():  # transformers and the model: see core/startup_gc
+    with paused_then_frozen():  # the model load: see core/startup_gc
         lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     data_files = {name: _data(lm, config, name, work) for name in sorted({r["data"] for r in config.rows})}
     references = _score_references(lm, config, work / "val" / "ref")

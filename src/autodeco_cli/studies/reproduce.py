@@ -78,7 +78,7 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
 
-    with paused_then_frozen():  # transformers and the model: see core/startup_gc
+    with paused_then_frozen():  # the model load: see core/startup_gc
         lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     data_path = work / "on_policy.jsonl"
     heads_dir = work / "heads"
