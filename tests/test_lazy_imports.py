@@ -151,6 +151,8 @@ def _other_input_errors(work: Path) -> dict[str, list[str]]:
     data.write_text('{"prompt": "1 + 1?", "completion": "2"}\n')
     no_data = work / "no-eval-data"
     no_data.mkdir()
+    a_file = work / "merge-into-a-file"
+    a_file.write_text("")
     return {
         "config field epochs=0 is invalid": ["train-heads", "--data", str(data), "-o", str(work / "h"), "epochs=0"],
         "Task arith-add has no split 'eval-split'": ["eval", "-b", "arith-add", "--split", "eval-split"],
@@ -158,6 +160,8 @@ def _other_input_errors(work: Path) -> dict[str, list[str]]:
         "no split 'make-data-split'": ["make-data", "--tasks", "arith-add", "--split", "make-data-split"],
         "--chat-template-kwargs: not valid JSON": ["generate", "--chat-template-kwargs", "{bad", "hi"],
         "is not a benchmark of the study": ["where-it-wins", "benchmarks=[]", f"workdir={work / 'wiw'}"],
+        "Unknown task 'no-such-steer-task'": ["steer-report", "-b", "no-such-steer-task"],
+        f"--output {a_file} is a file, not a folder": ["merge", "-o", str(a_file), "--heads", "h"],
     }
 
 
