@@ -13,6 +13,10 @@ both alike. Two kinds of run:
              token and the interpreter's exit; inside each, how much was imports and how much
              the garbage collector (the probe costs a few ms)
 
+With --train-repeats N (default 3; 0 skips it) it also times the start of head training: a
+one-step `autodeco train-heads` on four tiny examples (default model, fp32), launch to the end
+of the process, clean; and in a probed run of each, the collector's total time and the exit.
+
 The baseline runs from a `git archive` of --baseline-ref's src/ and evals/ (the checkout is only
 read). Target: first token within 3 s with a warm cache (issue #23). Run it under the shared lock:
 
@@ -187,10 +191,30 @@ def help_run(src: Path) -> float:
     return time.perf_counter() - began
 
 
-def breakdown_run(src: Path) -> list[tuple[str, float, float, float]]:
+def train_command(folder: Path, name: str) -> list[str]:
+    """One optimizer step of head training on four tiny examples, into a fresh output folder."""
+    data = folder / "train.jsonl"
+    if not data.exists():
+        rows = [{"prompt": f"What is {i} + {i}?", "completion": f"{i} + {i} = {2 * i}."} for i in range(4)]
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = folder / f"heads-{name}"
+    fields = ["max_steps=1", "micro_batch_size=4", "gradient_accumulation=1", "cache_hidden=off"]
+    return ["train-heads", "--data", str(data), "--output-dir", str(out), *fields]
+
+
+def train_run(src: Path, command: list[str]) -> float:
+    """Seconds from launch to the end of a one-step train-heads."""
+    began = time.perf_counter()
+    child = subprocess.run([sys.executable, "-m", "autodeco_cli.cli", *command], capture_output=True, env=_env(src))
+    if child.returncode != 0:
+        raise RuntimeError(f"{src}: train-heads failed (exit {child.returncode}):\n{child.stderr[-3000:]!r}")
+    return time.perf_counter() - began
+
+
+def breakdown_run(src: Path, command: list[str] = COMMAND) -> list[tuple[str, float, float, float]]:
     """[(phase, wall s, imports s, gc s)] in order, the interpreter's exit last."""
     child = subprocess.run(
-        [sys.executable, "-c", PROBE, repr(time.time()), *COMMAND], capture_output=True, text=True, env=_env(src)
+        [sys.executable, "-c", PROBE, repr(time.time()), *command], capture_output=True, text=True, env=_env(src)
     )
     ended = time.time()
     lines = [line for line in child.stderr.splitlines() if line.startswith("PROBE ")]
@@ -239,6 +263,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="clean runs per variant (median)")
     parser.add_argument("--breakdown-repeats", type=int, default=3, help="probed runs per variant (median)")
     parser.add_argument("--baseline-ref", default="7eb0833", help="the commit to compare with ('' for none)")
+    parser.add_argument("--train-repeats", type=int, default=3, help="one-step train-heads runs per variant (0: none)")
     args = parser.parse_args(argv)
 
     print(f"cpu: {cpu_model()} ({os.cpu_count()} logical CPUs); python {sys.version.split()[0]}")
@@ -247,22 +272,30 @@ def main(argv=None) -> int:
         trees = {"now": REPO / "src"}
         if args.baseline_ref:
             trees = {f"baseline {args.baseline_ref}": baseline_tree(args.baseline_ref, Path(folder)), **trees}
-        variants = list(trees)
-        for variant in variants:  # warm: the GGUF cache and the page cache
-            clean_run(trees[variant])
-        clean = {v: [] for v in variants}
-        helps = {v: [] for v in variants}
-        probed = {v: [] for v in variants}
-        for repeat in range(max(args.repeats, args.breakdown_repeats)):
-            order = variants if repeat % 2 == 0 else variants[::-1]
-            for variant in order:
-                if repeat < args.repeats:
-                    clean[variant].append(clean_run(trees[variant]))
-                    first, ended = clean[variant][-1]
-                    print(f"  {variant:18s} rep {repeat}: first token {first:.3f} s, exit {ended:.3f} s", flush=True)
-                    helps[variant].append(help_run(trees[variant]))
-                if repeat < args.breakdown_repeats:
-                    probed[variant].append(breakdown_run(trees[variant]))
+        time_generate(trees, args)
+        if args.train_repeats:
+            time_training(trees, args.train_repeats, Path(folder))
+    return 0
+
+
+def time_generate(trees: dict[str, Path], args: argparse.Namespace) -> None:
+    """The generate part: clean runs and probed runs, alternating, then their tables."""
+    variants = list(trees)
+    for variant in variants:  # warm: the GGUF cache and the page cache
+        clean_run(trees[variant])
+    clean = {v: [] for v in variants}
+    helps = {v: [] for v in variants}
+    probed = {v: [] for v in variants}
+    for repeat in range(max(args.repeats, args.breakdown_repeats)):
+        order = variants if repeat % 2 == 0 else variants[::-1]
+        for variant in order:
+            if repeat < args.repeats:
+                clean[variant].append(clean_run(trees[variant]))
+                first, ended = clean[variant][-1]
+                print(f"  {variant:18s} rep {repeat}: first token {first:.3f} s, exit {ended:.3f} s", flush=True)
+                helps[variant].append(help_run(trees[variant]))
+            if repeat < args.breakdown_repeats:
+                probed[variant].append(breakdown_run(trees[variant]))
     print(f"\n{'variant':18s} {'first token (median)':>21s} {'exit (median)':>14s} {'ratio':>6s} {'--help':>7s}")
     reference = statistics.median(f for f, _ in clean[variants[0]]) if clean[variants[0]] else None
     for variant in variants:
@@ -277,7 +310,27 @@ def main(argv=None) -> int:
         print(f"target: first token <= {TARGET_S:.0f} s: {'met' if now <= TARGET_S else 'NOT met'} ({now:.2f} s)")
     if all(probed[v] for v in variants):
         print_breakdown(variants, {v: median_phases(probed[v]) for v in variants})
-    return 0
+
+
+def time_training(trees: dict[str, Path], repeats: int, folder: Path) -> None:
+    """The train-heads part: clean runs alternating, then one probed run of each (gc total, exit)."""
+    variants = list(trees)
+    print(f"\ntraining start: autodeco {' '.join(train_command(folder, '<variant>-<rep>'))}")
+    ended = {v: [] for v in variants}
+    for repeat in range(repeats + 1):  # the first round warms the caches, untimed
+        for i, variant in enumerate(variants if repeat % 2 == 0 else variants[::-1]):
+            seconds = train_run(trees[variant], train_command(folder, f"{repeat}-{i}-{variant.split()[0]}"))
+            if repeat:
+                ended[variant].append(seconds)
+                print(f"  {variant:18s} rep {repeat - 1}: process end {seconds:.3f} s", flush=True)
+    probes = {v: breakdown_run(trees[v], train_command(folder, f"probe-{v.split()[0]}")) for v in variants}
+    reference = statistics.median(ended[variants[0]])
+    print(f"\n{'variant':18s} {'process end (median)':>21s} {'ratio':>6s} {'gc total (probe)':>17s} {'exit':>7s}")
+    for variant in variants:
+        median = statistics.median(ended[variant])
+        gc_total = sum(row[3] for row in probes[variant])
+        exit_s = next(row[1] for row in probes[variant] if row[0] == "interpreter exit")
+        print(f"{variant:18s} {median:20.3f}s {median / reference:5.2f}x {gc_total:16.3f}s {exit_s:6.3f}s")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""`autodeco --help`, every command's --help and the user errors a typo makes answer without
-importing torch or transformers (issue #23: a second or more of start-up each, for nothing).
+"""`autodeco --help`, every command's --help and the user errors a typo makes (grid-search's
+options and inputs, the EDT options among them) answer in one line without importing torch or
+transformers (issue #23: a second or more of start-up each, for nothing).
 
 One fresh interpreter (this one has torch loaded by conftest) runs the real entry point
 (`cli.main`) for each argv in turn and reports which heavy modules are loaded after it. Runs are
@@ -67,6 +68,7 @@ print("PROBE " + json.dumps(runs))
 
 def _probe(error_argvs: list[list[str]], cwd: Path) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    env.pop("AUTODECO_DOWNLOAD", None)  # a missing data file is an error here, never a download
     done = subprocess.run(
         [sys.executable, "-c", PROBE, ",".join(HEAVY), json.dumps(error_argvs)],
         capture_output=True,
@@ -98,9 +100,69 @@ def probe(tmp_path_factory) -> tuple[list[dict], dict[str, str]]:
         "Unknown task 'no-such-task'": ["eval", "-b", "no-such-task"],
         "training data not found": ["train-heads", "--data", missing, "--output-dir", str(work / "heads")],
     }
+    errors.update(_grid_search_errors(work))
+    errors.update(_edt_errors())
+    errors.update(_other_input_errors(work))
     if importlib.util.find_spec("vllm") is None:  # with vLLM installed, serve goes on to stage the model
         errors["needs vLLM, which is not installed"] = ["serve", "--dry-run"]
     return _probe(list(errors.values()), work), errors
+
+
+def _grid_search_errors(work: Path) -> dict[str, list[str]]:
+    """grid-search's own option and input errors: every one is found before the model loads."""
+    (work / "a-file").write_text("")
+    (work / "no-data").mkdir()
+    grid = ["grid-search", "-b", "arith-add", "-o", str(work / "grid")]
+    return {
+        "--mode 'no-such-mode' is not a mode": [*grid, "--mode", "no-such-mode"],
+        "--cells is for --mode cells": [*grid, "--cells", "1:1", "--mode", "full"],
+        "--family 'no-such-family' is not a grid family": [*grid, "--family", "no-such-family"],
+        "--mode expert is the static (T, p) recipe": [*grid, "--family", "min-p", "--mode", "expert"],
+        "--edt-base is a setting of --family edt, not static": [*grid, "--edt-base", "0.5"],
+        "--edt-base 2 is out of range": [*grid, "--family", "edt", "--edt-base", "2"],
+        "--edt-thetas: 0 is out of range": [*grid, "--family", "edt", "--edt-thetas", "0"],
+        "--temperatures: 'abc' is not a number": [*grid, "--temperatures", "abc"],
+        "--top-ps: 2 is out of range": [*grid, "--top-ps", "2"],
+        "--min-ps is the axis of --family min-p": [*grid, "--min-ps", "0.1"],
+        "--cells: '1.0' is not T:P": [*grid, "--cells", "1.0"],
+        "--seeds 'abc' is neither a count": [*grid, "--seeds", "abc"],
+        "-k 0: need at least one sample": [*grid, "-k", "0"],
+        "Pass --yes to run it": [*grid, "--temperatures", "0.01:5:0.01"],
+        "Unknown task 'no-such-grid-task'": [*grid[:2], "no-such-grid-task", *grid[3:]],
+        "--benchmark 'arith' names": [*grid[:2], "arith", *grid[3:]],
+        "has no split 'no-such-split'": [*grid, "--split", "no-such-split"],
+        "Benchmark data file not found": [*grid[:2], "gsm8k", *grid[3:], "--data-dir", str(work / "no-data")],
+        "is a file, not a folder": [*grid[:4], str(work / "a-file")],
+    }
+
+
+def _edt_errors() -> dict[str, list[str]]:
+    """The EDT options of generate and eval (the default N lives beside the options, not with torch)."""
+    return {
+        "--edt-theta -1 is out of range": ["generate", "--decoding", "edt", "--edt-theta", "-1", "hi"],
+        "--edt-base 1 is out of range": ["eval", "-b", "arith-add", "--decoding", "edt", "--edt-base", "1"],
+        "--edt-base is a setting of --decoding edt": ["generate", "--decoding", "static", "--edt-base", "0.5", "hi"],
+    }
+
+
+def _other_input_errors(work: Path) -> dict[str, list[str]]:
+    """Inputs the other commands used to refuse only after torch or the model had loaded."""
+    data = work / "train.jsonl"
+    data.write_text('{"prompt": "1 + 1?", "completion": "2"}\n')
+    no_data = work / "no-eval-data"
+    no_data.mkdir()
+    a_file = work / "merge-into-a-file"
+    a_file.write_text("")
+    return {
+        "config field epochs=0 is invalid": ["train-heads", "--data", str(data), "-o", str(work / "h"), "epochs=0"],
+        "Task arith-add has no split 'eval-split'": ["eval", "-b", "arith-add", "--split", "eval-split"],
+        f"data file not found: {no_data}": ["eval", "-b", "gsm8k", "--data-dir", str(no_data)],
+        "no split 'make-data-split'": ["make-data", "--tasks", "arith-add", "--split", "make-data-split"],
+        "--chat-template-kwargs: not valid JSON": ["generate", "--chat-template-kwargs", "{bad", "hi"],
+        "is not a benchmark of the study": ["where-it-wins", "benchmarks=[]", f"workdir={work / 'wiw'}"],
+        "Unknown task 'no-such-steer-task'": ["steer-report", "-b", "no-such-steer-task"],
+        f"--output {a_file} is a file, not a folder": ["merge", "-o", str(a_file), "--heads", "h"],
+    }
 
 
 def test_help_and_user_errors_import_neither_torch_nor_transformers(probe):
@@ -122,3 +184,4 @@ def test_the_error_paths_are_the_user_errors_meant(probe):
     for needle, argv in errors.items():
         run = by_argv[tuple(argv)]
         assert run["code"] == 2 and needle in run["stderr"], (argv, run["code"], run["stderr"])
+        assert run["stderr"].count("\n") == 1, run["stderr"]  # one line

@@ -77,6 +77,9 @@ class EngineOptions:
 
     def _open(self, strategies: Sequence[DecodingStrategy], seed: int) -> Engine:
         from ..core.prompt_format import prompt_format
+
+        # before torch is imported: bad --chat-template-kwargs JSON is an option error, not a load error
+        formatting = prompt_format(self.system_prompt, self.chat_template_kwargs)
         from ..engine.runtime import EngineSettings, open_engine
 
         settings = EngineSettings(
@@ -91,7 +94,7 @@ class EngineOptions:
             data_parallel_size=self.data_parallel_size,
             batch_size=self.batch_size,
             seed=seed,
-            prompt_format=prompt_format(self.system_prompt, self.chat_template_kwargs),
+            prompt_format=formatting,
         )
         return open_engine(settings, strategies)
 

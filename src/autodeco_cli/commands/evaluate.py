@@ -142,12 +142,14 @@ def eval_command(
     from ..core.io_checks import check_max_new_tokens, check_writable_output
     from ..core.progress import progress_bar
     from ..evaluation.report import summary_table
-    from ..evaluation.runner import parse_seeds, resolve_tasks, run_eval
+    from ..evaluation.runner import parse_seeds, prepare_task, resolve_tasks, run_eval
     from ..evaluation.settings import EvalSettings
 
     settings = option_group(EvalSettings, params, seeds=parse_seeds(seeds))
     settings.check()  # before the model loads
     tasks = resolve_tasks(benchmark)  # a typo should fail before the model loads
+    for task in tasks:  # so should a missing split or data file (run_eval loads them again: milliseconds)
+        prepare_task(task, settings.limit, settings.max_new_tokens, settings.data_dir, settings.split)
     strategy = _mean_shift_for_task(decoding_options, tasks) or decoding_options.strategy()
     out = output_dir or DEFAULT_OUTPUT_ROOT / folder_name(model)
     check_writable_output(out, "--output-dir", folder=True)  # before the model loads

@@ -38,6 +38,7 @@ ROUGH_TOKENS_PER_S = 300
 
 if TYPE_CHECKING:
     from ..engine.interface import Engine
+    from ..evaluation.runner import TaskRun
     from ..evaluation.settings import EvalSettings
     from ..grid.search import GridSpec
 
@@ -221,14 +222,16 @@ def grid_search_command(
     """The oracle static baseline (see GRID_SEARCH_HELP, the command's --help)."""
     params = dict(locals())
     engine_options = option_group(EngineOptions, params)
+    # Every check below runs before torch is imported (tests/test_lazy_imports.py): a typo costs no model load.
     from ..core.decoding import make_strategy
     from ..core.folder_lock import folder_lock
-    from ..evaluation.runner import parse_seeds, resolve_tasks
+    from ..core.io_checks import check_writable_output
+    from ..evaluation.runner import parse_seeds
     from ..evaluation.settings import EvalSettings
     from ..grid.search import GridSpec, check_mode
 
     mode = mode or ("cells" if cells is not None else "full")
-    check_mode(mode)  # these before the model loads
+    check_mode(mode)
     if cells is not None and mode != "cells":
         raise UserError(f"--cells is for --mode cells, not --mode {mode}", "drop --cells, or use --mode cells")
     axis_texts = {"--top-ps": top_ps, "--min-ps": min_ps, "--n-sigmas": n_sigmas, "--edt-thetas": edt_thetas}
@@ -238,12 +241,13 @@ def grid_search_command(
     settings = option_group(EvalSettings, params, seeds=parse_seeds(seeds))
     settings.check()
     axes = {"temperatures": temperature_list, "values": value_list, "cells": cell_list}
-    _check_grid_size(benchmark, mode, axes, settings, grid_family, yes)
-    resolve_tasks(benchmark)  # a task name's typo fails before the model loads
+    run = _task_run(benchmark, settings)  # a task name's typo, a group, a missing split or data file
+    _check_grid_size(mode, axes, settings, grid_family, yes, run)
     spec = GridSpec(mode=mode, family=grid_family, early_stop=early_stop, **axes)
     # each family its own default folder: grid.json is one sweep's record
     prefix = "grid" if grid_family.is_static else f"grid-{grid_family.name}"
     out = output_dir or DEFAULT_OUTPUT_ROOT / folder_name(model) / f"{prefix}-{folder_name(benchmark)}"
+    check_writable_output(out, "--output-dir", folder=True)
     autodeco = make_strategy("autodeco")
     strategies = [autodeco] if then_eval else [make_strategy("static")]
     started = time.perf_counter()
@@ -312,20 +316,27 @@ def _grid_axes(family: str, edt_base, mode: str, temperatures: str | None, axis_
     return grid_family, temperature_list, parse_values(values, grid_family.option), cell_list
 
 
-def _check_grid_size(benchmark: str, mode: str, axes: dict, settings: EvalSettings, family, yes: bool) -> None:
+def _task_run(benchmark: str, settings: EvalSettings) -> TaskRun:
+    """The benchmark's questions, loaded as the sweep will load them (one task, its split, its data
+    file, the scorer's dependencies), so that what would fail there fails before the model loads."""
+    from ..evaluation.runner import prepare_task
+    from ..grid.search import one_task
+
+    return prepare_task(one_task(benchmark), settings.limit, settings.max_new_tokens, settings.data_dir, settings.split)
+
+
+def _check_grid_size(mode: str, axes: dict, settings: EvalSettings, family, yes: bool, run: TaskRun) -> None:
     """A grid above LARGE_GRID_CELLS cells runs only with --yes, checked before the model loads;
     its size and a rough time go into the error, or with --yes into a note."""
     from ..grid.cells import cell_count
-    from ..tasks.registry import get_task
 
     cells = cell_count(mode, axes["temperatures"], axes["values"], axes["cells"])
     if cells <= LARGE_GRID_CELLS:
         return
-    task = get_task(benchmark)
-    questions = len(task.load_docs(split=settings.split, limit=settings.limit, data_dir=settings.data_dir))
+    questions = len(run.docs)
     per_question = settings.k * len(settings.seeds)
     samples = cells * questions * per_question
-    budget = settings.max_new_tokens or task.max_new_tokens
+    budget = run.max_new_tokens
     hours = samples * budget / ROUGH_TOKENS_PER_S / 3600
     shape = (
         f"{len(axes['temperatures'])} temperatures × {len(axes['values'])} {family.axis_label} values"

@@ -107,7 +107,7 @@ def make_data(
         DecodingOptions, params, temperature_scale=1.0, top_p_scale=1.0, mean_from=None, active_heads="both"
     )
     from ..core.io_checks import check_max_new_tokens, check_writable_output
-    from ..tasks.registry import expand
+    from ..tasks.registry import expand, get_task
 
     # make_on_policy_data does not check these: k=0 would mark every problem done with no samples
     if k < 1 or batch_size < 1:
@@ -115,7 +115,8 @@ def make_data(
     strategy = decoding_options.strategy()
     if strategy.uses_heads:
         raise UserError("make-data samples the base model", "use --decoding static, greedy, min-p, top-n-sigma or edt")
-    expand(tasks)  # a task name's typo fails before the model loads
+    for name in expand(tasks):  # a task name's typo, a missing split or data file: before the model loads
+        get_task(name).load_docs(split=split, limit=limit)
     check_writable_output(output, "--output")  # before the model loads
     engine = engine_options.open([strategy], seed=seed)
     check_max_new_tokens(max_new_tokens, engine.lm.config)

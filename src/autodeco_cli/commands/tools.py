@@ -33,10 +33,17 @@ def steer_report(
     """Does a plain-language command move the heads? Mean T̂/P̂ with no command, a low-diversity and a
     high-diversity command; ΔT̂, ΔP̂ and consistency (share of questions moving the right way)."""
     from ..core.decoding import make_strategy
-    from ..engine.runtime import EngineSettings, open_engine
-    from ..training.steering import steer_report as run_report
+    from ..core.io_checks import check_writable_output
+    from ..core.startup_gc import paused_then_frozen
+    from ..tasks.registry import get_task
 
-    engine = open_engine(EngineSettings(model, heads, device=device, dtype=dtype), [make_strategy("autodeco")])
+    get_task(benchmark).load_docs(limit=offset + n)  # as the report loads them, before torch is imported
+    check_writable_output(output, "--output")
+    with paused_then_frozen():  # torch, transformers and the model: see core/startup_gc
+        from ..engine.runtime import EngineSettings, open_engine
+        from ..training.steering import steer_report as run_report
+
+        engine = open_engine(EngineSettings(model, heads, device=device, dtype=dtype), [make_strategy("autodeco")])
     report = run_report(
         engine, benchmark, n=n, offset=offset, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size
     )
@@ -72,6 +79,9 @@ def merge_command(
 ):
     """Merge heads and base model into one folder (official AutoDeco layout: `llm.` base weights + heads).
     autodeco loads it with `--model DIR` (heads are taken from it automatically)."""
+    from ..core.io_checks import check_writable_output
+
+    check_writable_output(output, "--output", folder=True)  # before the model loads
     from ..engine.export import merge
 
     path = merge(model, heads, output, dtype=dtype)

@@ -115,8 +115,7 @@ def train_heads(
 
         reward_cfg = build_config(RewardConfig, config, overrides or [], output_dir=output_dir, model=model, mode=mode)
         check_writable_output(reward_cfg.output_dir, "output_dir", folder=True)  # before the model loads
-        with _output_lock(reward_cfg.output_dir):
-            _train_reward(reward_cfg, resume)
+        _train_reward(reward_cfg, resume)
         return
     explicit = {
         "data": data,
@@ -139,10 +138,10 @@ def train_heads(
     from ..training.data import check_data_file
 
     cfg = build_config(TrainConfig, config, overrides or [], **explicit)
+    cfg.validate()  # HeadTrainer checks it again, after torch is imported: a bad field fails at once here
     check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
     check_data_file(cfg.data)  # and before torch is imported: a typo fails at once
-    with _output_lock(cfg.output_dir):
-        _train_mle(cfg, resume)
+    _train_mle(cfg, resume)
 
 
 def _output_lock(output_dir):
@@ -157,11 +156,20 @@ def _output_lock(output_dir):
 
 
 def _train_mle(cfg, resume: bool) -> None:
-    from ..training.trainer import HeadTrainer
+    from ..core.startup_gc import paused_then_frozen
 
-    trainer = HeadTrainer(cfg)
-    trainer.check_output_dir(resume)  # an earlier run's checkpoints: refuse before the model loads
-    trainer.setup()
+    with contextlib.ExitStack() as run:
+        with paused_then_frozen():  # torch, transformers, the model and the data: see core/startup_gc
+            run.enter_context(_output_lock(cfg.output_dir))
+            from ..training.trainer import HeadTrainer
+
+            trainer = HeadTrainer(cfg)
+            trainer.check_output_dir(resume)  # an earlier run's checkpoints: refuse before the model loads
+            trainer.setup()
+        _report_and_train(trainer, cfg, resume)
+
+
+def _report_and_train(trainer, cfg, resume: bool) -> None:
     report = trainer.data_report
     if trainer.dist.is_main:
         err_console.print(
@@ -204,12 +212,22 @@ def _train_with_progress(trainer, resume: bool):
 
 
 def _train_reward(cfg, resume: bool) -> None:
+    from ..core.startup_gc import paused_then_frozen
+
+    with contextlib.ExitStack() as run:
+        with paused_then_frozen():  # the model, the heads and the questions: see core/startup_gc
+            run.enter_context(_output_lock(cfg.output_dir))
+            from ..training.reward import RewardTrainer
+
+            trainer = RewardTrainer(cfg).setup()
+        _reward_steps(trainer, cfg, resume)
+
+
+def _reward_steps(trainer, cfg, resume: bool) -> None:
     from rich.progress import TextColumn
 
     from ..core.progress import progress_bar
-    from ..training.reward import RewardTrainer
 
-    trainer = RewardTrainer(cfg).setup()
     validation = trainer.validation_questions
     err_console.print(
         f"reward training: {len(trainer.train_questions)} train questions, "

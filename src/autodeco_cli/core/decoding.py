@@ -48,6 +48,7 @@ SCHEDULE = "schedule"
 MAX_STATIC_TEMPERATURE = 5.0
 DEFAULT_MIN_P = 0.1
 DEFAULT_N_SIGMA = 1.0
+DEFAULT_EDT_BASE = 0.8  # the EDT paper's N
 DEFAULT_EDT_THETA = 1.0
 # each adaptive decoder's own strategy fields, in the order the sampler passes them on
 ADAPTIVE_PARAMETERS = {"min-p": ("min_p",), "top-n-sigma": ("n_sigma",), "edt": ("edt_base", "edt_theta")}
@@ -183,12 +184,7 @@ def _adaptive_strategy(
             "0 keeps only the top logit, larger n keeps more (the paper uses 1.0)",
         )
     else:
-        base = given["edt_base"]
-        if base is None:
-            # deferred: distribution.py imports torch, which checking the options does not need
-            from .distribution import DEFAULT_EDT_BASE
-
-            base = DEFAULT_EDT_BASE
+        base = DEFAULT_EDT_BASE if given["edt_base"] is None else given["edt_base"]
         theta = DEFAULT_EDT_THETA if given["edt_theta"] is None else given["edt_theta"]
         if not (math.isfinite(base) and 0.0 < base < 1.0):
             raise UserError(

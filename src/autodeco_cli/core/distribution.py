@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
+from .decoding import DEFAULT_EDT_BASE  # a default the options check without torch
+
 DEFAULT_SOFT_TOP_P_ALPHA = 30.0
 # Temperatures below this turn logits/T into inf/NaN in fp32; the official trainer clamps at 0.01 too.
 MIN_TEMPERATURE = 1e-2
-DEFAULT_EDT_BASE = 0.8  # the EDT paper's N
 
 
 def _as_column(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

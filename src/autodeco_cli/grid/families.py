@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..core.decoding import ADAPTIVE_PARAMETERS, DecodingStrategy, make_strategy, strategy_slug
-from ..core.distribution import DEFAULT_EDT_BASE
+from ..core.decoding import ADAPTIVE_PARAMETERS, DEFAULT_EDT_BASE, DecodingStrategy, make_strategy, strategy_slug
 from ..core.errors import UserError
 
 # Upper ends of the second axes' values (`cells.check_value`); lower ends are exclusive 0.

@@ -380,7 +380,7 @@ def run_grid(
     check_mode(spec.mode)
     if not 0.0 < spec.prune_alpha < 1.0:
         raise UserError("the pruning alpha must lie in (0, 1)")
-    task_obj = _one_task(task)
+    task_obj = one_task(task)
     family = get_family(spec.family) if isinstance(spec.family, str) else spec.family
     temperatures, values, cell_list = axes_and_cells(
         family, spec.mode, spec.temperatures, spec.top_ps if spec.values is None else spec.values, spec.cells
@@ -429,7 +429,8 @@ def _grid_record(engine: Engine, task: Any, run: Any, settings: EvalSettings, mo
     }
 
 
-def _one_task(task: str | Any) -> Any:
+def one_task(task: str | Any) -> Any:
+    """The one task a grid tunes (grid-search checks it before the model loads)."""
     tasks = resolve_tasks(task if isinstance(task, str) else [task])
     if len(tasks) != 1:
         raise UserError(

@@ -46,6 +46,7 @@ class AblationConfig:
 def run_ablation(config: AblationConfig, log=print) -> Path:
     import torch
 
+    from ..core.startup_gc import paused_then_frozen
     from ..engine.models import load_base_model, training_dtype
 
     if not config.rows:
@@ -54,7 +55,8 @@ def run_ablation(config: AblationConfig, log=print) -> Path:
         torch.set_num_threads(config.threads)
     work = Path(config.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
+    with paused_then_frozen():  # the model load: see core/startup_gc
+        lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     data_files = {name: _data(lm, config, name, work) for name in sorted({r["data"] for r in config.rows})}
     references = _score_references(lm, config, work / "val" / "ref")
     scored = []

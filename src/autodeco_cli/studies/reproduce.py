@@ -70,6 +70,7 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     """Every stage in order; each one resumes from what the run's folder already holds."""
 
     from ..core.heads import load_heads
+    from ..core.startup_gc import paused_then_frozen
     from ..engine.generation import GenerationEngine
     from ..engine.models import load_base_model, training_dtype
     from ..training.trainer import train_heads_once
@@ -77,7 +78,8 @@ def run_reproduce(config: ReproduceConfig, log=print) -> Path:
     clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
 
-    lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
+    with paused_then_frozen():  # the model load: see core/startup_gc
+        lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     data_path = work / "on_policy.jsonl"
     heads_dir = work / "heads"
     with clock.stage("make-data"):

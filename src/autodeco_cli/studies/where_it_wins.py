@@ -111,15 +111,18 @@ class WhereItWinsConfig:
 
 
 def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
-    from ..engine.models import load_base_model, training_dtype
+    from ..core.startup_gc import paused_then_frozen
     from .where_it_wins_diagnostics import check_diagnose_config, diagnose_tasks, run_diagnostics, traced_benchmarks
     from .where_it_wins_suite import check_suite_config
 
     check_suite_config(config)  # before hours of work end in a suite that cannot be chosen
-    check_diagnose_config(config)
+    check_diagnose_config(config)  # (both before torch is imported: a bad recipe fails at once)
+    from ..engine.models import load_base_model, training_dtype
+
     clock = StageClock.start(config.workdir, config.threads, log)
     work = Path(config.workdir)
-    lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
+    with paused_then_frozen():  # the model load: see core/startup_gc
+        lm = load_base_model(config.model, dtype=training_dtype(config.dtype, None))
     with clock.stage("make-data"):
         data_path, data_report = _make_data(lm, config, work)
     with clock.stage("train MLE heads"):

@@ -40,6 +40,7 @@ import torch
 from ..core.decoding import make_strategy
 from ..core.errors import UserError
 from ..core.heads import MAX_TEMPERATURE
+from ..core.startup_gc import paused_then_frozen
 from ..engine.generation import GenerationEngine
 from ..engine.interface import Engine
 from ..engine.requests import build_requests, request_seed
@@ -320,7 +321,8 @@ def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume
     trainer.check_output_dir(resume)  # an earlier run's checkpoints: refuse before the model loads
     if resume and not trainer.checkpoint_dirs():
         raise UserError(f"{config.output_dir} holds no --steer checkpoints to resume from", "re-run without --resume")
-    trainer.setup()
+    with paused_then_frozen():  # the model, the data and the heads: see core/startup_gc
+        trainer.setup()
     # the starting heads, before a checkpoint replaces them: the anchor and ranking baseline
     reference_heads = copy.deepcopy(trainer.heads).eval().requires_grad_(False)
     records = _steer_records(config)
