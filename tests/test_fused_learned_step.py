@@ -154,3 +154,17 @@ def test_rows_with_nan_take_torch_path():
     exactly = {"rtol": 0, "atol": 0, "equal_nan": True}
     torch.testing.assert_close(got, decoding_logits(logits, temperature, top_p), **exactly)
     torch.testing.assert_close(features, distribution_features(logits, temperature), **exactly)
+
+
+def test_cut_on_rows_in_adversarial_orders():
+    """Ascending rows make every block of the candidate selection insert; a constant row ties
+    every token; a row of -inf but a few has a nucleus of zeros past them when P̂ is near 1."""
+    ramp = torch.linspace(-20.0, 20.0, VOCAB)
+    sparse = torch.full((VOCAB,), float("-inf"))
+    sparse[torch.tensor([5, 900, 40000])] = torch.tensor([1.0, 3.0, 2.0])
+    rows = torch.stack([ramp, ramp.flip(0), torch.zeros(VOCAB), sparse, (ramp * 3).round() / 3])
+    for top_p in (0.0, 0.3, 0.5, 0.999, 1.0 - 1e-7):
+        temperature, column = torch.full((5, 1), 0.9), torch.full((5, 1), top_p)
+        with torch.no_grad():
+            got = decoding_logits(rows, temperature, column)
+        assert torch.equal(got, full_sort_cut(kernel_probs(rows, temperature), rows, temperature, column)), top_p

@@ -4,20 +4,21 @@
  *
  * In torch that step is about a dozen passes over [rows, vocab] (two softmaxes, two topk's,
  * a log, two dot products, compares and wheres), ~11 ms for 32 x 49152 rows on a 2-core Xeon.
- * Here each row is read once from memory and then walked two or three times while it sits in
- * the core's cache. It implements core/distribution.py's `distribution_features` and the hard
- * top-p of `decoding_logits` (see there for the definitions):
+ * Here each row is read from memory once and then walked a few times while it sits in the
+ * core's cache. It implements core/distribution.py's `distribution_features` and the hard top-p
+ * of `decoding_logits` (see there for the definitions):
  *
- *   p_i = exp(raw_i / T - max_j raw_j / T) * (1 / sum)   (raw_i / T rounded as torch divides)
+ *   p_i = e_i / sum_j e_j,  e_i = exp(raw_i / T - max_j raw_j / T)
  *   features: max p, -sum p log(p + 1e-8), (sum p^2 - 1/V)+ / (V - 1), sum of the top 5 p
- *   nucleus: sorted descending (ties by id), keep while the mass before (a double-accumulated
+ *   nucleus: p sorted descending (ties by id), kept while the mass before (a double-accumulated
  *            cumsum rounded to float, as torch's CPU cumsum) is below P̂, at least one; P̂ >= 1
- *            keeps all. The top `candidates` are selected by value in the first pass; a row
- *            whose nucleus may reach past them is radix-sorted in full, so the cut is the full
- *            sort's either way.
+ *            keeps all. The largest `candidates` e's are selected in one pass; a row whose
+ *            nucleus may reach past them is radix-sorted in full, so the cut is the full
+ *            sort's either way. Kept tokens get raw / T exactly as torch divides.
  *
- * exp and log are polynomial (Cephes' single precision, ~1 ulp), so p can differ from
- * torch.softmax's in the last bits; the cut is exact for the p computed here.
+ * exp and log are polynomials (Cephes' single precision, ~1 ulp), so p can differ from
+ * torch.softmax's in the last bits; the cut is exact for the p computed here (every comparison
+ * is on the e's and p's themselves, never on raw values, so nothing assumes the exp monotone).
  *
  * Built by autodeco_cli/core/cpu_kernels.py with -fopenmp (torch's libgomp and thread count). */
 #include <omp.h>
@@ -121,28 +122,33 @@ static void sort_small_descending(float *v, long n) {
   }
 }
 
-/* One pass over a raw row: its max, whether it holds NaN or +inf, and (k > 0) its k largest
- * values sorted descending into top[0..k), padded with -inf. `buffer` holds 2k + BLOCK floats.
- * A block is only looked into when its max beats the k-th largest so far. */
-static int scan_row(const float *raw, long n, long k, float *top, float *buffer, float *max_out) {
-  float threshold = -__builtin_inff(), row_max = -__builtin_inff();
-  long held = 0;
+/* The row's max, and whether it holds NaN or +inf or no finite value (1: refuse the batch). */
+static int row_max(const float *raw, long n, float *max_out) {
+  float max = -__builtin_inff();
   int bad = 0;
+#pragma omp simd reduction(max : max) reduction(| : bad)
+  for (long i = 0; i < n; i++) {
+    float x = raw[i];
+    max = x > max ? x : max;
+    bad |= (x != x) | (x == __builtin_inff());
+  }
+  *max_out = max;
+  return bad || max == -__builtin_inff();
+}
+
+/* The k largest of values[0..n) sorted descending into top[0..k) (n >= k). `buffer` holds
+ * 2k + BLOCK floats. A block is only looked into when its max beats the k-th largest so far. */
+static void largest(const float *values, long n, long k, float *top, float *buffer) {
+  float threshold = -__builtin_inff();
+  long held = 0;
   for (long start = 0; start < n; start += BLOCK) {
     long end = start + BLOCK < n ? start + BLOCK : n;
     float block_max = -__builtin_inff();
-    int block_bad = 0;
-#pragma omp simd reduction(max : block_max) reduction(| : block_bad)
-    for (long i = start; i < end; i++) {
-      float x = raw[i];
-      block_max = x > block_max ? x : block_max;
-      block_bad |= (x != x) | (x == __builtin_inff());
-    }
-    bad |= block_bad;
-    row_max = block_max > row_max ? block_max : row_max;
-    if (k == 0 || !(block_max > threshold)) continue;
+#pragma omp simd reduction(max : block_max)
+    for (long i = start; i < end; i++) block_max = values[i] > block_max ? values[i] : block_max;
+    if (!(block_max > threshold) && held >= k) continue;
     for (long i = start; i < end; i++)
-      if (raw[i] > threshold) buffer[held++] = raw[i];
+      if (values[i] > threshold || held < k) buffer[held++] = values[i];
     if (held >= 2 * k) {
       select_largest(buffer, held, k);
       held = k;
@@ -151,15 +157,9 @@ static int scan_row(const float *raw, long n, long k, float *top, float *buffer,
       threshold = smallest;
     }
   }
-  if (k > 0) {
-    if (held > k) select_largest(buffer, held, k);
-    long got = held < k ? held : k;
-    for (long i = 0; i < got; i++) top[i] = buffer[i];
-    for (long i = got; i < k; i++) top[i] = -__builtin_inff();
-    sort_small_descending(top, k);
-  }
-  *max_out = row_max;
-  return bad || row_max == -__builtin_inff();
+  if (held > k) select_largest(buffer, held, k);
+  for (long i = 0; i < k; i++) top[i] = buffer[i];
+  sort_small_descending(top, k);
 }
 
 /* ---- full sort (fallback rows) ---------------------------------------------------------------- */
@@ -224,48 +224,40 @@ static int reserve(scratch_t *s, long n, long k) {
   return 0;
 }
 
-/* exps[i] = exp(raw[i] / t - max / t) and, when `scaled` is given, scaled[i] = raw[i] / t.
- * Returns the sum of the exps. */
-static float exponentiate(const float *raw, float t, float max, float *exps, float *scaled, long n) {
+/* exps[i] = exp(raw[i] / t - max / t) with torch's roundings of the quotient and the difference
+ * (one division each: the exps then differ from torch's only by the exp itself); returns the sum. */
+static float exponentiate(const float *raw, float t, float max, float *exps, long n) {
   float shift = max / t, sum = 0.0f;
-  if (scaled) {
 #pragma omp simd reduction(+ : sum)
-    for (long i = 0; i < n; i++) {
-      float x = raw[i] / t;
-      scaled[i] = x;
-      exps[i] = exp_nonpositive(x - shift);
-      sum += exps[i];
-    }
-  } else {
-#pragma omp simd reduction(+ : sum)
-    for (long i = 0; i < n; i++) {
-      exps[i] = exp_nonpositive(raw[i] / t - shift);
-      sum += exps[i];
-    }
+  for (long i = 0; i < n; i++) {
+    exps[i] = exp_nonpositive(raw[i] / t - shift);
+    sum += exps[i];
   }
   return sum;
 }
 
-static void features_row(const float *raw, float t, float max, const float *top, long n, float *exps, float *out) {
-  float inverse = 1.0f / exponentiate(raw, t, max, exps, NULL, n);
+static void features_row(const float *raw, float t, float max, long n, scratch_t *s, float *out) {
+  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n);
   float squares = 0.0f, plogp = 0.0f;
+  const float *exps = s->exps;
 #pragma omp simd reduction(+ : squares, plogp)
   for (long i = 0; i < n; i++) {
     float p = exps[i] * inverse;
     squares += p * p;
     plogp += p * log_positive(p + 1e-8f);
   }
-  float shift = max / t, top5 = 0.0f;
   long k = n < 5 ? n : 5;
-  for (long i = 0; i < k; i++) top5 += exp_nonpositive(top[i] / t - shift) * inverse;
+  largest(exps, n, k, s->top, s->buffer);
+  float top5 = 0.0f;
+  for (long i = 0; i < k; i++) top5 += s->top[i] * inverse;
   float variance = squares - (float)(1.0 / (double)n);
-  out[0] = exp_nonpositive(top[0] / t - shift) * inverse;
+  out[0] = s->top[0] * inverse;
   out[1] = -plogp;
   out[2] = (variance > 0.0f ? variance : 0.0f) / (float)(n - 1);
   out[3] = top5;
 }
 
-/* The nucleus over descending probabilities head[0..k): its size (0: it may reach past them). */
+/* The nucleus over descending probabilities head[0..k): its size (k: it may reach past them). */
 static long nucleus_size(const float *head, long k, float top_p) {
   double cumulative = 0.0;
   long size = 0;
@@ -277,38 +269,43 @@ static long nucleus_size(const float *head, long k, float top_p) {
   return size == 0 ? 1 : size;
 }
 
-/* out holds raw/t; keep the nucleus of `size` tokens whose smallest probability is `cutoff`,
- * where `greater` of them are above it (the rest of the nucleus is the lowest ids at it). */
-static void mask_row(float *out, const float *exps, float inverse, long n, float cutoff, long room, int tied) {
+/* out = raw / t where kept, -inf elsewhere: the tokens at or above `cutoff`, except that of those
+ * at it only the first `room` (by id) are kept when `tied`. Blocks with no kept token are only
+ * filled, so the division runs on a few blocks. */
+static void mask_row(const float *raw, float t, const float *exps, float inverse, long n, float cutoff, long room,
+                     int tied, float *out) {
   const float minus_inf = -__builtin_inff();
-  if (!tied) {
-#pragma omp simd
-    for (long i = 0; i < n; i++) out[i] = exps[i] * inverse >= cutoff ? out[i] : minus_inf;
-    return;
-  }
-  for (long i = 0; i < n; i++) {
-    float p = exps[i] * inverse;
-    if (p > cutoff) continue;
-    if (p == cutoff && room > 0) {
-      room--;
+  for (long start = 0; start < n; start += BLOCK) {
+    long end = start + BLOCK < n ? start + BLOCK : n;
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (long i = start; i < end; i++) any |= exps[i] * inverse >= cutoff;
+    if (!any) {
+      for (long i = start; i < end; i++) out[i] = minus_inf;
       continue;
     }
-    out[i] = minus_inf;
+    for (long i = start; i < end; i++) {
+      float p = exps[i] * inverse;
+      int keep = p > cutoff || (p == cutoff && (!tied || room-- > 0));
+      out[i] = keep ? raw[i] / t : minus_inf;
+    }
   }
 }
 
 static void cut_row(const float *raw, float t, float top_p, float max, long n, long k, scratch_t *s, float *out) {
-  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, out, n);
-  if (top_p >= 1.0f) return; /* no cut */
+  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n);
+  if (top_p >= 1.0f) { /* no cut */
+    for (long i = 0; i < n; i++) out[i] = raw[i] / t;
+    return;
+  }
   const float *head = s->top;
   long size = 0, length = k;
   if (k > 0) { /* k == 0: no candidates, every row sorted in full */
-    float shift = max / t;
-    for (long i = 0; i < k; i++) s->top[i] = exp_nonpositive(s->top[i] / t - shift) * inverse;
+    largest(s->exps, n, k, s->top, s->buffer);
+    for (long i = 0; i < k; i++) s->top[i] *= inverse;
     size = nucleus_size(s->top, k, top_p);
-    if (size == k) size = 0; /* every candidate counted: the nucleus may reach past them */
   }
-  if (size == 0) {
+  if (size == k) { /* every candidate counted (or none taken): the nucleus may reach past them */
 #pragma omp simd
     for (long i = 0; i < n; i++) s->sorted[i] = s->exps[i] * inverse;
     sort_probs_descending(s->sorted, s->sorted, n, s->keys, s->keys + n); /* in place */
@@ -320,42 +317,40 @@ static void cut_row(const float *raw, float t, float top_p, float max, long n, l
   int tied = size < length && head[size] == cutoff;
   long greater = 0;
   while (greater < size && head[greater] > cutoff) greater++;
-  mask_row(out, s->exps, inverse, n, cutoff, size - greater, tied);
+  mask_row(raw, t, s->exps, inverse, n, cutoff, size - greater, tied, out);
 }
 
 /* mode 0: out [rows, 4] features; mode 1: out [rows, n] cut logits; mode 2: out [rows, n] probs.
- * temperature, top_p: [rows] (top_p only read in mode 1, already clamped by the caller).
+ * temperature, top_p: [rows] (top_p only read in mode 1; temperature already clamped).
  * Returns 0; -1 when out of memory; -2 when a row holds NaN or +inf or no finite logit (the
  * caller then takes torch's path for the whole batch). */
 int autodeco_learned_step_f32(long mode, const float *raw, const float *temperature, const float *top_p, float *out,
                               long rows, long n, long candidates) {
   static scratch_t scratch;
 #pragma omp threadprivate(scratch)
-  long k = mode == MODE_FEATURES ? (n < 5 ? n : 5) : (candidates < n ? candidates : n);
-  if (mode != MODE_CUT) k = mode == MODE_FEATURES ? k : 0;
-  long select = (mode == MODE_CUT && k >= n) ? 0 : k;
+  long k = mode == MODE_FEATURES ? (n < 5 ? n : 5) : (mode == MODE_CUT && candidates < n ? candidates : 0);
   int status = 0;
   int threads = rows * n < (1L << 15) ? 1 : omp_get_max_threads();
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (long r = 0; r < rows; r++) {
+    const float *row = raw + r * n;
+    float max;
     if (reserve(&scratch, n, k)) {
 #pragma omp atomic write
       status = -1;
       continue;
     }
-    const float *row = raw + r * n;
-    float max;
-    if (scan_row(row, n, select, scratch.top, scratch.buffer, &max)) {
+    if (row_max(row, n, &max)) {
 #pragma omp atomic write
       status = -2;
       continue;
     }
     if (mode == MODE_FEATURES) {
-      features_row(row, temperature[r], max, scratch.top, n, scratch.exps, out + r * 4);
+      features_row(row, temperature[r], max, n, &scratch, out + r * 4);
     } else if (mode == MODE_CUT) {
-      cut_row(row, temperature[r], top_p[r], max, n, select, &scratch, out + r * n);
+      cut_row(row, temperature[r], top_p[r], max, n, k, &scratch, out + r * n);
     } else {
-      float inverse = 1.0f / exponentiate(row, temperature[r], max, scratch.exps, NULL, n);
+      float inverse = 1.0f / exponentiate(row, temperature[r], max, scratch.exps, n);
       for (long i = 0; i < n; i++) out[r * n + i] = scratch.exps[i] * inverse;
     }
   }
