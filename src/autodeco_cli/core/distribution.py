@@ -189,9 +189,9 @@ def _nucleus_cut(
 # The fused C kernel (cpu_kernels' learned_step_f32) does the vocabulary-wide work of a decoding
 # step, the top-p head's features and the hard nucleus cut, when no gradient is wanted and the
 # logits are CPU float32 (any float logits are upcast first). Its exp is its own, so its
-# probabilities can differ from torch.softmax's in the last bits, and a token sitting exactly on
-# the nucleus boundary can fall either side; the cut is exact for its probabilities. Read at
-# each call, so a benchmark can time torch's path in a running engine.
+# probabilities can differ from torch.softmax's in the last bits (and it flushes those below
+# 1.2e-38 to zero), so a token sitting exactly on the nucleus boundary can fall either side; the
+# cut is exact for its probabilities. Read at each call, so a benchmark can time torch's path.
 FUSED_KERNEL = True
 
 

@@ -19,10 +19,13 @@
  * exp and log are polynomials (Cephes' single precision, ~1 ulp), so p can differ from
  * torch.softmax's in the last bits; the cut is exact for the p computed here (every comparison
  * is on the e's and p's themselves, never on raw values, so nothing assumes the exp monotone).
+ * Subnormal results are flushed to zero (probabilities below 1.2e-38; a kept logit raw / T below
+ * that in magnitude would read 0), for speed and so every thread computes the same p's.
  *
  * Built by autodeco_cli/core/cpu_kernels.py with -fopenmp (torch's libgomp and thread count). */
 #include <omp.h>
 #include <stdint.h>
+#include <xmmintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -331,28 +334,38 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
   long k = mode == MODE_FEATURES ? (n < 5 ? n : 5) : (mode == MODE_CUT && candidates < n ? candidates : 0);
   int status = 0;
   int threads = rows * n < (1L << 15) ? 1 : omp_get_max_threads();
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long r = 0; r < rows; r++) {
-    const float *row = raw + r * n;
-    float max;
-    if (reserve(&scratch, n, k)) {
+#pragma omp parallel num_threads(threads)
+  {
+    /* Subnormal results flushed to zero, whatever the calling thread's mode: at a low T̂ most of
+     * a row's exps and p^2 underflow, and without the flush each one costs a microcode assist
+     * (vLLM's threads run without it; torch.set_flush_denormal only sets the calling thread).
+     * It also makes the p's the same on every thread. Inputs are read as they are (no DAZ). */
+    unsigned int mode_before = _mm_getcsr();
+    _mm_setcsr((mode_before | 0x8000u) & ~0x0040u);
+#pragma omp for schedule(static)
+    for (long r = 0; r < rows; r++) {
+      const float *row = raw + r * n;
+      float max;
+      if (reserve(&scratch, n, k)) {
 #pragma omp atomic write
-      status = -1;
-      continue;
-    }
-    if (row_max(row, n, &max)) {
+        status = -1;
+        continue;
+      }
+      if (row_max(row, n, &max)) {
 #pragma omp atomic write
-      status = -2;
-      continue;
+        status = -2;
+        continue;
+      }
+      if (mode == MODE_FEATURES) {
+        features_row(row, temperature[r], max, n, &scratch, out + r * 4);
+      } else if (mode == MODE_CUT) {
+        cut_row(row, temperature[r], top_p[r], max, n, k, &scratch, out + r * n);
+      } else {
+        float inverse = 1.0f / exponentiate(row, temperature[r], max, scratch.exps, n);
+        for (long i = 0; i < n; i++) out[r * n + i] = scratch.exps[i] * inverse;
+      }
     }
-    if (mode == MODE_FEATURES) {
-      features_row(row, temperature[r], max, n, &scratch, out + r * 4);
-    } else if (mode == MODE_CUT) {
-      cut_row(row, temperature[r], top_p[r], max, n, k, &scratch, out + r * n);
-    } else {
-      float inverse = 1.0f / exponentiate(row, temperature[r], max, scratch.exps, n);
-      for (long i = 0; i < n; i++) out[r * n + i] = scratch.exps[i] * inverse;
-    }
+    _mm_setcsr(mode_before);
   }
   return status;
 }
