@@ -55,6 +55,9 @@ def parse_args(argv=None):
         "--allow-eos", action="store_true", help="let rows stop at EOS (default: decode the full budget)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--torch-path", action="store_true", help="decode without the fused learned-step kernel (torch's ops)"
+    )
     return parser.parse_args(argv)
 
 
@@ -65,6 +68,7 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()  # the disabled-EOS warning would repeat on every call
 
+    from autodeco_cli.core import distribution
     from autodeco_cli.core.decoding import make_strategy
     from autodeco_cli.core.heads import fresh_heads, load_heads
     from autodeco_cli.engine import sampler
@@ -72,6 +76,7 @@ def main(argv=None) -> int:
     from autodeco_cli.engine.models import load_base_model
     from autodeco_cli.engine.requests import build_requests
 
+    distribution.FUSED_KERNEL = not args.torch_path
     start = time.perf_counter()
     lm = load_base_model(args.model, device="cpu")
     print(
@@ -144,7 +149,8 @@ def main(argv=None) -> int:
 
     print(f"\nmodel={args.model}  threads={args.threads}  max_new_tokens={args.max_new_tokens}  repeats={args.repeats} "
           " "
-          f"static: T={args.temperature:g} p={args.top_p:g}  eos={'on' if args.allow_eos else 'off'}")  # fmt: skip
+          f"static: T={args.temperature:g} p={args.top_p:g}  eos={'on' if args.allow_eos else 'off'}  "
+          f"learned step: {'torch' if args.torch_path else 'fused kernel'}")  # fmt: skip
     header = f"{'batch':>5}  {'strategy':<9} {'tokens':>7} {'median s':>9} {'ms/token':>9} {'tokens/s':>9}"
     print(header)
     print("-" * len(header))

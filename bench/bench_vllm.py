@@ -7,8 +7,8 @@
 2. Autodeco's overhead inside vLLM: one batch of prompts with a fixed length (ignore_eos) on a
    plain base-model vLLM (static) and on the staged AutoDeco model (learned), so the per-token
    cost of the heads, the nucleus cut and the switch is all that differs. A third row runs the
-   same AutoDeco engine with the nucleus prefilter off (every row sorted over the whole
-   vocabulary), toggled between batches inside its worker: the cost before the prefilter.
+   same AutoDeco engine with the fused learned-step kernel off (torch's ops, with the nucleus
+   prefilter), toggled between batches inside its worker: the cost before the kernel.
    Static runs on the plain base, not as opted-out requests on the AutoDeco model: those pay the
    learned distribution too (compute_logits makes it for every row; the switch swaps it out).
 
@@ -99,34 +99,30 @@ def eval_workload(args):
     return rates, hf_start, vl_start
 
 
-# The "before" row: every row's nucleus cut by sorting the whole vocabulary (any count >= the
-# vocabulary turns the candidate prefilter off).
-FULL_SORT = 1 << 30
-OVERHEAD_VARIANTS = ("static", "autodeco", "autodeco, full sort")
+OVERHEAD_VARIANTS = ("static", "autodeco", "autodeco, torch path")
 
 
-def _set_nucleus_candidates(worker, count: int) -> None:
+def _set_fused_kernel(worker, on: bool) -> None:
     """Runs inside vLLM's worker process (sent by `collective_rpc`), where `compute_logits` runs."""
     from autodeco_cli.core import distribution
 
-    distribution.NUCLEUS_CANDIDATES = count
+    distribution.FUSED_KERNEL = on
 
 
 def overhead_workload(args):
     """Fixed-length decode on a plain vLLM base (static) vs the AutoDeco model (learned), and the
-    AutoDeco model again with the nucleus cut by a full sort: autodeco's per-token cost, before
-    and after the prefilter. Returns per variant the list of seconds, one per repeat."""
+    AutoDeco model again on torch's path: autodeco's per-token cost, with and without the fused
+    kernel. Returns per variant the list of seconds, one per repeat."""
     import os
 
     import vllm
     from vllm import SamplingParams
 
-    from autodeco_cli.core import distribution
     from autodeco_cli.core.heads import heads_digest, load_heads
     from autodeco_cli.engine.heads_source import packaged_heads_path
     from autodeco_cli.engine.vllm.stage import base_model, stage
 
-    # the full-sort switch is a function sent to the worker, which vLLM only unpickles with this
+    # the kernel switch is a function sent to the worker, which vLLM only unpickles with this
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     base = base_model(args.model)
     heads = load_heads(packaged_heads_path(args.model))
@@ -142,10 +138,7 @@ def overhead_workload(args):
     def run(variant: str, batch) -> float:
         llm, params = (plain, params_plain) if variant == "static" else (learned, params_learned)
         if variant != "static":
-            full = variant == "autodeco, full sort"
-            learned.collective_rpc(
-                _set_nucleus_candidates, args=(FULL_SORT if full else distribution.NUCLEUS_CANDIDATES,)
-            )
+            learned.collective_rpc(_set_fused_kernel, args=(variant == "autodeco",))
         return timed(llm.generate, batch, params, use_tqdm=False)[1]
 
     for variant in OVERHEAD_VARIANTS:  # warm-up

@@ -106,7 +106,7 @@ def test_cases_reach_both_paths():
 
 
 def test_candidate_count_is_read_at_each_call(monkeypatch):
-    """bench_vllm.py turns the prefilter off in a running vLLM worker through this module constant."""
+    """A benchmark can turn the prefilter off in a running engine through this module constant."""
     _, logits, temperature, top_p = CASES[2]  # peaked rows: with the prefilter none is sorted in full
     sorted_rows = []
     full_sort = distribution.sorted_values_descending

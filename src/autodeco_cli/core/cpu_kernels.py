@@ -8,6 +8,9 @@
   matmuls, a softmax and copies per layer, ~0.33 ms at 32 rows x 100 tokens).
 * `sort_descending`: rows of float32 sorted descending, values only (a radix sort), for the
   soft top-p training loss; numpy's sort took ~1 ms per 49k-token row here.
+* `learned_step`: the vocabulary-wide work of a learned decoding step on float32 rows (the top-p
+  head's features, then the nucleus cut as logits), a few passes per row instead of torch's
+  dozen over the whole batch (`core/distribution.py` holds the definitions and dispatches).
 
 The C sources ship in `assets/kernels/`; each is compiled once with the system C compiler into
 the autodeco cache and loaded with ctypes. Without a compiler, without AVX512-BF16, or with
@@ -37,9 +40,15 @@ SIGNATURES = {
     "gemv_bf16": [_P, _P, _P, _L, _L, _L],
     "decode_attention_bf16": [_P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _F],
     "sort_descending_f32": [_P, _P, _L, _L],
+    "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L],
 }
 # what each kernel needs of the CPU beyond x86-64
-NEEDS = {"gemv_bf16": "avx512_bf16", "decode_attention_bf16": "avx512_bf16", "sort_descending_f32": None}
+NEEDS = {
+    "gemv_bf16": "avx512_bf16",
+    "decode_attention_bf16": "avx512_bf16",
+    "sort_descending_f32": None,
+    "learned_step_f32": "avx512f",  # its loops are vectorised for the -mavx512f it is built with
+}
 
 
 def kernel_source(name: str) -> str:
@@ -184,8 +193,88 @@ def _sort_agrees_with_torch(kernel: Callable) -> bool:
     return torch.equal(sort_descending(kernel, values), expected)
 
 
+# ---- learned step ---------------------------------------------------------------------------
+
+_FEATURES, _CUT, _PROBS = 0, 1, 2
+
+
+class NotFinite(ValueError):
+    """A row with NaN or +inf logits, or none finite: the caller takes torch's path instead."""
+
+
+def _learned_step(kernel: Callable, mode: int, rows: torch.Tensor, temperature, top_p, width: int, candidates=0):
+    out = torch.empty((rows.shape[0], width), dtype=torch.float32)
+    status = kernel(
+        mode,
+        rows.data_ptr(),
+        temperature.data_ptr(),
+        0 if top_p is None else top_p.data_ptr(),
+        out.data_ptr(),
+        rows.shape[0],
+        rows.shape[1],
+        candidates,
+    )
+    if status == -1:
+        raise MemoryError("the learned-step kernel could not allocate its scratch rows")
+    if status:
+        raise NotFinite("a row of logits holds NaN or +inf, or no finite value")
+    return out
+
+
+def learned_features(kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """`distribution_features` of contiguous float32 `rows` [R, V] at `temperature` [R] (already
+    clamped): [R, 4]."""
+    return _learned_step(kernel, _FEATURES, rows, temperature, None, 4)
+
+
+def learned_cut(
+    kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, candidates: int
+) -> torch.Tensor:
+    """rows / temperature with the hard nucleus at `top_p` [R] kept and -inf elsewhere: [R, V]."""
+    return _learned_step(kernel, _CUT, rows, temperature, top_p, rows.shape[1], candidates)
+
+
+def learned_probs(kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """The softmax the kernel cuts from (its exp is not torch's to the last bit): for tests."""
+    return _learned_step(kernel, _PROBS, rows, temperature, None, rows.shape[1])
+
+
+def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
+    """Features and probabilities close to torch's, and the cut equal to a stable full sort's over
+    the kernel's own probabilities, on rows whose nuclei stay inside 8 candidates or reach past."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(6, 3001, generator=generator) * torch.tensor([[0.3], [1.0], [3.0], [8.0], [1.0], [2.0]])
+    rows[4, 100:400] = 2.5  # ties at the cutoff
+    rows[5, :50] = float("-inf")
+    temperature = torch.tensor([0.5, 1.0, 1.3, 0.01, 1.0, 0.7])
+    top_p = torch.tensor([0.9, 0.5, 0.99, 0.3, 0.2, 1.0])
+    probs = torch.softmax(rows / temperature[:, None], dim=-1)
+    got = learned_probs(kernel, rows, temperature)
+    if not torch.allclose(got, probs, rtol=1e-5, atol=1e-12):
+        return False
+    expected = torch.stack(
+        [
+            probs.amax(-1),
+            -(probs * torch.log(probs + 1e-8)).sum(-1),
+            ((probs * probs).sum(-1) - 1 / 3001).clamp_min(0) / 3000,
+            probs.topk(5, dim=-1).values.sum(-1),
+        ],
+        dim=-1,
+    )
+    if not torch.allclose(learned_features(kernel, rows, temperature), expected, rtol=1e-4, atol=1e-7):
+        return False
+    sorted_probs, order = torch.sort(got, dim=-1, descending=True, stable=True)
+    keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < top_p[:, None]
+    keep[:, 0] = True
+    keep |= top_p[:, None] >= 1.0
+    keep = torch.empty_like(keep).scatter(-1, order, keep)
+    expected_cut = (rows / temperature[:, None]).masked_fill(~keep, float("-inf"))
+    return torch.equal(learned_cut(kernel, rows, temperature, top_p, 8), expected_cut)
+
+
 CHECKS = {
     "gemv_bf16": _gemv_agrees_with_torch,
     "decode_attention_bf16": _attention_agrees_with_torch,
     "sort_descending_f32": _sort_agrees_with_torch,
+    "learned_step_f32": _learned_step_agrees_with_torch,
 }

@@ -187,6 +187,64 @@ def _nucleus_cut(
     return size.reshape(shape), cutoff.reshape(shape), tied.squeeze(-1)
 
 
+# The fused C kernel (cpu_kernels' learned_step_f32) does the vocabulary-wide work of a decoding
+# step, the top-p head's features and the hard nucleus cut, when no gradient is wanted and the
+# logits are CPU float32 (any float logits are upcast first). Its exp is its own, so its
+# probabilities can differ from torch.softmax's in the last bits (and it flushes those below
+# 1.2e-38 to zero), so a token sitting exactly on the nucleus boundary can fall either side; the
+# cut is exact for its probabilities. Read at each call, so a benchmark can time torch's path.
+FUSED_KERNEL = True
+
+
+def _fused_kernel(logits: torch.Tensor):
+    if not FUSED_KERNEL or torch.is_grad_enabled() or logits.device.type != "cpu" or logits.dtype != torch.float32:
+        return None
+    if logits.dim() == 0 or logits.size(-1) < 8:
+        return None
+    from . import cpu_kernels
+
+    return cpu_kernels.load("learned_step_f32")
+
+
+def _per_row(value: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """A ``[..., 1]`` column broadcast to one float32 per row of `logits`, contiguous."""
+    return value.to(torch.float32).expand(logits.shape[:-1] + (1,)).reshape(-1).contiguous()
+
+
+def _fused_cut(logits: torch.Tensor, temperature: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor | None:
+    """`decoding_logits` without top-k and min-p, through the kernel; None where it does not apply."""
+    kernel = _fused_kernel(logits)
+    if kernel is None:
+        return None
+    top_p = _as_column(top_p, logits)
+    if bool((top_p >= 1.0).all()):
+        return None  # no cut: torch's division alone is as cheap
+    from . import cpu_kernels
+
+    rows = logits.reshape(-1, logits.size(-1)).contiguous()
+    try:
+        cut = cpu_kernels.learned_cut(
+            kernel, rows, _per_row(temperature, logits), _per_row(top_p, logits), NUCLEUS_CANDIDATES
+        )
+    except cpu_kernels.NotFinite:
+        return None
+    return cut.reshape(logits.shape)
+
+
+def _fused_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor | None:
+    kernel = _fused_kernel(logits)
+    if kernel is None:
+        return None
+    from . import cpu_kernels
+
+    rows = logits.reshape(-1, logits.size(-1)).contiguous()
+    try:
+        features = cpu_kernels.learned_features(kernel, rows, _per_row(temperature, logits))
+    except cpu_kernels.NotFinite:
+        return None
+    return features.reshape(logits.shape[:-1] + (4,))
+
+
 def top_k_keep(logits: torch.Tensor, top_k: int | None) -> torch.Tensor | None:
     if not top_k or top_k <= 0 or top_k >= logits.size(-1):
         return None
@@ -281,6 +339,9 @@ def decoding_logits_and_temperature(
     if n_sigma is not None:
         logits = logits.masked_fill(~top_n_sigma_keep(logits, n_sigma), float("-inf"))
     temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)
+    fused = _fused_cut(logits, temperature, top_p) if top_k is None and min_p is None else None
+    if fused is not None:
+        return fused, temperature
     scaled = logits / temperature
     keep_k = top_k_keep(scaled, top_k)
     if keep_k is not None:
@@ -339,8 +400,14 @@ def decoding_distribution(
 def distribution_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """The top-p head's four "enhanced" inputs from softmax(logits / T):
     max prob, entropy, variance (unbiased, as torch.var) and top-5 mass, as ``[..., 4]``.
+    Without gradients, CPU float32 rows go through the fused kernel (see `FUSED_KERNEL`).
     """
-    probs = torch.softmax(scale_logits(logits.float(), temperature), dim=-1)
+    logits = logits.float()
+    temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)
+    fused = _fused_features(logits, temperature)
+    if fused is not None:
+        return fused
+    probs = torch.softmax(logits / temperature, dim=-1)
     top5_values = torch.topk(probs, min(5, probs.size(-1)), dim=-1).values
     max_prob = top5_values[..., :1]
     # +1e-8 inside the log matches the official head, so official checkpoints see the same inputs.

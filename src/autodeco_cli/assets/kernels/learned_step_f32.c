@@ -1,0 +1,371 @@
+/* The vocabulary-wide work of one learned decoding step, fused: per float32 row of raw logits
+ * and its temperature T, the softmax of raw/T and either the top-p head's four features or,
+ * given the row's P̂, the hard nucleus cut as logits (raw/T inside, -inf outside).
+ *
+ * In torch that step is about a dozen passes over [rows, vocab] (two softmaxes, two topk's,
+ * a log, two dot products, compares and wheres), ~11 ms for 32 x 49152 rows on a 2-core Xeon.
+ * Here each row is read from memory once and then walked a few times while it sits in the
+ * core's cache. It implements core/distribution.py's `distribution_features` and the hard top-p
+ * of `decoding_logits` (see there for the definitions):
+ *
+ *   p_i = e_i / sum_j e_j,  e_i = exp(raw_i / T - max_j raw_j / T)
+ *   features: max p, -sum p log(p + 1e-8), (sum p^2 - 1/V)+ / (V - 1), sum of the top 5 p
+ *   nucleus: p sorted descending (ties by id), kept while the mass before (a double-accumulated
+ *            cumsum rounded to float, as torch's CPU cumsum) is below P̂, at least one; P̂ >= 1
+ *            keeps all. The largest `candidates` e's are selected in one pass; a row whose
+ *            nucleus may reach past them is radix-sorted in full, so the cut is the full
+ *            sort's either way. Kept tokens get raw / T exactly as torch divides.
+ *
+ * exp and log are polynomials (Cephes' single precision, ~1 ulp), so p can differ from
+ * torch.softmax's in the last bits; the cut is exact for the p computed here (every comparison
+ * is on the e's and p's themselves, never on raw values, so nothing assumes the exp monotone).
+ * Subnormal results are flushed to zero (probabilities below 1.2e-38; a kept logit raw / T below
+ * that in magnitude would read 0), for speed and so every thread computes the same p's.
+ *
+ * Built by autodeco_cli/core/cpu_kernels.py with -fopenmp (torch's libgomp and thread count). */
+#include <omp.h>
+#include <stdint.h>
+#include <xmmintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MODE_FEATURES 0
+#define MODE_CUT 1
+#define MODE_PROBS 2
+#define BLOCK 64
+
+static inline float as_float(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static inline uint32_t as_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+
+/* Every multiply-add below is an explicit fma, so the vectorised loops and the scalar calls (a
+ * row's top candidates) compute the same bits whatever the compiler contracts. */
+#define FMA __builtin_fmaf
+
+/* exp(x) for x <= 0 (or -inf): Cody-Waite reduction, Cephes' polynomial, then 2^n applied in
+ * two halves so results down in the subnormals round once, as a correctly scaled product. */
+static inline float exp_nonpositive(float x) {
+  x = x < -104.0f ? -104.0f : x;
+  float n = FMA(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f; /* round to nearest */
+  float r = FMA(n, -0.693359375f, x);
+  r = FMA(n, 2.12194440e-4f, r);
+  float z = r * r;
+  float y = 1.9875691500e-4f;
+  y = FMA(y, r, 1.3981999507e-3f);
+  y = FMA(y, r, 8.3334519073e-3f);
+  y = FMA(y, r, 4.1665795894e-2f);
+  y = FMA(y, r, 1.6666665459e-1f);
+  y = FMA(y, r, 5.0000001201e-1f);
+  y = FMA(y, z, r) + 1.0f;
+  int k = (int)n, half = k >> 1;
+  return y * as_float((uint32_t)(half + 127) << 23) * as_float((uint32_t)(k - half + 127) << 23);
+}
+
+/* log(x) for normal positive x (here p + 1e-8): Cephes' logf, branch-free. */
+static inline float log_positive(float x) {
+  uint32_t bits = as_bits(x);
+  float e = (float)((int)((bits >> 23) & 0xff) - 126);
+  float m = as_float((bits & 0x807fffffu) | 0x3f000000u); /* in [0.5, 1) */
+  int low = m < 0.707106781186547524f;
+  e = low ? e - 1.0f : e;
+  m = low ? m + m - 1.0f : m - 1.0f;
+  float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = FMA(y, m, -1.1514610310e-1f);
+  y = FMA(y, m, 1.1676998740e-1f);
+  y = FMA(y, m, -1.2420140846e-1f);
+  y = FMA(y, m, 1.4249322787e-1f);
+  y = FMA(y, m, -1.6668057665e-1f);
+  y = FMA(y, m, 2.0000714765e-1f);
+  y = FMA(y, m, -2.4999993993e-1f);
+  y = FMA(y, m, 3.3333331174e-1f);
+  y = y * m * z;
+  y = FMA(e, -2.12194440e-4f, y);
+  y = FMA(z, -0.5f, y);
+  return FMA(e, 0.693359375f, m + y);
+}
+
+/* ---- selection of the largest values --------------------------------------------------------- */
+
+static void swap(float *a, float *b) {
+  float t = *a;
+  *a = *b;
+  *b = t;
+}
+
+/* Reorder v[0..n) so that v[0..k) hold the k largest values (Wirth's selection, descending). */
+static void select_largest(float *v, long n, long k) {
+  long lo = 0, hi = n - 1, target = k - 1;
+  while (lo < hi) {
+    float pivot = v[target];
+    long i = lo, j = hi;
+    do {
+      while (v[i] > pivot) i++;
+      while (pivot > v[j]) j--;
+      if (i <= j) swap(v + i++, v + j--);
+    } while (i <= j);
+    if (j < target) lo = i;
+    if (target < i) hi = j;
+  }
+}
+
+static void sort_small_descending(float *v, long n) {
+  for (long i = 1; i < n; i++) {
+    float x = v[i];
+    long j = i - 1;
+    for (; j >= 0 && v[j] < x; j--) v[j + 1] = v[j];
+    v[j + 1] = x;
+  }
+}
+
+/* The row's max, and whether it holds NaN or +inf or no finite value (1: refuse the batch). */
+static int row_max(const float *raw, long n, float *max_out) {
+  float max = -__builtin_inff();
+  int bad = 0;
+#pragma omp simd reduction(max : max) reduction(| : bad)
+  for (long i = 0; i < n; i++) {
+    float x = raw[i];
+    max = x > max ? x : max;
+    bad |= (x != x) | (x == __builtin_inff());
+  }
+  *max_out = max;
+  return bad || max == -__builtin_inff();
+}
+
+/* The k largest of values[0..n) sorted descending into top[0..k) (n >= k). `buffer` holds
+ * 2k + BLOCK floats. A block is only looked into when its max beats the k-th largest so far. */
+static void largest(const float *values, long n, long k, float *top, float *buffer) {
+  float threshold = -__builtin_inff();
+  long held = 0;
+  for (long start = 0; start < n; start += BLOCK) {
+    long end = start + BLOCK < n ? start + BLOCK : n;
+    float block_max = -__builtin_inff();
+#pragma omp simd reduction(max : block_max)
+    for (long i = start; i < end; i++) block_max = values[i] > block_max ? values[i] : block_max;
+    if (!(block_max > threshold) && held >= k) continue;
+    for (long i = start; i < end; i++)
+      if (values[i] > threshold || held < k) buffer[held++] = values[i];
+    if (held >= 2 * k) {
+      select_largest(buffer, held, k);
+      held = k;
+      float smallest = buffer[0];
+      for (long i = 1; i < k; i++) smallest = buffer[i] < smallest ? buffer[i] : smallest;
+      threshold = smallest;
+    }
+  }
+  if (held > k) select_largest(buffer, held, k);
+  for (long i = 0; i < k; i++) top[i] = buffer[i];
+  sort_small_descending(top, k);
+}
+
+/* ---- full sort (fallback rows) ---------------------------------------------------------------- */
+
+#define BITS 11
+#define BUCKETS (1 << BITS)
+#define MASK (BUCKETS - 1)
+
+/* p >= 0, so its bits order like the values: sort the complemented bits ascending (LSD radix). */
+static void sort_probs_descending(const float *in, float *out, long n, uint32_t *a, uint32_t *b) {
+  uint32_t counts[3][BUCKETS];
+  memset(counts, 0, sizeof(counts));
+  for (long i = 0; i < n; i++) {
+    uint32_t key = ~as_bits(in[i]);
+    a[i] = key;
+    counts[0][key & MASK]++;
+    counts[1][(key >> BITS) & MASK]++;
+    counts[2][key >> (2 * BITS)]++;
+  }
+  for (int pass = 0; pass < 3; pass++) {
+    uint32_t total = 0;
+    for (int d = 0; d < BUCKETS; d++) {
+      uint32_t c = counts[pass][d];
+      counts[pass][d] = total;
+      total += c;
+    }
+    int shift = pass * BITS;
+    for (long i = 0; i < n; i++) b[counts[pass][(a[i] >> shift) & MASK]++] = a[i];
+    uint32_t *t = a;
+    a = b;
+    b = t;
+  }
+  for (long i = 0; i < n; i++) out[i] = as_float(~a[i]);
+}
+
+/* ---- per row ----------------------------------------------------------------------------------- */
+
+typedef struct {
+  float *exps, *sorted, *top, *buffer; /* [n], [n], [k], [2k + BLOCK] */
+  uint32_t *keys;                      /* [2n] */
+  long n, k;
+} scratch_t;
+
+static int reserve(scratch_t *s, long n, long k) {
+  if (s->exps && s->n >= n && s->k >= k) return 0;
+  free(s->exps);
+  free(s->keys);
+  s->exps = malloc(sizeof(float) * (2 * n + 3 * k + BLOCK));
+  s->keys = malloc(sizeof(uint32_t) * 2 * n);
+  if (!s->exps || !s->keys) {
+    free(s->exps);
+    free(s->keys);
+    s->exps = NULL;
+    s->keys = NULL;
+    return -1;
+  }
+  s->sorted = s->exps + n;
+  s->top = s->sorted + n;
+  s->buffer = s->top + k;
+  s->n = n;
+  s->k = k;
+  return 0;
+}
+
+/* exps[i] = exp(raw[i] / t - max / t) with torch's roundings of the quotient and the difference
+ * (one division each: the exps then differ from torch's only by the exp itself); returns the sum. */
+static float exponentiate(const float *raw, float t, float max, float *exps, long n) {
+  float shift = max / t, sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (long i = 0; i < n; i++) {
+    exps[i] = exp_nonpositive(raw[i] / t - shift);
+    sum += exps[i];
+  }
+  return sum;
+}
+
+static void features_row(const float *raw, float t, float max, long n, scratch_t *s, float *out) {
+  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n);
+  float squares = 0.0f, plogp = 0.0f;
+  const float *exps = s->exps;
+#pragma omp simd reduction(+ : squares, plogp)
+  for (long i = 0; i < n; i++) {
+    float p = exps[i] * inverse;
+    squares += p * p;
+    plogp += p * log_positive(p + 1e-8f);
+  }
+  long k = n < 5 ? n : 5;
+  largest(exps, n, k, s->top, s->buffer);
+  float top5 = 0.0f;
+  for (long i = 0; i < k; i++) top5 += s->top[i] * inverse;
+  float variance = squares - (float)(1.0 / (double)n);
+  out[0] = s->top[0] * inverse;
+  out[1] = -plogp;
+  out[2] = (variance > 0.0f ? variance : 0.0f) / (float)(n - 1);
+  out[3] = top5;
+}
+
+/* The nucleus over descending probabilities head[0..k): its size (k: it may reach past them). */
+static long nucleus_size(const float *head, long k, float top_p) {
+  double cumulative = 0.0;
+  long size = 0;
+  for (long i = 0; i < k; i++) {
+    cumulative += head[i];
+    if ((float)cumulative - head[i] < top_p) size = i + 1;
+    else break; /* the mass before never falls along a sorted row */
+  }
+  return size == 0 ? 1 : size;
+}
+
+/* out = raw / t where kept, -inf elsewhere: the tokens at or above `cutoff`, except that of those
+ * at it only the first `room` (by id) are kept when `tied`. Blocks with no kept token are only
+ * filled, so the division runs on a few blocks. */
+static void mask_row(const float *raw, float t, const float *exps, float inverse, long n, float cutoff, long room,
+                     int tied, float *out) {
+  const float minus_inf = -__builtin_inff();
+  for (long start = 0; start < n; start += BLOCK) {
+    long end = start + BLOCK < n ? start + BLOCK : n;
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (long i = start; i < end; i++) any |= exps[i] * inverse >= cutoff;
+    if (!any) {
+      for (long i = start; i < end; i++) out[i] = minus_inf;
+      continue;
+    }
+    for (long i = start; i < end; i++) {
+      float p = exps[i] * inverse;
+      int keep = p > cutoff || (p == cutoff && (!tied || room-- > 0));
+      out[i] = keep ? raw[i] / t : minus_inf;
+    }
+  }
+}
+
+static void cut_row(const float *raw, float t, float top_p, float max, long n, long k, scratch_t *s, float *out) {
+  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n);
+  if (top_p >= 1.0f) { /* no cut */
+    for (long i = 0; i < n; i++) out[i] = raw[i] / t;
+    return;
+  }
+  const float *head = s->top;
+  long size = 0, length = k;
+  if (k > 0) { /* k == 0: no candidates, every row sorted in full */
+    largest(s->exps, n, k, s->top, s->buffer);
+    for (long i = 0; i < k; i++) s->top[i] *= inverse;
+    size = nucleus_size(s->top, k, top_p);
+  }
+  if (size == k) { /* every candidate counted (or none taken): the nucleus may reach past them */
+#pragma omp simd
+    for (long i = 0; i < n; i++) s->sorted[i] = s->exps[i] * inverse;
+    sort_probs_descending(s->sorted, s->sorted, n, s->keys, s->keys + n); /* in place */
+    head = s->sorted;
+    length = n;
+    size = nucleus_size(head, n, top_p);
+  }
+  float cutoff = head[size - 1];
+  int tied = size < length && head[size] == cutoff;
+  long greater = 0;
+  while (greater < size && head[greater] > cutoff) greater++;
+  mask_row(raw, t, s->exps, inverse, n, cutoff, size - greater, tied, out);
+}
+
+/* mode 0: out [rows, 4] features; mode 1: out [rows, n] cut logits; mode 2: out [rows, n] probs.
+ * temperature, top_p: [rows] (top_p only read in mode 1; temperature already clamped).
+ * Returns 0; -1 when out of memory; -2 when a row holds NaN or +inf or no finite logit (the
+ * caller then takes torch's path for the whole batch). */
+int autodeco_learned_step_f32(long mode, const float *raw, const float *temperature, const float *top_p, float *out,
+                              long rows, long n, long candidates) {
+  static scratch_t scratch;
+#pragma omp threadprivate(scratch)
+  long k = mode == MODE_FEATURES ? (n < 5 ? n : 5) : (mode == MODE_CUT && candidates < n ? candidates : 0);
+  int status = 0;
+  int threads = rows * n < (1L << 15) ? 1 : omp_get_max_threads();
+#pragma omp parallel num_threads(threads)
+  {
+    /* Subnormal results flushed to zero, whatever the calling thread's mode: at a low T̂ most of
+     * a row's exps and p^2 underflow, and without the flush each one costs a microcode assist
+     * (vLLM's threads run without it; torch.set_flush_denormal only sets the calling thread).
+     * It also makes the p's the same on every thread. Inputs are read as they are (no DAZ). */
+    unsigned int mode_before = _mm_getcsr();
+    _mm_setcsr((mode_before | 0x8000u) & ~0x0040u);
+#pragma omp for schedule(static)
+    for (long r = 0; r < rows; r++) {
+      const float *row = raw + r * n;
+      float max;
+      if (reserve(&scratch, n, k)) {
+#pragma omp atomic write
+        status = -1;
+        continue;
+      }
+      if (row_max(row, n, &max)) {
+#pragma omp atomic write
+        status = -2;
+        continue;
+      }
+      if (mode == MODE_FEATURES) {
+        features_row(row, temperature[r], max, n, &scratch, out + r * 4);
+      } else if (mode == MODE_CUT) {
+        cut_row(row, temperature[r], top_p[r], max, n, k, &scratch, out + r * n);
+      } else {
+        float inverse = 1.0f / exponentiate(row, temperature[r], max, scratch.exps, n);
+        for (long i = 0; i < n; i++) out[r * n + i] = scratch.exps[i] * inverse;
+      }
+    }
+    _mm_setcsr(mode_before);
+  }
+  return status;
+}

@@ -1,0 +1,170 @@
+"""The fused learned-step kernel (cpu_kernels' learned_step_f32) against torch's path, on the
+nucleus prefilter's hard cases at SmolLM2's vocabulary (ties at the cutoff, rows that fall back
+to the full sort, nuclei at the candidate edge, P̂ = 1, tiny P̂, P̂ = 0, batch 1 and 32).
+
+The kernel's exp is its own, so its probabilities may differ from torch.softmax's in the last
+bits. Its cut is therefore checked exactly against a brute-force stable full sort of its own
+probabilities, and against torch's path for identical kept sets wherever P̂ is not within a
+float step of 1 (there the fp32 cumsum saturates, and a last-bit change of the sum moves the
+boundary by tokens of ~1e-9 mass each).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from autodeco_cli.core import cpu_kernels, distribution
+from autodeco_cli.core.distribution import MIN_TEMPERATURE, decoding_logits, distribution_features
+from test_nucleus_prefilter import CASES, VOCAB
+
+pytestmark = pytest.mark.skipif(
+    cpu_kernels.load("learned_step_f32") is None, reason="the learned-step kernel needs x86-64 AVX-512 and a C compiler"
+)
+IDS = [case[0] for case in CASES]
+
+
+def kernel_probs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    column = temperature.float().clamp_min(MIN_TEMPERATURE).reshape(-1).contiguous()
+    return cpu_kernels.learned_probs(cpu_kernels.load("learned_step_f32"), logits.float().contiguous(), column)
+
+
+def full_sort_cut(probs: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor):
+    """Stable full sort of `probs`, keep while the mass before is below P̂ (the first always,
+    all for P̂ >= 1), scattered back onto logits / T."""
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    keep_sorted = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < top_p.float()
+    keep_sorted[:, 0] = True
+    keep_sorted |= top_p.float() >= 1.0
+    keep = torch.empty_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return (logits.float() / temperature.float().clamp_min(MIN_TEMPERATURE)).masked_fill(~keep, float("-inf"))
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the kernel's cut and feature calls, so a test knows the dispatch happened."""
+    calls = {"cut": 0, "features": 0}
+    cut, features = cpu_kernels.learned_cut, cpu_kernels.learned_features
+
+    def counting_cut(*args):
+        calls["cut"] += 1
+        return cut(*args)
+
+    def counting_features(*args):
+        calls["features"] += 1
+        return features(*args)
+
+    monkeypatch.setattr(cpu_kernels, "learned_cut", counting_cut)
+    monkeypatch.setattr(cpu_kernels, "learned_features", counting_features)
+    return calls
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_cut_equals_a_full_sort_of_its_probabilities(case, kernel_calls):
+    _, logits, temperature, top_p = case
+    with torch.no_grad():
+        got = decoding_logits(logits, temperature, top_p)
+    assert kernel_calls["cut"] == 1
+    expected = full_sort_cut(kernel_probs(logits, temperature), logits, temperature, top_p)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_cut_keeps_the_tokens_torch_keeps(case):
+    _, logits, temperature, top_p = case
+    torch_path = decoding_logits(logits, temperature, top_p)  # gradients on: torch's path
+    with torch.no_grad():
+        got = decoding_logits(logits, temperature, top_p)
+    exact = (top_p < 1 - 1e-6).squeeze(-1) | (top_p >= 1).squeeze(-1)
+    assert torch.equal(got[exact], torch_path[exact])
+    # P̂ within a float step of 1: the tokens kept by one path only carry next to no mass
+    probs = torch.softmax(logits.float() / temperature.clamp_min(MIN_TEMPERATURE), dim=-1)
+    differs = torch.isinf(got[~exact]) != torch.isinf(torch_path[~exact])
+    assert float((probs[~exact] * differs).sum()) < 1e-5
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_features_match_torch(case, kernel_calls):
+    _, logits, temperature, _ = case
+    expected = distribution_features(logits, temperature)  # gradients on: torch's path
+    with torch.no_grad():
+        got = distribution_features(logits, temperature)
+    assert kernel_calls["features"] == 1 and got.shape == expected.shape
+    max_prob, entropy, variance, top5 = got.unbind(-1)
+    e_max, e_entropy, e_variance, e_top5 = expected.unbind(-1)
+    assert torch.allclose(max_prob, e_max, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(top5, e_top5, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(entropy, e_entropy, rtol=1e-5, atol=5e-5)
+    # sum p² - 1/V cancels when p is flat: compare on the scale of its two terms
+    assert torch.allclose(variance, e_variance, rtol=1e-4, atol=1e-7 / VOCAB)
+
+
+def test_probabilities_are_torch_softmax_to_float_rounding():
+    _, logits, temperature, _ = CASES[1]
+    expected = torch.softmax(logits / temperature.clamp_min(MIN_TEMPERATURE), dim=-1)
+    assert torch.allclose(kernel_probs(logits, temperature), expected, rtol=2e-6, atol=1e-30)
+
+
+def test_every_row_sorted_in_full_when_candidates_cover_the_vocabulary(monkeypatch):
+    """bench_vllm.py's "full sort" row sets NUCLEUS_CANDIDATES to the vocabulary or more."""
+    _, logits, temperature, top_p = CASES[7]  # the mixed batch: head rows and fallback rows
+    monkeypatch.setattr(distribution, "NUCLEUS_CANDIDATES", 1 << 30)
+    with torch.no_grad():
+        got = decoding_logits(logits, temperature, top_p)
+    assert torch.equal(got, full_sort_cut(kernel_probs(logits, temperature), logits, temperature, top_p))
+
+
+def test_the_vllm_learned_step_goes_through_the_kernel(kernel_calls):
+    from types import SimpleNamespace
+
+    from autodeco_cli.core.heads import fresh_heads
+    from autodeco_cli.engine.vllm import model as vllm_model
+
+    gen = torch.Generator().manual_seed(5)
+    heads = fresh_heads(48, seed=5)
+    hidden, logits = torch.randn(32, 48, generator=gen), torch.randn(32, VOCAB, generator=gen) * 6
+    with torch.inference_mode():  # as vLLM's model runner calls compute_logits
+        out = vllm_model._learned_logits(SimpleNamespace(autodeco_heads=heads), logits, hidden)
+    assert kernel_calls == {"cut": 1, "features": 1}
+    step = vllm_model.LAST_STEP
+    temperature, top_p = step.temperature.unsqueeze(-1), step.top_p.unsqueeze(-1)
+    assert torch.equal(out, full_sort_cut(kernel_probs(logits, temperature), logits, temperature, top_p))
+
+
+def test_torch_path_where_the_kernel_does_not_apply(monkeypatch, kernel_calls):
+    _, logits, temperature, top_p = CASES[1]
+    decoding_logits(logits, temperature, top_p)  # gradients wanted
+    with torch.no_grad():
+        decoding_logits(logits, temperature, top_p, top_k=50)  # top-k: not fused
+        decoding_logits(logits, temperature, torch.ones_like(top_p))  # no cut: a division
+        assert decoding_logits(logits.double(), temperature, top_p).dtype == torch.float32  # upcast: fused
+        monkeypatch.setattr(distribution, "FUSED_KERNEL", False)
+        decoding_logits(logits, temperature, top_p)
+        distribution_features(logits, temperature)
+    assert kernel_calls == {"cut": 1, "features": 0}
+
+
+def test_rows_with_nan_take_torch_path():
+    _, logits, temperature, top_p = CASES[1]
+    logits = logits.clone()
+    logits[3, 7] = float("nan")
+    with torch.no_grad():
+        got = decoding_logits(logits, temperature, top_p)
+        features = distribution_features(logits, temperature)
+    exactly = {"rtol": 0, "atol": 0, "equal_nan": True}
+    torch.testing.assert_close(got, decoding_logits(logits, temperature, top_p), **exactly)
+    torch.testing.assert_close(features, distribution_features(logits, temperature), **exactly)
+
+
+def test_cut_on_rows_in_adversarial_orders():
+    """Ascending rows make every block of the candidate selection insert; a constant row ties
+    every token; a row of -inf but a few has a nucleus of zeros past them when P̂ is near 1."""
+    ramp = torch.linspace(-20.0, 20.0, VOCAB)
+    sparse = torch.full((VOCAB,), float("-inf"))
+    sparse[torch.tensor([5, 900, 40000])] = torch.tensor([1.0, 3.0, 2.0])
+    rows = torch.stack([ramp, ramp.flip(0), torch.zeros(VOCAB), sparse, (ramp * 3).round() / 3])
+    for top_p in (0.0, 0.3, 0.5, 0.999, 1.0 - 1e-7):
+        temperature, column = torch.full((5, 1), 0.9), torch.full((5, 1), top_p)
+        with torch.no_grad():
+            got = decoding_logits(rows, temperature, column)
+        assert torch.equal(got, full_sort_cut(kernel_probs(rows, temperature), rows, temperature, column)), top_p
