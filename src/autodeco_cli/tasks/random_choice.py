@@ -154,6 +154,8 @@ def _first_line(text: str) -> str:
 
 def parse(template: str, text: str) -> tuple[str | None, bool]:
     """(chosen value, exact step right) from a reply's first line; (None, False) if unparseable.
+    For the NUMERIC templates the second item is what the scorer checks against the question:
+    (factor, product), and for "list" also the copied list as written.
 
     The choice is normalised (words lower-case, letters upper-case) but not checked against the
     stated set here: an off-set pick is still a pick, counted outside the target support.
