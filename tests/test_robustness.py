@@ -563,14 +563,15 @@ def test_a_second_run_on_a_locked_folder_is_refused_naming_the_holder(
 
 # ---- Ctrl-C --------------------------------------------------------------------------------------
 
-# The child puts Python's own Ctrl-C handler back first: a child inherits an ignored SIGINT, and in
-# full-suite runs the pytest process had it ignored by then (the child then sat out the signal
-# until the timeout), which a terminal's foreground command never has.
+# The child first makes SIGINT deliverable the way a terminal's foreground command has it: a child
+# inherits an ignored or blocked SIGINT, and in full-suite runs the pytest process had one of them
+# by then (the child sat the signal out until the timeout).
 INTERRUPTIBLE = textwrap.dedent(
     """
     import signal, sys
     from autodeco_cli import cli
 
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
     @cli.app.command("wait-for-ctrl-c")
