@@ -53,6 +53,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from baseline_tree import baseline_tree
 from engine_accuracy import run_accuracy
 from engine_limits import format_machine, machine_info, model_costs, probe_limits
 from engine_tables import print_tables
@@ -474,15 +475,6 @@ def spawn(args, part: str, variant: str, baseline_src: Path | None) -> dict:
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
     raise RuntimeError(f"{part}/{variant} failed:\n{out.stderr[-3000:]}")
-
-
-def baseline_tree(ref: str, folder: Path) -> Path:
-    """`git archive` of the baseline commit's src/ and evals/ (reads the repository, changes nothing)."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", ref, "src", "evals"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder / "src"
 
 
 # ---- orchestration ---------------------------------------------------------------------------------

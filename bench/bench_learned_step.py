@@ -15,31 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 
-PROMPTS = [
-    "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle.",
-    "Explain in detail how a refrigerator works, step by step.",
-    "Describe the history of the Roman Empire in several paragraphs.",
-    "Write a detailed recipe for baking bread at home, with every step explained.",
-    "Explain how photosynthesis works to a high-school student, in depth.",
-    "Write a long letter to a friend describing your summer holiday.",
-    "List and explain ten tips for learning a new programming language.",
-    "Describe a walk through a busy city market, in vivid detail.",
-]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+from bench_decoding import PROMPTS  # the same long-answer prompts
+from engine_limits import cpu_model
 
 
 def real_rows(model_name: str, rows: int):
@@ -118,7 +100,8 @@ def main(argv=None) -> int:
         return 1
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     hidden, logits, heads = real_rows(args.model, max(sizes))
-    print(f"{cpu_model()}; torch {torch.__version__}, {args.threads} threads; vocab {logits.shape[-1]}\n")
+    machine = f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} threads"
+    print(f"{machine}; vocab {logits.shape[-1]}\n")
     print("| rows | torch (ms) | kernel (ms) | kernel / torch |\n|---|---|---|---|")
     for size in sizes:
         times = time_paths(heads, hidden[:size], logits[:size], args.repeats)

@@ -35,6 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from baseline_tree import baseline_tree
+from engine_limits import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = ["generate", "hi", "--max-new-tokens", "1"]
 TARGET_S = 3.0
@@ -140,27 +143,6 @@ PHASES = {
     "generate": "first token (prefill, sample, print)",
     "main returned": "the command returns",
 }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def baseline_tree(ref: str, folder: Path) -> Path:
-    """`git archive` of the baseline commit's src/ and evals/ (reads the repository, changes nothing)."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", ref, "src", "evals"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder / "src"
 
 
 def _env(src: Path) -> dict:

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+
+from engine_limits import cpu_model
 
 
 def timed(fn, *args, **kwargs):
@@ -169,18 +172,6 @@ def print_overhead(args, seconds: dict[str, list[float]]) -> None:
     print("\ntarget: autodeco ≤ +1.5% time per token over static (paper +1.7%)")
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-    except OSError:
-        names = []
-    import os
-    import platform
-
-    return f"{names[0] if names else platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -198,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.hf_worker:
         return hf_worker(args)
-    print(f"CPU: {cpu_model()}", flush=True)
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores", flush=True)
 
     if not args.skip_eval:
         rates, hf_start, vl_start = eval_workload(args)

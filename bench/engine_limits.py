@@ -66,24 +66,30 @@ RELEVANT_FLAGS = (
 )
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (x86 "model name", ARM "Model" or "CPU part"),
+    else what platform knows. Every benchmark prints it: gains differ between CPUs."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("model name", "Model", "CPU part"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info(threads: int) -> dict:
     """CPU model, the relevant flags, how many cores this process may use, memory; torch's view."""
     import os
-    import platform
-    from pathlib import Path
 
     import torch
 
     from autodeco_cli.core.cpu_features import cpu_flags, cpu_has_native_bf16
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() in ("model name", "Model", "CPU part"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     flags = cpu_flags()
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
