@@ -220,3 +220,15 @@ def test_where_it_wins_checks_each_entrys_k_and_limit(tmp_path):
     with pytest.raises(UserError, match="field benchmarks: entry 'rand-times' has k=0"):
         run_where_it_wins(config)
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    "field", ["log_every=0", "max_length=0", "head_width=0", "limit=0", "max_steps=0", "threads=-1", "save_every=-1"]
+)
+def test_train_fields_that_used_to_pass_unchecked(field):
+    from autodeco_cli.training.config import TrainConfig
+
+    name = field.split("=")[0]
+    with pytest.raises(UserError, match=f"config field {name}=-?\\d+ is invalid"):
+        build_config(TrainConfig, None, [field], data="train.jsonl").validate()
+    build_config(TrainConfig, None, ["threads=0", "save_every=0", "keep_checkpoints=0"], data="x.jsonl").validate()

@@ -30,7 +30,7 @@ class AblationConfig:
     workdir: str = "runs/ablate"
     report: str = "reports/ablation.md"
     tasks: str = "arith-add,arith-mul"
-    threads: int | None = in_range(1, default=2)
+    threads: int | None = in_range(0, default=2)  # 0 or null: torch's own count
     batch_size: int = in_range(1, default=32)
     data_limit: int = in_range(1, default=200)  # train questions per task
     # name -> make-data settings ({decoding, temperature, top_p, k}); "a+b" concatenates two

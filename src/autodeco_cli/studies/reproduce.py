@@ -67,7 +67,7 @@ class ReproduceConfig:
     figures_dir: str = "figures"
     trace_prompt: str = "What is 27 + 82? Reply with just the number."
     distribution_questions: int = in_range(1, default=32)
-    threads: int | None = in_range(1, default=2)
+    threads: int | None = in_range(0, default=2)  # 0 or null: torch's own count
 
 
 def run_reproduce(config: ReproduceConfig, log=print) -> Path:

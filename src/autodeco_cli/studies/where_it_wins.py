@@ -45,7 +45,7 @@ class WhereItWinsConfig:
     workdir: str = "runs/where-it-wins"
     report: str = "reports/where-it-wins.md"
     figures_dir: str = "figures-where-it-wins"
-    threads: int | None = in_range(1, default=2)
+    threads: int | None = in_range(0, default=2)  # 0 or null: torch's own count
     batch_size: int = in_range(1, default=32)
     # data: per group of tasks, the make-data settings (chosen on validation, see the report)
     data: list = field(default_factory=lambda: [
