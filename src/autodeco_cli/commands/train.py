@@ -133,7 +133,8 @@ def train_heads(
         # one recipe holds both: the training fields and the steer_* ones
         cfg, steer_cfg = build_config(SteerRecipe, config, overrides or [], **explicit).split()
         check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
-        check_recipe_fields(cfg)  # and before torch is imported
+        steer_cfg.validate()  # (train_steering checks it again) the recipe's own fields first
+        check_recipe_fields(cfg)  # then the model and heads it names, before any loads
         with _output_lock(cfg.output_dir):
             train_steering(cfg, steer_cfg, resume=resume, console=err_console)
         return
