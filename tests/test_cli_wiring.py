@@ -86,7 +86,12 @@ def test_command_help_names_its_options(cli, command, options):
 def test_merge_into_a_non_empty_folder_is_one_line(cli, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file.txt").write_text("keep me")
-    result = cli("merge", "-o", tmp_path / "taken", "--heads", tmp_path / "heads", "-m", NO_MODEL)
+    # a model folder and heads the up-front path checks accept, but that no loader could open
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "heads" / "autodeco_heads.safetensors").write_bytes(b"")
+    result = cli("merge", "-o", tmp_path / "taken", "--heads", tmp_path / "heads", "-m", tmp_path / "model")
     one_line_error(result, "is not empty")
     assert (tmp_path / "taken" / "file.txt").read_text() == "keep me"
 

@@ -103,6 +103,9 @@ def probe(tmp_path_factory) -> tuple[list[dict], dict[str, str]]:
     errors.update(_grid_search_errors(work))
     errors.update(_edt_errors())
     errors.update(_other_input_errors(work))
+    errors.update(_engine_option_errors(work))
+    errors.update(_decoding_flag_errors())
+    errors.update(_recipe_errors(work))
     if importlib.util.find_spec("vllm") is None:  # with vLLM installed, serve goes on to stage the model
         errors["needs vLLM, which is not installed"] = ["serve", "--dry-run"]
     return _probe(list(errors.values()), work), errors
@@ -162,6 +165,78 @@ def _other_input_errors(work: Path) -> dict[str, list[str]]:
         "is not a benchmark of the study": ["where-it-wins", "benchmarks=[]", f"workdir={work / 'wiw'}"],
         "Unknown task 'no-such-steer-task'": ["steer-report", "-b", "no-such-steer-task"],
         f"--output {a_file} is a file, not a folder": ["merge", "-o", str(a_file), "--heads", "h"],
+    }
+
+
+def _engine_option_errors(work: Path) -> dict[str, list[str]]:
+    """Engine option values and the model, heads and adapter paths, on every command that takes
+    them: refused before torch, where they used to load torch, transformers or the whole model."""
+    data = work / "train-options.jsonl"
+    data.write_text('{"prompt": "1 + 1?", "completion": "2"}\n')
+    gone = work / "gone"
+    return {
+        "--dtype 'bogus' is not supported": ["generate", "--dtype", "bogus", "hi"],
+        "--device 'tpu' is not a device": ["generate", "--device", "tpu", "hi"],
+        "--engine 'nope' is not an engine": ["generate", "--engine", "nope", "hi"],
+        "--data-parallel-size 0: must be at least 1": ["eval", "-b", "arith-add", "--dp", "0"],
+        "--tensor-parallel-size is a vLLM option": ["generate", "--tp", "2", "hi"],
+        f"--model {gone / 'model'}: no such file or folder": ["generate", "-m", str(gone / "model"), "hi"],
+        f"--heads {gone / 'heads'}: heads checkpoint not found": ["generate", "--heads", str(gone / "heads"), "hi"],
+        f"--adapter {gone / 'adapter'}: not a PEFT adapter": ["generate", "--adapter", str(gone / "adapter"), "hi"],
+        "--dtype 'bogus-eval' is not supported": ["eval", "-b", "arith-add", "--dtype", "bogus-eval"],
+        f"--heads {gone / 'eval-heads'}: heads checkpoint": [
+            *["eval", "-b", "arith-add", "-o", str(work / "eval-out"), "--heads", str(gone / "eval-heads")]
+        ],
+        "--device 'tpu-grid' is not a device": [
+            *["grid-search", "-b", "arith-add", "-o", str(work / "grid-out"), "--device", "tpu-grid"]
+        ],
+        f"--model {gone / 'grid-model'}: no such": ["grid-search", "-b", "arith-add", "-m", str(gone / "grid-model")],
+        "--engine 'nope-data' is not an engine": ["make-data", "--tasks", "arith-add", "--engine", "nope-data"],
+        f"--model {gone / 'diagnose-model'}: no such": [
+            "diagnose",
+            "-b",
+            "arith-add",
+            "-m",
+            str(gone / "diagnose-model"),
+        ],
+        "--dtype 'bogus-steer' is not supported": ["steer-report", "--dtype", "bogus-steer"],
+        f"--heads {gone / 'merge-heads'}: heads checkpoint": [
+            *["merge", "-o", str(work / "merged"), "--heads", str(gone / "merge-heads")]
+        ],
+        "--tensor-parallel-size 0: must be at least 1": ["serve", "--tp", "0"],
+        f"field adapter {gone / 'train-adapter'}: not a PEFT": [
+            *["train-heads", "--data", str(data), "-o", str(work / "h2"), "--adapter", str(gone / "train-adapter")]
+        ],
+        f"field model {gone / 'train-model'}: no such": [
+            *["train-heads", "--data", str(data), "-o", str(work / "h3"), "-m", str(gone / "train-model")]
+        ],
+    }
+
+
+def _decoding_flag_errors() -> dict[str, list[str]]:
+    """A -t/-p the decoding would ignore, or one out of range, is refused (it used to be ignored)."""
+    return {
+        "-t/--temperature is not a setting of --decoding autodeco": ["generate", "-t", "0", "hi"],
+        "-p/--top-p is not a setting of --decoding autodeco": ["generate", "-p", "2", "hi"],
+        "-t/--temperature is not a setting of --decoding greedy": [
+            *["eval", "-b", "arith-add", "--decoding", "greedy", "-t", "0.5"]
+        ],
+        "--top-p 2 is out of range": ["generate", "--decoding", "static", "-p", "2", "hi"],
+        "--temperature -1 is out of range": ["make-data", "--tasks", "arith-add", "-t", "-1"],
+        "--temperature-scale is a setting of --decoding autodeco, not static": [
+            *["generate", "--decoding", "static", "--temperature-scale", "2", "hi"]
+        ],
+    }
+
+
+def _recipe_errors(work: Path) -> dict[str, list[str]]:
+    """Study recipe fields out of range, named as fields, before any model loads."""
+    return {
+        "field k=0 is out of range": ["reproduce", "k=0"],
+        "field limit=-1 is out of range": ["reproduce", "limit=-1"],
+        "field train: config field epochs=0 is invalid": ["reproduce", "train={epochs: 0}"],
+        "field selection_limit=0 is out of range": ["where-it-wins", "selection_limit=0"],
+        "field validation_limit=0 is out of range": ["ablation", "validation_limit=0"],
     }
 
 

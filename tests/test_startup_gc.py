@@ -77,6 +77,8 @@ def test_train_heads_sets_up_with_the_collector_paused(collector, monkeypatch, t
     monkeypatch.setattr(RewardTrainer, "setup", _recording(seen))
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "1 + 1?", "completion": "2"}\n')
+    (tmp_path / "heads").mkdir()  # init_heads for --steer: it must exist (setup, which would read it, is stubbed)
+    (tmp_path / "heads" / "autodeco_heads.safetensors").write_bytes(b"")
     options = {
         "mle": {"data": str(data)},
         "steer": {"data": str(data), "steer": True, "overrides": [f"init_heads={tmp_path / 'heads'}"]},

@@ -97,8 +97,12 @@ def test_train_before_setup_is_a_programming_error(tmp_path):
 def test_cli_refuses_an_existing_run_without_loading_the_model(cli, tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [{"prompt": "a", "completion": "b"}])
     fake_checkpoint(tmp_path / "run", 4)
+    # a folder the up-front path check accepts, but no loader could open: refusing must come first
+    unloadable = tmp_path / "unloadable-model"
+    unloadable.mkdir()
+    (unloadable / "config.json").write_text("{}")
     code, _, err = cli(
-        "train-heads", f"data={tmp_path / 'train.jsonl'}", f"output_dir={tmp_path / 'run'}", f"model={NO_MODEL}"
+        "train-heads", f"data={tmp_path / 'train.jsonl'}", f"output_dir={tmp_path / 'run'}", f"model={unloadable}"
     )
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err

@@ -69,7 +69,10 @@ def main() -> None:
 
 
 def _fail(exc: UserError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message's own brackets (a hint's "[a, b]") are text, not markup to swallow
+    err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", highlight=False, soft_wrap=True)
     sys.exit(exc.exit_code)
 
 

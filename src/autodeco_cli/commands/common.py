@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
 from ..core.consoles import console, err_console
 from ..core.decoding import DecodingStrategy, make_strategy, mean_shift_from_results
 from ..core.errors import UserError
+from ..engine.option_checks import check_engine_options, check_option_values
 
 if TYPE_CHECKING:  # the engine layer imports torch: commands import it when they run, not on --help
     from ..engine.interface import Engine
@@ -68,6 +69,27 @@ class EngineOptions:
     system_prompt: str | None
     chat_template_kwargs: str | None
 
+    def __post_init__(self) -> None:
+        # the values alone, at once: a typo in --dtype fails before any benchmark data is read
+        check_option_values(
+            self.engine_name, self.device, self.dtype, self.tensor_parallel_size, self.data_parallel_size
+        )
+
+    def check(self) -> None:
+        """Every option, the model, heads and adapter paths among them, without torch: a missing
+        --heads fails here, not after the model has loaded. `open` runs it; a command that takes a
+        lock on its output folder first runs it before, so a bad path leaves no folder behind."""
+        check_engine_options(
+            model=self.model,
+            heads=self.heads,
+            device=self.device,
+            dtype=self.dtype,
+            adapter=self.adapter,
+            engine=self.engine_name,
+            tensor_parallel_size=self.tensor_parallel_size,
+            data_parallel_size=self.data_parallel_size,
+        )
+
     def open(self, strategies: Sequence[DecodingStrategy], *, seed: int) -> Engine:
         """The engine, with heads if a strategy uses them; `seed` is vLLM's engine seed."""
         from ..core.startup_gc import paused_then_frozen
@@ -80,6 +102,7 @@ class EngineOptions:
 
         # before torch is imported: bad --chat-template-kwargs JSON is an option error, not a load error
         formatting = prompt_format(self.system_prompt, self.chat_template_kwargs)
+        self.check()
         from ..engine.runtime import EngineSettings, open_engine
 
         settings = EngineSettings(

@@ -153,6 +153,7 @@ def eval_command(
     strategy = _mean_shift_for_task(decoding_options, tasks) or decoding_options.strategy()
     out = output_dir or DEFAULT_OUTPUT_ROOT / folder_name(model)
     check_writable_output(out, "--output-dir", folder=True)  # before the model loads
+    engine_options.check()  # and before the lock makes the strategy's folder
     if strategy.is_greedy and (k, len(settings.seeds)) != (1, 1):
         err_console.print(
             f"note: greedy is deterministic: 1 sample per question and seed {settings.seeds[0]} "

@@ -250,6 +250,7 @@ def grid_search_command(
     check_writable_output(out, "--output-dir", folder=True)
     autodeco = make_strategy("autodeco")
     strategies = [autodeco] if then_eval else [make_strategy("static")]
+    engine_options.check()  # before the lock makes the folder
     started = time.perf_counter()
     with folder_lock(out):  # one sweep per folder: a second would redo every cell this one is doing
         engine = engine_options.open(strategies, seed=settings.seeds[0])

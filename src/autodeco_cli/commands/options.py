@@ -30,7 +30,8 @@ TemperatureOpt = Annotated[
     typer.Option(
         "--temperature",
         "-t",
-        help="Temperature T of static, mean-shift, min-p and top-n-sigma; edt's maximum temperature T₀ (default 1.0).",
+        help="Temperature T of static, mean-shift, min-p and top-n-sigma; edt's maximum temperature T₀ (default 1.0). "
+        "Refused with autodeco (use --temperature-scale) and greedy.",
     ),
 ]
 TopPOpt = Annotated[
@@ -39,7 +40,7 @@ TopPOpt = Annotated[
         "--top-p",
         "-p",
         help="static/mean-shift top-p (default 1.0); min-p, top-n-sigma and edt: an optional extra nucleus cut (off by "
-        "default).",
+        "default). Refused with autodeco (use --top-p-scale) and greedy.",
     ),
 ]
 MinPOpt = Annotated[

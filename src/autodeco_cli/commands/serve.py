@@ -11,6 +11,7 @@ import typer
 
 from ..core.consoles import err_console
 from ..engine.model_names import DEFAULT_MODEL
+from ..engine.option_checks import check_engine_options
 from .options import DataParallelOpt, HeadsOpt, ModelOpt, TensorParallelOpt, TrustOpt
 
 # The --help text. Concatenated rather than a docstring wrapped at 120 columns: typer's rich mode
@@ -78,6 +79,13 @@ def serve_command(
     """Serve a base model with learned per-token decoding (see SERVE_HELP, the command's --help)."""
     from ..engine.vllm.install import import_vllm
 
+    check_engine_options(
+        model=model,
+        heads=heads,
+        engine="vllm",
+        tensor_parallel_size=tensor_parallel_size,
+        data_parallel_size=data_parallel_size,
+    )
     import_vllm()  # first: without vLLM there is nothing to stage, and the heads would load torch for nothing
     from ..core.heads import heads_digest
     from ..engine.heads_source import resolve_heads

@@ -10,6 +10,7 @@ import typer
 
 from ..core.consoles import console, err_console
 from ..engine.model_names import DEFAULT_MODEL
+from ..engine.option_checks import check_engine_options
 from .options import BatchSizeOpt, DeviceOpt, DtypeOpt, HeadsOpt, ModelOpt
 
 
@@ -39,6 +40,7 @@ def steer_report(
 
     get_task(benchmark).load_docs(limit=offset + n)  # as the report loads them, before torch is imported
     check_writable_output(output, "--output")
+    check_engine_options(model=model, heads=heads, device=device, dtype=dtype)  # before torch is imported
     with paused_then_frozen():  # torch, transformers and the model: see core/startup_gc
         from ..engine.runtime import EngineSettings, open_engine
         from ..training.steering import steer_report as run_report
@@ -82,6 +84,7 @@ def merge_command(
     from ..core.io_checks import check_writable_output
 
     check_writable_output(output, "--output", folder=True)  # before the model loads
+    check_engine_options(model=model, heads=heads, dtype=dtype)  # and before torch is imported
     from ..engine.export import merge
 
     path = merge(model, heads, output, dtype=dtype)

@@ -98,6 +98,7 @@ def train_heads(
 ):
     """Train the temperature and top-p heads on a frozen base model (see TRAIN_HEADS_HELP)."""
     from ..core.io_checks import check_writable_output
+    from ..engine.option_checks import check_recipe_fields
     from ..training.recipes import build_config
 
     if objective not in ("mle", "reward"):
@@ -115,6 +116,7 @@ def train_heads(
 
         reward_cfg = build_config(RewardConfig, config, overrides or [], output_dir=output_dir, model=model, mode=mode)
         check_writable_output(reward_cfg.output_dir, "output_dir", folder=True)  # before the model loads
+        check_recipe_fields(reward_cfg)  # and before torch is imported
         _train_reward(reward_cfg, resume)
         return
     explicit = {
@@ -131,6 +133,8 @@ def train_heads(
         # one recipe holds both: the training fields and the steer_* ones
         cfg, steer_cfg = build_config(SteerRecipe, config, overrides or [], **explicit).split()
         check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
+        steer_cfg.validate()  # (train_steering checks it again) the recipe's own fields first
+        check_recipe_fields(cfg)  # then the model and heads it names, before any loads
         with _output_lock(cfg.output_dir):
             train_steering(cfg, steer_cfg, resume=resume, console=err_console)
         return
@@ -141,6 +145,7 @@ def train_heads(
     cfg.validate()  # HeadTrainer checks it again, after torch is imported: a bad field fails at once here
     check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
     check_data_file(cfg.data)  # and before torch is imported: a typo fails at once
+    check_recipe_fields(cfg)
     _train_mle(cfg, resume)
 
 

@@ -209,6 +209,43 @@ def _adaptive_strategy(
     )
 
 
+def _refuse_unused(
+    name: str,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    temperature_scale: float,
+    top_p_scale: float,
+    active_heads: str,
+) -> None:
+    """A flag the chosen decoding would ignore is an error, not a run that silently differs from
+    the one asked for (`-t 0.5` with the default autodeco used to sample at the heads' T̂)."""
+    fixed = {"-t/--temperature": temperature, "-p/--top-p": top_p}
+    if name == "autodeco":
+        for flag, value in fixed.items():
+            if value is not None:
+                scale = "--temperature-scale" if flag.startswith("-t") else "--top-p-scale"
+                raise UserError(
+                    f"{flag} is not a setting of --decoding autodeco: the heads choose it per token",
+                    f"scale the heads' values with {scale}, or use --decoding static for one value on every token",
+                )
+    if name == "greedy":
+        for flag, value in {**fixed, "--top-k": top_k or None}.items():
+            if value is not None:
+                raise UserError(
+                    f"{flag} is not a setting of --decoding greedy: argmax does not sample",
+                    "drop it, or use --decoding static to sample with it",
+                )
+    if name != "autodeco":
+        scales = {"--temperature-scale": temperature_scale != 1.0, "--top-p-scale": top_p_scale != 1.0}
+        for flag, changed in {**scales, "--active-heads": active_heads != "both"}.items():
+            if changed:
+                raise UserError(
+                    f"{flag} is a setting of --decoding autodeco, not {name}",
+                    f"drop {flag}, or use --decoding autodeco",
+                )
+
+
 def make_strategy(
     name: str,
     temperature: float | None = None,
@@ -228,6 +265,7 @@ def make_strategy(
         raise UserError(f"--decoding {name!r} is not a strategy", f"choose one of: {', '.join(DECODING_CHOICES)}")
     if top_k is not None and top_k < 0:
         raise UserError(f"--top-k {top_k} is negative", "use 0 (off) or a positive number of tokens")
+    _refuse_unused(name, temperature, top_p, top_k, temperature_scale, top_p_scale, active_heads)
     given = {"min_p": min_p, "n_sigma": n_sigma, "edt_base": edt_base, "edt_theta": edt_theta}
     for field_name, value in given.items():
         flag, owner = _ADAPTIVE_FLAGS[field_name]

@@ -16,6 +16,7 @@ from torch import nn
 
 from .distribution import distribution_features
 from .errors import UserError
+from .io_checks import heads_files
 from .schema import BOOLEAN, INTEGER, OBJECT, STRING, Schema, check, optional
 
 HEADS_CONFIG_FILE = "config.json"
@@ -204,32 +205,8 @@ def load_heads(path: str | Path, expected_hidden_size: int | None = None) -> Aut
     Pickled checkpoints (.bin/.pt) are refused on purpose: loading them executes code.
     """
     path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(
-            f"heads checkpoint not found: {path}",
-            "pass a folder written by `autodeco train-heads` or an official AutoDeco checkpoint",
-        )
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise UserError(
-                f"{path}: heads must be safetensors, not {path.suffix or 'an unknown format'}",
-                "convert the checkpoint to .safetensors; pickled weights are never loaded",
-            )
-        files, cfg = [path], read_heads_config(path.parent)
-    else:
-        files = sorted(path.glob("*.safetensors"))
-        if not files:
-            pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-            hint = (
-                "pickled weights are never loaded; convert them to safetensors"
-                if pickled
-                else "expected autodeco_heads.safetensors or model.safetensors"
-            )
-            raise UserError(
-                f"{path}: no .safetensors heads file found{' (only ' + ', '.join(pickled) + ')' if pickled else ''}",
-                hint,
-            )
-        cfg = read_heads_config(path)
+    files = heads_files(path)
+    cfg = read_heads_config(path.parent if path.is_file() else path)
     state, _ = _load_safetensors_heads(files)
     if "temp_head.mlp.0.weight" not in state or "top_p_head.mlp.0.weight" not in state:
         raise UserError(f"{path}: no AutoDeco heads inside (expected temp_head.mlp.* and top_p_head.mlp.* tensors)")

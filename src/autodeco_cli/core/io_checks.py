@@ -168,3 +168,32 @@ def check_task_budget(task: str, budget: int, from_task: bool, config, prompt_to
         f"{context} tokens",
         f"pass --max-new-tokens {room} or less" if room >= 1 else "use a model with a longer context",
     )
+
+
+def heads_files(path: str | Path, what: str = "heads") -> list[Path]:
+    """The safetensors files of a heads checkpoint (a file, or every one in a folder), found
+    without torch. Pickled checkpoints (.bin/.pt) are refused on purpose: loading them runs code."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"{what} {path}: heads checkpoint not found",
+            "pass a folder written by `autodeco train-heads` or an official AutoDeco checkpoint",
+        )
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise UserError(
+                f"{what} {path}: heads must be safetensors, not {path.suffix or 'an unknown format'}",
+                "convert the checkpoint to .safetensors; pickled weights are never loaded",
+            )
+        return [path]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        hint = (
+            "pickled weights are never loaded; convert them to safetensors"
+            if pickled
+            else "expected autodeco_heads.safetensors or model.safetensors"
+        )
+        only = f" (only {', '.join(pickled)})" if pickled else ""
+        raise UserError(f"{what} {path}: no .safetensors heads file found{only}", hint)
+    return files

@@ -21,18 +21,12 @@ import torch
 from ..core.errors import UserError
 from ..core.user_cache import cache_root
 from .model_names import DEFAULT_MODEL, MODEL_ALIASES
+from .option_checks import DTYPE_NAMES, check_adapter, check_device, check_dtype, check_model_spec
 
 # The families official heads are released for (llama, qwen2, qwen3_moe, gpt_oss) and those users
 # run: each decodes, trains, evaluates and merges in tests/test_architectures.py.
 TESTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gpt_oss", "gemma3_text")
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+DTYPES = {name: getattr(torch, attribute) for name, attribute in DTYPE_NAMES.items()}
 
 
 @dataclass
@@ -54,10 +48,8 @@ class LoadedModel:
 def pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a torch device", "use cpu, cuda, cuda:0 or auto") from None
+    check_device(device)
+    return torch.device(device)
 
 
 def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
@@ -77,8 +69,7 @@ def pick_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
             return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         return torch.float32
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r} is not supported", f"use one of: auto, {', '.join(sorted(DTYPES))}")
+    check_dtype(dtype)
     return DTYPES[dtype]
 
 
@@ -276,36 +267,15 @@ def _refuse_missing_weights(spec: str, model, missing) -> None:
 
 def resolve_model_source(spec: str) -> tuple[str, Path | str]:
     """Classify `spec` as ("folder"|"merged"|"gguf"|"hub", location)."""
+    check_model_spec(spec)
     if spec in MODEL_ALIASES:
         return "gguf", alias_gguf_path(spec)
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
-        if not path.is_file():
-            raise UserError(f"GGUF file not found: {path}", "check the path")
         return "gguf", path
     if path.is_dir():
-        if _is_merged_autodeco(path):
-            return "merged", path
-        if not (path / "config.json").is_file():
-            raise UserError(
-                f"{path} is not a model folder (no config.json)",
-                "pass a Hugging Face model folder, a .gguf file, a hub id or the alias smollm2-135m-instruct",
-            )
-        return "folder", path
-    looks_like_path = (
-        spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and not _looks_like_hub_id(spec)
-    )
-    if looks_like_path or not _looks_like_hub_id(spec):
-        raise UserError(
-            f"model not found: {spec}",
-            f"pass an existing folder, a .gguf file, a hub id (org/name) or an alias ({', '.join(MODEL_ALIASES)})",
-        )
+        return ("merged" if _is_merged_autodeco(path) else "folder"), path
     return "hub", spec
-
-
-def _looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and " " not in spec
 
 
 def load_base_model(
@@ -393,12 +363,8 @@ def apply_adapter(model, adapter: str):
     """Apply a PEFT (LoRA) adapter and fold it in: generation then costs exactly the base model's time."""
     from peft import PeftModel
 
+    check_adapter(adapter, "adapter")
     adapter_path = Path(adapter).expanduser()
-    if not (adapter_path / "adapter_config.json").is_file():
-        raise UserError(
-            f"{adapter_path}: not a PEFT adapter folder (no adapter_config.json)",
-            "pass the folder that train-heads --lora-r or PEFT saved",
-        )
     return PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
 
 

@@ -14,8 +14,7 @@ from .heads_source import heads_adapter, resolve_heads
 from .interface import Engine
 from .model_names import DEFAULT_MODEL
 from .models import load_base_model, pick_device
-
-ENGINES = ("hf", "vllm")
+from .option_checks import check_engine_options
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class EngineSettings:
     dtype: str | None = None
     trust_remote_code: bool = False
     adapter: str | None = None  # None: the adapter saved beside the heads, if any
-    engine: str = "hf"  # one of ENGINES
+    engine: str = "hf"  # one of option_checks.ENGINES
     # vLLM's; for ours on CPU, data > 1 runs that many processes with the threads split among them
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
@@ -45,16 +44,20 @@ def open_engine(
 
     Heads are loaded when a strategy uses them, or with `force_heads`.
     """
-    if settings.engine not in ENGINES:
-        raise UserError(f"--engine {settings.engine!r} is not an engine", f"use one of: {', '.join(ENGINES)}")
+    check_engine_options(
+        model=settings.model,
+        heads=settings.heads,
+        device=settings.device,
+        dtype=settings.dtype,
+        adapter=settings.adapter,
+        engine=settings.engine,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        data_parallel_size=settings.data_parallel_size,
+    )
     adapter = settings.adapter or heads_adapter(settings.heads)
     if settings.engine == "vllm":
         return _open_vllm(settings, strategies, adapter, force_heads)
-    if settings.tensor_parallel_size != 1:
-        raise UserError("--tensor-parallel-size is a vLLM option", "add --engine vllm, or drop it")
     data = settings.data_parallel_size
-    if data < 1:
-        raise UserError("--data-parallel-size must be at least 1")
     if data > 1 and pick_device(settings.device).type != "cpu":
         raise UserError(
             "--data-parallel-size with --engine hf runs CPU processes", "use --engine vllm for GPU replicas"
@@ -87,8 +90,6 @@ def _open_vllm(settings: EngineSettings, strategies: Sequence[DecodingStrategy],
             "--engine vllm does not apply LoRA adapters here",
             "merge the adapter into the base (autodeco merge) or use --engine hf",
         )
-    if settings.tensor_parallel_size < 1 or settings.data_parallel_size < 1:
-        raise UserError("--tensor-parallel-size and --data-parallel-size must be at least 1")
     vllm_settings = VllmSettings(
         dtype=settings.dtype,
         seed=settings.seed,

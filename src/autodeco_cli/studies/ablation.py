@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..core.errors import UserError
+from ..engine.option_checks import check_recipe_fields
+from ..training.recipes import in_range
 
 if TYPE_CHECKING:
     from ..engine.interface import Engine
@@ -28,9 +30,9 @@ class AblationConfig:
     workdir: str = "runs/ablate"
     report: str = "reports/ablation.md"
     tasks: str = "arith-add,arith-mul"
-    threads: int | None = 2
-    batch_size: int = 32
-    data_limit: int = 200  # train questions per task
+    threads: int | None = in_range(0, default=2)  # 0 or null: torch's own count
+    batch_size: int = in_range(1, default=32)
+    data_limit: int = in_range(1, default=200)  # train questions per task
     # name -> make-data settings ({decoding, temperature, top_p, k}); "a+b" concatenates two
     data: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)  # TrainConfig fields shared by every row
@@ -39,18 +41,19 @@ class AblationConfig:
     references: list = field(
         default_factory=lambda: [{"decoding": "greedy"}, {"decoding": "static", "temperature": 0.1, "top_p": 1.0}]
     )
-    validation_limit: int = 100
-    k: int = 4
+    validation_limit: int = in_range(1, default=100)
+    k: int = in_range(1, default=4)
 
 
 def run_ablation(config: AblationConfig, log=print) -> Path:
+    if not config.rows:
+        raise UserError("the ablation recipe names no rows", "see recipes/ablation-cpu.yaml")
+    check_recipe_fields(config)  # before torch is imported
     import torch
 
     from ..core.startup_gc import paused_then_frozen
     from ..engine.models import load_base_model, training_dtype
 
-    if not config.rows:
-        raise UserError("the ablation recipe names no rows", "see recipes/ablation-cpu.yaml")
     if config.threads:
         torch.set_num_threads(config.threads)
     work = Path(config.workdir)

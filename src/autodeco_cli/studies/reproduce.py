@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..core.decoding import MAX_STATIC_TEMPERATURE
 from ..core.errors import UserError
+from ..training.recipes import in_range
 from .stage_clock import StageClock
 
 if TYPE_CHECKING:
@@ -34,11 +36,11 @@ class ReproduceConfig:
     report: str = "reports/reproduce.md"
     # on-policy data
     data_tasks: str = "arith-add,arith-sub,arith-mul"
-    data_limit: int = 400
-    data_k: int = 4
-    data_temperature: float = 1.0
-    data_top_p: float = 1.0
-    data_max_new_tokens: int = 32
+    data_limit: int = in_range(1, default=400)
+    data_k: int = in_range(1, default=4)
+    data_temperature: float = in_range(0, MAX_STATIC_TEMPERATURE, above=True, default=1.0)
+    data_top_p: float = in_range(0, 1, above=True, default=1.0)
+    data_max_new_tokens: int = in_range(1, default=32)
     # heads (key=value fields of TrainConfig)
     train: dict = field(
         default_factory=lambda: {
@@ -51,19 +53,21 @@ class ReproduceConfig:
     )
     # evaluation
     benchmarks: list = field(default_factory=lambda: ["arith-add", "arith-mul"])
-    k: int = 4
+    k: int = in_range(1, default=4)
     seeds: list = field(default_factory=lambda: [0])
-    limit: int | None = 100
-    max_new_tokens: int | None = None
-    batch_size: int = 32
+    limit: int | None = in_range(1, default=100)
+    max_new_tokens: int | None = in_range(1, default=None)
+    batch_size: int = in_range(1, default=32)
     grid_mode: str = "expert"
-    temperatures: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 1.0, 1.3])
-    top_ps: list = field(default_factory=lambda: [0.5, 0.7, 0.9, 0.95, 1.0])
+    temperatures: list = in_range(
+        0, MAX_STATIC_TEMPERATURE, above=True, default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 1.0, 1.3]
+    )
+    top_ps: list = in_range(0, 1, above=True, default_factory=lambda: [0.5, 0.7, 0.9, 0.95, 1.0])
     # figures (a folder next to the report, so the quick run cannot overwrite the full run's)
     figures_dir: str = "figures"
     trace_prompt: str = "What is 27 + 82? Reply with just the number."
-    distribution_questions: int = 32
-    threads: int | None = 2
+    distribution_questions: int = in_range(1, default=32)
+    threads: int | None = in_range(0, default=2)  # 0 or null: torch's own count
 
 
 def run_reproduce(config: ReproduceConfig, log=print) -> Path:
@@ -333,12 +337,37 @@ def config_from(recipe: str | None, overrides: list[str], quick: bool) -> Reprod
     from ..training.recipes import build_config
 
     base = build_config(ReproduceConfig, recipe, overrides)
-    if not quick:
-        return base
-    quick_cfg = quick_config()
-    # explicit recipe/overrides still win over the quick defaults
-    changed = {k: v for k, v in asdict(base).items() if v != getattr(ReproduceConfig(), k)}
-    return replace(quick_cfg, **changed)
+    if quick:
+        # explicit recipe/overrides still win over the quick defaults
+        changed = {k: v for k, v in asdict(base).items() if v != getattr(ReproduceConfig(), k)}
+        base = replace(quick_config(), **changed)
+    check_config(base)
+    return base
+
+
+def check_config(config: ReproduceConfig) -> None:
+    """What the field ranges (`in_range`) cannot say, before torch is imported: the study's later
+    stages would otherwise find a bad seed list, grid mode, model or train field only after the
+    model has loaded and the data has been sampled."""
+    from ..engine.option_checks import check_recipe_fields
+    from ..evaluation.runner import resolve_tasks
+    from ..grid.search import MODES
+    from ..training.config import TrainConfig
+    from ..training.recipes import as_overrides, build_config
+
+    if not config.seeds or len(set(map(str, config.seeds))) != len(config.seeds):
+        raise UserError(f"field seeds={config.seeds!r}: need at least one seed, without repeats", "e.g. seeds=[0,1]")
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in config.seeds):
+        raise UserError(f"field seeds={config.seeds!r}: seeds are whole numbers", "e.g. seeds=[0,1]")
+    if config.grid_mode not in MODES:
+        raise UserError(f"field grid_mode={config.grid_mode!r} is not a grid mode", f"use one of: {', '.join(MODES)}")
+    check_recipe_fields(config)
+    resolve_tasks([config.data_tasks, *map(str, config.benchmarks)])  # a task name's typo
+    # the train section as train-heads reads it (data and output_dir are the study's own)
+    try:
+        build_config(TrainConfig, None, as_overrides(config.train), data="on_policy.jsonl").validate()
+    except UserError as exc:
+        raise UserError(f"field train: {exc.message}", exc.hint) from None
 
 
 def copy_heads(heads_dir: Path, destination: Path) -> Path:

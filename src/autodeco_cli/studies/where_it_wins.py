@@ -24,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.decoding import MAX_STATIC_TEMPERATURE
 from ..core.errors import UserError
+from ..engine.option_checks import check_recipe_fields
 from ..evaluation.settings import EvalSettings
+from ..training.recipes import in_range
 from .stage_clock import StageClock
 from .study_runs import mean_shift, run_strategies
 
@@ -42,8 +45,8 @@ class WhereItWinsConfig:
     workdir: str = "runs/where-it-wins"
     report: str = "reports/where-it-wins.md"
     figures_dir: str = "figures-where-it-wins"
-    threads: int | None = 2
-    batch_size: int = 32
+    threads: int | None = in_range(0, default=2)  # 0 or null: torch's own count
+    batch_size: int = in_range(1, default=32)
     # data: per group of tasks, the make-data settings (chosen on validation, see the report)
     data: list = field(default_factory=lambda: [
         {"tasks": "rand", "temperature": 1.0, "top_p": 0.8, "k": 8, "limit": 200},
@@ -77,15 +80,19 @@ class WhereItWinsConfig:
         {"name": "arith-add", "k": 4, "limit": 200},
         {"name": "arith-mul", "k": 4, "limit": 200},
     ])  # fmt: skip
-    temperatures: list = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 1.0, 1.5])
-    top_ps: list = field(default_factory=lambda: [0.5, 0.8, 1.0])
+    temperatures: list = in_range(
+        0, MAX_STATIC_TEMPERATURE, above=True, default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 1.0, 1.5]
+    )
+    top_ps: list = in_range(0, 1, above=True, default_factory=lambda: [0.5, 0.8, 1.0])
     # training-free adaptive decoders: family -> its grid, searched on validation questions
     adaptive: dict = field(default_factory=lambda: {
         "min-p": {"temperatures": [1.0, 1.5], "values": [0.1, 0.3]},
         "top-n-sigma": {"temperatures": [1.0, 1.5], "values": [0.5, 1.0]},
         "edt": {"temperatures": [0.7, 1.0], "values": [0.1, 1.0]},
     })  # fmt: skip
-    selection_limit: int = 40  # validation questions per benchmark on which every chosen cell is chosen
+    selection_limit: int = in_range(
+        1, default=40
+    )  # validation questions per benchmark on which every chosen cell is chosen
     ablations: bool = True  # the MLE heads' T̂-only and P̂-only rows
     heatmaps: list = field(default_factory=lambda: ["rand-times", "rand-letter"])
     # held-out wordings: task -> the benchmark whose wording the heads were trained on. Rows: greedy,
@@ -93,7 +100,7 @@ class WhereItWinsConfig:
     transfer: dict = field(
         default_factory=lambda: {"rand-times-reworded": "rand-times", "rand-letter-reworded": "rand-letter"}
     )
-    transfer_limit: int = 100
+    transfer_limit: int = in_range(1, default=100)
     # the suite (where_it_wins_suite.py): the benchmarks plus these families, which no training or
     # selection uses; each with k and limit (test questions) like a benchmark, and optionally its own
     # test grid (temperatures, top_ps; default suite_grid) for its test-tuned oracle
@@ -110,13 +117,27 @@ class WhereItWinsConfig:
     ship_to: str | None = None  # copy the chosen heads here (the package's default heads)
 
 
+def _check_counts(config: WhereItWinsConfig) -> None:
+    """k and limit of every data, benchmark and unseen entry: the field ranges (`in_range`) cover
+    top-level fields only, and k=0 here would fail only at its stage, hours in."""
+    for section in ("data", "benchmarks", "unseen"):
+        for entry in getattr(config, section):
+            for key in ("k", "limit"):
+                value = entry.get(key) if isinstance(entry, dict) else None
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    name = entry.get("name") or entry.get("tasks")
+                    raise UserError(f"field {section}: entry {name!r} has {key}={value!r}", "use a whole number >= 1")
+
+
 def run_where_it_wins(config: WhereItWinsConfig, log=print) -> Path:
     from ..core.startup_gc import paused_then_frozen
     from .where_it_wins_diagnostics import check_diagnose_config, diagnose_tasks, run_diagnostics, traced_benchmarks
     from .where_it_wins_suite import check_suite_config
 
     check_suite_config(config)  # before hours of work end in a suite that cannot be chosen
-    check_diagnose_config(config)  # (both before torch is imported: a bad recipe fails at once)
+    check_diagnose_config(config)  # (all three before torch is imported: a bad recipe fails at once)
+    check_recipe_fields(config)
+    _check_counts(config)
     from ..engine.models import load_base_model, training_dtype
 
     clock = StageClock.start(config.workdir, config.threads, log)

@@ -64,6 +64,20 @@ class TrainConfig:
             "easy_drop_probability": 0.0 <= self.easy_drop_probability < 1.0,
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
             "lora_r": self.lora_r >= 0,
+            # 0 means off for save_every, keep all for keep_checkpoints, torch's own count for threads
+            "save_every": self.save_every >= 0,
+            "keep_checkpoints": self.keep_checkpoints >= 0,
+            "log_every": self.log_every >= 1,
+            "max_length": self.max_length >= 1,
+            "head_width": self.head_width >= 1,
+            "limit": self.limit is None or self.limit >= 1,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
+            "threads": self.threads is None or self.threads >= 0,
+            "max_grad_norm": self.max_grad_norm >= 0,  # 0: no clipping
+            "soft_top_p_alpha": self.soft_top_p_alpha > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "lora_dropout": 0.0 <= self.lora_dropout < 1.0,
+            "lora_learning_rate": self.lora_learning_rate is None or self.lora_learning_rate > 0,
         }
         for name, ok in checks.items():
             if not ok:

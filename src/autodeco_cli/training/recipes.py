@@ -6,7 +6,7 @@ import difflib
 import math
 import types
 import typing
-from dataclasses import fields
+from dataclasses import Field, field, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,6 +17,13 @@ from ..core.io_checks import read_text_file
 from ..core.json_files import check_depth, too_deep
 
 T = TypeVar("T")
+_RANGE = "autodeco_range"  # a field's metadata key: (low, high, low excluded)
+
+
+def in_range(low: float, high: float | None = None, *, above: bool = False, **field_kwargs):
+    """A dataclass field whose value (each element, for a list) `build_config` keeps at least
+    `low` (above it, with `above`) and at most `high`; None passes, for an optional field."""
+    return field(metadata={_RANGE: (low, high, above)}, **field_kwargs)
 
 
 def read_recipe(path: str | Path) -> dict:
@@ -106,8 +113,25 @@ def build_config(cls: type[T], recipe: str | Path | None, overrides: list[str], 
             hint = f"did you mean {close[0]}?" if close else f"known fields: {', '.join(known)}"
             raise UserError(f"{where[key]}: unknown field {key!r}", hint)
     hints = _field_types(cls)
-    config = cls(**{k: _coerce(v, known[k], hints.get(k), where[k], raw.get(k)) for k, v in values.items()})
-    return config
+    coerced = {k: _coerce(v, known[k], hints.get(k), where[k], raw.get(k)) for k, v in values.items()}
+    for key, value in coerced.items():
+        _check_range(value, known[key], where[key])
+    return cls(**coerced)
+
+
+def _check_range(value, field_: Field, where: str) -> None:
+    """k=0 or limit=-1 in a recipe is a one-line error naming the field, not a failure hours into a study."""
+    if _RANGE not in field_.metadata or value is None:
+        return
+    low, high, above = field_.metadata[_RANGE]
+    for item in value if isinstance(value, list) else [value]:
+        number = item if isinstance(item, (int, float)) and not isinstance(item, bool) else None
+        inside = number is not None and (number > low if above else number >= low) and (high is None or number <= high)
+        if not inside:
+            interval = f"{'>' if above else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+            shown = f"{field_.name}={value!r} is" if item is value else f"{field_.name} holds {item!r}, which is"
+            plural = "values" if item is not value else "a value"
+            raise UserError(f"{where}: field {shown} out of range", f"use {plural} {interval}")
 
 
 def _field_types(cls) -> dict:

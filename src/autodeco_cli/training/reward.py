@@ -110,6 +110,12 @@ class RewardConfig:
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
             "top_p_restart": self.top_p_restart is None or 0.0 < self.top_p_restart < 1.0,
             "top_p_learning_rate": self.top_p_learning_rate is None or self.top_p_learning_rate > 0,
+            "limit": self.limit is None or self.limit >= 1,
+            "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens >= 1,
+            "head_width": self.head_width >= 1,
+            "soft_top_p_alpha": self.soft_top_p_alpha > 0,
+            "max_grad_norm": self.max_grad_norm >= 0,
+            "threads": self.threads is None or self.threads >= 0,
         }
         for name, ok in checks.items():
             if not ok:
