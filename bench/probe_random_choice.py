@@ -91,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", default="rand-times,rand-item,rand-letter")
     parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--split", default="validation", help="validation (choices) or test (a fixed policy's check)")
     parser.add_argument("-k", type=int, default=8)
     parser.add_argument("--cells", default="0.1:1,0.5:1,1.0:1,1.5:1", help="static T:p cells")
     parser.add_argument(
@@ -101,9 +102,9 @@ def main() -> None:
     engine = GenerationEngine(load_base_model(dtype="float32"))  # the numbers in evals/README.md are fp32's
     for name_ in args.tasks.split(","):
         task = get_task(name_)
-        docs = task.load_docs("validation", limit=args.n)
+        docs = task.load_docs(args.split, limit=args.n)
         start = time.time()
-        print(f"## {name_}: {len(docs)} validation questions × k={args.k}", flush=True)
+        print(f"## {name_}: {len(docs)} {args.split} questions × k={args.k}", flush=True)
         static, per_token = {}, {}
         for t, p in _pairs(args.cells):
             table = static_cell(engine, task, docs, args.k, t, p, task.max_new_tokens)
