@@ -90,9 +90,8 @@ class WhereItWinsConfig:
         "top-n-sigma": {"temperatures": [1.0, 1.5], "values": [0.5, 1.0]},
         "edt": {"temperatures": [0.7, 1.0], "values": [0.1, 1.0]},
     })  # fmt: skip
-    selection_limit: int = in_range(
-        1, default=40
-    )  # validation questions per benchmark on which every chosen cell is chosen
+    # validation questions per benchmark on which every chosen cell is chosen
+    selection_limit: int = in_range(1, default=40)
     ablations: bool = True  # the MLE heads' T̂-only and P̂-only rows
     heatmaps: list = field(default_factory=lambda: ["rand-times", "rand-letter"])
     # held-out wordings: task -> the benchmark whose wording the heads were trained on. Rows: greedy,
