@@ -168,3 +168,21 @@ def test_cut_on_rows_in_adversarial_orders():
         with torch.no_grad():
             got = decoding_logits(rows, temperature, column)
         assert torch.equal(got, full_sort_cut(kernel_probs(rows, temperature), rows, temperature, column)), top_p
+
+
+@pytest.mark.parametrize("vocab", [VOCAB, 3001])
+@pytest.mark.parametrize("peak", [0.0, 1e6])
+def test_blocks_below_the_flush_are_skipped_exactly(vocab, peak):
+    """At a low T most 16-wide blocks of a row have every exponent below -88 and skip the exp (their
+    e's flush to +0). A block with one token above that must still be computed: e^-80 is a normal
+    float, e^-95 is not. Near a large max the exponents come in steps of 4, so not closer."""
+    temperature = torch.tensor([[0.02]])
+    logits = torch.full((1, vocab), peak - 40.0)  # exponent -2000: every block dead
+    logits[0, 0] = peak
+    logits[0, 1000] = peak - 80.0 * 0.02  # alone in a dead block
+    logits[0, 2000] = peak - 95.0 * 0.02
+    logits[0, vocab - 1] = peak - 0.5  # in the tail when vocab % 16 != 0
+    expected = torch.softmax(logits / temperature, dim=-1)
+    got = kernel_probs(logits, temperature)
+    assert got[0, 1000] > 0 and got[0, 2000] == 0
+    assert torch.allclose(got, expected, rtol=2e-6, atol=1e-30)

@@ -210,3 +210,61 @@ def test_invalid_config_json_is_user_error(tmp_path):
     (tmp_path / "config.json").write_text("{broken")
     with pytest.raises(UserError):
         load_heads(tmp_path)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 32])
+@pytest.mark.parametrize("enhanced", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+def test_decode_values_are_forward_bit_for_bit(rows, enhanced, fused, monkeypatch):
+    """The sampler's path (no module calls, in-place activations) gives forward's T̂ and P̂ exactly,
+    with the fused kernel's features and with torch's."""
+    from autodeco_cli.core import distribution
+
+    monkeypatch.setattr(distribution, "FUSED_KERNEL", fused)
+    torch.manual_seed(rows)
+    heads = AutoDecoHeads(HeadsConfig(hidden_size=48, head_width=32, use_enhanced_features=enhanced)).eval()
+    gen = torch.Generator().manual_seed(7)
+    hidden = torch.randn(rows, 48, generator=gen)
+    logits = torch.randn(rows, 3001, generator=gen) * 4
+    with torch.inference_mode():
+        expected = heads(hidden, logits)
+        got = heads.decode_values(hidden, logits)
+    for a, b in zip(expected, got):
+        assert a.shape == b.shape == (rows, 1)
+        assert torch.equal(a, b)
+
+
+def test_decode_values_follow_weights_changed_in_place():
+    heads = fresh_heads(32, seed=1)
+    hidden, logits = torch.randn(2, 32), torch.randn(2, 100)
+    with torch.inference_mode():
+        heads.decode_values(hidden, logits)  # caches the layers
+    with torch.no_grad():
+        heads.temp_head.mlp[2].bias.fill_(-50.0)  # T̂ -> 2·sigmoid(-50) ~ 0
+        heads.load_state_dict(fresh_heads(32, seed=2).state_dict() | {"temp_head.mlp.2.bias": torch.tensor([3.0])})
+    with torch.inference_mode():
+        for a, b in zip(heads(hidden, logits), heads.decode_values(hidden, logits)):
+            assert torch.equal(a, b)
+
+
+def test_sampler_draws_the_tokens_forward_would():
+    """Autodeco requests through the sampler: the same tokens, T̂ and P̂ as with the heads' forward."""
+    from autodeco_cli.core.decoding import make_strategy
+    from autodeco_cli.engine.requests import Request
+    from autodeco_cli.engine.sampler import Sampler
+
+    heads = fresh_heads(48, seed=4)
+    gen = torch.Generator().manual_seed(11)
+    hidden, logits = torch.randn(6, 48, generator=gen), torch.randn(6, 5000, generator=gen) * 3
+    requests = [Request(key=i, input_ids=[1], strategy=make_strategy("autodeco"), seed=50 + i) for i in range(12)]
+    row_members = [[2 * r, 2 * r + 1] for r in range(6)]
+
+    class ForwardHeads:  # the plain module call where the sampler would take decode_values
+        def decode_values(self, hidden, logits):
+            return heads(hidden, logits)
+
+    with torch.inference_mode():
+        fast = Sampler(requests, heads, record_nucleus=True).step(row_members, logits, hidden)
+        plain = Sampler(requests, ForwardHeads(), record_nucleus=True).step(row_members, logits, hidden)
+    assert fast == plain
+    assert len({step.token for step in fast.values()}) > 1

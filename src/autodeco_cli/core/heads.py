@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 from .distribution import distribution_features
 from .errors import UserError
@@ -85,6 +86,33 @@ class AutoDecoHeads(nn.Module):
         temperature = self.temp_head(hidden)
         top_p = self.top_p_head(hidden, temperature.detach(), logits)
         return temperature, top_p
+
+    def decode_values(self, hidden: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` for a decode step, without autograd: (T̂, P̂), each ``[..., 1]``, bit for bit.
+
+        The same ops on the same weights in the same order (`functional.linear` is what
+        `nn.Linear` calls), with the module calls and their hooks skipped and the activations
+        applied in place: at one row those calls cost about as much as the matmuls. Call it
+        under `torch.inference_mode()` or `torch.no_grad()`.
+        """
+        temp_in, temp_out, top_p_in, top_p_out = self._decode_layers()
+        hidden = hidden.to(temp_in.weight.dtype)
+        temperature = functional.linear(hidden, temp_in.weight, temp_in.bias).relu_()
+        temperature = functional.linear(temperature, temp_out.weight, temp_out.bias).sigmoid_().mul_(MAX_TEMPERATURE)
+        parts = [hidden, temperature]
+        if self.top_p_head.use_enhanced_features:
+            parts.append(distribution_features(logits, temperature))
+        top_p = functional.linear(torch.cat(parts, dim=-1), top_p_in.weight, top_p_in.bias).relu_()
+        top_p = functional.linear(top_p, top_p_out.weight, top_p_out.bias).sigmoid_()
+        return temperature, top_p
+
+    def _decode_layers(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
+        # The Linear modules themselves, not their tensors: training and `.to()` update those in place.
+        layers = self.__dict__.get("_layers")
+        if layers is None:
+            temp, top_p = self.temp_head.mlp, self.top_p_head.mlp
+            layers = self.__dict__["_layers"] = (temp[0], temp[2], top_p[0], top_p[2])
+        return layers
 
     @staticmethod
     def parameter_count_formula(hidden_size: int, width: int = 256, use_enhanced_features: bool = True) -> int:

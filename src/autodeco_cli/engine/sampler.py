@@ -86,8 +86,10 @@ class Sampler:
         if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
             index = torch.tensor(rows, device=logits.device)
             hidden, logits = hidden[index], logits[index]
-        temperature, top_p = self.heads(hidden, logits)  # under the decode loop's inference_mode
-        return dict(zip(rows, zip(temperature.squeeze(-1).float().tolist(), top_p.squeeze(-1).float().tolist())))
+        # Under the decode loop's inference_mode. Entering one here cost ~50 us per step at one row
+        # (a cold call right after the model's forward), a seventh of the heads' time.
+        temperature, top_p = self.heads.decode_values(hidden, logits)
+        return dict(zip(rows, map(tuple, torch.cat((temperature, top_p), dim=-1).tolist())))  # one copy for both
 
     def distribution(self, request: Request, row: int, head: tuple[float, float] | None, step: int = 0) -> Distribution:
         """The request's distribution on `row`: from its strategy, the row's heads' (T̂, P̂), or its
