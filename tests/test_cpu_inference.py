@@ -10,6 +10,7 @@ from autodeco_cli.core import cpu_features
 from autodeco_cli.core.cpu_features import flags_from_cpuinfo, has_native_bf16
 from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.engine import models
 from autodeco_cli.engine.cpu_inference import (
     DECODE_ATTENTION,
     ZERO_TAIL,
@@ -233,6 +234,16 @@ def test_growing_cache_appends_in_place_and_views_carry_their_zero_tail(tiny_lm)
         keys, (3, 2, keys.shape[2] + getattr(keys, ZERO_TAIL), 4), keys.stride(), keys.storage_offset()
     )[:, :, keys.shape[2] :]
     assert not spare.any()
+
+
+def test_a_cpu_load_runs_the_vector_math_once_before_the_model_does(tiny_model_dir, monkeypatch):
+    threads = torch.get_num_threads()
+    models.settle_vector_math()  # the real one: runs, and leaves the thread count alone
+    assert torch.get_num_threads() == threads
+    calls = []
+    monkeypatch.setattr(models, "settle_vector_math", lambda: calls.append("settled"))
+    load_base_model(str(tiny_model_dir), device="cpu")
+    assert calls == ["settled"]
 
 
 def test_bf16_cpu_model_decodes_with_the_fast_paths(tiny_model_dir):
