@@ -365,10 +365,11 @@ def load_base_model(
     model.to(torch_device).eval()
     model.requires_grad_(False)
     if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
-        from .cpu_inference import pack_linear_weights, use_decode_attention
+        from .cpu_inference import pack_linear_weights, place_in_huge_pages_later, use_decode_attention
 
         use_decode_attention(model)  # torch's CPU SDPA is 4-20x slower in bf16 at decode steps
         pack_linear_weights(model)  # oneDNN layout once, not at every call
+        place_in_huge_pages_later(model)  # 2 MiB pages once they pay, not at every start
     prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, name=spec, device=torch_device)
 
