@@ -10,12 +10,14 @@ from autodeco_cli.core import cpu_features
 from autodeco_cli.core.cpu_features import flags_from_cpuinfo, has_native_bf16
 from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.engine import cpu_inference, models
 from autodeco_cli.engine.cpu_inference import (
     DECODE_ATTENTION,
     ZERO_TAIL,
     PackedLinear,
     decode_attention_forward,
     pack_linear_weights,
+    place_in_huge_pages_later,
 )
 from autodeco_cli.engine.generation import GenerationEngine
 from autodeco_cli.engine.models import load_base_model, pick_dtype
@@ -172,6 +174,57 @@ def test_packed_linear_is_bitwise_plain_linear_and_steps_aside_for_gradients():
     assert pack_linear_weights(torch.nn.Linear(4, 4)) == 0  # fp32 layers are left alone
 
 
+class _TinyLM(torch.nn.Module):
+    """An embedding and a packed LM head, with or without the gemv kernel (never called here)."""
+
+    def __init__(self, gemv: bool):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 10, bias=False)
+        self.head.__class__ = PackedLinear  # no packed copy: its forward is the plain one
+        self.head._gemv = object() if gemv else None
+
+    def forward(self, input_ids):
+        return self.head(self.embed(input_ids))
+
+
+def _record_placements(monkeypatch) -> list:
+    placed = []
+    for name, label in (("move_to_huge_pages", "move"), ("collapse_to_huge_pages", "collapse")):
+        monkeypatch.setattr(
+            cpu_inference, name, lambda _, label=label: placed.append((label, torch.is_inference_mode_enabled()))
+        )
+    return placed
+
+
+def test_each_huge_page_placement_waits_for_calls_down_its_own_path(monkeypatch):
+    placed = _record_placements(monkeypatch)
+    model = _TinyLM(gemv=True)
+    place_in_huge_pages_later(model, after_calls=2)
+    one, many = torch.ones(1, 1, dtype=torch.long), torch.ones(1, 7, dtype=torch.long)
+    with torch.inference_mode():
+        model(many)
+        model(input_ids=one)
+        assert placed == []  # not at load, nor before a path's second call
+        model(one)  # a second call the gemv kernel serves
+        assert placed == [("move", False)]  # before the call, outside inference mode
+        model(input_ids=many)
+        assert placed == [("move", False), ("collapse", False)]
+        model(one)
+        model(many)
+    assert len(placed) == 2 and not model._forward_pre_hooks
+
+
+def test_without_the_gemv_kernel_every_call_counts_towards_the_collapse(monkeypatch):
+    placed = _record_placements(monkeypatch)
+    model = _TinyLM(gemv=False)
+    place_in_huge_pages_later(model, after_calls=2)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(torch.ones(1, 1, dtype=torch.long))
+    assert placed == [("collapse", False)] and not model._forward_pre_hooks
+
+
 # ---- the engine's growing KV cache and the bf16 CPU model ------------------------------------
 
 
@@ -233,6 +286,16 @@ def test_growing_cache_appends_in_place_and_views_carry_their_zero_tail(tiny_lm)
         keys, (3, 2, keys.shape[2] + getattr(keys, ZERO_TAIL), 4), keys.stride(), keys.storage_offset()
     )[:, :, keys.shape[2] :]
     assert not spare.any()
+
+
+def test_a_cpu_load_runs_the_vector_math_once_before_the_model_does(tiny_model_dir, monkeypatch):
+    threads = torch.get_num_threads()
+    models.settle_vector_math()  # the real one: runs, and leaves the thread count alone
+    assert torch.get_num_threads() == threads
+    calls = []
+    monkeypatch.setattr(models, "settle_vector_math", lambda: calls.append("settled"))
+    load_base_model(str(tiny_model_dir), device="cpu")
+    assert calls == ["settled"]
 
 
 def test_bf16_cpu_model_decodes_with_the_fast_paths(tiny_model_dir):

@@ -7,7 +7,13 @@ import torch
 
 from autodeco_cli.core import cpu_features, cpu_kernels
 from autodeco_cli.engine import cpu_inference
-from autodeco_cli.engine.cpu_inference import PackedLinear, decode_attention_forward, pack_linear_weights
+from autodeco_cli.engine.cpu_inference import (
+    PackedLinear,
+    decode_attention_forward,
+    pack_linear_weights,
+    place_in_huge_pages_later,
+)
+from autodeco_cli.engine.cpu_memory import huge_pages_allowed
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -54,7 +60,7 @@ def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_onednn(monkeypat
         pytest.skip("oneDNN weight packing unavailable")
     layer = model[0]
     assert type(layer) is PackedLinear and layer._gemv is not None
-    assert torch.equal(layer.weight, reference)  # moved into huge pages, same values
+    assert torch.equal(layer.weight, reference)
     calls = []
     monkeypatch.setattr(cpu_inference, "gemv", lambda k, x, w: calls.append(x.shape) or cpu_kernels.gemv(k, x, w))
     with torch.inference_mode():
@@ -62,6 +68,37 @@ def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_onednn(monkeypat
             x = torch.randn(rows, 1, 96).to(torch.bfloat16)
             assert bf16_close(layer(x), (x.float() @ reference.float().T).to(torch.bfloat16))
     assert [shape[0] for shape in calls] == [1, cpu_kernels.GEMV_MAX_ROWS]
+
+
+class _TiedLM(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(80, 64)
+        self.body = torch.nn.Linear(64, 64, bias=False)
+        self.head = torch.nn.Linear(64, 80, bias=False)
+        self.head.weight = self.embed.weight  # tied, as the default model's LM head
+
+    def forward(self, input_ids):
+        return self.head(self.body(self.embed(input_ids)))
+
+
+@needs_gemv
+def test_weights_move_into_huge_pages_between_calls_with_the_same_outputs(monkeypatch):
+    monkeypatch.delenv("AUTODECO_HUGEPAGES", raising=False)
+    model = _TiedLM().to(torch.bfloat16)
+    if not pack_linear_weights(model):
+        pytest.skip("oneDNN weight packing unavailable")
+    pointers = [model.body.weight.data_ptr(), model.head.weight.data_ptr()]
+    place_in_huge_pages_later(model, after_calls=2)
+    token = torch.tensor([[7]])
+    with torch.inference_mode():
+        first = model(token)
+        assert [model.body.weight.data_ptr(), model.head.weight.data_ptr()] == pointers  # not yet
+        second = model(token)
+    assert torch.equal(first, second)
+    assert model.head.weight is model.embed.weight and not model.body.weight.is_inference()
+    if huge_pages_allowed():
+        assert model.body.weight.data_ptr() != pointers[0] and model.head.weight.data_ptr() != pointers[1]
 
 
 def _attention_inputs(batch, heads, kv_heads, length, dim, seed=0):

@@ -1,8 +1,9 @@
 """CPU speed: when bf16 pays, and what a bf16 model on CPU needs to actually be fast.
 
 `models.load_base_model` applies these to bf16 CPU models (`use_decode_attention`,
-`pack_linear_weights`; `cpu_memory` has what it does for every CPU model); `pick_dtype("auto")`
-asks `cpu_has_native_bf16`. Measured on a 2-core AMD EPYC with avx512_bf16 (reports/engine-speed.md):
+`pack_linear_weights`, `place_in_huge_pages_later`; `cpu_memory` has what it does for every CPU
+model); `pick_dtype("auto")` asks `cpu_has_native_bf16`. Measured on a 2-core AMD EPYC with
+avx512_bf16 (reports/engine-speed.md):
 
 * bf16 matmuls run ~2x faster than fp32 there (oneDNN's avx512_bf16 kernels), but only on CPUs
   with native bf16 instructions; elsewhere bf16 is emulated and slower than fp32.
@@ -17,6 +18,8 @@ asks `cpu_has_native_bf16`. Measured on a 2-core AMD EPYC with avx512_bf16 (repo
   once (1.3-1.5x on the matmuls at decode batch sizes, same bits), and sends 1-6 rows to our own
   bf16 kernel (`cpu_kernels`), whose weights sit in huge pages (`cpu_memory`): ~2x at one row.
   The packed copies' memory is collapsed into huge pages where it lies (1.1x on the linears).
+  Neither placement happens at load: each waits for 64 forward calls down the path it speeds up
+  (`PLACE_AFTER_CALLS`), so a short generation neither pays for them nor waits for them.
 """
 
 from __future__ import annotations
@@ -95,6 +98,16 @@ def decode_attention_forward(
     output = torch.matmul(weights, value)  # [B, KVH, G, D]
     return output.reshape(batch, 1, heads, dim), None
 
+
+# Each huge-page placement waits for this many forward calls down the path that reads what it
+# places, instead of running at load. Placing takes fresh 2 MiB pages: 1.1 s of a 3.9 s start to
+# the first token on the 2-vCPU Xeon VM (its host backs freed guest memory lazily), ~0.1 s where
+# the kernel has them at hand. It pays back per decode step: on that VM the gemv weights in huge
+# pages took a one-row step from ~29 to ~25 ms; the collapsed packed copies help only calls of
+# 7+ tokens (1.05x on the body at ~30 rows) and do nothing at one row. So a chat reply or
+# `--max-new-tokens 1` never waits for either, a long one-row decode moves the gemv weights 63
+# steps in and never collapses, and a batched eval pays each once.
+PLACE_AFTER_CALLS = 64
 
 # Up to this many cached tokens over the batch (rows x length), the fp32 route beats oneDNN's bf16
 # batched matmul, which costs ~40 us a call at any size: per layer 97 -> 48 us at 1 row x 60
@@ -197,9 +210,47 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
         if module.bias is None and module.weight.is_contiguous():
             module._gemv = kernel
         count += 1
-    if kernel is not None:
-        move_to_huge_pages(m.weight for m in linears if m._gemv is not None)
-    if hasattr(torch.ops.mkldnn, "data_ptr") and hasattr(torch.ops.mkldnn, "_nbytes"):
-        packed = [m._packed for m in linears if m._packed is not None]
-        collapse_to_huge_pages((torch.ops.mkldnn.data_ptr(p), torch.ops.mkldnn._nbytes(p)) for p in packed)
     return count
+
+
+def place_in_huge_pages_later(model: torch.nn.Module, after_calls: int = PLACE_AFTER_CALLS) -> None:
+    """Place the packed layers' memory in 2 MiB pages (`cpu_memory`) once that pays: the weights
+    the gemv kernel reads move into one block before the `after_calls`-th forward call of at most
+    GEMV_MAX_ROWS tokens (the calls that use the kernel), and the memory under oneDNN's packed
+    copies is collapsed where it lies before the `after_calls`-th call that uses them (more
+    tokens, or any call where the kernel is not loaded).
+
+    From a forward pre-hook of the whole model, so no layer is reading a weight while it moves.
+    Values never change, only where they lie.
+    """
+    layers = [m for m in model.modules() if type(m) is PackedLinear]
+    gemv = any(m._gemv is not None for m in layers)
+    pending = {False: lambda: _collapse_packed_copies(layers)}
+    if gemv:
+        pending[True] = lambda: _move_gemv_weights(layers)
+    calls = {True: 0, False: 0}
+
+    def before_forward(_module: torch.nn.Module, args, kwargs) -> None:
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        few = gemv and torch.is_tensor(tokens) and tokens.numel() <= GEMV_MAX_ROWS
+        if few not in pending:
+            return
+        calls[few] += 1
+        if calls[few] < after_calls:
+            return
+        with torch.inference_mode(False):  # the block is an ordinary tensor, usable for training too
+            pending.pop(few)()
+        if not pending:
+            handle.remove()
+
+    handle = model.register_forward_pre_hook(before_forward, with_kwargs=True)
+
+
+def _move_gemv_weights(layers: list[PackedLinear]) -> None:
+    move_to_huge_pages(m.weight for m in layers if m._gemv is not None)
+
+
+def _collapse_packed_copies(layers: list[PackedLinear]) -> None:
+    if hasattr(torch.ops.mkldnn, "data_ptr") and hasattr(torch.ops.mkldnn, "_nbytes"):
+        packed = [m._packed for m in layers if m._packed is not None]
+        collapse_to_huge_pages((torch.ops.mkldnn.data_ptr(p), torch.ops.mkldnn._nbytes(p)) for p in packed)

@@ -295,6 +295,7 @@ def load_base_model(
     torch_dtype = pick_dtype(dtype, torch_device)
     if torch_device.type == "cpu":
         enable_flush_denormal()
+        settle_vector_math()
         from .cpu_memory import keep_freed_memory
 
         keep_freed_memory()
@@ -334,10 +335,11 @@ def load_base_model(
     model.to(torch_device).eval()
     model.requires_grad_(False)
     if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
-        from .cpu_inference import pack_linear_weights, use_decode_attention
+        from .cpu_inference import pack_linear_weights, place_in_huge_pages_later, use_decode_attention
 
         use_decode_attention(model)  # torch's CPU SDPA is 4-20x slower in bf16 at decode steps
         pack_linear_weights(model)  # oneDNN layout once, not at every call
+        place_in_huge_pages_later(model)  # 2 MiB pages once they pay, not at every start
     prepare_tokenizer(tokenizer)
     return LoadedModel(model=model, tokenizer=tokenizer, name=spec, device=torch_device)
 
@@ -377,6 +379,23 @@ def enable_flush_denormal() -> None:
     """
     if os.environ.get("AUTODECO_FLUSH_DENORMAL", "1") != "0":
         torch.set_flush_denormal(True)
+
+
+def settle_vector_math() -> None:
+    """Call MKL's vector math once per function, results discarded, before the model does.
+
+    torch computes float cos, sin, exp, log, ... on CPU with MKL's VML. The first call of `cos`
+    in a process sometimes returned other last bits than every later call on the same input (2
+    of 3 fresh processes once; measured on the 2-vCPU Xeon VM, torch 2.13). The model's rotary
+    embedding makes that first call, so the same prompt and seed decoded other tokens: the
+    default model's first T̂ differed in 5 of 12 processes without this, in 0 of 12 with it.
+    Two sizes: one MKL may split across its threads, one that torch splits across its own.
+    """
+    for dtype in (torch.float32, torch.float64):
+        for size in (1 << 12, 1 << 16):
+            x = torch.linspace(0.01, 0.99, size, dtype=dtype)
+            for op in (torch.cos, torch.sin, torch.exp, torch.log, torch.sqrt, torch.tanh, torch.erf):
+                op(x)
 
 
 def prepare_tokenizer(tokenizer) -> None:
