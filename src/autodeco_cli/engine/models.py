@@ -387,8 +387,9 @@ def settle_vector_math() -> None:
     torch computes float cos, sin, exp, log, ... on CPU with MKL's VML. The first call of `cos`
     in a process sometimes returned other last bits than every later call on the same input (2
     of 3 fresh processes once; measured on the 2-vCPU Xeon VM, torch 2.13). The model's rotary
-    embedding makes that first call, so the same prompt and seed decoded other tokens: the
-    default model's first T̂ differed in 5 of 12 processes without this, in 0 of 12 with it.
+    embedding makes that first call, so the same prompt and seed decoded other tokens: over 12
+    fresh processes the default model's first T̂ took three values without this (4 of 12 the
+    settled one), one with it (reports/engine-speed.md, "Start-up").
     Two sizes: one MKL may split across its threads, one that torch splits across its own.
     """
     for dtype in (torch.float32, torch.float64):
