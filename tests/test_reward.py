@@ -152,6 +152,32 @@ def test_without_the_gradient_through_the_temperature_nothing_is_learned(tiny_lm
     assert after == pytest.approx(before, abs=1e-6)
 
 
+def _indifferent_reward(task, doc, generations):
+    """Advantages that ignore what was sampled: the policy gradient on T̂ is noise around zero."""
+    marks = [float(i % 2) for i in range(len(generations))]
+    metric = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return group_advantages(marks, metric), metric(marks)
+
+
+def _train_indifferent(tiny_lm, tmp_path, **overrides) -> tuple[float, float]:
+    fields = dict(tasks="count", output_dir=str(tmp_path), mode="temperature", learning_rate=0.02, steps=6)
+    config = RewardConfig(**{**fields, "prompts_per_step": 4, "group_size": 4, "batch_size": 16, **overrides})
+    trainer = RewardTrainer(config, reward_fn=_indifferent_reward).setup(lm=tiny_lm, tasks=[CountTask()])
+    before = _mean_prompt_temperature(trainer)
+    trainer.train()
+    return before, _mean_prompt_temperature(trainer)
+
+
+def test_a_temperature_cost_lowers_the_temperature_where_the_reward_is_indifferent(tiny_lm, tmp_path):
+    start, free = _train_indifferent(tiny_lm, tmp_path / "free")
+    same_start, priced = _train_indifferent(tiny_lm, tmp_path / "priced", temperature_cost=1.0)
+    assert same_start == pytest.approx(start)
+    # same seeds and the same indifferent advantages: the price on T̂ is the only difference
+    assert priced < free - 0.1 and priced < start - 0.1, (start, free, priced)
+    with pytest.raises(UserError, match="temperature_cost"):
+        RewardConfig(tasks="count", temperature_cost=-0.1).validate()
+
+
 def test_validation_keeps_the_best_heads_and_resume_continues(tiny_lm, tmp_path):
     trainer, _, _ = _train(tiny_lm, tmp_path, validation_limit=3, validate_every=6, validation_k=2)
     provenance = (tmp_path / "heads" / "config.json").read_text()

@@ -64,6 +64,13 @@ class RewardConfig:
     # head must start where cutting and not cutting are both a small step away. None keeps it.
     top_p_restart: float | None = None
     top_p_learning_rate: float | None = None  # the top-p head's own rate (default: learning_rate)
+    # A price per trained token on T̂ and on P̂ (added to the loss as cost · mean T̂ / P̂). Where a
+    # token's value does not change the reward (an exact step that greedy gets right anyway), the
+    # policy gradient is zero on average and only noise moves the heads, so T̂ stays warm and P̂ loose
+    # there; a small price makes "as greedy and as cut as the reward allows" the default, and the
+    # reward holds T̂ up and P̂ open only where spread pays (a free choice).
+    temperature_cost: float = 0.0
+    top_p_cost: float = 0.0
     mode: str = "joint"  # joint | temperature | top_p: which heads act and learn
     learning_rate: float = 3e-4
     schedule: str = "constant"
@@ -110,6 +117,8 @@ class RewardConfig:
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
             "top_p_restart": self.top_p_restart is None or 0.0 < self.top_p_restart < 1.0,
             "top_p_learning_rate": self.top_p_learning_rate is None or self.top_p_learning_rate > 0,
+            "temperature_cost": self.temperature_cost >= 0,
+            "top_p_cost": self.top_p_cost >= 0,
             "limit": self.limit is None or self.limit >= 1,
             "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens >= 1,
             "head_width": self.head_width >= 1,
@@ -330,10 +339,10 @@ class RewardTrainer:
             advantages = torch.tensor(weights[start : start + c.micro_batch_size], device=self.device)
             # one denominator for the whole step, so micro-batches add up to the step's loss
             loss = (
-                policy_gradient_loss(log_probs, advantages, features.counts)
-                * sum(features.counts)
-                / max(total_tokens, 1)
-            )
+                policy_gradient_loss(log_probs, advantages, features.counts) * sum(features.counts)
+                + c.temperature_cost * temperature.sum()
+                + c.top_p_cost * top_p.sum()
+            ) / max(total_tokens, 1)
             loss.backward()
             loss_sum += float(loss.detach())
             temperature_sum += float(temperature.detach().sum())
