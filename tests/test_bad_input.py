@@ -329,7 +329,8 @@ def test_truncated_trainer_state_falls_back_then_names_the_file(cli, tiny_model_
 
 
 def test_truncated_reward_checkpoint_names_the_file(tmp_path):
-    from autodeco_cli.training.reward import LEGACY_CHECKPOINT_DIR, RewardConfig, RewardTrainer
+    from autodeco_cli.training.config import RewardConfig
+    from autodeco_cli.training.reward import LEGACY_CHECKPOINT_DIR, RewardTrainer
 
     trainer = RewardTrainer(RewardConfig(tasks="arith-add", output_dir=str(tmp_path)))
     folder = tmp_path / LEGACY_CHECKPOINT_DIR

@@ -24,8 +24,8 @@ from autodeco_cli.core.errors import UserError
 from autodeco_cli.core.heads import load_heads
 from autodeco_cli.tasks.types import Doc, Score
 from autodeco_cli.training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE, CheckpointStore
-from autodeco_cli.training.config import TrainConfig
-from autodeco_cli.training.reward import LEGACY_CHECKPOINT_DIR, RewardConfig, RewardTrainer
+from autodeco_cli.training.config import RewardConfig, TrainConfig
+from autodeco_cli.training.reward import LEGACY_CHECKPOINT_DIR, RewardTrainer
 from autodeco_cli.training.trainer import HeadTrainer
 from conftest import write_jsonl
 

@@ -100,12 +100,11 @@ def test_training_data_nested_too_deep(cli, tiny_model_dir, tmp_path, text):
 
 
 def test_steering_reads_training_data_through_the_same_checks(tmp_path):
-    from autodeco_cli.training.config import TrainConfig
-    from autodeco_cli.training.steering import _steer_records
+    from autodeco_cli.training.data import steer_records
 
     path = write_jsonl(tmp_path / "steer.jsonl", [TRAIN_ROWS[0], {"prompt": "x", "completion": 3}])
     with pytest.raises(UserError, match=rf"{path}:2/completion: is 3; expected a string"):
-        _steer_records(TrainConfig(data=str(path)))
+        steer_records(path)
 
 
 # ---- prompt files ------------------------------------------------------------------------------

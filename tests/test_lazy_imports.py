@@ -1,6 +1,6 @@
 """`autodeco --help`, every command's --help and the user errors a typo makes (grid-search's
-options and inputs, the EDT options among them) answer in one line without importing torch or
-transformers (issue #23: a second or more of start-up each, for nothing).
+options and inputs, the EDT options among them) answer in one line without importing torch,
+transformers or vLLM (issue #23: a second or more of start-up each, for nothing).
 
 One fresh interpreter (this one has torch loaded by conftest) runs the real entry point
 (`cli.main`) for each argv in turn and reports which heavy modules are loaded after it. Runs are
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-HEAVY = ("torch", "transformers")
+HEAVY = ("torch", "transformers", "vllm")
 
 PROBE = r"""
 import contextlib, io, json, sys
@@ -67,6 +67,7 @@ print("PROBE " + json.dumps(runs))
 
 
 def _probe(error_argvs: list[list[str]], cwd: Path) -> list[dict]:
+    """Runs in this interpreter's environment: test_vllm_option_errors.py calls it under .venv-vllm."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     env.pop("AUTODECO_DOWNLOAD", None)  # a missing data file is an error here, never a download
     done = subprocess.run(
@@ -106,6 +107,8 @@ def probe(tmp_path_factory) -> tuple[list[dict], dict[str, str]]:
     errors.update(_engine_option_errors(work))
     errors.update(_decoding_flag_errors())
     errors.update(_recipe_errors(work))
+    errors.update(_train_heads_errors(work))
+    errors.update(vllm_engine_errors(work, installed=importlib.util.find_spec("vllm") is not None))
     if importlib.util.find_spec("vllm") is None:  # with vLLM installed, serve goes on to stage the model
         errors["needs vLLM, which is not installed"] = ["serve", "--dry-run"]
     return _probe(list(errors.values()), work), errors
@@ -240,7 +243,87 @@ def _recipe_errors(work: Path) -> dict[str, list[str]]:
     }
 
 
-def test_help_and_user_errors_import_neither_torch_nor_transformers(probe):
+def _train_heads_errors(work: Path) -> dict[str, list[str]]:
+    """train-heads --steer and --objective reward: their fields, paths and data, refused before torch
+    (steering read its records only after the model had loaded)."""
+    data = work / "steer.jsonl"
+    data.write_text('{"prompt": "1 + 1?", "completion": "2"}\n')
+    bad = work / "steer-bad.jsonl"
+    bad.write_text('{"prompt": "1 + 1?", "completion": 3}\n')
+    heads = work / "steer-heads"
+    heads.mkdir()
+    (heads / "autodeco_heads.safetensors").write_bytes(b"")  # exists: the checks never open it
+    gone = work / "gone"
+
+    def steer(out: str, *fields: str, data_file: Path = data) -> list[str]:
+        return ["train-heads", "--steer", "--data", str(data_file), "-o", str(work / out), *fields]
+
+    reward = ["train-heads", "--objective", "reward", "-o", str(work / "reward")]
+    return {
+        "config field steer_margin=0.0 is invalid": steer("s1", f"init_heads={heads}", "steer_margin=0"),
+        "--steer trains on top of existing heads": steer("s2"),
+        "config field epochs=0 is invalid. See": steer("s3", f"init_heads={heads}", "epochs=0"),
+        "unknown field 'steer_margn'": steer("s4", "steer_margn=1"),
+        f"training data not found: {gone / 'steer.jsonl'}": [
+            *steer("s5", f"init_heads={heads}", data_file=gone / "steer.jsonl")
+        ],
+        f"{bad}:1/completion: is 3; expected a string": steer("s6", f"init_heads={heads}", data_file=bad),
+        f"field init_heads {gone / 'steer-heads'}: heads checkpoint not found": [
+            *steer("s7", f"init_heads={gone / 'steer-heads'}")
+        ],
+        f"field model {gone / 'steer-model'}: no such": steer(
+            "s8", f"init_heads={heads}", f"model={gone / 'steer-model'}"
+        ),
+        "field dtype 'bogus-steer-dtype' is not supported": [
+            *steer("s9", f"init_heads={heads}", "dtype=bogus-steer-dtype")
+        ],
+        "config field steps=0 is invalid": [*reward, "tasks=arith-add", "steps=0"],
+        "Unknown task 'no-such-reward-task'": [*reward, "tasks=no-such-reward-task"],
+        f"field init_heads {gone / 'reward-heads'}: heads": [
+            *reward,
+            "tasks=arith-add",
+            f"init_heads={gone / 'reward-heads'}",
+        ],
+    }
+
+
+def vllm_engine_errors(work: Path, installed: bool) -> dict[str, list[str]]:
+    """--engine vllm's option values fail as they do on our engine; then vLLM's absence, or (with
+    vLLM installed) the model, heads and adapter paths and an adapter vLLM would not apply."""
+    work.mkdir(parents=True, exist_ok=True)
+    gone = work / "gone"
+    vllm = ["--engine", "vllm"]
+    errors = {
+        "--dtype 'bogus-vllm' is not supported": ["generate", *vllm, "--dtype", "bogus-vllm", "hi"],
+        "--device 'tpu-vllm' is not a device": ["eval", "-b", "arith-add", *vllm, "--device", "tpu-vllm"],
+        "--tensor-parallel-size 0: must be at least 1": ["generate", *vllm, "--tp", "0", "hi"],
+        "--data-parallel-size 0: must be at least 1": ["make-data", "--tasks", "arith-add", *vllm, "--dp", "0"],
+    }
+    if not installed:
+        errors["--engine vllm needs vLLM, which is not installed"] = ["generate", *vllm, "-m", str(gone), "hi"]
+        return errors
+    adapter = work / "vllm-adapter"
+    adapter.mkdir(exist_ok=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    return {
+        **errors,
+        f"--model {gone / 'vllm-model'}: no such": ["generate", *vllm, "-m", str(gone / "vllm-model"), "hi"],
+        f"--heads {gone / 'vllm-heads'}: heads checkpoint": [
+            *["eval", "-b", "arith-add", *vllm, "-o", str(work / "vllm-eval"), "--heads", str(gone / "vllm-heads")]
+        ],
+        f"--adapter {gone / 'vllm-adapter'}: not a PEFT": [
+            "generate",
+            *vllm,
+            "--adapter",
+            str(gone / "vllm-adapter"),
+            "hi",
+        ],
+        "--engine vllm does not apply LoRA adapters here": ["generate", *vllm, "--adapter", str(adapter), "hi"],
+        f"--model {gone / 'serve-model'}: no such": ["serve", "-m", str(gone / "serve-model")],
+    }
+
+
+def test_help_and_user_errors_import_no_heavy_module(probe):
     runs, _ = probe
     culprit = _first_heavy(runs)
     assert culprit is None, f"{culprit}: move that import into the function that needs it"

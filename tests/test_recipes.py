@@ -11,9 +11,8 @@ import pytest
 from autodeco_cli.studies.ablation import AblationConfig
 from autodeco_cli.studies.reproduce import ReproduceConfig
 from autodeco_cli.studies.where_it_wins import WhereItWinsConfig
-from autodeco_cli.training.config import TrainConfig
+from autodeco_cli.training.config import RewardConfig, TrainConfig
 from autodeco_cli.training.recipes import build_config
-from autodeco_cli.training.reward import RewardConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 CONFIG_CLASSES = {

@@ -16,8 +16,9 @@ from autodeco_cli.core.errors import UserError
 from autodeco_cli.engine.requests import encode_prompt
 from autodeco_cli.tasks.types import Doc, Score
 from autodeco_cli.training import reward as reward_module
+from autodeco_cli.training.config import RewardConfig
 from autodeco_cli.training.losses import policy_gradient_loss, policy_log_probs
-from autodeco_cli.training.reward import RewardConfig, RewardTrainer, group_advantages
+from autodeco_cli.training.reward import RewardTrainer, group_advantages
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

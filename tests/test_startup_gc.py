@@ -82,7 +82,7 @@ def test_train_heads_sets_up_with_the_collector_paused(collector, monkeypatch, t
     options = {
         "mle": {"data": str(data)},
         "steer": {"data": str(data), "steer": True, "overrides": [f"init_heads={tmp_path / 'heads'}"]},
-        "reward": {"objective": "reward", "overrides": ["tasks=[arith-add]"]},
+        "reward": {"objective": "reward", "overrides": ["tasks=arith-add"]},  # tasks is text: [arith-add] names no task
     }[objective]
     with pytest.raises(_Loaded):
         train_heads(output_dir=str(tmp_path / "out"), **options)

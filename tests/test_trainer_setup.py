@@ -17,9 +17,8 @@ import yaml
 
 from autodeco_cli.core.errors import UserError
 from autodeco_cli.training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE
-from autodeco_cli.training.config import TrainConfig
+from autodeco_cli.training.config import SteerConfig, SteerRecipe, TrainConfig
 from autodeco_cli.training.recipes import build_config
-from autodeco_cli.training.steering import SteerConfig, SteerRecipe
 from autodeco_cli.training.trainer import HeadTrainer, lr_lambda
 from conftest import write_jsonl
 

@@ -112,9 +112,12 @@ def train_heads(
                 "--objective reward takes no --steer, --data, --adapter or --lora-r",
                 "it samples its own answers to the tasks' train questions",
             )
-        from ..training.reward import RewardConfig
+        from ..evaluation.runner import resolve_tasks
+        from ..training.config import RewardConfig
 
         reward_cfg = build_config(RewardConfig, config, overrides or [], output_dir=output_dir, model=model, mode=mode)
+        reward_cfg.validate()  # RewardTrainer checks it again, after torch is imported: a bad field fails at once here
+        resolve_tasks(reward_cfg.tasks)  # a task typo, too
         check_writable_output(reward_cfg.output_dir, "output_dir", folder=True)  # before the model loads
         check_recipe_fields(reward_cfg)  # and before torch is imported
         _train_reward(reward_cfg, resume)
@@ -127,19 +130,24 @@ def train_heads(
         "lora_r": lora_r,
         "mode": mode,
     }
+    from ..training.data import check_data_file
+
     if steer:
-        from ..training.steering import SteerRecipe, train_steering
+        from ..training.config import SteerRecipe, check_steer_base
+        from ..training.data import steer_records
 
         # one recipe holds both: the training fields and the steer_* ones
         cfg, steer_cfg = build_config(SteerRecipe, config, overrides or [], **explicit).split()
+        # train_steering checks all of these again, after torch is imported: here a bad input fails at once
+        cfg.validate()
+        steer_cfg.validate()
+        check_steer_base(cfg)
         check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
-        steer_cfg.validate()  # (train_steering checks it again) the recipe's own fields first
-        check_recipe_fields(cfg)  # then the model and heads it names, before any loads
-        with _output_lock(cfg.output_dir):
-            train_steering(cfg, steer_cfg, resume=resume, console=err_console)
+        steer_records(check_data_file(cfg.data), cfg.limit)  # a bad record, too: steering reads them after the load
+        check_recipe_fields(cfg)  # the model and heads it names
+        _train_steering(cfg, steer_cfg, resume)
         return
     from ..training.config import TrainConfig
-    from ..training.data import check_data_file
 
     cfg = build_config(TrainConfig, config, overrides or [], **explicit)
     cfg.validate()  # HeadTrainer checks it again, after torch is imported: a bad field fails at once here
@@ -147,6 +155,13 @@ def train_heads(
     check_data_file(cfg.data)  # and before torch is imported: a typo fails at once
     check_recipe_fields(cfg)
     _train_mle(cfg, resume)
+
+
+def _train_steering(cfg, steer_cfg, resume: bool) -> None:
+    from ..training.steering import train_steering
+
+    with _output_lock(cfg.output_dir):
+        train_steering(cfg, steer_cfg, resume=resume, console=err_console)
 
 
 def _output_lock(output_dir):

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..core.errors import UserError
 from ..core.io_checks import heads_files
 from .model_names import MODEL_ALIASES
+from .vllm.install import check_vllm_installed
 
 ENGINES = ("hf", "vllm")
 # name -> the torch dtype's attribute name (models.DTYPES maps them to torch dtypes)
@@ -121,10 +122,22 @@ def check_engine_options(
 ) -> None:
     """Everything about opening an engine that can be known without loading anything."""
     check_option_values(engine, device, dtype, tensor_parallel_size, data_parallel_size)
+    if engine == "vllm":
+        check_vllm_installed()  # without it no other input matters
     check_model_spec(model, "--model")
     if heads:
         heads_files(heads, "--heads")
     check_adapter(adapter)
+    check_engine_adapter(engine, adapter)
+
+
+def check_engine_adapter(engine: str, adapter: str | None) -> None:
+    """An adapter given as --adapter, or the one saved beside the heads (`runtime` checks that one)."""
+    if engine == "vllm" and adapter:
+        raise UserError(
+            "--engine vllm does not apply LoRA adapters here",
+            "merge the adapter into the base (autodeco merge) or use --engine hf",
+        )
 
 
 def check_option_values(

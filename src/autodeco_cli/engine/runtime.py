@@ -14,7 +14,7 @@ from .heads_source import heads_adapter, resolve_heads
 from .interface import Engine
 from .model_names import DEFAULT_MODEL
 from .models import load_base_model, pick_device
-from .option_checks import check_engine_options
+from .option_checks import check_engine_adapter, check_engine_options
 
 
 @dataclass(frozen=True)
@@ -85,11 +85,7 @@ def open_engine(
 def _open_vllm(settings: EngineSettings, strategies: Sequence[DecodingStrategy], adapter: str | None, force_heads):
     from .vllm.engine import VllmSettings, open_vllm_engine
 
-    if adapter:
-        raise UserError(
-            "--engine vllm does not apply LoRA adapters here",
-            "merge the adapter into the base (autodeco merge) or use --engine hf",
-        )
+    check_engine_adapter(settings.engine, adapter)
     vllm_settings = VllmSettings(
         dtype=settings.dtype,
         seed=settings.seed,

@@ -260,8 +260,9 @@ def _train_mle(config: WhereItWinsConfig, data_path: Path, out: Path) -> Path:
 
 
 def _train_reward(lm, config: WhereItWinsConfig, init: Path, out: Path) -> tuple[Path, list[dict]]:
+    from ..training.config import RewardConfig
     from ..training.recipes import as_overrides, build_config
-    from ..training.reward import LAST_DIR, METRICS_FILE, RewardConfig, RewardTrainer
+    from ..training.reward import LAST_DIR, METRICS_FILE, RewardTrainer
 
     if not (out / LAST_DIR / "autodeco_heads.safetensors").is_file():
         overrides = as_overrides(config.reward)

@@ -1,8 +1,10 @@
-"""The head trainer's settings (`TrainConfig`): every field a recipe or `train-heads` flag can set, checked once."""
+"""The head trainer's settings (`TrainConfig`): every field a recipe or `train-heads` flag can set, checked once;
+`--steer`'s own (`SteerConfig`, read from the same recipe through `SteerRecipe`); and `--objective reward`'s
+(`RewardConfig`). Torch-free, so that `train-heads` refuses a bad field before torch is imported."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from ..core.errors import UserError
 from ..engine.model_names import DEFAULT_MODEL
@@ -96,6 +98,143 @@ class TrainConfig:
         if self.cache_hidden == "auto":
             return self.epochs > 1 and not self.lora_r
         return self.cache_hidden == "on"
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def check_steer_base(config: TrainConfig) -> None:
+    """`train-heads --steer` starts from trained heads: refused without them before anything loads."""
+    if not config.init_heads:
+        raise UserError(
+            "--steer trains on top of existing heads", "set init_heads=DIR (heads from a normal train-heads run)"
+        )
+
+
+@dataclass
+class SteerConfig:
+    """`train-heads --steer`'s own fields. Recipes and key=value overrides spell them
+    steer_margin, steer_ranking_weight and steer_anchor_weight (see `SteerRecipe`)."""
+
+    margin: float = 1.0  # ranking margin, in logit units of T̂/2 and P̂
+    ranking_weight: float = 1.0
+    anchor_weight: float = 1.0
+
+    def validate(self) -> None:
+        checks = {
+            "margin": self.margin > 0,
+            "ranking_weight": self.ranking_weight >= 0,
+            "anchor_weight": self.anchor_weight >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise UserError(
+                    f"config field steer_{name}={getattr(self, name)!r} is invalid",
+                    "see `autodeco train-heads --help` for allowed values",
+                )
+
+    def as_recipe(self) -> dict:
+        """The fields under their recipe names."""
+        return {f"steer_{name}": value for name, value in asdict(self).items()}
+
+
+@dataclass
+class SteerRecipe(TrainConfig):
+    """What `train-heads --steer` reads from one recipe (and its overrides): the training fields
+    plus the steer_* ones. Parsing both from one flat recipe keeps the documented keys working."""
+
+    steer_margin: float = SteerConfig.margin
+    steer_ranking_weight: float = SteerConfig.ranking_weight
+    steer_anchor_weight: float = SteerConfig.anchor_weight
+
+    def split(self) -> tuple[TrainConfig, SteerConfig]:
+        values = asdict(self)
+        steer = {name: values.pop(f"steer_{name}") for name in SteerConfig.__dataclass_fields__}
+        return TrainConfig(**values), SteerConfig(**steer)
+
+
+@dataclass
+class RewardConfig:
+    """Fields of `train-heads --objective reward` (a recipe YAML and key=value overrides set them)."""
+
+    tasks: str = ""  # comma list or group of registry tasks with train (and validation) splits
+    output_dir: str = "runs/heads-reward"
+    model: str = DEFAULT_MODEL
+    init_heads: str | None = None  # start from MLE heads (recommended) or fresh heads
+    # Restart the top-p head at this P̂ everywhere (its output layer zeroed, bias = logit(P̂)). MLE
+    # leaves P̂ ≈ 0.999, deep in the sigmoid's flat tail, where no reward step can move it: the
+    # head must start where cutting and not cutting are both a small step away. None keeps it.
+    top_p_restart: float | None = None
+    top_p_learning_rate: float | None = None  # the top-p head's own rate (default: learning_rate)
+    # A price per trained token on T̂ and on P̂ (added to the loss as cost · mean T̂ / P̂). Where a
+    # token's value does not change the reward (an exact step that greedy gets right anyway), the
+    # policy gradient is zero on average and only noise moves the heads, so T̂ stays warm and P̂ loose
+    # there; a small price makes "as greedy and as cut as the reward allows" the default, and the
+    # reward holds T̂ up and P̂ open only where spread pays (a free choice).
+    temperature_cost: float = 0.0
+    top_p_cost: float = 0.0
+    mode: str = "joint"  # joint | temperature | top_p: which heads act and learn
+    learning_rate: float = 3e-4
+    schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    steps: int = 40
+    prompts_per_step: int = 8
+    group_size: int = 8
+    limit: int | None = None  # train questions per task
+    max_new_tokens: int | None = None  # default: each task's own budget
+    batch_size: int = 32
+    micro_batch_size: int = 32  # sequences per teacher-forced forward
+    chat: bool = True  # a task's own `chat` setting wins
+    seed: int = 0
+    max_grad_norm: float = 1.0
+    soft_top_p_alpha: float = 30.0
+    head_width: int = 256
+    validation_limit: int = 0  # validation questions per task; 0 = no validation, keep the last step
+    validation_k: int = 4
+    validate_every: int = 10
+    keep_checkpoints: int = 2  # newest checkpoints kept (one is taken every validate_every steps); 0 keeps all
+    device: str | None = None
+    dtype: str | None = None  # None: fp32 on CPU, bf16 on CUDA (engine.models.training_dtype)
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise UserError(
+                "no tasks given for --objective reward",
+                "set tasks=arith-add,arith-mul (registry tasks with a train split)",
+            )
+        checks = {
+            "mode": self.mode in ("joint", "temperature", "top_p"),
+            "schedule": self.schedule in ("cosine", "linear", "constant"),
+            "learning_rate": self.learning_rate > 0,
+            "steps": self.steps >= 1,
+            "prompts_per_step": self.prompts_per_step >= 1,
+            "group_size": self.group_size >= 2,
+            "batch_size": self.batch_size >= 1,
+            "micro_batch_size": self.micro_batch_size >= 1,
+            "validation_limit": self.validation_limit >= 0,
+            "validation_k": self.validation_k >= 1,
+            "validate_every": self.validate_every >= 1,
+            "keep_checkpoints": self.keep_checkpoints >= 0,
+            "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
+            "top_p_restart": self.top_p_restart is None or 0.0 < self.top_p_restart < 1.0,
+            "top_p_learning_rate": self.top_p_learning_rate is None or self.top_p_learning_rate > 0,
+            "temperature_cost": self.temperature_cost >= 0,
+            "top_p_cost": self.top_p_cost >= 0,
+            "limit": self.limit is None or self.limit >= 1,
+            "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens >= 1,
+            "head_width": self.head_width >= 1,
+            "soft_top_p_alpha": self.soft_top_p_alpha > 0,
+            "max_grad_norm": self.max_grad_norm >= 0,
+            "threads": self.threads is None or self.threads >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise UserError(
+                    f"config field {name}={getattr(self, name)!r} is invalid",
+                    "group_size needs >= 2 (the baseline is the group); see `autodeco train-heads --help`",
+                )
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -146,6 +146,24 @@ def parse_line(tokenizer, record, where: str) -> tuple[list[int], list[int]]:
     return encode_prompt_completion(tokenizer, prompt, completion)
 
 
+def steer_records(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The {prompt, completion} records `train-heads --steer` trains on (the first `limit`), each
+    checked; torch-free, so the command refuses a bad file before the model loads."""
+    records = [
+        check_prompt_completion(record, where)
+        for where, record in training_records(path)
+        if not isinstance(record, dict) or ("prompt" in record and "completion" in record)
+    ]
+    if limit:
+        records = records[:limit]
+    if not records:
+        raise UserError(
+            f"{path}: no {{prompt, completion}} records to steer on",
+            "use on-policy data from `autodeco make-data`",
+        )
+    return records
+
+
 def check_data_file(path: str | Path) -> Path:
     """The training JSONL's path, refused when it does not exist (commands check it before the model loads)."""
     path = Path(path)

@@ -27,7 +27,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,10 +36,10 @@ import torch
 from ..core.errors import UserError
 from ..core.io_checks import cut_partial_last_line
 from ..engine.generation import GenerationEngine
-from ..engine.model_names import DEFAULT_MODEL
 from ..engine.requests import Request, encode_prompt, request_seed
 from ..tasks.registry import task_chat, task_stop
 from .checkpoints import CheckpointStore
+from .config import RewardConfig
 from .data import IGNORE_INDEX, Example
 from .hidden_features import base_features
 from .losses import policy_gradient_loss, policy_log_probs
@@ -49,93 +49,6 @@ METRICS_FILE = "metrics.jsonl"
 # Runs from before the shared checkpoint scheme kept their one checkpoint here (see RewardTrainer.__init__).
 LEGACY_CHECKPOINT_DIR = "checkpoint"
 LAST_DIR = "last"
-
-
-@dataclass
-class RewardConfig:
-    """Fields of `train-heads --objective reward` (a recipe YAML and key=value overrides set them)."""
-
-    tasks: str = ""  # comma list or group of registry tasks with train (and validation) splits
-    output_dir: str = "runs/heads-reward"
-    model: str = DEFAULT_MODEL
-    init_heads: str | None = None  # start from MLE heads (recommended) or fresh heads
-    # Restart the top-p head at this P̂ everywhere (its output layer zeroed, bias = logit(P̂)). MLE
-    # leaves P̂ ≈ 0.999, deep in the sigmoid's flat tail, where no reward step can move it: the
-    # head must start where cutting and not cutting are both a small step away. None keeps it.
-    top_p_restart: float | None = None
-    top_p_learning_rate: float | None = None  # the top-p head's own rate (default: learning_rate)
-    # A price per trained token on T̂ and on P̂ (added to the loss as cost · mean T̂ / P̂). Where a
-    # token's value does not change the reward (an exact step that greedy gets right anyway), the
-    # policy gradient is zero on average and only noise moves the heads, so T̂ stays warm and P̂ loose
-    # there; a small price makes "as greedy and as cut as the reward allows" the default, and the
-    # reward holds T̂ up and P̂ open only where spread pays (a free choice).
-    temperature_cost: float = 0.0
-    top_p_cost: float = 0.0
-    mode: str = "joint"  # joint | temperature | top_p: which heads act and learn
-    learning_rate: float = 3e-4
-    schedule: str = "constant"
-    warmup_ratio: float = 0.0
-    steps: int = 40
-    prompts_per_step: int = 8
-    group_size: int = 8
-    limit: int | None = None  # train questions per task
-    max_new_tokens: int | None = None  # default: each task's own budget
-    batch_size: int = 32
-    micro_batch_size: int = 32  # sequences per teacher-forced forward
-    chat: bool = True  # a task's own `chat` setting wins
-    seed: int = 0
-    max_grad_norm: float = 1.0
-    soft_top_p_alpha: float = 30.0
-    head_width: int = 256
-    validation_limit: int = 0  # validation questions per task; 0 = no validation, keep the last step
-    validation_k: int = 4
-    validate_every: int = 10
-    keep_checkpoints: int = 2  # newest checkpoints kept (one is taken every validate_every steps); 0 keeps all
-    device: str | None = None
-    dtype: str | None = None  # None: fp32 on CPU, bf16 on CUDA (engine.models.training_dtype)
-    threads: int | None = None
-
-    def validate(self) -> None:
-        if not self.tasks:
-            raise UserError(
-                "no tasks given for --objective reward",
-                "set tasks=arith-add,arith-mul (registry tasks with a train split)",
-            )
-        checks = {
-            "mode": self.mode in ("joint", "temperature", "top_p"),
-            "schedule": self.schedule in ("cosine", "linear", "constant"),
-            "learning_rate": self.learning_rate > 0,
-            "steps": self.steps >= 1,
-            "prompts_per_step": self.prompts_per_step >= 1,
-            "group_size": self.group_size >= 2,
-            "batch_size": self.batch_size >= 1,
-            "micro_batch_size": self.micro_batch_size >= 1,
-            "validation_limit": self.validation_limit >= 0,
-            "validation_k": self.validation_k >= 1,
-            "validate_every": self.validate_every >= 1,
-            "keep_checkpoints": self.keep_checkpoints >= 0,
-            "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
-            "top_p_restart": self.top_p_restart is None or 0.0 < self.top_p_restart < 1.0,
-            "top_p_learning_rate": self.top_p_learning_rate is None or self.top_p_learning_rate > 0,
-            "temperature_cost": self.temperature_cost >= 0,
-            "top_p_cost": self.top_p_cost >= 0,
-            "limit": self.limit is None or self.limit >= 1,
-            "max_new_tokens": self.max_new_tokens is None or self.max_new_tokens >= 1,
-            "head_width": self.head_width >= 1,
-            "soft_top_p_alpha": self.soft_top_p_alpha > 0,
-            "max_grad_norm": self.max_grad_norm >= 0,
-            "threads": self.threads is None or self.threads >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise UserError(
-                    f"config field {name}={getattr(self, name)!r} is invalid",
-                    "group_size needs >= 2 (the baseline is the group); see `autodeco train-heads --help`",
-                )
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 # ---- advantages -----------------------------------------------------------------------------

