@@ -237,12 +237,18 @@ def _fused_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Te
         return None
     from . import cpu_kernels
 
-    rows = logits.reshape(-1, logits.size(-1)).contiguous()
+    # A decode step's [rows, V] and [rows, 1] go in as they are: each reshape or copy skipped is a
+    # torch call less, and right after the model's forward each call costs several microseconds.
+    plain = logits.dim() == 2 and temperature.shape == (logits.size(0), 1) and temperature.dtype == torch.float32
+    if plain and logits.is_contiguous() and temperature.is_contiguous():
+        rows, column = logits, temperature.view(-1)
+    else:
+        rows, column = logits.reshape(-1, logits.size(-1)).contiguous(), _per_row(temperature, logits)
     try:
-        features = cpu_kernels.learned_features(kernel, rows, _per_row(temperature, logits))
+        features = cpu_kernels.learned_features(kernel, rows, column)
     except cpu_kernels.NotFinite:
         return None
-    return features.reshape(logits.shape[:-1] + (4,))
+    return features if plain else features.reshape(logits.shape[:-1] + (4,))
 
 
 def top_k_keep(logits: torch.Tensor, top_k: int | None) -> torch.Tensor | None:
