@@ -473,9 +473,12 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
      * It also makes the p's the same on every thread. Inputs are read as they are (no DAZ). */
     unsigned int mode_before = _mm_getcsr();
     _mm_setcsr((mode_before | 0x8000u) & ~0x0040u);
-#pragma omp for schedule(static)
+    /* Rows dealt out in turn: a row's cost follows its T (the live blocks and logs), and the heads'
+     * T̂ differ along a batch, so halves of it can differ by a tenth. `ahead` is this thread's next. */
+    long stride = omp_get_num_threads();
+#pragma omp for schedule(static, 1)
     for (long r = 0; r < rows; r++) {
-      const float *row = raw + r * n, *ahead = r + 1 < rows ? row + n : NULL;
+      const float *row = raw + r * n, *ahead = r + stride < rows ? row + stride * n : NULL;
       float max;
       if (reserve(&scratch, n, k)) {
 #pragma omp atomic write
