@@ -336,38 +336,38 @@ static float exponentiate(const float *raw, float t, float max, float *exps, lon
  * blocks are such. */
 static void moments(const float *exps, float inverse, long n, const int32_t *live, long count, float *squares,
                     float *plogp) {
-  float sq[LANES] = {0.0f}, pl[LANES] = {0.0f};
-#ifndef AUTODECO_KERNEL_REFERENCE
-  const float log_floor = log_positive(1e-8f);
-#endif
+  /* The lanes live in registers: as arrays they went through memory, a store and a load per block
+   * on the loop's critical path, longer than a block under the floor takes. */
+  const __m512 scale = _mm512_set1_ps(inverse), under = _mm512_set1_ps(UNDER_THE_FLOOR);
+  const __m512 log_floor = _mm512_set1_ps(log_positive(1e-8f));
+  __m512 sq = _mm512_setzero_ps(), pl = _mm512_setzero_ps();
   for (long i = 0; i < count; i++) {
-    long b = live[i];
+    __m512 p = _mm512_mul_ps(_mm512_loadu_ps(exps + live[i]), scale);
+    sq = _mm512_fmadd_ps(p, p, sq);
 #ifndef AUTODECO_KERNEL_REFERENCE
-    __m512 p = _mm512_mul_ps(_mm512_loadu_ps(exps + b), _mm512_set1_ps(inverse));
-    if (!_mm512_cmp_ps_mask(p, _mm512_set1_ps(UNDER_THE_FLOOR), _CMP_GE_OQ)) {
-#pragma omp simd
-      for (int j = 0; j < LANES; j++) {
-        float p = exps[b + j] * inverse;
-        sq[j] = FMA(p, p, sq[j]);
-        pl[j] = FMA(p, log_floor, pl[j]);
-      }
+    if (!_mm512_cmp_ps_mask(p, under, _CMP_GE_OQ)) {
+      pl = _mm512_fmadd_ps(p, log_floor, pl);
       continue;
     }
+#else
+    (void)under, (void)log_floor;
 #endif
+    float shifted[LANES], logs[LANES];
+    _mm512_storeu_ps(shifted, _mm512_add_ps(p, _mm512_set1_ps(1e-8f)));
 #pragma omp simd
-    for (int j = 0; j < LANES; j++) {
-      float p = exps[b + j] * inverse;
-      sq[j] = FMA(p, p, sq[j]);
-      pl[j] = FMA(p, log_positive(p + 1e-8f), pl[j]);
-    }
+    for (int j = 0; j < LANES; j++) logs[j] = log_positive(shifted[j]);
+    pl = _mm512_fmadd_ps(p, _mm512_loadu_ps(logs), pl);
   }
+  float sq_lanes[LANES], pl_lanes[LANES];
+  _mm512_storeu_ps(sq_lanes, sq);
+  _mm512_storeu_ps(pl_lanes, pl);
   for (long i = n - n % LANES; i < n; i++) {
     float p = exps[i] * inverse;
-    sq[0] = FMA(p, p, sq[0]);
-    pl[0] = FMA(p, log_positive(p + 1e-8f), pl[0]);
+    sq_lanes[0] = FMA(p, p, sq_lanes[0]);
+    pl_lanes[0] = FMA(p, log_positive(p + 1e-8f), pl_lanes[0]);
   }
-  *squares = lanes_sum(sq);
-  *plogp = lanes_sum(pl);
+  *squares = lanes_sum(sq_lanes);
+  *plogp = lanes_sum(pl_lanes);
 }
 
 static void features_row(const float *raw, float t, float max, long n, scratch_t *s, float *out, const float *ahead) {
