@@ -264,3 +264,18 @@ def test_shortcuts_give_the_reference_bits_on_small_and_uneven_rows():
             _kernel_outputs(fast, rows, temperature, top_p), _kernel_outputs(reference, rows, temperature, top_p)
         ):
             assert torch.equal(got, expected), vocab
+
+
+def test_a_decode_steps_rows_go_in_as_they_are(kernel_calls):
+    """[rows, V] with a [rows, 1] T̂ (the sampler's shapes) skip the reshapes; 3-D rows, a [rows] T̂
+    and a non-contiguous batch take the general path; all give the same bits."""
+    _, logits, temperature, _ = CASES[1]
+    column = temperature.float().clamp_min(MIN_TEMPERATURE).expand(logits.shape[0], 1).contiguous()
+    with torch.no_grad():
+        plain = distribution_features(logits, column)
+        assert plain.shape == (logits.shape[0], 4)
+        assert torch.equal(distribution_features(logits.unsqueeze(0), column.unsqueeze(0))[0], plain)
+        assert torch.equal(distribution_features(logits, column.squeeze(-1)), plain)
+        strided = torch.cat([logits, logits], dim=-1)[:, : logits.shape[1]]
+        assert torch.equal(distribution_features(strided, column), plain)
+    assert kernel_calls["features"] == 4
