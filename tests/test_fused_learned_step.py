@@ -186,3 +186,96 @@ def test_blocks_below_the_flush_are_skipped_exactly(vocab, peak):
     got = kernel_probs(logits, temperature)
     assert got[0, 1000] > 0 and got[0, 2000] == 0
     assert torch.allclose(got, expected, rtol=2e-6, atol=1e-30)
+
+
+def reference_build():
+    """The kernel built with AUTODECO_KERNEL_REFERENCE: every block of a row walked, a log for every
+    token and the top 5 in a pass of their own (the previous build's arithmetic, without its
+    shortcuts), for the fast build to be held to bit for bit."""
+    import ctypes
+
+    source = "#define AUTODECO_KERNEL_REFERENCE 1\n" + cpu_kernels.kernel_source("learned_step_f32")
+    function = ctypes.CDLL(str(cpu_kernels._build("learned_step_f32", source))).autodeco_learned_step_f32
+    function.argtypes, function.restype = cpu_kernels.SIGNATURES["learned_step_f32"], ctypes.c_int
+    return function
+
+
+def _awkward_rows(gen: torch.Generator) -> torch.Tensor:
+    """Real-sized rows from peaked to flat, with -inf, ±0, tiny, huge and bf16-rounded logits."""
+    rows = torch.randn(24, VOCAB, generator=gen) * torch.tensor([0.5, 2.0, 4.0, 8.0]).repeat(6)[:, None]
+    rows += torch.randn(24, 1, generator=gen) * 10
+    rows[:, ::97] = float("-inf")
+    rows[:, 5::131], rows[:, 7::173], rows[:, 11::199] = 0.0, -0.0, 1e-30
+    rows[3, 100:200], rows[4, 300:310], rows[6, 50:60] = 1e20, -1e25, 1e32
+    rows[5] = rows[5].bfloat16().float()
+    return rows
+
+
+def _kernel_outputs(kernel, rows, temperature, top_p):
+    return (
+        cpu_kernels.learned_features(kernel, rows, temperature),
+        cpu_kernels.learned_probs(kernel, rows, temperature),
+        cpu_kernels.learned_cut(kernel, rows, temperature, top_p, distribution.NUCLEUS_CANDIDATES),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shortcuts_give_the_reference_bits(seed):
+    """Skipping the dead blocks (listed first), the top 5 kept on the way and the one log(1e-8) of
+    blocks under the floor change no bit of the features, probabilities or cuts, at temperatures
+    from the clamp (0.01) to the heads' max (2), on odd and even row counts (the prefetch of the
+    next row stops at a thread's last row)."""
+    gen = torch.Generator().manual_seed(seed)
+    fast, reference = cpu_kernels.load("learned_step_f32"), reference_build()
+    rows = _awkward_rows(gen)
+    temperature = torch.rand(24, generator=gen) * 1.99 + 0.01
+    temperature[:6] = torch.tensor([0.01, 0.05, 0.21, 0.3, 0.6, 2.0])
+    top_p = torch.rand(24, generator=gen)
+    for count in (24, 7, 1):
+        args = (rows[:count].contiguous(), temperature[:count].contiguous(), top_p[:count].contiguous())
+        for got, expected in zip(_kernel_outputs(fast, *args), _kernel_outputs(reference, *args)):
+            assert torch.equal(got, expected)
+
+
+def test_shortcuts_give_the_reference_bits_on_the_prefilter_cases():
+    fast, reference = cpu_kernels.load("learned_step_f32"), reference_build()
+    for name, logits, temperature, top_p in CASES:
+        rows = logits.float().reshape(-1, VOCAB).contiguous()
+        column = temperature.float().clamp_min(MIN_TEMPERATURE).expand(logits.shape[:-1] + (1,)).reshape(-1)
+        p = top_p.float().expand(logits.shape[:-1] + (1,)).reshape(-1).contiguous()
+        for got, expected in zip(
+            _kernel_outputs(fast, rows, column.contiguous(), p),
+            _kernel_outputs(reference, rows, column.contiguous(), p),
+        ):
+            assert torch.equal(got, expected), name
+
+
+def test_shortcuts_give_the_reference_bits_on_small_and_uneven_rows():
+    """Vocabularies with a tail past the last 16-wide block, fewer tokens than 5 live ones, and
+    rows where a single token lives (the rest of the top 5 are the starting zeros)."""
+    gen = torch.Generator().manual_seed(3)
+    fast, reference = cpu_kernels.load("learned_step_f32"), reference_build()
+    for vocab in (8, 13, 37, 3001):
+        rows = torch.randn(5, vocab, generator=gen) * 4
+        rows[0, 1:] = -1e4  # one live token
+        rows[1] = rows[1].round()  # ties
+        temperature, top_p = torch.tensor([0.01, 0.3, 1.0, 2.0, 0.05]), torch.tensor([0.9, 0.5, 0.99, 0.0, 1.0])
+        for got, expected in zip(
+            _kernel_outputs(fast, rows, temperature, top_p), _kernel_outputs(reference, rows, temperature, top_p)
+        ):
+            assert torch.equal(got, expected), vocab
+
+
+def test_a_decode_steps_rows_go_in_as_they_are(kernel_calls):
+    """[rows, V] with a [rows, 1] T̂ (the sampler's shapes) skip the reshapes; 3-D rows, a [rows] T̂
+    and a non-contiguous batch take the general path; all give the same bits."""
+    _, logits, temperature, _ = CASES[1]
+    column = temperature.float().clamp_min(MIN_TEMPERATURE).expand(logits.shape[0], 1).contiguous()
+    with torch.no_grad():
+        plain = distribution_features(logits, column)
+        assert plain.shape == (logits.shape[0], 4)
+        assert torch.equal(distribution_features(logits.unsqueeze(0), column.unsqueeze(0))[0], plain)
+        assert torch.equal(distribution_features(logits, column.squeeze(-1)), plain)
+        strided = torch.cat([logits, logits], dim=-1)[:, : logits.shape[1]]
+        assert torch.equal(distribution_features(strided, column), plain)
+    assert kernel_calls["features"] == 4

@@ -222,8 +222,8 @@ def _learned_step(kernel: Callable, mode: int, rows: torch.Tensor, temperature, 
 
 
 def learned_features(kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """`distribution_features` of contiguous float32 `rows` [R, V] at `temperature` [R] (already
-    clamped): [R, 4]."""
+    """`distribution_features` of contiguous float32 `rows` [R, V] at `temperature` [R] or [R, 1]
+    (contiguous, already clamped): [R, 4]."""
     return _learned_step(kernel, _FEATURES, rows, temperature, None, 4)
 
 

@@ -20,7 +20,8 @@ def _as_column(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Turn a float or a ``[...]``/``[..., 1]`` tensor into a ``[..., 1]`` tensor on `like`'s device."""
     if not torch.is_tensor(value):
         return torch.tensor(float(value), dtype=like.dtype, device=like.device).reshape(*([1] * like.dim()))
-    value = value.to(device=like.device, dtype=like.dtype)
+    if value.dtype != like.dtype or value.device != like.device:  # a no-op .to() is still a torch call
+        value = value.to(device=like.device, dtype=like.dtype)
     if value.dim() == like.dim() - 1:
         value = value.unsqueeze(-1)
     return value
@@ -237,12 +238,18 @@ def _fused_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Te
         return None
     from . import cpu_kernels
 
-    rows = logits.reshape(-1, logits.size(-1)).contiguous()
+    # A decode step's [rows, V] and [rows, 1] go in as they are: each reshape or copy skipped is a
+    # torch call less, and right after the model's forward each call costs several microseconds.
+    plain = logits.dim() == 2 and temperature.shape == (logits.size(0), 1) and temperature.dtype == torch.float32
+    if plain and logits.is_contiguous() and temperature.is_contiguous():
+        rows, column = logits, temperature  # [rows, 1] is laid out as [rows]
+    else:
+        rows, column = logits.reshape(-1, logits.size(-1)).contiguous(), _per_row(temperature, logits)
     try:
-        features = cpu_kernels.learned_features(kernel, rows, _per_row(temperature, logits))
+        features = cpu_kernels.learned_features(kernel, rows, column)
     except cpu_kernels.NotFinite:
         return None
-    return features.reshape(logits.shape[:-1] + (4,))
+    return features if plain else features.reshape(logits.shape[:-1] + (4,))
 
 
 def top_k_keep(logits: torch.Tensor, top_k: int | None) -> torch.Tensor | None:
@@ -402,7 +409,8 @@ def distribution_features(logits: torch.Tensor, temperature: torch.Tensor) -> to
     max prob, entropy, variance (unbiased, as torch.var) and top-5 mass, as ``[..., 4]``.
     Without gradients, CPU float32 rows go through the fused kernel (see `FUSED_KERNEL`).
     """
-    logits = logits.float()
+    if logits.dtype != torch.float32:  # at a decode step every torch call counts (`_fused_features`)
+        logits = logits.float()
     temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)
     fused = _fused_features(logits, temperature)
     if fused is not None:

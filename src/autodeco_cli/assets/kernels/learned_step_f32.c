@@ -22,7 +22,10 @@
  * Subnormal results are flushed to zero (probabilities below 1.2e-38; a kept logit raw / T below
  * that in magnitude would read 0), for speed and so every thread computes the same p's.
  *
- * Built by autodeco_cli/core/cpu_kernels.py with -fopenmp (torch's libgomp and thread count). */
+ * Built by autodeco_cli/core/cpu_kernels.py with -fopenmp (torch's libgomp and thread count).
+ * AUTODECO_KERNEL_REFERENCE builds the plain version of the shortcuts below (every block walked,
+ * every log taken, the top 5 selected in a pass of their own), which the tests hold it to bit
+ * for bit. */
 #include <omp.h>
 #include <stdint.h>
 #include <immintrin.h>
@@ -203,6 +206,7 @@ static void sort_probs_descending(const float *in, float *out, long n, uint32_t 
 typedef struct {
   float *exps, *sorted, *top, *buffer; /* [n], [n], [k], [2k + BLOCK] */
   uint32_t *keys;                      /* [2n] */
+  int32_t *live;                       /* [n / LANES + 1]: the blocks `exponentiate` computed */
   long n, k;
 } scratch_t;
 
@@ -211,7 +215,7 @@ static int reserve(scratch_t *s, long n, long k) {
   free(s->exps);
   free(s->keys);
   s->exps = malloc(sizeof(float) * (2 * n + 3 * k + BLOCK));
-  s->keys = malloc(sizeof(uint32_t) * 2 * n);
+  s->keys = malloc(sizeof(uint32_t) * (2 * n + n / 16 + 1));
   if (!s->exps || !s->keys) {
     free(s->exps);
     free(s->keys);
@@ -219,6 +223,7 @@ static int reserve(scratch_t *s, long n, long k) {
     s->keys = NULL;
     return -1;
   }
+  s->live = (int32_t *)(s->keys + 2 * n);
   s->sorted = s->exps + n;
   s->top = s->sorted + n;
   s->buffer = s->top + k;
@@ -253,61 +258,128 @@ static float flushed_up_to(float t, float shift, float max) {
   return -__builtin_inff();
 }
 
+/* The 16-wide blocks of raw[0..body) with a raw above `dead`, in order, into live; returns how
+ * many. Listing them first keeps the exp loop free of a data-dependent branch per block (whether a
+ * block is dead follows no pattern along a row, and each mispredicted skip cost the loop its
+ * overlap of one block's latency with the next). */
+static long live_blocks(const float *raw, long body, float dead, int32_t *live) {
+  long count = 0;
+  for (long b = 0; b < body; b += LANES) {
+    live[count] = (int32_t)b;
+#ifdef AUTODECO_KERNEL_REFERENCE
+    count++;
+    (void)raw, (void)dead;
+#else
+    count += _mm512_cmp_ps_mask(_mm512_loadu_ps(raw + b), _mm512_set1_ps(dead), _CMP_GT_OQ) != 0;
+#endif
+  }
+  return count;
+}
+
+/* Insert x into top[0..k), kept descending, if it beats the last. */
+static inline void keep_largest(float *top, long k, float x) {
+  if (!(x > top[k - 1])) return;
+  long i = k - 1;
+  for (; i > 0 && top[i - 1] < x; i--) top[i] = top[i - 1];
+  top[i] = x;
+}
+
 /* exps[i] = exp(raw[i] / t - max / t) with torch's roundings of the quotient and the difference
  * (one division each: the exps then differ from torch's only by the exp itself); returns the sum.
  * A block whose every raw is at most `flushed_up_to` is all +0, and adding +0 changes no lane:
- * at a low T most of a row's blocks are, so they skip the division and the polynomial. */
-static float exponentiate(const float *raw, float t, float max, float *exps, long n) {
+ * at a low T most of a row's blocks are, so only the others are computed, listed in `live`
+ * (`*count` of them). The dead ones are zeroed only with `zero_dead`: the features never read them.
+ * With `top` (k >= 1 floats), the k largest e's, descending, are kept on the way: the dead blocks'
+ * +0's can only be among them as the zeros `top` starts from.
+ * `ahead` (or NULL) is the next row this thread reads: its lines are prefetched along the way, so
+ * that row's first pass (the max) finds it in this core's cache instead of waiting on memory. */
+static float exponentiate(const float *raw, float t, float max, float *exps, long n, const float *ahead,
+                          int32_t *live, long *count, int zero_dead, float *top, long k) {
   float shift = max / t, lane[LANES] = {0.0f};
-  float dead = flushed_up_to(t, shift, max);
-  long body = n - n % LANES;
-  for (long b = 0; b < body; b += LANES) {
-    if (!_mm512_cmp_ps_mask(_mm512_loadu_ps(raw + b), _mm512_set1_ps(dead), _CMP_GT_OQ)) {
-      for (int j = 0; j < LANES; j++) exps[b + j] = 0.0f;
-      continue;
-    }
+  long body = n - n % LANES, blocks = live_blocks(raw, body, flushed_up_to(t, shift, max), live);
+  long lines = body / LANES, per_block = blocks ? (lines + blocks - 1) / blocks : 0, prefetched = 0, zeroed = 0;
+  for (long i = 0; i < k; i++) top[i] = 0.0f;
+  for (long i = 0; i < blocks; i++) {
+    long b = live[i];
+    for (long j = 0; ahead && j < per_block && prefetched < lines; j++, prefetched++)
+      _mm_prefetch((const char *)(ahead + prefetched * LANES), _MM_HINT_T1);
+    for (; zero_dead && zeroed < b; zeroed++) exps[zeroed] = 0.0f;
 #pragma omp simd
     for (int j = 0; j < LANES; j++) {
       exps[b + j] = exp_nonpositive(raw[b + j] / t - shift);
       lane[j] += exps[b + j];
     }
+    zeroed = b + LANES;
+    if (k) {
+      __mmask16 above = _mm512_cmp_ps_mask(_mm512_loadu_ps(exps + b), _mm512_set1_ps(top[k - 1]), _CMP_GT_OQ);
+      for (; above; above &= above - 1) keep_largest(top, k, exps[b + __builtin_ctz(above)]);
+    }
   }
+  for (; zero_dead && zeroed < body; zeroed++) exps[zeroed] = 0.0f;
   for (long i = body; i < n; i++) {
     exps[i] = exp_nonpositive(raw[i] / t - shift);
     lane[0] += exps[i];
+    if (k) keep_largest(top, k, exps[i]);
   }
+  *count = blocks;
   return lanes_sum(lane);
 }
 
-/* Sum p^2 and sum p log(p + 1e-8) into squares, plogp. A block of zero e's adds +0 and -0 (0 times
- * a negative log), which change no lane, so it is skipped. */
-static void moments(const float *exps, float inverse, long n, float *squares, float *plogp) {
-  float sq[LANES] = {0.0f}, pl[LANES] = {0.0f};
-  long body = n - n % LANES;
-  for (long b = 0; b < body; b += LANES) {
-    if (!_mm512_cmp_ps_mask(_mm512_loadu_ps(exps + b), _mm512_setzero_ps(), _CMP_NEQ_UQ)) continue;
-#pragma omp simd
-    for (int j = 0; j < LANES; j++) {
-      float p = exps[b + j] * inverse;
-      sq[j] = FMA(p, p, sq[j]);
-      pl[j] = FMA(p, log_positive(p + 1e-8f), pl[j]);
+/* p + 1e-8f rounds to 1e-8f for every p below this: half an ulp of 1e-8f (a tie would round up,
+ * to even, as 1e-8f's last bit is odd). */
+#define UNDER_THE_FLOOR 0x1p-51f
+
+/* Sum p^2 and sum p log(p + 1e-8) into squares, plogp, over the `count` blocks in `live` and the
+ * tail: the other blocks' e's are +0, which add +0 and -0 (0 times a negative log) and change no
+ * lane. In a block whose every p is below UNDER_THE_FLOOR each log is log(1e-8f), the same
+ * polynomial on the same input, so it is taken once per row: past a row's likely tokens most
+ * blocks are such. */
+static void moments(const float *exps, float inverse, long n, const int32_t *live, long count, float *squares,
+                    float *plogp) {
+  /* The lanes live in registers: as arrays they went through memory, a store and a load per block
+   * on the loop's critical path, longer than a block under the floor takes. */
+  const __m512 scale = _mm512_set1_ps(inverse), under = _mm512_set1_ps(UNDER_THE_FLOOR);
+  const __m512 log_floor = _mm512_set1_ps(log_positive(1e-8f));
+  __m512 sq = _mm512_setzero_ps(), pl = _mm512_setzero_ps();
+  for (long i = 0; i < count; i++) {
+    __m512 p = _mm512_mul_ps(_mm512_loadu_ps(exps + live[i]), scale);
+    sq = _mm512_fmadd_ps(p, p, sq);
+#ifndef AUTODECO_KERNEL_REFERENCE
+    if (!_mm512_cmp_ps_mask(p, under, _CMP_GE_OQ)) {
+      pl = _mm512_fmadd_ps(p, log_floor, pl);
+      continue;
     }
+#else
+    (void)under, (void)log_floor;
+#endif
+    float shifted[LANES], logs[LANES];
+    _mm512_storeu_ps(shifted, _mm512_add_ps(p, _mm512_set1_ps(1e-8f)));
+#pragma omp simd
+    for (int j = 0; j < LANES; j++) logs[j] = log_positive(shifted[j]);
+    pl = _mm512_fmadd_ps(p, _mm512_loadu_ps(logs), pl);
   }
-  for (long i = body; i < n; i++) {
+  float sq_lanes[LANES], pl_lanes[LANES];
+  _mm512_storeu_ps(sq_lanes, sq);
+  _mm512_storeu_ps(pl_lanes, pl);
+  for (long i = n - n % LANES; i < n; i++) {
     float p = exps[i] * inverse;
-    sq[0] = FMA(p, p, sq[0]);
-    pl[0] = FMA(p, log_positive(p + 1e-8f), pl[0]);
+    sq_lanes[0] = FMA(p, p, sq_lanes[0]);
+    pl_lanes[0] = FMA(p, log_positive(p + 1e-8f), pl_lanes[0]);
   }
-  *squares = lanes_sum(sq);
-  *plogp = lanes_sum(pl);
+  *squares = lanes_sum(sq_lanes);
+  *plogp = lanes_sum(pl_lanes);
 }
 
-static void features_row(const float *raw, float t, float max, long n, scratch_t *s, float *out) {
-  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n);
-  float squares, plogp;
-  moments(s->exps, inverse, n, &squares, &plogp);
-  long k = n < 5 ? n : 5;
+static void features_row(const float *raw, float t, float max, long n, scratch_t *s, float *out, const float *ahead) {
+  long k = n < 5 ? n : 5, blocks;
+#ifdef AUTODECO_KERNEL_REFERENCE
+  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n, ahead, s->live, &blocks, 1, s->top, 0);
   largest(s->exps, n, k, s->top, s->buffer);
+#else
+  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n, ahead, s->live, &blocks, 0, s->top, k);
+#endif
+  float squares, plogp;
+  moments(s->exps, inverse, n, s->live, blocks, &squares, &plogp);
   float top5 = 0.0f;
   for (long i = 0; i < k; i++) top5 += s->top[i] * inverse;
   float variance = squares - (float)(1.0 / (double)n);
@@ -352,8 +424,10 @@ static void mask_row(const float *raw, float t, const float *exps, float inverse
   }
 }
 
-static void cut_row(const float *raw, float t, float top_p, float max, long n, long k, scratch_t *s, float *out) {
-  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n);
+static void cut_row(const float *raw, float t, float top_p, float max, long n, long k, scratch_t *s, float *out,
+                    const float *ahead) {
+  long blocks;
+  float inverse = 1.0f / exponentiate(raw, t, max, s->exps, n, ahead, s->live, &blocks, 1, NULL, 0);
   if (top_p >= 1.0f) { /* no cut */
     for (long i = 0; i < n; i++) out[i] = raw[i] / t;
     return;
@@ -399,9 +473,13 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
      * It also makes the p's the same on every thread. Inputs are read as they are (no DAZ). */
     unsigned int mode_before = _mm_getcsr();
     _mm_setcsr((mode_before | 0x8000u) & ~0x0040u);
-#pragma omp for schedule(static)
+    /* Rows dealt out in turn: a row's cost follows its T (the live blocks and logs), and the heads'
+     * T̂ differ along a batch, so its halves can carry unequal work (three real steps: 487 -> 409 us
+     * per call dealt in turn). `ahead` is this thread's next row. */
+    long stride = omp_get_num_threads();
+#pragma omp for schedule(static, 1)
     for (long r = 0; r < rows; r++) {
-      const float *row = raw + r * n;
+      const float *row = raw + r * n, *ahead = r + stride < rows ? row + stride * n : NULL;
       float max;
       if (reserve(&scratch, n, k)) {
 #pragma omp atomic write
@@ -414,11 +492,13 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
         continue;
       }
       if (mode == MODE_FEATURES) {
-        features_row(row, temperature[r], max, n, &scratch, out + r * 4);
+        features_row(row, temperature[r], max, n, &scratch, out + r * 4, ahead);
       } else if (mode == MODE_CUT) {
-        cut_row(row, temperature[r], top_p[r], max, n, k, &scratch, out + r * n);
+        cut_row(row, temperature[r], top_p[r], max, n, k, &scratch, out + r * n, ahead);
       } else {
-        float inverse = 1.0f / exponentiate(row, temperature[r], max, scratch.exps, n);
+        long blocks;
+        float inverse = 1.0f / exponentiate(row, temperature[r], max, scratch.exps, n, ahead, scratch.live, &blocks, 1,
+                                            NULL, 0);
         for (long i = 0; i < n; i++) out[r * n + i] = scratch.exps[i] * inverse;
       }
     }
