@@ -6,7 +6,7 @@ import torch
 
 from autodeco_cli.engine.cpu_inference import ZERO_TAIL
 from autodeco_cli.engine.generation import place_rows
-from autodeco_cli.engine.kv_cache import GrowingLayer, select_rows
+from autodeco_cli.engine.kv_cache import GrowingLayer, append_rows, select_rows
 
 
 def test_first_children_keep_their_parents_row_and_the_rest_fill_freed_rows():
@@ -64,3 +64,28 @@ def test_select_rows_moves_rows_in_place_and_gathers_only_past_the_buffer():
     select_rows(_Cache([layer]), [0, 1, 2, 3, 4, 5, 6, 6])
     assert layer.keys.untyped_storage().data_ptr() == buffer
     assert torch.equal(layer.keys, expected[[0, 1, 2, 3, 4, 5, 6, 6]])
+
+
+def test_joining_rows_are_written_into_spare_rows_left_padded():
+    generator = torch.Generator().manual_seed(1)
+    states = [torch.randn(3, 2, n, 3, generator=generator) for n in (5, 1)]
+    layer = _layer_with(states)  # a buffer of 3 rows plus room for 4 more
+    expected = torch.cat(states, dim=-2)
+    select_rows(_Cache([layer]), [2, 0])  # a row leaves: its old data stays in a spare row
+    expected = expected[[2, 0]]
+    buffer = layer.keys.untyped_storage().data_ptr()
+    new = torch.randn(2, 2, 4, 3, generator=generator)
+    assert append_rows(_Cache([layer]), [(new, new * 2)])
+    padded = torch.cat([torch.zeros(2, 2, 2, 3), new], dim=-2)
+    assert torch.equal(layer.keys, torch.cat([expected, padded]))
+    assert torch.equal(layer.values, torch.cat([expected * 2, padded * 2]))
+    assert layer.keys.untyped_storage().data_ptr() == buffer
+    assert _zero_tail_is_zero(layer.keys) and _zero_tail_is_zero(layer.values)
+    step = torch.randn(4, 2, 1, 3, generator=generator)
+    layer.update(step, step)
+    assert torch.equal(layer.keys, torch.cat([torch.cat([expected, padded]), step], dim=-2))
+    # longer than the cache, or more rows than the buffer holds: refused, nothing changed
+    before = layer.keys.clone()
+    assert not append_rows(_Cache([layer]), [(torch.zeros(1, 2, 9, 3), torch.zeros(1, 2, 9, 3))])
+    assert not append_rows(_Cache([layer]), [(torch.zeros(4, 2, 2, 3), torch.zeros(4, 2, 2, 3))])
+    assert torch.equal(layer.keys, before)

@@ -41,7 +41,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..core.heads import AutoDecoHeads
 from ..core.prompt_format import PLAIN, PromptFormat
-from .kv_cache import GrowingLayer, select_rows
+from .kv_cache import GrowingLayer, append_rows, select_rows
 from .models import LoadedModel, unsupported_model_type
 from .prefix_cache import SharedPrefix, shared_prefix_length
 from .requests import Generation, Request, TokenTrace, batch_order_key, finished_text
@@ -344,9 +344,11 @@ class _DecodeState:
         is shorter, then stack."""
         self._start(new_rows)
         joined = max(self.attention_mask.shape[1], mask.shape[1])
-        for layer, (new_keys, new_values) in zip(self.cache.layers, kv):
-            layer.keys = torch.cat([_left_pad(layer.keys, joined), _left_pad(new_keys, joined)])
-            layer.values = torch.cat([_left_pad(layer.values, joined), _left_pad(new_values, joined)])
+        # rows no longer than the batch's go into the cache's spare rows; others re-pad all
+        if mask.shape[1] > self.attention_mask.shape[1] or not append_rows(self.cache, kv):
+            for layer, (new_keys, new_values) in zip(self.cache.layers, kv):
+                layer.keys = torch.cat([_left_pad(layer.keys, joined), _left_pad(new_keys, joined)])
+                layer.values = torch.cat([_left_pad(layer.values, joined), _left_pad(new_values, joined)])
         self.attention_mask = torch.cat([_left_pad(self.attention_mask, joined), _left_pad(mask, joined)])
         self.positions = torch.cat([self.positions, last_positions])
         self.logits = torch.cat([self.logits, logits])

@@ -50,6 +50,14 @@ class GrowingLayer(DynamicLayer):
                 self.values, sources, moves, getattr(self, "_value_buffer", None)
             )
 
+    def has_room(self, keys: torch.Tensor, values: torch.Tensor) -> bool:
+        """Whether `append_rows` can write these rows into this layer's buffers as they are."""
+        return (
+            self.get_seq_length() > 0
+            and _has_room(self.keys, keys, getattr(self, "_key_buffer", None))
+            and _has_room(self.values, values, getattr(self, "_value_buffer", None))
+        )
+
     def crop(self, tokens_to_remove: int) -> None:
         super().crop(tokens_to_remove)
         self._key_buffer = self._value_buffer = None  # the cut columns are not zeros: never append over them
@@ -90,12 +98,52 @@ def _append_columns(
     start = _column_in(cache, buffer)
     if start is None or start + length + added > buffer.shape[2]:
         total = length + added
-        buffer = cache.new_zeros((*cache.shape[:2], total + max(16, total // 4), cache.shape[3]))
-        buffer[:, :, :length] = cache
+        buffer = cache.new_zeros(
+            (_with_room(cache.shape[0]), cache.shape[1], total + max(16, total // 4), cache.shape[3])
+        )
+        buffer[: cache.shape[0], :, :length] = cache
         start = 0
     rows = cache.shape[0]
     buffer[:rows, :, start + length : start + length + added] = new
     return _columns(buffer, rows, start, start + length + added), buffer
+
+
+def _with_room(rows: int) -> int:
+    """Rows a new buffer holds: a few more than in use, for rows that split or join later."""
+    return rows + max(4, rows // 4)
+
+
+def append_rows(cache, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Add rows to every layer in place: per layer (keys, values) no longer than the cache's, which
+    are left-padded with zeros to its length and written into the buffer's spare rows. Returns
+    False, changing nothing, where some layer is not a growing one with that room."""
+    layers = cache.layers
+    if len(layers) != len(kv) or not all(
+        isinstance(layer, GrowingLayer) and layer.has_room(keys, values) for layer, (keys, values) in zip(layers, kv)
+    ):
+        return False
+    for layer, (keys, values) in zip(layers, kv):
+        layer.keys = _write_rows(layer.keys, keys, layer._key_buffer)
+        layer.values = _write_rows(layer.values, values, layer._value_buffer)
+    return True
+
+
+def _has_room(cache: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor | None) -> bool:
+    return (
+        _column_in(cache, buffer) is not None
+        and cache.shape[0] + new.shape[0] <= buffer.shape[0]
+        and new.shape[1:2] == cache.shape[1:2]
+        and new.shape[3] == cache.shape[3]
+        and new.shape[2] <= cache.shape[2]
+    )
+
+
+def _write_rows(cache: torch.Tensor, new: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    start, rows, length = _column_in(cache, buffer), cache.shape[0], cache.shape[2]
+    added = buffer[rows : rows + new.shape[0]]
+    added.zero_()  # spare rows may hold rows that left: the padding and the tail must be zeros
+    added[:, :, start + length - new.shape[2] : start + length] = new
+    return _columns(buffer, rows + new.shape[0], start, start + length)
 
 
 def _moves(sources: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
