@@ -1,4 +1,4 @@
-"""The KV-cache layer our decode loop grows in place: views of zeroed buffers with spare columns."""
+"""The KV-cache layer our decode loop grows in place: views of zeroed buffers with spare columns and rows."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ class GrowingLayer(DynamicLayer):
     Columns after a view are zeros (nothing writes past the end; `crop` starts a new buffer),
     and the views say how many (`ZERO_TAIL`): the CPU decode attention then multiplies the
     whole buffer, contiguous, instead of having torch copy the strided view first.
+
+    Buffers also keep a few spare rows, and a view may use only the first of them: rows that
+    leave, split or join are moved or written within the buffer (`select_rows`, `append_rows`)
+    instead of the whole cache being gathered or concatenated anew (at 32 rows x 100 tokens in
+    bf16 that gather was ~12 ms, a fifth of a two-thread decode step, on most steps).
     """
 
     def update(
