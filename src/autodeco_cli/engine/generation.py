@@ -41,7 +41,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from ..core.heads import AutoDecoHeads
 from ..core.prompt_format import PLAIN, PromptFormat
-from .kv_cache import GrowingLayer
+from .kv_cache import GrowingLayer, append_rows, select_rows
 from .models import LoadedModel, unsupported_model_type
 from .prefix_cache import SharedPrefix, shared_prefix_length
 from .requests import Generation, Request, TokenTrace, batch_order_key, finished_text
@@ -344,9 +344,11 @@ class _DecodeState:
         is shorter, then stack."""
         self._start(new_rows)
         joined = max(self.attention_mask.shape[1], mask.shape[1])
-        for layer, (new_keys, new_values) in zip(self.cache.layers, kv):
-            layer.keys = torch.cat([_left_pad(layer.keys, joined), _left_pad(new_keys, joined)])
-            layer.values = torch.cat([_left_pad(layer.values, joined), _left_pad(new_values, joined)])
+        # rows no longer than the batch's go into the cache's spare rows; others re-pad all
+        if mask.shape[1] > self.attention_mask.shape[1] or not append_rows(self.cache, kv):
+            for layer, (new_keys, new_values) in zip(self.cache.layers, kv):
+                layer.keys = torch.cat([_left_pad(layer.keys, joined), _left_pad(new_keys, joined)])
+                layer.values = torch.cat([_left_pad(layer.values, joined), _left_pad(new_values, joined)])
         self.attention_mask = torch.cat([_left_pad(self.attention_mask, joined), _left_pad(mask, joined)])
         self.positions = torch.cat([self.positions, last_positions])
         self.logits = torch.cat([self.logits, logits])
@@ -380,18 +382,20 @@ class _DecodeState:
             self.rows, self.row_prompts = [], []
             self.cache = None
             return finished
-        parents = [row for row, _ in next_rows]
+        found = list(next_rows)  # (parent row, token): one per next row
+        children = [found[child] for child in place_rows([row for row, _ in found])]
+        parents = [row for row, _ in children]
         if parents != list(range(len(self.rows))):
             # drop rows with nothing left, copy rows whose requests diverged
+            select_rows(self.cache, parents)
             keep = torch.tensor(parents, device=self.attention_mask.device)
-            self.cache.batch_select_indices(keep)
             self.attention_mask, self.positions = self.attention_mask[keep], self.positions[keep]
             self._trim_padding()
-        self.rows = list(next_rows.values())
+        self.rows = [next_rows[child] for child in children]
         self.row_prompts = [self.row_prompts[row] for row in parents]
         self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones((len(self.rows), 1))], dim=1)
         self.positions = self.positions + 1
-        tokens = torch.tensor([[token] for _, token in next_rows], device=self.attention_mask.device)
+        tokens = torch.tensor([[token] for _, token in children], device=self.attention_mask.device)
         self.logits, self.hidden = self.engine._forward(tokens, self.attention_mask, self.positions, self.cache)
         self.request_steps += self.in_flight
         self.row_steps += len(self.rows)
@@ -435,6 +439,26 @@ class _DecodeState:
             trace=token_trace,
             strategy=request.strategy,
         )
+
+
+def place_rows(parents: list[int]) -> list[int]:
+    """Which child each row of the next step holds (an index into `parents`, each child's parent
+    row, in the order the children were found): a parent's first child keeps the parent's row,
+    and the others fill the rows that freed up. Every row computes alone, so the order is free; this one
+    moves the fewest rows of the cache (a dropped row is refilled by one copy instead of every
+    later row shifting up)."""
+    count = len(parents)
+    slots: list[int | None] = [None] * count
+    homeless = []
+    for child, parent in enumerate(parents):
+        if parent < count and slots[parent] is None:
+            slots[parent] = child
+        else:
+            homeless.append(child)
+    free = iter(slot for slot in range(count) if slots[slot] is None)
+    for child in homeless:
+        slots[next(free)] = child
+    return slots
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:

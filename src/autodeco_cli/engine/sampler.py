@@ -146,7 +146,9 @@ class Sampler:
     ) -> None:
         """Draw every member of these distributions (same top-k and kind) by inverse CDF."""
         device = logits.device
-        rows = torch.tensor([k.row for k in keys], device=device)
+        rows = [k.row for k in keys]
+        # every row once, in order (a static step's usual case): no copy of the logits
+        selected = logits if rows == list(range(logits.shape[0])) else logits[torch.tensor(rows, device=device)]
         temperature = torch.tensor([k.temperature for k in keys], device=device).unsqueeze(-1)
         top_p = torch.tensor([k.top_p for k in keys], device=device).unsqueeze(-1)
         adaptive = {}
@@ -156,24 +158,50 @@ class Sampler:
                 name: torch.tensor([k.adaptive_values[i] for k in keys], device=device).unsqueeze(-1)
                 for i, name in enumerate(names)
             }
-        decoded, used = decoding_logits_and_temperature(logits[rows], temperature, top_p, top_k, **adaptive)
+        decoded, used = decoding_logits_and_temperature(selected, temperature, top_p, top_k, **adaptive)
         # EDT's T is per row; the others keep the strategy's exact float in the trace
         used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k.temperature for k in keys]
         probs = torch.softmax(decoded, dim=-1).cpu()
         sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
-        # every row's tokens with mass in one pass (row-major: ids ascending within a row)
-        with_mass, ids_with_mass = probs.nonzero(as_tuple=True)
-        per_row = torch.split(ids_with_mass, torch.bincount(with_mass, minlength=len(keys)).tolist())
+        members = [distributions[key] for key in keys]
+        uniforms = [self.uniform(m) for group in members for m in group]
+        tokens = inverse_cdf_tokens(probs, [len(group) for group in members], uniforms)
+        draws = iter(tokens)
         for d, key in enumerate(keys):
-            members = distributions[key]
-            uniforms = torch.cat([torch.rand(1, generator=self.generator(m), dtype=torch.float64) for m in members])
-            # The inverse CDF over token ids, summed over the tokens with mass only: adding a zero
-            # leaves a double cumsum unchanged, so these are the full-vocabulary cumsum's values
-            # at those ids and every draw is the same, for a sum over the nucleus instead of 49k.
-            ids = per_row[d]
-            cumulative = torch.cumsum(probs[d, ids].double(), dim=0)
-            picks = torch.searchsorted(cumulative, uniforms * cumulative[-1], right=True).tolist()
-            for member, pick in zip(members, picks):
-                if pick >= len(ids):  # u * total rounded up to total: the last token with mass
-                    pick = int(torch.nonzero(torch.diff(cumulative, prepend=cumulative.new_zeros(1))).max())
-                chosen[member] = Step(int(ids[pick]), used_temperatures[d], key.top_p, sizes[d])
+            for member in members[d]:
+                chosen[member] = Step(next(draws), used_temperatures[d], key.top_p, sizes[d])
+
+    def uniform(self, member: int) -> float:
+        """The member's next uniform number in [0, 1): one float64 draw from its own generator."""
+        return torch.rand(1, generator=self.generator(member), dtype=torch.float64).item()
+
+
+def inverse_cdf_tokens(probs: torch.Tensor, draws: list[int], uniforms: list[float]) -> list[int]:
+    """Inverse-CDF draws over token ids: row d of `probs` ([R, V], CPU) takes `draws[d]` of the
+    `uniforms` (in row order), each picking the first token whose cumulative mass exceeds
+    u x the row's total.
+
+    The cumulative mass is a float64 cumsum over the row's tokens with mass only: adding a zero
+    leaves a double cumsum unchanged, so these are the full-vocabulary cumsum's values at those
+    ids, for a sum over the nucleus instead of 49k. All rows go at once, each zero-padded on the
+    right to the longest: the CPU cumsum is a sequential scan per row, so a row's prefix is its
+    own cumsum's, bit for bit, and the padding repeats its total (searchsorted never passes it).
+    """
+    rows = probs.shape[0]
+    with_mass, ids = probs.nonzero(as_tuple=True)  # row-major: ids ascending within a row
+    counts = torch.bincount(with_mass, minlength=rows)
+    starts = torch.cumsum(counts, dim=0) - counts
+    mass = torch.zeros((rows, int(counts.max())), dtype=torch.float64)
+    mass[with_mass, torch.arange(ids.numel()) - starts[with_mass]] = probs[with_mass, ids].double()
+    cumulative = torch.cumsum(mass, dim=1)
+    per_row = torch.tensor(draws)
+    draw_rows = torch.repeat_interleave(torch.arange(rows), per_row)
+    slots = torch.arange(len(uniforms)) - (torch.cumsum(per_row, dim=0) - per_row)[draw_rows]
+    targets = torch.zeros((rows, max(draws)), dtype=torch.float64)
+    targets[draw_rows, slots] = torch.tensor(uniforms, dtype=torch.float64) * cumulative[draw_rows, -1]
+    picks = torch.searchsorted(cumulative, targets, right=True)[draw_rows, slots]
+    for j in (picks >= counts[draw_rows]).nonzero().flatten().tolist():
+        # u * total rounded up to total: the last token with mass
+        own = cumulative[draw_rows[j], : counts[draw_rows[j]]]
+        picks[j] = torch.nonzero(torch.diff(own, prepend=own.new_zeros(1))).max()
+    return ids[starts[draw_rows] + picks].tolist()
