@@ -9,6 +9,17 @@ from dataclasses import asdict, dataclass, field, fields
 from ..core.errors import UserError
 from ..engine.model_names import DEFAULT_MODEL
 
+_HELP = "see `autodeco train-heads --help`"
+
+
+def _refuse_invalid(
+    config, checks: dict[str, bool], prefix: str = "", hint: str = _HELP + " for allowed values"
+) -> None:
+    """One-line error for the first field whose check failed (`prefix`: the field's name in a recipe)."""
+    for name, ok in checks.items():
+        if not ok:
+            raise UserError(f"config field {prefix}{name}={getattr(config, name)!r} is invalid", hint)
+
 
 @dataclass
 class TrainConfig:
@@ -81,12 +92,7 @@ class TrainConfig:
             "lora_dropout": 0.0 <= self.lora_dropout < 1.0,
             "lora_learning_rate": self.lora_learning_rate is None or self.lora_learning_rate > 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise UserError(
-                    f"config field {name}={getattr(self, name)!r} is invalid",
-                    "see `autodeco train-heads --help` for allowed values",
-                )
+        _refuse_invalid(self, checks)
         if self.lora_r and self.cache_hidden == "on":
             raise UserError(
                 "cache_hidden=on cannot be combined with lora_r: the base model changes while training",
@@ -127,12 +133,7 @@ class SteerConfig:
             "ranking_weight": self.ranking_weight >= 0,
             "anchor_weight": self.anchor_weight >= 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise UserError(
-                    f"config field steer_{name}={getattr(self, name)!r} is invalid",
-                    "see `autodeco train-heads --help` for allowed values",
-                )
+        _refuse_invalid(self, checks, prefix="steer_")
 
     def as_recipe(self) -> dict:
         """The fields under their recipe names."""
@@ -229,12 +230,7 @@ class RewardConfig:
             "max_grad_norm": self.max_grad_norm >= 0,
             "threads": self.threads is None or self.threads >= 0,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise UserError(
-                    f"config field {name}={getattr(self, name)!r} is invalid",
-                    "group_size needs >= 2 (the baseline is the group); see `autodeco train-heads --help`",
-                )
+        _refuse_invalid(self, checks, hint="group_size needs >= 2 (the baseline is the group); " + _HELP)
 
     @classmethod
     def field_names(cls) -> list[str]:
