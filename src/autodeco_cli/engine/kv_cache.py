@@ -183,8 +183,6 @@ def _select_rows(
             buffer.index_copy_(0, moved, buffer.index_select(0, moved_from))
         return _columns(buffer, rows, start, start + cache.shape[2]), buffer
     # index_select, not buffer[keep]: advanced indexing of a bf16 cache was ~3x slower
-    selected = buffer.new_zeros(
-        (rows + max(4, rows // 4), *buffer.shape[1:2], buffer.shape[2] - start, buffer.shape[3])
-    )
+    selected = buffer.new_zeros((_with_room(rows), *buffer.shape[1:2], buffer.shape[2] - start, buffer.shape[3]))
     selected[:rows] = buffer[:, :, start:].index_select(0, keep)
     return _columns(selected, rows, 0, cache.shape[2]), selected
