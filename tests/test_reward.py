@@ -236,3 +236,16 @@ def test_a_restarted_top_p_head_starts_at_its_value_and_learns_to_cut(tiny_lm, t
 def test_top_p_restart_is_checked():
     with pytest.raises(UserError, match="top_p_restart"):
         RewardConfig(tasks="arith-add", top_p_restart=1.0).validate()
+
+
+def test_a_restarted_temperature_head_starts_at_its_value_and_learns(tiny_lm, tmp_path):
+    # from T̂ = 1 on every token, the likelihood reward (which prefers low T) must cool it: the
+    # zeroed output layer still passes a gradient to its own weights
+    config = RewardConfig(tasks="count", output_dir=str(tmp_path / "unused"), temperature_restart=1.0)
+    trainer = RewardTrainer(config, reward_fn=_likelihood_reward(tiny_lm)).setup(lm=tiny_lm, tasks=[CountTask()])
+    assert _mean_prompt_temperature(trainer) == pytest.approx(1.0, abs=1e-6)
+    trainer, before, after = _train(tiny_lm, tmp_path, temperature_restart=1.0)
+    assert before == pytest.approx(1.0, abs=1e-6)
+    assert after < before - 0.15, (before, after)
+    with pytest.raises(UserError, match="temperature_restart"):
+        RewardConfig(tasks="count", temperature_restart=2.0).validate()

@@ -46,6 +46,7 @@ ADAPTIVE_CHOICES = ("min-p", "top-n-sigma", "edt")
 ACTIVE_HEADS_CHOICES = ("both", "temperature", "top_p")
 SCHEDULE = "schedule"
 MAX_STATIC_TEMPERATURE = 5.0
+MAX_TEMPERATURE = 2.0  # the temperature head's range is (0, MAX_TEMPERATURE)
 DEFAULT_MIN_P = 0.1
 DEFAULT_N_SIGMA = 1.0
 DEFAULT_EDT_BASE = 0.8  # the EDT paper's N

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from .decoding import MAX_TEMPERATURE
 from .distribution import distribution_features
 from .errors import UserError
 from .io_checks import heads_files
@@ -24,7 +25,6 @@ HEADS_CONFIG_FILE = "config.json"
 HEADS_WEIGHTS_FILE = "autodeco_heads.safetensors"
 # Official split-head checkpoints use either name for the heads' weights.
 OFFICIAL_WEIGHT_FILES = ("autodeco_heads.safetensors", "model.safetensors")
-MAX_TEMPERATURE = 2.0
 NUM_DISTRIBUTION_FEATURES = 4
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from ..core.decoding import MAX_TEMPERATURE
 from ..core.errors import UserError
 from ..engine.model_names import DEFAULT_MODEL
 
@@ -167,6 +168,10 @@ class RewardConfig:
     # leaves P̂ ≈ 0.999, deep in the sigmoid's flat tail, where no reward step can move it: the
     # head must start where cutting and not cutting are both a small step away. None keeps it.
     top_p_restart: float | None = None
+    # Restart the temperature head the same way, at this T̂ everywhere. From MLE heads the reward
+    # must warm a cold pick (adding off-set picks as it goes); from a warm start it cools the exact
+    # steps instead, where every wrong sample says "colder". None keeps the head.
+    temperature_restart: float | None = None
     top_p_learning_rate: float | None = None  # the top-p head's own rate (default: learning_rate)
     # A price per trained token on T̂ and on P̂ (added to the loss as cost · mean T̂ / P̂). Where a
     # token's value does not change the reward (an exact step that greedy gets right anyway), the
@@ -220,6 +225,7 @@ class RewardConfig:
             "keep_checkpoints": self.keep_checkpoints >= 0,
             "warmup_ratio": 0.0 <= self.warmup_ratio < 1.0,
             "top_p_restart": self.top_p_restart is None or 0.0 < self.top_p_restart < 1.0,
+            "temperature_restart": self.temperature_restart is None or 0.0 < self.temperature_restart < MAX_TEMPERATURE,
             "top_p_learning_rate": self.top_p_learning_rate is None or self.top_p_learning_rate > 0,
             "temperature_cost": self.temperature_cost >= 0,
             "top_p_cost": self.top_p_cost >= 0,

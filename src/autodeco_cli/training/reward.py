@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..core.decoding import MAX_TEMPERATURE
 from ..core.errors import UserError
 from ..core.io_checks import cut_partial_last_line
 from ..engine.generation import GenerationEngine
@@ -151,8 +152,10 @@ class RewardTrainer:
             heads = AutoDecoHeads(
                 HeadsConfig(hidden_size=self.lm.hidden_size, head_width=c.head_width, base_model=c.model)
             )
+        if c.temperature_restart is not None:
+            restart_head(heads.temp_head, c.temperature_restart / MAX_TEMPERATURE)
         if c.top_p_restart is not None:
-            restart_top_p_head(heads, c.top_p_restart)
+            restart_head(heads.top_p_head, c.top_p_restart)
         return heads.train()
 
     def _parameter_groups(self) -> list[dict]:
@@ -406,17 +409,17 @@ class RewardTrainer:
         return score, per_task
 
 
-def restart_top_p_head(heads, top_p: float) -> None:
-    """Make the top-p head output `top_p` for every input, with live gradients.
+def restart_head(head, fraction: float) -> None:
+    """Make a head output `fraction` of its range for every input, with live gradients.
 
-    The output layer's weights are zeroed and its bias set to logit(top_p): the hidden layer is
+    The output layer's weights are zeroed and its bias set to logit(fraction): the hidden layer is
     kept, so the first reward steps can still tell tokens apart through the output weights,
-    whose gradient (hidden activations × the sigmoid's slope at top_p) is not vanishing.
+    whose gradient (hidden activations × the sigmoid's slope at `fraction`) is not vanishing.
     """
-    output = heads.top_p_head.mlp[2]
+    output = head.mlp[2]
     with torch.no_grad():
         output.weight.zero_()
-        output.bias.fill_(math.log(top_p / (1.0 - top_p)))
+        output.bias.fill_(math.log(fraction / (1.0 - fraction)))
 
 
 def _trace_means(generations: list) -> tuple[float | None, float | None]:

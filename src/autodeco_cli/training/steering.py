@@ -37,9 +37,8 @@ from pathlib import Path
 
 import torch
 
-from ..core.decoding import make_strategy
+from ..core.decoding import MAX_TEMPERATURE, make_strategy
 from ..core.errors import UserError
-from ..core.heads import MAX_TEMPERATURE
 from ..core.startup_gc import paused_then_frozen
 from ..engine.generation import GenerationEngine
 from ..engine.interface import Engine
