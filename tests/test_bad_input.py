@@ -330,10 +330,11 @@ def test_truncated_trainer_state_falls_back_then_names_the_file(cli, tiny_model_
 
 def test_truncated_reward_checkpoint_names_the_file(tmp_path):
     from autodeco_cli.training.config import RewardConfig
-    from autodeco_cli.training.reward import LEGACY_CHECKPOINT_DIR, RewardTrainer
+    from autodeco_cli.training.reward import RewardTrainer
+    from autodeco_cli.training.run_folder import REWARD_LEGACY_DIR
 
     trainer = RewardTrainer(RewardConfig(tasks="arith-add", output_dir=str(tmp_path)))
-    folder = tmp_path / LEGACY_CHECKPOINT_DIR
+    folder = tmp_path / REWARD_LEGACY_DIR
     folder.mkdir()
     torch.save({"step": 1, "pad": torch.zeros(1000)}, folder / "trainer_state.pt")
     (folder / "trainer_state.pt").write_bytes((folder / "trainer_state.pt").read_bytes()[:300])

@@ -23,9 +23,10 @@ from autodeco_cli.core import safe_writes
 from autodeco_cli.core.errors import UserError
 from autodeco_cli.core.heads import load_heads
 from autodeco_cli.tasks.types import Doc, Score
-from autodeco_cli.training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE, CheckpointStore
+from autodeco_cli.training.checkpoints import CheckpointStore
 from autodeco_cli.training.config import RewardConfig, TrainConfig
-from autodeco_cli.training.reward import LEGACY_CHECKPOINT_DIR, RewardTrainer
+from autodeco_cli.training.reward import RewardTrainer
+from autodeco_cli.training.run_folder import CHECKPOINTS_DIR, REWARD_LEGACY_DIR, TRAINER_STATE_FILE
 from autodeco_cli.training.trainer import HeadTrainer
 from conftest import write_jsonl
 
@@ -270,7 +271,7 @@ def test_reward_trainer_keeps_step_folders_and_falls_back_past_a_broken_one(
     out = tmp_path / "run"
     reward_trainer(tiny_lm, out).train()
     assert names(CheckpointStore(out, keep=2).folders()) == ["step-3", "step-4"]
-    assert not (out / LEGACY_CHECKPOINT_DIR).exists()
+    assert not (out / REWARD_LEGACY_DIR).exists()
     newest = out / CHECKPOINTS_DIR / "step-4" / TRAINER_STATE_FILE
     newest.write_bytes(newest.read_bytes()[:200])
     resumed = reward_trainer(tiny_lm, out)
@@ -295,14 +296,14 @@ def test_reward_trainer_resumes_a_legacy_checkpoint_folder(tiny_lm, reward_refer
 
     with pytest.raises(Killed):
         interrupted.train(on_step=killed_after_two)
-    legacy = out / LEGACY_CHECKPOINT_DIR
+    legacy = out / REWARD_LEGACY_DIR
     (out / CHECKPOINTS_DIR / "step-2").rename(legacy)
     shutil.rmtree(out / CHECKPOINTS_DIR)
     state = torch.load(legacy / TRAINER_STATE_FILE, weights_only=True)
     del state["rng"]
     torch.save(state, legacy / TRAINER_STATE_FILE)
 
-    with pytest.raises(UserError, match="already holds a reward run"):
+    with pytest.raises(UserError, match="already holds checkpoints"):
         reward_trainer(tiny_lm, out).train()
     resumed = reward_trainer(tiny_lm, out)
     assert resumed.resume() == 2

@@ -91,8 +91,12 @@ def _first_heavy(runs: list[dict]) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory) -> tuple[list[dict], dict[str, str]]:
-    work = tmp_path_factory.mktemp("lazy")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lazy")
+
+
+@pytest.fixture(scope="module")
+def probe(work) -> tuple[list[dict], dict[str, str]]:
     missing = str(work / "missing.jsonl")
     # each a user error met before any model loads, with a piece of its one-line message
     errors = {
@@ -213,6 +217,18 @@ def _engine_option_errors(work: Path) -> dict[str, list[str]]:
         f"field model {gone / 'train-model'}: no such": [
             *["train-heads", "--data", str(data), "-o", str(work / "h3"), "-m", str(gone / "train-model")]
         ],
+        # --dp > 1 on our engine is CPU processes: a named GPU is refused before torch (auto, after)
+        "--data-parallel-size 2 with --engine hf runs CPU processes, not cuda replicas": [
+            *["generate", "--dp", "2", "--device", "cuda", "hi"]
+        ],
+        "runs CPU processes, not cuda:1 replicas": ["eval", "-b", "arith-add", "--dp", "2", "--device", "cuda:1"],
+        "runs CPU processes, not mps replicas": [
+            *["grid-search", "-b", "arith-add", "-o", str(work / "grid-dp"), "--dp", "2", "--device", "mps"]
+        ],
+        "--data-parallel-size 3 with --engine hf runs CPU processes, not xpu": [
+            *["make-data", "--tasks", "arith-add", "--dp", "3", "--device", "xpu"]
+        ],
+        "runs CPU processes, not cuda:0 replicas": ["diagnose", "-b", "arith-add", "--dp", "2", "--device", "cuda:0"],
     }
 
 
@@ -284,6 +300,38 @@ def _train_heads_errors(work: Path) -> dict[str, list[str]]:
             "tasks=arith-add",
             f"init_heads={gone / 'reward-heads'}",
         ],
+        **_run_folder_errors(work, data, heads),
+    }
+
+
+# output folders holding an earlier run's checkpoint (the reward one in the old single-folder layout)
+EARLIER_RUNS = {
+    "earlier-mle": "checkpoints/step-3",
+    "earlier-steer": "checkpoints/step-3",
+    "earlier-reward": "checkpoint",
+}
+NO_RUN = ("no-steer-run", "reward-no-train")  # folders the refusals must not create
+
+
+def _run_folder_errors(work: Path, data: Path, heads: Path) -> dict[str, list[str]]:
+    """An earlier run's checkpoints without --resume (all three objectives), --steer --resume with
+    nothing to resume, and reward tasks without the splits it reads: refused before torch."""
+    for run, checkpoint in EARLIER_RUNS.items():
+        (work / run / checkpoint).mkdir(parents=True)
+        (work / run / checkpoint / "trainer_state.pt").write_bytes(b"")  # counts as a checkpoint; never opened
+    runs = {"mle": work / "earlier-mle", "steer": work / "earlier-steer", "reward": work / "earlier-reward"}
+    runs.update(empty=work / NO_RUN[0], no_train=work / NO_RUN[1])
+    steer = ["train-heads", "--steer", "--data", str(data), f"init_heads={heads}", "-o"]
+    reward = ["train-heads", "--objective", "reward", "-o"]
+    return {
+        f"output_dir {runs['mle']} already holds checkpoints": [
+            *["train-heads", "--data", str(data), "-o", str(runs["mle"])]
+        ],
+        f"output_dir {runs['steer']} already holds checkpoints": [*steer, str(runs["steer"])],
+        f"output_dir {runs['reward']} already holds checkpoints": [*reward, str(runs["reward"]), "tasks=arith-add"],
+        f"--resume: output_dir {runs['empty']} holds no --steer checkpoints": [*steer, str(runs["empty"]), "--resume"],
+        "task aime24 has no train split": [*reward, str(runs["no_train"]), "tasks=aime24"],
+        "task gsm8k has no validation split": [*reward, str(runs["no_train"]), "tasks=gsm8k", "validation_limit=2"],
     }
 
 
@@ -334,6 +382,14 @@ def test_every_registered_command_was_asked_for_help(probe):
     helped = {tuple(r["argv"][:-1]) for r in runs if r["argv"][-1:] == ["--help"]}
     assert {(), ("generate",), ("eval",), ("train-heads",), ("serve",)} <= helped
     assert all(r["code"] == 0 for r in runs if r["argv"][-1:] == ["--help"])
+
+
+def test_refused_runs_leave_their_folders_as_they_were(probe, work):
+    """Refused before anything is written: no lock, log or staging folder beside the earlier checkpoint."""
+    for run, checkpoint in EARLIER_RUNS.items():
+        files = {p.relative_to(work / run).as_posix() for p in (work / run).rglob("*") if p.is_file()}
+        assert files == {f"{checkpoint}/trainer_state.pt"}, (run, files)
+    assert not any((work / name).exists() for name in NO_RUN)
 
 
 def test_the_error_paths_are_the_user_errors_meant(probe):

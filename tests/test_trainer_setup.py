@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from autodeco_cli.core.errors import UserError
-from autodeco_cli.training.checkpoints import CHECKPOINTS_DIR, TRAINER_STATE_FILE
 from autodeco_cli.training.config import SteerConfig, SteerRecipe, TrainConfig
 from autodeco_cli.training.recipes import build_config
+from autodeco_cli.training.run_folder import CHECKPOINTS_DIR, TRAINER_STATE_FILE
 from autodeco_cli.training.trainer import HeadTrainer, lr_lambda
 from conftest import write_jsonl
 

@@ -625,7 +625,7 @@ def test_cli_recipe_with_overrides_and_options(cli, tiny_model_dir, data, tmp_pa
         "--mode",
         "temperature",
     )
-    # (the refusal comes after the data summary line, from train(); the error itself is one line)
+    # (refused before torch is imported: training/run_folder.py; the error is one line)
     assert code == 2 and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "already holds checkpoints" in errors[0] and "--resume" in errors[0], err

@@ -112,14 +112,10 @@ def train_heads(
                 "--objective reward takes no --steer, --data, --adapter or --lora-r",
                 "it samples its own answers to the tasks' train questions",
             )
-        from ..evaluation.runner import resolve_tasks
         from ..training.config import RewardConfig
 
         reward_cfg = build_config(RewardConfig, config, overrides or [], output_dir=output_dir, model=model, mode=mode)
-        reward_cfg.validate()  # RewardTrainer checks it again, after torch is imported: a bad field fails at once here
-        resolve_tasks(reward_cfg.tasks)  # a task typo, too
-        check_writable_output(reward_cfg.output_dir, "output_dir", folder=True)  # before the model loads
-        check_recipe_fields(reward_cfg)  # and before torch is imported
+        _check_reward_inputs(reward_cfg, resume)
         _train_reward(reward_cfg, resume)
         return
     explicit = {
@@ -135,6 +131,7 @@ def train_heads(
     if steer:
         from ..training.config import SteerRecipe, check_steer_base
         from ..training.data import steer_records
+        from ..training.run_folder import check_steer_folder
 
         # one recipe holds both: the training fields and the steer_* ones
         cfg, steer_cfg = build_config(SteerRecipe, config, overrides or [], **explicit).split()
@@ -143,18 +140,37 @@ def train_heads(
         steer_cfg.validate()
         check_steer_base(cfg)
         check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
+        check_steer_folder(cfg.output_dir, resume)  # an earlier run's checkpoints, or none to resume
         steer_records(check_data_file(cfg.data), cfg.limit)  # a bad record, too: steering reads them after the load
         check_recipe_fields(cfg)  # the model and heads it names
         _train_steering(cfg, steer_cfg, resume)
         return
     from ..training.config import TrainConfig
+    from ..training.run_folder import refuse_earlier_run
 
     cfg = build_config(TrainConfig, config, overrides or [], **explicit)
     cfg.validate()  # HeadTrainer checks it again, after torch is imported: a bad field fails at once here
     check_writable_output(cfg.output_dir, "output_dir", folder=True)  # before the model loads
+    refuse_earlier_run(cfg.output_dir, resume)  # HeadTrainer again, under the output folder's lock
     check_data_file(cfg.data)  # and before torch is imported: a typo fails at once
     check_recipe_fields(cfg)
     _train_mle(cfg, resume)
+
+
+def _check_reward_inputs(cfg, resume: bool) -> None:
+    """Every input of `--objective reward` that can be checked before torch is imported; RewardTrainer
+    checks the fields, the splits and the folder again after (and the folder under its lock)."""
+    from ..core.io_checks import check_writable_output
+    from ..engine.option_checks import check_recipe_fields
+    from ..evaluation.runner import resolve_tasks
+    from ..training.reward_splits import check_reward_splits
+    from ..training.run_folder import REWARD_LEGACY_DIR, refuse_earlier_run
+
+    cfg.validate()
+    check_reward_splits(resolve_tasks(cfg.tasks), cfg.validation_limit)  # a task typo, or one without the splits
+    check_writable_output(cfg.output_dir, "output_dir", folder=True)
+    refuse_earlier_run(cfg.output_dir, resume, REWARD_LEGACY_DIR)
+    check_recipe_fields(cfg)  # the model and init_heads paths
 
 
 def _train_steering(cfg, steer_cfg, resume: bool) -> None:
@@ -184,7 +200,7 @@ def _train_mle(cfg, resume: bool) -> None:
             from ..training.trainer import HeadTrainer
 
             trainer = HeadTrainer(cfg)
-            trainer.check_output_dir(resume)  # an earlier run's checkpoints: refuse before the model loads
+            trainer.check_output_dir(resume)  # again, now that the folder is locked: before the model loads
             trainer.setup()
         _report_and_train(trainer, cfg, resume)
 

@@ -49,12 +49,24 @@ def check_device(device: str | None, what: str = "--device") -> None:
 
 
 def check_parallel(engine: str, tensor_parallel_size: int, data_parallel_size: int) -> None:
-    """--tp and --dp as numbers; whether --dp > 1 runs on our engine's device is `runtime`'s to say."""
+    """--tp and --dp as numbers (whether --dp > 1 runs on our engine's device: `check_data_parallel_device`)."""
     for flag, value in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
         if value < 1:
             raise UserError(f"{flag} {value}: must be at least 1", "1 (the default) runs one model")
     if engine != "vllm" and tensor_parallel_size != 1:
         raise UserError("--tensor-parallel-size is a vLLM option", "add --engine vllm, or drop it")
+
+
+def check_data_parallel_device(engine: str, device: str | None, data_parallel_size: int) -> None:
+    """--dp > 1 on our engine runs CPU processes (`data_parallel`). A --device that is not a CPU is
+    refused here; None and "auto" resolve when torch is imported, and `runtime` calls this again
+    with the device they resolved to."""
+    if engine != "hf" or data_parallel_size <= 1 or device in (None, "auto") or device.split(":")[0] == "cpu":
+        return
+    raise UserError(
+        f"--data-parallel-size {data_parallel_size} with --engine hf runs CPU processes, not {device} replicas",
+        "add --device cpu, or use --engine vllm for GPU replicas",
+    )
 
 
 def check_model_spec(spec: str, what: str = "model") -> None:
@@ -148,6 +160,7 @@ def check_option_values(
     check_device(device)
     check_dtype(dtype)
     check_parallel(engine, tensor_parallel_size, data_parallel_size)
+    check_data_parallel_device(engine, device, data_parallel_size)
 
 
 def check_recipe_fields(config) -> None:

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..core.decoding import DecodingStrategy
-from ..core.errors import UserError
 from ..core.prompt_format import PLAIN, PromptFormat
 from .generation import GenerationEngine, check_attention_cache
 from .heads_source import heads_adapter, resolve_heads
 from .interface import Engine
 from .model_names import DEFAULT_MODEL
 from .models import load_base_model, pick_device
-from .option_checks import check_engine_adapter, check_engine_options
+from .option_checks import check_data_parallel_device, check_engine_adapter, check_engine_options
 
 
 @dataclass(frozen=True)
@@ -58,10 +57,8 @@ def open_engine(
     if settings.engine == "vllm":
         return _open_vllm(settings, strategies, adapter, force_heads)
     data = settings.data_parallel_size
-    if data > 1 and pick_device(settings.device).type != "cpu":
-        raise UserError(
-            "--data-parallel-size with --engine hf runs CPU processes", "use --engine vllm for GPU replicas"
-        )
+    if data > 1:  # check_engine_options refused a named GPU; here, the one "auto" resolves to
+        check_data_parallel_device(settings.engine, str(pick_device(settings.device)), data)
     lm = load_base_model(
         settings.model,
         device=settings.device,

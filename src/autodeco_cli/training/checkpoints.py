@@ -32,9 +32,8 @@ from safetensors import SafetensorError
 from ..core.consoles import err_console
 from ..core.errors import UserError
 from ..core.safe_writes import folder_size, staged_folder
+from .run_folder import CHECKPOINTS_DIR, TRAINER_STATE_FILE, checkpoint_folders
 
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE_FILE = "trainer_state.pt"
 RNG_KEY = "rng"  # TRAINER_STATE_FILE's entry for the RNG states; the rest of the dict is the trainer's
 # what reading a truncated or damaged checkpoint raises (torch.load, safetensors, state dicts)
 CHECKPOINT_ERRORS = (
@@ -103,22 +102,19 @@ def restore_rng_state(state: dict) -> None:
 class CheckpointStore:
     """The checkpoints of one output folder.
 
-    `keep`: how many of the newest are kept (0 keeps all). `legacy`: a folder in an older layout
+    `keep`: how many of the newest are kept (0 keeps all). `legacy`: the name of a folder in an older layout
     (the same files, no RNG states) that is read as the oldest checkpoint and pruned like one.
     """
 
-    def __init__(self, output_dir: Path, keep: int, legacy: Path | None = None):
-        self.root = Path(output_dir) / CHECKPOINTS_DIR
+    def __init__(self, output_dir: Path, keep: int, legacy: str | None = None):
+        self.output_dir = Path(output_dir)
+        self.root = self.output_dir / CHECKPOINTS_DIR
         self.keep = keep
         self.legacy = legacy
 
     def folders(self) -> list[Path]:
-        """Complete checkpoints, oldest first (by step number, not by name: step-9 < step-10)."""
-        found = [self.legacy] if self.legacy is not None and (self.legacy / TRAINER_STATE_FILE).is_file() else []
-        if self.root.is_dir():
-            steps = [p for p in self.root.iterdir() if _step_of(p) is not None and (p / TRAINER_STATE_FILE).is_file()]
-            found += sorted(steps, key=_step_of)
-        return found
+        """Complete checkpoints, oldest first (`run_folder.checkpoint_folders`)."""
+        return checkpoint_folders(self.output_dir, self.legacy)
 
     def save(self, step: int, state: dict, write_files: Callable[[Path], None]) -> Path:
         """Publish checkpoint step-`step`: `write_files(folder)` writes the trainer's files, then
@@ -184,8 +180,3 @@ class CheckpointStore:
         except CHECKPOINT_ERRORS as exc:
             return broken_file_reason(exc, file)
         return None
-
-
-def _step_of(folder: Path) -> int | None:
-    prefix, _, number = folder.name.partition("-")
-    return int(number) if prefix == "step" and number.isdigit() else None

@@ -44,11 +44,11 @@ from .config import RewardConfig
 from .data import IGNORE_INDEX, Example
 from .hidden_features import base_features
 from .losses import policy_gradient_loss, policy_log_probs
+from .reward_splits import require_split
+from .run_folder import REWARD_LEGACY_DIR, refuse_earlier_run
 from .trainer import epoch_order, lr_lambda
 
 METRICS_FILE = "metrics.jsonl"
-# Runs from before the shared checkpoint scheme kept their one checkpoint here (see RewardTrainer.__init__).
-LEGACY_CHECKPOINT_DIR = "checkpoint"
 LAST_DIR = "last"
 
 
@@ -102,9 +102,7 @@ class RewardTrainer:
         # which this trainer can do without: its samples come from generators seeded per request and
         # the heads have no dropout, so it draws nothing from the global RNGs. So an old run resumes
         # from it (as its oldest checkpoint, pruned once newer ones exist) and ends where it would have.
-        self.checkpoints = CheckpointStore(
-            self.output_dir, keep=config.keep_checkpoints, legacy=self.output_dir / LEGACY_CHECKPOINT_DIR
-        )
+        self.checkpoints = CheckpointStore(self.output_dir, keep=config.keep_checkpoints, legacy=REWARD_LEGACY_DIR)
         self.step = 0
         self.best: float | None = None
         self.initial_validation: float | None = None
@@ -170,11 +168,7 @@ class RewardTrainer:
     def _questions(self, split: str, limit: int | None) -> list[_Question]:
         questions = []
         for task in self.tasks:
-            if split not in getattr(task, "splits", {split: {}}):
-                raise UserError(
-                    f"task {task.name} has no {split} split",
-                    "reward training needs train (and, for validation, validation) splits",
-                )
+            require_split(task, split)
             chat = task_chat(task, self.config.chat)
             for doc in task.load_docs(split=split, limit=limit):
                 questions.append(_Question(task, doc, encode_prompt(self.lm.tokenizer, doc.prompt, chat)))
@@ -361,13 +355,9 @@ class RewardTrainer:
 
     def train(self, resume: bool = False, on_step: Callable[[dict, int], None] | None = None) -> Path:
         c = self.config
+        refuse_earlier_run(self.output_dir, resume, REWARD_LEGACY_DIR)
         if resume:
             self.resume()
-        elif self.checkpoints.folders():
-            raise UserError(
-                f"{self.output_dir} already holds a reward run",
-                "pass --resume to continue it, or choose another output_dir",
-            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         cut_partial_last_line(self.output_dir / METRICS_FILE)  # a crash mid-write must not glue the next record onto it

@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 
 from ..core.decoding import MAX_TEMPERATURE, make_strategy
-from ..core.errors import UserError
 from ..core.startup_gc import paused_then_frozen
 from ..engine.generation import GenerationEngine
 from ..engine.interface import Engine
@@ -48,6 +47,7 @@ from .config import SteerConfig, TrainConfig, check_steer_base
 from .data import Example, encode_prompt_completion, steer_records
 from .hidden_features import Features, base_features
 from .losses import head_losses
+from .run_folder import check_steer_folder
 from .trainer import HeadTrainer, easy_drop_uniforms
 
 LOW_DIVERSITY_COMMANDS = (
@@ -271,10 +271,8 @@ def train_steering(config: TrainConfig, steer: SteerConfig | None = None, resume
     check_steer_base(config)
     steer = steer or SteerConfig()
     steer.validate()
+    check_steer_folder(config.output_dir, resume)  # before the model loads
     trainer = HeadTrainer(config)
-    trainer.check_output_dir(resume)  # an earlier run's checkpoints: refuse before the model loads
-    if resume and not trainer.checkpoint_dirs():
-        raise UserError(f"{config.output_dir} holds no --steer checkpoints to resume from", "re-run without --resume")
     with paused_then_frozen():  # the model, the data and the heads: see core/startup_gc
         trainer.setup()
     # the starting heads, before a checkpoint replaces them: the anchor and ranking baseline

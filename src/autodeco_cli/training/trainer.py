@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import UserError
 from ..core.heads import AutoDecoHeads, HeadsConfig, load_heads
 from ..core.io_checks import cut_partial_last_line
 from ..engine.models import load_base_model, training_dtype
@@ -26,6 +25,7 @@ from .config import TrainConfig
 from .data import Example, load_examples
 from .hidden_features import Features, HiddenStateCache, base_features
 from .losses import head_losses
+from .run_folder import launcher_rank, refuse_earlier_run
 
 METRICS_FILE = "metrics.jsonl"
 ADAPTER_DIR = "adapter"
@@ -42,10 +42,9 @@ class Distributed:
 
     @classmethod
     def from_launcher(cls) -> "Distributed":
-        """The rank and world size torchrun/accelerate announce (RANK, WORLD_SIZE), without joining
-        the process group: enough to know, before any model loads, which process writes."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        return cls(rank=int(os.environ.get("RANK", "0")), world_size=world) if world > 1 else cls()
+        """`run_folder.launcher_rank`: which process writes, known before any model loads."""
+        rank, world = launcher_rank()
+        return cls(rank=rank, world_size=world)
 
     @classmethod
     def from_environment(cls, device: torch.device) -> "Distributed":
@@ -249,12 +248,9 @@ class HeadTrainer:
         return self.checkpoints.folders()
 
     def check_output_dir(self, resume: bool) -> None:
-        """Refuse to train over an earlier run's checkpoints unless resuming (needs no model)."""
-        if not resume and self.dist.is_main and self.checkpoint_dirs():
-            raise UserError(
-                f"{self.output_dir} already holds checkpoints",
-                "pass --resume to continue that run, or choose another output_dir",
-            )
+        """Refuse to train over an earlier run's checkpoints unless resuming (needs no model;
+        `train-heads` made the same check before torch was imported)."""
+        refuse_earlier_run(self.output_dir, resume)
 
     def prune_checkpoints(self) -> None:
         """Delete all but the newest `keep_checkpoints` complete checkpoints."""
