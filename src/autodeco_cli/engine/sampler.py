@@ -123,7 +123,9 @@ class Sampler:
                     key = self.distribution(request, row, heads.get(row), step)
                     distributions.setdefault(key, []).append(member)
         if greedy_rows:
-            argmax = logits[list(greedy_rows)].argmax(dim=-1).tolist()
+            # every row greedy (rows come in order): no copy of the logits
+            every_row = len(greedy_rows) == logits.shape[0]
+            argmax = (logits if every_row else logits[list(greedy_rows)]).argmax(dim=-1).tolist()
             for token, members in zip(argmax, greedy_rows.values()):
                 for member in members:
                     chosen[member] = Step(token, 1.0, 0.0, 1)
@@ -161,11 +163,12 @@ class Sampler:
         decoded, used = decoding_logits_and_temperature(selected, temperature, top_p, top_k, **adaptive)
         # EDT's T is per row; the others keep the strategy's exact float in the trace
         used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k.temperature for k in keys]
-        probs = torch.softmax(decoded, dim=-1).cpu()
-        sizes = nucleus_size(decoded).tolist() if self.record_nucleus else [0] * len(keys)
+        nucleus = nucleus_blocks(decoded)
+        probs = torch.softmax(nucleus.logits, dim=-1).cpu()
+        sizes = nucleus_size(nucleus.logits).tolist() if self.record_nucleus else [0] * len(keys)
         members = [distributions[key] for key in keys]
         uniforms = [self.uniform(m) for group in members for m in group]
-        tokens = inverse_cdf_tokens(probs, [len(group) for group in members], uniforms)
+        tokens = inverse_cdf_tokens(probs, [len(group) for group in members], uniforms, nucleus.token_ids)
         draws = iter(tokens)
         for d, key in enumerate(keys):
             for member in members[d]:
@@ -176,10 +179,13 @@ class Sampler:
         return torch.rand(1, generator=self.generator(member), dtype=torch.float64).item()
 
 
-def inverse_cdf_tokens(probs: torch.Tensor, draws: list[int], uniforms: list[float]) -> list[int]:
+def inverse_cdf_tokens(
+    probs: torch.Tensor, draws: list[int], uniforms: list[float], token_ids: torch.Tensor | None = None
+) -> list[int]:
     """Inverse-CDF draws over token ids: row d of `probs` ([R, V], CPU) takes `draws[d]` of the
     `uniforms` (in row order), each picking the first token whose cumulative mass exceeds
-    u x the row's total.
+    u x the row's total. `token_ids` ([R, V]) names each column's token; None: the column is the
+    token id.
 
     The cumulative mass is a float64 cumsum over the row's tokens with mass only: adding a zero
     leaves a double cumsum unchanged, so these are the full-vocabulary cumsum's values at those
@@ -204,4 +210,55 @@ def inverse_cdf_tokens(probs: torch.Tensor, draws: list[int], uniforms: list[flo
         # u * total rounded up to total: the last token with mass
         own = cumulative[draw_rows[j], : counts[draw_rows[j]]]
         picks[j] = torch.nonzero(torch.diff(own, prepend=own.new_zeros(1))).max()
-    return ids[starts[draw_rows] + picks].tolist()
+    columns = ids[starts[draw_rows] + picks]
+    return (columns if token_ids is None else token_ids[draw_rows, columns]).tolist()
+
+
+# The nucleus is sampled from whole blocks of this many token ids. Torch's CPU softmax takes its
+# max and its sum lane by lane (a lane holds the positions equal mod the vector width: 16 floats
+# with AVX-512, 8 with AVX2), then combines the lanes. A block keeps each token's position mod 64,
+# so each lane adds the same values in the same order, and the blocks left out held only -inf,
+# whose e's are +0 and move no sum: each kept token's probability is the full row's, bit for bit
+# (tests/test_sampler_nucleus.py checks it on this machine's kernel).
+NUCLEUS_BLOCK = 64
+
+
+class NucleusBlocks(NamedTuple):
+    """The blocks of a cut row that hold a kept token, in order, padded with -inf to the longest."""
+
+    logits: torch.Tensor  # [R, blocks x NUCLEUS_BLOCK]
+    token_ids: torch.Tensor | None  # [R, blocks x NUCLEUS_BLOCK]: each column's token; None: columns are ids
+
+
+def nucleus_blocks(decoded: torch.Tensor) -> NucleusBlocks:
+    """The cut logits `decoded` ([R, V]) narrowed to their blocks with a kept (finite) token.
+
+    A softmax of the result gives each kept token the probability a softmax of the whole row
+    gives it, and the token ids ascend along a row as they do there, so an inverse-CDF draw over
+    either picks the same token. A static step keeps a few to a few hundred of 49k tokens: this
+    softmax reads a few blocks instead of the vocabulary. Rows are returned whole (`token_ids`
+    None) off CPU, where the vocabulary is no whole number of blocks, where a row has NaN or +inf
+    (the full softmax's result stands), and where the blocks would cover over half the vocabulary.
+    """
+    rows, vocab = decoded.shape
+    whole = NucleusBlocks(decoded, None)
+    if decoded.device.type != "cpu" or vocab % NUCLEUS_BLOCK or not decoded.is_contiguous():
+        return whole
+    blocks = decoded.view(rows, vocab // NUCLEUS_BLOCK, NUCLEUS_BLOCK)
+    # a max per block: a reduction that streams the row (a `> -inf` over it costs ~3x as much)
+    block_max = blocks.amax(dim=-1)
+    if not bool(torch.isfinite(block_max.amax(dim=-1)).all()):
+        return whole
+    live_row, live_block = (block_max > float("-inf")).nonzero(as_tuple=True)
+    counts = torch.bincount(live_row, minlength=rows)
+    width = int(counts.max())
+    if 2 * width * NUCLEUS_BLOCK > vocab:
+        return whole
+    slot = torch.arange(live_row.numel()) - (torch.cumsum(counts, dim=0) - counts)[live_row]
+    logits = decoded.new_full((rows, width, NUCLEUS_BLOCK), float("-inf"))
+    logits[live_row, slot] = blocks[live_row, live_block]
+    # padding blocks name tokens 0-63: their probability is 0, so no draw lands on them
+    first = torch.zeros((rows, width), dtype=torch.long)
+    first[live_row, slot] = live_block * NUCLEUS_BLOCK
+    token_ids = (first.unsqueeze(-1) + torch.arange(NUCLEUS_BLOCK)).view(rows, width * NUCLEUS_BLOCK)
+    return NucleusBlocks(logits.view(rows, width * NUCLEUS_BLOCK), token_ids)
