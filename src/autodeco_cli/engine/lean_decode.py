@@ -96,18 +96,43 @@ def _mlp_linears(layer):
     return layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj
 
 
-def _rms_norm(norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def _rms_norm(weight: torch.Tensor, eps: float, hidden: torch.Tensor) -> torch.Tensor:
     """LlamaRMSNorm.forward (Qwen2's and Mistral's are the same), op for op."""
     input_dtype = hidden.dtype
     hidden = hidden.to(torch.float32)
     variance = hidden.pow(2).mean(-1, keepdim=True)
-    hidden = hidden * torch.rsqrt(variance + norm.variance_epsilon)
-    return norm.weight * hidden.to(input_dtype)
+    hidden = hidden * torch.rsqrt(variance + eps)
+    return weight * hidden.to(input_dtype)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _Layer:
+    """What a decode step reads of one decoder layer, looked up once: nn.Module attribute access
+    goes through `Module.__getattr__` (~1 us each, ~20 per layer and step)."""
+
+    __slots__ = (
+        "index", "attention", "input_norm", "post_norm", "heads", "head_dim", "scaling",
+        "q", "k", "v", "o", "gate", "up", "down", "act",
+    )  # fmt: skip
+
+    def __init__(self, index: int, layer: torch.nn.Module):
+        attention, mlp = layer.self_attn, layer.mlp
+        self.index, self.attention = index, attention
+        self.input_norm = (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+        self.post_norm = (layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+        self.heads, self.head_dim, self.scaling = (
+            attention.config.num_attention_heads,
+            attention.head_dim,
+            attention.scaling,
+        )
+        # bound forwards: the modules' own, read their weights at each call
+        self.q, self.k, self.v, self.o = (m.forward for m in _attention_linears(layer))
+        self.gate, self.up, self.down = (m.forward for m in _mlp_linears(layer))
+        self.act = mlp.act_fn.forward
 
 
 class LeanDecoder:
@@ -127,7 +152,8 @@ class LeanDecoder:
         )
         # Mistral hands its config's window to attention (None here); Qwen2 its layer's (None on full layers)
         self._extra_kwargs = {"sliding_window": None} if type(model).__name__ != "LlamaForCausalLM" else {}
-        self._layers = list(self.body.layers[: self.config.num_hidden_layers])
+        self._layers = [_Layer(i, layer) for i, layer in enumerate(self.body.layers[: self.config.num_hidden_layers])]
+        self._final_norm = (self.body.norm.weight, self.body.norm.variance_epsilon)
 
     def __call__(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         """The logits `model(input_ids, attention_mask, position_ids, cache, use_cache=True,
@@ -143,36 +169,34 @@ class LeanDecoder:
             position_ids=position_ids,
         )
         cos, sin = body.rotary_emb(hidden, position_ids=position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        # [rows, 1, 1, head_dim]: broadcast over the heads of [rows, 1, heads, head_dim]
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
         kwargs = {"position_ids": position_ids, "use_cache": True, **self._extra_kwargs}
-        for index, layer in enumerate(self._layers):
-            hidden = self._layer(index, layer, hidden, mask, cos, sin, cache, kwargs)
-        hidden = _rms_norm(body.norm, hidden)
+        for layer in self._layers:
+            hidden = self._layer(layer, hidden, mask, cos, sin, cache, kwargs)
+        hidden = _rms_norm(*self._final_norm, hidden)
         return self.model.get_output_embeddings()(hidden[:, -1:, :])
 
-    def _layer(self, index, layer, hidden, mask, cos, sin, cache, kwargs) -> torch.Tensor:
+    def _layer(self, layer: _Layer, hidden, mask, cos, sin, cache, kwargs) -> torch.Tensor:
         """LlamaDecoderLayer.forward with LlamaAttention.forward and LlamaMLP.forward inlined."""
         residual = hidden
-        normed = _rms_norm(layer.input_layernorm, hidden)
-        attention = layer.self_attn
+        normed = _rms_norm(*layer.input_norm, hidden)
         rows = hidden.shape[:-1]
-        shape = (*rows, -1, attention.head_dim)
-        query = attention.q_proj.forward(normed).view(shape).transpose(1, 2)
-        key = attention.k_proj.forward(normed).view(shape).transpose(1, 2)
-        value = attention.v_proj.forward(normed).view(shape).transpose(1, 2)
-        query = (query * cos) + (_rotate_half(query) * sin)
-        key = (key * cos) + (_rotate_half(key) * sin)
-        key, value = cache.update(key, value, index, kwargs=kwargs)
+        shape = (*rows, -1, layer.head_dim)
+        # queries and keys rotate as one tensor: the rotation is elementwise, so each value gets the
+        # same roundings as in apply_rotary_pos_emb, in half the small ops
+        joined = torch.cat((layer.q(normed), layer.k(normed)), dim=-1).view(shape)
+        joined = (joined * cos) + (_rotate_half(joined) * sin)
+        query, key = joined[:, :, : layer.heads].transpose(1, 2), joined[:, :, layer.heads :].transpose(1, 2)
+        value = layer.v(normed).view(shape).transpose(1, 2)
+        key, value = cache.update(key, value, layer.index, kwargs=kwargs)
         output, _ = self._attention(
-            attention, query, key, value, mask, dropout=0.0, scaling=attention.scaling, **kwargs
+            layer.attention, query, key, value, mask, dropout=0.0, scaling=layer.scaling, **kwargs
         )
-        output = output.reshape(*rows, -1).contiguous()
-        hidden = residual + attention.o_proj.forward(output)
+        hidden = residual + layer.o(output.reshape(*rows, -1).contiguous())
         residual = hidden
-        normed = _rms_norm(layer.post_attention_layernorm, hidden)
-        mlp = layer.mlp
-        normed = mlp.down_proj.forward(mlp.act_fn.forward(mlp.gate_proj.forward(normed)) * mlp.up_proj.forward(normed))
-        return residual + normed
+        normed = _rms_norm(*layer.post_norm, hidden)
+        return residual + layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
 
     def _run_model_pre_hooks(self, input_ids, attention_mask, position_ids, cache) -> None:
         """What calling the model runs before its forward: its pre-hooks (the engine's huge-page
