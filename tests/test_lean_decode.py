@@ -136,3 +136,18 @@ def test_models_it_does_not_cover_keep_transformers_path(tokenizer, tmp_path):
     llama = build_model("llama", tokenizer)
     llama.model.layers[0].mlp.register_forward_hook(lambda *a: None)
     assert "hooks" in lean_decode_blocker(llama)
+
+
+def test_a_one_token_prompt_from_an_empty_cache_gives_transformers_bits(covered):
+    """A prefill of one token per row (a one-token prompt, or one token past the shared prefix)
+    also takes the lean step: from an empty cache, the same bits."""
+    _, folder = covered
+    lm = load_base_model(str(folder), device="cpu", dtype="float32")
+    engine, lean = GenerationEngine(lm, lean_decode=False), LeanDecoder(lm.model)
+    tokens, mask, positions = torch.tensor([[5], [9]]), torch.ones((2, 1), dtype=torch.long), torch.zeros((2, 1))
+    positions = positions.long()
+    with torch.inference_mode():
+        expected, _ = engine._forward(tokens, mask, positions, engine.new_cache())
+        logits = lean(tokens, mask, positions, engine.new_cache())[:, -1, :].float()
+    assert torch.equal(logits, expected)
+    engine.close()
