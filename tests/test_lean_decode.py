@@ -134,7 +134,9 @@ def test_models_it_does_not_cover_keep_transformers_path(tokenizer, tmp_path):
         assert all(g.token_ids for g in engine.generate(requests, max_new_tokens=4))
         engine.close()
     llama = build_model("llama", tokenizer)
-    llama.model.layers[0].mlp.register_forward_hook(lambda *a: None)
+    assert lean_decode_blocker(llama) is None
+    assert "training mode" in lean_decode_blocker(llama.train())
+    llama.eval().model.layers[0].mlp.register_forward_hook(lambda *a: None)
     assert "hooks" in lean_decode_blocker(llama)
 
 

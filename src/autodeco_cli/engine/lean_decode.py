@@ -8,7 +8,8 @@ weights and runs the same torch ops, in the same order and dtypes, as `LlamaMode
 its layers do: the causal mask and the rotary cos/sin once per step (as the model does), RMSNorm
 in fp32 then cast, the same linears (`PackedLinear` included), the cache append through the
 cache's `update`, the model's own attention function with the same mask and kwargs, and the
-output embedding called as a module (so the engine's hooks on it run). Outputs are therefore
+output embedding called as a module (so the engine's hooks on it run). Queries and keys rotate
+as one tensor, which gives each value the same roundings (the rotation is elementwise). Outputs are therefore
 bit for bit transformers' (tests/test_lean_decode.py), and no sample changes.
 
 It covers llama, and qwen2 and mistral where they are the same computation (qwen2's q/k/v biases
@@ -22,6 +23,8 @@ import importlib
 
 import torch
 from torch.nn.modules import module as torch_module
+
+from .cpu_inference import DECODE_ATTENTION, PackedLinear
 
 # model class -> (its modeling module, the class-name prefix of its layers' modules)
 SUPPORTED = {
@@ -44,6 +47,10 @@ def lean_decode_blocker(model: torch.nn.Module) -> str | None:
     if type(model) is not getattr(classes, name):
         return f"{name} is a subclass or wrapper of transformers' class"
     config = model.config
+    if config._attn_implementation not in ("sdpa", "eager", DECODE_ATTENTION):
+        return f"attention implementation {config._attn_implementation!r} (the step runs sdpa, eager and ours)"
+    if model.training or getattr(config, "output_attentions", False):
+        return "training mode or output_attentions"
     if getattr(config, "sliding_window", None) is not None and name == "MistralForCausalLM":
         return "mistral with a sliding window"
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
@@ -66,8 +73,6 @@ def lean_decode_blocker(model: torch.nn.Module) -> str | None:
     for module, kind in expected.items():
         if type(module) is not getattr(classes, prefix + kind):
             return f"{type(module).__name__} where {prefix}{kind} was expected (an adapter or a patched module)"
-    from .cpu_inference import PackedLinear
-
     linears = [m for layer in body.layers for m in (*_attention_linears(layer), *_mlp_linears(layer))]
     if any(type(m) not in (torch.nn.Linear, PackedLinear) for m in linears):
         return "a linear layer that is not an nn.Linear (an adapter)"
