@@ -140,6 +140,14 @@ def test_models_it_does_not_cover_keep_transformers_path(tokenizer, tmp_path):
     assert "hooks" in lean_decode_blocker(llama)
 
 
+def test_transformers_4_keeps_transformers_path(tokenizer, monkeypatch):
+    import transformers
+
+    llama = build_model("llama", tokenizer)
+    monkeypatch.setattr(transformers, "__version__", "4.57.1")
+    assert "transformers 4.57.1" in lean_decode_blocker(llama)
+
+
 def test_a_one_token_prompt_from_an_empty_cache_gives_transformers_bits(covered):
     """A prefill of one token per row (a one-token prompt, or one token past the shared prefix)
     also takes the lean step: from an empty cache, the same bits."""

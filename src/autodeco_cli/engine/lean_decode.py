@@ -39,6 +39,11 @@ TRANSFORMERS = "transformers"
 
 def lean_decode_blocker(model: torch.nn.Module) -> str | None:
     """Why `model` cannot decode through `LeanDecoder` (one line), or None where it can."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        # the step calls transformers 5's mask and cache signatures (4.x names them otherwise)
+        return f"transformers {transformers.__version__} (the lean step follows transformers 5's modules)"
     name = type(model).__name__
     if name not in SUPPORTED:
         return f"{name} is not a model the lean decode step covers ({', '.join(SUPPORTED)})"
