@@ -45,6 +45,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -147,8 +148,14 @@ def _engine(dtype: str | None, strategy, heads: bool):
 
 def _decode_counter(engine) -> dict:
     """Decode forwards and their rows, counted from here on (left at 0 under --dp, whose forwards
-    run in the replicas), and the dtype the base resolved to."""
-    counts = {"decode_forwards": 0, "decode_rows": 0, "dtype": str(engine.lm.model.dtype).removeprefix("torch.")}
+    run in the replicas), the dtype the base resolved to and the decode path (engine/lean_decode;
+    a tree from before it has only transformers')."""
+    counts = {
+        "decode_forwards": 0,
+        "decode_rows": 0,
+        "dtype": str(engine.lm.model.dtype).removeprefix("torch."),
+        "decode_path": getattr(engine, "decode_path", "transformers"),
+    }
     inner = getattr(engine, "_forward", None)
     if inner is None:
         return counts
@@ -174,7 +181,9 @@ def work_chat(dtype: str) -> dict:
     counts = _decode_counter(engine)
     with Clock() as clock:
         generations = engine.generate(requests, max_new_tokens=48, batch_size=32)
-    return {"tokens": sum(len(g.token_ids) for g in generations), "wall": clock.wall, "cpu": clock.cpu, **counts}
+    digest = hashlib.sha256(json.dumps([g.token_ids for g in generations]).encode()).hexdigest()[:16]
+    tokens = sum(len(g.token_ids) for g in generations)
+    return {"tokens": tokens, "wall": clock.wall, "cpu": clock.cpu, "digest": digest, **counts}
 
 
 def work_arith(dtype: str) -> dict:
@@ -509,9 +518,10 @@ def main(argv=None) -> int:
                         print(f"  {part:6s} {variant:10s} rep {repeat}: FAILED\n{exc}", flush=True)
                         continue
                     runs[variant].append(r)
+                    extra = "".join(f" {key} {r[key]}" for key in ("decode_path", "digest") if key in r)
                     print(
                         f"  {part:6s} {variant:10s} rep {repeat}: {r['tokens']} tokens {r['wall']:7.1f} s wall "
-                        f"{r['cpu']:7.1f} s cpu  {r['tokens'] / r['wall']:7.1f} tok/s",
+                        f"{r['cpu']:7.1f} s cpu  {r['tokens'] / r['wall']:7.1f} tok/s{extra}",
                         flush=True,
                     )
             results["runs"][part] = runs

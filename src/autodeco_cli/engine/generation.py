@@ -42,6 +42,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from ..core.heads import AutoDecoHeads
 from ..core.prompt_format import PLAIN, PromptFormat
 from .kv_cache import GrowingLayer, append_rows, select_rows
+from .lean_decode import LEAN, TRANSFORMERS, LeanDecoder, lean_decode_blocker
 from .models import LoadedModel, unsupported_model_type
 from .prefix_cache import SharedPrefix, shared_prefix_length
 from .requests import Generation, Request, TokenTrace, batch_order_key, finished_text
@@ -85,6 +86,12 @@ class GenerationEngine:
     can_join: bool = field(default=False, init=False, repr=False)
     # prefill the prompt prefix all requests share once (needs the same plain per-layer caches)
     share_prefix: bool = True
+    # decode steps skip transformers' module plumbing where `lean_decode` covers the model (the
+    # same ops, so the same bits); `decode_path` says which path runs, `decode_path_why` why not lean
+    lean_decode: bool = True
+    decode_path: str = field(default=TRANSFORMERS, init=False)
+    decode_path_why: str | None = field(default=None, init=False)
+    _lean: LeanDecoder | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.heads is not None:
@@ -103,6 +110,9 @@ class GenerationEngine:
         check_attention_cache(self.lm)
         layers = getattr(self.new_cache(), "layers", None)
         self.can_join = bool(layers) and all(type(layer) is GrowingLayer for layer in layers)
+        self.decode_path_why = lean_decode_blocker(model) if self.lean_decode else "turned off"
+        if self.decode_path_why is None:
+            self._lean, self.decode_path = LeanDecoder(model), LEAN
 
     @property
     def tokenizer(self):
@@ -166,14 +176,17 @@ class GenerationEngine:
 
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and last hidden state at each row's final position."""
-        kwargs = {self._cache_kwarg: cache}
-        if self._logits_to_keep:
-            kwargs["logits_to_keep"] = 1
-        output = self.lm.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs
-        )
+        if self._lean is not None and input_ids.shape[1] == 1:
+            logits = self._lean(input_ids, attention_mask, position_ids, cache)
+        else:
+            kwargs = {self._cache_kwarg: cache}
+            if self._logits_to_keep:
+                kwargs["logits_to_keep"] = 1
+            logits = self.lm.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs
+            ).logits
         hidden = self._capture.last[:, -1, :] if self._capture is not None else None
-        return output.logits[:, -1, :].float(), hidden
+        return logits[:, -1, :].float(), hidden
 
     def new_cache(self):
         try:
