@@ -49,7 +49,9 @@ test: setup
 # the paper's architectures through the plugin (tiny random models, two vLLM starts each), and its option
 # errors before vLLM loads:
 # ~9 min on 2 cores after a ~5 min install; CI's `make test` skips these (vLLM is not in .venv).
-VLLM_TESTS := tests/test_vllm_engine.py tests/test_vllm_mrv2.py tests/test_vllm_architectures.py tests/test_vllm_option_errors.py
+# test_lean_decode runs here too: vLLM pins another transformers, and the lean step must give its bits as well
+VLLM_TESTS := tests/test_vllm_engine.py tests/test_vllm_mrv2.py tests/test_vllm_architectures.py \
+	tests/test_vllm_option_errors.py tests/test_lean_decode.py
 test-vllm: setup-vllm
 	OMP_NUM_THREADS=1 $(VLLM_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider $(VLLM_TESTS)
 

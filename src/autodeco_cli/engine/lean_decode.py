@@ -20,6 +20,7 @@ model on transformers' path, so the engine can say which path it runs.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import torch
 from torch.nn.modules import module as torch_module
@@ -157,6 +158,10 @@ class LeanDecoder:
         self.config = model.config
         modeling = importlib.import_module(SUPPORTED[type(model).__name__][0])
         self._create_mask = create_causal_mask
+        # transformers 5.x renamed the mask's past_key_values to cache (as GenerationEngine finds for the model)
+        self._mask_cache_kwarg = (
+            "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+        )
         self._attention = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, modeling.eager_attention_forward
         )
@@ -175,7 +180,7 @@ class LeanDecoder:
             config=self.config,
             inputs_embeds=hidden,
             attention_mask=attention_mask,
-            cache=cache,
+            **{self._mask_cache_kwarg: cache},
             position_ids=position_ids,
         )
         cos, sin = body.rotary_emb(hidden, position_ids=position_ids)
