@@ -89,7 +89,6 @@ class GenerationEngine:
     # decode steps skip transformers' module plumbing where `lean_decode` covers the model (the
     # same ops, so the same bits); `decode_path` says which path runs, `decode_path_why` why not lean
     lean_decode: bool = True
-    decode_path: str = field(default=TRANSFORMERS, init=False)
     decode_path_why: str | None = field(default=None, init=False)
     _lean: LeanDecoder | None = field(default=None, init=False, repr=False)
 
@@ -112,7 +111,11 @@ class GenerationEngine:
         self.can_join = bool(layers) and all(type(layer) is GrowingLayer for layer in layers)
         self.decode_path_why = lean_decode_blocker(model) if self.lean_decode else "turned off"
         if self.decode_path_why is None:
-            self._lean, self.decode_path = LeanDecoder(model), LEAN
+            self._lean = LeanDecoder(model)
+
+    @property
+    def decode_path(self) -> str:
+        return LEAN if self._lean is not None else TRANSFORMERS
 
     @property
     def tokenizer(self):
