@@ -1,8 +1,9 @@
 """Our C kernels for bf16 decode steps on x86 CPUs with AVX512-BF16, built on first use.
 
 * `amx_matmul`: any number of rows times a linear weight packed into AMX tiles, on CPUs with
-  AMX-BF16 (there it beat both oneDNN's AMX brg_matmul and `gemv` from 1 to 2048 rows:
-  reports/engine-speed.md, "Our own AMX matmul").
+  AMX-BF16. On a 2-vCPU Xeon, all the default model's linears at 2 threads: 1.2x `gemv` at one
+  row, 1.9x at 6, 1.5x oneDNN's AMX brg_matmul at 8-32 rows, 1.16x at 512; at 1 thread oneDNN
+  wins from ~256 rows (prompts only; reports/engine-speed.md, "Our own AMX matmul").
 * `gemv`: 1-6 rows times a linear weight (where AMX is not). At one row a decode step only streams the weights,
   and oneDNN's bf16 kernels read them at about half this CPU's sequential read rate (one core
   of a 2-core AVX512-BF16 EPYC: all of the default model's linear weights at one row, 21-24 ms

@@ -18,7 +18,7 @@ avx512_bf16 (reports/engine-speed.md):
   once (1.3-1.5x on the matmuls at decode batch sizes, same bits), and sends 1-6 rows to our own
   bf16 kernel (`cpu_kernels`), whose weights sit in huge pages (`cpu_memory`): ~2x at one row.
   On CPUs with AMX-BF16 it packs the weights for our AMX kernel instead, which takes every row
-  count (1.3x at one row, 1.6x at 32 over the 2-vCPU Xeon's best before).
+  count (the 2-vCPU Xeon's linears at 2 threads: 1.2x at one row, 1.5x at 32 over the best before).
   The packed copies' memory is collapsed into huge pages where it lies (1.1x on the linears).
   Neither placement happens at load: each waits for 64 forward calls down the path it speeds up
   (`PLACE_AFTER_CALLS`), so a short generation neither pays for them nor waits for them.
@@ -158,7 +158,9 @@ class PackedLinear(torch.nn.Linear):
     """An nn.Linear whose bf16 CPU inference runs on a prepacked copy of its weight.
 
     On CPUs with AMX-BF16 the copy is in our AMX kernel's tile layout (`cpu_kernels.amx_matmul`,
-    every row count; 1.3-2.1x over oneDNN and the gemv kernel on the default model's linears).
+    every row count: it reads the weights faster than the gemv kernel and oneDNN; 1.2-1.9x on
+    the default model's linears at 1-64 rows, 2 threads). Keeping no oneDNN copy beside it costs
+    prompts at 1 thread, where oneDNN is faster from ~256 rows (0.86x at 512).
     Elsewhere it is oneDNN's: plain bf16 `F.linear` on CPU re-lays out the weight on every call,
     and packing it once (what torch.compile's freezing pass does) makes the same kernel stream it
     ~1.5x faster at decode-sized batches (measured: 60 bf16 576x1536 weights, one row, 14.0 -> 9.2
