@@ -125,6 +125,16 @@ def torch_single_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def without_amx_kernel(monkeypatch):
+    """Pack bf16 linears as on a CPU without AMX (oneDNN's copy, the gemv kernel for few rows),
+    so tests of those paths mean the same on every CPU."""
+    from autodeco_cli.core import cpu_kernels
+
+    real = cpu_kernels.load
+    monkeypatch.setattr(cpu_kernels, "load", lambda name: None if name == "amx_matmul_bf16" else real(name))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A folder with a tiny random LlamaForCausalLM (safetensors) and its tokenizer."""

@@ -157,6 +157,7 @@ def _packable() -> bool:
 
 
 @pytest.mark.skipif(not _packable(), reason="this torch build has no oneDNN weight packing")
+@pytest.mark.usefixtures("without_amx_kernel")  # the AMX kernel rounds otherwise (tests/test_cpu_amx.py)
 def test_packed_linear_is_bitwise_plain_linear_and_steps_aside_for_gradients():
     gen = torch.Generator().manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 8, bias=False)).bfloat16()

@@ -53,6 +53,7 @@ def test_gemv_refuses_more_than_eight_rows():
 
 
 @needs_gemv
+@pytest.mark.usefixtures("without_amx_kernel")
 def test_packed_linear_sends_few_rows_to_the_kernel_and_many_to_onednn(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Linear(96, 80, bias=False)).to(torch.bfloat16)
     reference = model[0].weight.detach().clone()
@@ -83,6 +84,7 @@ class _TiedLM(torch.nn.Module):
 
 
 @needs_gemv
+@pytest.mark.usefixtures("without_amx_kernel")
 def test_weights_move_into_huge_pages_between_calls_with_the_same_outputs(monkeypatch):
     monkeypatch.delenv("AUTODECO_HUGEPAGES", raising=False)
     model = _TiedLM().to(torch.bfloat16)
@@ -174,6 +176,7 @@ def fresh_kernels(monkeypatch, tmp_path):
 def test_kernels_off_by_environment(monkeypatch, fresh_kernels):
     monkeypatch.setenv("AUTODECO_CPU_KERNEL", "0")
     assert cpu_kernels.load("gemv_bf16") is None
+    assert cpu_kernels.load("amx_matmul_bf16") is None
     assert not fresh_kernels.exists()
 
 

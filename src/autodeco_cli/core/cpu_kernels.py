@@ -1,6 +1,10 @@
 """Our C kernels for bf16 decode steps on x86 CPUs with AVX512-BF16, built on first use.
 
-* `gemv`: 1-6 rows times a linear weight. At one row a decode step only streams the weights,
+* `amx_matmul`: any number of rows times a linear weight packed into AMX tiles, on CPUs with
+  AMX-BF16. On a 2-vCPU Xeon, all the default model's linears at 2 threads: 1.2x `gemv` at one
+  row, 1.9x at 6, 1.5x oneDNN's AMX brg_matmul at 8-32 rows, 1.16x at 512; at 1 thread oneDNN
+  wins from ~256 rows (prompts only; reports/engine-speed.md, "Our own AMX matmul").
+* `gemv`: 1-6 rows times a linear weight (where AMX is not). At one row a decode step only streams the weights,
   and oneDNN's bf16 kernels read them at about half this CPU's sequential read rate (one core
   of a 2-core AVX512-BF16 EPYC: all of the default model's linear weights at one row, 21-24 ms
   through oneDNN's prepacked layout, 11-12 ms here with the weights in huge pages).
@@ -13,7 +17,8 @@
   dozen over the whole batch (`core/distribution.py` holds the definitions and dispatches).
 
 The C sources ship in `assets/kernels/`; each is compiled once with the system C compiler into
-the autodeco cache and loaded with ctypes. Without a compiler, without AVX512-BF16, or with
+the autodeco cache and loaded with ctypes. Without a compiler, without the CPU features a kernel
+needs (`NEEDS`; AMX also needs Linux's permission for its tile state), or with
 AUTODECO_CPU_KERNEL=0, `load(...)` is None and the callers keep torch's path: the kernels are a
 speed-up, never a requirement, and each is checked against torch before it is used.
 """
@@ -35,19 +40,28 @@ import torch
 
 GEMV_MAX_ROWS = 6  # the kernel takes up to 8, but from 7-8 rows on oneDNN was as fast (1 thread: 24 vs 31 ms at 8)
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC")
+EXTRA_FLAGS = {"amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16")}
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 SIGNATURES = {
+    "amx_matmul_bf16": [_P, _P, _P, _P, _L, _L, _L],
     "gemv_bf16": [_P, _P, _P, _L, _L, _L],
     "decode_attention_bf16": [_P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _F],
     "sort_descending_f32": [_P, _P, _L, _L],
     "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L],
 }
+# the further functions a kernel's library exports (each returns a C long), by their argument types
+HELPERS = {
+    "amx_matmul_bf16": {"amx_bf16_init": [], "amx_packed_elems": [_L, _L], "amx_pack_bf16": [_P, _P, _L, _L]},
+}
+# the helper that must return 0 before a kernel runs: AMX tiles need the process's permission
+PREPARE = {"amx_matmul_bf16": "amx_bf16_init"}
 # what each kernel needs of the CPU beyond x86-64
 NEEDS = {
-    "gemv_bf16": "avx512_bf16",
-    "decode_attention_bf16": "avx512_bf16",
-    "sort_descending_f32": None,
-    "learned_step_f32": "avx512f",  # its loops are vectorised for the -mavx512f it is built with
+    "amx_matmul_bf16": ("amx_bf16", "avx512_bf16"),
+    "gemv_bf16": ("avx512_bf16",),
+    "decode_attention_bf16": ("avx512_bf16",),
+    "sort_descending_f32": (),
+    "learned_step_f32": ("avx512f",),  # its loops are vectorised for the -mavx512f it is built with
 }
 
 
@@ -59,20 +73,45 @@ def kernel_source(name: str) -> str:
 def load(name: str) -> Callable | None:
     """Kernel `name` (a key of SIGNATURES), or None where it cannot or should not run (see the
     module doc)."""
+    library = _library(name)
+    if library is None:
+        return None
+    _LIBRARIES[name] = library
+    function = getattr(library, f"autodeco_{name}")
+    function.argtypes, function.restype = SIGNATURES[name], ctypes.c_int
+    return function if CHECKS[name](function) else None
+
+
+# the libraries `load` opened, for their helpers
+_LIBRARIES: dict[str, ctypes.CDLL] = {}
+
+
+def _library(name: str) -> ctypes.CDLL | None:
+    """Kernel `name`'s built library with its helpers' types set and its preparation done."""
     from .cpu_features import cpu_flags
 
     if os.environ.get("AUTODECO_CPU_KERNEL", "1") == "0":
         return None
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    if NEEDS[name] and NEEDS[name] not in cpu_flags():
+    if not set(NEEDS[name]) <= cpu_flags():
         return None
     try:
-        function = getattr(ctypes.CDLL(str(_build(name, kernel_source(name)))), f"autodeco_{name}")
+        library = ctypes.CDLL(str(_build(name, kernel_source(name))))
+        getattr(library, f"autodeco_{name}")
+        for helper, argtypes in HELPERS.get(name, {}).items():
+            function = getattr(library, f"autodeco_{helper}")
+            function.argtypes, function.restype = argtypes, ctypes.c_long
     except (OSError, subprocess.SubprocessError, AttributeError):
         return None
-    function.argtypes, function.restype = SIGNATURES[name], ctypes.c_int
-    return function if CHECKS[name](function) else None
+    if name in PREPARE and getattr(library, f"autodeco_{PREPARE[name]}")() != 0:
+        return None
+    return library
+
+
+def _helper(name: str, helper: str) -> Callable:
+    """A further function of kernel `name`'s library (which `load(name)` has returned)."""
+    return getattr(_LIBRARIES[name], f"autodeco_{helper}")
 
 
 def _build(name: str, source: str) -> Path:
@@ -81,7 +120,8 @@ def _build(name: str, source: str) -> Path:
 
     compiler = os.environ.get("CC", "cc")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
-    digest = hashlib.sha256(f"{source}\0{compiler}\0{version}\0{FLAGS}".encode()).hexdigest()[:16]
+    flags = FLAGS + EXTRA_FLAGS.get(name, ())
+    digest = hashlib.sha256(f"{source}\0{compiler}\0{version}\0{flags}".encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"{name}-{digest}.so"
     if target.exists():
         return target
@@ -89,9 +129,60 @@ def _build(name: str, source: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as folder:
         c_file, built = Path(folder) / f"{name}.c", Path(folder) / f"{name}.so"
         c_file.write_text(source)
-        subprocess.run([compiler, *FLAGS, str(c_file), "-o", str(built)], capture_output=True, timeout=120, check=True)
+        subprocess.run([compiler, *flags, str(c_file), "-o", str(built)], capture_output=True, timeout=120, check=True)
         os.replace(built, target)  # atomic: processes building at once all load a complete file
     return target
+
+
+# ---- AMX matmul ------------------------------------------------------------------------------
+
+
+def amx_packed_size(out_features: int, in_features: int) -> int:
+    """How many bf16 values a [out_features, in_features] weight takes in the AMX tile layout
+    (padded to whole tiles of 16 outputs x 32 inputs)."""
+    return _helper("amx_matmul_bf16", "amx_packed_elems")(in_features, out_features)
+
+
+def amx_pack(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write contiguous bf16 `weight` [O, I] into `out` (contiguous bf16, `amx_packed_size`
+    values) in the AMX tile layout; returns `out`."""
+    if out.numel() != amx_packed_size(*weight.shape) or not (weight.is_contiguous() and out.is_contiguous()):
+        raise ValueError("amx_pack takes a contiguous weight and an output of amx_packed_size values")
+    _helper("amx_matmul_bf16", "amx_pack_bf16")(weight.data_ptr(), out.data_ptr(), weight.shape[1], weight.shape[0])
+    return out
+
+
+def amx_matmul(
+    kernel: Callable, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int
+) -> torch.Tensor:
+    """`x @ weight.T + bias` for bf16 `x` [..., I], the weight as `amx_pack` laid it out, `bias`
+    None or contiguous bf16 [out_features]. (No reshapes: a decode step makes ~200 of these calls,
+    and each microsecond of Python here is ~1% of a step's linears.)"""
+    if not x.is_contiguous():
+        x = x.contiguous()
+    shape = x.shape
+    out = x.new_empty((*shape[:-1], out_features))
+    bias_pointer = None if bias is None else bias.data_ptr()
+    rows = x.numel() // shape[-1]
+    if kernel(x.data_ptr(), packed.data_ptr(), bias_pointer, out.data_ptr(), rows, shape[-1], out_features):
+        raise MemoryError("the AMX matmul kernel could not allocate its padded input")
+    return out
+
+
+def _amx_agrees_with_torch(kernel: Callable) -> bool:
+    """Odd sizes (a tail past the last whole tile each way), with and without a bias, at row
+    counts that fill one, two and several tiles, against fp32 torch."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(37, 70, generator=generator).to(torch.bfloat16)
+    bias = torch.randn(37, generator=generator).to(torch.bfloat16)
+    packed = amx_pack(weight, torch.empty(amx_packed_size(37, 70), dtype=torch.bfloat16))
+    for rows, with_bias in ((1, False), (7, True), (32, False), (45, True), (200, False)):
+        x = torch.randn(rows, 70, generator=generator).to(torch.bfloat16)
+        expected = x.float() @ weight.float().T + (bias.float() if with_bias else 0)
+        got = amx_matmul(kernel, x, packed, bias if with_bias else None, 37)
+        if not torch.allclose(got.float(), expected.to(torch.bfloat16).float(), rtol=1e-2, atol=1e-2):
+            return False
+    return True
 
 
 # ---- gemv ------------------------------------------------------------------------------------
@@ -273,6 +364,7 @@ def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
 
 
 CHECKS = {
+    "amx_matmul_bf16": _amx_agrees_with_torch,
     "gemv_bf16": _gemv_agrees_with_torch,
     "decode_attention_bf16": _attention_agrees_with_torch,
     "sort_descending_f32": _sort_agrees_with_torch,

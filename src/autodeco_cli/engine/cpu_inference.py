@@ -17,6 +17,8 @@ avx512_bf16 (reports/engine-speed.md):
 * plain bf16 `F.linear` re-lays out its weight for oneDNN at every call; `PackedLinear` does it
   once (1.3-1.5x on the matmuls at decode batch sizes, same bits), and sends 1-6 rows to our own
   bf16 kernel (`cpu_kernels`), whose weights sit in huge pages (`cpu_memory`): ~2x at one row.
+  On CPUs with AMX-BF16 it packs the weights for our AMX kernel instead, which takes every row
+  count (the 2-vCPU Xeon's linears at 2 threads: 1.2x at one row, 1.5x at 32 over the best before).
   The packed copies' memory is collapsed into huge pages where it lies (1.1x on the linears).
   Neither placement happens at load: each waits for 64 forward calls down the path it speeds up
   (`PLACE_AFTER_CALLS`), so a short generation neither pays for them nor waits for them.
@@ -27,8 +29,8 @@ from __future__ import annotations
 import torch
 
 from ..core import cpu_kernels
-from ..core.cpu_kernels import GEMV_MAX_ROWS, gemv
-from .cpu_memory import collapse_to_huge_pages, free_memory_bytes, move_to_huge_pages
+from ..core.cpu_kernels import GEMV_MAX_ROWS, amx_matmul, gemv
+from .cpu_memory import HUGE_PAGE, collapse_to_huge_pages, free_memory_bytes, move_to_huge_pages
 
 # the attention implementation name bf16 models on CPU run with (registered on first use)
 DECODE_ATTENTION = "autodeco_decode_sdpa"
@@ -153,30 +155,38 @@ def use_decode_attention(model: torch.nn.Module) -> bool:
 
 
 class PackedLinear(torch.nn.Linear):
-    """An nn.Linear whose bf16 CPU inference runs on a oneDNN-prepacked copy of its weight.
+    """An nn.Linear whose bf16 CPU inference runs on a prepacked copy of its weight.
 
-    Plain bf16 `F.linear` on CPU re-lays out the weight for oneDNN on every call; packing it
-    once (what torch.compile's freezing pass does) makes the same kernel stream it ~1.5x faster
-    at decode-sized batches (measured: 60 bf16 576x1536 weights, one row, 14.0 -> 9.2 ms), with
-    bitwise-equal outputs. Training, gradients, other dtypes and devices take the plain path; the
-    module keeps its `weight` (state dicts, tied embeddings and PEFT see an ordinary Linear).
+    On CPUs with AMX-BF16 the copy is in our AMX kernel's tile layout (`cpu_kernels.amx_matmul`,
+    every row count: it reads the weights faster than the gemv kernel and oneDNN; 1.2-1.9x on
+    the default model's linears at 1-64 rows, 2 threads). Keeping no oneDNN copy beside it costs
+    prompts at 1 thread, where oneDNN is faster from ~256 rows (0.86x at 512).
+    Elsewhere it is oneDNN's: plain bf16 `F.linear` on CPU re-lays out the weight on every call,
+    and packing it once (what torch.compile's freezing pass does) makes the same kernel stream it
+    ~1.5x faster at decode-sized batches (measured: 60 bf16 576x1536 weights, one row, 14.0 -> 9.2
+    ms), with bitwise-equal outputs; 1-6 rows then go to the gemv kernel. Training, gradients,
+    other dtypes and devices take the plain path; the module keeps its `weight` (state dicts,
+    tied embeddings and PEFT see an ordinary Linear).
     """
 
-    _packed: torch.Tensor | None = None
-    # the few-row kernel (cpu_kernels.gemv), or None: set by pack_linear_weights
+    _packed: torch.Tensor | None = None  # oneDNN's copy
+    _amx_weight: torch.Tensor | None = None  # the AMX kernel's copy (then there is no oneDNN copy)
+    # the kernels (cpu_kernels.load), or None: set by pack_linear_weights
     _gemv: object = None
+    _amx: object = None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        packed = self._packed
         if (
-            packed is not None
-            and input.device.type == "cpu"
+            (self._amx is not None or self._packed is not None)
+            and input.is_cpu
             and input.dtype == torch.bfloat16
             and not (torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad))
         ):
+            if self._amx is not None:
+                return amx_matmul(self._amx, input, self._amx_weight, self.bias, self.out_features)
             if self._gemv is not None and input.numel() <= GEMV_MAX_ROWS * self.in_features:
                 return gemv(self._gemv, input, self.weight)
-            return torch.ops.mkldnn._linear_pointwise(input, packed, self.bias, "none", [], "")
+            return torch.ops.mkldnn._linear_pointwise(input, self._packed, self.bias, "none", [], "")
         return super().forward(input)
 
 
@@ -185,7 +195,8 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
 
     The packed copies add the linear weights' size in memory once more (the originals stay,
     for state dicts and the input embedding the LM head may share its weight with), so nothing
-    is packed when that would take more than a quarter of the free memory.
+    is packed when that would take more than a quarter of the free memory. A layer the AMX
+    kernel serves gets no oneDNN copy.
     """
     if not hasattr(torch.ops.mkldnn, "_reorder_linear_weight") or not torch.backends.mkldnn.is_available():
         return 0
@@ -198,27 +209,54 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
     free = free_memory_bytes()
     if free is not None and extra > free // 4:
         return 0
+    amx = cpu_kernels.load("amx_matmul_bf16")
+    _pack_for_amx([m for m in linears if amx is not None and _amx_can_serve(m)], amx)
     kernel = cpu_kernels.load("gemv_bf16")
     count = 0
     for module in linears:
-        try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), 32)
-        except RuntimeError:
-            continue
-        module.__class__ = PackedLinear
-        module._packed = packed
-        if module.bias is None and module.weight.is_contiguous():
-            module._gemv = kernel
+        if type(module) is not PackedLinear:
+            try:
+                packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), 32)
+            except RuntimeError:
+                continue
+            module.__class__ = PackedLinear
+            module._packed = packed
+            if module.bias is None and module.weight.is_contiguous():
+                module._gemv = kernel
         count += 1
     return count
+
+
+def _amx_can_serve(module: torch.nn.Linear) -> bool:
+    bias = module.bias
+    return module.weight.is_contiguous() and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous()))
+
+
+def _pack_for_amx(layers: list[torch.nn.Linear], kernel) -> None:
+    """Pack these layers' weights for the AMX kernel, back to back in one block that starts on a
+    2 MiB page (so `_collapse_packed_copies` can back all of it with huge pages later), and make
+    them PackedLinear."""
+    if not layers:
+        return
+    # each copy starts on a 64-byte line: the kernel's tile loads stay aligned
+    sizes = [-(-cpu_kernels.amx_packed_size(*m.weight.shape) // 32) * 32 for m in layers]
+    raw = torch.empty(sum(sizes) + HUGE_PAGE // 2, dtype=torch.bfloat16)
+    offset = (-raw.data_ptr() % HUGE_PAGE) // 2
+    for module, size in zip(layers, sizes):
+        packed = raw[offset : offset + cpu_kernels.amx_packed_size(*module.weight.shape)]
+        cpu_kernels.amx_pack(module.weight.detach(), packed)
+        module.__class__ = PackedLinear
+        module._amx_weight, module._amx = packed, kernel
+        offset += size
 
 
 def place_in_huge_pages_later(model: torch.nn.Module, after_calls: int = PLACE_AFTER_CALLS) -> None:
     """Place the packed layers' memory in 2 MiB pages (`cpu_memory`) once that pays: the weights
     the gemv kernel reads move into one block before the `after_calls`-th forward call of at most
-    GEMV_MAX_ROWS tokens (the calls that use the kernel), and the memory under oneDNN's packed
-    copies is collapsed where it lies before the `after_calls`-th call that uses them (more
-    tokens, or any call where the kernel is not loaded).
+    GEMV_MAX_ROWS tokens (the calls that use the kernel), and the memory under the packed copies
+    (oneDNN's, the AMX kernel's) is collapsed where it lies before the `after_calls`-th call
+    that uses them (more tokens, or any call where the gemv kernel is not loaded: the AMX
+    kernel takes every row count).
 
     From a forward pre-hook of the whole model, so no layer is reading a weight while it moves.
     Values never change, only where they lie.
@@ -251,6 +289,8 @@ def _move_gemv_weights(layers: list[PackedLinear]) -> None:
 
 
 def _collapse_packed_copies(layers: list[PackedLinear]) -> None:
+    spans = [(m._amx_weight.data_ptr(), m._amx_weight.nbytes) for m in layers if m._amx_weight is not None]
     if hasattr(torch.ops.mkldnn, "data_ptr") and hasattr(torch.ops.mkldnn, "_nbytes"):
         packed = [m._packed for m in layers if m._packed is not None]
-        collapse_to_huge_pages((torch.ops.mkldnn.data_ptr(p), torch.ops.mkldnn._nbytes(p)) for p in packed)
+        spans += [(torch.ops.mkldnn.data_ptr(p), torch.ops.mkldnn._nbytes(p)) for p in packed]
+    collapse_to_huge_pages(spans)

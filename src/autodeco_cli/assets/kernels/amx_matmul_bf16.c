@@ -1,0 +1,182 @@
+/* y[M, O] = x[M, I] @ w[O, I]^T (+ bias) with AMX-BF16 tiles: bf16 in and out, fp32 accumulation,
+ * on weights packed once (`autodeco_amx_pack_bf16`) into the tiles' layout.
+ *
+ * A decode step of 1-64 rows does a few multiply-adds per weight, which AMX does far faster than
+ * memory delivers the weights; what counts is streaming each weight once per call for all rows.
+ * oneDNN's brg_matmul on its prepacked weights read the default model's at ~10 GB/s at 32 rows on
+ * a 2-vCPU Xeon, where this kernel reads ~14.5 (2 threads; reports/engine-speed.md, "Our own AMX
+ * matmul").
+ *
+ * The packed layout is [O/16][I/32] tiles of weights (16 pairs of inputs x 16 outputs, each pair
+ * interleaved as the dot product wants it), so a thread reads its output blocks front to back as
+ * contiguous stripes of 16 outputs, two stripes at a time. Up to 32 rows share each weight tile;
+ * more rows take further passes over the stripes, which then come from L2, and past ROW_BLOCK
+ * rows the inputs are taken in blocks that stay in L2 (prompts of thousands of tokens).
+ *
+ * Built at run time with -fopenmp (torch's libgomp, torch's thread count, like gemv_bf16.c). The
+ * process must have asked Linux for the tile state first (`autodeco_amx_bf16_init`), and every
+ * thread loads its own tile configuration at each call (oneDNN may have loaded another). */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define PASS_ROWS 32
+#define ROW_BLOCK 128
+#define BLOCK_ELEMS 512 /* one B tile: 16 rows of 32 bf16 */
+
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} tile_config;
+
+/* 0 when this process may use the tile registers (asks Linux; asking again is harmless). */
+long autodeco_amx_bf16_init(void) {
+  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) ? -1 : 0;
+}
+
+long autodeco_amx_packed_elems(long I, long O) { return (O + 15) / 16 * ((I + 31) / 32) * BLOCK_ELEMS; }
+
+/* w [O, I] -> p [O/16][I/32][16 input pairs][16 outputs][2], zero past O and I. */
+long autodeco_amx_pack_bf16(const uint16_t *w, uint16_t *p, long I, long O) {
+  long blocks = (O + 15) / 16, depth = (I + 31) / 32;
+#pragma omp parallel for
+  for (long nb = 0; nb < blocks; nb++)
+    for (long kb = 0; kb < depth; kb++) {
+      uint16_t *tile = p + (nb * depth + kb) * BLOCK_ELEMS;
+      for (long pair = 0; pair < 16; pair++)
+        for (long n = 0; n < 16; n++)
+          for (long j = 0; j < 2; j++) {
+            long o = nb * 16 + n, k = kb * 32 + 2 * pair + j;
+            tile[(pair * 16 + n) * 2 + j] = (o < O && k < I) ? w[o * I + k] : 0;
+          }
+    }
+  return 0;
+}
+
+/* Tiles: accumulators 0-3 for (row group, output block) (0,0) (0,1) (1,0) (1,1); inputs of row
+ * groups 0 and 1 in 4 and 5; weights of output blocks 0 and 1 in 6 and 7. Four independent
+ * accumulators keep the dot products' latency hidden, and each loaded tile serves two of them. */
+static void configure(long rows) {
+  tile_config c;
+  memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int g = 0; g < 2; g++) {
+    long r = rows - 16 * g;
+    r = r < 0 ? 0 : (r > 16 ? 16 : r);
+    c.rows[2 * g] = c.rows[2 * g + 1] = c.rows[4 + g] = (uint8_t)r;
+    c.colsb[2 * g] = c.colsb[2 * g + 1] = c.colsb[4 + g] = r ? 64 : 0;
+  }
+  c.rows[6] = c.rows[7] = 16;
+  c.colsb[6] = c.colsb[7] = 64;
+  _tile_loadconfig(&c);
+}
+
+/* acc[G][N][16][16] = x[16 G rows, depth * 32] @ N stripes of packed weights (the second
+ * `depth` tiles after the first); x's rows are `row_bytes` apart */
+#define STRIPES(G, N)                                                                                 \
+  static void stripes_##G##_##N(const uint16_t *x, long row_bytes, const uint16_t *b, long depth, float *acc) { \
+    const uint16_t *x1 = x + 16 * row_bytes / 2, *b1 = b + depth * BLOCK_ELEMS;                              \
+    _tile_zero(0);                                                                                    \
+    if (N > 1) _tile_zero(1);                                                                         \
+    if (G > 1) _tile_zero(2);                                                                         \
+    if (G > 1 && N > 1) _tile_zero(3);                                                                \
+    for (long kb = 0; kb < depth; kb++) {                                                             \
+      _tile_loadd(4, x + kb * 32, row_bytes);                                                            \
+      _tile_loadd(6, b + kb * BLOCK_ELEMS, 64);                                                       \
+      _tile_dpbf16ps(0, 4, 6);                                                                        \
+      if (N > 1) {                                                                                    \
+        _tile_loadd(7, b1 + kb * BLOCK_ELEMS, 64);                                                    \
+        _tile_dpbf16ps(1, 4, 7);                                                                      \
+      }                                                                                               \
+      if (G > 1) {                                                                                    \
+        _tile_loadd(5, x1 + kb * 32, row_bytes);                                                         \
+        _tile_dpbf16ps(2, 5, 6);                                                                      \
+        if (N > 1) _tile_dpbf16ps(3, 5, 7);                                                           \
+      }                                                                                               \
+    }                                                                                                 \
+    _tile_stored(0, acc, 64);                                                                         \
+    if (N > 1) _tile_stored(1, acc + 256, 64);                                                        \
+    if (G > 1) _tile_stored(2, acc + 512, 64);                                                        \
+    if (G > 1 && N > 1) _tile_stored(3, acc + 768, 64);                                               \
+  }
+
+STRIPES(1, 1)
+STRIPES(1, 2)
+STRIPES(2, 1)
+STRIPES(2, 2)
+
+typedef void (*stripes_fn)(const uint16_t *, long, const uint16_t *, long, float *);
+static const stripes_fn KERNELS[2][2] = {{stripes_1_1, stripes_1_2}, {stripes_2_1, stripes_2_2}};
+
+static void store(const float *acc, long rows, const uint16_t *bias, uint16_t *y, long O, long o0) {
+  long width = O - o0 < 16 ? O - o0 : 16;
+  __mmask16 mask = (__mmask16)((1u << width) - 1);
+  __m512 b = _mm512_setzero_ps();
+  if (bias) /* bf16 -> fp32: the same bits, 16 places up */
+    b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, bias + o0)), 16));
+  for (long r = 0; r < rows; r++) {
+    __m256bh v = _mm512_cvtneps_pbh(_mm512_add_ps(_mm512_loadu_ps(acc + r * 16), b));
+    _mm256_mask_storeu_epi16(y + r * O + o0, mask, (__m256i)v);
+  }
+}
+
+/* output blocks [nb0, nb1), two at a time, for all M rows: blocks of ROW_BLOCK rows, each in
+ * passes of at most PASS_ROWS (as even as they can be, so most calls configure the tiles once);
+ * x has `stride` bf16 per row */
+static void blocks(const uint16_t *x, long stride, const uint16_t *p, const uint16_t *bias, uint16_t *y, long M,
+                   long depth, long O, long nb0, long nb1) {
+  float acc[4 * 256] __attribute__((aligned(64)));
+  long block = M < ROW_BLOCK ? M : ROW_BLOCK, passes = (block + PASS_ROWS - 1) / PASS_ROWS;
+  long per_pass = (block + passes - 1) / passes, configured = -1;
+  for (long r0 = 0; r0 < M; r0 += ROW_BLOCK) {
+    long r1 = r0 + ROW_BLOCK < M ? r0 + ROW_BLOCK : M;
+    for (long nb = nb0; nb < nb1; nb += 2) {
+      long n = nb + 1 < nb1 ? 2 : 1;
+      for (long m0 = r0; m0 < r1; m0 += per_pass) {
+        long rows = r1 - m0 < per_pass ? r1 - m0 : per_pass, groups = (rows + 15) / 16;
+        if (rows != configured) configure(configured = rows);
+        KERNELS[groups - 1][n - 1](x + m0 * stride, stride * 2, p + nb * depth * BLOCK_ELEMS, depth, acc);
+        for (long g = 0; g < groups; g++) {
+          long r = rows - 16 * g < 16 ? rows - 16 * g : 16;
+          for (long j = 0; j < n; j++)
+            store(acc + (g * 2 + j) * 256, r, bias, y + (m0 + 16 * g) * O, O, (nb + j) * 16);
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+/* Returns 0, or -1 when scratch memory for a padded input could not be had. */
+int autodeco_amx_matmul_bf16(const uint16_t *x, const uint16_t *p, const uint16_t *bias, uint16_t *y, long M,
+                             long I, long O) {
+  long depth = (I + 31) / 32, stride = depth * 32, nblocks = (O + 15) / 16;
+  uint16_t *padded = NULL;
+  if (stride != I) { /* the last input tile would read past each row: zero-pad a copy */
+    padded = calloc((size_t)(M * stride), 2);
+    if (!padded) return -1;
+    for (long m = 0; m < M; m++) memcpy(padded + m * stride, x + m * I, (size_t)I * 2);
+    x = padded;
+  }
+  int threads = omp_get_max_threads();
+  if (threads > nblocks) threads = (int)nblocks;
+  if (threads <= 1 || O * I < (1L << 16)) {
+    blocks(x, stride, p, bias, y, M, depth, O, 0, nblocks);
+  } else {
+#pragma omp parallel num_threads(threads)
+    {
+      long t = omp_get_thread_num(), n = omp_get_num_threads();
+      long nb0 = nblocks * t / n, nb1 = nblocks * (t + 1) / n;
+      if (nb0 < nb1) blocks(x, stride, p, bias, y, M, depth, O, nb0, nb1);
+    }
+  }
+  free(padded);
+  return 0;
+}
