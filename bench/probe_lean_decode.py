@@ -74,16 +74,7 @@ def _opened(layer):
     """What a growing layer keeps of the views its last decode step opened (`open_column`), for
     these views: a restored step then opens its column as the engine's next step would, not as
     the first step after rows moved. None for a tree without it."""
-    if not hasattr(layer, "open_column"):
-        return None
-    from autodeco_cli.engine.kv_cache import _column_in
-
-    return (
-        layer.keys,
-        layer.values,
-        _column_in(layer.keys, layer._key_buffer),
-        _column_in(layer.values, layer._value_buffer),
-    )
+    return (layer.keys, layer.values) if hasattr(layer, "open_column") else None
 
 
 def transformers_step(model):

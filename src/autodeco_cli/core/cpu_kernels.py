@@ -10,6 +10,8 @@
   through oneDNN's prepacked layout, 11-12 ms here with the weights in huge pages).
 * `decode_attention`: one query position per row, grouped-query heads (torch: two batched
   matmuls, a softmax and copies per layer, ~0.33 ms at 32 rows x 100 tokens).
+* `decode_ops_bf16`: a bf16 decode layer's small ops, one call each where torch ran 5-15 ops
+  (`add_rms_norm`, `rope_append`, `silu_mul`), giving torch's bits (engine/lean_kernels.py).
 * `sort_descending`: rows of float32 sorted descending, values only (a radix sort), for the
   soft top-p training loss; numpy's sort took ~1 ms per 49k-token row here.
 * `learned_step`: the vocabulary-wide work of a learned decoding step on float32 rows (the top-p

@@ -48,16 +48,18 @@ class GrowingLayer(DynamicLayer):
         keys, values = self.keys, self.values
         opened = getattr(self, "_opened", None)
         if opened is not None and opened[0] is keys and opened[1] is values:
-            rows, length, (key_start, value_start) = keys.shape[0], keys.shape[2] + 1, opened[2:]
-            if key_start + length <= self._key_buffer.shape[2] and value_start + length <= self._value_buffer.shape[2]:
-                self.keys = _columns(self._key_buffer, rows, key_start, key_start + length)
-                self.values = _columns(self._value_buffer, rows, value_start, value_start + length)
-                self._opened = (self.keys, self.values, key_start, value_start)
+            shape = (keys.shape[0], keys.shape[1], keys.shape[2] + 1, keys.shape[3])
+            key_tail, value_tail = getattr(keys, ZERO_TAIL, 0) - 1, getattr(values, ZERO_TAIL, 0) - 1
+            if key_tail >= 0 and value_tail >= 0:  # one op per view (slicing the buffer took two)
+                self.keys = keys.as_strided(shape, keys.stride(), keys.storage_offset())
+                self.values = values.as_strided(shape, values.stride(), values.storage_offset())
+                setattr(self.keys, ZERO_TAIL, key_tail)
+                setattr(self.values, ZERO_TAIL, value_tail)
+                self._opened = (self.keys, self.values)
                 return
         self.keys, self._key_buffer = _open_columns(keys, 1, getattr(self, "_key_buffer", None))
         self.values, self._value_buffer = _open_columns(values, 1, getattr(self, "_value_buffer", None))
-        starts = _column_in(self.keys, self._key_buffer), _column_in(self.values, self._value_buffer)
-        self._opened = (self.keys, self.values, *starts)
+        self._opened = (self.keys, self.values)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep rows `indices` (row i becomes old row indices[i])."""

@@ -109,6 +109,8 @@ class KernelLayers:
         cache_layers = getattr(cache, "layers", None)
         if (
             attention_mask is None
+            or hidden.dtype != torch.bfloat16
+            or not hidden.is_contiguous()
             or cache_layers is None
             or getattr(cache, "offloading", False)
             or len(cache_layers) != len(self.layers)
