@@ -220,4 +220,5 @@ def test_kernels_load_wherever_they_can_run():
         pytest.skip("no AVX512-BF16 or no C compiler here: the torch paths are used")
     assert cpu_kernels.load("gemv_bf16") is not None
     assert cpu_kernels.load("decode_attention_bf16") is not None
+    assert cpu_kernels.load("decode_ops_bf16") is not None  # its bitwise check against torch's ops passed
     assert cpu_kernels.load("sort_descending_f32") is not None
