@@ -58,13 +58,23 @@ class Step:
         self.cache = engine.new_cache()
         engine.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True)
         self.saved = [(layer.keys, layer.values) for layer in self.cache.layers]
+        self.opened = [_opened(layer) for layer in self.cache.layers]
         self.tokens = torch.randint(0, vocab, (rows, 1), generator=generator)
         self.mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
         self.positions = positions[:, -1:] + 1
 
     def restore(self) -> None:
-        for layer, (keys, values) in zip(self.cache.layers, self.saved):
+        for layer, (keys, values), opened in zip(self.cache.layers, self.saved, self.opened):
             layer.keys, layer.values = keys, values
+            if opened is not None:
+                layer._opened = opened
+
+
+def _opened(layer):
+    """What a growing layer keeps of the views its last decode step opened (`open_column`), for
+    these views: a restored step then opens its column as the engine's next step would, not as
+    the first step after rows moved. None for a tree without it."""
+    return (layer.keys, layer.values) if hasattr(layer, "open_column") else None
 
 
 def transformers_step(model):

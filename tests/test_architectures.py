@@ -19,7 +19,7 @@ import torch
 from autodeco_cli.core import cpu_kernels
 from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.core.heads import fresh_heads, load_heads
-from autodeco_cli.engine import cpu_inference, generation, prefix_cache
+from autodeco_cli.engine import cpu_inference, generation, lean_kernels, prefix_cache
 from autodeco_cli.engine.cpu_inference import DECODE_ATTENTION, PackedLinear
 from autodeco_cli.engine.export import merge, split
 from autodeco_cli.engine.generation import GenerationEngine
@@ -280,7 +280,11 @@ def test_bf16_fast_paths_run_or_step_aside_and_match_transformers_bf16(arch, mon
     kernel = cpu_kernels.load("decode_attention_bf16") is not None  # built and self-checked before counting
     fast = load_base_model(str(folder), device="cpu", dtype="bfloat16")
     calls = Counter()
-    for module, function in ((cpu_kernels, "decode_attention"), (cpu_inference, "_small_decode_attention")):
+    for module, function in (
+        (cpu_kernels, "decode_attention"),
+        (lean_kernels, "decode_attention_rows"),  # the lean step's bf16 layers call the kernel directly
+        (cpu_inference, "_small_decode_attention"),
+    ):
         real = getattr(module, function)
         monkeypatch.setattr(module, function, lambda *a, _real=real, _f=function: calls.update([_f]) or _real(*a))
     rows = [r.input_ids for r in build_requests(fast.tokenizer, PROMPTS[1:], make_strategy("greedy"))]
@@ -288,7 +292,8 @@ def test_bf16_fast_paths_run_or_step_aside_and_match_transformers_bf16(arch, mon
 
     assert fast.model.config._attn_implementation == BF16_ATTENTION[name]
     if BF16_ATTENTION[name] == DECODE_ATTENTION:
-        assert calls["decode_attention" if kernel else "_small_decode_attention"] == 12 * 2  # steps x layers
+        through_kernel = calls["decode_attention"] + calls["decode_attention_rows"]
+        assert (through_kernel if kernel else calls["_small_decode_attention"]) == 12 * 2  # steps x layers
     else:
         assert not calls
     if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available():

@@ -289,6 +289,33 @@ def test_growing_cache_appends_in_place_and_views_carry_their_zero_tail(tiny_lm)
     assert not spare.any()
 
 
+def test_opening_a_column_is_an_append_whose_column_the_caller_writes(tiny_lm):
+    """`open_column` then a write gives `update`'s keys and values, in place while the buffer has
+    room, across rows that move and a crop."""
+    engine = GenerationEngine(tiny_lm)
+    plain, opened = engine.new_cache().layers[0], engine.new_cache().layers[0]
+    start = torch.randn(3, 2, 5, 4)
+    for layer in (plain, opened):
+        layer.update(start, start * 2)
+    generator = torch.Generator().manual_seed(0)
+    for step in range(30):  # past the 16 spare columns: the buffer grows
+        new = torch.randn(opened.keys.shape[0], 2, 1, 4, generator=generator)
+        plain.update(new, new * 2)
+        storage = opened.keys.untyped_storage().data_ptr()
+        opened.open_column()
+        assert not opened.keys[:, :, -1].any() and not opened.values[:, :, -1].any()
+        opened.keys[:, :, -1], opened.values[:, :, -1] = new[:, :, 0], new[:, :, 0] * 2
+        assert torch.equal(opened.keys, plain.keys) and torch.equal(opened.values, plain.values)
+        if step < 5:  # 5 + 16 spare columns: the first steps write into the same buffer
+            assert opened.keys.untyped_storage().data_ptr() == storage
+        if step == 5:
+            for layer in (plain, opened):
+                layer.batch_select_indices(torch.tensor([2, 0, 0, 1]))
+        if step == 12:
+            for layer in (plain, opened):
+                layer.crop(-3)
+
+
 def test_a_cpu_load_runs_the_vector_math_once_before_the_model_does(tiny_model_dir, monkeypatch):
     threads = torch.get_num_threads()
     models.settle_vector_math()  # the real one: runs, and leaves the thread count alone

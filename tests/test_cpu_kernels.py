@@ -117,7 +117,18 @@ def _attention_inputs(batch, heads, kv_heads, length, dim, seed=0):
 
 
 @needs_attention
-@pytest.mark.parametrize("batch,heads,kv_heads,length,dim", [(1, 9, 3, 1, 64), (3, 8, 2, 37, 64), (2, 4, 4, 70, 128)])
+@pytest.mark.parametrize(
+    "batch,heads,kv_heads,length,dim",
+    # one key; a tail past 16 keys; more queries per KV head than one pass takes; D not a multiple of 64
+    [
+        (1, 9, 3, 1, 64),
+        (3, 8, 2, 37, 64),
+        (2, 4, 4, 70, 128),
+        (2, 10, 1, 33, 96),
+        (1, 16, 2, 16, 256),
+        (4, 9, 3, 200, 64),
+    ],
+)
 def test_decode_attention_matches_the_torch_bf16_path(batch, heads, kv_heads, length, dim):
     kernel = cpu_kernels.load("decode_attention_bf16")
     query, key, value, mask = _attention_inputs(batch, heads, kv_heads, length, dim)
@@ -209,4 +220,5 @@ def test_kernels_load_wherever_they_can_run():
         pytest.skip("no AVX512-BF16 or no C compiler here: the torch paths are used")
     assert cpu_kernels.load("gemv_bf16") is not None
     assert cpu_kernels.load("decode_attention_bf16") is not None
+    assert cpu_kernels.load("decode_ops_bf16") is not None  # its bitwise check against torch's ops passed
     assert cpu_kernels.load("sort_descending_f32") is not None

@@ -148,11 +148,13 @@ def test_transformers_4_keeps_transformers_path(tokenizer, monkeypatch):
     assert "transformers 4.57.1" in lean_decode_blocker(llama)
 
 
-def test_a_one_token_prompt_from_an_empty_cache_gives_transformers_bits(covered):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_one_token_prompt_from_an_empty_cache_gives_transformers_bits(covered, dtype):
     """A prefill of one token per row (a one-token prompt, or one token past the shared prefix)
-    also takes the lean step: from an empty cache, the same bits."""
+    also takes the lean step: from an empty cache, the same bits (in bf16 through the torch ops:
+    the kernels' step appends to a cache that holds tokens)."""
     _, folder = covered
-    lm = load_base_model(str(folder), device="cpu", dtype="float32")
+    lm = load_base_model(str(folder), device="cpu", dtype=dtype)
     engine, lean = GenerationEngine(lm, lean_decode=False), LeanDecoder(lm.model)
     tokens, mask, positions = torch.tensor([[5], [9]]), torch.ones((2, 1), dtype=torch.long), torch.zeros((2, 1))
     positions = positions.long()

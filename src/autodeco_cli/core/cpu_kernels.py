@@ -10,6 +10,8 @@
   through oneDNN's prepacked layout, 11-12 ms here with the weights in huge pages).
 * `decode_attention`: one query position per row, grouped-query heads (torch: two batched
   matmuls, a softmax and copies per layer, ~0.33 ms at 32 rows x 100 tokens).
+* `decode_ops_bf16`: a bf16 decode layer's small ops, one call each where torch ran 5-15 ops
+  (`add_rms_norm`, `rope_append`, `silu_mul`), giving torch's bits (engine/lean_kernels.py).
 * `sort_descending`: rows of float32 sorted descending, values only (a radix sort), for the
   soft top-p training loss; numpy's sort took ~1 ms per 49k-token row here.
 * `learned_step`: the vocabulary-wide work of a learned decoding step on float32 rows (the top-p
@@ -40,18 +42,27 @@ import torch
 
 GEMV_MAX_ROWS = 6  # the kernel takes up to 8, but from 7-8 rows on oneDNN was as fast (1 thread: 24 vs 31 ms at 8)
 FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC")
-EXTRA_FLAGS = {"amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16")}
+EXTRA_FLAGS = {
+    "amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16"),
+    # torch rounds each product and sum on its own: no fused multiply-adds
+    "decode_ops_bf16": ("-ffp-contract=off",),
+}
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 SIGNATURES = {
     "amx_matmul_bf16": [_P, _P, _P, _P, _L, _L, _L],
     "gemv_bf16": [_P, _P, _P, _L, _L, _L],
     "decode_attention_bf16": [_P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _F],
+    "decode_ops_bf16": [_P, _P, _P, _P, _L, _L, _F, _L],
     "sort_descending_f32": [_P, _P, _L, _L],
     "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L],
 }
 # the further functions a kernel's library exports (each returns a C long), by their argument types
 HELPERS = {
     "amx_matmul_bf16": {"amx_bf16_init": [], "amx_packed_elems": [_L, _L], "amx_pack_bf16": [_P, _P, _L, _L]},
+    "decode_ops_bf16": {
+        "rope_append": [_P, _P, _P, _L, _L, _P, _P, _L, _P, _P, _P, _L, _L, _L, _L, _L, _L],
+        "silu_mul": [_P, _P, _L, _P, _P, _L, _L],
+    },
 }
 # the helper that must return 0 before a kernel runs: AMX tiles need the process's permission
 PREPARE = {"amx_matmul_bf16": "amx_bf16_init"}
@@ -60,6 +71,7 @@ NEEDS = {
     "amx_matmul_bf16": ("amx_bf16", "avx512_bf16"),
     "gemv_bf16": ("avx512_bf16",),
     "decode_attention_bf16": ("avx512_bf16",),
+    "decode_ops_bf16": ("avx512f", "avx512bw"),
     "sort_descending_f32": (),
     "learned_step_f32": ("avx512f",),  # its loops are vectorised for the -mavx512f it is built with
 }
@@ -219,22 +231,43 @@ def decode_attention(
     for both), mask [B, 1, 1, L] bool (True = attend) or None; returns [B, 1, H, D], or None for
     inputs the kernel does not take."""
     batch, heads, _, dim = query.shape
-    kv_heads, length = key.shape[1], key.shape[2]
+    length = key.shape[2]
     if key.stride() != value.stride() or key.stride(-1) != 1 or (mask is not None and mask.dtype != torch.bool):
         return None
-    q = query.reshape(batch, heads, dim).contiguous()
     keep = None if mask is None else mask.reshape(batch, length).to(torch.uint8).contiguous()
-    out = torch.empty((batch, 1, heads, dim), dtype=torch.bfloat16)
+    out = _attend(kernel, query.reshape(batch, heads, dim).contiguous(), key, value, keep, scaling)
+    return None if out is None else out.view(batch, 1, heads, dim)
+
+
+def decode_attention_rows(
+    kernel: Callable, queries: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None, scaling
+) -> torch.Tensor:
+    """`decode_attention` for contiguous queries [B, H, D] and the rows' padding as contiguous bytes
+    [B, L] (nonzero = attend) or None: returns [B, 1, H * D], ready for the output projection."""
+    batch, heads, dim = queries.shape
+    out = (
+        None
+        if key.stride() != value.stride() or key.stride(-1) != 1
+        else _attend(kernel, queries, key, value, keep, scaling)
+    )
+    if out is None:
+        raise ValueError("the decode attention kernel does not take these shapes (or could not allocate)")
+    return out.view(batch, 1, heads * dim)
+
+
+def _attend(kernel, queries, key, value, keep, scaling) -> torch.Tensor | None:
+    batch, heads, dim = queries.shape
+    out = torch.empty((batch, heads, dim), dtype=torch.bfloat16)
     status = kernel(
-        q.data_ptr(),
+        queries.data_ptr(),
         key.data_ptr(),
         value.data_ptr(),
         None if keep is None else keep.data_ptr(),
         out.data_ptr(),
         batch,
         heads,
-        kv_heads,
-        length,
+        key.shape[1],
+        key.shape[2],
         dim,
         key.stride(0),
         key.stride(1),
@@ -261,6 +294,131 @@ def _attention_agrees_with_torch(kernel: Callable) -> bool:
     weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(torch.bfloat16).float()
     expected = (weights @ value.float()).reshape(batch, 1, heads, dim)
     return torch.allclose(got.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+# ---- a decode layer's small ops ---------------------------------------------------------------
+
+# how many fp32 lanes torch's float sum accumulates in (8: its AVX2 kernel; found by the load check)
+_sum_lanes = [0]
+# torch's SiLU of every bf16 value, as fp32, indexed by the bf16 bit pattern (built by the load check)
+_silu_table: list[torch.Tensor] = []
+
+
+def add_rms_norm(
+    kernel: Callable, hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`decoder_ops.rms_norm(weight, eps, hidden + delta)`, bit for bit, with `hidden` overwritten by
+    the sum (the residual stream): contiguous bf16 [..., n]; `delta` None for no add."""
+    normed = torch.empty_like(hidden)
+    delta_pointer = None if delta is None else delta.data_ptr()
+    n = hidden.shape[-1]
+    if kernel(
+        hidden.data_ptr(),
+        delta_pointer,
+        weight.data_ptr(),
+        normed.data_ptr(),
+        hidden.numel() // n,
+        n,
+        eps,
+        _sum_lanes[0],
+    ):
+        raise ValueError(f"the RMSNorm kernel takes rows of at most 16384 values, got {n}")
+    return normed
+
+
+def rope_append(
+    q: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    heads: int,
+) -> torch.Tensor:
+    """Queries and keys rotated as `decoder_ops.rotate` rotates them, bit for bit: returns the
+    queries [B, heads, D]; writes the keys and `v` into the last column of the cache views `keys`
+    and `values` [B, KVH, L, D] (the same strides, unit last two). `q` [B, 1, heads * D], `k` and
+    `v` [B, 1, KVH * D], contiguous bf16; or `q` [B, 1, (heads + 2 KVH) * D] holding all three
+    side by side (rows contiguous), with `k` and `v` None. `cos`, `sin` [B, 1, D] (rows contiguous)."""
+    batch, kv_heads, length, dim = keys.shape
+    base = q.data_ptr()
+    if k is None:
+        pointers, strides = (base, base + 2 * heads * dim, base + 2 * (heads + kv_heads) * dim), (q.stride(0),) * 2
+    else:
+        pointers, strides = (base, k.data_ptr(), v.data_ptr()), (q.stride(0), k.stride(0))
+    out = q.new_empty((batch, heads, dim))
+    column = (length - 1) * keys.stride(2) * 2
+    _helper("decode_ops_bf16", "rope_append")(
+        *pointers, *strides, cos.data_ptr(), sin.data_ptr(), cos.stride(0), out.data_ptr(), keys.data_ptr() + column,
+        values.data_ptr() + column, batch, heads, kv_heads, dim, keys.stride(0), keys.stride(1),
+    )  # fmt: skip
+    return out
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor | None) -> torch.Tensor:
+    """`F.silu(gate) * up` bit for bit, for contiguous bf16 tensors [..., n] of one shape; or
+    `gate` [..., 2n] holding gate and up side by side (rows contiguous), with `up` None."""
+    if up is None:
+        n = gate.shape[-1] // 2
+        rows, up_pointer = gate.numel() // (2 * n), gate.data_ptr() + 2 * n
+    else:
+        n = gate.shape[-1]
+        rows, up_pointer = gate.numel() // n, up.data_ptr()
+    out = torch.empty((*gate.shape[:-1], n), dtype=gate.dtype)
+    _helper("decode_ops_bf16", "silu_mul")(
+        gate.data_ptr(), up_pointer, n if up is not None else 2 * n, _silu_table[0].data_ptr(), out.data_ptr(), rows, n
+    )
+    return out
+
+
+def _decode_ops_agree_with_torch(kernel: Callable) -> bool:
+    """Bit for bit against decoder_ops' torch ops, on rows whose sums take every branch of the
+    cascade (short, tailed, long), at 1 and several rows. Finds the lane count torch sums in."""
+    from .decoder_ops import rms_norm, rotate
+
+    generator = torch.Generator().manual_seed(0)
+    every_bf16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    _silu_table[:] = [torch.nn.functional.silu(every_bf16).float()]
+    gate, up = (torch.randn(3, 1, 200, generator=generator).to(torch.bfloat16) * 4 for _ in range(2))
+    if not torch.equal(silu_mul(gate, up), torch.nn.functional.silu(gate) * up):
+        return False
+    cases = []
+    for rows, n in ((1, 576), (5, 64), (3, 100), (40, 576), (2, 4100)):
+        hidden = torch.randn(rows, 1, n, generator=generator) * torch.rand(rows, 1, 1, generator=generator) * 20
+        delta = torch.randn(rows, 1, n, generator=generator).to(torch.bfloat16)
+        weight = torch.randn(n, generator=generator).to(torch.bfloat16)
+        cases.append((hidden.to(torch.bfloat16), delta, weight))
+    for lanes in (8, 16):
+        _sum_lanes[0] = lanes
+        if all(_norm_agrees(kernel, rms_norm, *case) for case in cases):
+            break
+    else:
+        return False
+    batch, heads, kv_heads, dim = 3, 6, 2, 64
+    q, k, v = (
+        torch.randn(batch, 1, h * dim, generator=generator).to(torch.bfloat16) for h in (heads, kv_heads, kv_heads)
+    )
+    cos, sin = (torch.randn(batch, 1, dim, generator=generator).to(torch.bfloat16) for _ in range(2))
+    keys, values = (torch.zeros(batch + 2, kv_heads, 9, dim, dtype=torch.bfloat16)[:batch, :, :5] for _ in range(2))
+    queries = rope_append(q, k, v, cos, sin, keys, values, heads)
+    joined = rotate(torch.cat((q, k), dim=-1).view(batch, 1, -1, dim), cos.unsqueeze(2), sin.unsqueeze(2))
+    return (
+        torch.equal(queries, joined[:, 0, :heads])
+        and torch.equal(keys[:, :, -1], joined[:, 0, heads:])
+        and torch.equal(values[:, :, -1], v.view(batch, kv_heads, dim))
+        and not keys[:, :, :-1].any()
+    )
+
+
+def _norm_agrees(kernel, rms_norm, hidden, delta, weight) -> bool:
+    alone, summed = hidden.clone(), hidden.clone()
+    if not torch.equal(add_rms_norm(kernel, alone, None, weight, 1e-5), rms_norm(weight, 1e-5, hidden)):
+        return False
+    expected_sum = hidden + delta
+    return torch.equal(add_rms_norm(kernel, summed, delta, weight, 1e-6), rms_norm(weight, 1e-6, expected_sum)) and (
+        torch.equal(summed, expected_sum)
+    )
 
 
 # ---- sort -------------------------------------------------------------------------------------
@@ -367,6 +525,7 @@ CHECKS = {
     "amx_matmul_bf16": _amx_agrees_with_torch,
     "gemv_bf16": _gemv_agrees_with_torch,
     "decode_attention_bf16": _attention_agrees_with_torch,
+    "decode_ops_bf16": _decode_ops_agree_with_torch,
     "sort_descending_f32": _sort_agrees_with_torch,
     "learned_step_f32": _learned_step_agrees_with_torch,
 }

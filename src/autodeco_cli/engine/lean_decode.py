@@ -25,7 +25,9 @@ import inspect
 import torch
 from torch.nn.modules import module as torch_module
 
+from ..core.decoder_ops import rms_norm, rotate
 from .cpu_inference import DECODE_ATTENTION, PackedLinear
+from .lean_kernels import KernelLayers, kernel_layers_blocker
 
 # model class -> (its modeling module, the class-name prefix of its layers' modules)
 SUPPORTED = {
@@ -107,20 +109,6 @@ def _mlp_linears(layer):
     return layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj
 
 
-def _rms_norm(weight: torch.Tensor, eps: float, hidden: torch.Tensor) -> torch.Tensor:
-    """LlamaRMSNorm.forward (Qwen2's and Mistral's are the same), op for op."""
-    input_dtype = hidden.dtype
-    hidden = hidden.to(torch.float32)
-    variance = hidden.pow(2).mean(-1, keepdim=True)
-    hidden = hidden * torch.rsqrt(variance + eps)
-    return weight * hidden.to(input_dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class _Layer:
     """What a decode step reads of one decoder layer, looked up once: nn.Module attribute access
     goes through `Module.__getattr__` (~1 us each, ~20 per layer and step)."""
@@ -149,7 +137,8 @@ class _Layer:
 class LeanDecoder:
     """One decode step (one new token per row) of a supported model (`lean_decode_blocker`)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, kernels: bool = True):
+        """`kernels`: run bf16 steps through our C kernels where they serve the model (`lean_kernels`)."""
         from transformers.masking_utils import create_causal_mask
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -169,6 +158,10 @@ class LeanDecoder:
         self._extra_kwargs = {"sliding_window": None} if type(model).__name__ != "LlamaForCausalLM" else {}
         self._layers = [_Layer(i, layer) for i, layer in enumerate(self.body.layers[: self.config.num_hidden_layers])]
         self._final_norm = (self.body.norm.weight, self.body.norm.variance_epsilon)
+        self.kernels_why = kernel_layers_blocker(model, self._layers) if kernels else "turned off"
+        self._kernels = None
+        if self.kernels_why is None:
+            self._kernels = KernelLayers(self._layers, self._final_norm, self.body.layers[: len(self._layers)])
 
     def __call__(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         """The logits `model(input_ids, attention_mask, position_ids, cache, use_cache=True,
@@ -176,6 +169,12 @@ class LeanDecoder:
         self._run_model_pre_hooks(input_ids, attention_mask, position_ids, cache)
         body = self.body
         hidden = body.embed_tokens.forward(input_ids)
+        if self._kernels is not None:
+            runs, keep = self._kernels.padding(hidden, attention_mask, cache)
+            if runs:
+                cos, sin = body.rotary_emb(hidden, position_ids=position_ids)
+                hidden = self._kernels(hidden, cos, sin, cache, keep)
+                return self.model.get_output_embeddings()(hidden[:, -1:, :])
         mask = self._create_mask(
             config=self.config,
             inputs_embeds=hidden,
@@ -189,19 +188,19 @@ class LeanDecoder:
         kwargs = {"position_ids": position_ids, "use_cache": True, **self._extra_kwargs}
         for layer in self._layers:
             hidden = self._layer(layer, hidden, mask, cos, sin, cache, kwargs)
-        hidden = _rms_norm(*self._final_norm, hidden)
+        hidden = rms_norm(*self._final_norm, hidden)
         return self.model.get_output_embeddings()(hidden[:, -1:, :])
 
     def _layer(self, layer: _Layer, hidden, mask, cos, sin, cache, kwargs) -> torch.Tensor:
         """LlamaDecoderLayer.forward with LlamaAttention.forward and LlamaMLP.forward inlined."""
         residual = hidden
-        normed = _rms_norm(*layer.input_norm, hidden)
+        normed = rms_norm(*layer.input_norm, hidden)
         rows = hidden.shape[:-1]
         shape = (*rows, -1, layer.head_dim)
         # queries and keys rotate as one tensor: the rotation is elementwise, so each value gets the
         # same roundings as in apply_rotary_pos_emb, in half the small ops
         joined = torch.cat((layer.q(normed), layer.k(normed)), dim=-1).view(shape)
-        joined = (joined * cos) + (_rotate_half(joined) * sin)
+        joined = rotate(joined, cos, sin)
         query, key = joined[:, :, : layer.heads].transpose(1, 2), joined[:, :, layer.heads :].transpose(1, 2)
         value = layer.v(normed).view(shape).transpose(1, 2)
         key, value = cache.update(key, value, layer.index, kwargs=kwargs)
@@ -210,7 +209,7 @@ class LeanDecoder:
         )
         hidden = residual + layer.o(output.reshape(*rows, -1).contiguous())
         residual = hidden
-        normed = _rms_norm(*layer.post_norm, hidden)
+        normed = rms_norm(*layer.post_norm, hidden)
         return residual + layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
 
     def _run_model_pre_hooks(self, input_ids, attention_mask, position_ids, cache) -> None:

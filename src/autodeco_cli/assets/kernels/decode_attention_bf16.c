@@ -8,6 +8,13 @@
  * (two batched matmuls, a softmax, masking, copies) for ~4 MFLOP of work; here it is one pass
  * over the cache that is already in cache memory.
  *
+ * Scores take 16 keys at a time (one sum tree for 16 dot products, not 16 horizontal sums), the
+ * weighted sum of values keeps up to 4 queries x 64 values in registers, and each job prefetches
+ * the next job's keys and values into L2 while it sums its own: on the 2-vCPU Xeon at 2 threads,
+ * 30 layers' cache from memory, 1.6x (32 rows x 60 tokens) and 1.5x (x 200) faster than one key
+ * and one query at a time, with the same outputs in every case checked (the fp32 sums differ in
+ * order only before a bf16 rounding).
+ *
  * q: [B, H, D] contiguous. k, v: [B, KVH, L, D] with strides (sb, sh, sl, 1) in elements.
  * mask: [B, L] bytes (nonzero = attend) or NULL. out: [B, H, D] contiguous.
  * D % 32 == 0, D <= 256, at most 64 query heads per KV head.
@@ -19,21 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline uint16_t to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
-  u += 0x7fff + ((u >> 16) & 1);
-  return (uint16_t)(u >> 16);
-}
-
-static inline float bf16_round(float f) {
-  uint32_t u = (uint32_t)to_bf16(f) << 16;
-  float r;
-  memcpy(&r, &u, 4);
-  return r;
-}
-
 static inline __m512 load16(const uint16_t *p) { /* 16 bf16 -> 16 fp32 */
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
@@ -41,6 +33,17 @@ static inline __m512 load16(const uint16_t *p) { /* 16 bf16 -> 16 fp32 */
 static inline __m512 round16(__m512 x) { /* to bf16 (nearest even) and back */
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)), 16));
 }
+
+/* to_bf16 on 16 lanes: the bf16 bit patterns in the low halves of 32-bit lanes */
+static inline __m512i to_bf16_16(__m512 x) {
+  __m512i u = _mm512_castps_si512(x);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  __m512i nan = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), nan);
+}
+
+static inline __m512 bf16_round16(__m512 x) { return _mm512_castsi512_ps(_mm512_slli_epi32(to_bf16_16(x), 16)); }
 
 /* exp for x <= 0 (scores minus their maximum): Cephes' expf polynomial, within ~2 ulp */
 static inline __m512 exp16(__m512 x) {
@@ -59,25 +62,101 @@ static inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-/* one KV head and the G query heads that share it; w: G x L scratch, acc: G x D scratch */
-static void one_head_group(const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint8_t *mask,
-                           uint16_t *out, long G, long L, long D, long sl, float scaling, float *w, float *acc) {
-  float best[64];
+/* Sums of 16 vectors at once: lane 4k + m of the result is the sum of v[k + 4m]'s lanes (a
+ * transposing tree of 15 adds, instead of 16 horizontal reductions). */
+static inline __m512 sum16(const __m512 *v) {
+  __m512 t[8], u[4], w[2];
+  for (int i = 0; i < 8; i++)
+    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; i++)
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; i++)
+    w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+
+/* w[g * L + l] = bf16(q_g . k_l) * scaling, -inf where masked, for 16 keys at a time; best[g]: their maximum */
+static void scores(const uint16_t *q, const uint16_t *k, const uint8_t *mask, long G, long L, long D, long sl,
+                   float scaling, float *w, float *best, const char *next_k, const char *next_v) {
+  __m512 scale = _mm512_set1_ps(scaling), minus_inf = _mm512_set1_ps(-INFINITY);
   for (long g = 0; g < G; g++) best[g] = -INFINITY;
-  for (long l = 0; l < L; l++) { /* each key row is read once for all G queries */
-    const uint16_t *kl = k + l * sl;
-    int masked = mask && !mask[l];
+  for (long l0 = 0; l0 < L; l0 += 16) {
+    long n = L - l0 < 16 ? L - l0 : 16;
+    if (next_k) /* the next job's rows, a block at a time: its misses overlap this job's sums */
+      for (long j = 0; j < n; j++)
+        for (long d = 0; d < D * 2; d += 64) {
+          _mm_prefetch(next_k + (l0 + j) * sl * 2 + d, _MM_HINT_T1);
+          _mm_prefetch(next_v + (l0 + j) * sl * 2 + d, _MM_HINT_T1);
+        }
+    __mmask16 in = n == 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1), live = in;
+    if (mask) {
+      live = 0;
+      for (long j = 0; j < n; j++) live |= (__mmask16)((mask[l0 + j] != 0) << j);
+    }
     for (long g = 0; g < G; g++) {
-      if (masked) { w[g * L + l] = -INFINITY; continue; }
       const uint16_t *qg = q + g * D;
-      __m512 a = _mm512_setzero_ps();
-      for (long d = 0; d < D; d += 32)
-        a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(kl + d), (__m512bh)_mm512_loadu_si512(qg + d));
-      float score = bf16_round(_mm512_reduce_add_ps(a)) * scaling;
-      w[g * L + l] = score;
-      if (score > best[g]) best[g] = score;
+      __m512 acc[16];
+      /* slot i holds key 4 (i % 4) + i / 4, so that sum16 gives key j in lane j */
+      for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+      if (n == 16) {
+        for (long d = 0; d < D; d += 32) {
+          __m512bh qv = (__m512bh)_mm512_loadu_si512(qg + d);
+          for (int i = 0; i < 16; i++)
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(k + (l0 + 4 * (i % 4) + i / 4) * sl + d), qv);
+        }
+      } else {
+        for (long d = 0; d < D; d += 32) {
+          __m512bh qv = (__m512bh)_mm512_loadu_si512(qg + d);
+          for (int i = 0; i < 16; i++) {
+            long key = 4 * (i % 4) + i / 4;
+            if (key < n) acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(k + (l0 + key) * sl + d), qv);
+          }
+        }
+      }
+      __m512 s = _mm512_mask_mov_ps(minus_inf, live, _mm512_mul_ps(bf16_round16(sum16(acc)), scale));
+      _mm512_mask_storeu_ps(w + g * L + l0, in, s);
+      float top = _mm512_reduce_max_ps(s);
+      if (top > best[g]) best[g] = top;
     }
   }
+}
+
+/* out[g] = bf16(sum_l w[g * L + l] v_l) for up to 4 queries and 64 values of D at a time, the sums in registers */
+static inline void weighted_values(const float *w, const uint16_t *v, uint16_t *out, long G, long L, long D, long sl) {
+  for (long g0 = 0; g0 < G; g0 += 4) {
+    long gn = G - g0 < 4 ? G - g0 : 4;
+    for (long d0 = 0; d0 < D; d0 += 64) {
+      long cn = D - d0 < 64 ? (D - d0) / 16 : 4;
+      __m512 acc[4][4];
+      for (int g = 0; g < 4; g++)
+        for (int c = 0; c < 4; c++) acc[g][c] = _mm512_setzero_ps();
+      for (long l = 0; l < L; l++) {
+        const uint16_t *vl = v + l * sl + d0;
+        __m512 row[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int c = 0; c < 4; c++)
+          if (c < cn) row[c] = load16(vl + c * 16);
+        for (int g = 0; g < 4; g++) {
+          if (g >= gn) break;
+          __m512 weight = _mm512_set1_ps(w[(g0 + g) * L + l]);
+          for (int c = 0; c < 4; c++)
+            if (c < cn) acc[g][c] = _mm512_fmadd_ps(weight, row[c], acc[g][c]);
+        }
+      }
+      for (int g = 0; g < gn; g++)
+        for (int c = 0; c < cn; c++)
+          _mm256_storeu_si256((__m256i *)(out + (g0 + g) * D + d0 + c * 16), _mm512_cvtepi32_epi16(to_bf16_16(acc[g][c])));
+    }
+  }
+}
+
+/* one KV head and the G query heads that share it; w: G x L scratch */
+static void one_head_group(const uint16_t *q, const uint16_t *k, const uint16_t *v, const uint8_t *mask,
+                           uint16_t *out, long G, long L, long D, long sl, float scaling, float *w,
+                           const char *next_k, const char *next_v) {
+  float best[64];
+  scores(q, k, mask, G, L, D, sl, scaling, w, best, next_k, next_v);
   for (long g = 0; g < G; g++) { /* softmax in fp32, weights rounded to bf16 */
     float *wg = w + g * L;
     __m512 shift = _mm512_set1_ps(best[g]), sum = _mm512_setzero_ps();
@@ -96,21 +175,7 @@ static void one_head_group(const uint16_t *q, const uint16_t *k, const uint16_t 
       _mm512_mask_storeu_ps(wg + l, in, round16(_mm512_mul_ps(_mm512_maskz_loadu_ps(in, wg + l), scale)));
     }
   }
-  long chunks = D / 16;
-  for (long i = 0; i < G * D; i++) acc[i] = 0.f;
-  for (long l = 0; l < L; l++) { /* each value row is read once for all G queries */
-    const uint16_t *vl = v + l * sl;
-    __m512 row[16];
-    for (long c = 0; c < chunks; c++) row[c] = load16(vl + c * 16);
-    for (long g = 0; g < G; g++) {
-      float weight = w[g * L + l];
-      if (weight == 0.f) continue;
-      __m512 wv = _mm512_set1_ps(weight);
-      for (long c = 0; c < chunks; c++)
-        _mm512_storeu_ps(acc + g * D + c * 16, _mm512_fmadd_ps(wv, row[c], _mm512_loadu_ps(acc + g * D + c * 16)));
-    }
-  }
-  for (long i = 0; i < G * D; i++) out[i] = to_bf16(acc[i]);
+  weighted_values(w, v, out, G, L, D, sl);
 }
 
 /* Returns 0, or -1 for shapes it does not take (the caller then uses torch). */
@@ -123,7 +188,7 @@ int autodeco_decode_attention_bf16(const uint16_t *q, const uint16_t *k, const u
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    float *w = malloc(sizeof(float) * G * ((L > 0 ? L : 1) + D));
+    float *w = malloc(sizeof(float) * G * (L > 0 ? L : 1));
 #pragma omp for schedule(static)
     for (long job = 0; job < jobs; job++) {
       if (!w) {
@@ -131,9 +196,11 @@ int autodeco_decode_attention_bf16(const uint16_t *q, const uint16_t *k, const u
         failed = 1;
         continue;
       }
-      long b = job / KVH, h = job % KVH;
+      long b = job / KVH, h = job % KVH, ahead = job + 1, nb = ahead / KVH, nh = ahead % KVH;
+      const char *nk = ahead < jobs ? (const char *)(k + nb * sb + nh * sh) : 0;
+      const char *nv = ahead < jobs ? (const char *)(v + nb * sb + nh * sh) : 0;
       one_head_group(q + (b * H + h * G) * D, k + b * sb + h * sh, v + b * sb + h * sh, mask ? mask + b * L : 0,
-                     out + (b * H + h * G) * D, G, L, D, sl, scaling, w, w + G * L);
+                     out + (b * H + h * G) * D, G, L, D, sl, scaling, w, nk, nv);
     }
     free(w);
   }
