@@ -232,7 +232,7 @@ def decode_attention(
     inputs the kernel does not take."""
     batch, heads, _, dim = query.shape
     length = key.shape[2]
-    if key.stride() != value.stride() or key.stride(-1) != 1 or (mask is not None and mask.dtype != torch.bool):
+    if mask is not None and mask.dtype != torch.bool:
         return None
     keep = None if mask is None else mask.reshape(batch, length).to(torch.uint8).contiguous()
     out = _attend(kernel, query.reshape(batch, heads, dim).contiguous(), key, value, keep, scaling)
@@ -245,17 +245,16 @@ def decode_attention_rows(
     """`decode_attention` for contiguous queries [B, H, D] and the rows' padding as contiguous bytes
     [B, L] (nonzero = attend) or None: returns [B, 1, H * D], ready for the output projection."""
     batch, heads, dim = queries.shape
-    out = (
-        None
-        if key.stride() != value.stride() or key.stride(-1) != 1
-        else _attend(kernel, queries, key, value, keep, scaling)
-    )
+    out = _attend(kernel, queries, key, value, keep, scaling)
     if out is None:
         raise ValueError("the decode attention kernel does not take these shapes (or could not allocate)")
     return out.view(batch, 1, heads * dim)
 
 
 def _attend(kernel, queries, key, value, keep, scaling) -> torch.Tensor | None:
+    """The kernel's output [B, H, D], or None where it does not take the cache's layout or failed."""
+    if key.stride() != value.stride() or key.stride(-1) != 1:
+        return None
     batch, heads, dim = queries.shape
     out = torch.empty((batch, heads, dim), dtype=torch.bfloat16)
     status = kernel(
