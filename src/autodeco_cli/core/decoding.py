@@ -47,6 +47,7 @@ ACTIVE_HEADS_CHOICES = ("both", "temperature", "top_p")
 SCHEDULE = "schedule"
 MAX_STATIC_TEMPERATURE = 5.0
 MAX_TEMPERATURE = 2.0  # the temperature head's range is (0, MAX_TEMPERATURE)
+CUT_LOGIT_EPS = 1e-6  # P̂ is clamped this far inside (0, 1) before its logit is taken
 DEFAULT_MIN_P = 0.1
 DEFAULT_N_SIGMA = 1.0
 DEFAULT_EDT_BASE = 0.8  # the EDT paper's N
@@ -63,6 +64,19 @@ _ADAPTIVE_FLAGS = {
     "edt_base": ("--edt-base", "edt"),
     "edt_theta": ("--edt-theta", "edt"),
 }
+
+
+def explored_top_p(top_p: float, sigma: float, noise: float) -> float:
+    """The cut a reward step samples at: P̂ moved by σ·noise in logit space (noise ~ N(0, 1)).
+
+    Why: with a hard nucleus, every token inside it has the same ∂log π/∂P̂ (only the normaliser
+    moves), and a group's centred advantages sum to zero over it, so REINFORCE through the soft
+    top-p barely moves the top-p head. Drawing the cut itself from a Gaussian policy around P̂
+    gives the head its own score function, (z − ẑ)/σ² (`training.losses.cut_exploration_loss`),
+    which compares samples taken at different cuts. Logit space keeps the cut inside (0, 1).
+    """
+    p = min(max(top_p, CUT_LOGIT_EPS), 1.0 - CUT_LOGIT_EPS)
+    return 1.0 / (1.0 + math.exp(-(math.log(p / (1.0 - p)) + sigma * noise)))
 
 
 @dataclass(frozen=True)

@@ -71,12 +71,17 @@ class Request:
     strategy: DecodingStrategy
     seed: int
     schedule: Schedule | None = None
+    # Reward training's exploration of the cut: σ of a Gaussian in logit space around the heads' P̂,
+    # drawn per token from the request's own generator (`core.decoding.explored_top_p`). 0 everywhere else.
+    top_p_exploration: float = 0.0
 
     def __post_init__(self):
         if self.strategy.uses_schedule != (self.schedule is not None):
             raise ValueError(
                 f"{self.strategy.label}: a schedule strategy needs a Schedule on each request, others none"
             )
+        if self.top_p_exploration and not (self.strategy.uses_heads and self.top_p_exploration > 0):
+            raise ValueError(f"{self.strategy.label}: top_p_exploration needs the heads' P̂ and a σ > 0")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 
-from ..core.decoding import ADAPTIVE_PARAMETERS
+from ..core.decoding import ADAPTIVE_PARAMETERS, explored_top_p
 from ..core.distribution import decoding_logits_and_temperature, nucleus_size
 from ..core.heads import AutoDecoHeads
 
@@ -120,7 +120,10 @@ class Sampler:
                     greedy_rows.setdefault(row, []).append(member)
                 else:
                     step = self._next_step(member) if request.schedule is not None else 0
-                    key = self.distribution(request, row, heads.get(row), step)
+                    head = heads.get(row)
+                    if request.top_p_exploration:
+                        head = (head[0], self._explored(member, head[1]))
+                    key = self.distribution(request, row, head, step)
                     distributions.setdefault(key, []).append(member)
         if greedy_rows:
             # every row greedy (rows come in order): no copy of the logits
@@ -173,6 +176,12 @@ class Sampler:
         for d, key in enumerate(keys):
             for member in members[d]:
                 chosen[member] = Step(next(draws), used_temperatures[d], key.top_p, sizes[d])
+
+    def _explored(self, member: int, top_p: float) -> float:
+        """The member's own cut around P̂ (reward training): drawn before its token's uniform, from
+        the same generator, so a request's draws do not depend on its batch-mates."""
+        noise = torch.randn(1, generator=self.generator(member), dtype=torch.float64).item()
+        return explored_top_p(top_p, self.requests[member].top_p_exploration, noise)
 
     def uniform(self, member: int) -> float:
         """The member's next uniform number in [0, 1): one float64 draw from its own generator."""

@@ -173,6 +173,10 @@ class RewardConfig:
     # steps instead, where every wrong sample says "colder". None keeps the head.
     temperature_restart: float | None = None
     top_p_learning_rate: float | None = None  # the top-p head's own rate (default: learning_rate)
+    # σ of the cut's exploration (logit space): each sampled token's cut is drawn around P̂ and the top-p
+    # head learns from the Gaussian's score function instead of the soft top-p's, whose gradient in P̂
+    # is the same for every token inside the nucleus (`core.decoding.explored_top_p`). 0: off.
+    top_p_exploration: float = 0.0
     # A price per trained token on T̂ and on P̂ (added to the loss as cost · mean T̂ / P̂). Where a
     # token's value does not change the reward (an exact step that greedy gets right anyway), the
     # policy gradient is zero on average and only noise moves the heads, so T̂ stays warm and P̂ loose
@@ -227,6 +231,8 @@ class RewardConfig:
             "top_p_restart": self.top_p_restart is None or 0.0 < self.top_p_restart < 1.0,
             "temperature_restart": self.temperature_restart is None or 0.0 < self.temperature_restart < MAX_TEMPERATURE,
             "top_p_learning_rate": self.top_p_learning_rate is None or self.top_p_learning_rate > 0,
+            "top_p_exploration": 0 <= self.top_p_exploration <= 5
+            and not (self.top_p_exploration and self.mode == "temperature"),
             "temperature_cost": self.temperature_cost >= 0,
             "top_p_cost": self.top_p_cost >= 0,
             "limit": self.limit is None or self.limit >= 1,

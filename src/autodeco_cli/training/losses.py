@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.decoding import CUT_LOGIT_EPS
 from ..core.distribution import (
     DEFAULT_SOFT_TOP_P_ALPHA,
     MIN_TEMPERATURE,
@@ -172,3 +173,19 @@ def policy_gradient_loss(log_probs: torch.Tensor, advantages: torch.Tensor, coun
     """
     per_token = torch.repeat_interleave(advantages.to(log_probs.dtype), torch.tensor(counts, device=log_probs.device))
     return -(per_token * log_probs).sum() / max(sum(counts), 1)
+
+
+def cut_exploration_loss(
+    top_p: torch.Tensor, used_top_p: torch.Tensor, sigma: float, advantages: torch.Tensor, counts: list[int]
+) -> torch.Tensor:
+    """REINFORCE for the cut as a Gaussian action in logit space: −Σ_i A_i Σ_t log N(z_it; ẑ_it, σ) / Σ_i |y_i|.
+
+    `top_p` ``[N, 1]`` is the head's P̂ (with grad), `used_top_p` ``[N]`` the cut each token was
+    sampled at (`core.decoding.explored_top_p`), both flat over the samples' tokens like
+    `policy_gradient_loss`. The gradient on ẑ = logit(P̂) is A·(z − ẑ)/σ²: a token sampled at a
+    tighter cut than P̂ in a sample that beat its group pulls P̂ down there, and the reverse.
+    """
+    z_hat = torch.logit(top_p.squeeze(-1).float(), eps=CUT_LOGIT_EPS)
+    z_used = torch.logit(used_top_p.float(), eps=CUT_LOGIT_EPS)
+    log_density = -((z_used - z_hat) ** 2) / (2.0 * sigma * sigma)
+    return policy_gradient_loss(log_density, advantages, counts)

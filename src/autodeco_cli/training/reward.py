@@ -43,7 +43,7 @@ from .checkpoints import CheckpointStore
 from .config import RewardConfig
 from .data import IGNORE_INDEX, Example
 from .hidden_features import base_features
-from .losses import policy_gradient_loss, policy_log_probs
+from .losses import cut_exploration_loss, policy_gradient_loss, policy_log_probs
 from .reward_splits import require_split
 from .run_folder import REWARD_LEGACY_DIR, refuse_earlier_run
 from .trainer import epoch_order, lr_lambda
@@ -178,8 +178,9 @@ class RewardTrainer:
 
     # -- sampling and advantages --
 
-    def _sample(self, questions: list[_Question], k: int, tag: str) -> list[list]:
-        """k autodeco samples per question from the current heads, through the engine's loop."""
+    def _sample(self, questions: list[_Question], k: int, tag: str, explore: bool = False) -> list[list]:
+        """k autodeco samples per question from the current heads, through the engine's loop
+        (`explore`: each token's cut drawn around P̂, as training samples; validation does not)."""
         c = self.config
         requests = [
             Request(
@@ -187,6 +188,7 @@ class RewardTrainer:
                 input_ids=q.prompt_ids,
                 strategy=self.strategy,
                 seed=request_seed(c.seed, tag, q.doc.doc_id, s),
+                top_p_exploration=c.top_p_exploration if explore else 0.0,
             )
             for q_index, q in enumerate(questions)
             for s in range(k)
@@ -218,7 +220,9 @@ class RewardTrainer:
     # -- one update --
 
     def _examples(self, questions: list[_Question], groups: list[list], advantages: list[list[float]]):
-        examples, weights = [], []
+        """The samples with a gradient as teacher-forcing examples, their advantages, and the cut each
+        of their tokens was sampled at (from the trace: with exploration it is not P̂)."""
+        examples, weights, cuts = [], [], []
         for question, group, group_advantage in zip(questions, groups, advantages):
             for generation, advantage in zip(group, group_advantage):
                 if advantage == 0.0 or not generation.token_ids:
@@ -227,9 +231,10 @@ class RewardTrainer:
                 labels = [IGNORE_INDEX] * len(question.prompt_ids) + generation.token_ids
                 examples.append(Example(len(examples), ids, labels))
                 weights.append(advantage)
-        return examples, weights
+                cuts.append([t.top_p for t in generation.trace])
+        return examples, weights, cuts
 
-    def _update(self, examples: list[Example], weights: list[float]) -> dict:
+    def _update(self, examples: list[Example], weights: list[float], cuts: list[list[float]]) -> dict:
         c = self.config
         total_tokens = sum(e.num_loss_tokens for e in examples)
         lm_head = self.lm.model.get_output_embeddings()
@@ -243,13 +248,20 @@ class RewardTrainer:
             with torch.no_grad():
                 logits = lm_head(features.hidden.to(lm_head.weight.dtype)).float()
             temperature, top_p = self.heads(features.hidden, logits)
-            log_probs = policy_log_probs(
-                logits, features.targets, temperature, top_p, mode=c.mode, alpha=c.soft_top_p_alpha
-            )
             advantages = torch.tensor(weights[start : start + c.micro_batch_size], device=self.device)
+            exploration = torch.zeros((), device=self.device)
+            token_top_p = top_p
+            if c.top_p_exploration:
+                # the tokens' log π at the cuts they were drawn at; P̂ learns from the Gaussian instead
+                used = _flat_cuts(cuts[start : start + c.micro_batch_size], features.counts, self.device)
+                token_top_p = used.unsqueeze(-1)
+                exploration = cut_exploration_loss(top_p, used, c.top_p_exploration, advantages, features.counts)
+            log_probs = policy_log_probs(
+                logits, features.targets, temperature, token_top_p, mode=c.mode, alpha=c.soft_top_p_alpha
+            )
             # one denominator for the whole step, so micro-batches add up to the step's loss
             loss = (
-                policy_gradient_loss(log_probs, advantages, features.counts) * sum(features.counts)
+                (policy_gradient_loss(log_probs, advantages, features.counts) + exploration) * sum(features.counts)
                 + c.temperature_cost * temperature.sum()
                 + c.top_p_cost * top_p.sum()
             ) / max(total_tokens, 1)
@@ -281,13 +293,13 @@ class RewardTrainer:
     def train_step(self) -> dict:
         c = self.config
         questions = [self._train_question(self.step * c.prompts_per_step + i) for i in range(c.prompts_per_step)]
-        groups = self._sample(questions, c.group_size, f"reward-step-{self.step}")
+        groups = self._sample(questions, c.group_size, f"reward-step-{self.step}", explore=True)
         advantages, rewards = [], []
         for question, group in zip(questions, groups):
             group_advantage, reward = self.reward_fn(question.task, question.doc, group)
             advantages.append(group_advantage)
             rewards.append(reward)
-        examples, weights = self._examples(questions, groups, advantages)
+        examples, weights, cuts = self._examples(questions, groups, advantages)
         record = {
             "step": self.step + 1,
             "reward": sum(rewards) / len(rewards),
@@ -296,7 +308,7 @@ class RewardTrainer:
         }
         record["mean_temperature"], record["mean_top_p"] = _trace_means([g for group in groups for g in group])
         if examples:
-            record.update(self._update(examples, weights))
+            record.update(self._update(examples, weights, cuts))
         with warnings.catch_warnings():
             # a step without signal skips optimizer.step(); the schedule still follows the step count
             warnings.simplefilter("ignore", UserWarning)
@@ -410,6 +422,13 @@ def restart_head(head, fraction: float) -> None:
     with torch.no_grad():
         output.weight.zero_()
         output.bias.fill_(math.log(fraction / (1.0 - fraction)))
+
+
+def _flat_cuts(cuts: list[list[float]], counts: list[int], device) -> torch.Tensor:
+    """The micro-batch's per-token cuts, flat in the order of its labelled positions."""
+    if [len(c) for c in cuts] != list(counts):
+        raise RuntimeError("a sample's trace does not match its teacher-forced tokens")
+    return torch.tensor([p for c in cuts for p in c], dtype=torch.float32, device=device)
 
 
 def _trace_means(generations: list) -> tuple[float | None, float | None]:
