@@ -35,6 +35,24 @@ def _packed(weight: torch.Tensor) -> torch.Tensor:
     return cpu_kernels.amx_pack(weight, torch.empty(cpu_kernels.amx_packed_size(*weight.shape), dtype=torch.bfloat16))
 
 
+def _tile_layout(weight: torch.Tensor) -> torch.Tensor:
+    """The kernel's packed layout in torch: [O/16][I/32][16 input pairs][16 outputs][2], zero-padded."""
+    outputs, inputs = weight.shape
+    padded = torch.zeros(-(-outputs // 16) * 16, -(-inputs // 32) * 32, dtype=weight.dtype)
+    padded[:outputs, :inputs] = weight
+    tiles = padded.view(padded.shape[0] // 16, 16, padded.shape[1] // 32, 16, 2)  # [nb, n, kb, pair, j]
+    return tiles.permute(0, 2, 3, 1, 4).reshape(-1)
+
+
+@needs_amx
+@pytest.mark.parametrize("outputs,inputs", [(16, 32), (192, 576), (576, 1536), (37, 70), (17, 33), (15, 31), (1, 1)])
+def test_amx_pack_lays_out_whole_and_partial_tiles(outputs, inputs):
+    # whole tiles go through a gather of 32-bit input pairs, the edges element by element
+    weight = torch.randn(outputs, inputs, generator=torch.Generator().manual_seed(outputs * inputs)).to(torch.bfloat16)
+    weight[0, 0] = -0.0  # bits, not values, are compared
+    assert torch.equal(_packed(weight).view(torch.int16), _tile_layout(weight).view(torch.int16))
+
+
 @needs_amx
 @pytest.mark.parametrize(
     "inputs,outputs,with_bias", [(70, 37, True), (576, 192, False), (33, 300, False), (1536, 16, True)]

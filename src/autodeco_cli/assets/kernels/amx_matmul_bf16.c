@@ -43,20 +43,32 @@ long autodeco_amx_bf16_init(void) {
 
 long autodeco_amx_packed_elems(long I, long O) { return (O + 15) / 16 * ((I + 31) / 32) * BLOCK_ELEMS; }
 
+/* One tile: out[pair][n][j] = w[o0 + n][k0 + 2 pair + j], zero past O and I. */
+static void pack_tile(const uint16_t *w, uint16_t *tile, long I, long O, long o0, long k0) {
+  if (o0 + 16 <= O && k0 + 32 <= I) {
+    /* a whole tile is a 16 x 16 transpose of input pairs (32-bit words): one gather of the 16
+     * rows' pair per output line (at load, the default model's 270 MB took ~0.1 s element by
+     * element) */
+    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                            _mm512_set1_epi32((int)I));
+    for (long pair = 0; pair < 16; pair++)
+      _mm512_storeu_si512(tile + pair * 32, _mm512_i32gather_epi32(rows, w + o0 * I + k0 + 2 * pair, 2));
+    return;
+  }
+  for (long pair = 0; pair < 16; pair++)
+    for (long n = 0; n < 16; n++)
+      for (long j = 0; j < 2; j++) {
+        long o = o0 + n, k = k0 + 2 * pair + j;
+        tile[(pair * 16 + n) * 2 + j] = (o < O && k < I) ? w[o * I + k] : 0;
+      }
+}
+
 /* w [O, I] -> p [O/16][I/32][16 input pairs][16 outputs][2], zero past O and I. */
 long autodeco_amx_pack_bf16(const uint16_t *w, uint16_t *p, long I, long O) {
   long blocks = (O + 15) / 16, depth = (I + 31) / 32;
 #pragma omp parallel for
   for (long nb = 0; nb < blocks; nb++)
-    for (long kb = 0; kb < depth; kb++) {
-      uint16_t *tile = p + (nb * depth + kb) * BLOCK_ELEMS;
-      for (long pair = 0; pair < 16; pair++)
-        for (long n = 0; n < 16; n++)
-          for (long j = 0; j < 2; j++) {
-            long o = nb * 16 + n, k = kb * 32 + 2 * pair + j;
-            tile[(pair * 16 + n) * 2 + j] = (o < O && k < I) ? w[o * I + k] : 0;
-          }
-    }
+    for (long kb = 0; kb < depth; kb++) pack_tile(w, p + (nb * depth + kb) * BLOCK_ELEMS, I, O, nb * 16, kb * 32);
   return 0;
 }
 
