@@ -15,6 +15,9 @@ the task's metric:
    worth more than another copy of the favourite);
 3. the sampled tokens are teacher-forced through the frozen base, and REINFORCE updates the
    heads only, through the same soft distribution the MLE losses use (`losses.policy_log_probs`).
+   With `top_p_exploration` each sampled token's cut is drawn around P̂ instead, and the top-p head
+   learns from that Gaussian's score function (`losses.cut_exploration_loss`): through the soft
+   top-p alone its gradient is the same for every token inside the nucleus, so it barely moves.
 
 No second sampler: generation is `GenerationEngine.generate`, the math is `losses.py`.
 Validation (optional, `validation_limit`) scores held-out questions every `validate_every`
