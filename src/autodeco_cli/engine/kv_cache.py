@@ -88,9 +88,8 @@ class GrowingLayer(DynamicLayer):
 
     def crop(self, tokens_to_remove: int) -> None:
         super().crop(tokens_to_remove)
-        self._key_buffer = self._value_buffer = self._opened = (
-            None  # the cut columns are not zeros: never append over them
-        )
+        # the cut columns are not zeros: never append over them
+        self._key_buffer = self._value_buffer = self._opened = None
 
 
 def _column_in(view: torch.Tensor, buffer: torch.Tensor | None) -> int | None:
