@@ -92,6 +92,23 @@ def test_silu_mul_gives_torchs_bits_for_every_bf16_gate():
     assert torch.equal(_bits(cpu_kernels.silu_mul(side_by_side, None)), _bits(got))
 
 
+@needs_ops
+@pytest.mark.parametrize("flush", [False, True])
+def test_silu_mul_follows_the_flush_mode_in_force_not_the_one_at_load(flush):
+    # the engine turns flushing on when it loads a model, which may come after this kernel loaded
+    assert cpu_kernels.load("decode_ops_bf16") is not None
+    gate = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(64, 1, 1024)
+    up = torch.randn(64, 1, 1024, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    was_flushing = float(torch.tensor([1e-40]) * 1.0) == 0.0
+    torch.set_flush_denormal(flush)
+    try:
+        got, expected = cpu_kernels.silu_mul(gate, up), torch.nn.functional.silu(gate) * up
+    finally:
+        torch.set_flush_denormal(was_flushing)
+    finite = torch.isfinite(expected)
+    assert torch.equal(_bits(got)[finite], _bits(expected)[finite])
+
+
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
     return save_model("llama", tmp_path_factory.mktemp("lean-kernels"), build_tiny_tokenizer())

@@ -299,7 +299,9 @@ def _attention_agrees_with_torch(kernel: Callable) -> bool:
 
 # how many fp32 lanes torch's float sum accumulates in (8: its AVX2 kernel; found by the load check)
 _sum_lanes = [0]
-# torch's SiLU of every bf16 value, as fp32, indexed by the bf16 bit pattern (built by the load check)
+# torch's SiLU of every bf16 value, as fp32, indexed by the bf16 bit pattern, [2, 65536]: computed with
+# subnormals kept, then flushed, since the engine turns flushing on at model load, possibly after this
+# kernel loaded, and the kernel reads the row of the mode in force (built by the load check)
 _silu_table: list[torch.Tensor] = []
 
 
@@ -377,8 +379,7 @@ def _decode_ops_agree_with_torch(kernel: Callable) -> bool:
     from .decoder_ops import rms_norm, rotate
 
     generator = torch.Generator().manual_seed(0)
-    every_bf16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
-    _silu_table[:] = [torch.nn.functional.silu(every_bf16).float()]
+    _silu_table[:] = [_silu_tables()]
     gate, up = (torch.randn(3, 1, 200, generator=generator).to(torch.bfloat16) * 4 for _ in range(2))
     if not torch.equal(silu_mul(gate, up), torch.nn.functional.silu(gate) * up):
         return False
@@ -408,6 +409,20 @@ def _decode_ops_agree_with_torch(kernel: Callable) -> bool:
         and torch.equal(values[:, :, -1], v.view(batch, kv_heads, dim))
         and not keys[:, :, :-1].any()
     )
+
+
+def _silu_tables() -> torch.Tensor:
+    """torch's SiLU of every bf16 value with subnormals kept and flushed, restoring the caller's mode."""
+    every_bf16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    flushing = float(torch.tensor([1e-40]) * 1.0) == 0.0  # torch has no getter for the mode
+    tables = []
+    try:
+        for flush in (False, True):
+            torch.set_flush_denormal(flush)
+            tables.append(torch.nn.functional.silu(every_bf16).float())
+    finally:
+        torch.set_flush_denormal(flushing)
+    return torch.stack(tables)
 
 
 def _norm_agrees(kernel, rms_norm, hidden, delta, weight) -> bool:

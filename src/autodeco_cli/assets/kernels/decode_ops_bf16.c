@@ -14,7 +14,9 @@
  *   normed[r] = bf16(weight * bf16(hidden[r] * (1 / sqrt(sum(hidden[r]^2) / n + eps))))
  * rope_append: joined = [q heads, k heads] of a row; out = bf16(bf16(x * cos) + bf16(rotate_half(x) * sin));
  *   queries to q_out [B, H, D], keys and values (as they are) into one cache column per row and KV head
- * silu_mul: out = bf16(silu[gate] * up), silu[] torch's own SiLU of each of the 65536 bf16 values
+ * silu_mul: out = bf16(silu[gate] * up), silu[] torch's own SiLU of each of the 65536 bf16 values,
+ *           two tables side by side: computed with subnormals kept, then flushed (torch.set_flush_denormal),
+ *           the one read chosen by the calling thread's MXCSR (FTZ or DAZ), as torch's own SiLU would be
  */
 #include <immintrin.h>
 #include <math.h>
@@ -178,6 +180,7 @@ long autodeco_rope_append(const uint16_t *q, const uint16_t *k, const uint16_t *
  * gate|up output may be passed); silu: 65536 floats, torch's bf16 SiLU of each bf16 bit pattern */
 long autodeco_silu_mul(const uint16_t *gate, const uint16_t *up, long stride, const float *silu, uint16_t *out,
                        long rows, long n) {
+  if (_mm_getcsr() & 0x8040) silu += 65536; /* FTZ (bit 15) or DAZ (bit 6): the flushed table */
   for (long r = 0; r < rows; r++) {
     const uint16_t *g = gate + r * stride, *u = up + r * stride;
     uint16_t *o = out + r * n;
