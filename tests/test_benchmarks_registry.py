@@ -36,7 +36,8 @@ PAPER_TASKS = [
 ]
 SMALL_TASKS = ["gsm8k", "math500", "arc-easy", "arc-challenge", "arith-add", "arith-sub", "arith-mul"]
 RAND_TASKS = ["rand-item", "rand-letter", "rand-letter-reworded", "rand-list", "rand-times", "rand-times-reworded"]
-UNSEEN_TASKS = ["record-field", "ticket-add"]  # families no training recipe or selection step uses
+UNSEEN_TASKS = ["count-words", "record-field", "ticket-add"]  # families no training recipe or selection step uses
+EXACT_TASKS = ["first-times", "initial-word"]  # the random-choice family's exact counterpart, trained on
 MATH_SUFFIX = "\nMake sure you output the final answer within \\boxed{}."
 
 
@@ -54,7 +55,8 @@ def data_dir() -> Path:
 
 
 def test_all_tasks_are_registered() -> None:
-    assert sorted(PAPER_TASKS + SMALL_TASKS + RAND_TASKS + UNSEEN_TASKS) == list_tasks()
+    assert sorted(PAPER_TASKS + SMALL_TASKS + RAND_TASKS + UNSEEN_TASKS + EXACT_TASKS) == list_tasks()
+    assert list_groups()["exact"] == EXACT_TASKS
     # rand-item: no per-token edge when probed
     assert list_groups()["rand"] == ["rand-letter", "rand-list", "rand-times"]
     assert list_groups()["rand-reworded"] == [

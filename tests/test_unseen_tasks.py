@@ -1,5 +1,6 @@
-"""The unseen task families (group `unseen`): ticket-add (draw from a range, then add) and
-record-field (copy one field out of a record). Generators, splits, prompts, scorers, listing."""
+"""The unseen task families (group `unseen`): ticket-add (draw from a range, then add),
+record-field (copy one field out of a record) and count-words (count a list). Generators, splits,
+prompts, scorers, listing."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from autodeco_cli.tasks import aggregation, record_lookup, ticket_draw
 from autodeco_cli.tasks.registry import expand, get_task, task_chat, task_stop
 from autodeco_cli.tasks.types import Doc, Score
 
-TASKS = ("ticket-add", "record-field")
+TASKS = ("ticket-add", "record-field", "count-words")
 SPLITS = ("test", "validation", "train")
 
 
 def _question_key(task: str, doc: Doc) -> str:
     if task == "ticket-add":
         return f"{doc.gold['low']}-{doc.gold['high']}+{doc.gold['addend']}"
+    if task == "count-words":
+        return ",".join(doc.gold["words"])
     return f"{doc.meta['record']}?{doc.meta['asked']}"
 
 
@@ -35,13 +38,13 @@ def test_splits_are_disjoint_sized_and_deterministic(name):
     assert len({d.doc_id for d in docs["test"]}) == 200
     # two solved shots, then the question, as raw completion text cut at the first newline
     doc = docs["test"][0]
-    assert doc.prompt.count("\n\n") == 2 and doc.prompt.endswith("?\n" if name == "record-field" else ".\n")
+    assert doc.prompt.count("\n\n") == 2 and doc.prompt.endswith(".\n" if name == "ticket-add" else "?\n")
     assert task_chat(task, True) is False and task_stop(task) == ["\n"]
 
 
 def test_the_family_is_its_own_group_outside_training_groups():
-    assert expand("unseen") == ["record-field", "ticket-add"]
-    for trained in ("rand", "arith", "small"):
+    assert expand("unseen") == ["count-words", "record-field", "ticket-add"]
+    for trained in ("rand", "arith", "small", "exact"):
         assert not set(expand(trained)) & set(TASKS)
 
 
@@ -138,6 +141,9 @@ def _doc_from_shot(name: str, question: str) -> Doc:
         low, high, addend = int(words[2]), int(words[4]), int(words[-4])
         gold = {"low": low, "high": high, "addend": addend}
         return Doc("s", "", gold, {**gold, "choices": [str(v) for v in range(low, high + 1)]})
+    if name == "count-words":
+        words = question.split(": ", 1)[1].rstrip("?").split(", ")
+        return Doc("s", "", {"words": words, "count": len(words)}, {})
     record = question.split("\n")[0].removeprefix("Record: ")
     asked = question.split("What is the ")[1].rstrip("?")
     return Doc("s", "", dict(part.split(": ") for part in record.split("; "))[asked], {})

@@ -284,7 +284,7 @@ def test_the_shipped_recipe_can_choose_its_suite_and_reaches_past_the_grid_edge(
     check_suite_config(config)
     check_diagnose_config(config)
     assert suite_families(config) == ["static", "min-p", "top-n-sigma", "edt"]
-    assert [spec["name"] for spec in config.unseen] == ["ticket-add", "record-field"]
+    assert [spec["name"] for spec in config.unseen] == ["ticket-add", "record-field", "count-words"]
     assert traced_benchmarks(config) == {"rand-times", "rand-letter"}  # diagnose reuses their runs
     assert "rand-list" in diagnose_tasks(config)  # the pick's position varies: the shuffle-across test
     # the rand oracle grid and the suite's selection grid reach past the recorded oracle (T 1, p 0.8)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..evaluation.settings import EvalSettings
+from ..tasks.registry import expand
 from .study_runs import mean_shift, run_strategies
 
 SUITE_FILE = "suite.json"
@@ -75,6 +76,13 @@ def check_suite_config(config) -> None:
     names = [t.name for t in suite_tasks(config)]
     if len(set(names)) != len(names):
         raise UserError(f"the suite names a task twice: {', '.join(names)}", "an unseen task is not a benchmark")
+    trained = {t for entry in config.data for t in expand(entry["tasks"])} | set(expand(config.reward["tasks"]))
+    seen = sorted(trained & {spec["name"] for spec in config.unseen})
+    if seen:
+        raise UserError(
+            f"unseen family {', '.join(seen)} is also in the recipe's data or reward tasks",
+            "an unseen family must take no part in training: drop it from `unseen` or from the training tasks",
+        )
     for family in suite_families(config)[1:]:
         grids = [spec.get("adaptive", config.adaptive)[family] for spec in config.benchmarks]
         cells = [{(t, v) for t in g["temperatures"] for v in g["values"]} for g in grids]

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from ..core.errors import UserError
-from . import aggregation, arithmetic, ifeval, random_choice, record_lookup, ticket_draw
+from . import aggregation, arithmetic, exact_pick, ifeval, item_count, random_choice, record_lookup, ticket_draw
 from .data import DataFile, as_list, get_field, locate, read_records, resolve_data_dir, verify_file
 from .scoring import SCORERS, get_scorer, gsm8k_gold, option_letters
 from .types import Doc, Score
@@ -32,7 +32,8 @@ _REQUIRED_KEYS = ("name", "description", "builder", "scorer", "max_new_tokens", 
 # Builder-specific settings; anything else in a definition is most likely a typo.
 _OPTION_KEYS = (
     "groups", "shuffle_seed", "subsample_seed", "arithmetic", "prompt_without_starter", "random_choice",
-    "question_metric", "chat", "stop", "aggregation", "voting", "label", "ticket_draw", "record_lookup",
+    "question_metric", "chat", "stop", "aggregation", "voting", "label", "ticket_draw", "record_lookup", "exact_pick",
+    "item_count",
 )  # fmt: skip
 # Keys that only say how to report a task's samples, never how they are made or scored: left
 # out of its version (`task_version`), so declaring one never orphans finished samples.
@@ -406,7 +407,13 @@ BUILDERS: dict[str, Builder] = {
     "livecodebench": _code_docs,
 }
 # Generated tasks without a data file: the module's `docs(task, prompt, split, n, cfg)` makes them.
-GENERATED = {"random_choice": random_choice, "ticket_draw": ticket_draw, "record_lookup": record_lookup}
+GENERATED = {
+    "random_choice": random_choice,
+    "ticket_draw": ticket_draw,
+    "record_lookup": record_lookup,
+    "exact_pick": exact_pick,
+    "item_count": item_count,
+}
 _ALL_BUILDERS = (*BUILDERS, "arithmetic", *GENERATED)
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Callable
 
 from ..core.errors import UserError
 from .arithmetic import extract_integer
+from .exact_pick import score_exact_pick
+from .item_count import score_count
 from .random_choice import score_random_choice
 from .record_lookup import score_record
 from .ticket_draw import score_ticket
@@ -318,6 +320,8 @@ SCORERS: dict[str, Scorer] = {
     "random_choice": score_random_choice,
     "ticket_draw": score_ticket,
     "record_lookup": score_record,
+    "exact_pick": score_exact_pick,
+    "item_count": score_count,
 }
 
 
