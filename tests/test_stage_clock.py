@@ -26,3 +26,23 @@ def test_stage_times_accumulate_over_invocations_and_are_saved_per_stage(tmp_pat
     assert again.timings["data"] >= first and logged == ["[bold]== data[/]", "[bold]== train[/]", "[bold]== data[/]"]
     table = again.markdown()
     assert table[:2] == ["| stage | seconds |", "|---|---|"] and any(line.startswith("| train |") for line in table)
+
+
+def test_the_invocation_total_stays_the_last_row_when_a_later_invocation_adds_a_stage(tmp_path):
+    path = tmp_path / "timings.json"
+    clock = StageClock(path, lambda *a: None)
+    with clock.stage("data"):
+        pass
+    clock.close_invocation()
+    clock.save()
+    again = StageClock(path, lambda *a: None)
+    with again.stage("new stage"):
+        pass
+    again.close_invocation()
+    assert list(again.timings) == ["data", "new stage", "total (this invocation)"]
+    table = again.markdown()
+    summed = sum(v for k, v in again.timings.items() if k != "total (this invocation)")
+    assert table[4:6] == [
+        f"| all stages, summed over invocations | {summed:.0f} |",
+        f"| total (this invocation) | {again.timings['total (this invocation)']:.0f} |",
+    ]

@@ -258,6 +258,10 @@ def test_a_suite_that_cannot_choose_a_cell_is_refused_before_any_work(tmp_path):
     config.diagnose = {"tasks": [{"k": 2}]}
     with pytest.raises(UserError, match="neither a task name nor a mapping with a name"):
         run_where_it_wins(config, log=lambda *a: None)
+    config.diagnose = {"tasks": ["a"]}
+    config.reward = {**config.reward, "tasks": "arith-add,unseen"}  # a group that holds the unseen families
+    with pytest.raises(UserError, match="unseen family record-field, ticket-add is also in the recipe's data"):
+        run_where_it_wins(config, log=lambda *a: None)
     assert not (tmp_path / "work").exists()
 
 

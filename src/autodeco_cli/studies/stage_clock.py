@@ -7,6 +7,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+TOTAL = "total (this invocation)"
+
 
 class StageClock:
     """Seconds per stage, cumulative over invocations (a stage an earlier invocation finished
@@ -30,8 +32,10 @@ class StageClock:
         return cls(work / "timings.json", log)
 
     def close_invocation(self) -> None:
-        """Record this invocation's whole wall time beside the cumulative stage times."""
-        self.timings["total (this invocation)"] = time.perf_counter() - self.started
+        """Record this invocation's whole wall time beside the cumulative stage times, as the last
+        entry (a stage first run in a later invocation would otherwise be listed after it)."""
+        self.timings.pop(TOTAL, None)
+        self.timings[TOTAL] = time.perf_counter() - self.started
 
     @contextmanager
     def stage(self, name: str):
@@ -47,9 +51,13 @@ class StageClock:
         self.path.write_text(json.dumps(self.timings, indent=2) + "\n")
 
     def markdown(self) -> list[str]:
+        stages = {name: seconds for name, seconds in self.timings.items() if name != TOTAL}
         lines = ["| stage | seconds |", "|---|---|"] + [
-            f"| {name} | {seconds:.0f} |" for name, seconds in self.timings.items()
+            f"| {name} | {seconds:.0f} |" for name, seconds in stages.items()
         ]
+        lines.append(f"| all stages, summed over invocations | {sum(stages.values()):.0f} |")
+        if TOTAL in self.timings:
+            lines.append(f"| {TOTAL} | {self.timings[TOTAL]:.0f} |")
         return lines + [
             "",
             "Stages already finished by an earlier invocation cost ~0 s here; the per-stage times are cumulative over "
