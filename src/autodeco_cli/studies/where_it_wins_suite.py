@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..core.errors import UserError
 from ..evaluation.settings import EvalSettings
-from ..tasks.registry import expand
+from ..tasks import registry
 from .study_runs import mean_shift, run_strategies
 
 SUITE_FILE = "suite.json"
@@ -76,7 +76,9 @@ def check_suite_config(config) -> None:
     names = [t.name for t in suite_tasks(config)]
     if len(set(names)) != len(names):
         raise UserError(f"the suite names a task twice: {', '.join(names)}", "an unseen task is not a benchmark")
-    trained = {t for entry in config.data for t in expand(entry["tasks"])} | set(expand(config.reward["tasks"]))
+    # registry.expand looked up per call, not bound at import: the study's tests serve their own tasks through it
+    trained = {t for entry in config.data for t in registry.expand(entry["tasks"])}
+    trained |= set(registry.expand(config.reward["tasks"]))
     seen = sorted(trained & {spec["name"] for spec in config.unseen})
     if seen:
         raise UserError(
