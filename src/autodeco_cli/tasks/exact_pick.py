@@ -21,8 +21,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import UserError
-from .hashed_splits import draw_questions
+from .hashed_splits import draw_template_questions
 from .random_choice import FACTORS, WORDS, parse
 from .types import Doc, Score
 
@@ -77,19 +76,7 @@ def _draw(template: str, rng: random.Random, sizes: tuple[int, ...]) -> Pick:
 
 def questions(template: str, split: str, n: int, cfg: dict[str, Any]) -> list[Pick]:
     """`n` distinct questions of one split, the same on every call."""
-    if template not in TEMPLATES:
-        raise UserError(f"Unknown exact_pick template {template!r}", f"use one of {', '.join(TEMPLATES)}")
-    sizes = tuple(int(s) for s in cfg["set_sizes"])
-    return draw_questions(
-        f"exact_pick {template}",
-        split,
-        n,
-        cfg,
-        lambda rng: _draw(template, rng, sizes),
-        split_key=lambda q: q.set_key,
-        question_key=lambda q: q.key,
-        rng_label=template,
-    )
+    return draw_template_questions("exact_pick", template, TEMPLATES, split, n, cfg, _draw)
 
 
 def shots(question: Pick, index_seed: str, cfg: dict[str, Any]) -> str:

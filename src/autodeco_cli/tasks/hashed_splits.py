@@ -58,3 +58,30 @@ def draw_questions(
             seen.add(key)
             out.append(question)
     raise UserError(f"{name}: could not draw {n} distinct {split} questions", "ask for fewer (--limit)")
+
+
+def draw_template_questions(
+    family: str,
+    template: str,
+    templates: tuple[str, ...],
+    split: str,
+    n: int,
+    cfg: dict[str, Any],
+    draw: Callable[[str, random.Random, tuple[int, ...]], Q],
+) -> list[Q]:
+    """`draw_questions` for a family of templates whose questions state an option set: `cfg`'s
+    `set_sizes`, the split decided by the question's `set_key` (the set in any order), two questions
+    the same when their `key`s are (the set as asked), one RNG stream per template."""
+    if template not in templates:
+        raise UserError(f"Unknown {family} template {template!r}", f"use one of {', '.join(templates)}")
+    sizes = tuple(int(s) for s in cfg["set_sizes"])
+    return draw_questions(
+        f"{family} {template}",
+        split,
+        n,
+        cfg,
+        lambda rng: draw(template, rng, sizes),
+        split_key=lambda q: q.set_key,
+        question_key=lambda q: q.key,
+        rng_label=template,
+    )

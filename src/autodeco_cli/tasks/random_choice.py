@@ -26,8 +26,7 @@ import string
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import UserError
-from .hashed_splits import draw_questions, split_of_key
+from .hashed_splits import draw_template_questions, split_of_key
 from .types import Doc, Score
 
 TEMPLATES = ("times", "item", "letter", "list")
@@ -104,19 +103,7 @@ def split_of(question: Question, split_seed: int, fractions: tuple[float, float]
 
 def questions(template: str, split: str, n: int, cfg: dict[str, Any]) -> list[Question]:
     """`n` distinct questions of one split, the same on every call."""
-    if template not in TEMPLATES:
-        raise UserError(f"Unknown random_choice template {template!r}", f"use one of {', '.join(TEMPLATES)}")
-    sizes = tuple(int(s) for s in cfg["set_sizes"])
-    return draw_questions(
-        f"random_choice {template}",
-        split,
-        n,
-        cfg,
-        lambda rng: _draw(template, rng, sizes),
-        split_key=lambda q: q.set_key,
-        question_key=lambda q: q.key,
-        rng_label=template,
-    )
+    return draw_template_questions("random_choice", template, TEMPLATES, split, n, cfg, _draw)
 
 
 def shots(question: Question, index_seed: str, cfg: dict[str, Any]) -> str:
