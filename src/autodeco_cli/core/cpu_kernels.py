@@ -46,6 +46,7 @@ EXTRA_FLAGS = {
     "amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16"),
     # torch rounds each product and sum on its own: no fused multiply-adds
     "decode_ops_bf16": ("-ffp-contract=off",),
+    "heads_mlp_f32": ("-lm",),
 }
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 SIGNATURES = {
@@ -55,6 +56,7 @@ SIGNATURES = {
     "decode_ops_bf16": [_P, _P, _P, _P, _L, _L, _F, _L],
     "sort_descending_f32": [_P, _P, _L, _L],
     "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L],
+    "heads_mlp_f32": [_P, _L, _P, _P, _L, _P, _P, _P, _P, _F, _P, _L, _L, _L],
 }
 # the further functions a kernel's library exports (each returns a C long), by their argument types
 HELPERS = {
@@ -74,6 +76,7 @@ NEEDS = {
     "decode_ops_bf16": ("avx512f", "avx512bw"),
     "sort_descending_f32": (),
     "learned_step_f32": ("avx512f",),  # its loops are vectorised for the -mavx512f it is built with
+    "heads_mlp_f32": ("avx512f",),
 }
 
 
@@ -535,6 +538,60 @@ def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
     return torch.equal(learned_cut(kernel, rows, temperature, top_p, 8), expected_cut)
 
 
+# ---- heads' MLPs --------------------------------------------------------------------------------
+
+
+def heads_mlp(kernel: Callable, hidden, first, second, scale: float, temperature=None, features=None) -> torch.Tensor:
+    """sigmoid(second(relu(first([hidden, temperature, features])))) * scale per row, [R, 1] float32: one
+    head's `nn.Sequential` on contiguous CPU rows (`hidden` [R, H] bf16 or float32; `temperature` [R, 1] and
+    `features` [R, F] float32, or None), in the kernel's fixed sum order (see heads_mlp_f32.c)."""
+    rows = hidden.shape[0]
+    out = torch.empty((rows, 1), dtype=torch.float32)
+    status = kernel(
+        hidden.data_ptr(),
+        hidden.dtype == torch.bfloat16,
+        0 if temperature is None else temperature.data_ptr(),
+        0 if features is None else features.data_ptr(),
+        0 if features is None else features.shape[-1],
+        first.weight.data_ptr(),
+        first.bias.data_ptr(),
+        second.weight.data_ptr(),
+        second.bias.data_ptr(),
+        scale,
+        out.data_ptr(),
+        rows,
+        hidden.shape[1],
+        first.out_features,
+    )
+    if status:
+        raise MemoryError("the heads' MLP kernel could not allocate its scratch rows")
+    return out
+
+
+def _heads_mlp_agrees_with_torch(kernel: Callable) -> bool:
+    """Close to torch's Sequential (bf16 and float32 rows, with and without the extra inputs, widths and
+    inputs off the 16-lane grid), and each row's value the same alone as in its batch."""
+    generator = torch.Generator().manual_seed(0)
+    for width, size, extras in ((40, 37, 0), (256, 64, 5), (24, 20, 1)):
+        first, second = torch.nn.Linear(size + extras, width), torch.nn.Linear(width, 1)
+        with torch.no_grad():
+            for p in (*first.parameters(), *second.parameters()):
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+        hidden = torch.randn(9, size, generator=generator).to(torch.bfloat16 if extras == 5 else torch.float32)
+        extra = torch.rand(9, extras, generator=generator)
+        temperature = extra[:, :1].contiguous() if extras else None
+        features = extra[:, 1:].contiguous() if extras > 1 else None
+        with torch.no_grad():
+            expected = torch.sigmoid(second(torch.relu(first(torch.cat((hidden.float(), extra), -1))))) * 2.0
+        got = heads_mlp(kernel, hidden, first, second, 2.0, temperature, features)
+        one = [None if t is None else t[5:6] for t in (temperature, features)]
+        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
+            return False
+        if not torch.equal(heads_mlp(kernel, hidden[5:6], first, second, 2.0, *one), got[5:6]):
+            return False
+    return True
+
+
 CHECKS = {
     "amx_matmul_bf16": _amx_agrees_with_torch,
     "gemv_bf16": _gemv_agrees_with_torch,
@@ -542,4 +599,5 @@ CHECKS = {
     "decode_ops_bf16": _decode_ops_agree_with_torch,
     "sort_descending_f32": _sort_agrees_with_torch,
     "learned_step_f32": _learned_step_agrees_with_torch,
+    "heads_mlp_f32": _heads_mlp_agrees_with_torch,
 }

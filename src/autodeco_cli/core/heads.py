@@ -94,8 +94,16 @@ class AutoDecoHeads(nn.Module):
         `nn.Linear` calls), with the module calls and their hooks skipped and the activations
         applied in place: at one row those calls cost about as much as the matmuls. Call it
         under `torch.inference_mode()` or `torch.no_grad()`.
+
+        A bf16 hidden state (a bf16 base model) takes the heads' MLP kernel instead where it runs: one
+        call per head, in a fixed sum order, so a row's (T̂, P̂) is the same in any batch; within ~1e-6
+        of `forward`'s (that order is not MKL's), far below what the bf16 rounding of the hidden state
+        itself moves them. Float32 models keep `forward`'s bits.
         """
         temp_in, temp_out, top_p_in, top_p_out = self._decode_layers()
+        kernel = _mlp_kernel(hidden, temp_in.weight)
+        if kernel is not None:
+            return self._kernel_values(kernel, hidden.contiguous(), logits)
         hidden = hidden.to(temp_in.weight.dtype)
         temperature = functional.linear(hidden, temp_in.weight, temp_in.bias).relu_()
         temperature = functional.linear(temperature, temp_out.weight, temp_out.bias).sigmoid_().mul_(MAX_TEMPERATURE)
@@ -105,6 +113,14 @@ class AutoDecoHeads(nn.Module):
         top_p = functional.linear(torch.cat(parts, dim=-1), top_p_in.weight, top_p_in.bias).relu_()
         top_p = functional.linear(top_p, top_p_out.weight, top_p_out.bias).sigmoid_()
         return temperature, top_p
+
+    def _kernel_values(self, kernel, hidden: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from .cpu_kernels import heads_mlp
+
+        temp_in, temp_out, top_p_in, top_p_out = self._decode_layers()
+        temperature = heads_mlp(kernel, hidden, temp_in, temp_out, MAX_TEMPERATURE)
+        features = distribution_features(logits, temperature) if self.top_p_head.use_enhanced_features else None
+        return temperature, heads_mlp(kernel, hidden, top_p_in, top_p_out, 1.0, temperature, features)
 
     def _decode_layers(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
         # The Linear modules themselves, not their tensors: training and `.to()` update those in place.
@@ -144,6 +160,19 @@ class AutoDecoHeads(nn.Module):
         }
         write_atomically(directory / HEADS_CONFIG_FILE, json.dumps(cfg, indent=2) + "\n")
         return directory
+
+
+def _mlp_kernel(hidden: torch.Tensor, weight: torch.Tensor):
+    """The heads' MLP kernel where it serves this step: bf16 CPU rows, float32 weights, no autograd."""
+    if hidden.dtype != torch.bfloat16 or hidden.dim() != 2 or hidden.device.type != "cpu":
+        return None
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or not weight.is_contiguous():
+        return None
+    if torch.is_grad_enabled():
+        return None
+    from . import cpu_kernels
+
+    return cpu_kernels.load("heads_mlp_f32")
 
 
 def _load_safetensors_heads(files: list[Path]) -> tuple[dict[str, torch.Tensor], bool]:
