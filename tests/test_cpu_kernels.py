@@ -211,7 +211,7 @@ def test_a_kernel_is_compiled_once_per_source(fresh_kernels):
 
 
 def test_kernels_load_wherever_they_can_run():
-    """On an AVX512-BF16 CPU with a C compiler both kernels must build and pass their check
+    """On an AVX512-BF16 CPU with a C compiler the kernels must build and pass their check
     against torch (otherwise the tests above would silently skip a broken kernel)."""
     import os
     import shutil
@@ -222,3 +222,5 @@ def test_kernels_load_wherever_they_can_run():
     assert cpu_kernels.load("decode_attention_bf16") is not None
     assert cpu_kernels.load("decode_ops_bf16") is not None  # its bitwise check against torch's ops passed
     assert cpu_kernels.load("sort_descending_f32") is not None
+    assert cpu_kernels.load("learned_step_f32") is not None  # features within tolerance of torch's, cut exact
+    assert cpu_kernels.load("heads_step_f32") is not None  # close to the heads' forward and batch-invariant

@@ -11,6 +11,8 @@ boundary by tokens of ~1e-9 mass each).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -186,6 +188,24 @@ def test_blocks_below_the_flush_are_skipped_exactly(vocab, peak):
     got = kernel_probs(logits, temperature)
     assert got[0, 1000] > 0 and got[0, 2000] == 0
     assert torch.allclose(got, expected, rtol=2e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("side", [-1.0, 1.0])
+def test_features_leave_out_only_tokens_below_the_floor_within_its_bound(side):
+    """The features count the tokens whose exponent is at least -30 (the kernel's FEATURES_FLOOR). The worst
+    case for the bound: every token but the max just below the floor (left out: entropy off by at most
+    (V - 1) e^-30 x 18.5 ~ 8.5e-8) or just above it (counted: torch's value to float rounding)."""
+    temperature = torch.tensor([[0.5]])
+    logits = torch.full((1, VOCAB), (-30.0 + side * 0.01) * 0.5)
+    logits[0, 0] = 0.0
+    expected = distribution_features(logits, temperature)  # gradients on: torch's path
+    with torch.no_grad():
+        got = distribution_features(logits, temperature)
+    left_out = VOCAB * math.exp(-30.0) * 18.5
+    assert abs(got[0, 1] - expected[0, 1]) <= (left_out if side < 0 else 0.0) + 1e-8
+    if side < 0:  # each left-out token is worth ~e^-30 x 18.4 of entropy: the gap is the bound's own size
+        assert abs(got[0, 1] - expected[0, 1]) > left_out / 4
+    assert torch.allclose(got[0, [0, 2, 3]], expected[0, [0, 2, 3]], rtol=1e-6, atol=1e-12)
 
 
 def reference_build():

@@ -46,7 +46,7 @@ EXTRA_FLAGS = {
     "amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16"),
     # torch rounds each product and sum on its own: no fused multiply-adds
     "decode_ops_bf16": ("-ffp-contract=off",),
-    "heads_mlp_f32": ("-lm",),
+    "heads_step_f32": ("-lm",),
 }
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 SIGNATURES = {
@@ -56,7 +56,7 @@ SIGNATURES = {
     "decode_ops_bf16": [_P, _P, _P, _P, _L, _L, _F, _L],
     "sort_descending_f32": [_P, _P, _L, _L],
     "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L],
-    "heads_mlp_f32": [_P, _L, _P, _P, _L, _P, _P, _P, _P, _F, _P, _L, _L, _L],
+    "heads_step_f32": [_P, _L, _P, _L, _P, _F, _P, _P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L],
 }
 # the further functions a kernel's library exports (each returns a C long), by their argument types
 HELPERS = {
@@ -76,7 +76,7 @@ NEEDS = {
     "decode_ops_bf16": ("avx512f", "avx512bw"),
     "sort_descending_f32": (),
     "learned_step_f32": ("avx512f",),  # its loops are vectorised for the -mavx512f it is built with
-    "heads_mlp_f32": ("avx512f",),
+    "heads_step_f32": ("avx512f",),
 }
 
 
@@ -538,56 +538,75 @@ def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
     return torch.equal(learned_cut(kernel, rows, temperature, top_p, 8), expected_cut)
 
 
-# ---- heads' MLPs --------------------------------------------------------------------------------
+# ---- heads' step ---------------------------------------------------------------------------------
 
 
-def heads_mlp(kernel: Callable, hidden, first, second, scale: float, temperature=None, features=None) -> torch.Tensor:
-    """sigmoid(second(relu(first([hidden, temperature, features])))) * scale per row, [R, 1] float32: one
-    head's `nn.Sequential` on contiguous CPU rows (`hidden` [R, H] bf16 or float32; `temperature` [R, 1] and
-    `features` [R, F] float32, or None), in the kernel's fixed sum order (see heads_mlp_f32.c)."""
-    rows = hidden.shape[0]
-    out = torch.empty((rows, 1), dtype=torch.float32)
+def heads_step(kernel: Callable, hidden, logits, layers, scale: float, min_temperature: float, features: bool):
+    """Each row's (T̂, P̂), [R, 2] float32: the heads' `forward` at a decode step in one call (heads_step_f32.c).
+    `hidden` [R, H] bf16 or float32 and `logits` [R, V] float32, contiguous CPU rows; `layers`: the temperature
+    head's two Linears, then the top-p head's; T̂ = the first head's value x `scale`; the features at T̂
+    clamped to `min_temperature`, or none (`features` False: the top-p head reads [hidden, T̂] only).
+    Raises NotFinite where a row of logits holds NaN or +inf or no finite value."""
+    t_in, t_out, p_in, p_out = layers
+    out = torch.empty((hidden.shape[0], 2), dtype=torch.float32)
     status = kernel(
         hidden.data_ptr(),
         hidden.dtype == torch.bfloat16,
-        0 if temperature is None else temperature.data_ptr(),
-        0 if features is None else features.data_ptr(),
-        0 if features is None else features.shape[-1],
-        first.weight.data_ptr(),
-        first.bias.data_ptr(),
-        second.weight.data_ptr(),
-        second.bias.data_ptr(),
+        logits.data_ptr(),
+        logits.shape[-1],
+        _learned_step_address() if features else None,
+        min_temperature,
+        *(p for layer in (t_in, t_out) for p in (layer.weight.data_ptr(), layer.bias.data_ptr())),
         scale,
+        *(p for layer in (p_in, p_out) for p in (layer.weight.data_ptr(), layer.bias.data_ptr())),
         out.data_ptr(),
-        rows,
+        hidden.shape[0],
         hidden.shape[1],
-        first.out_features,
+        t_in.out_features,
     )
+    if status == -2:
+        raise NotFinite("a row of logits holds NaN or +inf, or no finite value")
     if status:
-        raise MemoryError("the heads' MLP kernel could not allocate its scratch rows")
+        raise MemoryError("the heads' step kernel could not allocate its scratch rows")
     return out
 
 
-def _heads_mlp_agrees_with_torch(kernel: Callable) -> bool:
-    """Close to torch's Sequential (bf16 and float32 rows, with and without the extra inputs, widths and
-    inputs off the 16-lane grid), and each row's value the same alone as in its batch."""
+@functools.lru_cache(maxsize=None)
+def _learned_step_address() -> int | None:
+    """The learned-step kernel's function, which the heads' step calls for the features (None: not here)."""
+    function = load("learned_step_f32")
+    return None if function is None else ctypes.cast(function, ctypes.c_void_p).value
+
+
+def _heads_step_agrees_with_torch(kernel: Callable) -> bool:
+    """Close to the torch ops of the heads' forward (bf16 and float32 rows, with and without features, widths
+    and inputs off the 16-lane grid), and each row's values the same alone as in its batch."""
+    from .distribution import distribution_features
+
+    if _learned_step_address() is None:
+        return False
     generator = torch.Generator().manual_seed(0)
-    for width, size, extras in ((40, 37, 0), (256, 64, 5), (24, 20, 1)):
-        first, second = torch.nn.Linear(size + extras, width), torch.nn.Linear(width, 1)
+    for size, width, features, dtype in ((64, 256, True, torch.bfloat16), (37, 40, False, torch.float32)):
+        extras = 5 if features else 1
+        layers = [torch.nn.Linear(size, width), torch.nn.Linear(width, 1)]
+        layers += [torch.nn.Linear(size + extras, width), torch.nn.Linear(width, 1)]
         with torch.no_grad():
-            for p in (*first.parameters(), *second.parameters()):
+            for p in (p for layer in layers for p in layer.parameters()):
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-        hidden = torch.randn(9, size, generator=generator).to(torch.bfloat16 if extras == 5 else torch.float32)
-        extra = torch.rand(9, extras, generator=generator)
-        temperature = extra[:, :1].contiguous() if extras else None
-        features = extra[:, 1:].contiguous() if extras > 1 else None
+        hidden = torch.randn(9, size, generator=generator).to(dtype)
+        logits = torch.randn(9, 3001, generator=generator) * 4
+        with torch.enable_grad():  # torch's path for everything, the features too
+            x = hidden.float()
+            temperature = torch.sigmoid(layers[1](torch.relu(layers[0](x)))) * 2.0
+            parts = [x, temperature] + (
+                [distribution_features(logits, temperature.clamp_min(0.05))] if features else []
+            )
+            top_p = torch.sigmoid(layers[3](torch.relu(layers[2](torch.cat(parts, -1)))))
+        expected = torch.cat((temperature, top_p), -1).detach()
         with torch.no_grad():
-            expected = torch.sigmoid(second(torch.relu(first(torch.cat((hidden.float(), extra), -1))))) * 2.0
-        got = heads_mlp(kernel, hidden, first, second, 2.0, temperature, features)
-        one = [None if t is None else t[5:6] for t in (temperature, features)]
-        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
-            return False
-        if not torch.equal(heads_mlp(kernel, hidden[5:6], first, second, 2.0, *one), got[5:6]):
+            got = heads_step(kernel, hidden, logits, layers, 2.0, 0.05, features)
+            alone = heads_step(kernel, hidden[5:6], logits[5:6], layers, 2.0, 0.05, features)
+        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-5) or not torch.equal(alone, got[5:6]):
             return False
     return True
 
@@ -599,5 +618,5 @@ CHECKS = {
     "decode_ops_bf16": _decode_ops_agree_with_torch,
     "sort_descending_f32": _sort_agrees_with_torch,
     "learned_step_f32": _learned_step_agrees_with_torch,
-    "heads_mlp_f32": _heads_mlp_agrees_with_torch,
+    "heads_step_f32": _heads_step_agrees_with_torch,
 }

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional
 
 from .decoding import MAX_TEMPERATURE
-from .distribution import distribution_features
+from .distribution import MIN_TEMPERATURE, distribution_features
 from .errors import UserError
 from .io_checks import heads_files
 from .schema import BOOLEAN, INTEGER, OBJECT, STRING, Schema, check, optional
@@ -87,23 +87,31 @@ class AutoDecoHeads(nn.Module):
         top_p = self.top_p_head(hidden, temperature.detach(), logits)
         return temperature, top_p
 
-    def decode_values(self, hidden: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`forward` for a decode step, without autograd: (T̂, P̂), each ``[..., 1]``, bit for bit.
+    def decode_values(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """`forward` for a decode step, without autograd: ``[rows, 2]``, each row's (T̂, P̂) side by side.
 
-        The same ops on the same weights in the same order (`functional.linear` is what
-        `nn.Linear` calls), with the module calls and their hooks skipped and the activations
-        applied in place: at one row those calls cost about as much as the matmuls. Call it
-        under `torch.inference_mode()` or `torch.no_grad()`.
+        Float32 rows: the same ops on the same weights in the same order (`functional.linear` is
+        what `nn.Linear` calls), with the module calls and their hooks skipped and the activations
+        applied in place (at one row those calls cost about as much as the matmuls): forward's bits.
+        Call it under `torch.inference_mode()` or `torch.no_grad()`.
 
-        A bf16 hidden state (a bf16 base model) takes the heads' MLP kernel instead where it runs: one
-        call per head, in a fixed sum order, so a row's (T̂, P̂) is the same in any batch; within ~1e-6
-        of `forward`'s (that order is not MKL's), far below what the bf16 rounding of the hidden state
-        itself moves them. Float32 models keep `forward`'s bits.
+        bf16 rows (a bf16 base model) take the heads' step kernel where it runs: one C call for both
+        heads and the features, each dot product in one fixed order, so a row's (T̂, P̂) is the same in
+        any batch; within ~1e-6 of `forward`'s (that order is not MKL's), far below what the bf16
+        rounding of the hidden state itself moves them.
         """
-        temp_in, temp_out, top_p_in, top_p_out = self._decode_layers()
-        kernel = _mlp_kernel(hidden, temp_in.weight)
-        if kernel is not None:
-            return self._kernel_values(kernel, hidden.contiguous(), logits)
+        layers = self._decode_layers()
+        if _step_kernel(hidden, logits, layers):
+            from . import cpu_kernels
+
+            enhanced = self.top_p_head.use_enhanced_features
+            kernel = cpu_kernels.load("heads_step_f32")
+            try:
+                rows = hidden.contiguous(), logits.contiguous()
+                return cpu_kernels.heads_step(kernel, *rows, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced)
+            except cpu_kernels.NotFinite:
+                pass  # torch's path below, as the features' own kernel does
+        temp_in, temp_out, top_p_in, top_p_out = layers
         hidden = hidden.to(temp_in.weight.dtype)
         temperature = functional.linear(hidden, temp_in.weight, temp_in.bias).relu_()
         temperature = functional.linear(temperature, temp_out.weight, temp_out.bias).sigmoid_().mul_(MAX_TEMPERATURE)
@@ -112,15 +120,7 @@ class AutoDecoHeads(nn.Module):
             parts.append(distribution_features(logits, temperature))
         top_p = functional.linear(torch.cat(parts, dim=-1), top_p_in.weight, top_p_in.bias).relu_()
         top_p = functional.linear(top_p, top_p_out.weight, top_p_out.bias).sigmoid_()
-        return temperature, top_p
-
-    def _kernel_values(self, kernel, hidden: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from .cpu_kernels import heads_mlp
-
-        temp_in, temp_out, top_p_in, top_p_out = self._decode_layers()
-        temperature = heads_mlp(kernel, hidden, temp_in, temp_out, MAX_TEMPERATURE)
-        features = distribution_features(logits, temperature) if self.top_p_head.use_enhanced_features else None
-        return temperature, heads_mlp(kernel, hidden, top_p_in, top_p_out, 1.0, temperature, features)
+        return torch.cat((temperature, top_p), dim=-1)
 
     def _decode_layers(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
         # The Linear modules themselves, not their tensors: training and `.to()` update those in place.
@@ -162,17 +162,22 @@ class AutoDecoHeads(nn.Module):
         return directory
 
 
-def _mlp_kernel(hidden: torch.Tensor, weight: torch.Tensor):
-    """The heads' MLP kernel where it serves this step: bf16 CPU rows, float32 weights, no autograd."""
-    if hidden.dtype != torch.bfloat16 or hidden.dim() != 2 or hidden.device.type != "cpu":
-        return None
-    if weight.dtype != torch.float32 or weight.device.type != "cpu" or not weight.is_contiguous():
-        return None
+def _step_kernel(hidden: torch.Tensor, logits: torch.Tensor, layers) -> bool:
+    """Whether the heads' step kernel serves this step: bf16 CPU rows, float32 logits and weights,
+    no autograd, and the kernel built here. (Tensor properties only: right after the model's forward a
+    `.device` costs ~20 us.)"""
+    if hidden.dtype != torch.bfloat16 or not hidden.is_cpu or hidden.dim() != 2:
+        return False
+    if logits.dtype != torch.float32 or logits.dim() != 2:
+        return False
+    weights = (layers[0].weight, layers[2].weight)
+    if any(w.dtype != torch.float32 or not w.is_cpu or not w.is_contiguous() for w in weights):
+        return False
     if torch.is_grad_enabled():
-        return None
+        return False
     from . import cpu_kernels
 
-    return cpu_kernels.load("heads_mlp_f32")
+    return cpu_kernels.load("heads_step_f32") is not None
 
 
 def _load_safetensors_heads(files: list[Path]) -> tuple[dict[str, torch.Tensor], bool]:

@@ -88,8 +88,7 @@ class Sampler:
             hidden, logits = hidden[index], logits[index]
         # Under the decode loop's inference_mode. Entering one here cost ~50 us per step at one row
         # (a cold call right after the model's forward), a seventh of the heads' time.
-        temperature, top_p = self.heads.decode_values(hidden, logits)
-        return dict(zip(rows, map(tuple, torch.cat((temperature, top_p), dim=-1).tolist())))  # one copy for both
+        return dict(zip(rows, map(tuple, self.heads.decode_values(hidden, logits).tolist())))  # one copy for both
 
     def distribution(self, request: Request, row: int, head: tuple[float, float] | None, step: int = 0) -> Distribution:
         """The request's distribution on `row`: from its strategy, the row's heads' (T̂, P̂), or its

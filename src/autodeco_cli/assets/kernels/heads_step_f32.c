@@ -1,16 +1,18 @@
-/* One AutoDeco head at a decode step, for a batch of rows: value = sigmoid(w2 . relu(W1 x + b1) + b2) * scale,
- * where x is the row's last hidden state (bf16 or float32), followed for the top-p head by its T̂ and its
- * distribution features. Float32 weights, as torch's nn.Linear holds them ([out, in], row-major).
+/* The AutoDeco heads at a decode step, for a batch of rows, in one call: T̂ from the temperature head, the
+ * top-p head's distribution features of softmax(logits / T̂) (through the learned-step kernel, whose function
+ * the caller hands over), then P̂ from the top-p head. Each head is an MLP on float32 weights as torch's
+ * nn.Linear holds them ([out, in], row-major): value = sigmoid(w2 . relu(W1 x + b1) + b2) * scale, where x is
+ * the row's last hidden state (bf16 or float32), followed for the top-p head by T̂ and the features.
  *
- * Why not torch's linears: at one to a few rows, right after the model's forward has pushed everything out of
+ * Why not torch's ops: at one to a few rows, right after the model's forward has pushed everything out of
  * the caches, each of the heads' dozen small torch ops (the hidden state's conversion, two matmuls per head,
- * relu, sigmoid, the concatenation of the top-p head's input) costs 10-70 us, and the first matmul reads its
- * 0.6 MB of weights on one core (reports/engine-speed.md). Here a head is one call: both cores read half the
- * first layer's weights each, and nothing else touches memory.
+ * relu, sigmoid, the clamp, the concatenations) and each Python call between them costs 5-70 us, and torch's
+ * first matmul reads its 0.6 MB of weights on one core (reports/engine-speed.md). Here both cores read half
+ * of each first layer's weights, and nothing else runs between the heads.
  *
  * Every dot product runs in one fixed order, whatever the batch or the thread count: 16 lanes (element k
  * into lane k % 16, the tail masked), fused multiply-adds, the lanes added as a fixed tree, then the bias. So a
- * row's value does not depend on its batch-mates. It is not torch's order (MKL's sums are blocked otherwise),
+ * row's values do not depend on its batch-mates. It is not torch's order (MKL's sums are blocked otherwise),
  * so values differ from `forward`'s in the last bits; the caller only takes this path where the hidden state
  * is already bf16-rounded, which moves them far more.
  *
@@ -71,12 +73,12 @@ static void input_row(const void *hidden, long bf16, const float *temperature, c
   for (long f = 0; f < n_features; f++) x[k++] = features[r * n_features + f];
 }
 
-/* hidden: [rows, in] (bf16 when hidden_bf16, else float32); temperature: [rows] or NULL (the T̂ head);
- * features: [rows, n_features] (n_features 0: none); w1: [width, in + extras], b1: [width]; w2: [width],
- * b2: [1]; out: [rows]. Returns 0, or -1 when out of memory. */
-int autodeco_heads_mlp_f32(const void *hidden, long hidden_bf16, const float *temperature, const float *features,
-                           long n_features, const float *w1, const float *b1, const float *w2, const float *b2,
-                           float scale, float *out, long rows, long in, long width) {
+/* One head: out[r] = its value for row r. hidden: [rows, in] (bf16 when hidden_bf16, else float32);
+ * temperature: [rows] or NULL (the T̂ head); features: [rows, n_features] (n_features 0: none);
+ * w1: [width, in + extras], b1: [width]; w2: [width], b2: [1]. Returns 0, or -1 when out of memory. */
+static int mlp(const void *hidden, long hidden_bf16, const float *temperature, const float *features, long n_features,
+               const float *w1, const float *b1, const float *w2, const float *b2, float scale, float *out, long rows,
+               long in, long width) {
   long n = in + (temperature ? 1 : 0) + n_features;
   float *x = malloc(sizeof(float) * (rows * n + rows * width));
   if (!x) return -1;
@@ -85,7 +87,8 @@ int autodeco_heads_mlp_f32(const void *hidden, long hidden_bf16, const float *te
 #pragma omp parallel
   {
 #pragma omp for schedule(static)
-    for (long r = 0; r < rows; r++) input_row(hidden, hidden_bf16, temperature, features, n_features, r, in, x + r * n);
+    for (long r = 0; r < rows; r++)
+      input_row(hidden, hidden_bf16, temperature, features, n_features, r, in, x + r * n);
     /* tasks by chunk first: each thread reads its own share of W1 */
 #pragma omp for schedule(static)
     for (long task = 0; task < chunks * groups; task++) {
@@ -108,9 +111,41 @@ int autodeco_heads_mlp_f32(const void *hidden, long hidden_bf16, const float *te
       for (int g = 0; g < GROUP; g++) rows_h[g] = h + (first + g < rows ? first + g : first) * width;
       float d[GROUP];
       dots(w2, rows_h, width, d);
-      for (int g = 0; g < GROUP && first + g < rows; g++) out[first + g] = 1.0f / (1.0f + expf(-(d[g] + b2[0]))) * scale;
+      for (int g = 0; g < GROUP && first + g < rows; g++)
+        out[first + g] = 1.0f / (1.0f + expf(-(d[g] + b2[0]))) * scale;
     }
   }
   free(x);
   return 0;
+}
+
+typedef int (*learned_step_t)(long mode, const float *raw, const float *temperature, const float *top_p, float *out,
+                              long rows, long n, long candidates);
+
+/* out: [rows, 2], each row's (T̂, P̂). logits: [rows, vocab] float32. features: the learned-step kernel (mode 0
+ * gives [rows, 4] features at the T̂'s clamped to min_temperature), or NULL for heads without features.
+ * t_*: the temperature head's layers (T̂ = its value x t_scale), p_*: the top-p head's (input width in + 5, or
+ * in + 1 without features). Returns 0; -1 when out of memory; the learned-step kernel's -2 when a row of
+ * logits holds NaN or +inf or no finite value (the caller then takes torch's path). */
+int autodeco_heads_step_f32(const void *hidden, long hidden_bf16, const float *logits, long vocab,
+                            learned_step_t features, float min_temperature, const float *t_w1, const float *t_b1,
+                            const float *t_w2, const float *t_b2, float t_scale, const float *p_w1,
+                            const float *p_b1, const float *p_w2, const float *p_b2, float *out, long rows, long in,
+                            long width) {
+  float *scratch = malloc(sizeof(float) * rows * 7);
+  if (!scratch) return -1;
+  float *t = scratch, *clamped = t + rows, *p = clamped + rows, *f = p + rows;
+  int status = mlp(hidden, hidden_bf16, NULL, NULL, 0, t_w1, t_b1, t_w2, t_b2, t_scale, t, rows, in, width);
+  if (!status && features) {
+    for (long r = 0; r < rows; r++) clamped[r] = t[r] < min_temperature ? min_temperature : t[r];
+    status = features(0, logits, clamped, NULL, f, rows, vocab, 0);
+  }
+  if (!status)
+    status = mlp(hidden, hidden_bf16, t, f, features ? 4 : 0, p_w1, p_b1, p_w2, p_b2, 1.0f, p, rows, in, width);
+  for (long r = 0; !status && r < rows; r++) {
+    out[2 * r] = t[r];
+    out[2 * r + 1] = p[r];
+  }
+  free(scratch);
+  return status;
 }
