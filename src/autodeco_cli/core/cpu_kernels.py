@@ -505,6 +505,14 @@ def learned_probs(kernel: Callable, rows: torch.Tensor, temperature: torch.Tenso
     return _learned_step(kernel, _PROBS, rows, temperature, None, rows.shape[1])
 
 
+def _torch_features(probs: torch.Tensor) -> torch.Tensor:
+    """distribution_features' torch definition on softmax rows (the checks' reference; distribution imports us)."""
+    vocab = probs.shape[-1]
+    entropy = -(probs * torch.log(probs + 1e-8)).sum(-1)
+    variance = ((probs * probs).sum(-1) - 1 / vocab).clamp_min(0) / (vocab - 1)
+    return torch.stack([probs.amax(-1), entropy, variance, probs.topk(5, dim=-1).values.sum(-1)], dim=-1)
+
+
 def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
     """Features and probabilities close to torch's, and the cut equal to a stable full sort's over
     the kernel's own probabilities, on rows whose nuclei stay inside 8 candidates or reach past."""
@@ -518,16 +526,7 @@ def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
     got = learned_probs(kernel, rows, temperature)
     if not torch.allclose(got, probs, rtol=1e-5, atol=1e-12):
         return False
-    expected = torch.stack(
-        [
-            probs.amax(-1),
-            -(probs * torch.log(probs + 1e-8)).sum(-1),
-            ((probs * probs).sum(-1) - 1 / 3001).clamp_min(0) / 3000,
-            probs.topk(5, dim=-1).values.sum(-1),
-        ],
-        dim=-1,
-    )
-    if not torch.allclose(learned_features(kernel, rows, temperature), expected, rtol=1e-4, atol=1e-7):
+    if not torch.allclose(learned_features(kernel, rows, temperature), _torch_features(probs), rtol=1e-4, atol=1e-7):
         return False
     sorted_probs, order = torch.sort(got, dim=-1, descending=True, stable=True)
     keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < top_p[:, None]
@@ -581,8 +580,6 @@ def _learned_step_address() -> int | None:
 def _heads_step_agrees_with_torch(kernel: Callable) -> bool:
     """Close to the torch ops of the heads' forward (bf16 and float32 rows, with and without features, widths
     and inputs off the 16-lane grid), and each row's values the same alone as in its batch."""
-    from .distribution import distribution_features
-
     if _learned_step_address() is None:
         return False
     generator = torch.Generator().manual_seed(0)
@@ -595,14 +592,14 @@ def _heads_step_agrees_with_torch(kernel: Callable) -> bool:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
         hidden = torch.randn(9, size, generator=generator).to(dtype)
         logits = torch.randn(9, 3001, generator=generator) * 4
-        with torch.enable_grad():  # torch's path for everything, the features too
+        with torch.no_grad():
             x = hidden.float()
             temperature = torch.sigmoid(layers[1](torch.relu(layers[0](x)))) * 2.0
-            parts = [x, temperature] + (
-                [distribution_features(logits, temperature.clamp_min(0.05))] if features else []
-            )
+            parts = [x, temperature]
+            if features:
+                parts.append(_torch_features(torch.softmax(logits / temperature.clamp_min(0.05), dim=-1)))
             top_p = torch.sigmoid(layers[3](torch.relu(layers[2](torch.cat(parts, -1)))))
-        expected = torch.cat((temperature, top_p), -1).detach()
+        expected = torch.cat((temperature, top_p), -1)
         with torch.no_grad():
             got = heads_step(kernel, hidden, logits, layers, 2.0, 0.05, features)
             alone = heads_step(kernel, hidden[5:6], logits[5:6], layers, 2.0, 0.05, features)
