@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from engine_limits import machine_line
+
 PROMPTS = [
     "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle.",
     "Explain in detail how a refrigerator works, step by step.",
@@ -63,6 +65,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    print(machine_line(), flush=True)  # gains differ between CPUs: every run names its machine
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging
 

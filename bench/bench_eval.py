@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from engine_limits import machine_line
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -119,6 +121,7 @@ def runner(engine, task, strategy, samples: int, batch_size: int, limit: int, ma
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    print(machine_line(), flush=True)  # gains differ between CPUs: every run names its machine
     if args.threads:
         torch.set_num_threads(args.threads)
     from autodeco_cli.core.decoding import make_strategy

@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from engine_limits import machine_line
+
 PATHS = {"sweep": "sweep (in-process)", "loop": "run_eval loop", "cli": "eval CLI loop", "grid-cli": "grid-search CLI"}
 
 
@@ -105,6 +107,7 @@ def _texts(folder: Path, cells, task: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    print(machine_line(), flush=True)  # gains differ between CPUs: every run names its machine
     wanted = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = set(wanted) - set(PATHS)
     if unknown:

@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from engine_limits import machine_line
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -24,6 +26,7 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="reloads to time after the first load")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    print(machine_line(), flush=True)  # gains differ between CPUs: every run names its machine
     torch.set_num_threads(args.threads)
 
     from autodeco_cli.engine.models import load_base_model

@@ -43,6 +43,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine_limits import machine_line
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -270,6 +272,7 @@ def summary(clocks: list[Clock]) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    print(machine_line(), flush=True)  # gains differ between CPUs: every run names its machine
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

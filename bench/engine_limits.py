@@ -66,6 +66,15 @@ RELEVANT_FLAGS = (
 )
 
 
+def machine_line() -> str:
+    """One line naming the machine a benchmark ran on: CPU model, logical CPUs, torch."""
+    import os
+
+    import torch
+
+    return f"machine: {cpu_model()} ({os.cpu_count()} logical CPUs); torch {torch.__version__}"
+
+
 def cpu_model() -> str:
     """The CPU's model name as /proc/cpuinfo gives it (x86 "model name", ARM "Model" or "CPU part"),
     else what platform knows. Every benchmark prints it: gains differ between CPUs."""
