@@ -480,11 +480,16 @@ def _learned_step(kernel: Callable, mode: int, rows: torch.Tensor, temperature, 
         rows.shape[1],
         candidates,
     )
+    _raise_for(status)
+    return out
+
+
+def _raise_for(status: int) -> None:
+    """A learned-step or heads' step kernel's status as its exception (0: none)."""
     if status == -1:
-        raise MemoryError("the learned-step kernel could not allocate its scratch rows")
+        raise MemoryError("a CPU kernel could not allocate its scratch rows")
     if status:
         raise NotFinite("a row of logits holds NaN or +inf, or no finite value")
-    return out
 
 
 def learned_features(kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -546,27 +551,13 @@ def heads_step(kernel: Callable, hidden, logits, layers, scale: float, min_tempe
     head's two Linears, then the top-p head's; T̂ = the first head's value x `scale`; the features at T̂
     clamped to `min_temperature`, or none (`features` False: the top-p head reads [hidden, T̂] only).
     Raises NotFinite where a row of logits holds NaN or +inf or no finite value."""
-    t_in, t_out, p_in, p_out = layers
-    out = torch.empty((hidden.shape[0], 2), dtype=torch.float32)
-    status = kernel(
-        hidden.data_ptr(),
-        hidden.dtype == torch.bfloat16,
-        logits.data_ptr(),
-        logits.shape[-1],
-        _learned_step_address() if features else None,
-        min_temperature,
-        *(p for layer in (t_in, t_out) for p in (layer.weight.data_ptr(), layer.bias.data_ptr())),
-        scale,
-        *(p for layer in (p_in, p_out) for p in (layer.weight.data_ptr(), layer.bias.data_ptr())),
-        out.data_ptr(),
-        hidden.shape[0],
-        hidden.shape[1],
-        t_in.out_features,
-    )
-    if status == -2:
-        raise NotFinite("a row of logits holds NaN or +inf, or no finite value")
-    if status:
-        raise MemoryError("the heads' step kernel could not allocate its scratch rows")
+    pointers = [p for layer in layers for p in (layer.weight.data_ptr(), layer.bias.data_ptr())]
+    rows, size = hidden.shape
+    out = torch.empty((rows, 2), dtype=torch.float32)
+    inputs = (hidden.data_ptr(), hidden.dtype == torch.bfloat16, logits.data_ptr(), logits.shape[-1])
+    step = _learned_step_address() if features else None
+    sizes = (rows, size, layers[0].out_features)
+    _raise_for(kernel(*inputs, step, min_temperature, *pointers[:4], scale, *pointers[4:], out.data_ptr(), *sizes))
     return out
 
 
@@ -599,8 +590,7 @@ def _heads_step_agrees_with_torch(kernel: Callable) -> bool:
             if features:
                 parts.append(_torch_features(torch.softmax(logits / temperature.clamp_min(0.05), dim=-1)))
             top_p = torch.sigmoid(layers[3](torch.relu(layers[2](torch.cat(parts, -1)))))
-        expected = torch.cat((temperature, top_p), -1)
-        with torch.no_grad():
+            expected = torch.cat((temperature, top_p), -1)
             got = heads_step(kernel, hidden, logits, layers, 2.0, 0.05, features)
             alone = heads_step(kernel, hidden[5:6], logits[5:6], layers, 2.0, 0.05, features)
         if not torch.allclose(got, expected, rtol=1e-5, atol=1e-5) or not torch.equal(alone, got[5:6]):

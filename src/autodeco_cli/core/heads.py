@@ -101,11 +101,11 @@ class AutoDecoHeads(nn.Module):
         rounding of the hidden state itself moves them.
         """
         layers = self._decode_layers()
-        if _step_kernel(hidden, logits, layers):
+        kernel = _step_kernel(hidden, logits, layers)
+        if kernel is not None:
             from . import cpu_kernels
 
             enhanced = self.top_p_head.use_enhanced_features
-            kernel = cpu_kernels.load("heads_step_f32")
             try:
                 rows = hidden.contiguous(), logits.contiguous()
                 return cpu_kernels.heads_step(kernel, *rows, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced)
@@ -162,22 +162,22 @@ class AutoDecoHeads(nn.Module):
         return directory
 
 
-def _step_kernel(hidden: torch.Tensor, logits: torch.Tensor, layers) -> bool:
-    """Whether the heads' step kernel serves this step: bf16 CPU rows, float32 logits and weights,
-    no autograd, and the kernel built here. (Tensor properties only: right after the model's forward a
-    `.device` costs ~20 us.)"""
+def _step_kernel(hidden: torch.Tensor, logits: torch.Tensor, layers):
+    """The heads' step kernel where it serves this step (bf16 CPU rows, float32 logits and weights, no
+    autograd, the kernel built here), else None. (Tensor properties only: right after the model's forward
+    a `.device` costs ~20 us.)"""
     if hidden.dtype != torch.bfloat16 or not hidden.is_cpu or hidden.dim() != 2:
-        return False
+        return None
     if logits.dtype != torch.float32 or logits.dim() != 2:
-        return False
+        return None
     weights = (layers[0].weight, layers[2].weight)
     if any(w.dtype != torch.float32 or not w.is_cpu or not w.is_contiguous() for w in weights):
-        return False
+        return None
     if torch.is_grad_enabled():
-        return False
+        return None
     from . import cpu_kernels
 
-    return cpu_kernels.load("heads_step_f32") is not None
+    return cpu_kernels.load("heads_step_f32")
 
 
 def _load_safetensors_heads(files: list[Path]) -> tuple[dict[str, torch.Tensor], bool]:

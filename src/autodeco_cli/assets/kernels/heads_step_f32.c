@@ -57,44 +57,34 @@ static void dots(const float *w, const float *const x[GROUP], long n, float out[
   out[3] = lanes_sum(a3);
 }
 
-static void input_row(const void *hidden, long bf16, const float *temperature, const float *features, long n_features,
-                      long r, long in, float *x) {
-  if (bf16) {
-    const uint16_t *h = (const uint16_t *)hidden + r * in;
-    for (long k = 0; k < in; k++) {
-      uint32_t bits = (uint32_t)h[k] << 16; /* bf16 -> float32 is exact: the high half of the bits */
-      memcpy(x + k, &bits, 4);
-    }
-  } else {
+/* Row r of the hidden state as float32 into x (bf16 -> float32 is exact: the high half of the bits). */
+static void hidden_row(const void *hidden, long bf16, long r, long in, float *x) {
+  if (!bf16) {
     memcpy(x, (const float *)hidden + r * in, sizeof(float) * in);
+    return;
   }
-  long k = in;
-  if (temperature) x[k++] = temperature[r];
-  for (long f = 0; f < n_features; f++) x[k++] = features[r * n_features + f];
+  const uint16_t *h = (const uint16_t *)hidden + r * in;
+  for (long k = 0; k < in; k++) {
+    uint32_t bits = (uint32_t)h[k] << 16;
+    memcpy(x + k, &bits, 4);
+  }
 }
 
-/* One head: out[r] = its value for row r. hidden: [rows, in] (bf16 when hidden_bf16, else float32);
- * temperature: [rows] or NULL (the T̂ head); features: [rows, n_features] (n_features 0: none);
- * w1: [width, in + extras], b1: [width]; w2: [width], b2: [1]. Returns 0, or -1 when out of memory. */
-static int mlp(const void *hidden, long hidden_bf16, const float *temperature, const float *features, long n_features,
-               const float *w1, const float *b1, const float *w2, const float *b2, float scale, float *out, long rows,
-               long in, long width) {
-  long n = in + (temperature ? 1 : 0) + n_features;
-  float *x = malloc(sizeof(float) * (rows * n + rows * width));
-  if (!x) return -1;
-  float *h = x + rows * n;
+/* One head: out[r] = its value for row r, whose input is x[r * stride .. r * stride + n).
+ * w1: [width, n], b1: [width]; w2: [width], b2: [1]. Returns 0, or -1 when out of memory. */
+static int mlp(const float *x, long stride, long n, const float *w1, const float *b1, const float *w2,
+               const float *b2, float scale, float *out, long rows, long width) {
+  float *h = malloc(sizeof(float) * rows * width);
+  if (!h) return -1;
   long groups = (rows + GROUP - 1) / GROUP, chunks = (width + UNITS - 1) / UNITS;
 #pragma omp parallel
   {
-#pragma omp for schedule(static)
-    for (long r = 0; r < rows; r++)
-      input_row(hidden, hidden_bf16, temperature, features, n_features, r, in, x + r * n);
     /* tasks by chunk first: each thread reads its own share of W1 */
 #pragma omp for schedule(static)
     for (long task = 0; task < chunks * groups; task++) {
       long chunk = task / groups, first = (task % groups) * GROUP;
       const float *rows_x[GROUP];
-      for (int g = 0; g < GROUP; g++) rows_x[g] = x + (first + g < rows ? first + g : first) * n;
+      for (int g = 0; g < GROUP; g++) rows_x[g] = x + (first + g < rows ? first + g : first) * stride;
       long end = (chunk + 1) * UNITS < width ? (chunk + 1) * UNITS : width;
       for (long j = chunk * UNITS; j < end; j++) {
         float d[GROUP];
@@ -115,7 +105,7 @@ static int mlp(const void *hidden, long hidden_bf16, const float *temperature, c
         out[first + g] = 1.0f / (1.0f + expf(-(d[g] + b2[0]))) * scale;
     }
   }
-  free(x);
+  free(h);
   return 0;
 }
 
@@ -132,20 +122,28 @@ int autodeco_heads_step_f32(const void *hidden, long hidden_bf16, const float *l
                             const float *t_w2, const float *t_b2, float t_scale, const float *p_w1,
                             const float *p_b1, const float *p_w2, const float *p_b2, float *out, long rows, long in,
                             long width) {
-  float *scratch = malloc(sizeof(float) * rows * 7);
-  if (!scratch) return -1;
-  float *t = scratch, *clamped = t + rows, *p = clamped + rows, *f = p + rows;
-  int status = mlp(hidden, hidden_bf16, NULL, NULL, 0, t_w1, t_b1, t_w2, t_b2, t_scale, t, rows, in, width);
+  /* each row's top-p head input [hidden, T̂, features]: the temperature head reads its first `in` values */
+  long extras = 1 + (features ? 4 : 0), stride = in + extras;
+  float *x = malloc(sizeof(float) * rows * (stride + 7));
+  if (!x) return -1;
+  float *t = x + rows * stride, *clamped = t + rows, *p = clamped + rows, *f = p + rows;
+  int threads = rows > 1 ? omp_get_max_threads() : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < rows; r++) hidden_row(hidden, hidden_bf16, r, in, x + r * stride);
+  int status = mlp(x, stride, in, t_w1, t_b1, t_w2, t_b2, t_scale, t, rows, width);
   if (!status && features) {
     for (long r = 0; r < rows; r++) clamped[r] = t[r] < min_temperature ? min_temperature : t[r];
     status = features(0, logits, clamped, NULL, f, rows, vocab, 0);
   }
-  if (!status)
-    status = mlp(hidden, hidden_bf16, t, f, features ? 4 : 0, p_w1, p_b1, p_w2, p_b2, 1.0f, p, rows, in, width);
+  for (long r = 0; !status && r < rows; r++) {
+    x[r * stride + in] = t[r];
+    for (long k = 1; k < extras; k++) x[r * stride + in + k] = f[r * 4 + k - 1];
+  }
+  if (!status) status = mlp(x, stride, stride, p_w1, p_b1, p_w2, p_b2, 1.0f, p, rows, width);
   for (long r = 0; !status && r < rows; r++) {
     out[2 * r] = t[r];
     out[2 * r + 1] = p[r];
   }
-  free(scratch);
+  free(x);
   return status;
 }
