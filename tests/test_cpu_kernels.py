@@ -224,3 +224,6 @@ def test_kernels_load_wherever_they_can_run():
     assert cpu_kernels.load("sort_descending_f32") is not None
     assert cpu_kernels.load("learned_step_f32") is not None  # features within tolerance of torch's, cut exact
     assert cpu_kernels.load("heads_step_f32") is not None  # close to the heads' forward and batch-invariant
+    if "amx_bf16" in cpu_features.cpu_flags():  # the AMX matmul and the layers in one call it makes possible
+        assert cpu_kernels.load("amx_matmul_bf16") is not None
+        assert cpu_kernels.load("decode_layers_bf16") is not None
