@@ -560,14 +560,24 @@ def heads_step(kernel: Callable, hidden, logits, layers, scale: float, min_tempe
     head's two Linears, then the top-p head's; T̂ = the first head's value x `scale`; the features at T̂
     clamped to `min_temperature`, or none (`features` False: the top-p head reads [hidden, T̂] only).
     Raises NotFinite where a row of logits holds NaN or +inf or no finite value."""
+    return heads_step_on(kernel, layers, scale, min_temperature, features)(hidden, logits)
+
+
+def heads_step_on(kernel: Callable, layers, scale: float, min_temperature: float, features: bool) -> Callable:
+    """`heads_step` as a function of (hidden, logits), the heads' side read once: their weights' addresses,
+    so it serves while those tensors keep their storage (in-place updates are read live)."""
     pointers = [p for layer in layers for p in (layer.weight.data_ptr(), layer.bias.data_ptr())]
-    rows, size = hidden.shape
-    out = torch.empty((rows, 2), dtype=torch.float32)
-    inputs = (hidden.data_ptr(), hidden.dtype == torch.bfloat16, logits.data_ptr(), logits.shape[-1])
-    step = _learned_step_address() if features else None
-    sizes = (rows, size, layers[0].out_features)
-    _raise_for(kernel(*inputs, step, min_temperature, *pointers[:4], scale, *pointers[4:], out.data_ptr(), *sizes))
-    return out
+    first, second = pointers[:4], pointers[4:]
+    step, width = (_learned_step_address() if features else None), layers[0].out_features
+
+    def run(hidden, logits):
+        rows, size = hidden.shape
+        out = torch.empty((rows, 2), dtype=torch.float32)
+        inputs = (hidden.data_ptr(), hidden.dtype == torch.bfloat16, logits.data_ptr(), logits.shape[-1])
+        _raise_for(kernel(*inputs, step, min_temperature, *first, scale, *second, out.data_ptr(), rows, size, width))
+        return out
+
+    return run
 
 
 @functools.lru_cache(maxsize=None)
