@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from engine_limits import machine_line
+
 MODEL = "smollm2-135m-instruct"
 CONTEXT = 60
 
@@ -204,6 +206,7 @@ def main() -> None:
     engine = GenerationEngine(lm)
     capture = HiddenStateCapture(lm.model)
     args.read_rate = read_rate_gbps()
+    print(machine_line())
     print(
         f"CPU {cpu_model()} | torch {torch.__version__} | Python {platform.python_version()} | "
         f"threads {torch.get_num_threads()} | model {MODEL} {lm.model.dtype} "

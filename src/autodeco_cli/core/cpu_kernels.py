@@ -43,7 +43,10 @@ from typing import Callable
 import torch
 
 GEMV_MAX_ROWS = 6  # the kernel takes up to 8, but from 7-8 rows on oneDNN was as fast (1 thread: 24 vs 31 ms at 8)
-FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+# for kernels that need more than x86-64 (NEEDS): a kernel that needs nothing is built without them, or the
+# compiler's AVX-512 code would stop the process on a CPU without it (AVX2-only) at its load check
+ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512bf16")
 EXTRA_FLAGS = {
     "amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16"),
     # torch rounds each product and sum on its own: no fused multiply-adds
@@ -134,13 +137,18 @@ def _helper(name: str, helper: str) -> Callable:
     return getattr(_LIBRARIES[name], f"autodeco_{helper}")
 
 
+def build_flags(name: str) -> tuple[str, ...]:
+    """The compiler flags kernel `name` is built with."""
+    return FLAGS + (ISA_FLAGS if NEEDS[name] else ()) + EXTRA_FLAGS.get(name, ())
+
+
 def _build(name: str, source: str) -> Path:
     """Compile `source` into the cache, once per source and compiler (the file name hashes both)."""
     from .user_cache import cache_root
 
     compiler = os.environ.get("CC", "cc")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
-    flags = FLAGS + EXTRA_FLAGS.get(name, ())
+    flags = build_flags(name)
     digest = hashlib.sha256(f"{source}\0{compiler}\0{version}\0{flags}".encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"{name}-{digest}.so"
     if target.exists():
