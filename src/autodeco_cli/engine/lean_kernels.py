@@ -185,8 +185,8 @@ class _OneCall:
                 return None
             if down.in_features != inter or down.out_features != hidden:
                 return None
-        self = cls()
-        self.kernel, self.shape, self.final_norm = kernel, (hidden, heads, kv_heads, dim, inter), layers.final_norm
+        plan = cls()
+        plan.kernel, plan.shape, plan.final_norm = kernel, (hidden, heads, kv_heads, dim, inter), layers.final_norm
         held = []  # the tensors whose pointers `weights` holds
 
         def pointer(tensor):
@@ -201,11 +201,11 @@ class _OneCall:
             linears += ((down._amx_weight, down.bias),)
             norms = (pointer(layer.input_norm[0]), pointer(layer.post_norm[0]))
             rows.append((*norms, *(pointer(t) for pair in linears for t in pair)))
-        self.weights = torch.tensor(rows, dtype=torch.int64)
+        plan.weights = torch.tensor(rows, dtype=torch.int64)
         scalars = [(layer.input_norm[1], layer.post_norm[1], layer.scaling) for layer in layers.layers]
-        self.scalars = torch.tensor(scalars, dtype=torch.float32)
-        self.held = held
-        return self
+        plan.scalars = torch.tensor(scalars, dtype=torch.float32)
+        plan.held = held
+        return plan
 
     def __call__(self, hidden, cos, sin, cache, keep) -> torch.Tensor:
         caches = []
