@@ -66,13 +66,17 @@ RELEVANT_FLAGS = (
 )
 
 
+EMULATION_VARIABLES = ("AUTODECO_CPU_FLAGS_OFF", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
 def machine_line() -> str:
     """One line naming the machine a benchmark ran on: CPU model, logical CPUs, torch."""
     import os
 
     import torch
 
-    return f"machine: {cpu_model()} ({os.cpu_count()} logical CPUs); torch {torch.__version__}"
+    emulated = "".join(f"; EMULATED {k}={os.environ[k]}" for k in EMULATION_VARIABLES if os.environ.get(k))
+    return f"machine: {cpu_model()} ({os.cpu_count()} logical CPUs); torch {torch.__version__}{emulated}"
 
 
 def cpu_model() -> str:
@@ -111,6 +115,8 @@ def machine_info(threads: int) -> dict:
         "memory_GB": _memory_gb(),
         "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # a CPU without some of these flags, as run here (cpu_features.cpu_flags): named in the report
+        "emulated": {k: os.environ[k] for k in EMULATION_VARIABLES if os.environ.get(k)},
         "threads_per_process": threads,
     }
 
@@ -143,7 +149,8 @@ def format_machine(info: dict, limits: dict) -> str:
     return "\n".join(
         [
             f"machine: {info['cpu']}; flags: {' '.join(info['flags']) or '(none of interest)'}; "
-            f"native bf16: {'yes' if info['native_bf16'] else 'no'}",
+            f"native bf16: {'yes' if info['native_bf16'] else 'no'}"
+            + "".join(f"; EMULATED {k}={v}" for k, v in info.get("emulated", {}).items()),
             f"cores: {info['usable_cpus']} usable of {info['logical_cpus']} logical"
             + (f", cgroup quota {quota:g} CPUs" if quota else "")
             + f"; {info['threads_per_process']} torch thread(s) per process; memory "

@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from engine_limits import machine_line
+
 MODEL = "smollm2-135m-instruct"
 CONTEXT = 60
 
@@ -131,6 +133,10 @@ def probe(args, engine, capture, rows: int) -> None:
     model = engine.lm.model
     step = Step(engine, rows, seed=rows)
     paths = {"transformers": transformers_step(model), "lean": lean_step(LeanDecoder(model))}
+    per_call = LeanDecoder(model)
+    if getattr(per_call._kernels, "one_call", None) is not None:  # the layers as one C call: time both ways
+        per_call._kernels.one_call = None
+        paths["lean per call"] = lean_step(per_call)
     for _ in range(PLACE_AFTER_CALLS + 2):  # the engine's huge-page placement happens here, not while timed
         step.restore()
         paths["transformers"](step)
@@ -139,7 +145,7 @@ def probe(args, engine, capture, rows: int) -> None:
         for _ in range(3):
             step.restore()
             outputs[name] = (run(step), capture.last.clone())
-    same = all(torch.equal(a, b) for a, b in zip(outputs["transformers"], outputs["lean"]))
+    same = all(torch.equal(a, b) for name in paths for a, b in zip(outputs["transformers"], outputs[name]))
     head = model.get_output_embeddings()
     hidden = torch.randn(rows, 1, model.config.hidden_size).to(model.dtype)
     times = {name: [] for name in (*paths, "LM head", "linears")}
@@ -161,7 +167,7 @@ def probe(args, engine, capture, rows: int) -> None:
     floor = weight_bytes / (args.read_rate * 1e9) * 1000
     print(f"\nrows={rows} context={CONTEXT} bits identical (logits, last hidden): {same}")
     for name in paths:
-        print(f"  {name:13s} forward {ms[name]:7.2f} ms   body {body[name]:7.2f} ms")
+        print(f"  {name:14s} forward {ms[name]:7.2f} ms   body {body[name]:7.2f} ms")
     print(f"  LM head alone {ms['LM head']:7.2f} ms   body's linears alone {ms['linears']:7.2f} ms")
     print(
         f"  lean vs transformers: forward {ms['transformers'] / ms['lean']:.3f}x, "
@@ -173,6 +179,12 @@ def probe(args, engine, capture, rows: int) -> None:
         f"body / its linears alone: transformers {body['transformers'] / ms['linears']:.2f}x, "
         f"lean {body['lean'] / ms['linears']:.2f}x"
     )
+    if "lean per call" in paths:
+        print(
+            f"  lean, layers in one C call vs one call per kernel: body {body['lean']:.2f} vs "
+            f"{body['lean per call']:.2f} ms ({body['lean per call'] / body['lean']:.3f}x), "
+            f"body / floor {body['lean per call'] / floor:.2f}x -> {body['lean'] / floor:.2f}x"
+        )
 
 
 def main() -> None:
@@ -194,6 +206,7 @@ def main() -> None:
     engine = GenerationEngine(lm)
     capture = HiddenStateCapture(lm.model)
     args.read_rate = read_rate_gbps()
+    print(machine_line())
     print(
         f"CPU {cpu_model()} | torch {torch.__version__} | Python {platform.python_version()} | "
         f"threads {torch.get_num_threads()} | model {MODEL} {lm.model.dtype} "

@@ -283,6 +283,7 @@ def test_bf16_fast_paths_run_or_step_aside_and_match_transformers_bf16(arch, mon
     for module, function in (
         (cpu_kernels, "decode_attention"),
         (lean_kernels, "decode_attention_rows"),  # the lean step's bf16 layers call the kernel directly
+        (lean_kernels, "decode_layers"),  # or all of a step's layers in one C call, which calls it once per layer
         (cpu_inference, "_small_decode_attention"),
     ):
         real = getattr(module, function)
@@ -292,7 +293,8 @@ def test_bf16_fast_paths_run_or_step_aside_and_match_transformers_bf16(arch, mon
 
     assert fast.model.config._attn_implementation == BF16_ATTENTION[name]
     if BF16_ATTENTION[name] == DECODE_ATTENTION:
-        through_kernel = calls["decode_attention"] + calls["decode_attention_rows"]
+        layers = fast.model.config.num_hidden_layers
+        through_kernel = calls["decode_attention"] + calls["decode_attention_rows"] + layers * calls["decode_layers"]
         assert (through_kernel if kernel else calls["_small_decode_attention"]) == 12 * 2  # steps x layers
     else:
         assert not calls

@@ -224,3 +224,15 @@ def test_kernels_load_wherever_they_can_run():
     assert cpu_kernels.load("sort_descending_f32") is not None
     assert cpu_kernels.load("learned_step_f32") is not None  # features within tolerance of torch's, cut exact
     assert cpu_kernels.load("heads_step_f32") is not None  # close to the heads' forward and batch-invariant
+    if "amx_bf16" in cpu_features.cpu_flags():  # the AMX matmul and the layers in one call it makes possible
+        assert cpu_kernels.load("amx_matmul_bf16") is not None
+        assert cpu_kernels.load("decode_layers_bf16") is not None
+
+
+def test_a_kernel_that_needs_nothing_of_the_cpu_is_built_without_avx512():
+    """Built with AVX-512 flags, the sort's compiled loops used zmm registers, and its load check would have
+    stopped the process on an AVX2-only CPU; kernels that need AVX-512 (NEEDS) keep the flags."""
+    for name, needs in cpu_kernels.NEEDS.items():
+        avx512 = [f for f in cpu_kernels.build_flags(name) if f.startswith("-mavx512")]
+        assert bool(avx512) == bool(needs), name
+    assert cpu_kernels.NEEDS["sort_descending_f32"] == ()

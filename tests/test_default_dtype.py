@@ -106,3 +106,15 @@ def test_study_recipes_pin_fp32(recipe):
 
     data, _ = read_recipe_with_lines(Path(__file__).resolve().parents[1] / "recipes" / recipe)
     assert data["dtype"] == "float32"
+
+
+def test_flags_named_off_are_taken_as_absent(monkeypatch):
+    """AUTODECO_CPU_FLAGS_OFF: the paths of a CPU without those flags, run on this one (benchmarks)."""
+    monkeypatch.setattr(cpu_features, "flags_from_cpuinfo", lambda text: {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(cpu_features.platform, "system", lambda: "Linux")
+    monkeypatch.delenv("AUTODECO_CPU_FLAGS_OFF", raising=False)
+    assert cpu_features.has_native_bf16(cpu_features.cpu_flags())
+    monkeypatch.setenv("AUTODECO_CPU_FLAGS_OFF", "amx_bf16")
+    assert cpu_features.cpu_flags() == {"avx2", "avx512f", "avx512_bf16"}
+    monkeypatch.setenv("AUTODECO_CPU_FLAGS_OFF", "avx512f,avx512_bf16,amx_bf16")
+    assert cpu_features.cpu_flags() == {"avx2"} and not cpu_features.has_native_bf16(cpu_features.cpu_flags())

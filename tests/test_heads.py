@@ -257,9 +257,9 @@ def test_sampler_draws_the_tokens_forward_would():
     requests = [Request(key=i, input_ids=[1], strategy=make_strategy("autodeco"), seed=50 + i) for i in range(12)]
     row_members = [[2 * r, 2 * r + 1] for r in range(6)]
 
-    class ForwardHeads:  # the plain module call where the sampler would take decode_values
-        def decode_values(self, hidden, logits):
-            return torch.cat(heads(hidden, logits), dim=-1)
+    class ForwardHeads:  # the plain module call where the sampler would take decode_step's function
+        def decode_step(self):
+            return lambda hidden, logits: torch.cat(heads(hidden, logits), dim=-1)
 
     with torch.inference_mode():
         fast = Sampler(requests, heads, record_nucleus=True).step(row_members, logits, hidden)

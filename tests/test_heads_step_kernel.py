@@ -62,13 +62,13 @@ def test_low_temperatures_are_clamped_for_the_features_only():
 def test_kernel_is_the_path_taken(monkeypatch):
     """decode_values makes one kernel call for bf16 rows, none for float32 rows."""
     calls = []
-    real = cpu_kernels.heads_step
+    real = cpu_kernels.heads_step_on
 
-    def counted(*args, **kwargs):
-        calls.append(args[1].dtype)
-        return real(*args, **kwargs)
+    def counted(*args):
+        run = real(*args)
+        return lambda hidden, logits: calls.append(hidden.dtype) or run(hidden, logits)
 
-    monkeypatch.setattr(cpu_kernels, "heads_step", counted)
+    monkeypatch.setattr(cpu_kernels, "heads_step_on", counted)
     heads = _heads(48, 32, True, seed=1)
     hidden, logits = _rows(3, 48, seed=4)
     with torch.inference_mode():
@@ -94,9 +94,10 @@ def test_float32_rows_and_autograd_keep_forwards_bits():
     layers = heads._decode_layers()
     with torch.inference_mode():
         assert torch.equal(heads.decode_values(hidden.float(), logits), _forward(heads, hidden.float(), logits))
-        assert heads_module._step_kernel(hidden, logits, layers)
-        assert not heads_module._step_kernel(hidden.float(), logits, layers)
-    assert not heads_module._step_kernel(hidden, logits, layers)  # autograd on here
+        assert heads_module._weights_kernel(layers) and heads_module._rows_take_kernel(hidden, logits)
+        assert not heads_module._rows_take_kernel(hidden.float(), logits)
+    assert not heads_module._rows_take_kernel(hidden, logits)  # autograd on here
+    assert not heads_module._weights_kernel(heads.double()._decode_layers())
 
 
 def test_rows_that_are_not_finite_take_torchs_path():
@@ -122,3 +123,21 @@ def test_the_kernel_follows_weights_changed_in_place():
         after, expected = heads.decode_values(hidden, logits), _forward(heads, hidden, logits)
     assert not torch.equal(before[:, 0], after[:, 0]) and not torch.equal(before[:, 1], after[:, 1])
     torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_prepared_step_gives_decode_values_and_reads_the_weights_live(monkeypatch):
+    """The sampler's `decode_step` (the heads' side looked up once per generation run): decode_values' values,
+    bf16 and float32 rows, and in-place weight updates between its calls are seen."""
+    calls = []
+    real = cpu_kernels.heads_step_on
+    monkeypatch.setattr(cpu_kernels, "heads_step_on", lambda *a: calls.append(1) or real(*a))
+    heads = _heads(48, 32, True, seed=10)
+    hidden, logits = _rows(4, 48, seed=11)
+    with torch.inference_mode():
+        step = heads.decode_step()
+        for rows in (hidden, hidden.float(), hidden[1:3]):
+            assert torch.equal(step(rows, logits[: len(rows)]), heads.decode_values(rows, logits[: len(rows)]))
+        with torch.no_grad():
+            heads.temp_head.mlp[2].bias.add_(1.0)
+        assert torch.equal(step(hidden, logits), heads.decode_values(hidden, logits))
+    assert len(calls) == 1 + 4  # the step's one preparation, then each decode_values call's own

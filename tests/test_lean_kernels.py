@@ -76,6 +76,45 @@ def test_rope_append_rotates_like_torch_and_writes_only_the_new_column(batch, he
         assert torch.equal(_bits(buffer), _bits(old))  # nothing else written
 
 
+def _small_ops(kernel):
+    """add_rms_norm, rope_append and silu_mul on inputs large enough to be split over threads (64 rows), with
+    tiny values and every bf16 gate, so that a worker flushing otherwise than the caller changes bits."""
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(64, 1, 576, generator=generator) * torch.logspace(-36, 2, 64)[:, None, None]
+    hidden, delta = hidden.to(torch.bfloat16), torch.randn(64, 1, 576, generator=generator).to(torch.bfloat16)
+    summed, weight = hidden.clone(), torch.randn(576, generator=generator).to(torch.bfloat16)
+    outputs = [cpu_kernels.add_rms_norm(kernel, summed, delta, weight, 1e-5), summed]
+    qkv = torch.randn(64, 1, 15 * 64, generator=generator).to(torch.bfloat16)
+    cos, sin = (torch.randn(64, 1, 64, generator=generator).to(torch.bfloat16) for _ in range(2))
+    keys, values = (torch.zeros(64, 3, 5, 64, dtype=torch.bfloat16) for _ in range(2))
+    outputs += [cpu_kernels.rope_append(qkv, None, None, cos, sin, keys, values, 9), keys, values]
+    gate = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(64, 1, 1024)
+    up = torch.randn(64, 1, 1024, generator=generator).to(torch.bfloat16)
+    return [_bits(x) for x in outputs + [cpu_kernels.silu_mul(gate, up)]]
+
+
+@needs_ops
+@pytest.mark.parametrize("flush", [False, True])
+def test_small_ops_give_the_same_bits_on_two_threads_as_on_one(flush):
+    # the pool's workers start before the engine turns flushing on, and keep their own mode: the kernels
+    # must compute under the caller's
+    kernel = cpu_kernels.load("decode_ops_bf16")
+    threads, was_flushing = torch.get_num_threads(), float(torch.tensor([1e-40]) * 1.0) == 0.0
+    try:
+        torch.set_num_threads(1)
+        torch.set_flush_denormal(flush)
+        one = _small_ops(kernel)
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(2)
+        torch.ones(1 << 20).sum()  # the workers exist now, not flushing
+        torch.set_flush_denormal(flush)
+        two = _small_ops(kernel)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(was_flushing)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
 @needs_ops
 def test_silu_mul_gives_torchs_bits_for_every_bf16_gate():
     kernel_ready = cpu_kernels.load("decode_ops_bf16")
@@ -100,11 +139,14 @@ def test_silu_mul_follows_the_flush_mode_in_force_not_the_one_at_load(flush):
     gate = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(64, 1, 1024)
     up = torch.randn(64, 1, 1024, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     was_flushing = float(torch.tensor([1e-40]) * 1.0) == 0.0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch's own workers keep the mode they started with: its reference on this thread
     torch.set_flush_denormal(flush)
     try:
         got, expected = cpu_kernels.silu_mul(gate, up), torch.nn.functional.silu(gate) * up
     finally:
         torch.set_flush_denormal(was_flushing)
+        torch.set_num_threads(threads)
     finite = torch.isfinite(expected)
     assert torch.equal(_bits(got)[finite], _bits(expected)[finite])
 
@@ -139,12 +181,17 @@ def _steps(lm, decoder, padded: bool):
 
 @needs_both
 @pytest.mark.parametrize("padded", [True, False])
-def test_a_step_through_the_kernels_gives_the_torch_ops_bits(llama_folder, monkeypatch, padded):
+@pytest.mark.parametrize("one_call", [True, False])
+def test_a_step_through_the_kernels_gives_the_torch_ops_bits(llama_folder, monkeypatch, padded, one_call):
     lm = load_base_model(str(llama_folder), device="cpu", dtype="bfloat16")
     fast, plain = LeanDecoder(lm.model), LeanDecoder(lm.model, kernels=False)
     assert fast.kernels_why is None and plain.kernels_why == "turned off"
     if cpu_kernels.load("amx_matmul_bf16") is not None:  # q|k|v and gate|up each one AMX call
         assert None not in fast._kernels.qkv + fast._kernels.gate_up
+    if one_call:  # all the layers in one C call where it loads (AMX CPUs), else one call per kernel
+        assert (fast._kernels.one_call is not None) == (cpu_kernels.load("decode_layers_bf16") is not None)
+    else:
+        fast._kernels.one_call = None
     ran = []
     real = fast._kernels.__class__.__call__
     monkeypatch.setattr(fast._kernels.__class__, "__call__", lambda self, *a: ran.append(1) or real(self, *a))

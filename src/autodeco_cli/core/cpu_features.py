@@ -24,12 +24,19 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cpu_flags() -> set[str]:
+    """This CPU's feature flags, less those AUTODECO_CPU_FLAGS_OFF names (a comma list): to run, on one machine,
+    the paths a CPU without them takes (our kernels and the dtype default; torch's own kernels follow
+    ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY). For benchmarks: the speed of another CPU it is not."""
+    import os
+
     if platform.system() == "Darwin":
-        return _darwin_flags()
-    try:
-        return flags_from_cpuinfo(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return set()
+        flags = _darwin_flags()
+    else:
+        try:
+            flags = flags_from_cpuinfo(Path("/proc/cpuinfo").read_text())
+        except OSError:
+            flags = set()
+    return flags - set(os.environ.get("AUTODECO_CPU_FLAGS_OFF", "").split(","))
 
 
 def flags_from_cpuinfo(text: str) -> set[str]:

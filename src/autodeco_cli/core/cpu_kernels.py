@@ -12,6 +12,8 @@
   matmuls, a softmax and copies per layer, ~0.33 ms at 32 rows x 100 tokens).
 * `decode_ops_bf16`: a bf16 decode layer's small ops, one call each where torch ran 5-15 ops
   (`add_rms_norm`, `rope_append`, `silu_mul`), giving torch's bits (engine/lean_kernels.py).
+* `decode_layers`: a bf16 decode step's layers as one call of the kernels above (AMX linears), in
+  the order and with the arguments engine/lean_kernels.py would call them from Python.
 * `sort_descending`: rows of float32 sorted descending, values only (a radix sort), for the
   soft top-p training loss; numpy's sort took ~1 ms per 49k-token row here.
 * `learned_step`: the vocabulary-wide work of a learned decoding step on float32 rows (the top-p
@@ -41,7 +43,10 @@ from typing import Callable
 import torch
 
 GEMV_MAX_ROWS = 6  # the kernel takes up to 8, but from 7-8 rows on oneDNN was as fast (1 thread: 24 vs 31 ms at 8)
-FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512bf16", "-fopenmp", "-shared", "-fPIC")
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+# for kernels that need more than x86-64 (NEEDS): a kernel that needs nothing is built without them, or the
+# compiler's AVX-512 code would stop the process on a CPU without it (AVX2-only) at its load check
+ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512bf16")
 EXTRA_FLAGS = {
     "amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16"),
     # torch rounds each product and sum on its own: no fused multiply-adds
@@ -57,6 +62,7 @@ SIGNATURES = {
     "sort_descending_f32": [_P, _P, _L, _L],
     "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L],
     "heads_step_f32": [_P, _L, _P, _L, _P, _F, _P, _P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L],
+    "decode_layers_bf16": [_P, _P, _P, _P, _P, _L, _P, _P, _P, _P, _P, _P, _P, _F, _P],
 }
 # the further functions a kernel's library exports (each returns a C long), by their argument types
 HELPERS = {
@@ -65,6 +71,7 @@ HELPERS = {
         "rope_append": [_P, _P, _P, _L, _L, _P, _P, _L, _P, _P, _P, _L, _L, _L, _L, _L, _L],
         "silu_mul": [_P, _P, _L, _P, _P, _L, _L],
     },
+    "decode_layers_bf16": {"decode_layers_scratch": [_P]},
 }
 # the helper that must return 0 before a kernel runs: AMX tiles need the process's permission
 PREPARE = {"amx_matmul_bf16": "amx_bf16_init"}
@@ -77,6 +84,7 @@ NEEDS = {
     "sort_descending_f32": (),
     "learned_step_f32": ("avx512f",),  # its loops are vectorised for the -mavx512f it is built with
     "heads_step_f32": ("avx512f",),
+    "decode_layers_bf16": ("amx_bf16", "avx512_bf16"),  # it calls the AMX matmul and the bf16 kernels
 }
 
 
@@ -129,13 +137,18 @@ def _helper(name: str, helper: str) -> Callable:
     return getattr(_LIBRARIES[name], f"autodeco_{helper}")
 
 
+def build_flags(name: str) -> tuple[str, ...]:
+    """The compiler flags kernel `name` is built with."""
+    return FLAGS + (ISA_FLAGS if NEEDS[name] else ()) + EXTRA_FLAGS.get(name, ())
+
+
 def _build(name: str, source: str) -> Path:
     """Compile `source` into the cache, once per source and compiler (the file name hashes both)."""
     from .user_cache import cache_root
 
     compiler = os.environ.get("CC", "cc")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
-    flags = FLAGS + EXTRA_FLAGS.get(name, ())
+    flags = build_flags(name)
     digest = hashlib.sha256(f"{source}\0{compiler}\0{version}\0{flags}".encode()).hexdigest()[:16]
     target = cache_root() / "kernels" / f"{name}-{digest}.so"
     if target.exists():
@@ -415,16 +428,20 @@ def _decode_ops_agree_with_torch(kernel: Callable) -> bool:
 
 
 def _silu_tables() -> torch.Tensor:
-    """torch's SiLU of every bf16 value with subnormals kept and flushed, restoring the caller's mode."""
+    """torch's SiLU of every bf16 value with subnormals kept and flushed, restoring the caller's mode and
+    threads. On this thread alone: the mode is per thread, and torch's workers keep the one they started with
+    (at 2 threads half the flushed table came out unflushed)."""
     every_bf16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
     flushing = float(torch.tensor([1e-40]) * 1.0) == 0.0  # torch has no getter for the mode
-    tables = []
+    threads, tables = torch.get_num_threads(), []
     try:
+        torch.set_num_threads(1)
         for flush in (False, True):
             torch.set_flush_denormal(flush)
             tables.append(torch.nn.functional.silu(every_bf16).float())
     finally:
         torch.set_flush_denormal(flushing)
+        torch.set_num_threads(threads)
     return torch.stack(tables)
 
 
@@ -551,14 +568,24 @@ def heads_step(kernel: Callable, hidden, logits, layers, scale: float, min_tempe
     head's two Linears, then the top-p head's; T̂ = the first head's value x `scale`; the features at T̂
     clamped to `min_temperature`, or none (`features` False: the top-p head reads [hidden, T̂] only).
     Raises NotFinite where a row of logits holds NaN or +inf or no finite value."""
+    return heads_step_on(kernel, layers, scale, min_temperature, features)(hidden, logits)
+
+
+def heads_step_on(kernel: Callable, layers, scale: float, min_temperature: float, features: bool) -> Callable:
+    """`heads_step` as a function of (hidden, logits), the heads' side read once: their weights' addresses,
+    so it serves while those tensors keep their storage (in-place updates are read live)."""
     pointers = [p for layer in layers for p in (layer.weight.data_ptr(), layer.bias.data_ptr())]
-    rows, size = hidden.shape
-    out = torch.empty((rows, 2), dtype=torch.float32)
-    inputs = (hidden.data_ptr(), hidden.dtype == torch.bfloat16, logits.data_ptr(), logits.shape[-1])
-    step = _learned_step_address() if features else None
-    sizes = (rows, size, layers[0].out_features)
-    _raise_for(kernel(*inputs, step, min_temperature, *pointers[:4], scale, *pointers[4:], out.data_ptr(), *sizes))
-    return out
+    first, second = pointers[:4], pointers[4:]
+    step, width = (_learned_step_address() if features else None), layers[0].out_features
+
+    def run(hidden, logits):
+        rows, size = hidden.shape
+        out = torch.empty((rows, 2), dtype=torch.float32)
+        inputs = (hidden.data_ptr(), hidden.dtype == torch.bfloat16, logits.data_ptr(), logits.shape[-1])
+        _raise_for(kernel(*inputs, step, min_temperature, *first, scale, *second, out.data_ptr(), rows, size, width))
+        return out
+
+    return run
 
 
 @functools.lru_cache(maxsize=None)
@@ -598,6 +625,54 @@ def _heads_step_agrees_with_torch(kernel: Callable) -> bool:
     return True
 
 
+# ---- a decode step's layers ----------------------------------------------------------------------
+
+
+def decode_layers(kernel: Callable, weights, scalars, caches: list[int], shape, hidden, cos, sin, keep, final_norm):
+    """The final norm's output [rows, 1, n] of a bf16 decode step's layers, all in one call
+    (decode_layers_bf16.c); `hidden` (the embeddings, [rows, 1, n] contiguous) becomes the residual stream.
+    `weights` [layers, 10] int64: each layer's input and post-attention norm weights, then its q|k|v, o,
+    gate|up and down weights as `amx_pack` lays them out, each followed by its bias (0: none); `scalars`
+    [layers, 3] float32: the two norms' eps and the attention's scaling; `caches`: each layer's 6 numbers
+    for this step (its keys' and values' data pointers after `open_column`, their length, their first three
+    strides); `shape`: (n, heads, KV heads, head dim, intermediate size); `cos`, `sin` [rows, 1, D]
+    contiguous; `keep` the rows' padding as bytes or None; `final_norm` (weight, eps)."""
+    sizes = torch.tensor((hidden.shape[0], *shape, _sum_lanes[0], cos.stride(0)), dtype=torch.int64)
+    scratch = torch.empty(
+        _helper("decode_layers_bf16", "decode_layers_scratch")(sizes.data_ptr()), dtype=torch.bfloat16
+    )
+    caches = torch.tensor(caches, dtype=torch.int64)
+    normed = torch.empty_like(hidden)
+    status = kernel(
+        _decode_layer_functions().data_ptr(), weights.data_ptr(), caches.data_ptr(), scalars.data_ptr(),
+        sizes.data_ptr(), weights.shape[0], hidden.data_ptr(), normed.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+        None if keep is None else keep.data_ptr(), _silu_table[0].data_ptr(), final_norm[0].data_ptr(),
+        final_norm[1], scratch.data_ptr(),
+    )  # fmt: skip
+    if status:
+        layer, op = divmod(status - 1, 8)
+        if op < 4:
+            raise MemoryError(f"the AMX matmul kernel could not allocate its padded input (decoder layer {layer})")
+        part = ("an RMSNorm", "the rotation", "the attention")[op - 4]
+        raise ValueError(f"{part} kernel refused its inputs at decoder layer {layer}")
+    return normed
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_layer_functions() -> torch.Tensor:
+    """The functions decode_layers_bf16.c calls, as addresses in its order (the AMX matmul, the RMSNorm,
+    the rotation, the attention, SiLU * up)."""
+    functions = (load("amx_matmul_bf16"), load("decode_ops_bf16"), _helper("decode_ops_bf16", "rope_append"))
+    functions += (load("decode_attention_bf16"), _helper("decode_ops_bf16", "silu_mul"))
+    return torch.tensor([ctypes.cast(f, ctypes.c_void_p).value for f in functions], dtype=torch.int64)
+
+
+def _decode_layers_have_their_kernels(kernel: Callable) -> bool:
+    """The kernels it calls loaded (each checked against torch on its own load); that it calls them as the
+    per-call path does is tested bit for bit (tests/test_lean_kernels.py)."""
+    return all(load(name) is not None for name in ("amx_matmul_bf16", "decode_ops_bf16", "decode_attention_bf16"))
+
+
 CHECKS = {
     "amx_matmul_bf16": _amx_agrees_with_torch,
     "gemv_bf16": _gemv_agrees_with_torch,
@@ -606,4 +681,5 @@ CHECKS = {
     "sort_descending_f32": _sort_agrees_with_torch,
     "learned_step_f32": _learned_step_agrees_with_torch,
     "heads_step_f32": _heads_step_agrees_with_torch,
+    "decode_layers_bf16": _decode_layers_have_their_kernels,
 }

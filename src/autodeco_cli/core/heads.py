@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -100,27 +101,31 @@ class AutoDecoHeads(nn.Module):
         any batch; within ~1e-6 of `forward`'s (that order is not MKL's), far below what the bf16
         rounding of the hidden state itself moves them.
         """
+        return self.decode_step()(hidden, logits)
+
+    def decode_step(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`decode_values` as a function of (hidden, logits), with the heads' side looked up once: whether
+        their weights can take the kernel, and where those weights lie. For a run of decode steps during which
+        the heads' tensors keep their storage (a generation run: training updates them in place, and the kernel
+        reads them live). Cold, right after the model's forward, that lookup cost ~50 us a step, a quarter of
+        the heads' time at one row (2-vCPU Xeon)."""
         layers = self._decode_layers()
-        kernel = _step_kernel(hidden, logits, layers)
+        enhanced = self.top_p_head.use_enhanced_features
+        kernel = _weights_kernel(layers)
         if kernel is not None:
             from . import cpu_kernels
 
-            enhanced = self.top_p_head.use_enhanced_features
-            try:
-                rows = hidden.contiguous(), logits.contiguous()
-                return cpu_kernels.heads_step(kernel, *rows, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced)
-            except cpu_kernels.NotFinite:
-                pass  # torch's path below, as the features' own kernel does
-        temp_in, temp_out, top_p_in, top_p_out = layers
-        hidden = hidden.to(temp_in.weight.dtype)
-        temperature = functional.linear(hidden, temp_in.weight, temp_in.bias).relu_()
-        temperature = functional.linear(temperature, temp_out.weight, temp_out.bias).sigmoid_().mul_(MAX_TEMPERATURE)
-        parts = [hidden, temperature]
-        if self.top_p_head.use_enhanced_features:
-            parts.append(distribution_features(logits, temperature))
-        top_p = functional.linear(torch.cat(parts, dim=-1), top_p_in.weight, top_p_in.bias).relu_()
-        top_p = functional.linear(top_p, top_p_out.weight, top_p_out.bias).sigmoid_()
-        return torch.cat((temperature, top_p), dim=-1)
+            on_kernel = cpu_kernels.heads_step_on(kernel, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced)
+
+        def step(hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            if kernel is not None and _rows_take_kernel(hidden, logits):
+                try:
+                    return on_kernel(hidden.contiguous(), logits.contiguous())
+                except cpu_kernels.NotFinite:
+                    pass  # torch's path below, as the features' own kernel does
+            return _torch_values(layers, enhanced, hidden, logits)
+
+        return step
 
     def _decode_layers(self) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear]:
         # The Linear modules themselves, not their tensors: training and `.to()` update those in place.
@@ -162,22 +167,37 @@ class AutoDecoHeads(nn.Module):
         return directory
 
 
-def _step_kernel(hidden: torch.Tensor, logits: torch.Tensor, layers):
-    """The heads' step kernel where it serves this step (bf16 CPU rows, float32 logits and weights, no
-    autograd, the kernel built here), else None. (Tensor properties only: right after the model's forward
-    a `.device` costs ~20 us.)"""
-    if hidden.dtype != torch.bfloat16 or not hidden.is_cpu or hidden.dim() != 2:
-        return None
-    if logits.dtype != torch.float32 or logits.dim() != 2:
-        return None
+def _torch_values(layers, enhanced: bool, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """`forward`'s ops on `layers` (the heads' four Linears) without the module calls: forward's bits."""
+    temp_in, temp_out, top_p_in, top_p_out = layers
+    hidden = hidden.to(temp_in.weight.dtype)
+    temperature = functional.linear(hidden, temp_in.weight, temp_in.bias).relu_()
+    temperature = functional.linear(temperature, temp_out.weight, temp_out.bias).sigmoid_().mul_(MAX_TEMPERATURE)
+    parts = [hidden, temperature]
+    if enhanced:
+        parts.append(distribution_features(logits, temperature))
+    top_p = functional.linear(torch.cat(parts, dim=-1), top_p_in.weight, top_p_in.bias).relu_()
+    top_p = functional.linear(top_p, top_p_out.weight, top_p_out.bias).sigmoid_()
+    return torch.cat((temperature, top_p), dim=-1)
+
+
+def _weights_kernel(layers):
+    """The heads' step kernel where the heads' weights can take it (float32, contiguous, on the CPU) and it
+    is built here, else None."""
     weights = (layers[0].weight, layers[2].weight)
     if any(w.dtype != torch.float32 or not w.is_cpu or not w.is_contiguous() for w in weights):
-        return None
-    if torch.is_grad_enabled():
         return None
     from . import cpu_kernels
 
     return cpu_kernels.load("heads_step_f32")
+
+
+def _rows_take_kernel(hidden: torch.Tensor, logits: torch.Tensor) -> bool:
+    """A step's rows the kernel takes: bf16 CPU hidden states, float32 logits, no autograd. (Tensor
+    properties only: right after the model's forward a `.device` costs ~20 us.)"""
+    if hidden.dtype != torch.bfloat16 or not hidden.is_cpu or hidden.dim() != 2:
+        return False
+    return logits.dtype == torch.float32 and logits.dim() == 2 and not torch.is_grad_enabled()
 
 
 def _load_safetensors_heads(files: list[Path]) -> tuple[dict[str, torch.Tensor], bool]:

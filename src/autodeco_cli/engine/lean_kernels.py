@@ -23,7 +23,7 @@ import torch
 from transformers.activations import SiLUActivation
 
 from ..core import cpu_kernels
-from ..core.cpu_kernels import add_rms_norm, amx_matmul, decode_attention_rows, rope_append, silu_mul
+from ..core.cpu_kernels import add_rms_norm, amx_matmul, decode_attention_rows, decode_layers, rope_append, silu_mul
 from .cpu_inference import DECODE_ATTENTION, PackedLinear
 from .kv_cache import GrowingLayer
 
@@ -103,6 +103,7 @@ class KernelLayers:
         # per layer: q, k, v and gate, up as one call each, or their own linears where they are not packed so
         self.qkv = [_Joined.of([m.self_attn.q_proj, m.self_attn.k_proj, m.self_attn.v_proj]) for m in modules]
         self.gate_up = [_Joined.of([m.mlp.gate_proj, m.mlp.up_proj]) for m in modules]
+        self.one_call = _OneCall.of(self, modules)
 
     def padding(self, hidden, attention_mask, cache) -> tuple[bool, torch.Tensor | None]:
         """(whether this step can run here, the rows' padding as bytes or None when there is none)."""
@@ -135,6 +136,8 @@ class KernelLayers:
         residual stream in place."""
         ops, layers = self.ops, self.layers
         cos, sin = cos.contiguous(), sin.contiguous()
+        if self.one_call is not None and not torch.is_grad_enabled():
+            return self.one_call(hidden, cos, sin, cache, keep)
         normed = add_rms_norm(ops, hidden, None, *layers[0].input_norm)
         for index, layer in enumerate(layers):
             delta = self._layer(index, layer, cache.layers[index], hidden, normed, cos, sin, keep)
@@ -154,3 +157,64 @@ class KernelLayers:
         gate_up = self.gate_up[index]
         gate, up = (gate_up(normed), None) if gate_up is not None else (layer.gate(normed), layer.up(normed))
         return layer.down(silu_mul(gate, up))
+
+
+class _OneCall:
+    """All of a step's layers as one C call (cpu_kernels.decode_layers): the same kernels, arguments and
+    order as `KernelLayers`' calls from Python, so the same bits, without ~9 Python calls a layer that
+    each ran on caches the streamed weights had emptied. Only where every linear runs the AMX kernel
+    (q|k|v and gate|up joined) and all layers have one shape; the weights' pointers are read once, here,
+    as `_Joined` reads its own."""
+
+    __slots__ = ("kernel", "weights", "scalars", "shape", "final_norm", "held")
+
+    @classmethod
+    def of(cls, layers: KernelLayers, modules) -> _OneCall | None:
+        kernel = cpu_kernels.load("decode_layers_bf16")
+        if kernel is None or None in layers.qkv or None in layers.gate_up:
+            return None
+        outs = [(m.self_attn.o_proj, m.mlp.down_proj) for m in modules]
+        if any(type(m) is not PackedLinear or m._amx is None for pair in outs for m in pair):
+            return None
+        first = layers.layers[0]
+        heads, dim, hidden = first.heads, first.head_dim, outs[0][0].out_features
+        kv_heads, inter = modules[0].self_attn.config.num_key_value_heads, outs[0][1].in_features
+        for layer, qkv, gate_up, (o, down) in zip(layers.layers, layers.qkv, layers.gate_up, outs):
+            sizes = (layer.heads, layer.head_dim, qkv.width, gate_up.width, o.in_features, o.out_features)
+            if sizes != (heads, dim, (heads + 2 * kv_heads) * dim, 2 * inter, heads * dim, hidden):
+                return None
+            if down.in_features != inter or down.out_features != hidden:
+                return None
+        plan = cls()
+        plan.kernel, plan.shape, plan.final_norm = kernel, (hidden, heads, kv_heads, dim, inter), layers.final_norm
+        held = []  # the tensors whose pointers `weights` holds
+
+        def pointer(tensor):
+            if tensor is None:
+                return 0
+            held.append(tensor)
+            return tensor.data_ptr()
+
+        rows = []
+        for layer, qkv, gate_up, (o, down) in zip(layers.layers, layers.qkv, layers.gate_up, outs):
+            linears = ((qkv.packed, qkv.bias), (o._amx_weight, o.bias), (gate_up.packed, gate_up.bias))
+            linears += ((down._amx_weight, down.bias),)
+            norms = (pointer(layer.input_norm[0]), pointer(layer.post_norm[0]))
+            rows.append((*norms, *(pointer(t) for pair in linears for t in pair)))
+        plan.weights = torch.tensor(rows, dtype=torch.int64)
+        scalars = [(layer.input_norm[1], layer.post_norm[1], layer.scaling) for layer in layers.layers]
+        plan.scalars = torch.tensor(scalars, dtype=torch.float32)
+        plan.held = held
+        return plan
+
+    def __call__(self, hidden, cos, sin, cache, keep) -> torch.Tensor:
+        caches = []
+        for kv in cache.layers:
+            kv.open_column()
+            keys, values = kv.keys, kv.values
+            strides = keys.stride()
+            if values.stride() != strides or strides[3] != 1:
+                raise ValueError("the decode attention kernel takes keys and values of one layout (unit last stride)")
+            caches += (keys.data_ptr(), values.data_ptr(), keys.shape[2], *strides[:3])
+        return decode_layers(self.kernel, self.weights, self.scalars, caches, self.shape, hidden, cos, sin, keep,
+                             self.final_norm)  # fmt: skip

@@ -63,6 +63,7 @@ class Sampler:
         self.record_nucleus = record_nucleus
         self._generators: dict[int, torch.Generator] = {}  # per running request, made on first draw
         self._scheduled_steps: dict[int, int] = {}  # schedule requests: the step index just sampled
+        self._head_step = None  # heads.decode_step(), made at the first step that needs it: once per run
 
     def generator(self, member: int) -> torch.Generator:
         generator = self._generators.get(member)
@@ -88,7 +89,9 @@ class Sampler:
             hidden, logits = hidden[index], logits[index]
         # Under the decode loop's inference_mode. Entering one here cost ~50 us per step at one row
         # (a cold call right after the model's forward), a seventh of the heads' time.
-        return dict(zip(rows, map(tuple, self.heads.decode_values(hidden, logits).tolist())))  # one copy for both
+        if self._head_step is None:
+            self._head_step = self.heads.decode_step()
+        return dict(zip(rows, map(tuple, self._head_step(hidden, logits).tolist())))  # one copy for both
 
     def distribution(self, request: Request, row: int, head: tuple[float, float] | None, step: int = 0) -> Distribution:
         """The request's distribution on `row`: from its strategy, the row's heads' (T̂, P̂), or its

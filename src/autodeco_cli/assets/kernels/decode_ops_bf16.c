@@ -17,9 +17,14 @@
  * silu_mul: out = bf16(silu[gate] * up), silu[] torch's own SiLU of each of the 65536 bf16 values,
  *           two tables side by side: computed with subnormals kept, then flushed (torch.set_flush_denormal),
  *           the one read chosen by the calling thread's MXCSR (FTZ or DAZ), as torch's own SiLU would be
+ *
+ * From ~16k values a call, rows are split over the OpenMP threads (at 32 rows of the default model the three
+ * took ~1.9 ms of a step on one core); each worker runs under the calling thread's MXCSR, so a row's bits do
+ * not depend on the thread that computed it (the pool's threads keep the flush mode they were started with).
  */
 #include <immintrin.h>
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -103,39 +108,54 @@ static inline long ceil_log2(long x) {
     return total;                                                                                   \
   }
 
+/* Threads for `rows` rows of `per_row` values: one below ~16k values, where a fork costs what it saves. */
+static inline int row_threads(long rows, long per_row) {
+  long threads = omp_get_max_threads();
+  return rows < 2 || rows * per_row < (1L << 14) ? 1 : (int)(threads < rows ? threads : rows);
+}
+
 TORCH_ROW_SUM(torch_row_sum8, 8)
 TORCH_ROW_SUM(torch_row_sum16, 16)
+
+static void norm_row(uint16_t *h, const uint16_t *d, const uint16_t *weight, uint16_t *out, long n, float eps,
+                     long lanes, float *squares) {
+  long k = 0;
+  for (; k + 16 <= n; k += 16) {
+    __m512 f = load16(h + k);
+    if (d) {
+      f = round16(_mm512_add_ps(f, load16(d + k)));
+      store16(h + k, f);
+    }
+    _mm512_storeu_ps(squares + k, _mm512_mul_ps(f, f));
+  }
+  for (; k < n; k++) {
+    if (d) h[k] = to_bf16(from_bf16(h[k]) + from_bf16(d[k]));
+    float f = from_bf16(h[k]);
+    squares[k] = f * f;
+  }
+  float variance = (lanes == 8 ? torch_row_sum8(squares, n) : torch_row_sum16(squares, n)) / (float)n;
+  float scale = 1.0f / sqrtf(variance + eps);
+  __m512 scales = _mm512_set1_ps(scale);
+  for (k = 0; k + 16 <= n; k += 16)
+    store16(out + k, _mm512_mul_ps(load16(weight + k), round16(_mm512_mul_ps(load16(h + k), scales))));
+  for (; k < n; k++) out[k] = to_bf16(from_bf16(weight[k]) * round_bf16(from_bf16(h[k]) * scale));
+}
 
 /* Returns 0, or -1 for a row longer than its scratch or a lane count torch does not use. */
 int autodeco_decode_ops_bf16(uint16_t *hidden, const uint16_t *delta, const uint16_t *weight, uint16_t *normed,
                              long rows, long n, float eps, long lanes) {
   enum { MAX_N = 16384 };
   if (n > MAX_N || (lanes != 8 && lanes != 16)) return -1;
-  float squares[MAX_N];
-  for (long r = 0; r < rows; r++) {
-    uint16_t *h = hidden + r * n;
-    const uint16_t *d = delta ? delta + r * n : 0;
-    long k = 0;
-    for (; k + 16 <= n; k += 16) {
-      __m512 f = load16(h + k);
-      if (d) {
-        f = round16(_mm512_add_ps(f, load16(d + k)));
-        store16(h + k, f);
-      }
-      _mm512_storeu_ps(squares + k, _mm512_mul_ps(f, f));
-    }
-    for (; k < n; k++) {
-      if (d) h[k] = to_bf16(from_bf16(h[k]) + from_bf16(d[k]));
-      float f = from_bf16(h[k]);
-      squares[k] = f * f;
-    }
-    float variance = (lanes == 8 ? torch_row_sum8(squares, n) : torch_row_sum16(squares, n)) / (float)n;
-    float scale = 1.0f / sqrtf(variance + eps);
-    uint16_t *out = normed + r * n;
-    __m512 scales = _mm512_set1_ps(scale);
-    for (k = 0; k + 16 <= n; k += 16)
-      store16(out + k, _mm512_mul_ps(load16(weight + k), round16(_mm512_mul_ps(load16(h + k), scales))));
-    for (; k < n; k++) out[k] = to_bf16(from_bf16(weight[k]) * round_bf16(from_bf16(h[k]) * scale));
+  unsigned csr = _mm_getcsr();
+#pragma omp parallel num_threads(row_threads(rows, n))
+  {
+    unsigned own = _mm_getcsr();
+    _mm_setcsr(csr);
+    float squares[MAX_N];
+#pragma omp for schedule(static)
+    for (long r = 0; r < rows; r++) norm_row(hidden + r * n, delta ? delta + r * n : 0, weight, normed + r * n, n,
+                                             eps, lanes, squares);
+    _mm_setcsr(own);
   }
   return 0;
 }
@@ -165,13 +185,21 @@ long autodeco_rope_append(const uint16_t *q, const uint16_t *k, const uint16_t *
                           const uint16_t *cos, const uint16_t *sin, long cs, uint16_t *q_out, uint16_t *k_col,
                           uint16_t *v_col, long B, long H, long KVH, long D, long sb, long sh) {
   if (D % 2) return -1;
-  for (long b = 0; b < B; b++) {
-    const uint16_t *c = cos + b * cs, *s = sin + b * cs;
-    for (long h = 0; h < H; h++) rotate_row(q + b * qs + h * D, c, s, q_out + (b * H + h) * D, D);
-    for (long h = 0; h < KVH; h++) {
-      rotate_row(k + b * kvs + h * D, c, s, k_col + b * sb + h * sh, D);
-      memcpy(v_col + b * sb + h * sh, v + b * kvs + h * D, D * sizeof(uint16_t));
+  unsigned csr = _mm_getcsr();
+#pragma omp parallel num_threads(row_threads(B, (H + 2 * KVH) * D))
+  {
+    unsigned own = _mm_getcsr();
+    _mm_setcsr(csr);
+#pragma omp for schedule(static)
+    for (long b = 0; b < B; b++) {
+      const uint16_t *c = cos + b * cs, *s = sin + b * cs;
+      for (long h = 0; h < H; h++) rotate_row(q + b * qs + h * D, c, s, q_out + (b * H + h) * D, D);
+      for (long h = 0; h < KVH; h++) {
+        rotate_row(k + b * kvs + h * D, c, s, k_col + b * sb + h * sh, D);
+        memcpy(v_col + b * sb + h * sh, v + b * kvs + h * D, D * sizeof(uint16_t));
+      }
     }
+    _mm_setcsr(own);
   }
   return 0;
 }
@@ -180,16 +208,24 @@ long autodeco_rope_append(const uint16_t *q, const uint16_t *k, const uint16_t *
  * gate|up output may be passed); silu: 65536 floats, torch's bf16 SiLU of each bf16 bit pattern */
 long autodeco_silu_mul(const uint16_t *gate, const uint16_t *up, long stride, const float *silu, uint16_t *out,
                        long rows, long n) {
-  if (_mm_getcsr() & 0x8040) silu += 65536; /* FTZ (bit 15) or DAZ (bit 6): the flushed table */
-  for (long r = 0; r < rows; r++) {
-    const uint16_t *g = gate + r * stride, *u = up + r * stride;
-    uint16_t *o = out + r * n;
-    long i = 0;
-    for (; i + 16 <= n; i += 16) {
-      __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(g + i)));
-      store16(o + i, _mm512_mul_ps(_mm512_i32gather_ps(bits, silu, 4), load16(u + i)));
+  unsigned csr = _mm_getcsr();
+  if (csr & 0x8040) silu += 65536; /* FTZ (bit 15) or DAZ (bit 6): the flushed table */
+#pragma omp parallel num_threads(row_threads(rows, n))
+  {
+    unsigned own = _mm_getcsr();
+    _mm_setcsr(csr);
+#pragma omp for schedule(static)
+    for (long r = 0; r < rows; r++) {
+      const uint16_t *g = gate + r * stride, *u = up + r * stride;
+      uint16_t *o = out + r * n;
+      long i = 0;
+      for (; i + 16 <= n; i += 16) {
+        __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(g + i)));
+        store16(o + i, _mm512_mul_ps(_mm512_i32gather_ps(bits, silu, 4), load16(u + i)));
+      }
+      for (; i < n; i++) o[i] = to_bf16(silu[g[i]] * from_bf16(u[i]));
     }
-    for (; i < n; i++) o[i] = to_bf16(silu[g[i]] * from_bf16(u[i]));
+    _mm_setcsr(own);
   }
   return 0;
 }
