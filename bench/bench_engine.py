@@ -40,6 +40,11 @@ Usage:
     python bench/bench_engine.py --parts chat,batch1 --repeats 3 --threads 2
     python bench/bench_engine.py --parts breakdown-static-batch1 --variants fp32,default,baseline
     python bench/bench_engine.py --parts accuracy
+
+The code paths of another x86 CPU, on this one (its speeds are this CPU's; the machine line says EMULATED):
+    AUTODECO_CPU_FLAGS_OFF=amx_bf16,amx_tile,amx_int8 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python bench/bench_engine.py
+    AUTODECO_CPU_FLAGS_OFF=<every avx512* and amx* flag> ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+        python bench/bench_engine.py
 """
 
 from __future__ import annotations
