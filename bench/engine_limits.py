@@ -69,13 +69,24 @@ RELEVANT_FLAGS = (
 EMULATION_VARIABLES = ("AUTODECO_CPU_FLAGS_OFF", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
 
 
+def emulation() -> dict[str, str]:
+    """The settings that make this CPU run another CPU's code paths (cpu_features.cpu_flags), as set."""
+    import os
+
+    return {k: os.environ[k] for k in EMULATION_VARIABLES if os.environ.get(k)}
+
+
+def _emulation_text(emulated: dict[str, str]) -> str:
+    return "".join(f"; EMULATED {k}={v}" for k, v in emulated.items())
+
+
 def machine_line() -> str:
     """One line naming the machine a benchmark ran on: CPU model, logical CPUs, torch."""
     import os
 
     import torch
 
-    emulated = "".join(f"; EMULATED {k}={os.environ[k]}" for k in EMULATION_VARIABLES if os.environ.get(k))
+    emulated = _emulation_text(emulation())
     return f"machine: {cpu_model()} ({os.cpu_count()} logical CPUs); torch {torch.__version__}{emulated}"
 
 
@@ -116,7 +127,7 @@ def machine_info(threads: int) -> dict:
         "torch": torch.__version__,
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         # a CPU without some of these flags, as run here (cpu_features.cpu_flags): named in the report
-        "emulated": {k: os.environ[k] for k in EMULATION_VARIABLES if os.environ.get(k)},
+        "emulated": emulation(),
         "threads_per_process": threads,
     }
 
@@ -149,8 +160,7 @@ def format_machine(info: dict, limits: dict) -> str:
     return "\n".join(
         [
             f"machine: {info['cpu']}; flags: {' '.join(info['flags']) or '(none of interest)'}; "
-            f"native bf16: {'yes' if info['native_bf16'] else 'no'}"
-            + "".join(f"; EMULATED {k}={v}" for k, v in info.get("emulated", {}).items()),
+            f"native bf16: {'yes' if info['native_bf16'] else 'no'}" + _emulation_text(info.get("emulated", {})),
             f"cores: {info['usable_cpus']} usable of {info['logical_cpus']} logical"
             + (f", cgroup quota {quota:g} CPUs" if quota else "")
             + f"; {info['threads_per_process']} torch thread(s) per process; memory "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import subprocess
 import time
 
 import torch
@@ -28,11 +27,6 @@ from engine_limits import machine_line
 
 MODEL = "smollm2-135m-instruct"
 CONTEXT = 60
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def read_rate_gbps() -> float:
@@ -208,7 +202,7 @@ def main() -> None:
     args.read_rate = read_rate_gbps()
     print(machine_line())
     print(
-        f"CPU {cpu_model()} | torch {torch.__version__} | Python {platform.python_version()} | "
+        f"Python {platform.python_version()} | "
         f"threads {torch.get_num_threads()} | model {MODEL} {lm.model.dtype} "
         f"attention {lm.model.config._attn_implementation} | read rate {args.read_rate:.1f} GB/s | "
         f"medians over {args.repeats} interleaved repeats x {args.calls} steps"

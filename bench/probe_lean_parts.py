@@ -21,7 +21,8 @@ from collections import defaultdict
 import torch
 
 import probe_lean_decode
-from probe_lean_decode import MODEL, Step, cpu_model
+from engine_limits import cpu_model
+from probe_lean_decode import MODEL, Step
 
 
 def torch_ops():
