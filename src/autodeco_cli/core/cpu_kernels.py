@@ -562,18 +562,14 @@ def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
 # ---- heads' step ---------------------------------------------------------------------------------
 
 
-def heads_step(kernel: Callable, hidden, logits, layers, scale: float, min_temperature: float, features: bool):
-    """Each row's (T̂, P̂), [R, 2] float32: the heads' `forward` at a decode step in one call (heads_step_f32.c).
-    `hidden` [R, H] bf16 or float32 and `logits` [R, V] float32, contiguous CPU rows; `layers`: the temperature
-    head's two Linears, then the top-p head's; T̂ = the first head's value x `scale`; the features at T̂
-    clamped to `min_temperature`, or none (`features` False: the top-p head reads [hidden, T̂] only).
-    Raises NotFinite where a row of logits holds NaN or +inf or no finite value."""
-    return heads_step_on(kernel, layers, scale, min_temperature, features)(hidden, logits)
-
-
 def heads_step_on(kernel: Callable, layers, scale: float, min_temperature: float, features: bool) -> Callable:
-    """`heads_step` as a function of (hidden, logits), the heads' side read once: their weights' addresses,
-    so it serves while those tensors keep their storage (in-place updates are read live)."""
+    """A function of (hidden, logits) giving each row's (T̂, P̂), [R, 2] float32: the heads' `forward` at a
+    decode step in one call (heads_step_f32.c). `hidden` [R, H] bf16 or float32 and `logits` [R, V] float32,
+    contiguous CPU rows; `layers`: the temperature head's two Linears, then the top-p head's; T̂ = the first
+    head's value x `scale`; the features at T̂ clamped to `min_temperature`, or none (`features` False: the
+    top-p head reads [hidden, T̂] only). The heads' side is read here, once: their weights' addresses, so the
+    function serves while those tensors keep their storage (in-place updates are read live). It raises
+    NotFinite where a row of logits holds NaN or +inf or no finite value."""
     pointers = [p for layer in layers for p in (layer.weight.data_ptr(), layer.bias.data_ptr())]
     first, second = pointers[:4], pointers[4:]
     step, width = (_learned_step_address() if features else None), layers[0].out_features
@@ -618,8 +614,8 @@ def _heads_step_agrees_with_torch(kernel: Callable) -> bool:
                 parts.append(_torch_features(torch.softmax(logits / temperature.clamp_min(0.05), dim=-1)))
             top_p = torch.sigmoid(layers[3](torch.relu(layers[2](torch.cat(parts, -1)))))
             expected = torch.cat((temperature, top_p), -1)
-            got = heads_step(kernel, hidden, logits, layers, 2.0, 0.05, features)
-            alone = heads_step(kernel, hidden[5:6], logits[5:6], layers, 2.0, 0.05, features)
+            step = heads_step_on(kernel, layers, 2.0, 0.05, features)
+            got, alone = step(hidden, logits), step(hidden[5:6], logits[5:6])
         if not torch.allclose(got, expected, rtol=1e-5, atol=1e-5) or not torch.equal(alone, got[5:6]):
             return False
     return True

@@ -179,15 +179,8 @@ class _OneCall:
         first = layers.layers[0]
         heads, dim, hidden = first.heads, first.head_dim, outs[0][0].out_features
         kv_heads, inter = modules[0].self_attn.config.num_key_value_heads, outs[0][1].in_features
-        for layer, qkv, gate_up, (o, down) in zip(layers.layers, layers.qkv, layers.gate_up, outs):
-            sizes = (layer.heads, layer.head_dim, qkv.width, gate_up.width, o.in_features, o.out_features)
-            if sizes != (heads, dim, (heads + 2 * kv_heads) * dim, 2 * inter, heads * dim, hidden):
-                return None
-            if down.in_features != inter or down.out_features != hidden:
-                return None
-        plan = cls()
-        plan.kernel, plan.shape, plan.final_norm = kernel, (hidden, heads, kv_heads, dim, inter), layers.final_norm
-        held = []  # the tensors whose pointers `weights` holds
+        one_shape = (heads, dim, (heads + 2 * kv_heads) * dim, 2 * inter, heads * dim, hidden, inter, hidden)
+        held, rows = [], []  # the tensors whose pointers `weights` holds; each layer's pointers
 
         def pointer(tensor):
             if tensor is None:
@@ -195,12 +188,16 @@ class _OneCall:
             held.append(tensor)
             return tensor.data_ptr()
 
-        rows = []
         for layer, qkv, gate_up, (o, down) in zip(layers.layers, layers.qkv, layers.gate_up, outs):
+            sizes = (layer.heads, layer.head_dim, qkv.width, gate_up.width, o.in_features, o.out_features)
+            if sizes + (down.in_features, down.out_features) != one_shape:
+                return None
             linears = ((qkv.packed, qkv.bias), (o._amx_weight, o.bias), (gate_up.packed, gate_up.bias))
             linears += ((down._amx_weight, down.bias),)
             norms = (pointer(layer.input_norm[0]), pointer(layer.post_norm[0]))
             rows.append((*norms, *(pointer(t) for pair in linears for t in pair)))
+        plan = cls()
+        plan.kernel, plan.shape, plan.final_norm = kernel, (hidden, heads, kv_heads, dim, inter), layers.final_norm
         plan.weights = torch.tensor(rows, dtype=torch.int64)
         scalars = [(layer.input_norm[1], layer.post_norm[1], layer.scaling) for layer in layers.layers]
         plan.scalars = torch.tensor(scalars, dtype=torch.float32)

@@ -47,7 +47,7 @@ int autodeco_decode_layers_bf16(const long *functions, const long *weights, cons
   uint16_t *qkv = scratch, *queries = qkv + rows * width, *attended = queries + rows * H * D;
   uint16_t *delta = attended + rows * H * D, *gate_up = delta + rows * n, *act = gate_up + rows * 2 * inter;
 
-  if (norm(hidden, 0, (const uint16_t *)weights[W_IN_NORM], normed, rows, n, scalars[S_IN_EPS], lanes)) return 5;
+  if (norm(hidden, 0, (const uint16_t *)weights[W_IN_NORM], normed, rows, n, scalars[S_IN_EPS], lanes)) return 1 + 4;
   for (long i = 0; i < layers; i++) {
     const long *w = weights + i * W_COUNT, *c = caches + i * C_COUNT;
     const float *s = scalars + i * S_COUNT;
