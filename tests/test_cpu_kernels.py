@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_features, cpu_kernels
+from autodeco_cli.core import cpu_features, cpu_kernels, kernel_build
 from autodeco_cli.engine import cpu_inference
 from autodeco_cli.engine.cpu_inference import (
     PackedLinear,
@@ -232,7 +232,7 @@ def test_kernels_load_wherever_they_can_run():
 def test_a_kernel_that_needs_nothing_of_the_cpu_is_built_without_avx512():
     """Built with AVX-512 flags, the sort's compiled loops used zmm registers, and its load check would have
     stopped the process on an AVX2-only CPU; kernels that need AVX-512 (NEEDS) keep the flags."""
-    for name, needs in cpu_kernels.NEEDS.items():
-        avx512 = [f for f in cpu_kernels.build_flags(name) if f.startswith("-mavx512")]
+    for name, needs in kernel_build.NEEDS.items():
+        avx512 = [f for f in kernel_build.build_flags(name) if f.startswith("-mavx512")]
         assert bool(avx512) == bool(needs), name
-    assert cpu_kernels.NEEDS["sort_descending_f32"] == ()
+    assert kernel_build.NEEDS["sort_descending_f32"] == ()

@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_kernels, distribution
+from autodeco_cli.core import cpu_kernels, distribution, kernel_build
 from autodeco_cli.core.distribution import MIN_TEMPERATURE, decoding_logits, distribution_features
 from test_nucleus_prefilter import CASES, VOCAB
 
@@ -214,8 +214,8 @@ def reference_build():
     shortcuts), for the fast build to be held to bit for bit."""
     import ctypes
 
-    source = "#define AUTODECO_KERNEL_REFERENCE 1\n" + cpu_kernels.kernel_source("learned_step_f32")
-    function = ctypes.CDLL(str(cpu_kernels._build("learned_step_f32", source))).autodeco_learned_step_f32
+    source = "#define AUTODECO_KERNEL_REFERENCE 1\n" + kernel_build.kernel_source("learned_step_f32")
+    function = ctypes.CDLL(str(kernel_build.build("learned_step_f32", source))).autodeco_learned_step_f32
     function.argtypes, function.restype = cpu_kernels.SIGNATURES["learned_step_f32"], ctypes.c_int
     return function
 

@@ -20,9 +20,8 @@
   head's features, then the nucleus cut as logits), a few passes per row instead of torch's
   dozen over the whole batch (`core/distribution.py` holds the definitions and dispatches).
 
-The C sources ship in `assets/kernels/`; each is compiled once with the system C compiler into
-the autodeco cache and loaded with ctypes. Without a compiler, without the CPU features a kernel
-needs (`NEEDS`; AMX also needs Linux's permission for its tile state), or with
+Each is compiled once (`kernel_build`) and loaded with ctypes. Without a compiler, without the CPU
+features a kernel needs (`kernel_build.NEEDS`; AMX also needs Linux's permission for its tile state), or with
 AUTODECO_CPU_KERNEL=0, `load(...)` is None and the callers keep torch's path: the kernels are a
 speed-up, never a requirement, and each is checked against torch before it is used.
 """
@@ -31,28 +30,16 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import os
 import platform
 import subprocess
-import tempfile
-from importlib import resources
-from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .kernel_build import NEEDS, build, kernel_source
+
 GEMV_MAX_ROWS = 6  # the kernel takes up to 8, but from 7-8 rows on oneDNN was as fast (1 thread: 24 vs 31 ms at 8)
-FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
-# for kernels that need more than x86-64 (NEEDS): a kernel that needs nothing is built without them, or the
-# compiler's AVX-512 code would stop the process on a CPU without it (AVX2-only) at its load check
-ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512bf16")
-EXTRA_FLAGS = {
-    "amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16"),
-    # torch rounds each product and sum on its own: no fused multiply-adds
-    "decode_ops_bf16": ("-ffp-contract=off",),
-    "heads_step_f32": ("-lm",),
-}
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
 SIGNATURES = {
     "amx_matmul_bf16": [_P, _P, _P, _P, _L, _L, _L],
@@ -75,21 +62,6 @@ HELPERS = {
 }
 # the helper that must return 0 before a kernel runs: AMX tiles need the process's permission
 PREPARE = {"amx_matmul_bf16": "amx_bf16_init"}
-# what each kernel needs of the CPU beyond x86-64
-NEEDS = {
-    "amx_matmul_bf16": ("amx_bf16", "avx512_bf16"),
-    "gemv_bf16": ("avx512_bf16",),
-    "decode_attention_bf16": ("avx512_bf16",),
-    "decode_ops_bf16": ("avx512f", "avx512bw"),
-    "sort_descending_f32": (),
-    "learned_step_f32": ("avx512f",),  # its loops are vectorised for the -mavx512f it is built with
-    "heads_step_f32": ("avx512f",),
-    "decode_layers_bf16": ("amx_bf16", "avx512_bf16"),  # it calls the AMX matmul and the bf16 kernels
-}
-
-
-def kernel_source(name: str) -> str:
-    return (resources.files("autodeco_cli") / "assets" / "kernels" / f"{name}.c").read_text()
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,7 +92,7 @@ def _library(name: str) -> ctypes.CDLL | None:
     if not set(NEEDS[name]) <= cpu_flags():
         return None
     try:
-        library = ctypes.CDLL(str(_build(name, kernel_source(name))))
+        library = ctypes.CDLL(str(build(name, kernel_source(name))))
         getattr(library, f"autodeco_{name}")
         for helper, argtypes in HELPERS.get(name, {}).items():
             function = getattr(library, f"autodeco_{helper}")
@@ -135,31 +107,6 @@ def _library(name: str) -> ctypes.CDLL | None:
 def _helper(name: str, helper: str) -> Callable:
     """A further function of kernel `name`'s library (which `load(name)` has returned)."""
     return getattr(_LIBRARIES[name], f"autodeco_{helper}")
-
-
-def build_flags(name: str) -> tuple[str, ...]:
-    """The compiler flags kernel `name` is built with."""
-    return FLAGS + (ISA_FLAGS if NEEDS[name] else ()) + EXTRA_FLAGS.get(name, ())
-
-
-def _build(name: str, source: str) -> Path:
-    """Compile `source` into the cache, once per source and compiler (the file name hashes both)."""
-    from .user_cache import cache_root
-
-    compiler = os.environ.get("CC", "cc")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
-    flags = build_flags(name)
-    digest = hashlib.sha256(f"{source}\0{compiler}\0{version}\0{flags}".encode()).hexdigest()[:16]
-    target = cache_root() / "kernels" / f"{name}-{digest}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as folder:
-        c_file, built = Path(folder) / f"{name}.c", Path(folder) / f"{name}.so"
-        c_file.write_text(source)
-        subprocess.run([compiler, *flags, str(c_file), "-o", str(built)], capture_output=True, timeout=120, check=True)
-        os.replace(built, target)  # atomic: processes building at once all load a complete file
-    return target
 
 
 # ---- AMX matmul ------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""How our C kernels are compiled: each kernel's source in `assets/kernels/`, what it needs of the CPU,
+its compiler flags, and the cached shared library built once per source and compiler
+(`cpu_kernels` loads and checks them)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+# for kernels that need more than x86-64 (NEEDS): a kernel that needs nothing is built without them, or the
+# compiler's AVX-512 code would stop the process on a CPU without it (AVX2-only) at its load check
+ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512bf16")
+EXTRA_FLAGS = {
+    "amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16"),
+    # torch rounds each product and sum on its own: no fused multiply-adds
+    "decode_ops_bf16": ("-ffp-contract=off",),
+    "heads_step_f32": ("-lm",),
+}
+# what each kernel needs of the CPU beyond x86-64
+NEEDS = {
+    "amx_matmul_bf16": ("amx_bf16", "avx512_bf16"),
+    "gemv_bf16": ("avx512_bf16",),
+    "decode_attention_bf16": ("avx512_bf16",),
+    "decode_ops_bf16": ("avx512f", "avx512bw"),
+    "sort_descending_f32": (),
+    "learned_step_f32": ("avx512f",),  # its loops are vectorised for the -mavx512f it is built with
+    "heads_step_f32": ("avx512f",),
+    "decode_layers_bf16": ("amx_bf16", "avx512_bf16"),  # it calls the AMX matmul and the bf16 kernels
+}
+
+
+def kernel_source(name: str) -> str:
+    return (resources.files("autodeco_cli") / "assets" / "kernels" / f"{name}.c").read_text()
+
+
+def build_flags(name: str) -> tuple[str, ...]:
+    """The compiler flags kernel `name` is built with."""
+    return FLAGS + (ISA_FLAGS if NEEDS[name] else ()) + EXTRA_FLAGS.get(name, ())
+
+
+def build(name: str, source: str) -> Path:
+    """Compile `source` into the cache, once per source and compiler (the file name hashes both)."""
+    from .user_cache import cache_root
+
+    compiler = os.environ.get("CC", "cc")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    flags = build_flags(name)
+    digest = hashlib.sha256(f"{source}\0{compiler}\0{version}\0{flags}".encode()).hexdigest()[:16]
+    target = cache_root() / "kernels" / f"{name}-{digest}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as folder:
+        c_file, built = Path(folder) / f"{name}.c", Path(folder) / f"{name}.so"
+        c_file.write_text(source)
+        subprocess.run([compiler, *flags, str(c_file), "-o", str(built)], capture_output=True, timeout=120, check=True)
+        os.replace(built, target)  # atomic: processes building at once all load a complete file
+    return target
