@@ -72,6 +72,22 @@ def test_amx_matmul_matches_an_fp32_product(inputs, outputs, with_bias):
 
 
 @needs_amx
+@pytest.mark.parametrize("inputs,outputs", [(576, 192), (1536, 48), (70, 37)])
+def test_amx_matmul_gives_a_row_the_same_bits_whatever_rows_share_its_call(inputs, outputs):
+    # 17-32 rows run the two-row-group kernel with early reloads and prefetches; each row's sums
+    # must stay those of the one-group kernel (the same dot products in the same order)
+    kernel = cpu_kernels.load(AMX)
+    generator = torch.Generator().manual_seed(inputs * outputs)
+    weight = torch.randn(outputs, inputs, generator=generator).to(torch.bfloat16)
+    packed = _packed(weight)
+    for rows in (17, 24, 32):
+        x = torch.randn(rows, inputs, generator=generator).to(torch.bfloat16)
+        together = cpu_kernels.amx_matmul(kernel, x, packed, None, outputs)
+        apart = torch.cat([cpu_kernels.amx_matmul(kernel, x[i : i + 16], packed, None, outputs) for i in (0, 16)])
+        assert torch.equal(together.view(torch.int16), apart.view(torch.int16)), rows
+
+
+@needs_amx
 def test_amx_pack_refuses_an_output_of_the_wrong_size():
     with pytest.raises(ValueError, match="amx_packed_size"):
         cpu_kernels.amx_pack(torch.ones(4, 32, dtype=torch.bfloat16), torch.empty(10, dtype=torch.bfloat16))

@@ -29,6 +29,7 @@
 #define PASS_ROWS 32
 #define ROW_BLOCK 128
 #define BLOCK_ELEMS 512 /* one B tile: 16 rows of 32 bf16 */
+#define TILE_BYTES (2 * BLOCK_ELEMS)
 
 typedef struct {
   uint8_t palette, start_row, reserved[14];
@@ -124,6 +125,47 @@ STRIPES(1, 2)
 STRIPES(2, 1)
 STRIPES(2, 2)
 
+/* STRIPES(2, 2)'s sums in its order, for calls of 17-32 rows (one pass, so every weight comes from
+ * memory), where the dot products take about as long as the weights' stream. Tile registers are
+ * not renamed: a load into a tile waits for the dot products still reading it, and a dot product
+ * for its tiles' loads, so the plain loop adds the dot products' time to the stream's (2 threads,
+ * the default model's linears: 32 rows ~1.25x the time of one row). Here each tile is reloaded as
+ * soon as its last reader has issued, and the weights 1.5 stripes ahead are prefetched into L2,
+ * where the hardware prefetcher, paced by the stalled loads, falls behind (bits unchanged;
+ * reports/engine-speed.md, "The AMX matmul at 17-32 rows"). More rows take passes over stripes
+ * already in L2, where this gave nothing (64-512 rows). */
+static void stripes_2_2_streaming(const uint16_t *x, long row_bytes, const uint16_t *b, long depth, float *acc) {
+  const uint16_t *x1 = x + 16 * row_bytes / 2, *b1 = b + depth * BLOCK_ELEMS;
+  const char *ahead = (const char *)b + depth * TILE_BYTES * 3 / 2; /* a stripe is `depth` tiles */
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, x, row_bytes);
+  _tile_loadd(5, x1, row_bytes);
+  _tile_loadd(6, b, 64);
+  _tile_loadd(7, b1, 64);
+  for (long kb = 0; kb < depth; kb++) {
+    for (long line = 0; line < 2 * TILE_BYTES; line += 64)
+      _mm_prefetch(ahead + 2 * kb * TILE_BYTES + line, _MM_HINT_T1);
+    int more = kb + 1 < depth;
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(2, 5, 6);
+    if (more) _tile_loadd(6, b + (kb + 1) * BLOCK_ELEMS, 64);
+    _tile_dpbf16ps(1, 4, 7);
+    if (more) _tile_loadd(4, x + (kb + 1) * 32, row_bytes);
+    _tile_dpbf16ps(3, 5, 7);
+    if (more) {
+      _tile_loadd(5, x1 + (kb + 1) * 32, row_bytes);
+      _tile_loadd(7, b1 + (kb + 1) * BLOCK_ELEMS, 64);
+    }
+  }
+  _tile_stored(0, acc, 64);
+  _tile_stored(1, acc + 256, 64);
+  _tile_stored(2, acc + 512, 64);
+  _tile_stored(3, acc + 768, 64);
+}
+
 typedef void (*stripes_fn)(const uint16_t *, long, const uint16_t *, long, float *);
 static const stripes_fn KERNELS[2][2] = {{stripes_1_1, stripes_1_2}, {stripes_2_1, stripes_2_2}};
 
@@ -154,7 +196,8 @@ static void blocks(const uint16_t *x, long stride, const uint16_t *p, const uint
       for (long m0 = r0; m0 < r1; m0 += per_pass) {
         long rows = r1 - m0 < per_pass ? r1 - m0 : per_pass, groups = (rows + 15) / 16;
         if (rows != configured) configure(configured = rows);
-        KERNELS[groups - 1][n - 1](x + m0 * stride, stride * 2, p + nb * depth * BLOCK_ELEMS, depth, acc);
+        stripes_fn kernel = M > 16 && M <= PASS_ROWS && n == 2 ? stripes_2_2_streaming : KERNELS[groups - 1][n - 1];
+        kernel(x + m0 * stride, stride * 2, p + nb * depth * BLOCK_ELEMS, depth, acc);
         for (long g = 0; g < groups; g++) {
           long r = rows - 16 * g < 16 ? rows - 16 * g : 16;
           for (long j = 0; j < n; j++)
