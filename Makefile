@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export AUTODECO_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: setup setup-vllm test test-vllm test-all test-fast lint test-wheel demo reproduce reproduce-quick where-it-wins ablation bench bench-engine bench-vllm gpu-check clean
+.PHONY: setup setup-vllm test test-vllm test-all test-fast lint test-wheel demo reproduce reproduce-quick \
+        where-it-wins ablation bench bench-engine bench-vllm gpu-check clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)

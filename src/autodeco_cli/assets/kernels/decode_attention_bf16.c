@@ -73,7 +73,8 @@ static inline __m512 sum16(const __m512 *v) {
     u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
                          _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
   for (int i = 0; i < 2; i++)
-    w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+    w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
   return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
 }
 
@@ -104,7 +105,8 @@ static void scores(const uint16_t *q, const uint16_t *k, const uint8_t *mask, lo
         for (long d = 0; d < D; d += 32) {
           __m512bh qv = (__m512bh)_mm512_loadu_si512(qg + d);
           for (int i = 0; i < 16; i++)
-            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(k + (l0 + 4 * (i % 4) + i / 4) * sl + d), qv);
+            acc[i] =
+                _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(k + (l0 + 4 * (i % 4) + i / 4) * sl + d), qv);
         }
       } else {
         for (long d = 0; d < D; d += 32) {
@@ -146,7 +148,8 @@ static inline void weighted_values(const float *w, const uint16_t *v, uint16_t *
       }
       for (int g = 0; g < gn; g++)
         for (int c = 0; c < cn; c++)
-          _mm256_storeu_si256((__m256i *)(out + (g0 + g) * D + d0 + c * 16), _mm512_cvtepi32_epi16(to_bf16_16(acc[g][c])));
+          _mm256_storeu_si256((__m256i *)(out + (g0 + g) * D + d0 + c * 16),
+                              _mm512_cvtepi32_epi16(to_bf16_16(acc[g][c])));
     }
   }
 }

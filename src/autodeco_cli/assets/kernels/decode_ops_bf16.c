@@ -57,7 +57,9 @@ static inline __m512i rne16(__m512 x) { /* 16 bf16 bit patterns in the low halve
   return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
 }
 
-static inline void store16(uint16_t *p, __m512 x) { _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(rne16(x))); }
+static inline void store16(uint16_t *p, __m512 x) {
+  _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(rne16(x)));
+}
 
 static inline __m512 round16(__m512 x) { return _mm512_castsi512_ps(_mm512_slli_epi32(rne16(x), 16)); }
 
