@@ -1,6 +1,6 @@
-"""How our C kernels are compiled: each kernel's source in `assets/kernels/`, what it needs of the CPU,
-its compiler flags, and the cached shared library built once per source and compiler
-(`cpu_kernels` loads and checks them)."""
+"""How a C kernel is compiled: its source in `assets/kernels/`, the CPU features it needs, its compiler
+flags, its shared library in the autodeco cache (built once per source, compiler and flags). Loading a
+kernel, and checking it against torch, is `cpu_kernels`'."""
 
 from __future__ import annotations
 
