@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export AUTODECO_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: setup setup-vllm test test-vllm test-all test-fast lint test-wheel demo reproduce reproduce-quick \
-        where-it-wins ablation bench bench-engine bench-vllm gpu-check clean
+        where-it-wins ablation bench bench-engine bench-targets bench-vllm gpu-check clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -112,6 +112,11 @@ bench: setup
 bench-engine: setup
 	$(BIN)/python bench/bench_engine.py
 	$(BIN)/python bench/bench_engine.py --parts chat,vllm --variants fp32,default,default-dp --threads 2
+
+# issue #23's targets on this machine in one table (bench/engine_targets.py; ~25 min on 2 cores; its vLLM
+# row needs setup-vllm, else pass --skip vllm)
+bench-targets: setup
+	$(BIN)/python bench/engine_targets.py
 
 # tokens/s of eval on vLLM vs our engine, static and autodeco, and autodeco's overhead inside vLLM
 bench-vllm: setup-vllm
