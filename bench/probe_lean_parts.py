@@ -130,7 +130,8 @@ def timed_layer(decoder, clock: Clock, layer, hidden, mask, cos, sin, cache, kwa
 
 def timed_kernel_step(decoder, kernels, clock: Clock, hidden, position_ids, cache, keep):
     """`KernelLayers.__call__` and `_layer` with laps (the same calls)."""
-    from autodeco_cli.core.cpu_kernels import add_rms_norm, decode_attention_rows, rope_append, silu_mul
+    from autodeco_cli.core.attention_kernel import decode_attention_rows
+    from autodeco_cli.core.cpu_kernels import add_rms_norm, rope_append, silu_mul
 
     cos, sin = decoder.body.rotary_emb(hidden, position_ids=position_ids)
     cos, sin = cos.contiguous(), sin.contiguous()
@@ -173,9 +174,9 @@ def timed_kernel_step(decoder, kernels, clock: Clock, hidden, position_ids, cach
 
 def inner_attention_clock(clock: Clock):
     """Wrap the C kernel and its Python wrapper so their time shows inside "attention"."""
-    from autodeco_cli.core import cpu_kernels
+    from autodeco_cli.core import attention_kernel, cpu_kernels
 
-    wrapper = cpu_kernels.decode_attention
+    wrapper = attention_kernel.decode_attention
     kernel = cpu_kernels.load("decode_attention_bf16")
     if kernel is None:
         return wrapper, wrapper
@@ -196,7 +197,7 @@ def inner_attention_clock(clock: Clock):
 
 
 def profile_parts(args, engine, rows: int, context: int) -> None:
-    from autodeco_cli.core import cpu_kernels
+    from autodeco_cli.core import attention_kernel
     from autodeco_cli.engine.cpu_inference import PLACE_AFTER_CALLS
     from autodeco_cli.engine.lean_decode import LeanDecoder
 
@@ -218,7 +219,7 @@ def profile_parts(args, engine, rows: int, context: int) -> None:
             plain.append(time.perf_counter() - start)
         clock = Clock()
         original, wrapped = inner_attention_clock(clock)
-        cpu_kernels.decode_attention = wrapped
+        attention_kernel.decode_attention = wrapped
         try:
             for _ in range(args.calls):
                 step.restore()
@@ -226,7 +227,7 @@ def profile_parts(args, engine, rows: int, context: int) -> None:
                 timed_step(decoder, clock, step.tokens, step.mask, step.positions, step.cache)
                 timed_ms.append(time.perf_counter() - start)
         finally:
-            cpu_kernels.decode_attention = original
+            attention_kernel.decode_attention = original
         part_runs.append({name: 1000 * value / args.calls for name, value in clock.parts.items()})
     names = list(part_runs[0])
     medians = {name: statistics.median(run.get(name, 0.0) for run in part_runs) for name in names}

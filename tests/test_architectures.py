@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_kernels
+from autodeco_cli.core import attention_kernel, cpu_kernels
 from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.core.heads import fresh_heads, load_heads
 from autodeco_cli.engine import cpu_inference, generation, lean_kernels, prefix_cache
@@ -281,7 +281,7 @@ def test_bf16_fast_paths_run_or_step_aside_and_match_transformers_bf16(arch, mon
     fast = load_base_model(str(folder), device="cpu", dtype="bfloat16")
     calls = Counter()
     for module, function in (
-        (cpu_kernels, "decode_attention"),
+        (attention_kernel, "decode_attention"),
         (lean_kernels, "decode_attention_rows"),  # the lean step's bf16 layers call the kernel directly
         (lean_kernels, "decode_layers"),  # or all of a step's layers in one C call, which calls it once per layer
         (cpu_inference, "_small_decode_attention"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_features, cpu_kernels, kernel_build
+from autodeco_cli.core import attention_kernel, cpu_features, cpu_kernels, kernel_build
 from autodeco_cli.engine import cpu_inference
 from autodeco_cli.engine.cpu_inference import (
     PackedLinear,
@@ -132,7 +132,7 @@ def _attention_inputs(batch, heads, kv_heads, length, dim, seed=0):
 def test_decode_attention_matches_the_torch_bf16_path(batch, heads, kv_heads, length, dim):
     kernel = cpu_kernels.load("decode_attention_bf16")
     query, key, value, mask = _attention_inputs(batch, heads, kv_heads, length, dim)
-    got = cpu_kernels.decode_attention(kernel, query, key, value, mask, dim**-0.5)
+    got = attention_kernel.decode_attention(kernel, query, key, value, mask, dim**-0.5)
     expected = cpu_inference._small_decode_attention(query, key, value, mask, dim**-0.5)
     assert got.shape == (batch, 1, heads, dim)
     assert bf16_close(got, expected, ulps=4), (got.float() - expected.float()).abs().max()
@@ -145,16 +145,16 @@ def test_decode_attention_forward_uses_the_kernel_and_falls_back_where_it_cannot
 
     query, key, value, mask = _attention_inputs(3, 8, 2, 20, 64)
     used = []
-    real = cpu_kernels.decode_attention
-    monkeypatch.setattr(cpu_kernels, "decode_attention", lambda *a: used.append(1) or real(*a))
+    real = attention_kernel.decode_attention
+    monkeypatch.setattr(attention_kernel, "decode_attention", lambda *a: used.append(1) or real(*a))
     with_kernel, _ = decode_attention_forward(Module(), query, key, value, mask)
     assert used
-    monkeypatch.setattr(cpu_kernels, "decode_attention", lambda *a: None)  # a shape it refuses
+    monkeypatch.setattr(attention_kernel, "decode_attention", lambda *a: None)  # a shape it refuses
     without, _ = decode_attention_forward(Module(), query, key, value, mask)
     assert bf16_close(with_kernel, without, ulps=4)
     # head sizes that are not a multiple of 32 never reach C
     small = _attention_inputs(2, 4, 2, 10, 8)
-    assert cpu_kernels.decode_attention(cpu_kernels.load("decode_attention_bf16"), *small, 8**-0.5) is None
+    assert attention_kernel.decode_attention(cpu_kernels.load("decode_attention_bf16"), *small, 8**-0.5) is None
 
 
 @needs_sort

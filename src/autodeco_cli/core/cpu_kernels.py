@@ -8,8 +8,9 @@
   and oneDNN's bf16 kernels read them at about half this CPU's sequential read rate (one core
   of a 2-core AVX512-BF16 EPYC: all of the default model's linear weights at one row, 21-24 ms
   through oneDNN's prepacked layout, 11-12 ms here with the weights in huge pages).
-* `decode_attention`: one query position per row, grouped-query heads (torch: two batched
-  matmuls, a softmax and copies per layer, ~0.33 ms at 32 rows x 100 tokens).
+* `decode_attention_bf16`: one query position per row, grouped-query heads (torch: two batched
+  matmuls, a softmax and copies per layer, ~0.33 ms at 32 rows x 100 tokens; called through
+  `attention_kernel`).
 * `decode_ops_bf16`: a bf16 decode layer's small ops, one call each where torch ran 5-15 ops
   (`add_rms_norm`, `rope_append`, `silu_mul`), giving torch's bits (engine/lean_kernels.py).
 * `decode_layers`: a bf16 decode step's layers as one call of the kernels above (AMX linears), in
@@ -37,6 +38,7 @@ from typing import Callable
 
 import torch
 
+from .attention_kernel import attention_agrees_with_torch
 from .kernel_build import NEEDS, build, kernel_source
 
 GEMV_MAX_ROWS = 6  # the kernel takes up to 8, but from 7-8 rows on oneDNN was as fast (1 thread: 24 vs 31 ms at 8)
@@ -182,80 +184,6 @@ def _gemv_agrees_with_torch(kernel: Callable) -> bool:
         if not torch.allclose(gemv(kernel, x, weight).float(), expected, rtol=1e-2, atol=1e-2):
             return False
     return True
-
-
-# ---- decode attention ------------------------------------------------------------------------
-
-
-def decode_attention(
-    kernel: Callable, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling
-) -> torch.Tensor | None:
-    """query [B, H, 1, D], key/value [B, KVH, L, D] (any strides with a unit last one, the same
-    for both), mask [B, 1, 1, L] bool (True = attend) or None; returns [B, 1, H, D], or None for
-    inputs the kernel does not take."""
-    batch, heads, _, dim = query.shape
-    length = key.shape[2]
-    if mask is not None and mask.dtype != torch.bool:
-        return None
-    keep = None if mask is None else mask.reshape(batch, length).to(torch.uint8).contiguous()
-    out = _attend(kernel, query.reshape(batch, heads, dim).contiguous(), key, value, keep, scaling)
-    return None if out is None else out.view(batch, 1, heads, dim)
-
-
-def decode_attention_rows(
-    kernel: Callable, queries: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor | None, scaling
-) -> torch.Tensor:
-    """`decode_attention` for contiguous queries [B, H, D] and the rows' padding as contiguous bytes
-    [B, L] (nonzero = attend) or None: returns [B, 1, H * D], ready for the output projection."""
-    batch, heads, dim = queries.shape
-    out = _attend(kernel, queries, key, value, keep, scaling)
-    if out is None:
-        raise ValueError("the decode attention kernel does not take these shapes (or could not allocate)")
-    return out.view(batch, 1, heads * dim)
-
-
-def _attend(kernel, queries, key, value, keep, scaling) -> torch.Tensor | None:
-    """The kernel's output [B, H, D], or None where it does not take the cache's layout or failed."""
-    if key.stride() != value.stride() or key.stride(-1) != 1:
-        return None
-    batch, heads, dim = queries.shape
-    out = torch.empty((batch, heads, dim), dtype=torch.bfloat16)
-    status = kernel(
-        queries.data_ptr(),
-        key.data_ptr(),
-        value.data_ptr(),
-        None if keep is None else keep.data_ptr(),
-        out.data_ptr(),
-        batch,
-        heads,
-        key.shape[1],
-        key.shape[2],
-        dim,
-        key.stride(0),
-        key.stride(1),
-        key.stride(2),
-        float(scaling),
-    )
-    return None if status else out
-
-
-def _attention_agrees_with_torch(kernel: Callable) -> bool:
-    """A masked, grouped, strided case against fp32 torch with the same bf16 roundings."""
-    generator = torch.Generator().manual_seed(0)
-    batch, heads, kv_heads, length, dim = 3, 6, 2, 11, 64
-    query = torch.randn(batch, heads, 1, dim, generator=generator).to(torch.bfloat16)
-    buffer = torch.randn(batch, kv_heads, length + 5, dim, generator=generator).to(torch.bfloat16)
-    key, value = buffer[:, :, :length], (buffer * 0.5)[:, :, :length]  # views with room after them
-    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
-    mask[1, ..., :4] = False
-    got = decode_attention(kernel, query, key, value, mask, dim**-0.5)
-    if got is None:
-        return False
-    grouped = query.reshape(batch, kv_heads, heads // kv_heads, dim).float()
-    scores = (grouped @ key.float().transpose(-1, -2)).to(torch.bfloat16).float() * dim**-0.5
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(torch.bfloat16).float()
-    expected = (weights @ value.float()).reshape(batch, 1, heads, dim)
-    return torch.allclose(got.float(), expected, rtol=2e-2, atol=2e-2)
 
 
 # ---- a decode layer's small ops ---------------------------------------------------------------
@@ -619,7 +547,7 @@ def _decode_layers_have_their_kernels(kernel: Callable) -> bool:
 CHECKS = {
     "amx_matmul_bf16": _amx_agrees_with_torch,
     "gemv_bf16": _gemv_agrees_with_torch,
-    "decode_attention_bf16": _attention_agrees_with_torch,
+    "decode_attention_bf16": attention_agrees_with_torch,
     "decode_ops_bf16": _decode_ops_agree_with_torch,
     "sort_descending_f32": _sort_agrees_with_torch,
     "learned_step_f32": _learned_step_agrees_with_torch,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import cpu_kernels
+from ..core import attention_kernel, cpu_kernels
 from ..core.cpu_kernels import GEMV_MAX_ROWS, amx_matmul, gemv
 from .cpu_memory import HUGE_PAGE, collapse_to_huge_pages, free_memory_bytes, move_to_huge_pages
 
@@ -71,7 +71,7 @@ def decode_attention_forward(
     mask = None if attention_mask is None else attention_mask[:, :, :, -length:]
     kernel = cpu_kernels.load("decode_attention_bf16") if query.dtype == torch.bfloat16 else None
     if kernel is not None and query.device.type == "cpu":
-        output = cpu_kernels.decode_attention(kernel, query, key, value, mask, scaling)
+        output = attention_kernel.decode_attention(kernel, query, key, value, mask, scaling)
         if output is not None:
             return output, None
     if batch * length <= SMALL_DECODE_ATTENTION:

@@ -23,7 +23,8 @@ import torch
 from transformers.activations import SiLUActivation
 
 from ..core import cpu_kernels
-from ..core.cpu_kernels import add_rms_norm, amx_matmul, decode_attention_rows, decode_layers, rope_append, silu_mul
+from ..core.attention_kernel import decode_attention_rows
+from ..core.cpu_kernels import add_rms_norm, amx_matmul, decode_layers, rope_append, silu_mul
 from .cpu_inference import DECODE_ATTENTION, PackedLinear
 from .kv_cache import GrowingLayer
 
