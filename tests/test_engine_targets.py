@@ -48,6 +48,7 @@ def test_chat_ratios_are_medians_of_the_repeats(targets):
                         "chat vs vllm": {"vllm-bf16": runs(50, 60), "default": runs(220, 200)}}}  # fmt: skip
     assert targets.chat_ratios(results) == {"default / fp32": 315 / 110, "one process / vLLM": 210 / 55}
     assert "one process / vLLM" not in targets.chat_ratios({"runs": {"chat": results["runs"]["chat"]}})
+    assert targets.chat_ratios({"runs": {"chat": {"fp32": [], "default": runs(300)}}}) == {}  # every fp32 run failed
 
 
 def test_a_target_is_met_only_on_its_side_of_the_bound(targets):
@@ -56,6 +57,12 @@ def test_a_target_is_met_only_on_its_side_of_the_bound(targets):
     assert targets.row("default / fp32", 2.4, 2.5, False, "{:.2f}×")[2] == "no"
     assert targets.row("eval", None, 5.0, False, "{:.2f}×") == ("eval", "not measured (see the output above)", "?")
     assert "| body | 1.49× | yes |" in targets.table([targets.row("body", 1.49, 1.5, True, "{:.2f}×")])
+
+
+def test_a_benchmark_that_fails_leaves_its_targets_unmeasured(targets, capsys):
+    out = targets.run([targets.sys.executable, "-c", "print('rows=1 half a line'); raise SystemExit(3)"])
+    assert targets.body_over_floor(out) == {}
+    assert "failed (exit 3)" in capsys.readouterr().out
 
 
 def test_skip_takes_only_the_optional_parts(targets, capsys):
