@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine_limits import machine_line
+from engine_limits import RELEVANT_FLAGS, machine_line
 
 BENCH = Path(__file__).resolve().parent
 HEADS = BENCH.parent / "src" / "autodeco_cli" / "assets" / "heads" / "smollm2-135m-instruct"
@@ -145,8 +145,8 @@ def main(argv=None) -> int:
         parser.error(f"--skip takes {', '.join(OPTIONAL)}; got {', '.join(sorted(args.skip - set(OPTIONAL)))}")
     from autodeco_cli.core.cpu_features import cpu_flags
 
-    shown = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if flag in cpu_flags()]
-    machine = f"{machine_line()}; flags our kernels see: {' '.join(shown) or 'none of avx2/avx512/amx'}"
+    shown = [flag for flag in RELEVANT_FLAGS if flag in cpu_flags()]
+    machine = f"{machine_line()}; flags our kernels see: {' '.join(shown) or '(none of interest)'}"
     rows = measure(args)
     print(f"\n{machine}; {args.threads} threads\n\n{table(rows)}")
     return 0
