@@ -92,14 +92,13 @@ static void configure(long rows) {
 }
 
 /* acc[G][N][16][16] = x[16 G rows, depth * 32] @ N stripes of packed weights (the second
- * `depth` tiles after the first); x's rows are `row_bytes` apart */
+ * `depth` tiles after the first); x's rows are `row_bytes` apart. G = N = 2 is `two_by_two`. */
 #define STRIPES(G, N)                                                                                 \
   static void stripes_##G##_##N(const uint16_t *x, long row_bytes, const uint16_t *b, long depth, float *acc) { \
     const uint16_t *x1 = x + 16 * row_bytes / 2, *b1 = b + depth * BLOCK_ELEMS;                              \
     _tile_zero(0);                                                                                    \
     if (N > 1) _tile_zero(1);                                                                         \
     if (G > 1) _tile_zero(2);                                                                         \
-    if (G > 1 && N > 1) _tile_zero(3);                                                                \
     for (long kb = 0; kb < depth; kb++) {                                                             \
       _tile_loadd(4, x + kb * 32, row_bytes);                                                            \
       _tile_loadd(6, b + kb * BLOCK_ELEMS, 64);                                                       \
@@ -111,30 +110,26 @@ static void configure(long rows) {
       if (G > 1) {                                                                                    \
         _tile_loadd(5, x1 + kb * 32, row_bytes);                                                         \
         _tile_dpbf16ps(2, 5, 6);                                                                      \
-        if (N > 1) _tile_dpbf16ps(3, 5, 7);                                                           \
       }                                                                                               \
     }                                                                                                 \
     _tile_stored(0, acc, 64);                                                                         \
     if (N > 1) _tile_stored(1, acc + 256, 64);                                                        \
     if (G > 1) _tile_stored(2, acc + 512, 64);                                                        \
-    if (G > 1 && N > 1) _tile_stored(3, acc + 768, 64);                                               \
   }
 
 STRIPES(1, 1)
 STRIPES(1, 2)
 STRIPES(2, 1)
-STRIPES(2, 2)
 
-/* STRIPES(2, 2)'s sums in its order, for calls of 17-32 rows (one pass, so every weight comes from
- * memory), where the dot products take about as long as the weights' stream. Tile registers are
- * not renamed: a load into a tile waits for the dot products still reading it, and a dot product
- * for its tiles' loads, so the plain loop adds the dot products' time to the stream's (2 threads,
- * the default model's linears: 32 rows ~1.25x the time of one row). Here each tile is reloaded as
- * soon as its last reader has issued, and the weights 1.5 stripes ahead are prefetched into L2,
- * where the hardware prefetcher, paced by the stalled loads, falls behind (bits unchanged;
- * reports/engine-speed.md, "The AMX matmul at 17-32 rows"). More rows take passes over stripes
- * already in L2, where this gave nothing (64-512 rows). */
-static void stripes_2_2_streaming(const uint16_t *x, long row_bytes, const uint16_t *b, long depth, float *acc) {
+/* Two row groups x two stripes (17 rows and more), STRIPES' sums in its order, with each tile reloaded as soon as
+ * its last reader has issued. Tile registers are not renamed: a load into a tile waits for the dot products still
+ * reading it, and a dot product for its tiles' loads, so STRIPES' loop adds the dot products' time to the
+ * stream's (2 threads, the default model's linears: 32 rows ~1.25x the time of one row). A call of 17-32 rows
+ * (one pass, so every weight comes from memory) also prefetches the weights 1.5 stripes ahead into L2, where the
+ * hardware prefetcher, paced by the stalled loads, falls behind; later passes over stripes already in L2 gained
+ * nothing from it (64-512 rows). Bits unchanged; reports/engine-speed.md, "The AMX matmul at 17-32 rows". */
+static inline __attribute__((always_inline)) void two_by_two(const uint16_t *x, long row_bytes, const uint16_t *b,
+                                                             long depth, float *acc, int prefetch) {
   const uint16_t *x1 = x + 16 * row_bytes / 2, *b1 = b + depth * BLOCK_ELEMS;
   const char *ahead = (const char *)b + depth * TILE_BYTES * 3 / 2; /* a stripe is `depth` tiles */
   _tile_zero(0);
@@ -146,8 +141,9 @@ static void stripes_2_2_streaming(const uint16_t *x, long row_bytes, const uint1
   _tile_loadd(6, b, 64);
   _tile_loadd(7, b1, 64);
   for (long kb = 0; kb < depth; kb++) {
-    for (long line = 0; line < 2 * TILE_BYTES; line += 64)
-      _mm_prefetch(ahead + 2 * kb * TILE_BYTES + line, _MM_HINT_T1);
+    if (prefetch)
+      for (long line = 0; line < 2 * TILE_BYTES; line += 64)
+        _mm_prefetch(ahead + 2 * kb * TILE_BYTES + line, _MM_HINT_T1);
     int more = kb + 1 < depth;
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(2, 5, 6);
@@ -164,6 +160,14 @@ static void stripes_2_2_streaming(const uint16_t *x, long row_bytes, const uint1
   _tile_stored(1, acc + 256, 64);
   _tile_stored(2, acc + 512, 64);
   _tile_stored(3, acc + 768, 64);
+}
+
+static void stripes_2_2(const uint16_t *x, long row_bytes, const uint16_t *b, long depth, float *acc) {
+  two_by_two(x, row_bytes, b, depth, acc, 0);
+}
+
+static void stripes_2_2_streaming(const uint16_t *x, long row_bytes, const uint16_t *b, long depth, float *acc) {
+  two_by_two(x, row_bytes, b, depth, acc, 1);
 }
 
 typedef void (*stripes_fn)(const uint16_t *, long, const uint16_t *, long, float *);
@@ -196,7 +200,7 @@ static void blocks(const uint16_t *x, long stride, const uint16_t *p, const uint
       for (long m0 = r0; m0 < r1; m0 += per_pass) {
         long rows = r1 - m0 < per_pass ? r1 - m0 : per_pass, groups = (rows + 15) / 16;
         if (rows != configured) configure(configured = rows);
-        stripes_fn kernel = M > 16 && M <= PASS_ROWS && n == 2 ? stripes_2_2_streaming : KERNELS[groups - 1][n - 1];
+        stripes_fn kernel = passes == 1 && groups == 2 && n == 2 ? stripes_2_2_streaming : KERNELS[groups - 1][n - 1];
         kernel(x + m0 * stride, stride * 2, p + nb * depth * BLOCK_ELEMS, depth, acc);
         for (long g = 0; g < groups; g++) {
           long r = rows - 16 * g < 16 ? rows - 16 * g : 16;
