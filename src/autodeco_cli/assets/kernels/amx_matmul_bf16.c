@@ -88,6 +88,9 @@ static void configure(long rows) {
   }
   c.rows[6] = c.rows[7] = 16;
   c.colsb[6] = c.colsb[7] = 64;
+  /* gcc 12's _tile_loadconfig tells the compiler it reads 8 bytes of `c`, so the stores above may be dropped as
+   * dead (then the load faults): this says all of `c` is read */
+  __asm__ volatile("" : : "r"(&c) : "memory");
   _tile_loadconfig(&c);
 }
 
