@@ -88,6 +88,31 @@ def test_amx_matmul_gives_a_row_the_same_bits_whatever_rows_share_its_call(input
 
 
 @needs_amx
+@pytest.mark.parametrize("inputs,outputs", [(1152, 512), (74, 80), (33, 17)])
+def test_amx_matmul_f32_keeps_the_float32_sums_and_a_rows_bits_in_any_batch(inputs, outputs):
+    """The float32-output helper (the heads' first layers): bf16 products are exact in float32, so each output is
+    the float64 sum up to float32 rounding along the way; and a row's bits do not depend on its batch-mates."""
+    matmul = cpu_kernels._helper(AMX, "amx_matmul_f32")
+    generator = torch.Generator().manual_seed(inputs + 3 * outputs)
+    weight = torch.randn(outputs, inputs, generator=generator).to(torch.bfloat16)
+    packed = _packed(weight)
+    x = torch.randn(45, inputs, generator=generator).to(torch.bfloat16)
+
+    def product(rows: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(rows.shape[0], outputs)
+        assert matmul(rows.data_ptr(), packed.data_ptr(), out.data_ptr(), rows.shape[0], inputs, outputs) == 0
+        return out
+
+    full = product(x)
+    exact = x.double() @ weight.double().T
+    bound = inputs * 2.0**-24 * (x.double().abs() @ weight.double().abs().T)
+    assert ((full.double() - exact).abs() <= bound).all()
+    assert not torch.equal(full, (x.float() @ weight.float().T).to(torch.bfloat16).float())  # not rounded to bf16
+    for start, stop in ((0, 1), (44, 45), (3, 20), (0, 32), (13, 45)):
+        assert torch.equal(product(x[start:stop].contiguous()), full[start:stop]), (start, stop)
+
+
+@needs_amx
 def test_amx_pack_refuses_an_output_of_the_wrong_size():
     with pytest.raises(ValueError, match="amx_packed_size"):
         cpu_kernels.amx_pack(torch.ones(4, 32, dtype=torch.bfloat16), torch.empty(10, dtype=torch.bfloat16))

@@ -13,6 +13,9 @@ from autodeco_cli.core.heads import AutoDecoHeads, HeadsConfig
 
 KERNEL = cpu_kernels.load("heads_step_f32")
 pytestmark = pytest.mark.skipif(KERNEL is None, reason="the heads' step kernel needs x86-64 AVX-512 and a C compiler")
+needs_amx = pytest.mark.skipif(
+    cpu_kernels.load("amx_matmul_bf16") is None, reason="the first layers on tiles need x86 AMX-BF16"
+)
 
 
 def _heads(hidden_size: int, width: int, enhanced: bool, seed: int) -> AutoDecoHeads:
@@ -141,3 +144,52 @@ def test_a_prepared_step_gives_decode_values_and_reads_the_weights_live(monkeypa
             heads.temp_head.mlp[2].bias.add_(1.0)
         assert torch.equal(step(hidden, logits), heads.decode_values(hidden, logits))
     assert len(calls) == 1 + 4  # the step's one preparation, then each decode_values call's own
+
+
+@needs_amx
+def test_bf16_rows_take_the_first_layers_on_amx_tiles_and_float32_rows_do_not(monkeypatch):
+    packs = []
+    real = cpu_kernels._first_layers_on_tiles
+
+    def spied(*weights):
+        current = real(*weights)
+        return lambda: packs.append(1) or current()
+
+    monkeypatch.setattr(cpu_kernels, "_first_layers_on_tiles", spied)
+    heads = _heads(576, 256, True, seed=21)
+    hidden, logits = _rows(6, 576, seed=22)
+    with torch.inference_mode():
+        step = heads.decode_step()
+        got = step(hidden, logits)
+        step(hidden.float(), logits)
+        expected = _forward(heads, hidden, logits)
+    assert len(packs) == 1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_amx
+def test_the_tiles_follow_either_first_layer_changed_in_place():
+    """The tiles hold a packed copy of the first layers: an in-place change of either one repacks it."""
+    heads = _heads(576, 256, True, seed=23)
+    hidden, logits = _rows(4, 576, seed=24)
+    with torch.inference_mode():
+        step = heads.decode_step()
+        before = step(hidden, logits)
+    for layer in (heads.temp_head.mlp[0], heads.top_p_head.mlp[0]):
+        with torch.no_grad():
+            layer.weight.mul_(0.5)
+        with torch.inference_mode():
+            after, expected = step(hidden, logits), _forward(heads, hidden, logits)
+        assert not torch.equal(before, after)
+        torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-5)
+        before = after
+
+
+def test_heads_made_under_inference_mode_keep_the_float32_first_layers():
+    """Inference tensors keep no version counter, so an in-place change could not be seen: no packed copy."""
+    with torch.inference_mode():
+        heads = _heads(48, 32, True, seed=25)
+        hidden, logits = _rows(3, 48, seed=26)
+        layers = heads._decode_layers()
+        assert cpu_kernels._first_layers_on_tiles(layers[0].weight, layers[2].weight) is None
+        torch.testing.assert_close(heads.decode_values(hidden, logits), _forward(heads, hidden, logits))

@@ -50,12 +50,17 @@ SIGNATURES = {
     "decode_ops_bf16": [_P, _P, _P, _P, _L, _L, _F, _L],
     "sort_descending_f32": [_P, _P, _L, _L],
     "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L],
-    "heads_step_f32": [_P, _L, _P, _L, _P, _F, _P, _P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L],
+    "heads_step_f32": [_P, _L, _P, _L, _P, _F, _P, _P, _P, _P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L],
     "decode_layers_bf16": [_P, _P, _P, _P, _P, _L, _P, _P, _P, _P, _P, _P, _P, _F, _P],
 }
 # the further functions a kernel's library exports (each returns a C long), by their argument types
 HELPERS = {
-    "amx_matmul_bf16": {"amx_bf16_init": [], "amx_packed_elems": [_L, _L], "amx_pack_bf16": [_P, _P, _L, _L]},
+    "amx_matmul_bf16": {
+        "amx_bf16_init": [],
+        "amx_packed_elems": [_L, _L],
+        "amx_pack_bf16": [_P, _P, _L, _L],
+        "amx_matmul_f32": [_P, _P, _P, _L, _L, _L],
+    },
     "decode_ops_bf16": {
         "rope_append": [_P, _P, _P, _L, _L, _P, _P, _L, _P, _P, _P, _L, _L, _L, _L, _L, _L],
         "silu_mul": [_P, _P, _L, _P, _P, _L, _L],
@@ -443,20 +448,50 @@ def heads_step_on(kernel: Callable, layers, scale: float, min_temperature: float
     contiguous CPU rows; `layers`: the temperature head's two Linears, then the top-p head's; T̂ = the first
     head's value x `scale`; the features at T̂ clamped to `min_temperature`, or none (`features` False: the
     top-p head reads [hidden, T̂] only). The heads' side is read here, once: their weights' addresses, so the
-    function serves while those tensors keep their storage (in-place updates are read live). It raises
-    NotFinite where a row of logits holds NaN or +inf or no finite value."""
+    function serves while those tensors keep their storage (in-place updates are read live; the AMX copy of the
+    first layers is remade when they change). It raises NotFinite where a row of logits holds NaN or +inf or no
+    finite value."""
     pointers = [p for layer in layers for p in (layer.weight.data_ptr(), layer.bias.data_ptr())]
     first, second = pointers[:4], pointers[4:]
     step, width = (_learned_step_address() if features else None), layers[0].out_features
+    on_tiles = _first_layers_on_tiles(layers[0].weight, layers[2].weight)
 
     def run(hidden, logits):
         rows, size = hidden.shape
         out = torch.empty((rows, 2), dtype=torch.float32)
-        inputs = (hidden.data_ptr(), hidden.dtype == torch.bfloat16, logits.data_ptr(), logits.shape[-1])
-        _raise_for(kernel(*inputs, step, min_temperature, *first, scale, *second, out.data_ptr(), rows, size, width))
+        bf16 = hidden.dtype == torch.bfloat16
+        amx = on_tiles() if bf16 and on_tiles else (None, None)
+        inputs = (hidden.data_ptr(), bf16, logits.data_ptr(), logits.shape[-1], step, min_temperature, *amx)
+        _raise_for(kernel(*inputs, *first, scale, *second, out.data_ptr(), rows, size, width))
         return out
 
     return run
+
+
+def _first_layers_on_tiles(temperature: torch.Tensor, top_p: torch.Tensor) -> Callable | None:
+    """Where the AMX matmul runs, a function giving (its float32-output helper, both heads' first layers packed for
+    it) for heads_step_f32.c: the temperature head's weights over the top-p head's hidden-state columns, each
+    float32 weight as two bf16 (its value rounded, then the rest rounded: 16 of its 24 significant bits, within
+    2^-17 of it), side by side. Packed again whenever either tensor was changed in place (its version counter) or
+    replaced. None where the AMX matmul is not, or for inference tensors (made under `torch.inference_mode`): they
+    keep no version counter, so a change would go unseen."""
+    if load("amx_matmul_bf16") is None or temperature.is_inference() or top_p.is_inference():
+        return None
+    address = ctypes.cast(_helper("amx_matmul_bf16", "amx_matmul_f32"), ctypes.c_void_p).value
+    size, held = temperature.shape[1], {}
+
+    def current() -> tuple[int, int]:
+        key = (temperature._version, top_p._version, temperature.data_ptr(), top_p.data_ptr())
+        if held.get("key") != key:
+            with torch.no_grad():
+                weights = torch.cat((temperature, top_p[:, :size]))
+                high = weights.to(torch.bfloat16)
+                split = torch.cat((high, (weights - high.float()).to(torch.bfloat16)), dim=1).contiguous()
+                held["packed"] = amx_pack(split, torch.empty(amx_packed_size(*split.shape), dtype=torch.bfloat16))
+            held["key"] = key
+        return address, held["packed"].data_ptr()
+
+    return current
 
 
 @functools.lru_cache(maxsize=None)
@@ -474,8 +509,9 @@ def _heads_step_agrees_with_torch(kernel: Callable) -> bool:
     generator = torch.Generator().manual_seed(0)
     for size, width, features, dtype in ((64, 256, True, torch.bfloat16), (37, 40, False, torch.float32)):
         extras = 5 if features else 1
-        layers = [torch.nn.Linear(size, width), torch.nn.Linear(width, 1)]
-        layers += [torch.nn.Linear(size + extras, width), torch.nn.Linear(width, 1)]
+        with torch.inference_mode(False):  # weights as heads hold them, whatever mode the first use is in
+            layers = [torch.nn.Linear(size, width), torch.nn.Linear(width, 1)]
+            layers += [torch.nn.Linear(size + extras, width), torch.nn.Linear(width, 1)]
         with torch.no_grad():
             for p in (p for layer in layers for p in layer.parameters()):
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)

@@ -98,8 +98,9 @@ class AutoDecoHeads(nn.Module):
 
         bf16 rows (a bf16 base model) take the heads' step kernel where it runs: one C call for both
         heads and the features, each dot product in one fixed order, so a row's (T̂, P̂) is the same in
-        any batch; within ~1e-6 of `forward`'s (that order is not MKL's), far below what the bf16
-        rounding of the hidden state itself moves them.
+        any batch; within ~1e-5 of `forward`'s (that order is not MKL's, and where AMX is the first layers'
+        weights are read as two bf16 each, within 2^-17 of them), far below what the bf16 rounding of the
+        hidden state itself moves them.
         """
         return self.decode_step()(hidden, logits)
 
@@ -107,8 +108,8 @@ class AutoDecoHeads(nn.Module):
         """`decode_values` as a function of (hidden, logits), with the heads' side looked up once: whether
         their weights can take the kernel, and where those weights lie. For a run of decode steps during which
         the heads' tensors keep their storage (a generation run: training updates them in place, and the kernel
-        reads them live). Cold, right after the model's forward, that lookup cost ~50 us a step, a quarter of
-        the heads' time at one row (2-vCPU Xeon)."""
+        reads them live, or packs its AMX copy of the first layers again). Cold, right after the model's forward,
+        that lookup cost ~50 us a step, a quarter of the heads' time at one row (2-vCPU Xeon)."""
         layers = self._decode_layers()
         enhanced = self.top_p_head.use_enhanced_features
         kernel = _weights_kernel(layers)

@@ -88,6 +88,9 @@ static void configure(long rows) {
   }
   c.rows[6] = c.rows[7] = 16;
   c.colsb[6] = c.colsb[7] = 64;
+  /* gcc 12's _tile_loadconfig tells the compiler it reads 8 bytes of `c`, so the stores above may be dropped as
+   * dead (then the load faults): this says all of `c` is read */
+  __asm__ volatile("" : : "r"(&c) : "memory");
   _tile_loadconfig(&c);
 }
 
@@ -185,11 +188,19 @@ static void store(const float *acc, long rows, const uint16_t *bias, uint16_t *y
   }
 }
 
+/* The same rows as float32, no bias: the sums as the tiles hold them (the heads' first layers, which go on in
+ * float32). */
+static void store_f32(const float *acc, long rows, float *y, long O, long o0) {
+  long width = O - o0 < 16 ? O - o0 : 16;
+  __mmask16 mask = (__mmask16)((1u << width) - 1);
+  for (long r = 0; r < rows; r++) _mm512_mask_storeu_ps(y + r * O + o0, mask, _mm512_loadu_ps(acc + r * 16));
+}
+
 /* output blocks [nb0, nb1), two at a time, for all M rows: blocks of ROW_BLOCK rows, each in
  * passes of at most PASS_ROWS (as even as they can be, so most calls configure the tiles once);
- * x has `stride` bf16 per row */
-static void blocks(const uint16_t *x, long stride, const uint16_t *p, const uint16_t *bias, uint16_t *y, long M,
-                   long depth, long O, long nb0, long nb1) {
+ * x has `stride` bf16 per row; the output goes to y (bf16, + bias) or, with y32, to y32 (float32) */
+static void blocks(const uint16_t *x, long stride, const uint16_t *p, const uint16_t *bias, uint16_t *y, float *y32,
+                   long M, long depth, long O, long nb0, long nb1) {
   float acc[4 * 256] __attribute__((aligned(64)));
   long block = M < ROW_BLOCK ? M : ROW_BLOCK, passes = (block + PASS_ROWS - 1) / PASS_ROWS;
   long per_pass = (block + passes - 1) / passes, configured = -1;
@@ -204,8 +215,12 @@ static void blocks(const uint16_t *x, long stride, const uint16_t *p, const uint
         kernel(x + m0 * stride, stride * 2, p + nb * depth * BLOCK_ELEMS, depth, acc);
         for (long g = 0; g < groups; g++) {
           long r = rows - 16 * g < 16 ? rows - 16 * g : 16;
-          for (long j = 0; j < n; j++)
-            store(acc + (g * 2 + j) * 256, r, bias, y + (m0 + 16 * g) * O, O, (nb + j) * 16);
+          for (long j = 0; j < n; j++) {
+            if (y32)
+              store_f32(acc + (g * 2 + j) * 256, r, y32 + (m0 + 16 * g) * O, O, (nb + j) * 16);
+            else
+              store(acc + (g * 2 + j) * 256, r, bias, y + (m0 + 16 * g) * O, O, (nb + j) * 16);
+          }
         }
       }
     }
@@ -214,8 +229,8 @@ static void blocks(const uint16_t *x, long stride, const uint16_t *p, const uint
 }
 
 /* Returns 0, or -1 when scratch memory for a padded input could not be had. */
-int autodeco_amx_matmul_bf16(const uint16_t *x, const uint16_t *p, const uint16_t *bias, uint16_t *y, long M,
-                             long I, long O) {
+static int matmul(const uint16_t *x, const uint16_t *p, const uint16_t *bias, uint16_t *y, float *y32, long M, long I,
+                  long O) {
   long depth = (I + 31) / 32, stride = depth * 32, nblocks = (O + 15) / 16;
   uint16_t *padded = NULL;
   if (stride != I) { /* the last input tile would read past each row: zero-pad a copy */
@@ -227,15 +242,26 @@ int autodeco_amx_matmul_bf16(const uint16_t *x, const uint16_t *p, const uint16_
   int threads = omp_get_max_threads();
   if (threads > nblocks) threads = (int)nblocks;
   if (threads <= 1 || O * I < (1L << 16)) {
-    blocks(x, stride, p, bias, y, M, depth, O, 0, nblocks);
+    blocks(x, stride, p, bias, y, y32, M, depth, O, 0, nblocks);
   } else {
 #pragma omp parallel num_threads(threads)
     {
       long t = omp_get_thread_num(), n = omp_get_num_threads();
       long nb0 = nblocks * t / n, nb1 = nblocks * (t + 1) / n;
-      if (nb0 < nb1) blocks(x, stride, p, bias, y, M, depth, O, nb0, nb1);
+      if (nb0 < nb1) blocks(x, stride, p, bias, y, y32, M, depth, O, nb0, nb1);
     }
   }
   free(padded);
   return 0;
+}
+
+int autodeco_amx_matmul_bf16(const uint16_t *x, const uint16_t *p, const uint16_t *bias, uint16_t *y, long M,
+                             long I, long O) {
+  return matmul(x, p, bias, y, NULL, M, I, O);
+}
+
+/* y[M, O] = x @ w^T in float32 (no bias, no rounding to bf16): each sum as the tiles accumulate it, in the order
+ * the bf16 output's is. A helper (`autodeco_amx_matmul_f32`), handed to the heads' step kernel as a function. */
+long autodeco_amx_matmul_f32(const uint16_t *x, const uint16_t *p, float *y, long M, long I, long O) {
+  return matmul(x, p, NULL, NULL, y, M, I, O);
 }
