@@ -47,7 +47,8 @@ def heads_share(text: str) -> dict[int, float]:
 
 def first_token_s(text: str) -> float | None:
     """bench_start.py: the median first token of `autodeco generate "hi" --max-new-tokens 1`."""
-    found = re.search(r"target: first token <= 3 s: (?:met|not met) \(([\d.]+) s\)", text)
+    # bench_start prints "met" or "NOT met"
+    found = re.search(r"target: first token <= 3 s: (?:met|NOT met) \(([\d.]+) s\)", text)
     return float(found.group(1)) if found else None
 
 
