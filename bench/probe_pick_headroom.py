@@ -92,14 +92,12 @@ def measure(task_name: str, split: str, limit: int, heads_path: str | None) -> d
 
 
 def pick_probabilities(logits: torch.Tensor, firsts: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
-    """The sampler's nucleus at (T, p), on the TOP first tokens, then everything else as one outcome."""
-    probs = torch.softmax(logits / temperature, -1)
-    ordered, order = probs.sort(descending=True)
-    keep = (ordered.cumsum(0) - ordered) < top_p
-    keep[0] = True
-    nucleus = torch.zeros_like(probs)
-    nucleus[order[keep]] = ordered[keep]
-    on_top = (nucleus / nucleus.sum())[torch.as_tensor(firsts)].double().numpy()
+    """The sampler's distribution at (T, p) (`decoding_distribution`), on the TOP first tokens, then everything
+    else as one outcome."""
+    from autodeco_cli.core.distribution import decoding_distribution
+
+    probs = decoding_distribution(logits.unsqueeze(0), temperature, top_p)[0]
+    on_top = probs[torch.as_tensor(firsts)].double().numpy()
     return np.append(on_top, max(0.0, 1.0 - on_top.sum()))
 
 
@@ -112,6 +110,7 @@ def expected_score(data, d: int, temperature: float, top_p: float, uniforms: np.
     correct = np.append(data["correct"][d], False)[draws]
     option = np.append(data["option"][d], -1)[draws]
     m = int(data["options"][d])
+    # aggregation.total_variation's definition, on all DRAWS sets at once (one call per set: ~10^8 calls a run)
     shares = np.stack([(option == v).mean(1) for v in range(m)], 1)
     tv = 0.5 * (np.abs(shares - 1.0 / m).sum(1) + (option == -1).mean(1))
     return float((correct.mean(1) * (1.0 - tv)).mean())

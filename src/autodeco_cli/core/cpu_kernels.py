@@ -472,16 +472,17 @@ def _first_layers_on_tiles(temperature: torch.Tensor, top_p: torch.Tensor) -> Ca
     """Where the AMX matmul runs, a function giving (its float32-output helper, both heads' first layers packed for
     it) for heads_step_f32.c: the temperature head's weights over the top-p head's hidden-state columns, each
     float32 weight as two bf16 (its value rounded, then the rest rounded: 16 of its 24 significant bits, within
-    2^-17 of it), side by side. Packed again whenever either tensor was changed in place (its version counter) or
-    replaced. None where the AMX matmul is not, or for inference tensors (made under `torch.inference_mode`): they
-    keep no version counter, so a change would go unseen."""
+    2^-17 of it), side by side. Packed again whenever either tensor was changed in place (its version counter; like
+    the step's other pointers, it serves while the tensors keep their storage). None where the AMX matmul is not,
+    or for inference tensors (made under `torch.inference_mode`): they keep no version counter, so a change would
+    go unseen."""
     if load("amx_matmul_bf16") is None or temperature.is_inference() or top_p.is_inference():
         return None
     address = ctypes.cast(_helper("amx_matmul_bf16", "amx_matmul_f32"), ctypes.c_void_p).value
     size, held = temperature.shape[1], {}
 
     def current() -> tuple[int, int]:
-        key = (temperature._version, top_p._version, temperature.data_ptr(), top_p.data_ptr())
+        key = (temperature._version, top_p._version)
         if held.get("key") != key:
             with torch.no_grad():
                 weights = torch.cat((temperature, top_p[:, :size]))
