@@ -12,6 +12,12 @@ Run-to-run drift on a shared machine is itself a few percent, so the script also
 heads' own time inside the autodeco runs (the only work autodeco adds) relative to the rest of
 those runs: an overhead measured within each run.
 
+The heads are the package's shipped ones by default, those `generate`, `eval` and `serve` decode
+with. Their cost depends on what they predict: the top-p head's features skip the vocabulary
+blocks far below the row's max at T̂, so a higher T̂ leaves more of each row to exponentiate and
+log (at 32 rows, ~560 us at the shipped heads' T̂ against ~1,060 us at fresh heads' ~0.86, 2-vCPU
+Xeon). The run prints the mean T̂ and P̂ it decoded with; `--heads fresh` times untrained heads.
+
 Usage:
     python bench/bench_decoding.py [--threads 2] [--repeats 5] [--max-new-tokens 64]
 """
@@ -45,7 +51,10 @@ def parse_args(argv=None):
         "--model", default="smollm2-135m-instruct", help="model spec (default: the alias smollm2-135m-instruct)"
     )
     parser.add_argument(
-        "--heads", default=None, help="heads checkpoint (default: fresh heads; speed does not depend on training)"
+        "--heads",
+        default=None,
+        help="heads checkpoint, or 'fresh' for untrained heads (default: the model's shipped heads; their cost "
+        "follows their T̂: see above)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per cell, interleaved (default 5)")
@@ -76,6 +85,7 @@ def main(argv=None) -> int:
     from autodeco_cli.core.heads import fresh_heads, load_heads
     from autodeco_cli.engine import sampler
     from autodeco_cli.engine.generation import GenerationEngine
+    from autodeco_cli.engine.heads_source import packaged_heads_path
     from autodeco_cli.engine.models import load_base_model
     from autodeco_cli.engine.requests import build_requests
 
@@ -86,10 +96,13 @@ def main(argv=None) -> int:
         f"model {args.model}: loaded in {time.perf_counter() - start:.1f} s; threads={torch.get_num_threads()}",
         file=sys.stderr,
     )
+    source = args.heads or packaged_heads_path(args.model)
+    if source is None:
+        sys.exit(f"error: {args.model} has no shipped heads; pass --heads FOLDER or --heads fresh")
     heads = (
-        load_heads(args.heads, expected_hidden_size=lm.hidden_size)
-        if args.heads
-        else fresh_heads(lm.hidden_size, base_model=args.model)
+        fresh_heads(lm.hidden_size, base_model=args.model)
+        if source == "fresh"
+        else load_heads(source, expected_hidden_size=lm.hidden_size)
     )
     if not args.allow_eos:
         # The engine stops rows at model.generation_config.eos_token_id; an id no token has
@@ -114,13 +127,17 @@ def main(argv=None) -> int:
     # is immune to the machine's drift between runs (which on a shared VM is several percent).
     head_seconds = [0.0]
     head_values = sampler.Sampler.head_values
+    predicted = [0.0, 0.0, 0]  # sums of T̂ and P̂ over the rows the heads saw, and their count
 
     def timed_head_values(self, *a):
         t0 = time.perf_counter()
-        try:
-            return head_values(self, *a)
-        finally:
-            head_seconds[0] += time.perf_counter() - t0
+        values = head_values(self, *a)
+        head_seconds[0] += time.perf_counter() - t0
+        for temperature, top_p in values.values():
+            predicted[0] += temperature
+            predicted[1] += top_p
+            predicted[2] += 1
+        return values
 
     sampler.Sampler.head_values = timed_head_values
     head_share: dict[int, list[float]] = {}
@@ -150,6 +167,9 @@ def main(argv=None) -> int:
                 times[(name, bs)].append(seconds)
                 tokens[(name, bs)].append(count)
 
+    rows_seen = max(1, predicted[2])
+    print(f"\nheads: {source}; over the autodeco runs' steps mean T̂ {predicted[0] / rows_seen:.3f}, "
+          f"mean P̂ {predicted[1] / rows_seen:.3f}")  # fmt: skip
     print(f"\nmodel={args.model}  threads={args.threads}  max_new_tokens={args.max_new_tokens}  repeats={args.repeats} "
           " "
           f"static: T={args.temperature:g} p={args.top_p:g}  eos={'on' if args.allow_eos else 'off'}  "
