@@ -259,7 +259,7 @@ def test_sampler_draws_the_tokens_forward_would():
 
     class ForwardHeads:  # the plain module call where the sampler would take decode_step's function
         def decode_step(self):
-            return lambda hidden, logits: torch.cat(heads(hidden, logits), dim=-1)
+            return lambda hidden, logits, maxima=None: torch.cat(heads(hidden, logits), dim=-1)
 
     with torch.inference_mode():
         fast = Sampler(requests, heads, record_nucleus=True).step(row_members, logits, hidden)

@@ -49,8 +49,8 @@ SIGNATURES = {
     "decode_attention_bf16": [_P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _F],
     "decode_ops_bf16": [_P, _P, _P, _P, _L, _L, _F, _L],
     "sort_descending_f32": [_P, _P, _L, _L],
-    "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L],
-    "heads_step_f32": [_P, _L, _P, _L, _P, _F, _P, _P, _P, _P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L],
+    "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L, _P],
+    "heads_step_f32": [_P, _L, _P, _P, _L, _P, _F, _P, _P, _P, _P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L],
     "decode_layers_bf16": [_P, _P, _P, _P, _P, _L, _P, _P, _P, _P, _P, _P, _P, _F, _P],
 }
 # the further functions a kernel's library exports (each returns a C long), by their argument types
@@ -66,6 +66,7 @@ HELPERS = {
         "silu_mul": [_P, _P, _L, _P, _P, _L, _L],
     },
     "decode_layers_bf16": {"decode_layers_scratch": [_P]},
+    "learned_step_f32": {"widen_bf16": [_P, _P, _P, _L, _L]},
 }
 # the helper that must return 0 before a kernel runs: AMX tiles need the process's permission
 PREPARE = {"amx_matmul_bf16": "amx_bf16_init"}
@@ -365,7 +366,9 @@ class NotFinite(ValueError):
     """A row with NaN or +inf logits, or none finite: the caller takes torch's path instead."""
 
 
-def _learned_step(kernel: Callable, mode: int, rows: torch.Tensor, temperature, top_p, width: int, candidates=0):
+def _learned_step(
+    kernel: Callable, mode: int, rows: torch.Tensor, temperature, top_p, width: int, candidates=0, maxima=None
+):
     out = torch.empty((rows.shape[0], width), dtype=torch.float32)
     status = kernel(
         mode,
@@ -376,6 +379,7 @@ def _learned_step(kernel: Callable, mode: int, rows: torch.Tensor, temperature, 
         rows.shape[0],
         rows.shape[1],
         candidates,
+        0 if maxima is None else maxima.data_ptr(),
     )
     _raise_for(status)
     return out
@@ -389,22 +393,46 @@ def _raise_for(status: int) -> None:
         raise NotFinite("a row of logits holds NaN or +inf, or no finite value")
 
 
-def learned_features(kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+def learned_features(
+    kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor, maxima: torch.Tensor | None = None
+) -> torch.Tensor:
     """`distribution_features` of contiguous float32 `rows` [R, V] at `temperature` [R] or [R, 1]
-    (contiguous, already clamped): [R, 4]."""
-    return _learned_step(kernel, _FEATURES, rows, temperature, None, 4)
+    (contiguous, already clamped): [R, 4]. `maxima`: None, or `widen_logits`'s block maxima of these rows."""
+    return _learned_step(kernel, _FEATURES, rows, temperature, None, 4, maxima=maxima)
 
 
 def learned_cut(
-    kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, candidates: int
+    kernel: Callable,
+    rows: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    candidates: int,
+    maxima: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """rows / temperature with the hard nucleus at `top_p` [R] kept and -inf elsewhere: [R, V]."""
-    return _learned_step(kernel, _CUT, rows, temperature, top_p, rows.shape[1], candidates)
+    return _learned_step(kernel, _CUT, rows, temperature, top_p, rows.shape[1], candidates, maxima)
 
 
-def learned_probs(kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+def learned_probs(
+    kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor, maxima: torch.Tensor | None = None
+) -> torch.Tensor:
     """The softmax the kernel cuts from (its exp is not torch's to the last bit): for tests."""
-    return _learned_step(kernel, _PROBS, rows, temperature, None, rows.shape[1])
+    return _learned_step(kernel, _PROBS, rows, temperature, None, rows.shape[1], maxima=maxima)
+
+
+BLOCK_WIDTH = 16  # the learned-step kernel's blocks: `widen_logits` gives one max per this many logits
+
+
+def widen_logits(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contiguous bf16 `rows` [R, V] as float32 (exactly `rows.float()`), and each block of BLOCK_WIDTH logits'
+    max [R, V // BLOCK_WIDTH] (NaN counted as +inf), from one pass over the bf16 rows: the learned-step and heads'
+    kernels take those maxima for the rows' max and live blocks instead of reading each float32 row for them.
+    Needs the learned-step kernel (`load("learned_step_f32")` not None)."""
+    count, vocab = rows.shape
+    out = torch.empty((count, vocab), dtype=torch.float32)
+    maxima = torch.empty((count, vocab // BLOCK_WIDTH), dtype=torch.float32)
+    _helper("learned_step_f32", "widen_bf16")(rows.data_ptr(), out.data_ptr(), maxima.data_ptr(), count, vocab)
+    return out, maxima
 
 
 def _torch_features(probs: torch.Tensor) -> torch.Tensor:
@@ -443,25 +471,26 @@ def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
 
 
 def heads_step_on(kernel: Callable, layers, scale: float, min_temperature: float, features: bool) -> Callable:
-    """A function of (hidden, logits) giving each row's (T̂, P̂), [R, 2] float32: the heads' `forward` at a
-    decode step in one call (heads_step_f32.c). `hidden` [R, H] bf16 or float32 and `logits` [R, V] float32,
-    contiguous CPU rows; `layers`: the temperature head's two Linears, then the top-p head's; T̂ = the first
-    head's value x `scale`; the features at T̂ clamped to `min_temperature`, or none (`features` False: the
-    top-p head reads [hidden, T̂] only). The heads' side is read here, once: their weights' addresses, so the
-    function serves while those tensors keep their storage (in-place updates are read live; the AMX copy of the
-    first layers is remade when they change). It raises NotFinite where a row of logits holds NaN or +inf or no
-    finite value."""
+    """A function of (hidden, logits, maxima=None) giving each row's (T̂, P̂), [R, 2] float32: the heads' `forward`
+    at a decode step in one call (heads_step_f32.c). `hidden` [R, H] bf16 or float32 and `logits` [R, V] float32,
+    contiguous CPU rows; `maxima`: None or `widen_logits`'s block maxima of `logits`; `layers`: the temperature
+    head's two Linears, then the top-p head's; T̂ = the first head's value x `scale`; the features at T̂ clamped to
+    `min_temperature`, or none (`features` False: the top-p head reads [hidden, T̂] only). The heads' side is read
+    here, once: their weights' addresses, so the function serves while those tensors keep their storage (in-place
+    updates are read live; the AMX copy of the first layers is remade when they change). It raises NotFinite where
+    a row of logits holds NaN or +inf or no finite value."""
     pointers = [p for layer in layers for p in (layer.weight.data_ptr(), layer.bias.data_ptr())]
     first, second = pointers[:4], pointers[4:]
     step, width = (_learned_step_address() if features else None), layers[0].out_features
     on_tiles = _first_layers_on_tiles(layers[0].weight, layers[2].weight)
 
-    def run(hidden, logits):
+    def run(hidden, logits, maxima=None):
         rows, size = hidden.shape
         out = torch.empty((rows, 2), dtype=torch.float32)
         bf16 = hidden.dtype == torch.bfloat16
         amx = on_tiles() if bf16 and on_tiles else (None, None)
-        inputs = (hidden.data_ptr(), bf16, logits.data_ptr(), logits.shape[-1], step, min_temperature, *amx)
+        blocks = None if maxima is None else maxima.data_ptr()
+        inputs = (hidden.data_ptr(), bf16, logits.data_ptr(), blocks, logits.shape[-1], step, min_temperature, *amx)
         _raise_for(kernel(*inputs, *first, scale, *second, out.data_ptr(), rows, size, width))
         return out
 

@@ -210,12 +210,35 @@ def _fused_kernel(logits: torch.Tensor):
     return cpu_kernels.load("learned_step_f32")
 
 
+def widened(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A decode step's [rows, V] logits as float32, and where the fused kernel widened them from bf16 (CPU, no
+    autograd) their 16-wide blocks' maxima (`cpu_kernels.widen_logits`), else None. The float32 values are
+    `logits.float()`'s either way; the maxima spare the kernel's learned steps on these rows a read of each row
+    for its max and live blocks (`decoding_logits_and_temperature` and the heads' decode step take them)."""
+    from . import cpu_kernels
+
+    if (
+        not FUSED_KERNEL
+        or logits.dtype != torch.bfloat16
+        or not logits.is_cpu  # (not .device: right after the model's forward it costs ~20 us)
+        or logits.dim() != 2
+        or logits.size(-1) < 8
+        or not logits.is_contiguous()
+        or torch.is_grad_enabled()
+        or cpu_kernels.load("learned_step_f32") is None
+    ):
+        return logits.float(), None
+    return cpu_kernels.widen_logits(logits)
+
+
 def _per_row(value: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """A ``[..., 1]`` column broadcast to one float32 per row of `logits`, contiguous."""
     return value.to(torch.float32).expand(logits.shape[:-1] + (1,)).reshape(-1).contiguous()
 
 
-def _fused_cut(logits: torch.Tensor, temperature: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor | None:
+def _fused_cut(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: float | torch.Tensor, maxima: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """`decoding_logits` without top-k and min-p, through the kernel; None where it does not apply."""
     kernel = _fused_kernel(logits)
     if kernel is None:
@@ -228,7 +251,7 @@ def _fused_cut(logits: torch.Tensor, temperature: torch.Tensor, top_p: float | t
     rows = logits.reshape(-1, logits.size(-1)).contiguous()
     try:
         cut = cpu_kernels.learned_cut(
-            kernel, rows, _per_row(temperature, logits), _per_row(top_p, logits), NUCLEUS_CANDIDATES
+            kernel, rows, _per_row(temperature, logits), _per_row(top_p, logits), NUCLEUS_CANDIDATES, maxima
         )
     except cpu_kernels.NotFinite:
         return None
@@ -332,8 +355,11 @@ def decoding_logits_and_temperature(
     n_sigma: float | torch.Tensor | None = None,
     edt_base: float | torch.Tensor | None = None,
     edt_theta: float | torch.Tensor | None = None,
+    maxima: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inference distribution's logits and the temperature each row actually used (``[..., 1]``).
+    `maxima`: None, or `widened`'s block maxima of these [rows, V] float32 logits (a shortcut the fused
+    kernel takes; the result is the same).
 
     Order: top-nσ on the raw logits (temperature-invariant); temperature (with EDT, `temperature`
     is T0 and T comes from the raw logits' entropy); top-k; hard top-p; min-p. This is
@@ -349,7 +375,9 @@ def decoding_logits_and_temperature(
     if n_sigma is not None:
         logits = logits.masked_fill(~top_n_sigma_keep(logits, n_sigma), float("-inf"))
     temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)
-    fused = _fused_cut(logits, temperature, top_p) if top_k is None and min_p is None else None
+    if n_sigma is not None:
+        maxima = None  # they describe the logits before top-nσ's cut
+    fused = _fused_cut(logits, temperature, top_p, maxima) if top_k is None and min_p is None else None
     if fused is not None:
         return fused, temperature
     scaled = logits / temperature

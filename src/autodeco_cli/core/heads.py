@@ -104,12 +104,14 @@ class AutoDecoHeads(nn.Module):
         """
         return self.decode_step()(hidden, logits)
 
-    def decode_step(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def decode_step(self) -> Callable[..., torch.Tensor]:
         """`decode_values` as a function of (hidden, logits), with the heads' side looked up once: whether
         their weights can take the kernel, and where those weights lie. For a run of decode steps during which
         the heads' tensors keep their storage (a generation run: training updates them in place, and the kernel
         reads them live, or packs its AMX copy of the first layers again). Cold, right after the model's forward,
-        that lookup cost ~50 us a step, a quarter of the heads' time at one row (2-vCPU Xeon)."""
+        that lookup cost ~50 us a step, a quarter of the heads' time at one row (2-vCPU Xeon). The step takes the
+        logits' block maxima too where the caller has them (`cpu_kernels.widen_logits`): the kernel then reads
+        those instead of each row for its max and live blocks."""
         layers = self._decode_layers()
         enhanced = self.top_p_head.use_enhanced_features
         kernel = _weights_kernel(layers)
@@ -118,10 +120,10 @@ class AutoDecoHeads(nn.Module):
 
             on_kernel = cpu_kernels.heads_step_on(kernel, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced)
 
-        def step(hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        def step(hidden: torch.Tensor, logits: torch.Tensor, maxima: torch.Tensor | None = None) -> torch.Tensor:
             if kernel is not None and _rows_take_kernel(hidden, logits):
                 try:
-                    return on_kernel(hidden.contiguous(), logits.contiguous())
+                    return on_kernel(hidden.contiguous(), logits.contiguous(), maxima)
                 except cpu_kernels.NotFinite:
                     pass  # torch's path below, as the features' own kernel does
             return _torch_values(layers, enhanced, hidden, logits)

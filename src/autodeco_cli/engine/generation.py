@@ -178,7 +178,7 @@ class GenerationEngine:
         return [results[i] for i in range(len(requests))]
 
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits and last hidden state at each row's final position."""
+        """Logits (the model's dtype) and last hidden state at each row's final position."""
         if self._lean is not None and input_ids.shape[1] == 1:
             logits = self._lean(input_ids, attention_mask, position_ids, cache)
         else:
@@ -189,7 +189,7 @@ class GenerationEngine:
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs
             ).logits
         hidden = self._capture.last[:, -1, :] if self._capture is not None else None
-        return logits[:, -1, :].float(), hidden
+        return logits[:, -1, :], hidden  # in the model's dtype: the sampler widens them (distribution.widened)
 
     def new_cache(self):
         try:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import torch
 
 from ..core.decoding import ADAPTIVE_PARAMETERS, explored_top_p
-from ..core.distribution import decoding_logits_and_temperature, nucleus_size
+from ..core.distribution import decoding_logits_and_temperature, nucleus_size, widened
 from ..core.heads import AutoDecoHeads
 
 if TYPE_CHECKING:  # generation imports this module
@@ -80,18 +80,19 @@ class Sampler:
         return step
 
     def head_values(
-        self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor
+        self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor, maxima: torch.Tensor | None = None
     ) -> dict[int, tuple[float, float]]:
         if not rows:
             return {}
         if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
             index = torch.tensor(rows, device=logits.device)
             hidden, logits = hidden[index], logits[index]
+            maxima = None if maxima is None else maxima[index]
         # Under the decode loop's inference_mode. Entering one here cost ~50 us per step at one row
         # (a cold call right after the model's forward), a seventh of the heads' time.
         if self._head_step is None:
             self._head_step = self.heads.decode_step()
-        return dict(zip(rows, map(tuple, self._head_step(hidden, logits).tolist())))  # one copy for both
+        return dict(zip(rows, map(tuple, self._head_step(hidden, logits, maxima).tolist())))  # one copy for both
 
     def distribution(self, request: Request, row: int, head: tuple[float, float] | None, step: int = 0) -> Distribution:
         """The request's distribution on `row`: from its strategy, the row's heads' (T̂, P̂), or its
@@ -108,10 +109,12 @@ class Sampler:
         return Distribution(row, strategy.temperature or 1.0, strategy.top_p or 1.0, strategy.top_k, strategy.adaptive)
 
     def step(self, row_members: list[list[int]], logits: torch.Tensor, hidden: torch.Tensor | None) -> dict[int, Step]:
+        """One token per active request from the step's rows: `logits` [rows, V] in the model's dtype."""
+        logits, maxima = widened(logits)
         head_rows = [
             row for row, members in enumerate(row_members) if any(self.requests[m].strategy.uses_heads for m in members)
         ]
-        heads = self.head_values(head_rows, logits, hidden)
+        heads = self.head_values(head_rows, logits, hidden, maxima)
         chosen: dict[int, Step] = {}
         distributions: dict[Distribution, list[int]] = {}  # -> the requests that sample from it
         greedy_rows: dict[int, list[int]] = {}
@@ -139,7 +142,7 @@ class Sampler:
         for key in distributions:
             groups.setdefault((key.top_k, key.kind), []).append(key)
         for (top_k, kind), keys in groups.items():
-            self._sample(keys, distributions, logits, top_k, kind, chosen)
+            self._sample(keys, distributions, logits, maxima, top_k, kind, chosen)
         return chosen
 
     def _sample(
@@ -147,6 +150,7 @@ class Sampler:
         keys: list[Distribution],
         distributions: dict[Distribution, list[int]],
         logits: torch.Tensor,
+        maxima: torch.Tensor | None,
         top_k: int | None,
         kind: str | None,
         chosen: dict[int, Step],
@@ -155,7 +159,9 @@ class Sampler:
         device = logits.device
         rows = [k.row for k in keys]
         # every row once, in order (a static step's usual case): no copy of the logits
-        selected = logits if rows == list(range(logits.shape[0])) else logits[torch.tensor(rows, device=device)]
+        if rows != list(range(logits.shape[0])):
+            index = torch.tensor(rows, device=device)
+            logits, maxima = logits[index], None if maxima is None else maxima[index]
         temperature = torch.tensor([k.temperature for k in keys], device=device).unsqueeze(-1)
         top_p = torch.tensor([k.top_p for k in keys], device=device).unsqueeze(-1)
         adaptive = {}
@@ -165,7 +171,7 @@ class Sampler:
                 name: torch.tensor([k.adaptive_values[i] for k in keys], device=device).unsqueeze(-1)
                 for i, name in enumerate(names)
             }
-        decoded, used = decoding_logits_and_temperature(selected, temperature, top_p, top_k, **adaptive)
+        decoded, used = decoding_logits_and_temperature(logits, temperature, top_p, top_k, maxima=maxima, **adaptive)
         # EDT's T is per row; the others keep the strategy's exact float in the trace
         used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k.temperature for k in keys]
         nucleus = nucleus_blocks(decoded)

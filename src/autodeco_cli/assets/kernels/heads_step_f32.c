@@ -164,15 +164,17 @@ static float *first_layers_on_tiles(amx_f32_t amx, const uint16_t *packed, const
 }
 
 typedef int (*learned_step_t)(long mode, const float *raw, const float *temperature, const float *top_p, float *out,
-                              long rows, long n, long candidates);
+                              long rows, long n, long candidates, const float *maxima);
 
-/* out: [rows, 2], each row's (T̂, P̂). logits: [rows, vocab] float32. features: the learned-step kernel (mode 0
- * gives [rows, 4] features at the T̂'s clamped to min_temperature), or NULL for heads without features.
+/* out: [rows, 2], each row's (T̂, P̂). logits: [rows, vocab] float32, and maxima: NULL or their 16-wide blocks'
+ * maxima (the learned-step kernel's, which it then reads instead of the rows for their max and live blocks).
+ * features: the learned-step kernel (mode 0 gives [rows, 4] features at the T̂'s clamped to min_temperature), or
+ * NULL for heads without features.
  * amx, packed: the AMX matmul and both first layers packed for it (first_layers_on_tiles), or NULL; taken for bf16
  * rows. t_*: the temperature head's layers (T̂ = its value x t_scale), p_*: the top-p head's (input width in + 5,
  * or in + 1 without features). Returns 0; -1 when out of memory; the learned-step kernel's -2 when a row of
  * logits holds NaN or +inf or no finite value (the caller then takes torch's path). */
-int autodeco_heads_step_f32(const void *hidden, long hidden_bf16, const float *logits, long vocab,
+int autodeco_heads_step_f32(const void *hidden, long hidden_bf16, const float *logits, const float *maxima, long vocab,
                             learned_step_t features, float min_temperature, amx_f32_t amx, const uint16_t *packed,
                             const float *t_w1, const float *t_b1, const float *t_w2, const float *t_b2,
                             float t_scale, const float *p_w1, const float *p_b1, const float *p_w2,
@@ -195,7 +197,7 @@ int autodeco_heads_step_f32(const void *hidden, long hidden_bf16, const float *l
   int status = mlp(x, stride, in, done, 2 * width, in, &t_head, t, rows, width);
   if (!status && features) {
     for (long r = 0; r < rows; r++) clamped[r] = t[r] < min_temperature ? min_temperature : t[r];
-    status = features(0, logits, clamped, NULL, f, rows, vocab, 0);
+    status = features(0, logits, clamped, NULL, f, rows, vocab, 0, maxima);
   }
   for (long r = 0; !status && r < rows; r++) {
     x[r * stride + in] = t[r];

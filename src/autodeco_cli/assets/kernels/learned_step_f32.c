@@ -248,6 +248,8 @@ static int reserve(scratch_t *s, long n, long k) {
  * a row lies below: on the default model's rows 12% of the 16-wide blocks reach -30, 57% reach -88. The cut
  * and the probabilities keep every e the float32 range holds (FLUSHED_BELOW). */
 #define FEATURES_FLOOR -30.0f
+/* autodeco_widen_bf16's tree of maxes leaves block q + 4e in lane 4q + e: the lanes to read, in block order. */
+#define BLOCK_ORDER _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
 
 static float lanes_sum(const float *lane) {
   float sum = 0.0f;
@@ -269,19 +271,60 @@ static float zero_up_to(float t, float shift, float max, float floor) {
 /* The 16-wide blocks of raw[0..body) with a raw above `dead`, in order, into live; returns how
  * many. Listing them first keeps the exp loop free of a data-dependent branch per block (whether a
  * block is dead follows no pattern along a row, and each mispredicted skip cost the loop its
- * overlap of one block's latency with the next). */
-static long live_blocks(const float *raw, long body, float dead, int32_t *live) {
+ * overlap of one block's latency with the next). With `blocks` (each block's max) the row itself is
+ * not read: a block is live where its max is above `dead`. */
+static long live_blocks(const float *raw, long body, float dead, int32_t *live, const float *blocks) {
   long count = 0;
+#ifndef AUTODECO_KERNEL_REFERENCE
+  if (blocks) {
+    const __m512i step = _mm512_set1_epi32(16 * LANES);
+    __m512i starts = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        _mm512_set1_epi32(LANES));
+    long b = 0, count_blocks = body / LANES;
+    for (; b + LANES <= count_blocks; b += LANES, starts = _mm512_add_epi32(starts, step)) {
+      __mmask16 above = _mm512_cmp_ps_mask(_mm512_loadu_ps(blocks + b), _mm512_set1_ps(dead), _CMP_GT_OQ);
+      _mm512_mask_compressstoreu_epi32(live + count, above, starts);
+      count += __builtin_popcount(above);
+    }
+    for (; b < count_blocks; b++) {
+      live[count] = (int32_t)(b * LANES);
+      count += blocks[b] > dead;
+    }
+    return count;
+  }
+#endif
   for (long b = 0; b < body; b += LANES) {
     live[count] = (int32_t)b;
 #ifdef AUTODECO_KERNEL_REFERENCE
     count++;
-    (void)raw, (void)dead;
+    (void)raw, (void)dead, (void)blocks;
 #else
     count += _mm512_cmp_ps_mask(_mm512_loadu_ps(raw + b), _mm512_set1_ps(dead), _CMP_GT_OQ) != 0;
 #endif
   }
   return count;
+}
+
+/* row_max from the row's block maxima (`autodeco_widen_bf16`'s: NaN counted as +inf) and its tail past the
+ * last whole block: the same max (up to the sign of a zero max, which moves no exponent) and the same verdict,
+ * reading n / 16 floats of the row instead of n. */
+static int blocks_max(const float *blocks, const float *raw, long n, float *max_out) {
+  float max = -__builtin_inff();
+  int bad = 0;
+  long count = n / LANES;
+#pragma omp simd reduction(max : max) reduction(| : bad)
+  for (long i = 0; i < count; i++) {
+    float x = blocks[i];
+    max = x > max ? x : max;
+    bad |= (x != x) | (x == __builtin_inff());
+  }
+  for (long i = count * LANES; i < n; i++) {
+    float x = raw[i];
+    max = x > max ? x : max;
+    bad |= (x != x) | (x == __builtin_inff());
+  }
+  *max_out = max;
+  return bad || max == -__builtin_inff();
 }
 
 /* Insert x into top[0..k), kept descending, if it beats the last. */
@@ -302,11 +345,14 @@ static inline void keep_largest(float *top, long k, float x) {
  * +0's can only be among them as the zeros `top` starts from.
  * `ahead` (or NULL) is the next row this thread reads: its lines are prefetched along the way, so
  * that row's first pass (the max) finds it in this core's cache instead of waiting on memory. */
-static float exponentiate(const float *raw, float t, float max, float floor, float *exps, long n,
-                          const float *ahead, int32_t *live, long *count, int zero_dead, float *top, long k) {
+static float exponentiate(const float *raw, const float *maxima, float t, float max, float floor, float *exps,
+                          long n, const float *ahead, int32_t *live, long *count, int zero_dead, float *top, long k) {
   float shift = max / t, lane[LANES] = {0.0f};
-  long body = n - n % LANES, blocks = live_blocks(raw, body, zero_up_to(t, shift, max, floor), live);
+  long body = n - n % LANES, blocks = live_blocks(raw, body, zero_up_to(t, shift, max, floor), live, maxima);
   long lines = body / LANES, per_block = blocks ? (lines + blocks - 1) / blocks : 0, prefetched = 0, zeroed = 0;
+  /* With block maxima the next row is not read in full for its max: fetched ahead in full, it pays only where this
+   * row is read in much of its length too (its live blocks at T̂ are like this one's). */
+  if (maxima && 4 * blocks < lines) ahead = NULL;
   for (long i = 0; i < k; i++) top[i] = 0.0f;
   for (long i = 0; i < blocks; i++) {
     long b = live[i];
@@ -381,13 +427,16 @@ static void moments(const float *exps, float inverse, long n, const int32_t *liv
   *plogp = lanes_sum(pl_lanes);
 }
 
-static void features_row(const float *raw, float t, float max, long n, scratch_t *s, float *out, const float *ahead) {
+static void features_row(const float *raw, const float *maxima, float t, float max, long n, scratch_t *s, float *out,
+                         const float *ahead) {
   long k = n < 5 ? n : 5, blocks;
 #ifdef AUTODECO_KERNEL_REFERENCE
-  float inverse = 1.0f / exponentiate(raw, t, max, FEATURES_FLOOR, s->exps, n, ahead, s->live, &blocks, 1, s->top, 0);
+  float sum = exponentiate(raw, maxima, t, max, FEATURES_FLOOR, s->exps, n, ahead, s->live, &blocks, 1, s->top, 0);
+  float inverse = 1.0f / sum;
   largest(s->exps, n, k, s->top, s->buffer);
 #else
-  float inverse = 1.0f / exponentiate(raw, t, max, FEATURES_FLOOR, s->exps, n, ahead, s->live, &blocks, 0, s->top, k);
+  float sum = exponentiate(raw, maxima, t, max, FEATURES_FLOOR, s->exps, n, ahead, s->live, &blocks, 0, s->top, k);
+  float inverse = 1.0f / sum;
 #endif
   float squares, plogp;
   moments(s->exps, inverse, n, s->live, blocks, &squares, &plogp);
@@ -435,10 +484,11 @@ static void mask_row(const float *raw, float t, const float *exps, float inverse
   }
 }
 
-static void cut_row(const float *raw, float t, float top_p, float max, long n, long k, scratch_t *s, float *out,
-                    const float *ahead) {
+static void cut_row(const float *raw, const float *maxima, float t, float top_p, float max, long n, long k,
+                    scratch_t *s, float *out, const float *ahead) {
   long blocks;
-  float inverse = 1.0f / exponentiate(raw, t, max, FLUSHED_BELOW, s->exps, n, ahead, s->live, &blocks, 1, NULL, 0);
+  float sum = exponentiate(raw, maxima, t, max, FLUSHED_BELOW, s->exps, n, ahead, s->live, &blocks, 1, NULL, 0);
+  float inverse = 1.0f / sum;
   if (top_p >= 1.0f) { /* no cut */
     for (long i = 0; i < n; i++) out[i] = raw[i] / t;
     return;
@@ -466,11 +516,13 @@ static void cut_row(const float *raw, float t, float top_p, float max, long n, l
 }
 
 /* mode 0: out [rows, 4] features; mode 1: out [rows, n] cut logits; mode 2: out [rows, n] probs.
- * temperature, top_p: [rows] (top_p only read in mode 1; temperature already clamped).
+ * temperature, top_p: [rows] (top_p only read in mode 1; temperature already clamped). maxima: NULL, or
+ * [rows, n / 16] each 16-wide block's max (`autodeco_widen_bf16`'s), from which the row's max and its live
+ * blocks come without reading the row: the outputs are the same bits either way.
  * Returns 0; -1 when out of memory; -2 when a row holds NaN or +inf or no finite logit (the
  * caller then takes torch's path for the whole batch). */
 int autodeco_learned_step_f32(long mode, const float *raw, const float *temperature, const float *top_p, float *out,
-                              long rows, long n, long candidates) {
+                              long rows, long n, long candidates, const float *maxima) {
   static scratch_t scratch;
 #pragma omp threadprivate(scratch)
   long k = mode == MODE_FEATURES ? (n < 5 ? n : 5) : (mode == MODE_CUT && candidates < n ? candidates : 0);
@@ -486,34 +538,87 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
     _mm_setcsr((mode_before | 0x8000u) & ~0x0040u);
     /* Rows dealt out in turn: a row's cost follows its T (the live blocks and logs), and the heads'
      * T̂ differ along a batch, so its halves can carry unequal work (three real steps: 487 -> 409 us
-     * per call dealt in turn). `ahead` is this thread's next row. */
+     * per call dealt in turn). `ahead` is this thread's next row, fetched along this one's live blocks (with
+     * block maxima only where they are many: see `exponentiate`). */
     long stride = omp_get_num_threads();
 #pragma omp for schedule(static, 1)
     for (long r = 0; r < rows; r++) {
       const float *row = raw + r * n, *ahead = r + stride < rows ? row + stride * n : NULL;
+      const float *blocks = maxima ? maxima + r * (n / LANES) : NULL;
       float max;
       if (reserve(&scratch, n, k)) {
 #pragma omp atomic write
         status = -1;
         continue;
       }
-      if (row_max(row, n, &max)) {
+      if (blocks ? blocks_max(blocks, row, n, &max) : row_max(row, n, &max)) {
 #pragma omp atomic write
         status = -2;
         continue;
       }
       if (mode == MODE_FEATURES) {
-        features_row(row, temperature[r], max, n, &scratch, out + r * 4, ahead);
+        features_row(row, blocks, temperature[r], max, n, &scratch, out + r * 4, ahead);
       } else if (mode == MODE_CUT) {
-        cut_row(row, temperature[r], top_p[r], max, n, k, &scratch, out + r * n, ahead);
+        cut_row(row, blocks, temperature[r], top_p[r], max, n, k, &scratch, out + r * n, ahead);
       } else {
-        long blocks;
-        float inverse = 1.0f / exponentiate(row, temperature[r], max, FLUSHED_BELOW, scratch.exps, n, ahead,
-                                            scratch.live, &blocks, 1, NULL, 0);
+        long live;
+        float inverse = 1.0f / exponentiate(row, blocks, temperature[r], max, FLUSHED_BELOW, scratch.exps, n, ahead,
+                                            scratch.live, &live, 1, NULL, 0);
         for (long i = 0; i < n; i++) out[r * n + i] = scratch.exps[i] * inverse;
       }
     }
     _mm_setcsr(mode_before);
   }
   return status;
+}
+
+/* out [rows, n] = in [rows, n] bf16 widened to float32 (exactly, as torch's .float()), and maxima [rows, n / 16]
+ * each 16-wide block's max, NaN counted as +inf (either makes the learned step refuse the row): one pass over
+ * the LM head's bf16 logits that spares the learned step's each read of a float32 row for its max and live
+ * blocks. Sixteen blocks' maxima come from one tree of shuffles and maxes rather than one reduction each. */
+long autodeco_widen_bf16(const uint16_t *in, float *out, float *maxima, long rows, long n) {
+  long per_row = n / LANES, chunks = per_row / LANES;
+  int threads = rows * n < (1L << 15) ? 1 : omp_get_max_threads();
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < rows; r++) {
+    const uint16_t *src = in + r * n;
+    float *dst = out + r * n, *m = maxima + r * per_row;
+    const __m512 inf = _mm512_set1_ps(__builtin_inff());
+    for (long c = 0; c < chunks; c++) {
+      __m512 v[LANES];
+      for (int j = 0; j < LANES; j++) {
+        long at = (c * LANES + j) * LANES;
+        __m512 x = _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + at))), 16));
+        _mm512_storeu_ps(dst + at, x);
+        v[j] = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), inf);
+      }
+      /* 16 vectors -> 8: each 128-bit quarter pair folded, two blocks per vector (quarters 0-1: the first) */
+      for (int j = 0; j < 8; j++)
+        v[j] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xee));
+      /* 8 -> 4: one block per 128-bit quarter, in order */
+      for (int j = 0; j < 4; j++)
+        v[j] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x88),
+                             _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xdd));
+      /* 4 -> 2 -> 1 within the quarters */
+      for (int j = 0; j < 2; j++)
+        v[j] = _mm512_max_ps(_mm512_shuffle_ps(v[2 * j], v[2 * j + 1], 0x44),
+                             _mm512_shuffle_ps(v[2 * j], v[2 * j + 1], 0xee));
+      __m512 all = _mm512_max_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xdd));
+      _mm512_storeu_ps(m + c * LANES, _mm512_permutexvar_ps(BLOCK_ORDER, all));
+    }
+    for (long b = chunks * LANES; b < per_row; b++) {
+      float max = -__builtin_inff();
+      for (int j = 0; j < LANES; j++) {
+        uint32_t bits = (uint32_t)src[b * LANES + j] << 16;
+        float x = as_float(bits);
+        dst[b * LANES + j] = x;
+        max = x != x ? __builtin_inff() : (x > max ? x : max);
+      }
+      m[b] = max;
+    }
+    for (long i = per_row * LANES; i < n; i++) dst[i] = as_float((uint32_t)src[i] << 16);
+  }
+  return 0;
 }
