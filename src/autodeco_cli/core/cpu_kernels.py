@@ -464,7 +464,11 @@ def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
     keep |= top_p[:, None] >= 1.0
     keep = torch.empty_like(keep).scatter(-1, order, keep)
     expected_cut = (rows / temperature[:, None]).masked_fill(~keep, float("-inf"))
-    return torch.equal(learned_cut(kernel, rows, temperature, top_p, 8), expected_cut)
+    if not torch.equal(learned_cut(kernel, rows, temperature, top_p, 8), expected_cut):
+        return False
+    wide, maxima = widen_logits(rows.bfloat16())  # 3001: whole 256-wide chunks, then single blocks, then a tail
+    blocks = wide[:, : 3001 // BLOCK_WIDTH * BLOCK_WIDTH].reshape(6, -1, BLOCK_WIDTH).amax(-1)
+    return torch.equal(wide, rows.bfloat16().float()) and torch.equal(maxima, blocks)
 
 
 # ---- heads' step ---------------------------------------------------------------------------------

@@ -344,7 +344,7 @@ static inline void keep_largest(float *top, long k, float x) {
  * With `top` (k >= 1 floats), the k largest e's, descending, are kept on the way: the dead blocks'
  * +0's can only be among them as the zeros `top` starts from.
  * `ahead` (or NULL) is the next row this thread reads: its lines are prefetched along the way, so
- * that row's first pass (the max) finds it in this core's cache instead of waiting on memory. */
+ * that row's first reads (its max, or its live blocks) find it in this core's cache instead of waiting on memory. */
 static float exponentiate(const float *raw, const float *maxima, float t, float max, float floor, float *exps,
                           long n, const float *ahead, int32_t *live, long *count, int zero_dead, float *top, long k) {
   float shift = max / t, lane[LANES] = {0.0f};
