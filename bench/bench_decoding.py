@@ -15,8 +15,9 @@ those runs: an overhead measured within each run.
 The heads are the package's shipped ones by default, those `generate`, `eval` and `serve` decode
 with. Their cost depends on what they predict: the top-p head's features skip the vocabulary
 blocks far below the row's max at T̂, so a higher T̂ leaves more of each row to exponentiate and
-log (at 32 rows, ~560 us at the shipped heads' T̂ against ~1,060 us at fresh heads' ~0.86, 2-vCPU
-Xeon). The run prints the mean T̂ and P̂ it decoded with; `--heads fresh` times untrained heads.
+log (fresh heads predict T̂ ~0.9 here, the shipped ones ~0.34: reports/engine-speed.md, "The
+logits' block maxima"). The run prints the mean T̂ and P̂ it decoded with; `--heads fresh` times
+untrained heads.
 
 Usage:
     python bench/bench_decoding.py [--threads 2] [--repeats 5] [--max-new-tokens 64]
