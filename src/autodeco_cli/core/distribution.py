@@ -200,8 +200,10 @@ def _nucleus_cut(
 FUSED_KERNEL = True
 
 
-def _fused_kernel(logits: torch.Tensor):
-    if not FUSED_KERNEL or torch.is_grad_enabled() or logits.device.type != "cpu" or logits.dtype != torch.float32:
+def _fused_kernel(logits: torch.Tensor, dtype: torch.dtype = torch.float32):
+    """The learned-step kernel where it applies to `logits` (CPU rows of `dtype`, no autograd), else None."""
+    # (is_cpu, not .device: right after the model's forward a .device costs ~20 us)
+    if not FUSED_KERNEL or torch.is_grad_enabled() or not logits.is_cpu or logits.dtype != dtype:
         return None
     if logits.dim() == 0 or logits.size(-1) < 8:
         return None
@@ -215,19 +217,10 @@ def widened(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     autograd) their 16-wide blocks' maxima (`cpu_kernels.widen_logits`), else None. The float32 values are
     `logits.float()`'s either way; the maxima spare the kernel's learned steps on these rows a read of each row
     for its max and live blocks (`decoding_logits_and_temperature` and the heads' decode step take them)."""
+    if logits.dim() != 2 or not logits.is_contiguous() or _fused_kernel(logits, torch.bfloat16) is None:
+        return logits.float(), None
     from . import cpu_kernels
 
-    if (
-        not FUSED_KERNEL
-        or logits.dtype != torch.bfloat16
-        or not logits.is_cpu  # (not .device: right after the model's forward it costs ~20 us)
-        or logits.dim() != 2
-        or logits.size(-1) < 8
-        or not logits.is_contiguous()
-        or torch.is_grad_enabled()
-        or cpu_kernels.load("learned_step_f32") is None
-    ):
-        return logits.float(), None
     return cpu_kernels.widen_logits(logits)
 
 

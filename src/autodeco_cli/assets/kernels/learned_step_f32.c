@@ -128,20 +128,6 @@ static void sort_small_descending(float *v, long n) {
   }
 }
 
-/* The row's max, and whether it holds NaN or +inf or no finite value (1: refuse the batch). */
-static int row_max(const float *raw, long n, float *max_out) {
-  float max = -__builtin_inff();
-  int bad = 0;
-#pragma omp simd reduction(max : max) reduction(| : bad)
-  for (long i = 0; i < n; i++) {
-    float x = raw[i];
-    max = x > max ? x : max;
-    bad |= (x != x) | (x == __builtin_inff());
-  }
-  *max_out = max;
-  return bad || max == -__builtin_inff();
-}
-
 /* The k largest of values[0..n) sorted descending into top[0..k) (n >= k). `buffer` holds
  * 2k + BLOCK floats. A block is only looked into when its max beats the k-th largest so far. */
 static void largest(const float *values, long n, long k, float *top, float *buffer) {
@@ -248,8 +234,6 @@ static int reserve(scratch_t *s, long n, long k) {
  * a row lies below: on the default model's rows 12% of the 16-wide blocks reach -30, 57% reach -88. The cut
  * and the probabilities keep every e the float32 range holds (FLUSHED_BELOW). */
 #define FEATURES_FLOOR -30.0f
-/* autodeco_widen_bf16's tree of maxes leaves block q + 4e in lane 4q + e: the lanes to read, in block order. */
-#define BLOCK_ORDER _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
 
 static float lanes_sum(const float *lane) {
   float sum = 0.0f;
@@ -305,26 +289,29 @@ static long live_blocks(const float *raw, long body, float dead, int32_t *live, 
   return count;
 }
 
-/* row_max from the row's block maxima (`autodeco_widen_bf16`'s: NaN counted as +inf) and its tail past the
- * last whole block: the same max (up to the sign of a zero max, which moves no exponent) and the same verdict,
- * reading n / 16 floats of the row instead of n. */
-static int blocks_max(const float *blocks, const float *raw, long n, float *max_out) {
-  float max = -__builtin_inff();
+/* Folds v[0..n) into *max (x > max ? x : max); returns whether one of them is NaN or +inf. */
+static int fold_max(const float *v, long n, float *max_io) {
+  float max = *max_io;
   int bad = 0;
-  long count = n / LANES;
 #pragma omp simd reduction(max : max) reduction(| : bad)
-  for (long i = 0; i < count; i++) {
-    float x = blocks[i];
+  for (long i = 0; i < n; i++) {
+    float x = v[i];
     max = x > max ? x : max;
     bad |= (x != x) | (x == __builtin_inff());
   }
-  for (long i = count * LANES; i < n; i++) {
-    float x = raw[i];
-    max = x > max ? x : max;
-    bad |= (x != x) | (x == __builtin_inff());
-  }
-  *max_out = max;
-  return bad || max == -__builtin_inff();
+  *max_io = max;
+  return bad;
+}
+
+/* The row's max, and whether it holds NaN or +inf or no finite value (1: refuse the batch). With `blocks` (its
+ * 16-wide blocks' maxima, `autodeco_widen_bf16`'s: NaN counted as +inf) only those and the tail past the last
+ * whole block are read: the same max (up to the sign of a zero max, which moves no exponent), the same verdict. */
+static int row_max(const float *raw, const float *blocks, long n, float *max_out) {
+  long read_from = blocks ? n - n % LANES : 0;
+  *max_out = -__builtin_inff();
+  int bad = blocks ? fold_max(blocks, n / LANES, max_out) : 0;
+  bad |= fold_max(raw + read_from, n - read_from, max_out);
+  return bad || *max_out == -__builtin_inff();
 }
 
 /* Insert x into top[0..k), kept descending, if it beats the last. */
@@ -551,7 +538,7 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
         status = -1;
         continue;
       }
-      if (blocks ? blocks_max(blocks, row, n, &max) : row_max(row, n, &max)) {
+      if (row_max(row, blocks, n, &max)) {
 #pragma omp atomic write
         status = -2;
         continue;
@@ -572,10 +559,28 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
   return status;
 }
 
+/* Maxima of 16 vectors at once, in order: lane k of the result is the max of v[k]'s lanes. The transposing tree of
+ * decode_attention_bf16.c's sum16 with max for add (15 maxes instead of 16 horizontal reductions), which leaves
+ * v[k + 4m]'s in lane 4k + m; a permutation puts them in order. */
+static inline __m512 max16(const __m512 *v) {
+  __m512 t[8], u[4], w[2];
+  for (int i = 0; i < 8; i++)
+    t[i] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; i++)
+    u[i] = _mm512_max_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; i++)
+    w[i] = _mm512_max_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+  __m512 tree = _mm512_max_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), tree);
+}
+
 /* out [rows, n] = in [rows, n] bf16 widened to float32 (exactly, as torch's .float()), and maxima [rows, n / 16]
  * each 16-wide block's max, NaN counted as +inf (either makes the learned step refuse the row): one pass over
  * the LM head's bf16 logits that spares the learned step's each read of a float32 row for its max and live
- * blocks. Sixteen blocks' maxima come from one tree of shuffles and maxes rather than one reduction each. */
+ * blocks. Sixteen blocks' maxima at a time come from one tree of maxes (max16). */
 long autodeco_widen_bf16(const uint16_t *in, float *out, float *maxima, long rows, long n) {
   long per_row = n / LANES, chunks = per_row / LANES;
   int threads = rows * n < (1L << 15) ? 1 : omp_get_max_threads();
@@ -593,20 +598,7 @@ long autodeco_widen_bf16(const uint16_t *in, float *out, float *maxima, long row
         _mm512_storeu_ps(dst + at, x);
         v[j] = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), inf);
       }
-      /* 16 vectors -> 8: each 128-bit quarter pair folded, two blocks per vector (quarters 0-1: the first) */
-      for (int j = 0; j < 8; j++)
-        v[j] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x44),
-                             _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xee));
-      /* 8 -> 4: one block per 128-bit quarter, in order */
-      for (int j = 0; j < 4; j++)
-        v[j] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0x88),
-                             _mm512_shuffle_f32x4(v[2 * j], v[2 * j + 1], 0xdd));
-      /* 4 -> 2 -> 1 within the quarters */
-      for (int j = 0; j < 2; j++)
-        v[j] = _mm512_max_ps(_mm512_shuffle_ps(v[2 * j], v[2 * j + 1], 0x44),
-                             _mm512_shuffle_ps(v[2 * j], v[2 * j + 1], 0xee));
-      __m512 all = _mm512_max_ps(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xdd));
-      _mm512_storeu_ps(m + c * LANES, _mm512_permutexvar_ps(BLOCK_ORDER, all));
+      _mm512_storeu_ps(m + c * LANES, max16(v));
     }
     for (long b = chunks * LANES; b < per_row; b++) {
       float max = -__builtin_inff();
