@@ -18,8 +18,9 @@
 * `sort_descending`: rows of float32 sorted descending, values only (a radix sort), for the
   soft top-p training loss; numpy's sort took ~1 ms per 49k-token row here.
 * `learned_step`: the vocabulary-wide work of a learned decoding step on float32 rows (the top-p
-  head's features, then the nucleus cut as logits), a few passes per row instead of torch's
-  dozen over the whole batch (`core/distribution.py` holds the definitions and dispatches).
+  head's features, then the nucleus cut as logits, or narrowed to the blocks the sampler draws from),
+  a few passes per row instead of torch's dozen over the whole batch (`core/distribution.py` holds the
+  definitions and dispatches).
 
 Each is compiled once (`kernel_build`) and loaded with ctypes. Without a compiler, without the CPU
 features a kernel needs (`kernel_build.NEEDS`; AMX also needs Linux's permission for its tile state), or with
@@ -66,7 +67,7 @@ HELPERS = {
         "silu_mul": [_P, _P, _L, _P, _P, _L, _L],
     },
     "decode_layers_bf16": {"decode_layers_scratch": [_P]},
-    "learned_step_f32": {"widen_bf16": [_P, _P, _P, _L, _L]},
+    "learned_step_f32": {"widen_bf16": [_P, _P, _P, _L, _L], "nucleus_f32": [_P, _P, _P, _P, _P, _P, _L, _L, _L]},
 }
 # the helper that must return 0 before a kernel runs: AMX tiles need the process's permission
 PREPARE = {"amx_matmul_bf16": "amx_bf16_init"}
@@ -413,6 +414,46 @@ def learned_cut(
     return _learned_step(kernel, _CUT, rows, temperature, top_p, rows.shape[1], candidates, maxima)
 
 
+# The nucleus is sampled from whole blocks of this many token ids. Torch's CPU softmax takes its
+# max and its sum lane by lane (a lane holds the positions equal mod the vector width: 16 floats
+# with AVX-512, 8 with AVX2), then combines the lanes. A block keeps each token's position mod 64,
+# so each lane adds the same values in the same order, and the blocks left out held only -inf,
+# whose e's are +0 and move no sum: each kept token's probability is the full row's, bit for bit
+# (tests/test_sampler_nucleus.py checks it on this machine's kernel). learned_step_f32.c's BLOCK.
+NUCLEUS_BLOCK = 64
+
+
+def learned_nucleus(
+    rows: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, candidates: int, maxima=None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`learned_cut`'s rows narrowed as engine/sampler.py's `nucleus_blocks` narrows them, without the [R, V] of
+    -inf's: (the NUCLEUS_BLOCK-wide blocks holding a kept token, in order, padded with -inf to the longest row,
+    [R, W x 64]; each column's token id, the padding's 0-63), or (the whole cut, None) where those blocks would
+    cover over half a row or a kept logit / T is +inf. The vocabulary must be a whole number of blocks."""
+    count, vocab = rows.shape
+    if vocab % NUCLEUS_BLOCK:
+        raise ValueError(f"a vocabulary of {vocab} is no whole number of {NUCLEUS_BLOCK}-token blocks")
+    out = torch.empty((count, vocab), dtype=torch.float32)
+    ids = torch.empty((count, vocab // NUCLEUS_BLOCK), dtype=torch.int32)
+    width = _helper("learned_step_f32", "nucleus_f32")(
+        rows.data_ptr(),
+        temperature.data_ptr(),
+        top_p.data_ptr(),
+        0 if maxima is None else maxima.data_ptr(),
+        out.data_ptr(),
+        ids.data_ptr(),
+        count,
+        vocab,
+        candidates,
+    )
+    _raise_for(min(width, 0))
+    if 2 * width * NUCLEUS_BLOCK > vocab:
+        return out, None
+    first = ids.view(-1)[: count * width].view(count, width).long() * NUCLEUS_BLOCK
+    token_ids = (first.unsqueeze(-1) + torch.arange(NUCLEUS_BLOCK)).view(count, width * NUCLEUS_BLOCK)
+    return out.view(-1)[: count * width * NUCLEUS_BLOCK].view(count, width * NUCLEUS_BLOCK), token_ids
+
+
 def learned_probs(
     kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor, maxima: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -466,9 +507,25 @@ def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
     expected_cut = (rows / temperature[:, None]).masked_fill(~keep, float("-inf"))
     if not torch.equal(learned_cut(kernel, rows, temperature, top_p, 8), expected_cut):
         return False
+    narrowed = (
+        _narrowed_agrees(kernel, rows[which, :2944].contiguous(), temperature[which], top_p[which])
+        for which in ([3, 4], ...)
+    )
+    if not all(narrowed):  # 46 whole blocks: rows 3-4 narrowed, all six whole (row 5 keeps every token)
+        return False
     wide, maxima = widen_logits(rows.bfloat16())  # 3001: whole 256-wide chunks, then single blocks, then a tail
     blocks = wide[:, : 3001 // BLOCK_WIDTH * BLOCK_WIDTH].reshape(6, -1, BLOCK_WIDTH).amax(-1)
     return torch.equal(wide, rows.bfloat16().float()) and torch.equal(maxima, blocks)
+
+
+def _narrowed_agrees(kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor) -> bool:
+    """`learned_nucleus`'s blocks, each put back at its token ids, give `learned_cut`'s rows."""
+    narrowed, token_ids = learned_nucleus(rows, temperature, top_p, 8)
+    cut = learned_cut(kernel, rows, temperature, top_p, 8)
+    if token_ids is None:
+        return torch.equal(narrowed, cut)
+    spread = torch.full_like(cut, float("-inf")).scatter_reduce(1, token_ids, narrowed, "amax")  # padding: -inf
+    return torch.equal(spread, cut)
 
 
 # ---- heads' step ---------------------------------------------------------------------------------

@@ -251,6 +251,30 @@ def _fused_cut(
     return cut.reshape(logits.shape)
 
 
+def narrowed_cut(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, maxima: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """`decoding_logits(logits, temperature, top_p)` for [rows, V] CPU float32 rows, narrowed to the blocks of
+    `cpu_kernels.NUCLEUS_BLOCK` token ids that hold a kept token (`cpu_kernels.learned_nucleus`: the narrowed
+    logits and each column's token id, or the whole cut and None), in one kernel call that never writes the
+    cut's -inf's. None where the kernel does not take the rows: the caller cuts and narrows them itself."""
+    from . import cpu_kernels
+
+    kernel = _fused_kernel(logits)
+    if kernel is None or logits.dim() != 2 or logits.size(-1) % cpu_kernels.NUCLEUS_BLOCK:
+        return None
+    top_p = _as_column(top_p, logits)
+    if bool((top_p >= 1.0).all()):
+        return None  # no cut: torch's division alone is as cheap
+    temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)
+    try:
+        return cpu_kernels.learned_nucleus(
+            logits.contiguous(), _per_row(temperature, logits), _per_row(top_p, logits), NUCLEUS_CANDIDATES, maxima
+        )
+    except cpu_kernels.NotFinite:
+        return None
+
+
 def _fused_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor | None:
     kernel = _fused_kernel(logits)
     if kernel is None:
