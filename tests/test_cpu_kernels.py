@@ -210,6 +210,16 @@ def test_a_kernel_is_compiled_once_per_source(fresh_kernels):
     assert [p.stat().st_mtime_ns for p in fresh_kernels.glob("gemv_bf16-*.so")] == [stamp]
 
 
+def test_a_kernel_source_carries_the_headers_it_includes():
+    """The compiler gets one file: the kernels' own headers are written into it, so a kernel's cache key (the hash
+    of that file) changes with them too."""
+    for name in kernel_build.NEEDS:
+        assert '#include "' not in kernel_build.kernel_source(name), name
+    shared = "#define REDUCE16(NAME, OP)"  # reduce16.h, included by both
+    assert shared in kernel_build.kernel_source("learned_step_f32")
+    assert shared in kernel_build.kernel_source("decode_attention_bf16")
+
+
 def test_kernels_load_wherever_they_can_run():
     """On an AVX512-BF16 CPU with a C compiler the kernels must build and pass their check
     against torch (otherwise the tests above would silently skip a broken kernel)."""

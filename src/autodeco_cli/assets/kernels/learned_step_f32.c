@@ -39,164 +39,9 @@
 #define MODE_NUCLEUS 3
 #define BLOCK 64
 
-static inline float as_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-static inline uint32_t as_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-
-/* Every multiply-add below is an explicit fma, so the vectorised loops and the scalar calls (a
- * row's top candidates) compute the same bits whatever the compiler contracts. */
-#define FMA __builtin_fmaf
-
-/* exp(x) for x <= 0 (or -inf): Cody-Waite reduction, Cephes' polynomial, then 2^n applied in
- * two halves so results down in the subnormals round once, as a correctly scaled product. */
-static inline float exp_nonpositive(float x) {
-  x = x < -104.0f ? -104.0f : x;
-  float n = FMA(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = FMA(n, -0.693359375f, x);
-  r = FMA(n, 2.12194440e-4f, r);
-  float z = r * r;
-  float y = 1.9875691500e-4f;
-  y = FMA(y, r, 1.3981999507e-3f);
-  y = FMA(y, r, 8.3334519073e-3f);
-  y = FMA(y, r, 4.1665795894e-2f);
-  y = FMA(y, r, 1.6666665459e-1f);
-  y = FMA(y, r, 5.0000001201e-1f);
-  y = FMA(y, z, r) + 1.0f;
-  int k = (int)n, half = k >> 1;
-  return y * as_float((uint32_t)(half + 127) << 23) * as_float((uint32_t)(k - half + 127) << 23);
-}
-
-/* log(x) for normal positive x (here p + 1e-8): Cephes' logf, branch-free. */
-static inline float log_positive(float x) {
-  uint32_t bits = as_bits(x);
-  float e = (float)((int)((bits >> 23) & 0xff) - 126);
-  float m = as_float((bits & 0x807fffffu) | 0x3f000000u); /* in [0.5, 1) */
-  int low = m < 0.707106781186547524f;
-  e = low ? e - 1.0f : e;
-  m = low ? m + m - 1.0f : m - 1.0f;
-  float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = FMA(y, m, -1.1514610310e-1f);
-  y = FMA(y, m, 1.1676998740e-1f);
-  y = FMA(y, m, -1.2420140846e-1f);
-  y = FMA(y, m, 1.4249322787e-1f);
-  y = FMA(y, m, -1.6668057665e-1f);
-  y = FMA(y, m, 2.0000714765e-1f);
-  y = FMA(y, m, -2.4999993993e-1f);
-  y = FMA(y, m, 3.3333331174e-1f);
-  y = y * m * z;
-  y = FMA(e, -2.12194440e-4f, y);
-  y = FMA(z, -0.5f, y);
-  return FMA(e, 0.693359375f, m + y);
-}
-
-/* ---- selection of the largest values --------------------------------------------------------- */
-
-static void swap(float *a, float *b) {
-  float t = *a;
-  *a = *b;
-  *b = t;
-}
-
-/* Reorder v[0..n) so that v[0..k) hold the k largest values (Wirth's selection, descending). */
-static void select_largest(float *v, long n, long k) {
-  long lo = 0, hi = n - 1, target = k - 1;
-  while (lo < hi) {
-    float pivot = v[target];
-    long i = lo, j = hi;
-    do {
-      while (v[i] > pivot) i++;
-      while (pivot > v[j]) j--;
-      if (i <= j) swap(v + i++, v + j--);
-    } while (i <= j);
-    if (j < target) lo = i;
-    if (target < i) hi = j;
-  }
-}
-
-static void sort_small_descending(float *v, long n) {
-  for (long i = 1; i < n; i++) {
-    float x = v[i];
-    long j = i - 1;
-    for (; j >= 0 && v[j] < x; j--) v[j + 1] = v[j];
-    v[j + 1] = x;
-  }
-}
-
-/* Offers values[start..end) to the k largest so far, buffer[0..*held) (2k + BLOCK floats), all above *threshold
- * once k are held: the block is only looked into when its max beats that. */
-static void offer(const float *values, long start, long end, long k, float *buffer, long *held, float *threshold) {
-  float block_max = -__builtin_inff();
-#pragma omp simd reduction(max : block_max)
-  for (long i = start; i < end; i++) block_max = values[i] > block_max ? values[i] : block_max;
-  if (!(block_max > *threshold) && *held >= k) return;
-  for (long i = start; i < end; i++)
-    if (values[i] > *threshold || *held < k) buffer[(*held)++] = values[i];
-  if (*held >= 2 * k) {
-    select_largest(buffer, *held, k);
-    *held = k;
-    float smallest = buffer[0];
-    for (long i = 1; i < k; i++) smallest = buffer[i] < smallest ? buffer[i] : smallest;
-    *threshold = smallest;
-  }
-}
-
-/* The k largest of what was offered, sorted descending into top[0..k), +0's after them where fewer were. */
-static void take_largest(long k, float *top, float *buffer, long held) {
-  if (held > k) select_largest(buffer, held, k);
-  for (long i = 0; i < k; i++) top[i] = i < held ? buffer[i] : 0.0f;
-  sort_small_descending(top, k);
-}
-
-/* The k largest of values[0..n) sorted descending into top[0..k) (n >= k). `buffer` holds
- * 2k + BLOCK floats. */
-static void largest(const float *values, long n, long k, float *top, float *buffer) {
-  float threshold = -__builtin_inff();
-  long held = 0;
-  for (long start = 0; start < n; start += BLOCK) offer(values, start, start + BLOCK < n ? start + BLOCK : n, k,
-                                                        buffer, &held, &threshold);
-  take_largest(k, top, buffer, held);
-}
-
-/* ---- full sort (fallback rows) ---------------------------------------------------------------- */
-
-#define BITS 11
-#define BUCKETS (1 << BITS)
-#define MASK (BUCKETS - 1)
-
-/* p >= 0, so its bits order like the values: sort the complemented bits ascending (LSD radix). */
-static void sort_probs_descending(const float *in, float *out, long n, uint32_t *a, uint32_t *b) {
-  uint32_t counts[3][BUCKETS];
-  memset(counts, 0, sizeof(counts));
-  for (long i = 0; i < n; i++) {
-    uint32_t key = ~as_bits(in[i]);
-    a[i] = key;
-    counts[0][key & MASK]++;
-    counts[1][(key >> BITS) & MASK]++;
-    counts[2][key >> (2 * BITS)]++;
-  }
-  for (int pass = 0; pass < 3; pass++) {
-    uint32_t total = 0;
-    for (int d = 0; d < BUCKETS; d++) {
-      uint32_t c = counts[pass][d];
-      counts[pass][d] = total;
-      total += c;
-    }
-    int shift = pass * BITS;
-    for (long i = 0; i < n; i++) b[counts[pass][(a[i] >> shift) & MASK]++] = a[i];
-    uint32_t *t = a;
-    a = b;
-    b = t;
-  }
-  for (long i = 0; i < n; i++) out[i] = as_float(~a[i]);
-}
+#include "cephes_f32.h"
+#include "largest_values.h"
+#include "reduce16.h"
 
 /* ---- per row ----------------------------------------------------------------------------------- */
 
@@ -714,22 +559,11 @@ long autodeco_nucleus_f32(const float *raw, const float *temperature, const floa
   return status ? status : width;
 }
 
-/* Maxima of 16 vectors at once, in order: lane k of the result is the max of v[k]'s lanes. The transposing tree of
- * decode_attention_bf16.c's sum16 with max for add (15 maxes instead of 16 horizontal reductions), which leaves
- * v[k + 4m]'s in lane 4k + m; a permutation puts them in order. */
+/* Maxima of 16 vectors at once, in order: lane k of the result is the max of v[k]'s lanes (the tree leaves
+ * v[k + 4m]'s in lane 4k + m; a permutation puts them in order). */
+REDUCE16(max16_tree, _mm512_max_ps)
 static inline __m512 max16(const __m512 *v) {
-  __m512 t[8], u[4], w[2];
-  for (int i = 0; i < 8; i++)
-    t[i] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  for (int i = 0; i < 4; i++)
-    u[i] = _mm512_max_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
-  for (int i = 0; i < 2; i++)
-    w[i] = _mm512_max_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
-                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
-  __m512 tree = _mm512_max_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
-  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), tree);
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), max16_tree(v));
 }
 
 /* out [rows, n] = in [rows, n] bf16 widened to float32 (exactly, as torch's .float()), and maxima [rows, n / 16]
