@@ -1,4 +1,4 @@
-"""The kernel's narrowed cut (`distribution.narrowed_cut`) against the cut it narrows: `cpu_kernels.learned_cut`'s
+"""The kernel's narrowed cut (`distribution.narrowed_cut`) against the cut it narrows: `learned_kernels.learned_cut`'s
 rows through engine/sampler.py's `nucleus_blocks`, bit for bit, token ids and padding included."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_kernels, distribution
-from autodeco_cli.core.cpu_kernels import NUCLEUS_BLOCK
+from autodeco_cli.core import distribution, learned_kernels
+from autodeco_cli.core.learned_kernels import NUCLEUS_BLOCK
 from autodeco_cli.engine.sampler import nucleus_blocks
 
-pytestmark = pytest.mark.skipif(cpu_kernels.load("learned_step_f32") is None, reason="no learned-step kernel here")
+pytestmark = pytest.mark.skipif(learned_kernels.learned_step() is None, reason="no learned-step kernel here")
 
 VOCAB = 49_152
 INF = float("inf")
@@ -33,9 +33,9 @@ def awkward_rows(generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
 
 
 def reference(logits, temperature, top_p, maxima):
-    kernel = cpu_kernels.load("learned_step_f32")
+    kernel = learned_kernels.learned_step()
     temperature = temperature.clamp_min(distribution.MIN_TEMPERATURE)  # as the sampler's cut clamps it
-    cut = cpu_kernels.learned_cut(kernel, logits, temperature, top_p, distribution.NUCLEUS_CANDIDATES, maxima)
+    cut = learned_kernels.learned_cut(kernel, logits, temperature, top_p, distribution.NUCLEUS_CANDIDATES, maxima)
     return nucleus_blocks(cut)
 
 

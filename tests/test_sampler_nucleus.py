@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_kernels
-from autodeco_cli.core.cpu_kernels import NUCLEUS_BLOCK
+from autodeco_cli.core import learned_kernels
 from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.core.distribution import decoding_logits, narrowed_cut, nucleus_size
 from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.core.learned_kernels import NUCLEUS_BLOCK
 from autodeco_cli.engine import sampler as sampler_module
 from autodeco_cli.engine.requests import Request
 from autodeco_cli.engine.sampler import NucleusBlocks, Sampler, inverse_cdf_tokens, nucleus_blocks
@@ -173,7 +173,7 @@ def test_sampler_steps_equal_the_full_softmax_steps(monkeypatch, strategies, nar
         sample_whole_rows(monkeypatch)
         assert step == Sampler(requests, None, record_nucleus=True).step(row_members, logits, None)
     assert sum(narrow for _, narrow in narrowed) == narrows
-    kernel = inference and cpu_kernels.load("learned_step_f32") is not None
+    kernel = inference and learned_kernels.learned_step() is not None
     assert sum(by == "kernel" for by, _ in narrowed) == (plain if kernel else 0)
     assert len({s.nucleus for s in step.values()}) > 3
 
@@ -199,6 +199,6 @@ def test_learned_steps_equal_the_full_softmax_steps(monkeypatch):
     sample_whole_rows(monkeypatch)
     assert steps == run()
     assert len(narrowed) == len(batches) and all(narrow for _, narrow in narrowed)
-    kernel = cpu_kernels.load("learned_step_f32") is not None
+    kernel = learned_kernels.learned_step() is not None
     assert {by for by, _ in narrowed} == {"kernel" if kernel else "blocks"}
     assert len({s.nucleus for step in steps for s in step.values()}) > 3

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import torch
 
-from ..core.cpu_kernels import NUCLEUS_BLOCK
 from ..core.decoding import ADAPTIVE_PARAMETERS, explored_top_p
 from ..core.distribution import decoding_logits_and_temperature, narrowed_cut, nucleus_size, widened
 from ..core.heads import AutoDecoHeads
+from ..core.learned_kernels import NUCLEUS_BLOCK
 
 if TYPE_CHECKING:  # generation imports this module
     from .requests import Request
