@@ -352,7 +352,6 @@ static cut_t find_cut(const float *raw, const float *maxima, float t, float top_
   cut_t cut = {0.0f, 0.0f, 0, 0, zero_dead};
   cut.inverse = 1.0f / exponentiate(raw, maxima, t, max, FLUSHED_BELOW, s->exps, n, ahead, s->live, blocks,
                                     zero_dead, NULL, 0);
-  if (top_p >= 1.0f) return cut; /* no cut */
   const float *head = s->top;
   long size = 0, length = k;
   if (k > 0) { /* k == 0: no candidates, every row sorted in full */
@@ -384,12 +383,12 @@ static cut_t find_cut(const float *raw, const float *maxima, float t, float top_
 
 static void cut_row(const float *raw, const float *maxima, float t, float top_p, float max, long n, long k,
                     scratch_t *s, float *out, const float *ahead) {
-  long blocks;
-  cut_t cut = find_cut(raw, maxima, t, top_p, max, n, k, s, ahead, 1, &blocks);
-  if (top_p >= 1.0f) {
+  if (top_p >= 1.0f) { /* no cut */
     for (long i = 0; i < n; i++) out[i] = raw[i] / t;
     return;
   }
+  long blocks;
+  cut_t cut = find_cut(raw, maxima, t, top_p, max, n, k, s, ahead, 1, &blocks);
   mask_row(raw, t, s->exps, cut.inverse, n, cut.cutoff, cut.room, cut.tied, out);
 }
 
@@ -403,7 +402,6 @@ static void cut_row(const float *raw, const float *maxima, float t, float top_p,
 static long nucleus_row(const float *raw, const float *maxima, float t, float top_p, float max, long n, long k,
                         scratch_t *s, const float *ahead, float *staged, int32_t *ids, int *wide) {
   long blocks, count = n / BLOCK, kept = 0;
-  cut_t cut = find_cut(raw, maxima, t, top_p, max, n, k, s, ahead, 0, &blocks);
   if (top_p >= 1.0f) { /* every token kept: the blocks with a raw above -inf */
     for (long b = 0; b < count; b++) {
       float *to = staged + kept * BLOCK, top = -__builtin_inff();
@@ -416,6 +414,7 @@ static long nucleus_row(const float *raw, const float *maxima, float t, float to
     }
     return kept;
   }
+  cut_t cut = find_cut(raw, maxima, t, top_p, max, n, k, s, ahead, 0, &blocks);
   if (!cut.dense && !(cut.cutoff > 0.0f)) {
     zero_dead_blocks(s->exps, s->live, blocks, n);
     cut.dense = 1;
