@@ -371,6 +371,9 @@ def work_breakdown(dtype: str, strategy_name: str, workload: str = "chat") -> di
         sampler_class, cut_module = generation._Sampler, generation
     timed(sampler_class, "head_values", "heads")
     timed(cut_module, "decoding_logits_and_temperature", "cut")
+    for narrowing in ("narrowed_cut", "nucleus_blocks"):  # the cut narrowed to its blocks, in one call or after it
+        if hasattr(cut_module, narrowing):
+            timed(cut_module, narrowing, "cut")
     timed(sampler_class, "_sample", "sample")
     timed(sampler_class, "step", "sampler")
     timed(generation._DecodeState, "step", "state step")
@@ -413,7 +416,7 @@ def work_breakdown(dtype: str, strategy_name: str, workload: str = "chat") -> di
         "decode forward: transformer body": spent["forward (decode)"] - spent["lm_head (decode)"],
         "decode forward: LM head": spent["lm_head (decode)"],
         "T̂/P̂ heads (incl. distribution features)": spent["heads"],
-        "nucleus cut (T, softmax, top-p)": spent["cut"],
+        "nucleus cut (T, softmax, top-p, narrowed to its blocks)": spent["cut"],
         "sampling (softmax, inverse CDF)": spent["sample"] - spent["cut"],
         "sampler bookkeeping (Python)": spent["sampler"] - spent["sample"] - spent["heads"],
         "decode-state bookkeeping (Python, KV row selection)": spent["state step"]

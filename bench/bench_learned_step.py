@@ -93,9 +93,9 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from autodeco_cli.core import cpu_kernels
+    from autodeco_cli.core import learned_kernels
 
-    if cpu_kernels.load("learned_step_f32") is None:
+    if learned_kernels.learned_step() is None:
         print("the learned-step kernel does not load here (no compiler, no AVX-512, or AUTODECO_CPU_KERNEL=0)")
         return 1
     sizes = [int(size) for size in args.batch_sizes.split(",")]

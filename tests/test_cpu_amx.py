@@ -92,7 +92,7 @@ def test_amx_matmul_gives_a_row_the_same_bits_whatever_rows_share_its_call(input
 def test_amx_matmul_f32_keeps_the_float32_sums_and_a_rows_bits_in_any_batch(inputs, outputs):
     """The float32-output helper (the heads' first layers): bf16 products are exact in float32, so each output is
     the float64 sum up to float32 rounding along the way; and a row's bits do not depend on its batch-mates."""
-    matmul = cpu_kernels._helper(AMX, "amx_matmul_f32")
+    matmul = cpu_kernels.helper(AMX, "amx_matmul_f32")
     generator = torch.Generator().manual_seed(inputs + 3 * outputs)
     weight = torch.randn(outputs, inputs, generator=generator).to(torch.bfloat16)
     packed = _packed(weight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.core import attention_kernel, cpu_features, cpu_kernels, kernel_build
+from autodeco_cli.core import attention_kernel, cpu_features, cpu_kernels, kernel_build, learned_kernels
 from autodeco_cli.engine import cpu_inference
 from autodeco_cli.engine.cpu_inference import (
     PackedLinear,
@@ -210,6 +210,16 @@ def test_a_kernel_is_compiled_once_per_source(fresh_kernels):
     assert [p.stat().st_mtime_ns for p in fresh_kernels.glob("gemv_bf16-*.so")] == [stamp]
 
 
+def test_a_kernel_source_carries_the_headers_it_includes():
+    """The compiler gets one file: the kernels' own headers are written into it, so a kernel's cache key (the hash
+    of that file) changes with them too."""
+    for name in kernel_build.NEEDS:
+        assert '#include "' not in kernel_build.kernel_source(name), name
+    shared = "#define REDUCE16(NAME, OP)"  # reduce16.h, included by both
+    assert shared in kernel_build.kernel_source("learned_step_f32")
+    assert shared in kernel_build.kernel_source("decode_attention_bf16")
+
+
 def test_kernels_load_wherever_they_can_run():
     """On an AVX512-BF16 CPU with a C compiler the kernels must build and pass their check
     against torch (otherwise the tests above would silently skip a broken kernel)."""
@@ -222,8 +232,8 @@ def test_kernels_load_wherever_they_can_run():
     assert cpu_kernels.load("decode_attention_bf16") is not None
     assert cpu_kernels.load("decode_ops_bf16") is not None  # its bitwise check against torch's ops passed
     assert cpu_kernels.load("sort_descending_f32") is not None
-    assert cpu_kernels.load("learned_step_f32") is not None  # features within tolerance of torch's, cut exact
-    assert cpu_kernels.load("heads_step_f32") is not None  # close to the heads' forward and batch-invariant
+    assert learned_kernels.learned_step() is not None  # features within tolerance of torch's, cut exact
+    assert learned_kernels.heads_step() is not None  # close to the heads' forward and batch-invariant
     if "amx_bf16" in cpu_features.cpu_flags():  # the AMX matmul and the layers in one call it makes possible
         assert cpu_kernels.load("amx_matmul_bf16") is not None
         assert cpu_kernels.load("decode_layers_bf16") is not None

@@ -1,4 +1,4 @@
-"""The fused learned-step kernel (cpu_kernels' learned_step_f32) against torch's path, on the
+"""The fused learned-step kernel (learned_kernels' learned_step_f32) against torch's path, on the
 nucleus prefilter's hard cases at SmolLM2's vocabulary (ties at the cutoff, rows that fall back
 to the full sort, nuclei at the candidate edge, P̂ = 1, tiny P̂, P̂ = 0, batch 1 and 32).
 
@@ -16,19 +16,19 @@ import math
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_kernels, distribution, kernel_build
+from autodeco_cli.core import cpu_kernels, distribution, kernel_build, learned_kernels
 from autodeco_cli.core.distribution import MIN_TEMPERATURE, decoding_logits, distribution_features
 from test_nucleus_prefilter import CASES, VOCAB
 
 pytestmark = pytest.mark.skipif(
-    cpu_kernels.load("learned_step_f32") is None, reason="the learned-step kernel needs x86-64 AVX-512 and a C compiler"
+    learned_kernels.learned_step() is None, reason="the learned-step kernel needs x86-64 AVX-512 and a C compiler"
 )
 IDS = [case[0] for case in CASES]
 
 
 def kernel_probs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     column = temperature.float().clamp_min(MIN_TEMPERATURE).reshape(-1).contiguous()
-    return cpu_kernels.learned_probs(cpu_kernels.load("learned_step_f32"), logits.float().contiguous(), column)
+    return learned_kernels.learned_probs(learned_kernels.learned_step(), logits.float().contiguous(), column)
 
 
 def full_sort_cut(probs: torch.Tensor, logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor):
@@ -46,7 +46,7 @@ def full_sort_cut(probs: torch.Tensor, logits: torch.Tensor, temperature: torch.
 def kernel_calls(monkeypatch):
     """Counts the kernel's cut and feature calls, so a test knows the dispatch happened."""
     calls = {"cut": 0, "features": 0}
-    cut, features = cpu_kernels.learned_cut, cpu_kernels.learned_features
+    cut, features = learned_kernels.learned_cut, learned_kernels.learned_features
 
     def counting_cut(*args):
         calls["cut"] += 1
@@ -56,8 +56,8 @@ def kernel_calls(monkeypatch):
         calls["features"] += 1
         return features(*args)
 
-    monkeypatch.setattr(cpu_kernels, "learned_cut", counting_cut)
-    monkeypatch.setattr(cpu_kernels, "learned_features", counting_features)
+    monkeypatch.setattr(learned_kernels, "learned_cut", counting_cut)
+    monkeypatch.setattr(learned_kernels, "learned_features", counting_features)
     return calls
 
 
@@ -233,9 +233,9 @@ def _awkward_rows(gen: torch.Generator) -> torch.Tensor:
 
 def _kernel_outputs(kernel, rows, temperature, top_p):
     return (
-        cpu_kernels.learned_features(kernel, rows, temperature),
-        cpu_kernels.learned_probs(kernel, rows, temperature),
-        cpu_kernels.learned_cut(kernel, rows, temperature, top_p, distribution.NUCLEUS_CANDIDATES),
+        learned_kernels.learned_features(kernel, rows, temperature),
+        learned_kernels.learned_probs(kernel, rows, temperature),
+        learned_kernels.learned_cut(kernel, rows, temperature, top_p, distribution.NUCLEUS_CANDIDATES),
     )
 
 
@@ -246,7 +246,7 @@ def test_shortcuts_give_the_reference_bits(seed):
     from the clamp (0.01) to the heads' max (2), on odd and even row counts (the prefetch of the
     next row stops at a thread's last row)."""
     gen = torch.Generator().manual_seed(seed)
-    fast, reference = cpu_kernels.load("learned_step_f32"), reference_build()
+    fast, reference = learned_kernels.learned_step(), reference_build()
     rows = _awkward_rows(gen)
     temperature = torch.rand(24, generator=gen) * 1.99 + 0.01
     temperature[:6] = torch.tensor([0.01, 0.05, 0.21, 0.3, 0.6, 2.0])
@@ -258,7 +258,7 @@ def test_shortcuts_give_the_reference_bits(seed):
 
 
 def test_shortcuts_give_the_reference_bits_on_the_prefilter_cases():
-    fast, reference = cpu_kernels.load("learned_step_f32"), reference_build()
+    fast, reference = learned_kernels.learned_step(), reference_build()
     for name, logits, temperature, top_p in CASES:
         rows = logits.float().reshape(-1, VOCAB).contiguous()
         column = temperature.float().clamp_min(MIN_TEMPERATURE).expand(logits.shape[:-1] + (1,)).reshape(-1)
@@ -274,7 +274,7 @@ def test_shortcuts_give_the_reference_bits_on_small_and_uneven_rows():
     """Vocabularies with a tail past the last 16-wide block, fewer tokens than 5 live ones, and
     rows where a single token lives (the rest of the top 5 are the starting zeros)."""
     gen = torch.Generator().manual_seed(3)
-    fast, reference = cpu_kernels.load("learned_step_f32"), reference_build()
+    fast, reference = learned_kernels.learned_step(), reference_build()
     for vocab in (8, 13, 37, 3001):
         rows = torch.randn(5, vocab, generator=gen) * 4
         rows[0, 1:] = -1e4  # one live token

@@ -1,4 +1,4 @@
-"""The heads' step kernel (cpu_kernels' heads_step_f32), which `AutoDecoHeads.decode_values` takes for bf16
+"""The heads' step kernel (learned_kernels' heads_step_f32), which `AutoDecoHeads.decode_values` takes for bf16
 hidden states: close to the heads' `forward`, a row's values the same in any batch, float32 rows left on
 `forward`'s exact path, and torch's path where a row of logits is not finite."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_kernels
+from autodeco_cli.core import cpu_kernels, learned_kernels
 from autodeco_cli.core import heads as heads_module
 from autodeco_cli.core.heads import AutoDecoHeads, HeadsConfig
 
-KERNEL = cpu_kernels.load("heads_step_f32")
+KERNEL = learned_kernels.heads_step()
 pytestmark = pytest.mark.skipif(KERNEL is None, reason="the heads' step kernel needs x86-64 AVX-512 and a C compiler")
 needs_amx = pytest.mark.skipif(
     cpu_kernels.load("amx_matmul_bf16") is None, reason="the first layers on tiles need x86 AMX-BF16"
@@ -65,13 +65,13 @@ def test_low_temperatures_are_clamped_for_the_features_only():
 def test_kernel_is_the_path_taken(monkeypatch):
     """decode_values makes one kernel call for bf16 rows, none for float32 rows."""
     calls = []
-    real = cpu_kernels.heads_step_on
+    real = learned_kernels.heads_step_on
 
     def counted(*args):
         run = real(*args)
         return lambda hidden, logits, maxima=None: calls.append(hidden.dtype) or run(hidden, logits, maxima)
 
-    monkeypatch.setattr(cpu_kernels, "heads_step_on", counted)
+    monkeypatch.setattr(learned_kernels, "heads_step_on", counted)
     heads = _heads(48, 32, True, seed=1)
     hidden, logits = _rows(3, 48, seed=4)
     with torch.inference_mode():
@@ -132,8 +132,8 @@ def test_a_prepared_step_gives_decode_values_and_reads_the_weights_live(monkeypa
     """The sampler's `decode_step` (the heads' side looked up once per generation run): decode_values' values,
     bf16 and float32 rows, and in-place weight updates between its calls are seen."""
     calls = []
-    real = cpu_kernels.heads_step_on
-    monkeypatch.setattr(cpu_kernels, "heads_step_on", lambda *a: calls.append(1) or real(*a))
+    real = learned_kernels.heads_step_on
+    monkeypatch.setattr(learned_kernels, "heads_step_on", lambda *a: calls.append(1) or real(*a))
     heads = _heads(48, 32, True, seed=10)
     hidden, logits = _rows(4, 48, seed=11)
     with torch.inference_mode():
@@ -149,13 +149,13 @@ def test_a_prepared_step_gives_decode_values_and_reads_the_weights_live(monkeypa
 @needs_amx
 def test_bf16_rows_take_the_first_layers_on_amx_tiles_and_float32_rows_do_not(monkeypatch):
     packs = []
-    real = cpu_kernels._first_layers_on_tiles
+    real = learned_kernels._first_layers_on_tiles
 
     def spied(*weights):
         current = real(*weights)
         return lambda: packs.append(1) or current()
 
-    monkeypatch.setattr(cpu_kernels, "_first_layers_on_tiles", spied)
+    monkeypatch.setattr(learned_kernels, "_first_layers_on_tiles", spied)
     heads = _heads(576, 256, True, seed=21)
     hidden, logits = _rows(6, 576, seed=22)
     with torch.inference_mode():
@@ -191,5 +191,5 @@ def test_heads_made_under_inference_mode_keep_the_float32_first_layers():
         heads = _heads(48, 32, True, seed=25)
         hidden, logits = _rows(3, 48, seed=26)
         layers = heads._decode_layers()
-        assert cpu_kernels._first_layers_on_tiles(layers[0].weight, layers[2].weight) is None
+        assert learned_kernels._first_layers_on_tiles(layers[0].weight, layers[2].weight) is None
         torch.testing.assert_close(heads.decode_values(hidden, logits), _forward(heads, hidden, logits))

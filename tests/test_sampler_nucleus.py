@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from autodeco_cli.core import learned_kernels
 from autodeco_cli.core.decoding import make_strategy
-from autodeco_cli.core.distribution import decoding_logits, nucleus_size
+from autodeco_cli.core.distribution import decoding_logits, narrowed_cut, nucleus_size
 from autodeco_cli.core.heads import fresh_heads
+from autodeco_cli.core.learned_kernels import NUCLEUS_BLOCK
 from autodeco_cli.engine import sampler as sampler_module
 from autodeco_cli.engine.requests import Request
-from autodeco_cli.engine.sampler import NUCLEUS_BLOCK, NucleusBlocks, Sampler, inverse_cdf_tokens, nucleus_blocks
+from autodeco_cli.engine.sampler import NucleusBlocks, Sampler, inverse_cdf_tokens, nucleus_blocks
 
 VOCAB = 49_152  # the default model's: 768 blocks
 INF = float("inf")
@@ -116,30 +118,63 @@ def whole_rows(decoded: torch.Tensor) -> NucleusBlocks:
     return NucleusBlocks(decoded, None)
 
 
+def spy_on_narrowing(monkeypatch) -> list[tuple[str, bool]]:
+    """Each decoding group's narrowing as it happens: (by the kernel's cut or by `nucleus_blocks`, narrowed?)."""
+    narrowed = []
+
+    def by_kernel(*args):
+        result = narrowed_cut(*args)
+        if result is not None:
+            narrowed.append(("kernel", result[1] is not None))
+        return result
+
+    def by_blocks(decoded):
+        result = nucleus_blocks(decoded)
+        narrowed.append(("blocks", result.token_ids is not None))
+        return result
+
+    monkeypatch.setattr(sampler_module, "narrowed_cut", by_kernel)
+    monkeypatch.setattr(sampler_module, "nucleus_blocks", by_blocks)
+    return narrowed
+
+
+def sample_whole_rows(monkeypatch) -> None:
+    monkeypatch.setattr(sampler_module, "narrowed_cut", lambda *args: None)
+    monkeypatch.setattr(sampler_module, "nucleus_blocks", whole_rows)
+
+
+@pytest.mark.parametrize("inference", [False, True], ids=["autograd", "inference-mode"])
 @pytest.mark.parametrize(
-    ("strategies", "narrows"),
+    ("strategies", "narrows", "plain"),
     [
-        ([make_strategy("static", 0.6, 0.95), make_strategy("static", 1.0, 0.5), make_strategy("static", 0.8, 0.9)], 1),
-        ([make_strategy("static", 0.6, 0.95), make_strategy("static", 0.8, 1.0)], 0),  # p = 1 keeps every token
-        ([make_strategy("static", 0.7, 0.9, top_k=50), make_strategy("min-p", 1.0, min_p=0.05)], 2),
-        ([make_strategy("top-n-sigma", 1.0, n_sigma=1.0), make_strategy("edt", 0.8, 0.9, edt_theta=0.5)], 2),
+        (
+            [make_strategy("static", 0.6, 0.95), make_strategy("static", 1.0, 0.5), make_strategy("static", 0.8, 0.9)],
+            1,
+            1,
+        ),
+        ([make_strategy("static", 0.6, 0.95), make_strategy("static", 0.8, 1.0)], 0, 1),  # p = 1 keeps every token
+        ([make_strategy("static", 0.7, 0.9, top_k=50), make_strategy("min-p", 1.0, min_p=0.05)], 2, 0),
+        ([make_strategy("top-n-sigma", 1.0, n_sigma=1.0), make_strategy("edt", 0.8, 0.9, edt_theta=0.5)], 2, 0),
     ],
     ids=["static", "static-p-1", "top-k-min-p", "n-sigma-edt"],
 )
-def test_sampler_steps_equal_the_full_softmax_steps(monkeypatch, strategies, narrows):
+def test_sampler_steps_equal_the_full_softmax_steps(monkeypatch, strategies, narrows, plain, inference):
     """Tokens, temperatures, p's and nucleus sizes of whole sampler steps: narrowed vs whole rows.
-    `narrows`: how many of the step's decoding groups (one per top-k and adaptive kind) narrow."""
+    `narrows`: how many of the step's decoding groups (one per top-k and adaptive kind) narrow; `plain`: how many
+    groups have neither, which under inference mode (the engine's) the kernel's cut narrows."""
     generator = torch.Generator().manual_seed(31)
     rows = 10
     logits = torch.randn(rows, VOCAB, generator=generator) * torch.linspace(3.0, 8.0, rows)[:, None]
     logits[3] = logits[3].bfloat16().float()
     requests, row_members = requests_and_rows(strategies, rows)
-    narrowed = []
-    monkeypatch.setattr(sampler_module, "nucleus_blocks", lambda d: narrowed.append(nucleus_blocks(d)) or narrowed[-1])
-    step = Sampler(requests, None, record_nucleus=True).step(row_members, logits, None)
-    monkeypatch.setattr(sampler_module, "nucleus_blocks", whole_rows)
-    assert step == Sampler(requests, None, record_nucleus=True).step(row_members, logits, None)
-    assert sum(n.token_ids is not None for n in narrowed) == narrows
+    narrowed = spy_on_narrowing(monkeypatch)
+    with torch.inference_mode(inference):
+        step = Sampler(requests, None, record_nucleus=True).step(row_members, logits, None)
+        sample_whole_rows(monkeypatch)
+        assert step == Sampler(requests, None, record_nucleus=True).step(row_members, logits, None)
+    assert sum(narrow for _, narrow in narrowed) == narrows
+    kernel = inference and learned_kernels.learned_step() is not None
+    assert sum(by == "kernel" for by, _ in narrowed) == (plain if kernel else 0)
     assert len({s.nucleus for s in step.values()}) > 3
 
 
@@ -159,10 +194,11 @@ def test_learned_steps_equal_the_full_softmax_steps(monkeypatch):
         with torch.inference_mode():
             return [sampler.step(row_members, logits, hidden) for hidden, logits in batches]
 
-    narrowed = []
-    monkeypatch.setattr(sampler_module, "nucleus_blocks", lambda d: narrowed.append(nucleus_blocks(d)) or narrowed[-1])
+    narrowed = spy_on_narrowing(monkeypatch)
     steps = run()
-    monkeypatch.setattr(sampler_module, "nucleus_blocks", whole_rows)
+    sample_whole_rows(monkeypatch)
     assert steps == run()
-    assert all(n.token_ids is not None for n in narrowed)
+    assert len(narrowed) == len(batches) and all(narrow for _, narrow in narrowed)
+    kernel = learned_kernels.learned_step() is not None
+    assert {by for by, _ in narrowed} == {"kernel" if kernel else "blocks"}
     assert len({s.nucleus for step in steps for s in step.values()}) > 3

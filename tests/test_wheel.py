@@ -92,8 +92,8 @@ def test_wheel_and_sdist_carry_the_bundled_data(built):
         assert shipped and {f"autodeco_cli/_bundled/{folder}/{n}" for n in shipped} <= names, folder
     heads = ROOT / "src/autodeco_cli/assets/heads/smollm2-135m-instruct"
     assert {f"autodeco_cli/assets/heads/smollm2-135m-instruct/{p.name}" for p in heads.iterdir()} <= names
-    kernels = ROOT / "src/autodeco_cli/assets/kernels"  # C sources cpu_kernels builds on first use
-    assert {f"autodeco_cli/assets/kernels/{p.name}" for p in kernels.glob("*.c")} <= names
+    kernels = ROOT / "src/autodeco_cli/assets/kernels"  # C sources cpu_kernels builds on first use, their headers
+    assert {f"autodeco_cli/assets/kernels/{p.name}" for p in [*kernels.glob("*.c"), *kernels.glob("*.h")]} <= names
     assert not any(n.startswith(("evals/", "recipes/", "tests/")) for n in names)
     listing = _run(["tar", "-tzf", sdist], cwd=sdist.parent).stdout
     assert "/evals/arith-add.yaml" in listing and "/recipes/smollm2-135m-cpu.yaml" in listing and "/setup.py" in listing

@@ -1,4 +1,5 @@
-"""Our C kernels for bf16 decode steps on x86 CPUs with AVX512-BF16, built on first use.
+"""Our C kernels for bf16 decode steps on x86 CPUs with AVX512-BF16, built on first use: each loaded and checked
+against torch (`load`), and the model body's kernels wrapped.
 
 * `amx_matmul`: any number of rows times a linear weight packed into AMX tiles, on CPUs with
   AMX-BF16. On a 2-vCPU Xeon, all the default model's linears at 2 threads: 1.2x `gemv` at one
@@ -17,9 +18,8 @@
   the order and with the arguments engine/lean_kernels.py would call them from Python.
 * `sort_descending`: rows of float32 sorted descending, values only (a radix sort), for the
   soft top-p training loss; numpy's sort took ~1 ms per 49k-token row here.
-* `learned_step`: the vocabulary-wide work of a learned decoding step on float32 rows (the top-p
-  head's features, then the nucleus cut as logits), a few passes per row instead of torch's
-  dozen over the whole batch (`core/distribution.py` holds the definitions and dispatches).
+* `learned_step_f32` and `heads_step_f32`: a learned decoding step's vocabulary-wide work and the heads' step;
+  their wrappers and checks are `learned_kernels`' (which registers those checks here in CHECKS).
 
 Each is compiled once (`kernel_build`) and loaded with ctypes. Without a compiler, without the CPU
 features a kernel needs (`kernel_build.NEEDS`; AMX also needs Linux's permission for its tile state), or with
@@ -66,7 +66,7 @@ HELPERS = {
         "silu_mul": [_P, _P, _L, _P, _P, _L, _L],
     },
     "decode_layers_bf16": {"decode_layers_scratch": [_P]},
-    "learned_step_f32": {"widen_bf16": [_P, _P, _P, _L, _L]},
+    "learned_step_f32": {"widen_bf16": [_P, _P, _P, _L, _L], "nucleus_f32": [_P, _P, _P, _P, _P, _P, _L, _L, _L]},
 }
 # the helper that must return 0 before a kernel runs: AMX tiles need the process's permission
 PREPARE = {"amx_matmul_bf16": "amx_bf16_init"}
@@ -76,6 +76,8 @@ PREPARE = {"amx_matmul_bf16": "amx_bf16_init"}
 def load(name: str) -> Callable | None:
     """Kernel `name` (a key of SIGNATURES), or None where it cannot or should not run (see the
     module doc)."""
+    if name not in CHECKS:  # a wrapper module registers its kernels' checks when imported
+        raise LookupError(f"no check against torch for kernel {name}: load it through its module (ARCHITECTURE.md)")
     library = _library(name)
     if library is None:
         return None
@@ -102,8 +104,8 @@ def _library(name: str) -> ctypes.CDLL | None:
     try:
         library = ctypes.CDLL(str(build(name, kernel_source(name))))
         getattr(library, f"autodeco_{name}")
-        for helper, argtypes in HELPERS.get(name, {}).items():
-            function = getattr(library, f"autodeco_{helper}")
+        for further, argtypes in HELPERS.get(name, {}).items():
+            function = getattr(library, f"autodeco_{further}")
             function.argtypes, function.restype = argtypes, ctypes.c_long
     except (OSError, subprocess.SubprocessError, AttributeError):
         return None
@@ -112,9 +114,9 @@ def _library(name: str) -> ctypes.CDLL | None:
     return library
 
 
-def _helper(name: str, helper: str) -> Callable:
+def helper(name: str, function: str) -> Callable:
     """A further function of kernel `name`'s library (which `load(name)` has returned)."""
-    return getattr(_LIBRARIES[name], f"autodeco_{helper}")
+    return getattr(_LIBRARIES[name], f"autodeco_{function}")
 
 
 # ---- AMX matmul ------------------------------------------------------------------------------
@@ -123,7 +125,7 @@ def _helper(name: str, helper: str) -> Callable:
 def amx_packed_size(out_features: int, in_features: int) -> int:
     """How many bf16 values a [out_features, in_features] weight takes in the AMX tile layout
     (padded to whole tiles of 16 outputs x 32 inputs)."""
-    return _helper("amx_matmul_bf16", "amx_packed_elems")(in_features, out_features)
+    return helper("amx_matmul_bf16", "amx_packed_elems")(in_features, out_features)
 
 
 def amx_pack(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -131,7 +133,7 @@ def amx_pack(weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     values) in the AMX tile layout; returns `out`."""
     if out.numel() != amx_packed_size(*weight.shape) or not (weight.is_contiguous() and out.is_contiguous()):
         raise ValueError("amx_pack takes a contiguous weight and an output of amx_packed_size values")
-    _helper("amx_matmul_bf16", "amx_pack_bf16")(weight.data_ptr(), out.data_ptr(), weight.shape[1], weight.shape[0])
+    helper("amx_matmul_bf16", "amx_pack_bf16")(weight.data_ptr(), out.data_ptr(), weight.shape[1], weight.shape[0])
     return out
 
 
@@ -247,7 +249,7 @@ def rope_append(
         pointers, strides = (base, k.data_ptr(), v.data_ptr()), (q.stride(0), k.stride(0))
     out = q.new_empty((batch, heads, dim))
     column = (length - 1) * keys.stride(2) * 2
-    _helper("decode_ops_bf16", "rope_append")(
+    helper("decode_ops_bf16", "rope_append")(
         *pointers, *strides, cos.data_ptr(), sin.data_ptr(), cos.stride(0), out.data_ptr(), keys.data_ptr() + column,
         values.data_ptr() + column, batch, heads, kv_heads, dim, keys.stride(0), keys.stride(1),
     )  # fmt: skip
@@ -264,7 +266,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor | None) -> torch.Tensor:
         n = gate.shape[-1]
         rows, up_pointer = gate.numel() // n, up.data_ptr()
     out = torch.empty((*gate.shape[:-1], n), dtype=gate.dtype)
-    _helper("decode_ops_bf16", "silu_mul")(
+    helper("decode_ops_bf16", "silu_mul")(
         gate.data_ptr(), up_pointer, n if up is not None else 2 * n, _silu_table[0].data_ptr(), out.data_ptr(), rows, n
     )
     return out
@@ -357,215 +359,6 @@ def _sort_agrees_with_torch(kernel: Callable) -> bool:
     return torch.equal(sort_descending(kernel, values), expected)
 
 
-# ---- learned step ---------------------------------------------------------------------------
-
-_FEATURES, _CUT, _PROBS = 0, 1, 2
-
-
-class NotFinite(ValueError):
-    """A row with NaN or +inf logits, or none finite: the caller takes torch's path instead."""
-
-
-def _learned_step(
-    kernel: Callable, mode: int, rows: torch.Tensor, temperature, top_p, width: int, candidates=0, maxima=None
-):
-    out = torch.empty((rows.shape[0], width), dtype=torch.float32)
-    status = kernel(
-        mode,
-        rows.data_ptr(),
-        temperature.data_ptr(),
-        0 if top_p is None else top_p.data_ptr(),
-        out.data_ptr(),
-        rows.shape[0],
-        rows.shape[1],
-        candidates,
-        0 if maxima is None else maxima.data_ptr(),
-    )
-    _raise_for(status)
-    return out
-
-
-def _raise_for(status: int) -> None:
-    """A learned-step or heads' step kernel's status as its exception (0: none)."""
-    if status == -1:
-        raise MemoryError("a CPU kernel could not allocate its scratch rows")
-    if status:
-        raise NotFinite("a row of logits holds NaN or +inf, or no finite value")
-
-
-def learned_features(
-    kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor, maxima: torch.Tensor | None = None
-) -> torch.Tensor:
-    """`distribution_features` of contiguous float32 `rows` [R, V] at `temperature` [R] or [R, 1]
-    (contiguous, already clamped): [R, 4]. `maxima`: None, or `widen_logits`'s block maxima of these rows."""
-    return _learned_step(kernel, _FEATURES, rows, temperature, None, 4, maxima=maxima)
-
-
-def learned_cut(
-    kernel: Callable,
-    rows: torch.Tensor,
-    temperature: torch.Tensor,
-    top_p: torch.Tensor,
-    candidates: int,
-    maxima: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """rows / temperature with the hard nucleus at `top_p` [R] kept and -inf elsewhere: [R, V]."""
-    return _learned_step(kernel, _CUT, rows, temperature, top_p, rows.shape[1], candidates, maxima)
-
-
-def learned_probs(
-    kernel: Callable, rows: torch.Tensor, temperature: torch.Tensor, maxima: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The softmax the kernel cuts from (its exp is not torch's to the last bit): for tests."""
-    return _learned_step(kernel, _PROBS, rows, temperature, None, rows.shape[1], maxima=maxima)
-
-
-BLOCK_WIDTH = 16  # the learned-step kernel's blocks: `widen_logits` gives one max per this many logits
-
-
-def widen_logits(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Contiguous bf16 `rows` [R, V] as float32 (exactly `rows.float()`), and each block of BLOCK_WIDTH logits'
-    max [R, V // BLOCK_WIDTH] (NaN counted as +inf), from one pass over the bf16 rows: the learned-step and heads'
-    kernels take those maxima for the rows' max and live blocks instead of reading each float32 row for them.
-    Needs the learned-step kernel (`load("learned_step_f32")` not None)."""
-    count, vocab = rows.shape
-    out = torch.empty((count, vocab), dtype=torch.float32)
-    maxima = torch.empty((count, vocab // BLOCK_WIDTH), dtype=torch.float32)
-    _helper("learned_step_f32", "widen_bf16")(rows.data_ptr(), out.data_ptr(), maxima.data_ptr(), count, vocab)
-    return out, maxima
-
-
-def _torch_features(probs: torch.Tensor) -> torch.Tensor:
-    """distribution_features' torch definition on softmax rows (the checks' reference; distribution imports us)."""
-    vocab = probs.shape[-1]
-    entropy = -(probs * torch.log(probs + 1e-8)).sum(-1)
-    variance = ((probs * probs).sum(-1) - 1 / vocab).clamp_min(0) / (vocab - 1)
-    return torch.stack([probs.amax(-1), entropy, variance, probs.topk(5, dim=-1).values.sum(-1)], dim=-1)
-
-
-def _learned_step_agrees_with_torch(kernel: Callable) -> bool:
-    """Features and probabilities close to torch's, and the cut equal to a stable full sort's over
-    the kernel's own probabilities, on rows whose nuclei stay inside 8 candidates or reach past."""
-    generator = torch.Generator().manual_seed(0)
-    rows = torch.randn(6, 3001, generator=generator) * torch.tensor([[0.3], [1.0], [3.0], [8.0], [1.0], [2.0]])
-    rows[4, 100:400] = 2.5  # ties at the cutoff
-    rows[5, :50] = float("-inf")
-    temperature = torch.tensor([0.5, 1.0, 1.3, 0.01, 1.0, 0.7])
-    top_p = torch.tensor([0.9, 0.5, 0.99, 0.3, 0.2, 1.0])
-    probs = torch.softmax(rows / temperature[:, None], dim=-1)
-    got = learned_probs(kernel, rows, temperature)
-    if not torch.allclose(got, probs, rtol=1e-5, atol=1e-12):
-        return False
-    if not torch.allclose(learned_features(kernel, rows, temperature), _torch_features(probs), rtol=1e-4, atol=1e-7):
-        return False
-    sorted_probs, order = torch.sort(got, dim=-1, descending=True, stable=True)
-    keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < top_p[:, None]
-    keep[:, 0] = True
-    keep |= top_p[:, None] >= 1.0
-    keep = torch.empty_like(keep).scatter(-1, order, keep)
-    expected_cut = (rows / temperature[:, None]).masked_fill(~keep, float("-inf"))
-    if not torch.equal(learned_cut(kernel, rows, temperature, top_p, 8), expected_cut):
-        return False
-    wide, maxima = widen_logits(rows.bfloat16())  # 3001: whole 256-wide chunks, then single blocks, then a tail
-    blocks = wide[:, : 3001 // BLOCK_WIDTH * BLOCK_WIDTH].reshape(6, -1, BLOCK_WIDTH).amax(-1)
-    return torch.equal(wide, rows.bfloat16().float()) and torch.equal(maxima, blocks)
-
-
-# ---- heads' step ---------------------------------------------------------------------------------
-
-
-def heads_step_on(kernel: Callable, layers, scale: float, min_temperature: float, features: bool) -> Callable:
-    """A function of (hidden, logits, maxima=None) giving each row's (T̂, P̂), [R, 2] float32: the heads' `forward`
-    at a decode step in one call (heads_step_f32.c). `hidden` [R, H] bf16 or float32 and `logits` [R, V] float32,
-    contiguous CPU rows; `maxima`: None or `widen_logits`'s block maxima of `logits`; `layers`: the temperature
-    head's two Linears, then the top-p head's; T̂ = the first head's value x `scale`; the features at T̂ clamped to
-    `min_temperature`, or none (`features` False: the top-p head reads [hidden, T̂] only). The heads' side is read
-    here, once: their weights' addresses, so the function serves while those tensors keep their storage (in-place
-    updates are read live; the AMX copy of the first layers is remade when they change). It raises NotFinite where
-    a row of logits holds NaN or +inf or no finite value."""
-    pointers = [p for layer in layers for p in (layer.weight.data_ptr(), layer.bias.data_ptr())]
-    first, second = pointers[:4], pointers[4:]
-    step, width = (_learned_step_address() if features else None), layers[0].out_features
-    on_tiles = _first_layers_on_tiles(layers[0].weight, layers[2].weight)
-
-    def run(hidden, logits, maxima=None):
-        rows, size = hidden.shape
-        out = torch.empty((rows, 2), dtype=torch.float32)
-        bf16 = hidden.dtype == torch.bfloat16
-        amx = on_tiles() if bf16 and on_tiles else (None, None)
-        blocks = None if maxima is None else maxima.data_ptr()
-        inputs = (hidden.data_ptr(), bf16, logits.data_ptr(), blocks, logits.shape[-1], step, min_temperature, *amx)
-        _raise_for(kernel(*inputs, *first, scale, *second, out.data_ptr(), rows, size, width))
-        return out
-
-    return run
-
-
-def _first_layers_on_tiles(temperature: torch.Tensor, top_p: torch.Tensor) -> Callable | None:
-    """Where the AMX matmul runs, a function giving (its float32-output helper, both heads' first layers packed for
-    it) for heads_step_f32.c: the temperature head's weights over the top-p head's hidden-state columns, each
-    float32 weight as two bf16 (its value rounded, then the rest rounded: 16 of its 24 significant bits, within
-    2^-17 of it), side by side. Packed again whenever either tensor was changed in place (its version counter; like
-    the step's other pointers, it serves while the tensors keep their storage). None where the AMX matmul is not,
-    or for inference tensors (made under `torch.inference_mode`): they keep no version counter, so a change would
-    go unseen."""
-    if load("amx_matmul_bf16") is None or temperature.is_inference() or top_p.is_inference():
-        return None
-    address = ctypes.cast(_helper("amx_matmul_bf16", "amx_matmul_f32"), ctypes.c_void_p).value
-    size, held = temperature.shape[1], {}
-
-    def current() -> tuple[int, int]:
-        key = (temperature._version, top_p._version)
-        if held.get("key") != key:
-            with torch.no_grad():
-                weights = torch.cat((temperature, top_p[:, :size]))
-                high = weights.to(torch.bfloat16)
-                split = torch.cat((high, (weights - high.float()).to(torch.bfloat16)), dim=1).contiguous()
-                held["packed"] = amx_pack(split, torch.empty(amx_packed_size(*split.shape), dtype=torch.bfloat16))
-            held["key"] = key
-        return address, held["packed"].data_ptr()
-
-    return current
-
-
-@functools.lru_cache(maxsize=None)
-def _learned_step_address() -> int | None:
-    """The learned-step kernel's function, which the heads' step calls for the features (None: not here)."""
-    function = load("learned_step_f32")
-    return None if function is None else ctypes.cast(function, ctypes.c_void_p).value
-
-
-def _heads_step_agrees_with_torch(kernel: Callable) -> bool:
-    """Close to the torch ops of the heads' forward (bf16 and float32 rows, with and without features, widths
-    and inputs off the 16-lane grid), and each row's values the same alone as in its batch."""
-    if _learned_step_address() is None:
-        return False
-    generator = torch.Generator().manual_seed(0)
-    for size, width, features, dtype in ((64, 256, True, torch.bfloat16), (37, 40, False, torch.float32)):
-        extras = 5 if features else 1
-        with torch.inference_mode(False):  # weights as heads hold them, whatever mode the first use is in
-            layers = [torch.nn.Linear(size, width), torch.nn.Linear(width, 1)]
-            layers += [torch.nn.Linear(size + extras, width), torch.nn.Linear(width, 1)]
-        with torch.no_grad():
-            for p in (p for layer in layers for p in layer.parameters()):
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-        hidden = torch.randn(9, size, generator=generator).to(dtype)
-        logits = torch.randn(9, 3001, generator=generator) * 4
-        with torch.no_grad():
-            x = hidden.float()
-            temperature = torch.sigmoid(layers[1](torch.relu(layers[0](x)))) * 2.0
-            parts = [x, temperature]
-            if features:
-                parts.append(_torch_features(torch.softmax(logits / temperature.clamp_min(0.05), dim=-1)))
-            top_p = torch.sigmoid(layers[3](torch.relu(layers[2](torch.cat(parts, -1)))))
-            expected = torch.cat((temperature, top_p), -1)
-            step = heads_step_on(kernel, layers, 2.0, 0.05, features)
-            got, alone = step(hidden, logits), step(hidden[5:6], logits[5:6])
-        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-5) or not torch.equal(alone, got[5:6]):
-            return False
-    return True
-
-
 # ---- a decode step's layers ----------------------------------------------------------------------
 
 
@@ -579,9 +372,7 @@ def decode_layers(kernel: Callable, weights, scalars, caches: list[int], shape, 
     strides); `shape`: (n, heads, KV heads, head dim, intermediate size); `cos`, `sin` [rows, 1, D]
     contiguous; `keep` the rows' padding as bytes or None; `final_norm` (weight, eps)."""
     sizes = torch.tensor((hidden.shape[0], *shape, _sum_lanes[0], cos.stride(0)), dtype=torch.int64)
-    scratch = torch.empty(
-        _helper("decode_layers_bf16", "decode_layers_scratch")(sizes.data_ptr()), dtype=torch.bfloat16
-    )
+    scratch = torch.empty(helper("decode_layers_bf16", "decode_layers_scratch")(sizes.data_ptr()), dtype=torch.bfloat16)
     caches = torch.tensor(caches, dtype=torch.int64)
     normed = torch.empty_like(hidden)
     status = kernel(
@@ -603,8 +394,8 @@ def decode_layers(kernel: Callable, weights, scalars, caches: list[int], shape, 
 def _decode_layer_functions() -> torch.Tensor:
     """The functions decode_layers_bf16.c calls, as addresses in its order (the AMX matmul, the RMSNorm,
     the rotation, the attention, SiLU * up)."""
-    functions = (load("amx_matmul_bf16"), load("decode_ops_bf16"), _helper("decode_ops_bf16", "rope_append"))
-    functions += (load("decode_attention_bf16"), _helper("decode_ops_bf16", "silu_mul"))
+    functions = (load("amx_matmul_bf16"), load("decode_ops_bf16"), helper("decode_ops_bf16", "rope_append"))
+    functions += (load("decode_attention_bf16"), helper("decode_ops_bf16", "silu_mul"))
     return torch.tensor([ctypes.cast(f, ctypes.c_void_p).value for f in functions], dtype=torch.int64)
 
 
@@ -620,7 +411,5 @@ CHECKS = {
     "decode_attention_bf16": attention_agrees_with_torch,
     "decode_ops_bf16": _decode_ops_agree_with_torch,
     "sort_descending_f32": _sort_agrees_with_torch,
-    "learned_step_f32": _learned_step_agrees_with_torch,
-    "heads_step_f32": _heads_step_agrees_with_torch,
     "decode_layers_bf16": _decode_layers_have_their_kernels,
 }

@@ -188,7 +188,7 @@ def _nucleus_cut(
     return size.reshape(shape), cutoff.reshape(shape), tied.squeeze(-1)
 
 
-# The fused C kernel (cpu_kernels' learned_step_f32) does the vocabulary-wide work of a decoding
+# The fused C kernel (learned_kernels' learned_step_f32) does the vocabulary-wide work of a decoding
 # step, the top-p head's features and the hard nucleus cut, when no gradient is wanted and the
 # logits are CPU float32 (any float logits are upcast first). Its exp is its own, so its
 # probabilities can differ from torch.softmax's in the last bits (and it flushes those below
@@ -207,21 +207,21 @@ def _fused_kernel(logits: torch.Tensor, dtype: torch.dtype = torch.float32):
         return None
     if logits.dim() == 0 or logits.size(-1) < 8:
         return None
-    from . import cpu_kernels
+    from . import learned_kernels
 
-    return cpu_kernels.load("learned_step_f32")
+    return learned_kernels.learned_step()
 
 
 def widened(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A decode step's [rows, V] logits as float32, and where the fused kernel widened them from bf16 (CPU, no
-    autograd) their 16-wide blocks' maxima (`cpu_kernels.widen_logits`), else None. The float32 values are
+    autograd) their 16-wide blocks' maxima (`learned_kernels.widen_logits`), else None. The float32 values are
     `logits.float()`'s either way; the maxima spare the kernel's learned steps on these rows a read of each row
     for its max and live blocks (`decoding_logits_and_temperature` and the heads' decode step take them)."""
     if logits.dim() != 2 or not logits.is_contiguous() or _fused_kernel(logits, torch.bfloat16) is None:
         return logits.float(), None
-    from . import cpu_kernels
+    from . import learned_kernels
 
-    return cpu_kernels.widen_logits(logits)
+    return learned_kernels.widen_logits(logits)
 
 
 def _per_row(value: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -239,23 +239,47 @@ def _fused_cut(
     top_p = _as_column(top_p, logits)
     if bool((top_p >= 1.0).all()):
         return None  # no cut: torch's division alone is as cheap
-    from . import cpu_kernels
+    from . import learned_kernels
 
     rows = logits.reshape(-1, logits.size(-1)).contiguous()
     try:
-        cut = cpu_kernels.learned_cut(
+        cut = learned_kernels.learned_cut(
             kernel, rows, _per_row(temperature, logits), _per_row(top_p, logits), NUCLEUS_CANDIDATES, maxima
         )
-    except cpu_kernels.NotFinite:
+    except learned_kernels.NotFinite:
         return None
     return cut.reshape(logits.shape)
+
+
+def narrowed_cut(
+    logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, maxima: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """`decoding_logits(logits, temperature, top_p)` for [rows, V] CPU float32 rows, narrowed to the blocks of
+    `learned_kernels.NUCLEUS_BLOCK` token ids that hold a kept token (`learned_kernels.learned_nucleus`: the narrowed
+    logits and each column's token id, or the whole cut and None), in one kernel call that never writes the
+    cut's -inf's. None where the kernel does not take the rows: the caller cuts and narrows them itself."""
+    from . import learned_kernels
+
+    kernel = _fused_kernel(logits)
+    if kernel is None or logits.dim() != 2 or logits.size(-1) % learned_kernels.NUCLEUS_BLOCK:
+        return None
+    top_p = _as_column(top_p, logits)
+    if bool((top_p >= 1.0).all()):
+        return None  # no cut: torch's division alone is as cheap
+    temperature = _as_column(temperature, logits).clamp_min(MIN_TEMPERATURE)
+    try:
+        return learned_kernels.learned_nucleus(
+            logits.contiguous(), _per_row(temperature, logits), _per_row(top_p, logits), NUCLEUS_CANDIDATES, maxima
+        )
+    except learned_kernels.NotFinite:
+        return None
 
 
 def _fused_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor | None:
     kernel = _fused_kernel(logits)
     if kernel is None:
         return None
-    from . import cpu_kernels
+    from . import learned_kernels
 
     # A decode step's [rows, V] and [rows, 1] go in as they are: each reshape or copy skipped is a
     # torch call less, and right after the model's forward each call costs several microseconds.
@@ -265,8 +289,8 @@ def _fused_features(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Te
     else:
         rows, column = logits.reshape(-1, logits.size(-1)).contiguous(), _per_row(temperature, logits)
     try:
-        features = cpu_kernels.learned_features(kernel, rows, column)
-    except cpu_kernels.NotFinite:
+        features = learned_kernels.learned_features(kernel, rows, column)
+    except learned_kernels.NotFinite:
         return None
     return features if plain else features.reshape(logits.shape[:-1] + (4,))
 

@@ -110,21 +110,21 @@ class AutoDecoHeads(nn.Module):
         the heads' tensors keep their storage (a generation run: training updates them in place, and the kernel
         reads them live, or packs its AMX copy of the first layers again). Cold, right after the model's forward,
         that lookup cost ~50 us a step, a quarter of the heads' time at one row (2-vCPU Xeon). The step takes the
-        logits' block maxima too where the caller has them (`cpu_kernels.widen_logits`): the kernel then reads
+        logits' block maxima too where the caller has them (`learned_kernels.widen_logits`): the kernel then reads
         those instead of each row for its max and live blocks."""
         layers = self._decode_layers()
         enhanced = self.top_p_head.use_enhanced_features
         kernel = _weights_kernel(layers)
         if kernel is not None:
-            from . import cpu_kernels
+            from . import learned_kernels
 
-            on_kernel = cpu_kernels.heads_step_on(kernel, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced)
+            on_kernel = learned_kernels.heads_step_on(kernel, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced)
 
         def step(hidden: torch.Tensor, logits: torch.Tensor, maxima: torch.Tensor | None = None) -> torch.Tensor:
             if kernel is not None and _rows_take_kernel(hidden, logits):
                 try:
                     return on_kernel(hidden.contiguous(), logits.contiguous(), maxima)
-                except cpu_kernels.NotFinite:
+                except learned_kernels.NotFinite:
                     pass  # torch's path below, as the features' own kernel does
             return _torch_values(layers, enhanced, hidden, logits)
 
@@ -190,9 +190,9 @@ def _weights_kernel(layers):
     weights = (layers[0].weight, layers[2].weight)
     if any(w.dtype != torch.float32 or not w.is_cpu or not w.is_contiguous() for w in weights):
         return None
-    from . import cpu_kernels
+    from . import learned_kernels
 
-    return cpu_kernels.load("heads_step_f32")
+    return learned_kernels.heads_step()
 
 
 def _rows_take_kernel(hidden: torch.Tensor, logits: torch.Tensor) -> bool:

@@ -1,11 +1,12 @@
-"""How a C kernel is compiled: its source in `assets/kernels/`, the CPU features it needs, its compiler
-flags, its shared library in the autodeco cache (built once per source, compiler and flags). Loading a
-kernel, and checking it against torch, is `cpu_kernels`'."""
+"""How a C kernel is compiled: its source in `assets/kernels/` (with the headers there that it includes), the CPU
+features it needs, its compiler flags, its shared library in the autodeco cache (built once per source, compiler
+and flags). Loading a kernel, and checking it against torch, is `cpu_kernels`'."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import tempfile
 from importlib import resources
@@ -34,8 +35,15 @@ NEEDS = {
 }
 
 
+# the kernels' own headers, beside them in assets/kernels/
+_OWN_HEADER = re.compile(r'^#include "([a-z0-9_]+\.h)"$', re.MULTILINE)
+
+
 def kernel_source(name: str) -> str:
-    return (resources.files("autodeco_cli") / "assets" / "kernels" / f"{name}.c").read_text()
+    """Kernel `name`'s C source, its own headers (`#include "x.h"`) written in: the build compiles one file, and its
+    cache key then covers what the headers hold."""
+    folder = resources.files("autodeco_cli") / "assets" / "kernels"
+    return _OWN_HEADER.sub(lambda include: (folder / include.group(1)).read_text(), (folder / f"{name}.c").read_text())
 
 
 def build_flags(name: str) -> tuple[str, ...]:

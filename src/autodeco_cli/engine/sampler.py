@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import torch
 
 from ..core.decoding import ADAPTIVE_PARAMETERS, explored_top_p
-from ..core.distribution import decoding_logits_and_temperature, nucleus_size, widened
+from ..core.distribution import decoding_logits_and_temperature, narrowed_cut, nucleus_size, widened
 from ..core.heads import AutoDecoHeads
+from ..core.learned_kernels import NUCLEUS_BLOCK
 
 if TYPE_CHECKING:  # generation imports this module
     from .requests import Request
@@ -171,10 +172,17 @@ class Sampler:
                 name: torch.tensor([k.adaptive_values[i] for k in keys], device=device).unsqueeze(-1)
                 for i, name in enumerate(names)
             }
-        decoded, used = decoding_logits_and_temperature(logits, temperature, top_p, top_k, maxima=maxima, **adaptive)
+        # the kernel's cut comes narrowed (no [rows, V] of -inf's written and read back); else cut, then narrow
+        narrowed = narrowed_cut(logits, temperature, top_p, maxima) if top_k is None and kind is None else None
+        if narrowed is None:
+            decoded, used = decoding_logits_and_temperature(
+                logits, temperature, top_p, top_k, maxima=maxima, **adaptive
+            )
+            nucleus = nucleus_blocks(decoded)
+        else:
+            nucleus = NucleusBlocks(*narrowed)
         # EDT's T is per row; the others keep the strategy's exact float in the trace
         used_temperatures = used.squeeze(-1).tolist() if kind == "edt" else [k.temperature for k in keys]
-        nucleus = nucleus_blocks(decoded)
         probs = torch.softmax(nucleus.logits, dim=-1).cpu()
         sizes = nucleus_size(nucleus.logits).tolist() if self.record_nucleus else [0] * len(keys)
         members = [distributions[key] for key in keys]
@@ -231,17 +239,9 @@ def inverse_cdf_tokens(
     return (columns if token_ids is None else token_ids[draw_rows, columns]).tolist()
 
 
-# The nucleus is sampled from whole blocks of this many token ids. Torch's CPU softmax takes its
-# max and its sum lane by lane (a lane holds the positions equal mod the vector width: 16 floats
-# with AVX-512, 8 with AVX2), then combines the lanes. A block keeps each token's position mod 64,
-# so each lane adds the same values in the same order, and the blocks left out held only -inf,
-# whose e's are +0 and move no sum: each kept token's probability is the full row's, bit for bit
-# (tests/test_sampler_nucleus.py checks it on this machine's kernel).
-NUCLEUS_BLOCK = 64
-
-
 class NucleusBlocks(NamedTuple):
-    """The blocks of a cut row that hold a kept token, in order, padded with -inf to the longest."""
+    """The blocks of a cut row that hold a kept token, in order, padded with -inf to the longest (blocks of
+    NUCLEUS_BLOCK token ids: why, at its definition)."""
 
     logits: torch.Tensor  # [R, blocks x NUCLEUS_BLOCK]
     token_ids: torch.Tensor | None  # [R, blocks x NUCLEUS_BLOCK]: each column's token; None: columns are ids

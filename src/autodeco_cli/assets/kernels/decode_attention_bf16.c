@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "reduce16.h"
+
 static inline __m512 load16(const uint16_t *p) { /* 16 bf16 -> 16 fp32 */
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
@@ -62,21 +64,8 @@ static inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-/* Sums of 16 vectors at once: lane 4k + m of the result is the sum of v[k + 4m]'s lanes (a
- * transposing tree of 15 adds, instead of 16 horizontal reductions). */
-static inline __m512 sum16(const __m512 *v) {
-  __m512 t[8], u[4], w[2];
-  for (int i = 0; i < 8; i++)
-    t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  for (int i = 0; i < 4; i++)
-    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
-  for (int i = 0; i < 2; i++)
-    w[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
-                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
-  return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
-}
+/* Sums of 16 vectors at once: lane 4k + m of the result is the sum of v[k + 4m]'s lanes. */
+REDUCE16(sum16, _mm512_add_ps)
 
 /* w[g * L + l] = bf16(q_g . k_l) * scaling, -inf where masked, for 16 keys at a time; best[g]: their maximum */
 static void scores(const uint16_t *q, const uint16_t *k, const uint8_t *mask, long G, long L, long D, long sl,

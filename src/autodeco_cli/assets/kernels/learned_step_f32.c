@@ -14,7 +14,8 @@
  *            cumsum rounded to float, as torch's CPU cumsum) is below P̂, at least one; P̂ >= 1
  *            keeps all. The largest `candidates` e's are selected in one pass; a row whose
  *            nucleus may reach past them is radix-sorted in full, so the cut is the full
- *            sort's either way. Kept tokens get raw / T exactly as torch divides.
+ *            sort's either way. Kept tokens get raw / T exactly as torch divides. The sampler takes
+ *            the cut narrowed to its 64-token blocks that hold a kept token (autodeco_nucleus_f32).
  *
  * exp and log are polynomials (Cephes' single precision, ~1 ulp), so p can differ from
  * torch.softmax's in the last bits; the cut is exact for the p computed here (every comparison
@@ -35,157 +36,12 @@
 #define MODE_FEATURES 0
 #define MODE_CUT 1
 #define MODE_PROBS 2
+#define MODE_NUCLEUS 3
 #define BLOCK 64
 
-static inline float as_float(uint32_t u) {
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-static inline uint32_t as_bits(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return u;
-}
-
-/* Every multiply-add below is an explicit fma, so the vectorised loops and the scalar calls (a
- * row's top candidates) compute the same bits whatever the compiler contracts. */
-#define FMA __builtin_fmaf
-
-/* exp(x) for x <= 0 (or -inf): Cody-Waite reduction, Cephes' polynomial, then 2^n applied in
- * two halves so results down in the subnormals round once, as a correctly scaled product. */
-static inline float exp_nonpositive(float x) {
-  x = x < -104.0f ? -104.0f : x;
-  float n = FMA(x, 1.44269504088896341f, 12582912.0f) - 12582912.0f; /* round to nearest */
-  float r = FMA(n, -0.693359375f, x);
-  r = FMA(n, 2.12194440e-4f, r);
-  float z = r * r;
-  float y = 1.9875691500e-4f;
-  y = FMA(y, r, 1.3981999507e-3f);
-  y = FMA(y, r, 8.3334519073e-3f);
-  y = FMA(y, r, 4.1665795894e-2f);
-  y = FMA(y, r, 1.6666665459e-1f);
-  y = FMA(y, r, 5.0000001201e-1f);
-  y = FMA(y, z, r) + 1.0f;
-  int k = (int)n, half = k >> 1;
-  return y * as_float((uint32_t)(half + 127) << 23) * as_float((uint32_t)(k - half + 127) << 23);
-}
-
-/* log(x) for normal positive x (here p + 1e-8): Cephes' logf, branch-free. */
-static inline float log_positive(float x) {
-  uint32_t bits = as_bits(x);
-  float e = (float)((int)((bits >> 23) & 0xff) - 126);
-  float m = as_float((bits & 0x807fffffu) | 0x3f000000u); /* in [0.5, 1) */
-  int low = m < 0.707106781186547524f;
-  e = low ? e - 1.0f : e;
-  m = low ? m + m - 1.0f : m - 1.0f;
-  float z = m * m;
-  float y = 7.0376836292e-2f;
-  y = FMA(y, m, -1.1514610310e-1f);
-  y = FMA(y, m, 1.1676998740e-1f);
-  y = FMA(y, m, -1.2420140846e-1f);
-  y = FMA(y, m, 1.4249322787e-1f);
-  y = FMA(y, m, -1.6668057665e-1f);
-  y = FMA(y, m, 2.0000714765e-1f);
-  y = FMA(y, m, -2.4999993993e-1f);
-  y = FMA(y, m, 3.3333331174e-1f);
-  y = y * m * z;
-  y = FMA(e, -2.12194440e-4f, y);
-  y = FMA(z, -0.5f, y);
-  return FMA(e, 0.693359375f, m + y);
-}
-
-/* ---- selection of the largest values --------------------------------------------------------- */
-
-static void swap(float *a, float *b) {
-  float t = *a;
-  *a = *b;
-  *b = t;
-}
-
-/* Reorder v[0..n) so that v[0..k) hold the k largest values (Wirth's selection, descending). */
-static void select_largest(float *v, long n, long k) {
-  long lo = 0, hi = n - 1, target = k - 1;
-  while (lo < hi) {
-    float pivot = v[target];
-    long i = lo, j = hi;
-    do {
-      while (v[i] > pivot) i++;
-      while (pivot > v[j]) j--;
-      if (i <= j) swap(v + i++, v + j--);
-    } while (i <= j);
-    if (j < target) lo = i;
-    if (target < i) hi = j;
-  }
-}
-
-static void sort_small_descending(float *v, long n) {
-  for (long i = 1; i < n; i++) {
-    float x = v[i];
-    long j = i - 1;
-    for (; j >= 0 && v[j] < x; j--) v[j + 1] = v[j];
-    v[j + 1] = x;
-  }
-}
-
-/* The k largest of values[0..n) sorted descending into top[0..k) (n >= k). `buffer` holds
- * 2k + BLOCK floats. A block is only looked into when its max beats the k-th largest so far. */
-static void largest(const float *values, long n, long k, float *top, float *buffer) {
-  float threshold = -__builtin_inff();
-  long held = 0;
-  for (long start = 0; start < n; start += BLOCK) {
-    long end = start + BLOCK < n ? start + BLOCK : n;
-    float block_max = -__builtin_inff();
-#pragma omp simd reduction(max : block_max)
-    for (long i = start; i < end; i++) block_max = values[i] > block_max ? values[i] : block_max;
-    if (!(block_max > threshold) && held >= k) continue;
-    for (long i = start; i < end; i++)
-      if (values[i] > threshold || held < k) buffer[held++] = values[i];
-    if (held >= 2 * k) {
-      select_largest(buffer, held, k);
-      held = k;
-      float smallest = buffer[0];
-      for (long i = 1; i < k; i++) smallest = buffer[i] < smallest ? buffer[i] : smallest;
-      threshold = smallest;
-    }
-  }
-  if (held > k) select_largest(buffer, held, k);
-  for (long i = 0; i < k; i++) top[i] = buffer[i];
-  sort_small_descending(top, k);
-}
-
-/* ---- full sort (fallback rows) ---------------------------------------------------------------- */
-
-#define BITS 11
-#define BUCKETS (1 << BITS)
-#define MASK (BUCKETS - 1)
-
-/* p >= 0, so its bits order like the values: sort the complemented bits ascending (LSD radix). */
-static void sort_probs_descending(const float *in, float *out, long n, uint32_t *a, uint32_t *b) {
-  uint32_t counts[3][BUCKETS];
-  memset(counts, 0, sizeof(counts));
-  for (long i = 0; i < n; i++) {
-    uint32_t key = ~as_bits(in[i]);
-    a[i] = key;
-    counts[0][key & MASK]++;
-    counts[1][(key >> BITS) & MASK]++;
-    counts[2][key >> (2 * BITS)]++;
-  }
-  for (int pass = 0; pass < 3; pass++) {
-    uint32_t total = 0;
-    for (int d = 0; d < BUCKETS; d++) {
-      uint32_t c = counts[pass][d];
-      counts[pass][d] = total;
-      total += c;
-    }
-    int shift = pass * BITS;
-    for (long i = 0; i < n; i++) b[counts[pass][(a[i] >> shift) & MASK]++] = a[i];
-    uint32_t *t = a;
-    a = b;
-    b = t;
-  }
-  for (long i = 0; i < n; i++) out[i] = as_float(~a[i]);
-}
+#include "cephes_f32.h"
+#include "largest_values.h"
+#include "reduce16.h"
 
 /* ---- per row ----------------------------------------------------------------------------------- */
 
@@ -193,6 +49,7 @@ typedef struct {
   float *exps, *sorted, *top, *buffer; /* [n], [n], [k], [2k + BLOCK] */
   uint32_t *keys;                      /* [2n] */
   int32_t *live;                       /* [n / LANES + 1]: the blocks `exponentiate` computed */
+  uint8_t *subs;                       /* [n / BLOCK + 1]: per BLOCK, a bit per LANES-wide block computed */
   long n, k;
 } scratch_t;
 
@@ -201,7 +58,7 @@ static int reserve(scratch_t *s, long n, long k) {
   free(s->exps);
   free(s->keys);
   s->exps = malloc(sizeof(float) * (2 * n + 3 * k + BLOCK));
-  s->keys = malloc(sizeof(uint32_t) * (2 * n + n / 16 + 1));
+  s->keys = malloc(sizeof(uint32_t) * (2 * n + n / 16 + 1) + n / BLOCK + 1);
   if (!s->exps || !s->keys) {
     free(s->exps);
     free(s->keys);
@@ -210,6 +67,7 @@ static int reserve(scratch_t *s, long n, long k) {
     return -1;
   }
   s->live = (int32_t *)(s->keys + 2 * n);
+  s->subs = (uint8_t *)(s->live + n / 16 + 1);
   s->sorted = s->exps + n;
   s->top = s->sorted + n;
   s->buffer = s->top + k;
@@ -471,48 +329,140 @@ static void mask_row(const float *raw, float t, const float *exps, float inverse
   }
 }
 
-static void cut_row(const float *raw, const float *maxima, float t, float top_p, float max, long n, long k,
-                    scratch_t *s, float *out, const float *ahead) {
-  long blocks;
-  float sum = exponentiate(raw, maxima, t, max, FLUSHED_BELOW, s->exps, n, ahead, s->live, &blocks, 1, NULL, 0);
-  float inverse = 1.0f / sum;
-  if (top_p >= 1.0f) { /* no cut */
-    for (long i = 0; i < n; i++) out[i] = raw[i] / t;
-    return;
-  }
+/* A row's nucleus: p = e * inverse, kept where above cutoff, or at it for the first `room` by id when tied. */
+typedef struct {
+  float inverse, cutoff;
+  long room;
+  int tied, dense; /* dense: every e of the row is in exps, the dead blocks' +0's too */
+} cut_t;
+
+/* Zeroes exps[0..n) outside the `count` blocks in `live` and the tail. */
+static void zero_dead_blocks(float *exps, const int32_t *live, long count, long n) {
+  long zeroed = 0, body = n - n % LANES;
+  for (long i = 0; i < count; zeroed = live[i++] + LANES)
+    for (; zeroed < live[i]; zeroed++) exps[zeroed] = 0.0f;
+  for (; zeroed < body; zeroed++) exps[zeroed] = 0.0f;
+}
+
+/* Exponentiates the row (its dead blocks zeroed only with `zero_dead`) and finds its nucleus at top_p < 1: among
+ * the largest `k` e's (from the live blocks: the dead ones' +0's can only be among them as zeros), or, where the
+ * nucleus may reach past them, in a full sort (which zeroes the dead blocks first). */
+static cut_t find_cut(const float *raw, const float *maxima, float t, float top_p, float max, long n, long k,
+                      scratch_t *s, const float *ahead, int zero_dead, long *blocks) {
+  cut_t cut = {0.0f, 0.0f, 0, 0, zero_dead};
+  cut.inverse = 1.0f / exponentiate(raw, maxima, t, max, FLUSHED_BELOW, s->exps, n, ahead, s->live, blocks,
+                                    zero_dead, NULL, 0);
   const float *head = s->top;
   long size = 0, length = k;
   if (k > 0) { /* k == 0: no candidates, every row sorted in full */
-    largest(s->exps, n, k, s->top, s->buffer);
-    for (long i = 0; i < k; i++) s->top[i] *= inverse;
+    float threshold = -__builtin_inff();
+    long held = 0;
+    for (long i = 0; i < *blocks; i++) offer(s->exps, s->live[i], s->live[i] + LANES, k, s->buffer, &held, &threshold);
+    offer(s->exps, n - n % LANES, n, k, s->buffer, &held, &threshold);
+    take_largest(k, s->top, s->buffer, held);
+    for (long i = 0; i < k; i++) s->top[i] *= cut.inverse;
     size = nucleus_size(s->top, k, top_p);
   }
   if (size == k) { /* every candidate counted (or none taken): the nucleus may reach past them */
+    if (!cut.dense) zero_dead_blocks(s->exps, s->live, *blocks, n);
+    cut.dense = 1;
 #pragma omp simd
-    for (long i = 0; i < n; i++) s->sorted[i] = s->exps[i] * inverse;
+    for (long i = 0; i < n; i++) s->sorted[i] = s->exps[i] * cut.inverse;
     sort_probs_descending(s->sorted, s->sorted, n, s->keys, s->keys + n); /* in place */
     head = s->sorted;
     length = n;
     size = nucleus_size(head, n, top_p);
   }
-  float cutoff = head[size - 1];
-  int tied = size < length && head[size] == cutoff;
+  cut.cutoff = head[size - 1];
+  cut.tied = size < length && head[size] == cut.cutoff;
   long greater = 0;
-  while (greater < size && head[greater] > cutoff) greater++;
-  mask_row(raw, t, s->exps, inverse, n, cutoff, size - greater, tied, out);
+  while (greater < size && head[greater] > cut.cutoff) greater++;
+  cut.room = size - greater;
+  return cut;
 }
 
-/* mode 0: out [rows, 4] features; mode 1: out [rows, n] cut logits; mode 2: out [rows, n] probs.
- * temperature, top_p: [rows] (top_p only read in mode 1; temperature already clamped). maxima: NULL, or
- * [rows, n / 16] each 16-wide block's max (`autodeco_widen_bf16`'s), from which the row's max and its live
- * blocks come without reading the row: the outputs are the same bits either way.
- * Returns 0; -1 when out of memory; -2 when a row holds NaN or +inf or no finite logit (the
- * caller then takes torch's path for the whole batch). */
-int autodeco_learned_step_f32(long mode, const float *raw, const float *temperature, const float *top_p, float *out,
-                              long rows, long n, long candidates, const float *maxima) {
+static void cut_row(const float *raw, const float *maxima, float t, float top_p, float max, long n, long k,
+                    scratch_t *s, float *out, const float *ahead) {
+  if (top_p >= 1.0f) { /* no cut */
+    for (long i = 0; i < n; i++) out[i] = raw[i] / t;
+    return;
+  }
+  long blocks;
+  cut_t cut = find_cut(raw, maxima, t, top_p, max, n, k, s, ahead, 1, &blocks);
+  mask_row(raw, t, s->exps, cut.inverse, n, cut.cutoff, cut.room, cut.tied, out);
+}
+
+/* ---- the nucleus as its blocks ------------------------------------------------------------------ */
+
+/* The row's BLOCK-wide blocks that hold a kept token with raw / t above -inf, as the cut (mask_row) writes them,
+ * to staged[0..count x BLOCK) in order, and their indices to ids; returns count. The walk visits only blocks
+ * with a computed e at or above the cutoff: a block without one holds no kept token (cutoff > 0; a row keeping
+ * p = 0 tokens is made dense first), and no tie there takes room. *wide where a kept raw / t is +inf (its e's are
+ * NaN then, raw / t - max / t being inf - inf) or nothing is kept. */
+static long nucleus_row(const float *raw, const float *maxima, float t, float top_p, float max, long n, long k,
+                        scratch_t *s, const float *ahead, float *staged, int32_t *ids, int *wide) {
+  long blocks, count = n / BLOCK, kept = 0;
+  if (top_p >= 1.0f) { /* every token kept: the blocks with a raw above -inf */
+    for (long b = 0; b < count; b++) {
+      float *to = staged + kept * BLOCK, top = -__builtin_inff();
+      for (long j = 0; j < BLOCK; j++) {
+        to[j] = raw[b * BLOCK + j] / t;
+        top = to[j] > top ? to[j] : top;
+      }
+      *wide |= top == __builtin_inff();
+      if (top > -__builtin_inff()) ids[kept++] = (int32_t)b;
+    }
+    return kept;
+  }
+  cut_t cut = find_cut(raw, maxima, t, top_p, max, n, k, s, ahead, 0, &blocks);
+  if (!cut.dense && !(cut.cutoff > 0.0f)) {
+    zero_dead_blocks(s->exps, s->live, blocks, n);
+    cut.dense = 1;
+  }
+  memset(s->subs, cut.dense ? 0xF : 0, count);
+  for (long i = 0; !cut.dense && i < blocks; i++) s->subs[s->live[i] / BLOCK] |= 1 << (s->live[i] % BLOCK / LANES);
+  const __m512 inverse = _mm512_set1_ps(cut.inverse), cutoff = _mm512_set1_ps(cut.cutoff);
+  for (long b = 0; b < count; b++) {
+    int any = 0, finite = 0, subs = s->subs[b];
+    for (int q = 0; q < BLOCK / LANES; q++)
+      if (subs >> q & 1) {
+        __m512 p = _mm512_mul_ps(_mm512_loadu_ps(s->exps + b * BLOCK + q * LANES), inverse);
+        any |= _mm512_cmp_ps_mask(p, cutoff, _CMP_GE_OQ) != 0;
+      }
+    if (!any) continue;
+    float *to = staged + kept * BLOCK;
+    for (long j = 0; j < BLOCK; j++) {
+      long i = b * BLOCK + j;
+      float p = subs >> (j / LANES) & 1 ? s->exps[i] * cut.inverse : 0.0f;
+      int keep = p > cut.cutoff || (p == cut.cutoff && (!cut.tied || cut.room-- > 0));
+      to[j] = keep ? raw[i] / t : -__builtin_inff();
+      finite |= to[j] > -__builtin_inff();
+      *wide |= to[j] == __builtin_inff();
+    }
+    if (finite) ids[kept++] = (int32_t)b;
+  }
+  *wide |= kept == 0; /* as nucleus_blocks leaves such a row (its softmax is NaN either way) */
+  return kept;
+}
+
+/* A row's `count` staged blocks (out[0..count x BLOCK), ids ascending) spread to their places in the whole row of
+ * n, -inf elsewhere: from the last down, so no block lands on one still to move. */
+static void spread_row(float *out, const int32_t *ids, long count, long n) {
+  long to = n / BLOCK - 1;
+  for (long j = count - 1; j >= -1; j--, to--) {
+    for (long stop = j >= 0 ? ids[j] : -1; to > stop; to--)
+      for (long i = 0; i < BLOCK; i++) out[to * BLOCK + i] = -__builtin_inff();
+    if (j >= 0 && to != j) memmove(out + to * BLOCK, out + j * BLOCK, sizeof(float) * BLOCK);
+  }
+}
+
+/* The rows of one call: for mode 3 (MODE_NUCLEUS) row r's kept blocks are staged at out + r n, their indices at
+ * ids + r n / BLOCK, their count in counts[r]; wide[r] as nucleus_row sets it. */
+static int each_row(long mode, const float *raw, const float *temperature, const float *top_p, float *out, long rows,
+                    long n, long candidates, const float *maxima, int32_t *ids, long *counts, int *wide) {
   static scratch_t scratch;
 #pragma omp threadprivate(scratch)
-  long k = mode == MODE_FEATURES ? (n < 5 ? n : 5) : (mode == MODE_CUT && candidates < n ? candidates : 0);
+  long k = mode == MODE_FEATURES ? (n < 5 ? n : 5) : (mode != MODE_PROBS && candidates < n ? candidates : 0);
   int status = 0;
   int threads = rows * n < (1L << 15) ? 1 : omp_get_max_threads();
 #pragma omp parallel num_threads(threads)
@@ -547,6 +497,9 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
         features_row(row, blocks, temperature[r], max, n, &scratch, out + r * 4, ahead);
       } else if (mode == MODE_CUT) {
         cut_row(row, blocks, temperature[r], top_p[r], max, n, k, &scratch, out + r * n, ahead);
+      } else if (mode == MODE_NUCLEUS) {
+        counts[r] = nucleus_row(row, blocks, temperature[r], top_p[r], max, n, k, &scratch, ahead, out + r * n,
+                                ids + r * (n / BLOCK), wide + r);
       } else {
         long live;
         float inverse = 1.0f / exponentiate(row, blocks, temperature[r], max, FLUSHED_BELOW, scratch.exps, n, ahead,
@@ -559,22 +512,57 @@ int autodeco_learned_step_f32(long mode, const float *raw, const float *temperat
   return status;
 }
 
-/* Maxima of 16 vectors at once, in order: lane k of the result is the max of v[k]'s lanes. The transposing tree of
- * decode_attention_bf16.c's sum16 with max for add (15 maxes instead of 16 horizontal reductions), which leaves
- * v[k + 4m]'s in lane 4k + m; a permutation puts them in order. */
+/* mode 0: out [rows, 4] features; mode 1: out [rows, n] cut logits; mode 2: out [rows, n] probs.
+ * temperature, top_p: [rows] (top_p only read in mode 1; temperature already clamped). maxima: NULL, or
+ * [rows, n / 16] each 16-wide block's max (`autodeco_widen_bf16`'s), from which the row's max and its live
+ * blocks come without reading the row: the outputs are the same bits either way.
+ * Returns 0; -1 when out of memory; -2 when a row holds NaN or +inf or no finite logit (the
+ * caller then takes torch's path for the whole batch). */
+int autodeco_learned_step_f32(long mode, const float *raw, const float *temperature, const float *top_p, float *out,
+                              long rows, long n, long candidates, const float *maxima) {
+  return each_row(mode, raw, temperature, top_p, out, rows, n, candidates, maxima, NULL, NULL, NULL);
+}
+
+/* The cut of mode 1 narrowed to the BLOCK-wide blocks that hold a kept token, as the sampler samples it (a softmax
+ * over those blocks gives each kept token the whole row's probability, engine/sampler.py's `nucleus_blocks`):
+ * without writing the rows' -inf's or reading them back. out: room for [rows, n] floats; ids: [rows, n / BLOCK].
+ * Returns the width W: where 2 W BLOCK <= n, out holds [rows, W BLOCK] (each row's kept blocks in order, then
+ * -inf) and ids [rows, W] (their block indices, 0 past a row's own); otherwise, or where a kept raw / t is +inf,
+ * out holds mode 1's whole cut [rows, n] and W = n / BLOCK. -1, -2 as mode 1; -3 where n is no multiple of BLOCK. */
+long autodeco_nucleus_f32(const float *raw, const float *temperature, const float *top_p, const float *maxima,
+                          float *out, int32_t *ids, long rows, long n, long candidates) {
+  if (n % BLOCK) return -3;
+  long per_row = n / BLOCK, width = 0, *counts = malloc(sizeof(long) * rows);
+  int *wide = calloc(rows, sizeof(int)), whole = 0;
+  int status = counts && wide ? each_row(MODE_NUCLEUS, raw, temperature, top_p, out, rows, n, candidates, maxima,
+                                         ids, counts, wide)
+                              : -1;
+  for (long r = 0; !status && r < rows; r++) {
+    width = counts[r] > width ? counts[r] : width;
+    whole |= wide[r];
+  }
+  if (!status && (whole || 2 * width * BLOCK > n)) {
+#pragma omp parallel for if (rows * n >= (1L << 15))
+    for (long r = 0; r < rows; r++) spread_row(out + r * n, ids + r * per_row, counts[r], n);
+    width = per_row;
+  } else if (!status) { /* row by row in order: each moves down, onto rows already moved */
+    for (long r = 0; r < rows; r++) {
+      memmove(out + r * width * BLOCK, out + r * n, sizeof(float) * counts[r] * BLOCK);
+      for (long i = counts[r] * BLOCK; i < width * BLOCK; i++) out[r * width * BLOCK + i] = -__builtin_inff();
+      memmove(ids + r * width, ids + r * per_row, sizeof(int32_t) * counts[r]);
+      for (long j = counts[r]; j < width; j++) ids[r * width + j] = 0;
+    }
+  }
+  free(counts);
+  free(wide);
+  return status ? status : width;
+}
+
+/* Maxima of 16 vectors at once, in order: lane k of the result is the max of v[k]'s lanes (the tree leaves
+ * v[k + 4m]'s in lane 4k + m; a permutation puts them in order). */
+REDUCE16(max16_tree, _mm512_max_ps)
 static inline __m512 max16(const __m512 *v) {
-  __m512 t[8], u[4], w[2];
-  for (int i = 0; i < 8; i++)
-    t[i] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  for (int i = 0; i < 4; i++)
-    u[i] = _mm512_max_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
-                         _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
-  for (int i = 0; i < 2; i++)
-    w[i] = _mm512_max_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44),
-                         _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
-  __m512 tree = _mm512_max_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
-  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), tree);
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), max16_tree(v));
 }
 
 /* out [rows, n] = in [rows, n] bf16 widened to float32 (exactly, as torch's .float()), and maxima [rows, n / 16]

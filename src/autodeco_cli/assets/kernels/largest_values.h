@@ -1,0 +1,102 @@
+/* The largest of a row's values: a partial selection of the k largest (Wirth's), offered a block at a time, and a
+ * full descending radix sort of non-negative floats for rows whose k largest do not settle the question (included
+ * into the kernel's one source by core/kernel_build.py). Needs BLOCK, as_float and as_bits (cephes_f32.h),
+ * <stdint.h> and <string.h>. */
+
+static void swap(float *a, float *b) {
+  float t = *a;
+  *a = *b;
+  *b = t;
+}
+
+/* Reorder v[0..n) so that v[0..k) hold the k largest values (Wirth's selection, descending). */
+static void select_largest(float *v, long n, long k) {
+  long lo = 0, hi = n - 1, target = k - 1;
+  while (lo < hi) {
+    float pivot = v[target];
+    long i = lo, j = hi;
+    do {
+      while (v[i] > pivot) i++;
+      while (pivot > v[j]) j--;
+      if (i <= j) swap(v + i++, v + j--);
+    } while (i <= j);
+    if (j < target) lo = i;
+    if (target < i) hi = j;
+  }
+}
+
+static void sort_small_descending(float *v, long n) {
+  for (long i = 1; i < n; i++) {
+    float x = v[i];
+    long j = i - 1;
+    for (; j >= 0 && v[j] < x; j--) v[j + 1] = v[j];
+    v[j + 1] = x;
+  }
+}
+
+/* Offers values[start..end) to the k largest so far, buffer[0..*held) (2k + BLOCK floats), all above *threshold
+ * once k are held: the block is only looked into when its max beats that. */
+static void offer(const float *values, long start, long end, long k, float *buffer, long *held, float *threshold) {
+  float block_max = -__builtin_inff();
+#pragma omp simd reduction(max : block_max)
+  for (long i = start; i < end; i++) block_max = values[i] > block_max ? values[i] : block_max;
+  if (!(block_max > *threshold) && *held >= k) return;
+  for (long i = start; i < end; i++)
+    if (values[i] > *threshold || *held < k) buffer[(*held)++] = values[i];
+  if (*held >= 2 * k) {
+    select_largest(buffer, *held, k);
+    *held = k;
+    float smallest = buffer[0];
+    for (long i = 1; i < k; i++) smallest = buffer[i] < smallest ? buffer[i] : smallest;
+    *threshold = smallest;
+  }
+}
+
+/* The k largest of what was offered, sorted descending into top[0..k), +0's after them where fewer were. */
+static void take_largest(long k, float *top, float *buffer, long held) {
+  if (held > k) select_largest(buffer, held, k);
+  for (long i = 0; i < k; i++) top[i] = i < held ? buffer[i] : 0.0f;
+  sort_small_descending(top, k);
+}
+
+/* The k largest of values[0..n) sorted descending into top[0..k) (n >= k). `buffer` holds
+ * 2k + BLOCK floats. */
+static void largest(const float *values, long n, long k, float *top, float *buffer) {
+  float threshold = -__builtin_inff();
+  long held = 0;
+  for (long start = 0; start < n; start += BLOCK) offer(values, start, start + BLOCK < n ? start + BLOCK : n, k,
+                                                        buffer, &held, &threshold);
+  take_largest(k, top, buffer, held);
+}
+
+/* Full sort (fallback rows). */
+#define BITS 11
+#define BUCKETS (1 << BITS)
+#define MASK (BUCKETS - 1)
+
+/* p >= 0, so its bits order like the values: sort the complemented bits ascending (LSD radix). */
+static void sort_probs_descending(const float *in, float *out, long n, uint32_t *a, uint32_t *b) {
+  uint32_t counts[3][BUCKETS];
+  memset(counts, 0, sizeof(counts));
+  for (long i = 0; i < n; i++) {
+    uint32_t key = ~as_bits(in[i]);
+    a[i] = key;
+    counts[0][key & MASK]++;
+    counts[1][(key >> BITS) & MASK]++;
+    counts[2][key >> (2 * BITS)]++;
+  }
+  for (int pass = 0; pass < 3; pass++) {
+    uint32_t total = 0;
+    for (int d = 0; d < BUCKETS; d++) {
+      uint32_t c = counts[pass][d];
+      counts[pass][d] = total;
+      total += c;
+    }
+    int shift = pass * BITS;
+    for (long i = 0; i < n; i++) b[counts[pass][(a[i] >> shift) & MASK]++] = a[i];
+    uint32_t *t = a;
+    a = b;
+    b = t;
+  }
+  for (long i = 0; i < n; i++) out[i] = as_float(~a[i]);
+}

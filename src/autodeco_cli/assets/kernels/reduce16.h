@@ -1,0 +1,18 @@
+/* Sixteen vectors reduced at once by a lane-wise OP through a transposing tree of 15 OPs (instead of 16 horizontal
+ * reductions): lane 4k + m of the result reduces v[k + 4m]'s lanes. REDUCE16(name, OP) defines the function `name`
+ * (the decode attention's sums, the learned step's block maxima). Included into a kernel's one source by
+ * core/kernel_build.py; needs <immintrin.h>. */
+
+/* OUT[i] = OP of IN[2i] and IN[2i + 1] shuffled two ways, for i < N */
+#define REDUCE16_PAIRS(OP, SHUFFLE, OUT, IN, N, LOW, HIGH) \
+  for (int i = 0; i < (N); i++)                            \
+  (OUT)[i] = OP(SHUFFLE((IN)[2 * i], (IN)[2 * i + 1], LOW), SHUFFLE((IN)[2 * i], (IN)[2 * i + 1], HIGH))
+
+#define REDUCE16(NAME, OP)                                                              \
+  static inline __m512 NAME(const __m512 *v) {                                          \
+    __m512 t[8], u[4], w[2];                                                            \
+    REDUCE16_PAIRS(OP, _mm512_shuffle_f32x4, t, v, 8, 0x44, 0xEE);                      \
+    REDUCE16_PAIRS(OP, _mm512_shuffle_f32x4, u, t, 4, 0x88, 0xDD);                      \
+    REDUCE16_PAIRS(OP, _mm512_shuffle_ps, w, u, 2, 0x44, 0xEE);                         \
+    return OP(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD)); \
+  }
