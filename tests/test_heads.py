@@ -258,7 +258,7 @@ def test_sampler_draws_the_tokens_forward_would():
     row_members = [[2 * r, 2 * r + 1] for r in range(6)]
 
     class ForwardHeads:  # the plain module call where the sampler would take decode_step's function
-        def decode_step(self):
+        def decode_step(self, reuse_output=False):
             return lambda hidden, logits, maxima=None: torch.cat(heads(hidden, logits), dim=-1)
 
     with torch.inference_mode():

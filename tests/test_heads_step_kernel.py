@@ -146,6 +146,25 @@ def test_a_prepared_step_gives_decode_values_and_reads_the_weights_live(monkeypa
     assert len(calls) == 1 + 4  # the step's one preparation, then each decode_values call's own
 
 
+def test_a_step_that_reuses_its_output_gives_each_call_its_own_values():
+    """With `reuse_output` (the sampler's step) each call with as many rows writes into the last one's tensor, and
+    still gives decode_values' values; other row counts get their own tensor; without it every call a new one."""
+    heads = _heads(48, 32, True, seed=12)
+    hidden, logits = _rows(4, 48, seed=13)
+    later_hidden, later_logits = _rows(4, 48, seed=14)
+    with torch.inference_mode():
+        step = heads.decode_step(reuse_output=True)
+        first = step(hidden, logits)
+        values = first.tolist()
+        assert values == heads.decode_values(hidden, logits).tolist()
+        later = step(later_hidden, later_logits)
+        assert later is first and later.tolist() == heads.decode_values(later_hidden, later_logits).tolist()
+        assert later.tolist() != values  # overwritten: a caller reads each result before the next call
+        assert step(hidden[:2], logits[:2]) is not first
+        fresh = heads.decode_step()
+        assert fresh(hidden, logits) is not fresh(hidden, logits)
+
+
 @needs_amx
 def test_bf16_rows_take_the_first_layers_on_amx_tiles_and_float32_rows_do_not(monkeypatch):
     packs = []

@@ -104,21 +104,24 @@ class AutoDecoHeads(nn.Module):
         """
         return self.decode_step()(hidden, logits)
 
-    def decode_step(self) -> Callable[..., torch.Tensor]:
+    def decode_step(self, reuse_output: bool = False) -> Callable[..., torch.Tensor]:
         """`decode_values` as a function of (hidden, logits), with the heads' side looked up once: whether
         their weights can take the kernel, and where those weights lie. For a run of decode steps during which
         the heads' tensors keep their storage (a generation run: training updates them in place, and the kernel
         reads them live, or packs its AMX copy of the first layers again). Cold, right after the model's forward,
         that lookup cost ~50 us a step, a quarter of the heads' time at one row (2-vCPU Xeon). The step takes the
         logits' block maxima too where the caller has them (`learned_kernels.widen_logits`): the kernel then reads
-        those instead of each row for its max and live blocks."""
+        those instead of each row for its max and live blocks. `reuse_output`: the kernel's result is overwritten
+        by the next call with as many rows (for a caller that reads each at once)."""
         layers = self._decode_layers()
         enhanced = self.top_p_head.use_enhanced_features
         kernel = _weights_kernel(layers)
         if kernel is not None:
             from . import learned_kernels
 
-            on_kernel = learned_kernels.heads_step_on(kernel, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced)
+            on_kernel = learned_kernels.heads_step_on(
+                kernel, layers, MAX_TEMPERATURE, MIN_TEMPERATURE, enhanced, reuse_output
+            )
 
         def step(hidden: torch.Tensor, logits: torch.Tensor, maxima: torch.Tensor | None = None) -> torch.Tensor:
             if kernel is not None and _rows_take_kernel(hidden, logits):

@@ -199,7 +199,9 @@ def _narrowed_agrees(kernel: Callable, rows: torch.Tensor, temperature: torch.Te
 # ---- heads' step ---------------------------------------------------------------------------------
 
 
-def heads_step_on(kernel: Callable, layers, scale: float, min_temperature: float, features: bool) -> Callable:
+def heads_step_on(
+    kernel: Callable, layers, scale: float, min_temperature: float, features: bool, reuse_output: bool = False
+) -> Callable:
     """A function of (hidden, logits, maxima=None) giving each row's (T̂, P̂), [R, 2] float32: the heads' `forward`
     at a decode step in one call (heads_step_f32.c). `hidden` [R, H] bf16 or float32 and `logits` [R, V] float32,
     contiguous CPU rows; `maxima`: None or `widen_logits`'s block maxima of `logits`; `layers`: the temperature
@@ -207,15 +209,22 @@ def heads_step_on(kernel: Callable, layers, scale: float, min_temperature: float
     `min_temperature`, or none (`features` False: the top-p head reads [hidden, T̂] only). The heads' side is read
     here, once: their weights' addresses, so the function serves while those tensors keep their storage (in-place
     updates are read live; the AMX copy of the first layers is remade when they change). It raises NotFinite where
-    a row of logits holds NaN or +inf or no finite value."""
+    a row of logits holds NaN or +inf or no finite value. With `reuse_output` each call writes into the output of
+    the last call with as many rows (a caller that reads it at once: right after the model's forward or this
+    kernel, a fresh torch.empty cost ~10-30 us, its memory cold)."""
     pointers = [p for layer in layers for p in (layer.weight.data_ptr(), layer.bias.data_ptr())]
     first, second = pointers[:4], pointers[4:]
     step, width = (_learned_step_address() if features else None), layers[0].out_features
     on_tiles = _first_layers_on_tiles(layers[0].weight, layers[2].weight)
+    outputs: dict[int, torch.Tensor] = {}  # by row count, with reuse_output
 
     def run(hidden, logits, maxima=None):
         rows, size = hidden.shape
-        out = torch.empty((rows, 2), dtype=torch.float32)
+        out = outputs.get(rows)
+        if out is None:
+            out = torch.empty((rows, 2), dtype=torch.float32)
+            if reuse_output:
+                outputs[rows] = out
         bf16 = hidden.dtype == torch.bfloat16
         amx = on_tiles() if bf16 and on_tiles else (None, None)
         blocks = None if maxima is None else maxima.data_ptr()

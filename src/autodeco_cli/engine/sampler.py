@@ -82,7 +82,8 @@ class Sampler:
 
     def head_values(
         self, rows: list[int], logits: torch.Tensor, hidden: torch.Tensor, maxima: torch.Tensor | None = None
-    ) -> dict[int, tuple[float, float]]:
+    ) -> dict[int, list[float]]:
+        """Each row's [T̂, P̂] from the heads."""
         if not rows:
             return {}
         if len(rows) < logits.shape[0]:  # only some rows carry autodeco requests
@@ -91,11 +92,13 @@ class Sampler:
             maxima = None if maxima is None else maxima[index]
         # Under the decode loop's inference_mode. Entering one here cost ~50 us per step at one row
         # (a cold call right after the model's forward), a seventh of the heads' time.
+        # Each step's values read at once, so the kernel's output tensor serves every step (reuse_output), and
+        # as lists: after the model's forward each allocation and each Python op costs several times its warm cost.
         if self._head_step is None:
-            self._head_step = self.heads.decode_step()
-        return dict(zip(rows, map(tuple, self._head_step(hidden, logits, maxima).tolist())))  # one copy for both
+            self._head_step = self.heads.decode_step(reuse_output=True)
+        return dict(zip(rows, self._head_step(hidden, logits, maxima).tolist()))
 
-    def distribution(self, request: Request, row: int, head: tuple[float, float] | None, step: int = 0) -> Distribution:
+    def distribution(self, request: Request, row: int, head: Sequence[float] | None, step: int = 0) -> Distribution:
         """The request's distribution on `row`: from its strategy, the row's heads' (T̂, P̂), or its
         schedule's (T, p) at `step` (that request's step index)."""
         strategy = request.strategy
