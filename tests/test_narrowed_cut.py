@@ -102,3 +102,14 @@ def test_where_the_kernel_does_not_take_the_rows():
         assert distribution.narrowed_cut(logits[:, :-8].contiguous(), t, p) is None
         assert distribution.narrowed_cut(logits, t, p) is not None
     assert distribution.narrowed_cut(logits, t, p) is None  # autograd on: torch's path
+
+
+def test_a_cut_finds_its_nucleus_in_the_tail_past_the_last_block():
+    """The candidates include the tokens past the last 16-wide block (a vocabulary of no whole number of blocks)."""
+    logits = torch.randn(3, 3001, generator=torch.Generator().manual_seed(2)) * 2
+    logits[:, 3000] = logits.amax(dim=-1) + 1.0  # the max, alone in the tail, holding most of the mass at T 0.5
+    logits[1, 2995] = logits[1, 3000]  # and a tie for it in the tail
+    kernel = learned_kernels.learned_step()
+    cut = learned_kernels.learned_cut(kernel, logits, torch.full((3,), 0.5), torch.tensor([0.5, 0.5, 0.0]), 8)
+    kept = [row.isfinite().nonzero().flatten().tolist() for row in cut]
+    assert kept == [[3000], [2995, 3000], [3000]]

@@ -1,7 +1,7 @@
 /* The largest of a row's values: a partial selection of the k largest (Wirth's), offered a block at a time, and a
  * full descending radix sort of non-negative floats for rows whose k largest do not settle the question (included
  * into the kernel's one source by core/kernel_build.py). Needs BLOCK, as_float and as_bits (cephes_f32.h),
- * <stdint.h> and <string.h>. */
+ * <immintrin.h>, <stdint.h> and <string.h>. */
 
 static void swap(float *a, float *b) {
   float t = *a;
@@ -34,22 +34,56 @@ static void sort_small_descending(float *v, long n) {
   }
 }
 
-/* Offers values[start..end) to the k largest so far, buffer[0..*held) (2k + BLOCK floats), all above *threshold
- * once k are held: the block is only looked into when its max beats that. */
+/* Keeps buffer[0..*held) to the k largest so far once it holds 2k (*threshold: the k-th of them). */
+static void settle(long k, float *buffer, long *held, float *threshold) {
+  if (*held < 2 * k) return;
+  select_largest(buffer, *held, k);
+  *held = k;
+  float smallest = buffer[0];
+  for (long i = 1; i < k; i++) smallest = buffer[i] < smallest ? buffer[i] : smallest;
+  *threshold = smallest;
+}
+
+/* The k largest offered so far: among buffer[0..held) (2k + BLOCK floats), all above threshold once k are held. */
+typedef struct {
+  float *buffer, threshold;
+  long k, held;
+} offered_t;
+
+/* Offers the 16 values at v to the k largest so far, buffer[0..*held) (2k + BLOCK floats), once k are held: those
+ * above *threshold, by one compare and a compressing store (a horizontal max per block, a branch per value and a
+ * call per block took half the cut's time). Inlined into the loops over a row's blocks. */
+static inline __attribute__((always_inline)) void offer16(const float *v, long k, float *buffer, long *held,
+                                                          float *threshold) {
+  __m512 values = _mm512_loadu_ps(v);
+  __mmask16 above = _mm512_cmp_ps_mask(values, _mm512_set1_ps(*threshold), _CMP_GT_OQ);
+  if (!above) return;
+  _mm512_mask_compressstoreu_ps(buffer + *held, above, values);
+  *held += __builtin_popcount(above);
+  settle(k, buffer, held, threshold);
+}
+
+/* Offers values[start..end) likewise: every value while fewer than k are held (the threshold is -inf until then),
+ * then 16 at a time, then the rest one by one. */
 static void offer(const float *values, long start, long end, long k, float *buffer, long *held, float *threshold) {
-  float block_max = -__builtin_inff();
-#pragma omp simd reduction(max : block_max)
-  for (long i = start; i < end; i++) block_max = values[i] > block_max ? values[i] : block_max;
-  if (!(block_max > *threshold) && *held >= k) return;
-  for (long i = start; i < end; i++)
-    if (values[i] > *threshold || *held < k) buffer[(*held)++] = values[i];
-  if (*held >= 2 * k) {
-    select_largest(buffer, *held, k);
-    *held = k;
-    float smallest = buffer[0];
-    for (long i = 1; i < k; i++) smallest = buffer[i] < smallest ? buffer[i] : smallest;
-    *threshold = smallest;
-  }
+  long i = start;
+  for (; i < end && *held < k; i++) buffer[(*held)++] = values[i];
+  settle(k, buffer, held, threshold);
+  for (; i + 16 <= end; i += 16) offer16(values + i, k, buffer, held, threshold);
+  for (; i < end; i++)
+    if (values[i] > *threshold) {
+      buffer[(*held)++] = values[i];
+      settle(k, buffer, held, threshold);
+    }
+}
+
+/* Offers values[start..end) to `offered`. */
+static inline __attribute__((always_inline)) void offer_to(offered_t *offered, const float *values, long start,
+                                                           long end) {
+  if (end - start == 16 && offered->held >= offered->k)
+    offer16(values + start, offered->k, offered->buffer, &offered->held, &offered->threshold);
+  else
+    offer(values, start, end, offered->k, offered->buffer, &offered->held, &offered->threshold);
 }
 
 /* The k largest of what was offered, sorted descending into top[0..k), +0's after them where fewer were. */

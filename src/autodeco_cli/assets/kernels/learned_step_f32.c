@@ -191,7 +191,8 @@ static inline void keep_largest(float *top, long k, float x) {
  * `ahead` (or NULL) is the next row this thread reads: its lines are prefetched along the way, so
  * that row's first reads (its max, or its live blocks) find it in this core's cache instead of waiting on memory. */
 static float exponentiate(const float *raw, const float *maxima, float t, float max, float floor, float *exps,
-                          long n, const float *ahead, int32_t *live, long *count, int zero_dead, float *top, long k) {
+                          long n, const float *ahead, int32_t *live, long *count, int zero_dead, float *top, long k,
+                          offered_t *offered) {
   float shift = max / t, lane[LANES] = {0.0f};
   long body = n - n % LANES, blocks = live_blocks(raw, body, zero_up_to(t, shift, max, floor), live, maxima);
   long lines = body / LANES, per_block = blocks ? (lines + blocks - 1) / blocks : 0, prefetched = 0, zeroed = 0;
@@ -215,6 +216,7 @@ static float exponentiate(const float *raw, const float *maxima, float t, float 
       __mmask16 above = _mm512_cmp_ps_mask(_mm512_loadu_ps(exps + b), _mm512_set1_ps(top[k - 1]), _CMP_GT_OQ);
       for (; above; above &= above - 1) keep_largest(top, k, exps[b + __builtin_ctz(above)]);
     }
+    if (offered) offer_to(offered, exps, b, b + LANES); /* from L1, just written: a pass of its own read L2 */
   }
   for (; zero_dead && zeroed < body; zeroed++) exps[zeroed] = 0.0f;
   for (long i = body; i < n; i++) {
@@ -223,6 +225,7 @@ static float exponentiate(const float *raw, const float *maxima, float t, float 
     lane[0] += exps[i];
     if (k) keep_largest(top, k, exps[i]);
   }
+  if (offered) offer_to(offered, exps, body, n);
   *count = blocks;
   return lanes_sum(lane);
 }
@@ -276,11 +279,13 @@ static void features_row(const float *raw, const float *maxima, float t, float m
                          const float *ahead) {
   long k = n < 5 ? n : 5, blocks;
 #ifdef AUTODECO_KERNEL_REFERENCE
-  float sum = exponentiate(raw, maxima, t, max, FEATURES_FLOOR, s->exps, n, ahead, s->live, &blocks, 1, s->top, 0);
+  float sum =
+      exponentiate(raw, maxima, t, max, FEATURES_FLOOR, s->exps, n, ahead, s->live, &blocks, 1, s->top, 0, NULL);
   float inverse = 1.0f / sum;
   largest(s->exps, n, k, s->top, s->buffer);
 #else
-  float sum = exponentiate(raw, maxima, t, max, FEATURES_FLOOR, s->exps, n, ahead, s->live, &blocks, 0, s->top, k);
+  float sum =
+      exponentiate(raw, maxima, t, max, FEATURES_FLOOR, s->exps, n, ahead, s->live, &blocks, 0, s->top, k, NULL);
   float inverse = 1.0f / sum;
 #endif
   float squares, plogp;
@@ -350,16 +355,14 @@ static void zero_dead_blocks(float *exps, const int32_t *live, long count, long 
 static cut_t find_cut(const float *raw, const float *maxima, float t, float top_p, float max, long n, long k,
                       scratch_t *s, const float *ahead, int zero_dead, long *blocks) {
   cut_t cut = {0.0f, 0.0f, 0, 0, zero_dead};
+  /* the largest k e's gathered as they are computed (the dead blocks' +0's can only be among them as zeros) */
+  offered_t offered = {s->buffer, -__builtin_inff(), k, 0};
   cut.inverse = 1.0f / exponentiate(raw, maxima, t, max, FLUSHED_BELOW, s->exps, n, ahead, s->live, blocks,
-                                    zero_dead, NULL, 0);
+                                    zero_dead, NULL, 0, k > 0 ? &offered : NULL);
   const float *head = s->top;
   long size = 0, length = k;
   if (k > 0) { /* k == 0: no candidates, every row sorted in full */
-    float threshold = -__builtin_inff();
-    long held = 0;
-    for (long i = 0; i < *blocks; i++) offer(s->exps, s->live[i], s->live[i] + LANES, k, s->buffer, &held, &threshold);
-    offer(s->exps, n - n % LANES, n, k, s->buffer, &held, &threshold);
-    take_largest(k, s->top, s->buffer, held);
+    take_largest(k, s->top, s->buffer, offered.held);
     for (long i = 0; i < k; i++) s->top[i] *= cut.inverse;
     size = nucleus_size(s->top, k, top_p);
   }
@@ -503,7 +506,7 @@ static int each_row(long mode, const float *raw, const float *temperature, const
       } else {
         long live;
         float inverse = 1.0f / exponentiate(row, blocks, temperature[r], max, FLUSHED_BELOW, scratch.exps, n, ahead,
-                                            scratch.live, &live, 1, NULL, 0);
+                                            scratch.live, &live, 1, NULL, 0, NULL);
         for (long i = 0; i < n; i++) out[r * n + i] = scratch.exps[i] * inverse;
       }
     }
