@@ -1,6 +1,6 @@
 /* The largest of a row's values: a partial selection of the k largest (Wirth's), offered a block at a time, and a
- * full descending radix sort of non-negative floats for rows whose k largest do not settle the question (included
- * into the kernel's one source by core/kernel_build.py). Needs BLOCK, as_float and as_bits (cephes_f32.h),
+ * full descending sort of non-negative floats for rows whose k largest do not settle the question (included into
+ * the kernel's one source by core/kernel_build.py). Needs BLOCK, as_float and as_bits (cephes_f32.h), radix_sort.h,
  * <immintrin.h>, <stdint.h> and <string.h>. */
 
 static void swap(float *a, float *b) {
@@ -103,34 +103,11 @@ static void largest(const float *values, long n, long k, float *top, float *buff
   take_largest(k, top, buffer, held);
 }
 
-/* Full sort (fallback rows). */
-#define BITS 11
-#define BUCKETS (1 << BITS)
-#define MASK (BUCKETS - 1)
-
-/* p >= 0, so its bits order like the values: sort the complemented bits ascending (LSD radix). */
+/* Full sort (fallback rows). p >= 0, so its bits order like the values: the complemented bits sorted ascending. */
 static void sort_probs_descending(const float *in, float *out, long n, uint32_t *a, uint32_t *b) {
-  uint32_t counts[3][BUCKETS];
+  radix_counts_t counts;
   memset(counts, 0, sizeof(counts));
-  for (long i = 0; i < n; i++) {
-    uint32_t key = ~as_bits(in[i]);
-    a[i] = key;
-    counts[0][key & MASK]++;
-    counts[1][(key >> BITS) & MASK]++;
-    counts[2][key >> (2 * BITS)]++;
-  }
-  for (int pass = 0; pass < 3; pass++) {
-    uint32_t total = 0;
-    for (int d = 0; d < BUCKETS; d++) {
-      uint32_t c = counts[pass][d];
-      counts[pass][d] = total;
-      total += c;
-    }
-    int shift = pass * BITS;
-    for (long i = 0; i < n; i++) b[counts[pass][(a[i] >> shift) & MASK]++] = a[i];
-    uint32_t *t = a;
-    a = b;
-    b = t;
-  }
-  for (long i = 0; i < n; i++) out[i] = as_float(~a[i]);
+  for (long i = 0; i < n; i++) radix_count(counts, a[i] = ~as_bits(in[i]));
+  const uint32_t *sorted = radix_sort(a, b, n, counts);
+  for (long i = 0; i < n; i++) out[i] = as_float(~sorted[i]);
 }

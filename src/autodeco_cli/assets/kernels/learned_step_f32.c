@@ -40,6 +40,7 @@
 #define BLOCK 64
 
 #include "cephes_f32.h"
+#include "radix_sort.h"
 #include "largest_values.h"
 #include "reduce16.h"
 

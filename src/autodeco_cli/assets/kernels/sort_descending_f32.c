@@ -13,45 +13,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BITS 11
-#define BUCKETS (1 << BITS)
-#define MASK (BUCKETS - 1)
+#include "radix_sort.h"
 
 /* larger float -> smaller key, so an ascending sort of keys is a descending sort of values */
 static inline uint32_t key_of(uint32_t u) { return (u & 0x80000000u) ? u : ~(u | 0x80000000u); }
 static inline uint32_t value_of(uint32_t k) { return (k & 0x80000000u) ? k : (~k & 0x7fffffffu); }
 
 static void sort_row(const float *in, float *out, long n, uint32_t *a, uint32_t *b) {
-  static const int SHIFTS[3] = {0, BITS, 2 * BITS};
-  uint32_t counts[3][BUCKETS];
+  radix_counts_t counts;
   memset(counts, 0, sizeof(counts));
   for (long i = 0; i < n; i++) {
     uint32_t u;
     memcpy(&u, in + i, 4);
-    uint32_t k = key_of(u);
-    a[i] = k;
-    counts[0][k & MASK]++;
-    counts[1][(k >> BITS) & MASK]++;
-    counts[2][k >> (2 * BITS)]++;
+    radix_count(counts, a[i] = key_of(u));
   }
-  for (int pass = 0; pass < 3; pass++) {
-    uint32_t total = 0;
-    for (int d = 0; d < BUCKETS; d++) {
-      uint32_t c = counts[pass][d];
-      counts[pass][d] = total;
-      total += c;
-    }
-    int shift = SHIFTS[pass];
-    for (long i = 0; i < n; i++) {
-      uint32_t k = a[i];
-      b[counts[pass][(k >> shift) & MASK]++] = k;
-    }
-    uint32_t *t = a;
-    a = b;
-    b = t;
-  }
+  const uint32_t *sorted = radix_sort(a, b, n, counts);
   for (long i = 0; i < n; i++) {
-    uint32_t u = value_of(a[i]);
+    uint32_t u = value_of(sorted[i]);
     memcpy(out + i, &u, 4);
   }
 }
