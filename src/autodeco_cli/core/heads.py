@@ -35,8 +35,29 @@ class HeadsConfig:
     head_width: int = 256
     use_enhanced_features: bool = True
     base_model: str | None = None
+    # Also read the output of this decoder layer (1-based: transformers' hidden_states[tap_layer]); the heads'
+    # input is then [that layer's state, the last hidden state]. Why: on the default model a middle layer holds a
+    # "random pick or exact pick" direction shared across task templates that the last layer does not
+    # (reports/reward-recipe.md, "Round 10").
+    tap_layer: int | None = None
     # Free-form provenance (training command, data, steps) so a shipped checkpoint explains itself.
     provenance: dict = field(default_factory=dict)
+
+
+def check_tap_layer(tap_layer: int | None, model: nn.Module) -> int | None:
+    """`tap_layer` where `model` (a transformers causal LM) has that many decoder layers, else a UserError."""
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if tap_layer is not None and layers is not None and not 1 <= tap_layer <= layers:
+        raise UserError(
+            f"tap_layer={tap_layer}: the base model has decoder layers 1-{layers}",
+            f"set tap_layer to one of 1-{layers} (the output of that layer), or leave it out",
+        )
+    return tap_layer
+
+
+def last_state(heads_input: torch.Tensor, hidden_size: int) -> torch.Tensor:
+    """The last hidden state inside the heads' input ([tap layer's state, last state] or the last state)."""
+    return heads_input[..., -hidden_size:]
 
 
 def _mlp(in_features: int, width: int) -> nn.Sequential:
@@ -74,8 +95,13 @@ class AutoDecoHeads(nn.Module):
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.config = config
-        self.temp_head = TempHead(config.hidden_size, config.head_width)
-        self.top_p_head = TopPHead(config.hidden_size, config.head_width, config.use_enhanced_features)
+        self.temp_head = TempHead(self.input_size, config.head_width)
+        self.top_p_head = TopPHead(self.input_size, config.head_width, config.use_enhanced_features)
+
+    @property
+    def input_size(self) -> int:
+        """Width of the state the heads read: the hidden size, twice with a tap layer."""
+        return self.config.hidden_size * (2 if self.config.tap_layer else 1)
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (T̂, P̂), each ``[..., 1]``.
@@ -234,6 +260,7 @@ _OURS = Schema(
         "head_width": optional(INTEGER, minimum=1),
         "use_enhanced_features": optional(BOOLEAN),
         "base_model": optional(STRING, nullable=True),
+        "tap_layer": optional(INTEGER, minimum=1, nullable=True),
         "provenance": optional(OBJECT),
     }
 )
@@ -300,15 +327,18 @@ def load_heads(path: str | Path, expected_hidden_size: int | None = None) -> Aut
         raise UserError(f"{path}: no AutoDeco heads inside (expected temp_head.mlp.* and top_p_head.mlp.* tensors)")
 
     _check_finite(state, path)
-    width, hidden_size = state["temp_head.mlp.0.weight"].shape
-    extra = state["top_p_head.mlp.0.weight"].shape[1] - hidden_size
     ours = cfg.get("autodeco_cli", {})
+    tap_layer = ours.get("tap_layer")
+    width, input_size = state["temp_head.mlp.0.weight"].shape
+    extra = state["top_p_head.mlp.0.weight"].shape[1] - input_size
+    hidden_size = input_size // 2 if tap_layer else input_size
     _check_config_hidden_size(cfg, hidden_size, path)
     config = HeadsConfig(
         hidden_size=hidden_size,
         head_width=width,
         use_enhanced_features=extra == 1 + NUM_DISTRIBUTION_FEATURES,
         base_model=ours.get("base_model") or cfg.get("base_model_name_or_path"),
+        tap_layer=tap_layer,
         provenance=ours.get("provenance", {}),
     )
     if expected_hidden_size is not None and hidden_size != expected_hidden_size:
