@@ -28,9 +28,10 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 PROMPTS = ["Once upon a time", "What is 27 + 82?"]
 
 
-def tap_heads(tap_layer: int = 1) -> AutoDecoHeads:
+def tap_heads(tap_layer: int = 1, tap_top_p: bool = True) -> AutoDecoHeads:
     torch.manual_seed(3)
-    return AutoDecoHeads(HeadsConfig(hidden_size=TINY_HIDDEN, head_width=16, tap_layer=tap_layer)).eval()
+    config = HeadsConfig(hidden_size=TINY_HIDDEN, head_width=16, tap_layer=tap_layer, tap_top_p=tap_top_p)
+    return AutoDecoHeads(config).eval()
 
 
 def heads_inputs(lm, ids: list[int], tap_layer: int) -> torch.Tensor:
@@ -40,12 +41,15 @@ def heads_inputs(lm, ids: list[int], tap_layer: int) -> torch.Tensor:
     return torch.cat((out.hidden_states[tap_layer][0], out.hidden_states[-1][0]), dim=-1), out.logits[0]
 
 
-def test_tap_heads_save_and_load(tmp_path):
-    heads = tap_heads()
+@pytest.mark.parametrize("tap_top_p", [True, False])
+def test_tap_heads_save_and_load(tmp_path, tap_top_p):
+    heads = tap_heads(tap_top_p=tap_top_p)
     assert heads.input_size == 2 * TINY_HIDDEN
     assert heads.temp_head.mlp[0].in_features == 2 * TINY_HIDDEN
+    assert heads.top_p_head.mlp[0].in_features == (2 if tap_top_p else 1) * TINY_HIDDEN + 5
     loaded = load_heads(heads.save(tmp_path / "heads"), expected_hidden_size=TINY_HIDDEN)
     assert loaded.config.tap_layer == 1 and loaded.config.hidden_size == TINY_HIDDEN
+    assert loaded.config.tap_top_p == tap_top_p
     for key, value in heads.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
 
@@ -64,10 +68,11 @@ def test_capture_holds_the_tap_layer_beside_the_last_state(tiny_lm):
     assert dict(layer._forward_hooks) == before  # closed: no hook of ours left behind
 
 
-def test_engine_feeds_tap_heads_the_same_state_at_every_step(tiny_lm):
+@pytest.mark.parametrize("tap_top_p", [True, False])
+def test_engine_feeds_tap_heads_the_same_state_at_every_step(tiny_lm, tap_top_p):
     """Each traced (T̂, P̂) is the heads on [layer 1, last] of a full forward over the prompt and the tokens drawn so
     far: the capture is right at prefill and at each cached decode step, row by row in a batch."""
-    heads = tap_heads()
+    heads = tap_heads(tap_top_p=tap_top_p)
     engine = GenerationEngine(tiny_lm, heads)
     assert engine.decode_path == "transformers" and "decoder layer 1" in engine.decode_path_why
     requests = build_requests(tiny_lm.tokenizer, PROMPTS, make_strategy("autodeco"), seed=0)
@@ -139,3 +144,18 @@ def test_vllm_plugin_refuses_tap_heads(tmp_path):
     vllm_config = SimpleNamespace(model_config=SimpleNamespace(hf_config=hf_config, model=str(tmp_path)))
     with pytest.raises(ValueError, match="decoder layer 1's output"):
         _attach_heads(torch.nn.Linear(1, 1), vllm_config)
+
+
+def test_a_top_p_head_without_the_tap_reads_the_last_state_only():
+    heads = tap_heads(tap_top_p=False)
+    hidden, logits = torch.randn(3, 2 * TINY_HIDDEN), torch.randn(3, 40)
+    changed = hidden.clone()
+    changed[:, :TINY_HIDDEN] += 1.0  # the tap's half
+    with torch.inference_mode():
+        t, p = heads(hidden, logits)
+        values = heads.decode_values(hidden, logits)
+        t_changed, p_changed = heads(changed, logits)
+        top_p_alone = heads.top_p_head(hidden[:, TINY_HIDDEN:], t, logits)
+    torch.testing.assert_close(values, torch.cat((t, p), dim=-1), rtol=0, atol=1e-6)
+    assert not torch.equal(t, t_changed)  # the temperature head reads the tap
+    torch.testing.assert_close(p, top_p_alone, rtol=0, atol=0)  # the top-p head reads [last, T̂, features]

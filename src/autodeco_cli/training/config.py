@@ -46,6 +46,7 @@ class TrainConfig:
     head_width: int = 256
     use_enhanced_features: bool = True
     tap_layer: int | None = None  # fresh heads also read this decoder layer's output (core/heads.HeadsConfig)
+    tap_top_p: bool = True  # False: only the temperature head reads the tap layer
     max_length: int = 2048
     overlong: str = "truncate"  # truncate | drop
     limit: int | None = None

@@ -201,6 +201,7 @@ class HeadTrainer:
             use_enhanced_features=c.use_enhanced_features,
             base_model=c.model,
             tap_layer=check_tap_layer(c.tap_layer, self.lm.model),
+            tap_top_p=c.tap_top_p,
         )
         return AutoDecoHeads(config).train()
 
