@@ -35,8 +35,30 @@ class HeadsConfig:
     head_width: int = 256
     use_enhanced_features: bool = True
     base_model: str | None = None
+    # Also read the output of this decoder layer (1-based: transformers' hidden_states[tap_layer]); the heads'
+    # input is then [that layer's state, the last hidden state]. Why: on the default model a middle layer holds a
+    # "random pick or exact pick" direction shared across task templates that the last layer does not
+    # (reports/reward-recipe.md, "Round 10").
+    tap_layer: int | None = None
+    tap_top_p: bool = True  # False: only the temperature head reads the tap; the top-p head reads the last state
     # Free-form provenance (training command, data, steps) so a shipped checkpoint explains itself.
     provenance: dict = field(default_factory=dict)
+
+
+def check_tap_layer(tap_layer: int | None, model: nn.Module) -> int | None:
+    """`tap_layer` where `model` (a transformers causal LM) has that many decoder layers, else a UserError."""
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if tap_layer is not None and layers is not None and not 1 <= tap_layer <= layers:
+        raise UserError(
+            f"tap_layer={tap_layer}: the base model has decoder layers 1-{layers}",
+            f"set tap_layer to one of 1-{layers} (the output of that layer), or leave it out",
+        )
+    return tap_layer
+
+
+def last_state(heads_input: torch.Tensor, hidden_size: int) -> torch.Tensor:
+    """The last hidden state inside the heads' input ([tap layer's state, last state] or the last state)."""
+    return heads_input[..., -hidden_size:]
 
 
 def _mlp(in_features: int, width: int) -> nn.Sequential:
@@ -74,8 +96,14 @@ class AutoDecoHeads(nn.Module):
     def __init__(self, config: HeadsConfig):
         super().__init__()
         self.config = config
-        self.temp_head = TempHead(config.hidden_size, config.head_width)
-        self.top_p_head = TopPHead(config.hidden_size, config.head_width, config.use_enhanced_features)
+        self.temp_head = TempHead(self.input_size, config.head_width)
+        top_p_input = self.input_size if config.tap_top_p else config.hidden_size
+        self.top_p_head = TopPHead(top_p_input, config.head_width, config.use_enhanced_features)
+
+    @property
+    def input_size(self) -> int:
+        """Width of the state the heads read: the hidden size, twice with a tap layer."""
+        return self.config.hidden_size * (2 if self.config.tap_layer else 1)
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (T̂, P̂), each ``[..., 1]``.
@@ -85,8 +113,11 @@ class AutoDecoHeads(nn.Module):
         """
         hidden = hidden.to(self.temp_head.mlp[0].weight.dtype)
         temperature = self.temp_head(hidden)
-        top_p = self.top_p_head(hidden, temperature.detach(), logits)
+        top_p = self.top_p_head(self._top_p_state(hidden), temperature.detach(), logits)
         return temperature, top_p
+
+    def _top_p_state(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden if self.config.tap_top_p else last_state(hidden, self.config.hidden_size)
 
     def decode_values(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """`forward` for a decode step, without autograd: ``[rows, 2]``, each row's (T̂, P̂) side by side.
@@ -115,7 +146,8 @@ class AutoDecoHeads(nn.Module):
         by the next call with as many rows (for a caller that reads each at once)."""
         layers = self._decode_layers()
         enhanced = self.top_p_head.use_enhanced_features
-        kernel = _weights_kernel(layers)
+        # the kernel's top-p head reads the temperature head's input
+        kernel = _weights_kernel(layers) if self.config.tap_top_p else None
         if kernel is not None:
             from . import learned_kernels
 
@@ -129,7 +161,7 @@ class AutoDecoHeads(nn.Module):
                     return on_kernel(hidden.contiguous(), logits.contiguous(), maxima)
                 except learned_kernels.NotFinite:
                     pass  # torch's path below, as the features' own kernel does
-            return _torch_values(layers, enhanced, hidden, logits)
+            return _torch_values(layers, enhanced, hidden, logits, self._top_p_state(hidden))
 
         return step
 
@@ -173,13 +205,15 @@ class AutoDecoHeads(nn.Module):
         return directory
 
 
-def _torch_values(layers, enhanced: bool, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+def _torch_values(
+    layers, enhanced: bool, hidden: torch.Tensor, logits: torch.Tensor, top_p_hidden: torch.Tensor
+) -> torch.Tensor:
     """`forward`'s ops on `layers` (the heads' four Linears) without the module calls: forward's bits."""
     temp_in, temp_out, top_p_in, top_p_out = layers
-    hidden = hidden.to(temp_in.weight.dtype)
+    hidden, top_p_hidden = hidden.to(temp_in.weight.dtype), top_p_hidden.to(temp_in.weight.dtype)
     temperature = functional.linear(hidden, temp_in.weight, temp_in.bias).relu_()
     temperature = functional.linear(temperature, temp_out.weight, temp_out.bias).sigmoid_().mul_(MAX_TEMPERATURE)
-    parts = [hidden, temperature]
+    parts = [top_p_hidden, temperature]
     if enhanced:
         parts.append(distribution_features(logits, temperature))
     top_p = functional.linear(torch.cat(parts, dim=-1), top_p_in.weight, top_p_in.bias).relu_()
@@ -234,6 +268,8 @@ _OURS = Schema(
         "head_width": optional(INTEGER, minimum=1),
         "use_enhanced_features": optional(BOOLEAN),
         "base_model": optional(STRING, nullable=True),
+        "tap_layer": optional(INTEGER, minimum=1, nullable=True),
+        "tap_top_p": optional(BOOLEAN),
         "provenance": optional(OBJECT),
     }
 )
@@ -300,15 +336,19 @@ def load_heads(path: str | Path, expected_hidden_size: int | None = None) -> Aut
         raise UserError(f"{path}: no AutoDeco heads inside (expected temp_head.mlp.* and top_p_head.mlp.* tensors)")
 
     _check_finite(state, path)
-    width, hidden_size = state["temp_head.mlp.0.weight"].shape
-    extra = state["top_p_head.mlp.0.weight"].shape[1] - hidden_size
     ours = cfg.get("autodeco_cli", {})
+    tap_layer, tap_top_p = ours.get("tap_layer"), ours.get("tap_top_p", True)
+    width, input_size = state["temp_head.mlp.0.weight"].shape
+    hidden_size = input_size // 2 if tap_layer else input_size
+    extra = state["top_p_head.mlp.0.weight"].shape[1] - (input_size if tap_top_p else hidden_size)
     _check_config_hidden_size(cfg, hidden_size, path)
     config = HeadsConfig(
         hidden_size=hidden_size,
         head_width=width,
         use_enhanced_features=extra == 1 + NUM_DISTRIBUTION_FEATURES,
         base_model=ours.get("base_model") or cfg.get("base_model_name_or_path"),
+        tap_layer=tap_layer,
+        tap_top_p=tap_top_p,
         provenance=ours.get("provenance", {}),
     )
     if expected_hidden_size is not None and hidden_size != expected_hidden_size:

@@ -35,6 +35,12 @@ def merge(model: str, heads: str, output: str | Path, dtype: str | None = None) 
     # a checkpoint keeps fp32 unless asked: no --dtype would be bf16 on CPUs with native bf16
     lm: LoadedModel = load_base_model(model, device="cpu", dtype=dtype or "float32")
     loaded_heads = load_heads(heads, expected_hidden_size=lm.hidden_size)
+    if loaded_heads.config.tap_layer:
+        raise UserError(
+            f"{heads}: these heads read decoder layer {loaded_heads.config.tap_layer}'s output, which the official "
+            "merged layout cannot say",
+            "use the heads folder itself (--heads DIR)",
+        )
     state = {}
     # tied embeddings share storage; safetensors refuses shared tensors, and the config re-ties them
     tied = getattr(lm.model.config, "tie_word_embeddings", False)

@@ -39,7 +39,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from ..core.heads import AutoDecoHeads
+from ..core.heads import AutoDecoHeads, check_tap_layer
 from ..core.prompt_format import PLAIN, PromptFormat
 from .kv_cache import GrowingLayer, append_rows, select_rows
 from .lean_decode import LEAN, TRANSFORMERS, LeanDecoder, lean_decode_blocker
@@ -56,17 +56,31 @@ def _contiguous_input(_module, args):
 
 
 class HiddenStateCapture:
-    """Keeps the input of the model's output embedding: the (final-norm) last hidden state."""
+    """Keeps the input of the model's output embedding (the final-norm last hidden state) and, for heads with a
+    tap layer, that decoder layer's output."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, tap_layer: int | None = None):
         self.last: torch.Tensor | None = None
-        self._handle = model.get_output_embeddings().register_forward_pre_hook(self._keep)
+        self.tap: torch.Tensor | None = None
+        self._handles = [model.get_output_embeddings().register_forward_pre_hook(self._keep)]
+        if tap_layer:
+            layer = model.get_decoder().layers[tap_layer - 1]
+            self._handles.append(layer.register_forward_hook(self._keep_tap))
 
     def _keep(self, _module, args):
         self.last = args[0]
 
+    def _keep_tap(self, _module, _args, output):
+        self.tap = output[0] if isinstance(output, tuple) else output
+
+    def heads_input(self) -> torch.Tensor:
+        """Each row's state at its final position as the heads read it: [tap, last] or last."""
+        last = self.last[:, -1, :]
+        return last if self.tap is None else torch.cat((self.tap[:, -1, :], last), dim=-1)
+
     def close(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 @dataclass
@@ -93,10 +107,10 @@ class GenerationEngine:
     _lean: LeanDecoder | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
+        model = self.lm.model
         if self.heads is not None:
             self.heads.to(self.lm.device).eval()
-            self._capture = HiddenStateCapture(self.lm.model)
-        model = self.lm.model
+            self._capture = HiddenStateCapture(self.lm.model, check_tap_layer(self.heads.config.tap_layer, model))
         # logits_to_keep hands the LM head a strided [rows, 1, H] slice, which torch multiplies as
         # a batched matmul against a per-row copy of the weight (0.7 s per prefill in bf16 on CPU)
         self._contiguous_head_input = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
@@ -109,7 +123,10 @@ class GenerationEngine:
         check_attention_cache(self.lm)
         layers = getattr(self.new_cache(), "layers", None)
         self.can_join = bool(layers) and all(type(layer) is GrowingLayer for layer in layers)
+        tap = self.heads.config.tap_layer if self.heads is not None else None
         self.decode_path_why = lean_decode_blocker(model) if self.lean_decode else "turned off"
+        if tap and self.lean_decode:  # the lean step keeps only the last state
+            self.decode_path_why = f"the heads read decoder layer {tap}'s output"
         if self.decode_path_why is None:
             self._lean = LeanDecoder(model)
 
@@ -188,7 +205,7 @@ class GenerationEngine:
             logits = self.lm.model(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs
             ).logits
-        hidden = self._capture.last[:, -1, :] if self._capture is not None else None
+        hidden = self._capture.heads_input() if self._capture is not None else None
         return logits[:, -1, :], hidden  # in the model's dtype: the sampler widens them (distribution.widened)
 
     def new_cache(self):

@@ -45,6 +45,8 @@ class TrainConfig:
     soft_top_p_alpha: float = 30.0
     head_width: int = 256
     use_enhanced_features: bool = True
+    tap_layer: int | None = None  # fresh heads also read this decoder layer's output (core/heads.HeadsConfig)
+    tap_top_p: bool = True  # False: only the temperature head reads the tap layer
     max_length: int = 2048
     overlong: str = "truncate"  # truncate | drop
     limit: int | None = None
@@ -84,6 +86,7 @@ class TrainConfig:
             "log_every": self.log_every >= 1,
             "max_length": self.max_length >= 1,
             "head_width": self.head_width >= 1,
+            "tap_layer": self.tap_layer is None or self.tap_layer >= 1,
             "limit": self.limit is None or self.limit >= 1,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
             "threads": self.threads is None or self.threads >= 0,

@@ -33,14 +33,20 @@ def _pad_batch(examples: list[Example], pad_id: int, device) -> tuple[torch.Tens
     return ids.to(device), labels.to(device), mask.to(device)
 
 
-def base_features(model, examples: list[Example], pad_id: int, device, trainable_base: bool) -> Features:
-    """Last hidden states at the positions that predict a label. The frozen base runs under
-    inference_mode (no graph, no saved activations); with LoRA it must keep its graph."""
+def base_features(
+    model, examples: list[Example], pad_id: int, device, trainable_base: bool, tap_layer: int | None = None
+) -> Features:
+    """Last hidden states at the positions that predict a label (with `tap_layer`, the heads' input: that
+    decoder layer's output beside the last state). The frozen base runs under inference_mode (no graph, no
+    saved activations); with LoRA it must keep its graph."""
     ids, labels, mask = _pad_batch(examples, pad_id, device)
     decoder = model.get_decoder()
     context = torch.enable_grad() if trainable_base else torch.inference_mode()
     with context:
-        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=bool(tap_layer))
+        hidden = out.last_hidden_state
+        if tap_layer:
+            hidden = torch.cat((out.hidden_states[tap_layer], hidden), dim=-1)
         shifted = labels[:, 1:]
         select = shifted != IGNORE_INDEX
         selected = hidden[:, :-1][select]
@@ -64,7 +70,13 @@ class HiddenStateCache:
         self.hidden, self.targets, self.offsets = hidden, targets, offsets
 
     @staticmethod
-    def key(config: TrainConfig, data_path: Path, num_examples: int, dtype: torch.dtype = torch.float32) -> str:
+    def key(
+        config: TrainConfig,
+        data_path: Path,
+        num_examples: int,
+        dtype: torch.dtype = torch.float32,
+        tap_layer: int | None = None,
+    ) -> str:
         import hashlib
 
         digest = hashlib.sha256()
@@ -78,11 +90,21 @@ class HiddenStateCache:
         )
         if dtype != torch.float32:  # a bf16 base computes other states (fp32 caches keep their old names)
             digest.update(str(dtype).encode())
+        if tap_layer:  # other states: [tap, last]
+            digest.update(f"tap {tap_layer}".encode())
         return digest.hexdigest()[:16]
 
     @classmethod
     def build_or_load(
-        cls, path: Path, model, examples: list[Example], pad_id: int, device, batch_size: int, progress=None
+        cls,
+        path: Path,
+        model,
+        examples: list[Example],
+        pad_id: int,
+        device,
+        batch_size: int,
+        progress=None,
+        tap_layer: int | None = None,
     ) -> "HiddenStateCache":
         from safetensors.torch import load_file, save_file
 
@@ -91,7 +113,8 @@ class HiddenStateCache:
             return cls(state["hidden"], state["targets"], state["offsets"])
         hidden_parts, target_parts, counts = [], [], []
         for start in range(0, len(examples), batch_size):
-            features = base_features(model, examples[start : start + batch_size], pad_id, device, trainable_base=False)
+            batch = examples[start : start + batch_size]
+            features = base_features(model, batch, pad_id, device, trainable_base=False, tap_layer=tap_layer)
             hidden_parts.append(features.hidden.cpu())
             target_parts.append(features.targets.cpu())
             counts += features.counts

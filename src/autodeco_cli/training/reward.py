@@ -38,6 +38,7 @@ import torch
 
 from ..core.decoding import MAX_TEMPERATURE
 from ..core.errors import UserError
+from ..core.heads import last_state
 from ..core.io_checks import cut_partial_last_line
 from ..engine.generation import GenerationEngine
 from ..engine.requests import Request, encode_prompt, request_seed
@@ -246,10 +247,16 @@ class RewardTrainer:
         for start in range(0, len(examples), c.micro_batch_size):
             batch = examples[start : start + c.micro_batch_size]
             features = base_features(
-                self.lm.model, batch, self.lm.tokenizer.pad_token_id, self.device, trainable_base=False
+                self.lm.model,
+                batch,
+                self.lm.tokenizer.pad_token_id,
+                self.device,
+                trainable_base=False,
+                tap_layer=self.heads.config.tap_layer,
             )
             with torch.no_grad():
-                logits = lm_head(features.hidden.to(lm_head.weight.dtype)).float()
+                last = last_state(features.hidden, self.lm.hidden_size)
+                logits = lm_head(last.to(lm_head.weight.dtype)).float()
             temperature, top_p = self.heads(features.hidden, logits)
             advantages = torch.tensor(weights[start : start + c.micro_batch_size], device=self.device)
             exploration = torch.zeros((), device=self.device)

@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ..core.decoding import MAX_TEMPERATURE, make_strategy
+from ..core.heads import last_state
 from ..core.startup_gc import paused_then_frozen
 from ..engine.generation import GenerationEngine
 from ..engine.interface import Engine
@@ -241,7 +242,12 @@ class _SteerFeatures:
         trainer = self.trainer
         if not self.enabled:
             return base_features(
-                trainer.lm.model, examples, trainer.lm.tokenizer.pad_token_id, trainer.device, trainable_base=False
+                trainer.lm.model,
+                examples,
+                trainer.lm.tokenizer.pad_token_id,
+                trainer.device,
+                trainable_base=False,
+                tap_layer=trainer.heads.config.tap_layer,
             )
         missing = [i for i, key in enumerate(keys) if key not in self.stored]
         if missing:
@@ -251,6 +257,7 @@ class _SteerFeatures:
                 trainer.lm.tokenizer.pad_token_id,
                 trainer.device,
                 trainable_base=False,
+                tap_layer=trainer.heads.config.tap_layer,
             )
             for i, hidden, targets in zip(
                 missing, computed.hidden.split(computed.counts), computed.targets.split(computed.counts)
@@ -350,7 +357,7 @@ class _SteerLoop:
         examples = [self.variants[r][response, condition][w] for r, response, condition, w in picks]
         features = self.features_of(examples, picks)
         with torch.no_grad():
-            logits = self.lm_head(features.hidden).float()
+            logits = self.lm_head(last_state(features.hidden, self.trainer.lm.hidden_size)).float()
         temperature, top_p = self.trainer.heads(features.hidden, logits)
         return features, logits, temperature, top_p, examples
 

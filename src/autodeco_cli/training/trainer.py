@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.heads import AutoDecoHeads, HeadsConfig, load_heads
+from ..core.heads import AutoDecoHeads, HeadsConfig, check_tap_layer, last_state, load_heads
 from ..core.io_checks import cut_partial_last_line
 from ..engine.models import load_base_model, training_dtype
 from ..engine.requests import request_seed
@@ -200,6 +200,8 @@ class HeadTrainer:
             head_width=c.head_width,
             use_enhanced_features=c.use_enhanced_features,
             base_model=c.model,
+            tap_layer=check_tap_layer(c.tap_layer, self.lm.model),
+            tap_top_p=c.tap_top_p,
         )
         return AutoDecoHeads(config).train()
 
@@ -328,6 +330,7 @@ class HeadTrainer:
             self.lm.tokenizer.pad_token_id,
             self.device,
             trainable_base=self.lora_model is not None,
+            tap_layer=self.heads.config.tap_layer,
         )
 
     def _micro_step(self, examples: list[Example], epoch: int, scale: float) -> dict:
@@ -335,7 +338,8 @@ class HeadTrainer:
         features = self._features(examples)
         lm_head = self.lm.model.get_output_embeddings()
         with torch.no_grad():
-            logits = lm_head(features.hidden.to(lm_head.weight.dtype)).float()
+            last = last_state(features.hidden, self.lm.hidden_size)
+            logits = lm_head(last.to(lm_head.weight.dtype)).float()
         hidden = features.hidden
         temperature, top_p = self.heads(hidden, logits)
         uniforms = easy_drop_uniforms(c.seed, epoch, examples, features.counts).to(self.device)
@@ -442,18 +446,18 @@ class HeadTrainer:
     def _prepare_cache(self) -> None:
         c = self.config
         cache_dir = Path(c.cache_dir) if c.cache_dir else self.output_dir / "hidden_cache"
-        path = (
-            cache_dir
-            / f"hidden-{HiddenStateCache.key(c, Path(c.data), len(self.examples), self.lm.model.dtype)}.safetensors"
-        )
+        tap = self.heads.config.tap_layer
+        key = HiddenStateCache.key(c, Path(c.data), len(self.examples), self.lm.model.dtype, tap)
+        path = cache_dir / f"hidden-{key}.safetensors"
+        model, pad_id = self.lm.model, self.lm.tokenizer.pad_token_id
         if self.dist.is_main:
             self.cache = HiddenStateCache.build_or_load(
-                path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size
+                path, model, self.examples, pad_id, self.device, c.micro_batch_size, tap_layer=tap
             )
         self.dist.barrier()
         if self.cache is None:
             self.cache = HiddenStateCache.build_or_load(
-                path, self.lm.model, self.examples, self.lm.tokenizer.pad_token_id, self.device, c.micro_batch_size
+                path, model, self.examples, pad_id, self.device, c.micro_batch_size, tap_layer=tap
             )
 
 

@@ -68,6 +68,12 @@ def _attach_heads(self, vllm_config) -> None:
     if not heads_dir.is_absolute():
         heads_dir = Path(vllm_config.model_config.model) / heads_dir
     heads = load_heads(heads_dir, expected_hidden_size=hf_config.hidden_size)
+    if heads.config.tap_layer:
+        # compute_logits gets the last hidden state only; a middle layer's output would need the model's forward
+        raise ValueError(
+            f"{heads_dir}: these heads read decoder layer {heads.config.tap_layer}'s output, which the vLLM plugin "
+            "does not pass them yet; decode them with autodeco's own engine (--engine hf)"
+        )
     # fp32 heads whatever the base dtype: T̂/P̂ are tiny MLPs and their outputs scale every logit
     device = next(self.parameters()).device
     self.autodeco_heads = heads.to(device=device, dtype=torch.float32).eval()
