@@ -159,3 +159,12 @@ def test_a_top_p_head_without_the_tap_reads_the_last_state_only():
     torch.testing.assert_close(values, torch.cat((t, p), dim=-1), rtol=0, atol=1e-6)
     assert not torch.equal(t, t_changed)  # the temperature head reads the tap
     torch.testing.assert_close(p, top_p_alone, rtol=0, atol=0)  # the top-p head reads [last, T̂, features]
+
+
+def test_init_heads_bring_their_own_tap(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    heads = tap_heads(tap_layer=1).save(tmp_path / "heads")
+    trainer = HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "same", init_heads=str(heads))).setup()
+    assert trainer.heads.config.tap_layer == 1
+    with pytest.raises(UserError, match=r"tap_layer=2, but the init_heads .* read decoder layer 1's output"):
+        HeadTrainer(make_config(tiny_model_dir, data, tmp_path / "moved", init_heads=str(heads), tap_layer=2)).setup()

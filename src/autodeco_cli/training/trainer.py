@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import UserError
 from ..core.heads import AutoDecoHeads, HeadsConfig, check_tap_layer, last_state, load_heads
 from ..core.io_checks import cut_partial_last_line
 from ..engine.models import load_base_model, training_dtype
@@ -193,7 +194,16 @@ class HeadTrainer:
     def _init_heads(self) -> AutoDecoHeads:
         c = self.config
         if c.init_heads:
-            return load_heads(c.init_heads, expected_hidden_size=self.lm.hidden_size).train()
+            heads = load_heads(c.init_heads, expected_hidden_size=self.lm.hidden_size)
+            tap = heads.config.tap_layer
+            if c.tap_layer is not None and c.tap_layer != tap:
+                # the heads' first layers are shaped by what they read: a tap cannot be added or moved later
+                reads = f"decoder layer {tap}'s output" if tap else "no tap layer"
+                raise UserError(
+                    f"tap_layer={c.tap_layer}, but the init_heads {c.init_heads} read {reads}",
+                    "leave tap_layer out (it comes with init_heads), or train fresh heads",
+                )
+            return heads.train()
         torch.manual_seed(c.seed)
         config = HeadsConfig(
             hidden_size=self.lm.hidden_size,
