@@ -353,6 +353,10 @@ def vllm_engine_errors(work: Path, installed: bool) -> dict[str, list[str]]:
     adapter = work / "vllm-adapter"
     adapter.mkdir(exist_ok=True)
     (adapter / "adapter_config.json").write_text("{}")
+    tap_heads = work / "vllm-tap-heads"  # heads reading a middle layer (only config.json is read before vLLM)
+    tap_heads.mkdir(exist_ok=True)
+    (tap_heads / "autodeco_heads.safetensors").write_bytes(b"")
+    (tap_heads / "config.json").write_text('{"autodeco_cli": {"tap_layer": 13}}')
     return {
         **errors,
         f"--model {gone / 'vllm-model'}: no such": ["generate", *vllm, "-m", str(gone / "vllm-model"), "hi"],
@@ -367,6 +371,7 @@ def vllm_engine_errors(work: Path, installed: bool) -> dict[str, list[str]]:
             "hi",
         ],
         "--engine vllm does not apply LoRA adapters here": ["generate", *vllm, "--adapter", str(adapter), "hi"],
+        "read decoder layer 13's output, which --engine vllm": ["generate", *vllm, "--heads", str(tap_heads), "hi"],
         f"--model {gone / 'serve-model'}: no such": ["serve", "-m", str(gone / "serve-model")],
     }
 

@@ -139,8 +139,28 @@ def check_engine_options(
     check_model_spec(model, "--model")
     if heads:
         heads_files(heads, "--heads")
+        check_engine_heads(engine, heads)
     check_adapter(adapter)
     check_engine_adapter(engine, adapter)
+
+
+def check_engine_heads(engine: str, heads: str) -> None:
+    """Heads that read a middle layer (their config's `tap_layer`) decode on our engine only: vLLM's compute_logits
+    gets the last hidden state alone. Read from config.json, before vLLM starts (minutes)."""
+    folder = Path(heads).expanduser()
+    config = (folder.parent if folder.is_file() else folder) / "config.json"
+    if engine != "vllm" or not config.is_file():
+        return
+    from ..core.json_files import read_json_file  # core.heads imports torch; its loader checks the fields later
+
+    fields = read_json_file(config, "heads config")
+    ours = fields.get("autodeco_cli") if isinstance(fields, dict) else None
+    tap = ours.get("tap_layer") if isinstance(ours, dict) else None
+    if tap:
+        raise UserError(
+            f"--heads {heads}: these heads read decoder layer {tap}'s output, which --engine vllm does not pass them",
+            "use --engine hf for these heads",
+        )
 
 
 def check_engine_adapter(engine: str, adapter: str | None) -> None:
