@@ -56,6 +56,15 @@ def check_tap_layer(tap_layer: int | None, model: nn.Module) -> int | None:
     return tap_layer
 
 
+def hook_layer_output(model: nn.Module, tap_layer: int, keep: Callable[[torch.Tensor], None]):
+    """Hands `keep` decoder layer `tap_layer`'s output (transformers' hidden_states[tap_layer]) at each forward of
+    `model`; returns the hook's handle. A hook rather than output_hidden_states: that keeps every layer's states."""
+    layer = model.get_decoder().layers[tap_layer - 1]
+    return layer.register_forward_hook(
+        lambda _module, _args, output: keep(output[0] if isinstance(output, tuple) else output)
+    )
+
+
 def last_state(heads_input: torch.Tensor, hidden_size: int) -> torch.Tensor:
     """The last hidden state inside the heads' input ([tap layer's state, last state] or the last state)."""
     return heads_input[..., -hidden_size:]

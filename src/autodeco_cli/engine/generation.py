@@ -39,7 +39,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from ..core.heads import AutoDecoHeads, check_tap_layer
+from ..core.heads import AutoDecoHeads, check_tap_layer, hook_layer_output
 from ..core.prompt_format import PLAIN, PromptFormat
 from .kv_cache import GrowingLayer, append_rows, select_rows
 from .lean_decode import LEAN, TRANSFORMERS, LeanDecoder, lean_decode_blocker
@@ -64,14 +64,13 @@ class HiddenStateCapture:
         self.tap: torch.Tensor | None = None
         self._handles = [model.get_output_embeddings().register_forward_pre_hook(self._keep)]
         if tap_layer:
-            layer = model.get_decoder().layers[tap_layer - 1]
-            self._handles.append(layer.register_forward_hook(self._keep_tap))
+            self._handles.append(hook_layer_output(model, tap_layer, self._keep_tap))
 
     def _keep(self, _module, args):
         self.last = args[0]
 
-    def _keep_tap(self, _module, _args, output):
-        self.tap = output[0] if isinstance(output, tuple) else output
+    def _keep_tap(self, output: torch.Tensor) -> None:
+        self.tap = output
 
     def heads_input(self) -> torch.Tensor:
         """Each row's state at its final position as the heads read it: [tap, last] or last."""
@@ -108,9 +107,10 @@ class GenerationEngine:
 
     def __post_init__(self):
         model = self.lm.model
+        tap = check_tap_layer(self.heads.config.tap_layer, model) if self.heads is not None else None
         if self.heads is not None:
             self.heads.to(self.lm.device).eval()
-            self._capture = HiddenStateCapture(self.lm.model, check_tap_layer(self.heads.config.tap_layer, model))
+            self._capture = HiddenStateCapture(model, tap)
         # logits_to_keep hands the LM head a strided [rows, 1, H] slice, which torch multiplies as
         # a batched matmul against a per-row copy of the weight (0.7 s per prefill in bf16 on CPU)
         self._contiguous_head_input = model.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
@@ -123,7 +123,6 @@ class GenerationEngine:
         check_attention_cache(self.lm)
         layers = getattr(self.new_cache(), "layers", None)
         self.can_join = bool(layers) and all(type(layer) is GrowingLayer for layer in layers)
-        tap = self.heads.config.tap_layer if self.heads is not None else None
         self.decode_path_why = lean_decode_blocker(model) if self.lean_decode else "turned off"
         if tap and self.lean_decode:  # the lean step keeps only the last state
             self.decode_path_why = f"the heads read decoder layer {tap}'s output"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.heads import hook_layer_output
 from ..core.safe_writes import staged
 from .config import TrainConfig
 from .data import IGNORE_INDEX, Example
@@ -33,6 +34,20 @@ def _pad_batch(examples: list[Example], pad_id: int, device) -> tuple[torch.Tens
     return ids.to(device), labels.to(device), mask.to(device)
 
 
+def _heads_states(model, ids: torch.Tensor, mask: torch.Tensor, tap_layer: int | None) -> torch.Tensor:
+    """The decoder's last hidden states; with `tap_layer`, that layer's output before them ([tap, last])."""
+    decoder = model.get_decoder()
+    if not tap_layer:
+        return decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    tapped: list[torch.Tensor] = []
+    handle = hook_layer_output(model, tap_layer, tapped.append)
+    try:
+        last = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    finally:
+        handle.remove()
+    return torch.cat((tapped[-1], last), dim=-1)
+
+
 def base_features(
     model, examples: list[Example], pad_id: int, device, trainable_base: bool, tap_layer: int | None = None
 ) -> Features:
@@ -40,13 +55,9 @@ def base_features(
     decoder layer's output beside the last state). The frozen base runs under inference_mode (no graph, no
     saved activations); with LoRA it must keep its graph."""
     ids, labels, mask = _pad_batch(examples, pad_id, device)
-    decoder = model.get_decoder()
     context = torch.enable_grad() if trainable_base else torch.inference_mode()
     with context:
-        out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=bool(tap_layer))
-        hidden = out.last_hidden_state
-        if tap_layer:
-            hidden = torch.cat((out.hidden_states[tap_layer], hidden), dim=-1)
+        hidden = _heads_states(model, ids, mask, tap_layer)
         shifted = labels[:, 1:]
         select = shifted != IGNORE_INDEX
         selected = hidden[:, :-1][select]
@@ -55,6 +66,13 @@ def base_features(
         # inference tensors cannot enter autograd; the copy is only [N, H]
         selected, targets = selected.clone(), targets.clone()
     return Features(selected.float(), targets, select.sum(dim=1).tolist())
+
+
+def frozen_features(lm, examples: list[Example], device, tap_layer: int | None) -> Features:
+    """`base_features` of a frozen base (`lm`: a loaded model with its tokenizer), as the heads read them."""
+    return base_features(
+        lm.model, examples, lm.tokenizer.pad_token_id, device, trainable_base=False, tap_layer=tap_layer
+    )
 
 
 class HiddenStateCache:

@@ -46,7 +46,7 @@ from ..tasks.registry import task_chat, task_stop
 from .checkpoints import CheckpointStore
 from .config import RewardConfig
 from .data import IGNORE_INDEX, Example
-from .hidden_features import base_features
+from .hidden_features import frozen_features
 from .losses import cut_exploration_loss, policy_gradient_loss, policy_log_probs
 from .reward_splits import require_split
 from .run_folder import REWARD_LEGACY_DIR, refuse_earlier_run
@@ -246,14 +246,7 @@ class RewardTrainer:
         loss_sum, temperature_sum = 0.0, 0.0
         for start in range(0, len(examples), c.micro_batch_size):
             batch = examples[start : start + c.micro_batch_size]
-            features = base_features(
-                self.lm.model,
-                batch,
-                self.lm.tokenizer.pad_token_id,
-                self.device,
-                trainable_base=False,
-                tap_layer=self.heads.config.tap_layer,
-            )
+            features = frozen_features(self.lm, batch, self.device, self.heads.config.tap_layer)
             with torch.no_grad():
                 last = last_state(features.hidden, self.lm.hidden_size)
                 logits = lm_head(last.to(lm_head.weight.dtype)).float()

@@ -46,7 +46,7 @@ from ..engine.requests import build_requests, request_seed
 from ..tasks.registry import get_task
 from .config import SteerConfig, TrainConfig, check_steer_base
 from .data import Example, encode_prompt_completion, steer_records
-from .hidden_features import Features, base_features
+from .hidden_features import Features, frozen_features
 from .losses import head_losses
 from .run_folder import check_steer_folder
 from .trainer import HeadTrainer, easy_drop_uniforms
@@ -240,25 +240,12 @@ class _SteerFeatures:
 
     def __call__(self, examples: list[Example], keys: list[tuple]) -> Features:
         trainer = self.trainer
+        tap = trainer.heads.config.tap_layer
         if not self.enabled:
-            return base_features(
-                trainer.lm.model,
-                examples,
-                trainer.lm.tokenizer.pad_token_id,
-                trainer.device,
-                trainable_base=False,
-                tap_layer=trainer.heads.config.tap_layer,
-            )
+            return frozen_features(trainer.lm, examples, trainer.device, tap)
         missing = [i for i, key in enumerate(keys) if key not in self.stored]
         if missing:
-            computed = base_features(
-                trainer.lm.model,
-                [examples[i] for i in missing],
-                trainer.lm.tokenizer.pad_token_id,
-                trainer.device,
-                trainable_base=False,
-                tap_layer=trainer.heads.config.tap_layer,
-            )
+            computed = frozen_features(trainer.lm, [examples[i] for i in missing], trainer.device, tap)
             for i, hidden, targets in zip(
                 missing, computed.hidden.split(computed.counts), computed.targets.split(computed.counts)
             ):
