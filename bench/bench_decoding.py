@@ -171,10 +171,14 @@ def main(argv=None) -> int:
     rows_seen = max(1, predicted[2])
     print(f"\nheads: {source}; over the autodeco runs' steps mean T̂ {predicted[0] / rows_seen:.3f}, "
           f"mean P̂ {predicted[1] / rows_seen:.3f}")  # fmt: skip
+    from autodeco_cli.core import learned_kernels
+
+    # the kernel's name only where it loads on this CPU (a CPU without AVX2 and FMA, or no compiler: torch's path)
+    step = "torch" if args.torch_path else "fused kernel" if learned_kernels.learned_step() else "torch (no kernel)"
     print(f"\nmodel={args.model}  threads={args.threads}  max_new_tokens={args.max_new_tokens}  repeats={args.repeats} "
           " "
           f"static: T={args.temperature:g} p={args.top_p:g}  eos={'on' if args.allow_eos else 'off'}  "
-          f"learned step: {'torch' if args.torch_path else 'fused kernel'}")  # fmt: skip
+          f"learned step: {step}")  # fmt: skip
     header = f"{'batch':>5}  {'strategy':<9} {'tokens':>7} {'median s':>9} {'ms/token':>9} {'tokens/s':>9}"
     print(header)
     print("-" * len(header))

@@ -20,7 +20,7 @@ from autodeco_cli.core import attention_kernel, cpu_kernels
 from autodeco_cli.core.decoding import make_strategy
 from autodeco_cli.core.heads import fresh_heads, load_heads
 from autodeco_cli.engine import cpu_inference, generation, lean_kernels, prefix_cache
-from autodeco_cli.engine.cpu_inference import DECODE_ATTENTION, PackedLinear
+from autodeco_cli.engine.cpu_inference import DECODE_ATTENTION, PackedLinear, onednn_packs_bf16
 from autodeco_cli.engine.export import merge, split
 from autodeco_cli.engine.generation import GenerationEngine
 from autodeco_cli.engine.models import LoadedModel, load_base_model
@@ -298,7 +298,7 @@ def test_bf16_fast_paths_run_or_step_aside_and_match_transformers_bf16(arch, mon
         assert (through_kernel if kernel else calls["_small_decode_attention"]) == 12 * 2  # steps x layers
     else:
         assert not calls
-    if hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available():
+    if onednn_packs_bf16():
         assert any(type(m) is PackedLinear for m in fast.model.modules())
 
     plain = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).eval()

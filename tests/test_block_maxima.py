@@ -14,7 +14,7 @@ from test_fused_learned_step import _awkward_rows
 from test_nucleus_prefilter import CASES, VOCAB
 
 pytestmark = pytest.mark.skipif(
-    learned_kernels.learned_step() is None, reason="the learned-step kernel needs x86-64 AVX-512 and a C compiler"
+    learned_kernels.learned_step() is None, reason="the learned-step kernel needs AVX-512 or AVX2 and a C compiler"
 )
 
 

@@ -16,6 +16,7 @@ from autodeco_cli.engine.cpu_inference import (
     ZERO_TAIL,
     PackedLinear,
     decode_attention_forward,
+    onednn_packs_bf16,
     pack_linear_weights,
     place_in_huge_pages_later,
 )
@@ -152,11 +153,7 @@ def test_decode_steps_that_change_the_scores_go_through_sdpa(dtype):
 # ---- packed linear layers ------------------------------------------------------------------
 
 
-def _packable() -> bool:
-    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and torch.backends.mkldnn.is_available()
-
-
-@pytest.mark.skipif(not _packable(), reason="this torch build has no oneDNN weight packing")
+@pytest.mark.skipif(not onednn_packs_bf16(), reason="no oneDNN bf16 weight packing here (torch build or CPU)")
 @pytest.mark.usefixtures("without_amx_kernel")  # the AMX kernel rounds otherwise (tests/test_cpu_amx.py)
 def test_packed_linear_is_bitwise_plain_linear_and_steps_aside_for_gradients():
     gen = torch.Generator().manual_seed(3)
@@ -331,7 +328,7 @@ def test_bf16_cpu_model_decodes_with_the_fast_paths(tiny_model_dir):
     bf16 = load_base_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     assert fp32.model.config._attn_implementation == "sdpa"
     assert bf16.model.config._attn_implementation == DECODE_ATTENTION
-    if _packable():
+    if onednn_packs_bf16():
         assert any(type(m) is PackedLinear for m in bf16.model.modules())
     requests = build_requests(fp32.tokenizer, PROMPTS, make_strategy("autodeco"), n=2, seed=1)
     outputs = {}

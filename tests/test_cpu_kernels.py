@@ -221,28 +221,41 @@ def test_a_kernel_source_carries_the_headers_it_includes():
 
 
 def test_kernels_load_wherever_they_can_run():
-    """On an AVX512-BF16 CPU with a C compiler the kernels must build and pass their check
-    against torch (otherwise the tests above would silently skip a broken kernel)."""
+    """With a C compiler, every kernel this CPU's flags allow must build and pass its check against torch
+    (otherwise the tests above would silently skip a broken kernel): the learned step and the heads' step on
+    AVX-512 or AVX2 with FMA, the bf16 kernels on AVX512-BF16, the AMX ones on AMX."""
     import os
     import shutil
 
-    if "avx512_bf16" not in cpu_features.cpu_flags() or not shutil.which(os.environ.get("CC", "cc")):
-        pytest.skip("no AVX512-BF16 or no C compiler here: the torch paths are used")
-    assert cpu_kernels.load("gemv_bf16") is not None
-    assert cpu_kernels.load("decode_attention_bf16") is not None
-    assert cpu_kernels.load("decode_ops_bf16") is not None  # its bitwise check against torch's ops passed
+    if not shutil.which(os.environ.get("CC", "cc")):
+        pytest.skip("no C compiler here: the torch paths are used")
+    flags = cpu_features.cpu_flags()
     assert cpu_kernels.load("sort_descending_f32") is not None
-    assert learned_kernels.learned_step() is not None  # features within tolerance of torch's, cut exact
-    assert learned_kernels.heads_step() is not None  # close to the heads' forward and batch-invariant
-    if "amx_bf16" in cpu_features.cpu_flags():  # the AMX matmul and the layers in one call it makes possible
+    if {"avx512f"} <= flags or {"avx2", "fma"} <= flags:
+        assert learned_kernels.learned_step() is not None  # features within tolerance of torch's, cut exact
+        assert learned_kernels.heads_step() is not None  # close to the heads' forward and batch-invariant
+    if "avx512_bf16" in flags:
+        assert cpu_kernels.load("gemv_bf16") is not None
+        assert cpu_kernels.load("decode_attention_bf16") is not None
+        assert cpu_kernels.load("decode_ops_bf16") is not None  # its bitwise check against torch's ops passed
+    if "amx_bf16" in flags:  # the AMX matmul and the layers in one call it makes possible
         assert cpu_kernels.load("amx_matmul_bf16") is not None
         assert cpu_kernels.load("decode_layers_bf16") is not None
 
 
 def test_a_kernel_that_needs_nothing_of_the_cpu_is_built_without_avx512():
     """Built with AVX-512 flags, the sort's compiled loops used zmm registers, and its load check would have
-    stopped the process on an AVX2-only CPU; kernels that need AVX-512 (NEEDS) keep the flags."""
-    for name, needs in kernel_build.NEEDS.items():
-        avx512 = [f for f in kernel_build.build_flags(name) if f.startswith("-mavx512")]
-        assert bool(avx512) == bool(needs), name
-    assert kernel_build.NEEDS["sort_descending_f32"] == ()
+    stopped the process on an AVX2-only CPU; a kernel is built with AVX-512 flags only for a level that needs
+    AVX-512, and the lanes16.h kernels for AVX2 and FMA on a CPU with no more."""
+    for name, levels in kernel_build.NEEDS.items():
+        for level in levels:
+            flags = kernel_build.build_flags(name, level)
+            avx512 = [f for f in flags if f.startswith("-mavx512")]
+            assert bool(avx512) == any(f.startswith(("avx512", "amx")) for f in level), (name, level)
+            assert ("-mavx2" in flags) == (level == kernel_build.AVX2), (name, level)
+    assert kernel_build.NEEDS["sort_descending_f32"] == ((),)
+    avx2_only = {"avx", "avx2", "fma", "sse4_2"}
+    assert kernel_build.level_for("learned_step_f32", avx2_only) == kernel_build.AVX2
+    assert kernel_build.level_for("learned_step_f32", avx2_only | {"avx512f"}) == ("avx512f",)
+    assert kernel_build.level_for("heads_step_f32", {"avx2"}) is None  # AVX2 without FMA: not built
+    assert kernel_build.level_for("gemv_bf16", avx2_only) is None

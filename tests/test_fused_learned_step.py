@@ -7,6 +7,12 @@ bits. Its cut is therefore checked exactly against a brute-force stable full sor
 probabilities, and against torch's path for identical kept sets wherever P̂ is not within a
 float step of 1 (there the fp32 cumsum saturates, and a last-bit change of the sum moves the
 boundary by tokens of ~1e-9 mass each).
+
+Torch's own softmax differs by CPU. On AVX-512 CPUs (the Intel Xeon these tests grew on) its probabilities were the
+kernel's to 2e-6 and its cuts the kernel's exactly. On an AVX2-only CPU (a Zen 3 EPYC) torch's exp is ~1.2e-5 from
+float64's at exponents near -13 and it sums a row in another order than the kernel, whose fp32 normaliser over 49,152
+tokens is ~6e-6 from float64's on a flat row: there the probabilities are compared with float64's, and the cuts with
+torch's by the mass of the tokens they disagree on.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ import math
 import pytest
 import torch
 
-from autodeco_cli.core import cpu_kernels, distribution, kernel_build, learned_kernels
+from autodeco_cli.core import cpu_features, cpu_kernels, distribution, kernel_build, learned_kernels
 from autodeco_cli.core.distribution import MIN_TEMPERATURE, decoding_logits, distribution_features
 from test_nucleus_prefilter import CASES, VOCAB
 
 pytestmark = pytest.mark.skipif(
-    learned_kernels.learned_step() is None, reason="the learned-step kernel needs x86-64 AVX-512 and a C compiler"
+    learned_kernels.learned_step() is None, reason="the learned-step kernel needs AVX-512 or AVX2 and a C compiler"
 )
 IDS = [case[0] for case in CASES]
+# where the kernel is its AVX-512 build, torch's softmax gives its probabilities to 2e-6 (see the module doc)
+AVX512 = kernel_build.level_for("learned_step_f32", cpu_features.cpu_flags()) == ("avx512f",)
 
 
 def kernel_probs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -78,11 +86,14 @@ def test_cut_keeps_the_tokens_torch_keeps(case):
     with torch.no_grad():
         got = decoding_logits(logits, temperature, top_p)
     exact = (top_p < 1 - 1e-6).squeeze(-1) | (top_p >= 1).squeeze(-1)
-    assert torch.equal(got[exact], torch_path[exact])
-    # P̂ within a float step of 1: the tokens kept by one path only carry next to no mass
     probs = torch.softmax(logits.float() / temperature.clamp_min(MIN_TEMPERATURE), dim=-1)
-    differs = torch.isinf(got[~exact]) != torch.isinf(torch_path[~exact])
-    assert float((probs[~exact] * differs).sum()) < 1e-5
+    differs = torch.isinf(got) != torch.isinf(torch_path)
+    if AVX512:
+        assert torch.equal(got[exact], torch_path[exact])
+    else:  # the two paths' probabilities differ by up to ~2e-5 (module doc): so may their cuts, on that little mass
+        assert ((probs * differs).sum(-1) < 5e-5).all()
+    # P̂ within a float step of 1: the tokens kept by one path only carry next to no mass
+    assert float((probs[~exact] * differs[~exact]).sum()) < 1e-5 * (1 if AVX512 else 5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -103,8 +114,12 @@ def test_features_match_torch(case, kernel_calls):
 
 def test_probabilities_are_torch_softmax_to_float_rounding():
     _, logits, temperature, _ = CASES[1]
-    expected = torch.softmax(logits / temperature.clamp_min(MIN_TEMPERATURE), dim=-1)
-    assert torch.allclose(kernel_probs(logits, temperature), expected, rtol=2e-6, atol=1e-30)
+    if AVX512:
+        expected = torch.softmax(logits / temperature.clamp_min(MIN_TEMPERATURE), dim=-1)
+        assert torch.allclose(kernel_probs(logits, temperature), expected, rtol=2e-6, atol=1e-30)
+    else:  # torch's softmax is ~1.2e-5 off float64's here (module doc); the kernel's fp32 normaliser ~6e-6
+        expected = torch.softmax((logits / temperature.clamp_min(MIN_TEMPERATURE)).double(), dim=-1)
+        assert torch.allclose(kernel_probs(logits, temperature).double(), expected, rtol=1e-5, atol=1e-30)
 
 
 def test_every_row_sorted_in_full_when_candidates_cover_the_vocabulary(monkeypatch):
@@ -215,7 +230,8 @@ def reference_build():
     import ctypes
 
     source = "#define AUTODECO_KERNEL_REFERENCE 1\n" + kernel_build.kernel_source("learned_step_f32")
-    function = ctypes.CDLL(str(kernel_build.build("learned_step_f32", source))).autodeco_learned_step_f32
+    level = kernel_build.level_for("learned_step_f32", cpu_features.cpu_flags())  # the fast build's
+    function = ctypes.CDLL(str(kernel_build.build("learned_step_f32", source, level))).autodeco_learned_step_f32
     function.argtypes, function.restype = cpu_kernels.SIGNATURES["learned_step_f32"], ctypes.c_int
     return function
 

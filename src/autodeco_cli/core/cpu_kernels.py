@@ -1,5 +1,6 @@
-"""Our C kernels for bf16 decode steps on x86 CPUs with AVX512-BF16, built on first use: each loaded and checked
-against torch (`load`), and the model body's kernels wrapped.
+"""Our C kernels for decode steps on x86 CPUs, built on first use: each loaded and checked against torch (`load`),
+and the model body's kernels wrapped. The bf16 body's kernels need AVX512-BF16; the learned step and the heads' step
+build for AVX-512 or for AVX2 with FMA (`kernel_build.NEEDS`).
 
 * `amx_matmul`: any number of rows times a linear weight packed into AMX tiles, on CPUs with
   AMX-BF16. On a 2-vCPU Xeon, all the default model's linears at 2 threads: 1.2x `gemv` at one
@@ -39,7 +40,7 @@ from typing import Callable
 import torch
 
 from .attention_kernel import attention_agrees_with_torch
-from .kernel_build import NEEDS, build, kernel_source
+from .kernel_build import build, kernel_source, level_for
 
 GEMV_MAX_ROWS = 6  # the kernel takes up to 8, but from 7-8 rows on oneDNN was as fast (1 thread: 24 vs 31 ms at 8)
 _P, _L, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_float
@@ -99,10 +100,11 @@ def _library(name: str) -> ctypes.CDLL | None:
         return None
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    if not set(NEEDS[name]) <= cpu_flags():
+    level = level_for(name, cpu_flags())
+    if level is None:
         return None
     try:
-        library = ctypes.CDLL(str(build(name, kernel_source(name))))
+        library = ctypes.CDLL(str(build(name, kernel_source(name), level)))
         getattr(library, f"autodeco_{name}")
         for further, argtypes in HELPERS.get(name, {}).items():
             function = getattr(library, f"autodeco_{further}")

@@ -26,6 +26,8 @@ avx512_bf16 (reports/engine-speed.md):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..core import attention_kernel, cpu_kernels
@@ -198,7 +200,7 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
     is packed when that would take more than a quarter of the free memory. A layer the AMX
     kernel serves gets no oneDNN copy.
     """
-    if not hasattr(torch.ops.mkldnn, "_reorder_linear_weight") or not torch.backends.mkldnn.is_available():
+    if not onednn_packs_bf16():
         return 0
     linears = [
         m
@@ -225,6 +227,19 @@ def pack_linear_weights(model: torch.nn.Module) -> int:
                 module._gemv = kernel
         count += 1
     return count
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_packs_bf16() -> bool:
+    """Whether this torch build's oneDNN packs bf16 linear weights on this CPU: its bf16 path needs AVX-512 (BW, VL,
+    DQ) or AVX-NE-CONVERT, and on an AVX2-only CPU the reorder raises (then no layer is packed)."""
+    if not hasattr(torch.ops.mkldnn, "_reorder_linear_weight") or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 32)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _amx_can_serve(module: torch.nn.Linear) -> bool:

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lanes16.h"
 #include "reduce16.h"
 
 static inline __m512 load16(const uint16_t *p) { /* 16 bf16 -> 16 fp32 */

@@ -31,32 +31,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lanes16.h"
+
 #define LANES 16
 #define UNITS 32 /* hidden units per task: a task's weights (UNITS rows of W1) stay in L1/L2 across its rows */
 #define GROUP 4  /* rows per task: each weight vector loaded once for them */
 
 /* The lanes added as a fixed tree (the compiler's expansion of the reduction: halves, then quarters, ...),
  * the same for every row and call of this build. */
-static inline float lanes_sum(__m512 acc) { return _mm512_reduce_add_ps(acc); }
+static inline float lanes_sum(f32x16 acc) { return v16_reduce_add(acc); }
 
 /* out[g] = w . x[g] for GROUP rows (x[g] may repeat: each row's sum uses only its own lanes). */
 static void dots(const float *w, const float *const x[GROUP], long n, float out[GROUP]) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  f32x16 a0 = v16_zero(), a1 = a0, a2 = a0, a3 = a0;
   long k = 0;
   for (; k + LANES <= n; k += LANES) {
-    __m512 v = _mm512_loadu_ps(w + k);
-    a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[0] + k), a0);
-    a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[1] + k), a1);
-    a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[2] + k), a2);
-    a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(x[3] + k), a3);
+    f32x16 v = v16_load(w + k);
+    a0 = v16_fmadd(v, v16_load(x[0] + k), a0);
+    a1 = v16_fmadd(v, v16_load(x[1] + k), a1);
+    a2 = v16_fmadd(v, v16_load(x[2] + k), a2);
+    a3 = v16_fmadd(v, v16_load(x[3] + k), a3);
   }
   if (k < n) {
-    __mmask16 m = (__mmask16)((1u << (n - k)) - 1u);
-    __m512 v = _mm512_maskz_loadu_ps(m, w + k);
-    a0 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x[0] + k), a0);
-    a1 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x[1] + k), a1);
-    a2 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x[2] + k), a2);
-    a3 = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(m, x[3] + k), a3);
+    mask16 m = (mask16)((1u << (n - k)) - 1u);
+    f32x16 v = v16_maskz_load(m, w + k);
+    a0 = v16_fmadd(v, v16_maskz_load(m, x[0] + k), a0);
+    a1 = v16_fmadd(v, v16_maskz_load(m, x[1] + k), a1);
+    a2 = v16_fmadd(v, v16_maskz_load(m, x[2] + k), a2);
+    a3 = v16_fmadd(v, v16_maskz_load(m, x[3] + k), a3);
   }
   out[0] = lanes_sum(a0);
   out[1] = lanes_sum(a1);

@@ -55,10 +55,10 @@ typedef struct {
  * branch per value, timed at ~45% of the cut). Inlined into the loops over a row's blocks. */
 static inline __attribute__((always_inline)) void offer16(const float *v, long k, float *buffer, long *held,
                                                           float *threshold) {
-  __m512 values = _mm512_loadu_ps(v);
-  __mmask16 above = _mm512_cmp_ps_mask(values, _mm512_set1_ps(*threshold), _CMP_GT_OQ);
+  f32x16 values = v16_load(v);
+  mask16 above = v16_cmp(values, v16_set1(*threshold), _CMP_GT_OQ);
   if (!above) return;
-  _mm512_mask_compressstoreu_ps(buffer + *held, above, values);
+  v16_compress_store(buffer + *held, above, values);
   *held += __builtin_popcount(above);
   settle(k, buffer, held, threshold);
 }

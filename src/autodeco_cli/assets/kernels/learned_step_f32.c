@@ -39,6 +39,7 @@
 #define MODE_NUCLEUS 3
 #define BLOCK 64
 
+#include "lanes16.h"
 #include "cephes_f32.h"
 #include "radix_sort.h"
 #include "largest_values.h"
@@ -120,13 +121,13 @@ static long live_blocks(const float *raw, long body, float dead, int32_t *live, 
   long count = 0;
 #ifndef AUTODECO_KERNEL_REFERENCE
   if (blocks) {
-    const __m512i step = _mm512_set1_epi32(16 * LANES);
-    __m512i starts = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                        _mm512_set1_epi32(LANES));
+    const i32x16 step = i16_set1(16 * LANES);
+    i32x16 starts = i16_mullo(i16_setr(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                        i16_set1(LANES));
     long b = 0, count_blocks = body / LANES;
-    for (; b + LANES <= count_blocks; b += LANES, starts = _mm512_add_epi32(starts, step)) {
-      __mmask16 above = _mm512_cmp_ps_mask(_mm512_loadu_ps(blocks + b), _mm512_set1_ps(dead), _CMP_GT_OQ);
-      _mm512_mask_compressstoreu_epi32(live + count, above, starts);
+    for (; b + LANES <= count_blocks; b += LANES, starts = i16_add(starts, step)) {
+      mask16 above = v16_cmp(v16_load(blocks + b), v16_set1(dead), _CMP_GT_OQ);
+      i16_compress_store(live + count, above, starts);
       count += __builtin_popcount(above);
     }
     for (; b < count_blocks; b++) {
@@ -142,7 +143,7 @@ static long live_blocks(const float *raw, long body, float dead, int32_t *live, 
     count++;
     (void)raw, (void)dead, (void)blocks;
 #else
-    count += _mm512_cmp_ps_mask(_mm512_loadu_ps(raw + b), _mm512_set1_ps(dead), _CMP_GT_OQ) != 0;
+    count += v16_cmp(v16_load(raw + b), v16_set1(dead), _CMP_GT_OQ) != 0;
 #endif
   }
   return count;
@@ -214,7 +215,7 @@ static float exponentiate(const float *raw, const float *maxima, float t, float 
     }
     zeroed = b + LANES;
     if (k) {
-      __mmask16 above = _mm512_cmp_ps_mask(_mm512_loadu_ps(exps + b), _mm512_set1_ps(top[k - 1]), _CMP_GT_OQ);
+      mask16 above = v16_cmp(v16_load(exps + b), v16_set1(top[k - 1]), _CMP_GT_OQ);
       for (; above; above &= above - 1) keep_largest(top, k, exps[b + __builtin_ctz(above)]);
     }
     if (offered) offer_to(offered, exps, b, b + LANES); /* from L1, just written: a pass of its own read L2 */
@@ -244,29 +245,29 @@ static void moments(const float *exps, float inverse, long n, const int32_t *liv
                     float *plogp) {
   /* The lanes live in registers: as arrays they went through memory, a store and a load per block
    * on the loop's critical path, longer than a block under the floor takes. */
-  const __m512 scale = _mm512_set1_ps(inverse), under = _mm512_set1_ps(UNDER_THE_FLOOR);
-  const __m512 log_floor = _mm512_set1_ps(log_positive(1e-8f));
-  __m512 sq = _mm512_setzero_ps(), pl = _mm512_setzero_ps();
+  const f32x16 scale = v16_set1(inverse), under = v16_set1(UNDER_THE_FLOOR);
+  const f32x16 log_floor = v16_set1(log_positive(1e-8f));
+  f32x16 sq = v16_zero(), pl = v16_zero();
   for (long i = 0; i < count; i++) {
-    __m512 p = _mm512_mul_ps(_mm512_loadu_ps(exps + live[i]), scale);
-    sq = _mm512_fmadd_ps(p, p, sq);
+    f32x16 p = v16_mul(v16_load(exps + live[i]), scale);
+    sq = v16_fmadd(p, p, sq);
 #ifndef AUTODECO_KERNEL_REFERENCE
-    if (!_mm512_cmp_ps_mask(p, under, _CMP_GE_OQ)) {
-      pl = _mm512_fmadd_ps(p, log_floor, pl);
+    if (!v16_cmp(p, under, _CMP_GE_OQ)) {
+      pl = v16_fmadd(p, log_floor, pl);
       continue;
     }
 #else
     (void)under, (void)log_floor;
 #endif
     float shifted[LANES], logs[LANES];
-    _mm512_storeu_ps(shifted, _mm512_add_ps(p, _mm512_set1_ps(1e-8f)));
+    v16_store(shifted, v16_add(p, v16_set1(1e-8f)));
 #pragma omp simd
     for (int j = 0; j < LANES; j++) logs[j] = log_positive(shifted[j]);
-    pl = _mm512_fmadd_ps(p, _mm512_loadu_ps(logs), pl);
+    pl = v16_fmadd(p, v16_load(logs), pl);
   }
   float sq_lanes[LANES], pl_lanes[LANES];
-  _mm512_storeu_ps(sq_lanes, sq);
-  _mm512_storeu_ps(pl_lanes, pl);
+  v16_store(sq_lanes, sq);
+  v16_store(pl_lanes, pl);
   for (long i = n - n % LANES; i < n; i++) {
     float p = exps[i] * inverse;
     sq_lanes[0] = FMA(p, p, sq_lanes[0]);
@@ -425,13 +426,13 @@ static long nucleus_row(const float *raw, const float *maxima, float t, float to
   }
   memset(s->subs, cut.dense ? 0xF : 0, count);
   for (long i = 0; !cut.dense && i < blocks; i++) s->subs[s->live[i] / BLOCK] |= 1 << (s->live[i] % BLOCK / LANES);
-  const __m512 inverse = _mm512_set1_ps(cut.inverse), cutoff = _mm512_set1_ps(cut.cutoff);
+  const f32x16 inverse = v16_set1(cut.inverse), cutoff = v16_set1(cut.cutoff);
   for (long b = 0; b < count; b++) {
     int any = 0, finite = 0, subs = s->subs[b];
     for (int q = 0; q < BLOCK / LANES; q++)
       if (subs >> q & 1) {
-        __m512 p = _mm512_mul_ps(_mm512_loadu_ps(s->exps + b * BLOCK + q * LANES), inverse);
-        any |= _mm512_cmp_ps_mask(p, cutoff, _CMP_GE_OQ) != 0;
+        f32x16 p = v16_mul(v16_load(s->exps + b * BLOCK + q * LANES), inverse);
+        any |= v16_cmp(p, cutoff, _CMP_GE_OQ) != 0;
       }
     if (!any) continue;
     float *to = staged + kept * BLOCK;
@@ -564,9 +565,9 @@ long autodeco_nucleus_f32(const float *raw, const float *temperature, const floa
 
 /* Maxima of 16 vectors at once, in order: lane k of the result is the max of v[k]'s lanes (the tree leaves
  * v[k + 4m]'s in lane 4k + m; a permutation puts them in order). */
-REDUCE16(max16_tree, _mm512_max_ps)
-static inline __m512 max16(const __m512 *v) {
-  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), max16_tree(v));
+REDUCE16(max16_tree, v16_max)
+static inline f32x16 max16(const f32x16 *v) {
+  return v16_permute(i16_setr(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), max16_tree(v));
 }
 
 /* out [rows, n] = in [rows, n] bf16 widened to float32 (exactly, as torch's .float()), and maxima [rows, n / 16]
@@ -580,17 +581,16 @@ long autodeco_widen_bf16(const uint16_t *in, float *out, float *maxima, long row
   for (long r = 0; r < rows; r++) {
     const uint16_t *src = in + r * n;
     float *dst = out + r * n, *m = maxima + r * per_row;
-    const __m512 inf = _mm512_set1_ps(__builtin_inff());
+    const f32x16 inf = v16_set1(__builtin_inff());
     for (long c = 0; c < chunks; c++) {
-      __m512 v[LANES];
+      f32x16 v[LANES];
       for (int j = 0; j < LANES; j++) {
         long at = (c * LANES + j) * LANES;
-        __m512 x = _mm512_castsi512_ps(
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + at))), 16));
-        _mm512_storeu_ps(dst + at, x);
-        v[j] = _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), inf);
+        f32x16 x = v16_from_bf16(src + at);
+        v16_store(dst + at, x);
+        v[j] = v16_mask_mov(x, v16_cmp(x, x, _CMP_UNORD_Q), inf);
       }
-      _mm512_storeu_ps(m + c * LANES, max16(v));
+      v16_store(m + c * LANES, max16(v));
     }
     for (long b = chunks * LANES; b < per_row; b++) {
       float max = -__builtin_inff();

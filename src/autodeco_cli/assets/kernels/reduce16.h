@@ -9,10 +9,10 @@
   (OUT)[i] = OP(SHUFFLE((IN)[2 * i], (IN)[2 * i + 1], LOW), SHUFFLE((IN)[2 * i], (IN)[2 * i + 1], HIGH))
 
 #define REDUCE16(NAME, OP)                                                              \
-  static inline __m512 NAME(const __m512 *v) {                                          \
-    __m512 t[8], u[4], w[2];                                                            \
-    REDUCE16_PAIRS(OP, _mm512_shuffle_f32x4, t, v, 8, 0x44, 0xEE);                      \
-    REDUCE16_PAIRS(OP, _mm512_shuffle_f32x4, u, t, 4, 0x88, 0xDD);                      \
-    REDUCE16_PAIRS(OP, _mm512_shuffle_ps, w, u, 2, 0x44, 0xEE);                         \
-    return OP(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD)); \
+  static inline f32x16 NAME(const f32x16 *v) {                                          \
+    f32x16 t[8], u[4], w[2];                                                            \
+    REDUCE16_PAIRS(OP, v16_shuffle_f32x4, t, v, 8, 0x44, 0xEE);                      \
+    REDUCE16_PAIRS(OP, v16_shuffle_f32x4, u, t, 4, 0x88, 0xDD);                      \
+    REDUCE16_PAIRS(OP, v16_shuffle_ps, w, u, 2, 0x44, 0xEE);                         \
+    return OP(v16_shuffle_ps(w[0], w[1], 0x88), v16_shuffle_ps(w[0], w[1], 0xDD)); \
   }
