@@ -1,7 +1,7 @@
 /* The largest of a row's values: a partial selection of the k largest (Wirth's), offered a block at a time, and a
  * full descending sort of non-negative floats for rows whose k largest do not settle the question (included into
  * the kernel's one source by core/kernel_build.py). Needs BLOCK, as_float and as_bits (cephes_f32.h), radix_sort.h,
- * <immintrin.h>, <stdint.h> and <string.h>. */
+ * lanes16.h, <stdint.h> and <string.h>. */
 
 static void swap(float *a, float *b) {
   float t = *a;

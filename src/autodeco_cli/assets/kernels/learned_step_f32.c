@@ -122,8 +122,7 @@ static long live_blocks(const float *raw, long body, float dead, int32_t *live, 
 #ifndef AUTODECO_KERNEL_REFERENCE
   if (blocks) {
     const i32x16 step = i16_set1(16 * LANES);
-    i32x16 starts = i16_mullo(i16_setr(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                        i16_set1(LANES));
+    i32x16 starts = i16_mullo(i16_setr(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), i16_set1(LANES));
     long b = 0, count_blocks = body / LANES;
     for (; b + LANES <= count_blocks; b += LANES, starts = i16_add(starts, step)) {
       mask16 above = v16_cmp(v16_load(blocks + b), v16_set1(dead), _CMP_GT_OQ);
