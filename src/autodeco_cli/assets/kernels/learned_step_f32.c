@@ -101,6 +101,15 @@ static float lanes_sum(const float *lane) {
   return sum;
 }
 
+/* +0 where `below`, else e (a float the exp gave). For AVX2 as a bit mask: gcc 12 keeps a select around the inlined
+ * exp as a branch there and leaves the loop scalar ("control flow in loop"), ~230 us a row of the cut instead of
+ * tens; the mask gives the same bits. AVX-512 keeps the select, which its masked stores vectorise. */
+#ifdef __AVX512F__
+#define ZERO_WHERE(below, e) ((below) ? 0.0f : (e))
+#else
+#define ZERO_WHERE(below, e) as_float(as_bits(e) & -(uint32_t) !(below))
+#endif
+
 /* The largest raw whose exponent raw / t - shift is below `floor`, or -inf. Division and
  * subtraction round monotonically, so every raw up to it has such an exponent too. */
 static float zero_up_to(float t, float shift, float max, float floor) {
@@ -209,7 +218,7 @@ static float exponentiate(const float *raw, const float *maxima, float t, float 
 #pragma omp simd
     for (int j = 0; j < LANES; j++) {
       float exponent = raw[b + j] / t - shift;
-      exps[b + j] = exponent < floor ? 0.0f : exp_nonpositive(exponent);
+      exps[b + j] = ZERO_WHERE(exponent < floor, exp_nonpositive(exponent));
       lane[j] += exps[b + j];
     }
     zeroed = b + LANES;
@@ -222,7 +231,7 @@ static float exponentiate(const float *raw, const float *maxima, float t, float 
   for (; zero_dead && zeroed < body; zeroed++) exps[zeroed] = 0.0f;
   for (long i = body; i < n; i++) {
     float exponent = raw[i] / t - shift;
-    exps[i] = exponent < floor ? 0.0f : exp_nonpositive(exponent);
+    exps[i] = ZERO_WHERE(exponent < floor, exp_nonpositive(exponent));
     lane[0] += exps[i];
     if (k) keep_largest(top, k, exps[i]);
   }
