@@ -41,8 +41,15 @@ static inline float log_positive(float x) {
   float e = (float)((int)((bits >> 23) & 0xff) - 126);
   float m = as_float((bits & 0x807fffffu) | 0x3f000000u); /* in [0.5, 1) */
   int low = m < 0.707106781186547524f;
+#ifdef __AVX512F__
   e = low ? e - 1.0f : e;
   m = low ? m + m - 1.0f : m - 1.0f;
+#else
+  /* The same bits as bit masks (x - 0 and m + 0 are exact): gcc 12 keeps these selects as branches on AVX2 and the
+   * loops that take a log per lane scalar ("control flow in loop"). AVX-512 keeps the selects, which it vectorises. */
+  e = e - as_float(as_bits(1.0f) & -(uint32_t)low);
+  m = (m + as_float(as_bits(m) & -(uint32_t)low)) - 1.0f;
+#endif
   float z = m * m;
   float y = 7.0376836292e-2f;
   y = FMA(y, m, -1.1514610310e-1f);
