@@ -223,7 +223,8 @@ def test_a_kernel_source_carries_the_headers_it_includes():
 def test_kernels_load_wherever_they_can_run():
     """With a C compiler, every kernel this CPU's flags allow must build and pass its check against torch
     (otherwise the tests above would silently skip a broken kernel): the learned step and the heads' step on
-    AVX-512 or AVX2 with FMA, the bf16 kernels on AVX512-BF16, the AMX ones on AMX."""
+    AVX-512 or AVX2 with FMA, the bf16 kernels on AVX512-BF16, the AMX ones on AMX, the sort and the float32 small ops
+    everywhere."""
     import os
     import shutil
 
@@ -231,6 +232,7 @@ def test_kernels_load_wherever_they_can_run():
         pytest.skip("no C compiler here: the torch paths are used")
     flags = cpu_features.cpu_flags()
     assert cpu_kernels.load("sort_descending_f32") is not None
+    assert cpu_kernels.load("decode_ops_f32") is not None  # its bitwise check against torch's float32 ops passed
     if {"avx512f"} <= flags or {"avx2", "fma"} <= flags:
         assert learned_kernels.learned_step() is not None  # features within tolerance of torch's, cut exact
         assert learned_kernels.heads_step() is not None  # close to the heads' forward and batch-invariant

@@ -203,7 +203,7 @@ def test_a_step_through_the_kernels_gives_the_torch_ops_bits(llama_folder, monke
         assert torch.equal(_bits(keys), _bits(keys_expected)) and torch.equal(_bits(values), _bits(values_expected))
 
 
-def test_float32_and_other_attention_keep_the_torch_ops(llama_folder):
+def test_float32_and_other_attention_keep_off_the_bf16_kernel_layers(llama_folder):
     lm = load_base_model(str(llama_folder), device="cpu", dtype="float32")
     assert "dtype torch.float32" in LeanDecoder(lm.model).kernels_why
     lm = load_base_model(str(llama_folder), device="cpu", dtype="bfloat16")

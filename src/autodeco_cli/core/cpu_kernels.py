@@ -1,6 +1,6 @@
 """Our C kernels for decode steps on x86 CPUs, built on first use: each loaded and checked against torch (`load`),
 and the model body's kernels wrapped. The bf16 body's kernels need AVX512-BF16; the learned step and the heads' step
-build for AVX-512 or for AVX2 with FMA (`kernel_build.NEEDS`).
+build for AVX-512 or for AVX2 with FMA, the float32 small ops for any x86-64 (`kernel_build.NEEDS`).
 
 * `amx_matmul`: any number of rows times a linear weight packed into AMX tiles, on CPUs with
   AMX-BF16. On a 2-vCPU Xeon, all the default model's linears at 2 threads: 1.2x `gemv` at one
@@ -15,6 +15,9 @@ build for AVX-512 or for AVX2 with FMA (`kernel_build.NEEDS`).
   `attention_kernel`).
 * `decode_ops_bf16`: a bf16 decode layer's small ops, one call each where torch ran 5-15 ops
   (`add_rms_norm`, `rope_append`, `silu_mul`), giving torch's bits (engine/lean_kernels.py).
+* `decode_ops_f32`: the float32 lean step's RMSNorm with the residual add before it (`add_rms_norm`) and the rotation
+  of queries and keys (`rope_f32`), one call each where torch ran 8 and ~8 ops, giving torch's bits; torch keeps the
+  float32 linears and attention (engine/lean_decode.py).
 * `decode_layers`: a bf16 decode step's layers as one call of the kernels above (AMX linears), in
   the order and with the arguments engine/lean_kernels.py would call them from Python.
 * `sort_descending`: rows of float32 sorted descending, values only (a radix sort), for the
@@ -49,6 +52,7 @@ SIGNATURES = {
     "gemv_bf16": [_P, _P, _P, _L, _L, _L],
     "decode_attention_bf16": [_P, _P, _P, _P, _P, _L, _L, _L, _L, _L, _L, _L, _L, _F],
     "decode_ops_bf16": [_P, _P, _P, _P, _L, _L, _F, _L],
+    "decode_ops_f32": [_P, _P, _P, _P, _L, _L, _F, _L],
     "sort_descending_f32": [_P, _P, _L, _L],
     "learned_step_f32": [_L, _P, _P, _P, _P, _L, _L, _L, _P],
     "heads_step_f32": [_P, _L, _P, _P, _L, _P, _F, _P, _P, _P, _P, _P, _P, _F, _P, _P, _P, _P, _P, _L, _L, _L],
@@ -66,6 +70,7 @@ HELPERS = {
         "rope_append": [_P, _P, _P, _L, _L, _P, _P, _L, _P, _P, _P, _L, _L, _L, _L, _L, _L],
         "silu_mul": [_P, _P, _L, _P, _P, _L, _L],
     },
+    "decode_ops_f32": {"rope_f32": [_P, _P, _P, _L, _L, _P, _P, _L, _P, _P, _P, _L, _L, _L, _L, _L, _L]},
     "decode_layers_bf16": {"decode_layers_scratch": [_P]},
     "learned_step_f32": {"widen_bf16": [_P, _P, _P, _L, _L], "nucleus_f32": [_P, _P, _P, _P, _P, _P, _L, _L, _L]},
 }
@@ -210,7 +215,8 @@ def add_rms_norm(
     kernel: Callable, hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> torch.Tensor:
     """`decoder_ops.rms_norm(weight, eps, hidden + delta)`, bit for bit, with `hidden` overwritten by
-    the sum (the residual stream): contiguous bf16 [..., n]; `delta` None for no add."""
+    the sum (the residual stream): contiguous [..., n], bf16 for `decode_ops_bf16`, float32 for `decode_ops_f32`;
+    `delta` None for no add."""
     normed = torch.empty_like(hidden)
     delta_pointer = None if delta is None else delta.data_ptr()
     n = hidden.shape[-1]
@@ -340,6 +346,75 @@ def _norm_agrees(kernel, rms_norm, hidden, delta, weight) -> bool:
     )
 
 
+def rope_f32(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: int,
+    cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+):
+    """Queries and keys rotated as `decoder_ops.rotate` rotates them, bit for bit: (queries [B, heads, 1, D], keys
+    [B, KVH, 1, D]), contiguous. `q` [B, 1, heads * D], `k` [B, 1, KVH * D] and `cos`, `sin` [B, 1, D]: float32, rows
+    contiguous. With `cache` = (v, keys, values), the cache views [B, KVH, L, D] (of the same strides, D contiguous),
+    the keys and `v` (laid out as `k`) go into their last column instead, and the keys returned are the cache's."""
+    batch, dim = q.shape[0], cos.shape[-1]
+    kv_heads = k.shape[-1] // dim
+    queries = q.new_empty((batch, heads, 1, dim))
+    if cache is None:
+        keys = k.new_empty((batch, kv_heads, 1, dim))
+        v_pointer, k_out, v_out, strides = None, keys.data_ptr(), None, (kv_heads * dim, dim)
+    else:
+        v, keys, values = cache
+        column = (keys.shape[2] - 1) * keys.stride(2) * 4
+        v_pointer, k_out, v_out = v.data_ptr(), keys.data_ptr() + column, values.data_ptr() + column
+        strides = (keys.stride(0), keys.stride(1))
+    helper("decode_ops_f32", "rope_f32")(
+        q.data_ptr(), k.data_ptr(), v_pointer, q.stride(0), k.stride(0), cos.data_ptr(), sin.data_ptr(),
+        cos.stride(0), queries.data_ptr(), k_out, v_out, batch, heads, kv_heads, dim, *strides,
+    )  # fmt: skip
+    return queries, keys
+
+
+def _float_ops_agree_with_torch(kernel: Callable) -> bool:
+    """Bit for bit against decoder_ops' torch ops in float32, on rows whose sums take every branch of the cascade
+    (short, tailed, long) at 1 and several rows, with values down in the subnormals. Finds the lane count torch sums
+    in."""
+    from .decoder_ops import rms_norm, rotate
+
+    generator = torch.Generator().manual_seed(0)
+    cases = []
+    for rows, n in ((1, 576), (5, 64), (3, 100), (40, 576), (2, 4100)):
+        scale = torch.rand(rows, 1, 1, generator=generator) * 20
+        scale[0] = 1e-20  # squares below the normal range
+        hidden = torch.randn(rows, 1, n, generator=generator) * scale
+        cases.append((hidden, torch.randn(rows, 1, n, generator=generator), torch.randn(n, generator=generator)))
+    for lanes in (8, 16):
+        _sum_lanes[0] = lanes
+        if all(_norm_agrees(kernel, rms_norm, *case) for case in cases):
+            break
+    else:
+        return False
+    batch, heads, kv_heads, dim = 3, 6, 2, 64
+    q, k = (torch.randn(batch, 1, h * dim, generator=generator) for h in (heads, kv_heads))
+    cos, sin = (torch.randn(batch, 1, dim, generator=generator) for _ in range(2))
+    queries, keys = rope_f32(q, k, cos, sin, heads)
+    joined = rotate(torch.cat((q, k), dim=-1).view(batch, 1, -1, dim), cos.unsqueeze(2), sin.unsqueeze(2))
+    joined = joined.transpose(1, 2)
+    v = torch.randn(batch, 1, kv_heads * dim, generator=generator)
+    cache_keys, cache_values = (torch.zeros(batch + 2, kv_heads, 9, dim)[:batch, :, :5] for _ in range(2))
+    in_cache, _ = rope_f32(q, k, cos, sin, heads, (v, cache_keys, cache_values))
+    return (
+        torch.equal(queries, joined[:, :heads])
+        and torch.equal(keys, joined[:, heads:])
+        and torch.equal(in_cache, queries)
+        and torch.equal(cache_keys[:, :, -1:], keys)
+        and torch.equal(cache_values[:, :, -1], v.view(batch, kv_heads, dim))
+        and not cache_keys[:, :, :-1].any()
+        and not cache_values[:, :, :-1].any()
+    )
+
+
 # ---- sort -------------------------------------------------------------------------------------
 
 
@@ -412,6 +487,7 @@ CHECKS = {
     "gemv_bf16": _gemv_agrees_with_torch,
     "decode_attention_bf16": attention_agrees_with_torch,
     "decode_ops_bf16": _decode_ops_agree_with_torch,
+    "decode_ops_f32": _float_ops_agree_with_torch,
     "sort_descending_f32": _sort_agrees_with_torch,
     "decode_layers_bf16": _decode_layers_have_their_kernels,
 }

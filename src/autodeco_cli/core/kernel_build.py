@@ -17,6 +17,7 @@ EXTRA_FLAGS = {
     "amx_matmul_bf16": ("-mavx512vl", "-mamx-tile", "-mamx-bf16"),
     # torch rounds each product and sum on its own: no fused multiply-adds
     "decode_ops_bf16": ("-ffp-contract=off",),
+    "decode_ops_f32": ("-ffp-contract=off",),
     "heads_step_f32": ("-lm",),
 }
 AVX2 = ("avx2", "fma")
@@ -28,6 +29,7 @@ NEEDS = {
     "gemv_bf16": (("avx512_bf16",),),
     "decode_attention_bf16": (("avx512_bf16",),),
     "decode_ops_bf16": (("avx512f", "avx512bw"),),
+    "decode_ops_f32": (AVX2, ()),  # elementwise, and a sum in torch's 8 or 16 lanes whatever the registers
     "sort_descending_f32": ((),),
     "learned_step_f32": (("avx512f",), AVX2),
     "heads_step_f32": (("avx512f",), AVX2),

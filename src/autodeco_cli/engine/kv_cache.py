@@ -92,6 +92,21 @@ class GrowingLayer(DynamicLayer):
         self._key_buffer = self._value_buffer = self._opened = None
 
 
+def opens_columns(cache, rows: int, length: int, layers: int) -> bool:
+    """Whether a decode step can write its keys and values straight into `cache` (`GrowingLayer.open_column`): its
+    `layers` layers are all GrowingLayers holding `length` > 0 tokens of `rows` rows."""
+    cache_layers = getattr(cache, "layers", None)
+    if cache_layers is None or getattr(cache, "offloading", False) or len(cache_layers) != layers or length == 0:
+        return False
+    for layer in cache_layers:
+        if type(layer) is not GrowingLayer or not layer.is_initialized:
+            return False
+        keys = layer.keys
+        if keys.dim() != 4 or keys.shape[0] != rows or keys.shape[2] != length:
+            return False
+    return True
+
+
 def _column_in(view: torch.Tensor, buffer: torch.Tensor | None) -> int | None:
     """The buffer column where `view` starts, if `view` is `buffer[:rows, :, a:b]`; else None."""
     if (

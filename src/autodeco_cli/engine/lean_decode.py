@@ -10,7 +10,9 @@ in fp32 then cast, the same linears (`PackedLinear` included), the cache append 
 cache's `update`, the model's own attention function with the same mask and kwargs, and the
 output embedding called as a module (so the engine's hooks on it run). Queries and keys rotate
 as one tensor, which gives each value the same roundings (the rotation is elementwise). Outputs are therefore
-bit for bit transformers' (tests/test_lean_decode.py), and no sample changes.
+bit for bit transformers' (tests/test_lean_decode.py), and no sample changes. In float32 the RMSNorms, with the
+residual adds before them, and the rotation are C calls (cpu_kernels' `decode_ops_f32`, held to these torch ops bit
+for bit when it loads); in bf16 whole layers can be (`lean_kernels`).
 
 It covers llama, and qwen2 and mistral where they are the same computation (qwen2's q/k/v biases
 are the linears' own); sliding windows are not covered. `lean_decode_blocker` names what keeps a
@@ -25,8 +27,11 @@ import inspect
 import torch
 from torch.nn.modules import module as torch_module
 
+from ..core import cpu_kernels
+from ..core.cpu_kernels import add_rms_norm, rope_f32
 from ..core.decoder_ops import rms_norm, rotate
 from .cpu_inference import DECODE_ATTENTION, PackedLinear
+from .kv_cache import opens_columns
 from .lean_kernels import KernelLayers, kernel_layers_blocker
 
 # model class -> (its modeling module, the class-name prefix of its layers' modules)
@@ -134,6 +139,17 @@ class _Layer:
         self.act = mlp.act_fn.forward
 
 
+def _float_ops_kernel(layers: list[_Layer], final_norm):
+    """cpu_kernels' `decode_ops_f32` where it serves these layers (float32 norm weights, contiguous on the CPU; even
+    head sizes), else None: the torch ops then run."""
+    norms = [final_norm[0]] + [w for layer in layers for w in (layer.input_norm[0], layer.post_norm[0])]
+    if any(w.dtype != torch.float32 or not w.is_contiguous() or w.device.type != "cpu" for w in norms):
+        return None
+    if any(layer.head_dim % 2 for layer in layers) or norms[0].numel() > 16384:
+        return None
+    return cpu_kernels.load("decode_ops_f32")
+
+
 class LeanDecoder:
     """One decode step (one new token per row) of a supported model (`lean_decode_blocker`)."""
 
@@ -162,6 +178,8 @@ class LeanDecoder:
         self._kernels = None
         if self.kernels_why is None:
             self._kernels = KernelLayers(self._layers, self._final_norm, self.body.layers[: len(self._layers)])
+        # float32: the norms, residual adds and rotation in C, torch's linears and attention (the same bits)
+        self._float_ops = _float_ops_kernel(self._layers, self._final_norm) if kernels else None
 
     def __call__(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         """The logits `model(input_ids, attention_mask, position_ids, cache, use_cache=True,
@@ -183,9 +201,15 @@ class LeanDecoder:
             position_ids=position_ids,
         )
         cos, sin = body.rotary_emb(hidden, position_ids=position_ids)
+        kwargs = {"position_ids": position_ids, "use_cache": True, **self._extra_kwargs}
+        if self._float_ops is not None and hidden.dtype == torch.float32 and hidden.is_contiguous():
+            # each layer's keys and values written straight into the cache's new column, where the cache lets them
+            rows, in_place = hidden.shape[0], attention_mask is not None
+            in_place = in_place and opens_columns(cache, rows, attention_mask.shape[-1] - 1, len(self._layers))
+            hidden = self._float_layers(hidden, mask, cos.contiguous(), sin.contiguous(), cache, kwargs, in_place)
+            return self.model.get_output_embeddings()(hidden[:, -1:, :])
         # [rows, 1, 1, head_dim]: broadcast over the heads of [rows, 1, heads, head_dim]
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-        kwargs = {"position_ids": position_ids, "use_cache": True, **self._extra_kwargs}
         for layer in self._layers:
             hidden = self._layer(layer, hidden, mask, cos, sin, cache, kwargs)
         hidden = rms_norm(*self._final_norm, hidden)
@@ -211,6 +235,32 @@ class LeanDecoder:
         residual = hidden
         normed = rms_norm(*layer.post_norm, hidden)
         return residual + layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
+
+    def _float_layers(self, hidden, mask, cos, sin, cache, kwargs, in_place: bool) -> torch.Tensor:
+        """The layers and the final norm as `_layer` runs them, with each residual add made by the next norm's call
+        and `hidden` (the embeddings) the residual stream in place; `in_place`: the cache opens columns
+        (`kv_cache.opens_columns`)."""
+        ops, layers, rows = self._float_ops, self._layers, hidden.shape[:-1]
+        normed = add_rms_norm(ops, hidden, None, *layers[0].input_norm)
+        for index, layer in enumerate(layers):
+            q, k, v = layer.q(normed), layer.k(normed), layer.v(normed)
+            if in_place:
+                kv = cache.layers[layer.index]
+                kv.open_column()
+                key, value = kv.keys, kv.values
+                query, _ = rope_f32(q, k, cos, sin, layer.heads, (v, key, value))
+            else:
+                query, key = rope_f32(q, k, cos, sin, layer.heads)
+                value = v.view(*rows, -1, layer.head_dim).transpose(1, 2)
+                key, value = cache.update(key, value, layer.index, kwargs=kwargs)
+            output, _ = self._attention(
+                layer.attention, query, key, value, mask, dropout=0.0, scaling=layer.scaling, **kwargs
+            )
+            normed = add_rms_norm(ops, hidden, layer.o(output.reshape(*rows, -1).contiguous()), *layer.post_norm)
+            delta = layer.down(layer.act(layer.gate(normed)) * layer.up(normed))
+            norm = layers[index + 1].input_norm if index + 1 < len(layers) else self._final_norm
+            normed = add_rms_norm(ops, hidden, delta, *norm)
+        return normed
 
     def _run_model_pre_hooks(self, input_ids, attention_mask, position_ids, cache) -> None:
         """What calling the model runs before its forward: its pre-hooks (the engine's huge-page

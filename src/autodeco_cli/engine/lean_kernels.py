@@ -26,7 +26,7 @@ from ..core import cpu_kernels
 from ..core.attention_kernel import decode_attention_rows
 from ..core.cpu_kernels import add_rms_norm, amx_matmul, decode_layers, rope_append, silu_mul
 from .cpu_inference import DECODE_ATTENTION, PackedLinear
-from .kv_cache import GrowingLayer
+from .kv_cache import GrowingLayer, opens_columns
 
 
 def kernel_layers_blocker(model: torch.nn.Module, layers) -> str | None:
@@ -108,24 +108,10 @@ class KernelLayers:
 
     def padding(self, hidden, attention_mask, cache) -> tuple[bool, torch.Tensor | None]:
         """(whether this step can run here, the rows' padding as bytes or None when there is none)."""
-        cache_layers = getattr(cache, "layers", None)
-        if (
-            attention_mask is None
-            or hidden.dtype != torch.bfloat16
-            or not hidden.is_contiguous()
-            or cache_layers is None
-            or getattr(cache, "offloading", False)
-            or len(cache_layers) != len(self.layers)
-        ):
+        if attention_mask is None or hidden.dtype != torch.bfloat16 or not hidden.is_contiguous():
             return False, None
         rows, length = hidden.shape[0], attention_mask.shape[-1] - 1
-        for layer in cache_layers:
-            if type(layer) is not GrowingLayer or not layer.is_initialized:
-                return False, None
-            keys = layer.keys
-            if keys.dim() != 4 or keys.shape[0] != rows or keys.shape[2] != length or length == 0:
-                return False, None
-        if attention_mask.shape != (rows, length + 1):
+        if not opens_columns(cache, rows, length, len(self.layers)) or attention_mask.shape != (rows, length + 1):
             return False, None
         # one query position after every cached one: the causal mask is the padding alone
         if bool(attention_mask.all()):
