@@ -1,7 +1,7 @@
 """The lean decode step (engine/lean_decode.py) gives transformers' bits: logits, last hidden state
-and cache, step by step, and the engine's tokens and T̂/P̂ traces, in fp32 and bf16 (bf16 through
-the CPU fast paths: packed linears, the grouped decode attention); models it does not cover keep
-transformers' path and say why."""
+and cache, step by step, and the engine's tokens and T̂/P̂ traces, in fp32 and bf16 (fp32 through the
+small ops' kernel, decode_ops_f32, where it loads; bf16 through the CPU fast paths: packed linears, the
+grouped decode attention); models it does not cover keep transformers' path and say why."""
 
 from __future__ import annotations
 
