@@ -72,7 +72,7 @@ def test_rope_into_a_cache_writes_only_its_new_column():
     assert returned is keys and torch.equal(_bits(queries), _bits(expected_queries))
     for buffer, old, new in (
         (buffers[0], before[0], expected_keys[:, :, 0]),
-        (buffers[1], before[1], v.view(3, 3, 64)),
+        (buffers[1], before[1], v.view(batch, kv_heads, dim)),
     ):
         assert torch.equal(_bits(buffer[:batch, :, 6]), _bits(new))
         buffer[:batch, :, 6] = old[:batch, :, 6]
@@ -157,3 +157,14 @@ def test_a_float32_step_into_transformers_own_cache_gives_the_same_bits(tmp_path
         for ours, theirs in zip(caches[2].layers, caches[1].layers):
             assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
     engine.close()
+
+
+def test_a_failed_lane_search_leaves_the_count_another_kernels_check_found(monkeypatch):
+    """Both decode-ops kernels' checks search torch's sum lanes into one shared count: one that fails must not leave
+    the other with a count it did not find."""
+    monkeypatch.setattr(cpu_kernels, "_sum_lanes", [8])
+    monkeypatch.setattr(cpu_kernels, "_norm_agrees", lambda *args: False)
+    assert not cpu_kernels._find_sum_lanes(None, [()])
+    assert cpu_kernels._sum_lanes == [8]
+    monkeypatch.setattr(cpu_kernels, "_norm_agrees", lambda *args: cpu_kernels._sum_lanes[0] == 16)
+    assert cpu_kernels._find_sum_lanes(None, [()]) and cpu_kernels._sum_lanes == [16]

@@ -283,7 +283,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor | None) -> torch.Tensor:
 def _decode_ops_agree_with_torch(kernel: Callable) -> bool:
     """Bit for bit against decoder_ops' torch ops, on rows whose sums take every branch of the
     cascade (short, tailed, long), at 1 and several rows. Finds the lane count torch sums in."""
-    from .decoder_ops import rms_norm, rotate
+    from .decoder_ops import rotate
 
     generator = torch.Generator().manual_seed(0)
     _silu_table[:] = [_silu_tables()]
@@ -296,11 +296,7 @@ def _decode_ops_agree_with_torch(kernel: Callable) -> bool:
         delta = torch.randn(rows, 1, n, generator=generator).to(torch.bfloat16)
         weight = torch.randn(n, generator=generator).to(torch.bfloat16)
         cases.append((hidden.to(torch.bfloat16), delta, weight))
-    for lanes in (8, 16):
-        _sum_lanes[0] = lanes
-        if all(_norm_agrees(kernel, rms_norm, *case) for case in cases):
-            break
-    else:
+    if not _find_sum_lanes(kernel, cases):
         return False
     batch, heads, kv_heads, dim = 3, 6, 2, 64
     q, k, v = (
@@ -334,6 +330,20 @@ def _silu_tables() -> torch.Tensor:
         torch.set_flush_denormal(flushing)
         torch.set_num_threads(threads)
     return torch.stack(tables)
+
+
+def _find_sum_lanes(kernel: Callable, cases) -> bool:
+    """Set the lane count torch sums in to the one under which `kernel`'s RMSNorm gives torch's bits on every (hidden,
+    delta, weight) case; False, the count left as it was (another kernel's check may have found it), where none does."""
+    from .decoder_ops import rms_norm
+
+    found = _sum_lanes[0]
+    for lanes in (8, 16):
+        _sum_lanes[0] = lanes
+        if all(_norm_agrees(kernel, rms_norm, *case) for case in cases):
+            return True
+    _sum_lanes[0] = found
+    return False
 
 
 def _norm_agrees(kernel, rms_norm, hidden, delta, weight) -> bool:
@@ -380,7 +390,7 @@ def _float_ops_agree_with_torch(kernel: Callable) -> bool:
     """Bit for bit against decoder_ops' torch ops in float32, on rows whose sums take every branch of the cascade
     (short, tailed, long) at 1 and several rows, with values down in the subnormals. Finds the lane count torch sums
     in."""
-    from .decoder_ops import rms_norm, rotate
+    from .decoder_ops import rotate
 
     generator = torch.Generator().manual_seed(0)
     cases = []
@@ -389,11 +399,7 @@ def _float_ops_agree_with_torch(kernel: Callable) -> bool:
         scale[0] = 1e-20  # squares below the normal range
         hidden = torch.randn(rows, 1, n, generator=generator) * scale
         cases.append((hidden, torch.randn(rows, 1, n, generator=generator), torch.randn(n, generator=generator)))
-    for lanes in (8, 16):
-        _sum_lanes[0] = lanes
-        if all(_norm_agrees(kernel, rms_norm, *case) for case in cases):
-            break
-    else:
+    if not _find_sum_lanes(kernel, cases):
         return False
     batch, heads, kv_heads, dim = 3, 6, 2, 64
     q, k = (torch.randn(batch, 1, h * dim, generator=generator) for h in (heads, kv_heads))

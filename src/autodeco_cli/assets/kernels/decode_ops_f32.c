@@ -2,8 +2,8 @@
  *
  * The float32 lean step keeps torch's linears and attention (their bits are transformers', which the float32 path
  * keeps), but ran each RMSNorm as 7 torch ops, the residual adds as one more each, and the rotation of queries and
- * keys as a join, 5 elementwise ops and a split: at one row ~0.2 ms of dispatch a layer on a 2-core EPYC, ~15% of a
- * step (reports/engine-speed.md). Here each is one call. Every value is rounded where torch rounds it: each product
+ * keys as a join, 5 elementwise ops, a split and the cache's append: at one row ~0.4 ms of dispatch a layer on a
+ * 2-core EPYC, ~19% of a step (reports/engine-speed.md). Here each is one call. Every value is rounded where torch rounds it: each product
  * and sum once (built with -ffp-contract=off), RMSNorm's mean of squares summed in the order of torch's vectorized
  * sum (decode_rows.h). core/cpu_kernels.py checks both against torch, bit for bit, before they are used.
  *
