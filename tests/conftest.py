@@ -125,6 +125,26 @@ def torch_single_thread():
     torch.set_num_threads(previous)
 
 
+def on_one_thread_and_two(compute, flush: bool):
+    """`compute()` on one torch thread, then on two whose pool workers started before flushing turned on (as the
+    engine's do: it turns flushing on after torch made them), each time under `set_flush_denormal(flush)`; the
+    caller's threads and flush mode are restored. Returns the two results."""
+    threads, was_flushing = torch.get_num_threads(), float(torch.tensor([1e-40]) * 1.0) == 0.0
+    try:
+        torch.set_num_threads(1)
+        torch.set_flush_denormal(flush)
+        one = compute()
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(2)
+        torch.ones(1 << 20).sum()  # the workers exist now, not flushing
+        torch.set_flush_denormal(flush)
+        two = compute()
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(was_flushing)
+    return one, two
+
+
 @pytest.fixture
 def without_amx_kernel(monkeypatch):
     """Pack bf16 linears as on a CPU without AMX (oneDNN's copy, the gemv kernel for few rows),

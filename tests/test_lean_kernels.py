@@ -11,7 +11,7 @@ from autodeco_cli.core.decoder_ops import rms_norm, rotate
 from autodeco_cli.engine.generation import GenerationEngine, HiddenStateCapture
 from autodeco_cli.engine.lean_decode import LeanDecoder
 from autodeco_cli.engine.models import load_base_model
-from conftest import build_tiny_tokenizer
+from conftest import build_tiny_tokenizer, on_one_thread_and_two
 from tiny_architectures import save_model
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -99,19 +99,7 @@ def test_small_ops_give_the_same_bits_on_two_threads_as_on_one(flush):
     # the pool's workers start before the engine turns flushing on, and keep their own mode: the kernels
     # must compute under the caller's
     kernel = cpu_kernels.load("decode_ops_bf16")
-    threads, was_flushing = torch.get_num_threads(), float(torch.tensor([1e-40]) * 1.0) == 0.0
-    try:
-        torch.set_num_threads(1)
-        torch.set_flush_denormal(flush)
-        one = _small_ops(kernel)
-        torch.set_flush_denormal(False)
-        torch.set_num_threads(2)
-        torch.ones(1 << 20).sum()  # the workers exist now, not flushing
-        torch.set_flush_denormal(flush)
-        two = _small_ops(kernel)
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_flush_denormal(was_flushing)
+    one, two = on_one_thread_and_two(lambda: _small_ops(kernel), flush)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 

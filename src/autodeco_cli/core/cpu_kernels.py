@@ -373,15 +373,14 @@ def rope_f32(
     queries = q.new_empty((batch, heads, 1, dim))
     if cache is None:
         keys = k.new_empty((batch, kv_heads, 1, dim))
-        v_pointer, k_out, v_out, strides = None, keys.data_ptr(), None, (kv_heads * dim, dim)
+        v_pointer, k_out, v_out = None, keys.data_ptr(), None
     else:
         v, keys, values = cache
-        column = (keys.shape[2] - 1) * keys.stride(2) * 4
+        column = (keys.shape[2] - 1) * keys.stride(2) * keys.element_size()
         v_pointer, k_out, v_out = v.data_ptr(), keys.data_ptr() + column, values.data_ptr() + column
-        strides = (keys.stride(0), keys.stride(1))
     helper("decode_ops_f32", "rope_f32")(
         q.data_ptr(), k.data_ptr(), v_pointer, q.stride(0), k.stride(0), cos.data_ptr(), sin.data_ptr(),
-        cos.stride(0), queries.data_ptr(), k_out, v_out, batch, heads, kv_heads, dim, *strides,
+        cos.stride(0), queries.data_ptr(), k_out, v_out, batch, heads, kv_heads, dim, keys.stride(0), keys.stride(1),
     )  # fmt: skip
     return queries, keys
 
