@@ -20,8 +20,8 @@ import time
 
 import torch
 
+from autodeco_cli.core.cpu_features import cpu_model
 from bench_decoding import PROMPTS  # the same long-answer prompts
-from engine_limits import cpu_model
 
 
 def real_rows(model_name: str, rows: int):

@@ -35,8 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from autodeco_cli.core.cpu_features import cpu_model
 from baseline_tree import baseline_tree
-from engine_limits import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = ["generate", "hi", "--max-new-tokens", "1"]

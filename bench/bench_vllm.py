@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from engine_limits import cpu_model
+from autodeco_cli.core.cpu_features import cpu_model
 
 
 def timed(fn, *args, **kwargs):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from autodeco_cli.core.cpu_features import cpu_model
+
 
 def probe_limits(threads: int) -> dict:
     """Read bandwidth (sum over 512 MB) and bf16 / fp32 matmul peak (2048^3), this process."""
@@ -88,21 +90,6 @@ def machine_line() -> str:
 
     emulated = _emulation_text(emulation())
     return f"machine: {cpu_model()} ({os.cpu_count()} logical CPUs); torch {torch.__version__}{emulated}"
-
-
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (x86 "model name", ARM "Model" or "CPU part"),
-    else what platform knows. Every benchmark prints it: gains differ between CPUs."""
-    import platform
-    from pathlib import Path
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() in ("model name", "Model", "CPU part"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(threads: int) -> dict:

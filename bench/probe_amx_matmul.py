@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import time
 
 import torch
 
 from autodeco_cli.core import cpu_kernels
+from autodeco_cli.core.cpu_features import cpu_model
 from autodeco_cli.engine.cpu_inference import PackedLinear, pack_linear_weights, place_in_huge_pages_later
 
 LAYERS = 30
 SHAPES = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)]  # (in, out)
 AMX = "amx_matmul_bf16"
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 class Linears(torch.nn.Module):

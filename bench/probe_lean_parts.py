@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 
 import probe_lean_decode
-from engine_limits import cpu_model
+from autodeco_cli.core.cpu_features import cpu_model
 from probe_lean_decode import MODEL, Step
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine_limits import cpu_model
+from autodeco_cli.core.cpu_features import cpu_model
 
 TOP, K, DRAWS = 24, 8, 4000
 TEMPERATURES = (0.3, 0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0)

@@ -26,8 +26,8 @@ import time
 
 import torch
 
+from autodeco_cli.core.cpu_features import cpu_model
 from bench_engine import CHAT_PROMPTS, MODEL
-from engine_limits import cpu_model
 
 
 def in_threads(work, count: int) -> float:

@@ -1,4 +1,4 @@
-"""What this CPU can do: its instruction-set flags, and whether it computes bf16 natively."""
+"""What this CPU is and can do: its model name, its instruction-set flags, whether it computes bf16 natively."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ def cpu_flags() -> set[str]:
         except OSError:
             flags = set()
     return flags - set(os.environ.get("AUTODECO_CPU_FLAGS_OFF", "").split(","))
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (x86 "model name", ARM "Model" or "CPU part"),
+    else what platform knows. Every benchmark and study's run time names it: speeds differ between CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("model name", "Model", "CPU part"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def flags_from_cpuinfo(text: str) -> set[str]:

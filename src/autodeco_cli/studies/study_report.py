@@ -64,7 +64,7 @@ def write_report(
     lines += ["## Figures", ""]
     for name, file in figures.items():
         lines += [f"**{name}**", "", f"![{name}]({config.figures_dir}/{Path(file).name})", ""]
-    lines += ["## Run time (2 CPU cores)", ""] + clock.markdown()
+    lines += ["## Run time", ""] + clock.markdown()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
