@@ -15,11 +15,11 @@ class StageClock:
     """Seconds per stage, cumulative over invocations (a stage an earlier invocation finished
     costs ~0 in a later one), written to `path` as each stage ends."""
 
-    def __init__(self, path: Path, log=print):
+    def __init__(self, path: Path, log=print, machine: str | None = None):
         self.path, self.log = Path(path), log
         self.timings: dict[str, float] = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.machines: list[str] = self.timings.pop(MACHINES, [])
-        self.machine: str | None = None  # this invocation's, noted as its stages end
+        self.machine = machine  # this invocation's, noted as its stages end
         self.started = time.perf_counter()
 
     @classmethod
@@ -34,9 +34,7 @@ class StageClock:
             torch.set_num_threads(threads)
         work = Path(workdir)
         work.mkdir(parents=True, exist_ok=True)
-        clock = cls(work / "timings.json", log)
-        clock.machine = f"{cpu_model()}, {torch.get_num_threads()} threads"
-        return clock
+        return cls(work / "timings.json", log, machine=f"{cpu_model()}, {torch.get_num_threads()} threads")
 
     def close_invocation(self) -> None:
         """Record this invocation's whole wall time beside the cumulative stage times, as the last
